@@ -1,0 +1,1 @@
+//! alignkit-dpo: see ../shared/ARCHITECTURE.md (not implemented yet).

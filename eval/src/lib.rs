@@ -1,0 +1,1 @@
+//! alignkit-eval: see ../shared/ARCHITECTURE.md (not implemented yet).

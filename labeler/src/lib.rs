@@ -1,0 +1,1 @@
+//! alignkit-labeler: see ../shared/ARCHITECTURE.md (not implemented yet).

@@ -1,0 +1,343 @@
+//! Hugging Face checkpoint I/O: `config.json` + `model.safetensors` (or shards
+//! listed in `model.safetensors.index.json`).
+//!
+//! Module fields are named like the checkpoint, so a tensor's name is the path
+//! of its parameter (`model.layers.3.self_attn.q_proj.weight`): loading and
+//! saving walk the module with burn's visitor/mapper and need no remap table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::transformer::LlamaForCausalLM;
+
+/// Storage dtype of saved weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    Bf16,
+}
+
+/// A tensor read from disk, converted to f32.
+struct Loaded {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    file: PathBuf,
+}
+
+/// The safetensors files of a model directory, in load order.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: index.clone(),
+                source,
+            })?;
+        let map = value
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
+                path: index.clone(),
+                field: "weight_map".into(),
+                message: "missing or not an object".into(),
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::io(
+        &single,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no model.safetensors or model.safetensors.index.json",
+        ),
+    ))
+}
+
+fn read_tensors(path: &Path, out: &mut HashMap<String, Loaded>) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the file is opened read-only and only read while mapped; a
+    // concurrent truncation by another process is outside what we can defend.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let tensors = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for (name, view) in tensors.tensors() {
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    name,
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        out.insert(
+            name,
+            Loaded {
+                shape: view.shape().to_vec(),
+                data,
+                file: path.to_path_buf(),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Tracks the dotted parameter path while burn walks a module.
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn name(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Replaces each parameter by the tensor of the same name.
+struct Loader<'a, B: Backend> {
+    path: PathStack,
+    tensors: &'a mut HashMap<String, Loaded>,
+    device: B::Device,
+    dir: PathBuf,
+    errors: Vec<ModelError>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let name = self.path.name();
+        let expected = param.lazy_shape().to_vec();
+        let Some(loaded) = self.tensors.remove(&name) else {
+            self.errors.push(ModelError::MissingTensor {
+                dir: self.dir.clone(),
+                name,
+                shape: expected,
+            });
+            return param;
+        };
+        if loaded.shape != expected {
+            self.errors.push(ModelError::ShapeMismatch {
+                path: loaded.file,
+                name,
+                expected,
+                found: loaded.shape,
+            });
+            return param;
+        }
+        let tensor =
+            Tensor::<B, D>::from_data(TensorData::new(loaded.data, loaded.shape), &self.device);
+        let require_grad = param.is_require_grad();
+        Param::initialized(param.id, tensor.set_require_grad(require_grad))
+    }
+}
+
+/// Load `config.json` and the weights of an HF model directory.
+///
+/// Every parameter must be present with its exact shape; an unknown tensor is an
+/// error too (it means the checkpoint is not the architecture we think it is).
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(LlamaConfig, LlamaForCausalLM<B>)> {
+    let config = LlamaConfig::load(&dir.join("config.json"))?;
+    let model = load_weights(&config, dir, device)?;
+    Ok((config, model))
+}
+
+/// Load weights for a known config from an HF directory.
+pub fn load_weights<B: Backend>(
+    config: &LlamaConfig,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<LlamaForCausalLM<B>> {
+    let mut tensors = HashMap::new();
+    for file in weight_files(dir)? {
+        read_tensors(&file, &mut tensors)?;
+    }
+    // Checkpoints saved with tied embeddings sometimes still carry the head, and
+    // older ones carry RoPE buffers; neither is a parameter.
+    if config.tie_word_embeddings {
+        tensors.remove("lm_head.weight");
+    }
+    tensors.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+
+    let model = LlamaForCausalLM::<B>::init(config, device);
+    let mut loader = Loader::<B> {
+        path: PathStack::default(),
+        tensors: &mut tensors,
+        device: device.clone(),
+        dir: dir.to_path_buf(),
+        errors: Vec::new(),
+    };
+    let model = model.map(&mut loader);
+    if let Some(err) = loader.errors.into_iter().next() {
+        return Err(err);
+    }
+    if let Some((name, loaded)) = tensors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
+        return Err(ModelError::UnexpectedTensor {
+            path: loaded.file,
+            name,
+            model_type: config.model_type.as_str().into(),
+        });
+    }
+    Ok(model)
+}
+
+/// Collects every float parameter by its dotted path.
+struct Collector<B: Backend> {
+    path: PathStack,
+    out: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collector<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val();
+        let shape = tensor.dims().to_vec();
+        let data = tensor
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32 above");
+        self.out.insert(self.path.name(), (shape, data));
+    }
+}
+
+/// Every float parameter of a module, by its checkpoint name.
+pub fn named_tensors<B: Backend, M: Module<B>>(
+    module: &M,
+) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let mut collector = Collector::<B> {
+        path: PathStack::default(),
+        out: BTreeMap::new(),
+        _backend: std::marker::PhantomData,
+    };
+    module.visit(&mut collector);
+    collector.out
+}
+
+/// Serialize named f32 tensors as safetensors bytes in the requested dtype.
+pub fn safetensors_bytes(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    dtype: SaveDtype,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, data))| {
+            let bytes = match dtype {
+                SaveDtype::F32 => bytemuck::cast_slice::<f32, u8>(data).to_vec(),
+                SaveDtype::Bf16 => data
+                    .iter()
+                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                    .collect(),
+            };
+            (name.clone(), shape.clone(), bytes)
+        })
+        .collect();
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::Bf16 => Dtype::BF16,
+    };
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = encoded
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::Input(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::tensor::serialize(views, metadata).map_err(|e| ModelError::Input(e.to_string()))
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same directory,
+/// fsynced, then renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
+}
+
+/// Save a model as an HF directory (`config.json` + `model.safetensors`).
+/// Files are written atomically; other files in `dir` are left alone.
+pub fn save_model<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    config: &LlamaConfig,
+    dir: &Path,
+    dtype: SaveDtype,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let tensors = named_tensors::<B, _>(model);
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors_bytes(&tensors, dtype, Some(metadata))?;
+    write_atomic(&dir.join("model.safetensors"), &bytes)?;
+    let mut json = config.to_json();
+    json["torch_dtype"] = match dtype {
+        SaveDtype::F32 => "float32",
+        SaveDtype::Bf16 => "bfloat16",
+    }
+    .into();
+    let text = serde_json::to_string_pretty(&json).map_err(|e| ModelError::Input(e.to_string()))?;
+    write_atomic(&dir.join("config.json"), text.as_bytes())
+}

@@ -1,0 +1,370 @@
+//! `config.json` of a Hugging Face Llama-family checkpoint.
+//!
+//! Llama 2/3, SmolLM2, Mistral and Qwen2 share one decoder: pre-norm RMSNorm,
+//! rotate-half RoPE, grouped-query attention, SwiGLU MLP. They differ only in the
+//! fields below (Qwen2 adds q/k/v biases; Llama 3.1 scales RoPE frequencies).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// The architectures this decoder implements, by `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelType {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl ModelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::Llama => "llama",
+            ModelType::Mistral => "mistral",
+            ModelType::Qwen2 => "qwen2",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "llama" => Some(ModelType::Llama),
+            "mistral" => Some(ModelType::Mistral),
+            "qwen2" => Some(ModelType::Qwen2),
+            _ => None,
+        }
+    }
+
+    fn architecture(self) -> &'static str {
+        match self {
+            ModelType::Llama => "LlamaForCausalLM",
+            ModelType::Mistral => "MistralForCausalLM",
+            ModelType::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
+/// RoPE frequency scaling (`rope_scaling` in config.json). Only `llama3` changes
+/// the frequencies; `default` is the identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// The resolved decoder configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub model_type: ModelType,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v projections (Qwen2 always; Llama when `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on o_proj (Llama `attention_bias` only).
+    pub o_bias: bool,
+    /// Bias on the MLP projections (Llama `mlp_bias`).
+    pub mlp_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// The original JSON, so saving writes back every field we do not model.
+    pub raw: serde_json::Map<String, serde_json::Value>,
+}
+
+impl LlamaConfig {
+    /// Read and validate `config.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::from_json(value, path)
+    }
+
+    /// Parse a config.json value; `path` is only used in error messages.
+    pub fn from_json(value: serde_json::Value, path: &Path) -> Result<Self> {
+        let err = |field: &str, message: String| ModelError::Config {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        let serde_json::Value::Object(raw) = value else {
+            return Err(err("<root>", "expected a JSON object".into()));
+        };
+        let get_usize = |field: &str| -> Result<Option<usize>> {
+            match raw.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| err(field, format!("expected a non-negative integer, got {v}"))),
+            }
+        };
+        let get_f64 = |field: &str| -> Result<Option<f64>> {
+            match raw.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| err(field, format!("expected a number, got {v}"))),
+            }
+        };
+        let get_bool = |field: &str| -> Result<Option<bool>> {
+            match raw.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_bool()
+                    .map(Some)
+                    .ok_or_else(|| err(field, format!("expected true or false, got {v}"))),
+            }
+        };
+        let required = |field: &str| -> Result<usize> {
+            get_usize(field)?.ok_or_else(|| err(field, "is required".into()))
+        };
+
+        let model_type_str = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err("model_type", "is required".into()))?;
+        let model_type = ModelType::parse(model_type_str).ok_or_else(|| {
+            err(
+                "model_type",
+                format!(
+                    "unsupported model type `{model_type_str}` (supported: llama, mistral, qwen2)"
+                ),
+            )
+        })?;
+
+        let hidden_size = required("hidden_size")?;
+        let num_attention_heads = required("num_attention_heads")?;
+        if num_attention_heads == 0 {
+            return Err(err("num_attention_heads", "must be positive".into()));
+        }
+        let num_key_value_heads = get_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(err(
+                "num_key_value_heads",
+                format!(
+                    "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
+                ),
+            ));
+        }
+        let head_dim = match get_usize("head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(err(
+                        "hidden_size",
+                        format!(
+                            "{hidden_size} is not divisible by num_attention_heads {num_attention_heads}"
+                        ),
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if head_dim % 2 != 0 || head_dim == 0 {
+            return Err(err(
+                "head_dim",
+                format!("{head_dim} must be even and positive"),
+            ));
+        }
+
+        // transformers < 5 writes `rope_theta` + `rope_scaling`; 5.x nests both in
+        // `rope_parameters`.
+        let rope_params = match raw.get("rope_scaling") {
+            Some(v) if !v.is_null() => Some(("rope_scaling", v)),
+            _ => raw
+                .get("rope_parameters")
+                .filter(|v| !v.is_null())
+                .map(|v| ("rope_parameters", v)),
+        };
+        let rope_scaling = match rope_params {
+            None => None,
+            Some((field, v)) => {
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => Some(
+                        serde_json::from_value::<Llama3RopeScaling>(v.clone())
+                            .map_err(|e| err(field, format!("invalid llama3 rope scaling: {e}")))?,
+                    ),
+                    other => {
+                        return Err(err(
+                            field,
+                            format!(
+                                "unsupported rope scaling type `{other}` (supported: default, llama3)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let nested_theta = raw
+            .get("rope_parameters")
+            .and_then(|v| v.get("rope_theta"))
+            .and_then(|v| v.as_f64());
+        let rope_theta = get_f64("rope_theta")?.or(nested_theta).unwrap_or(10_000.0);
+
+        if let Some(act) = raw.get("hidden_act").and_then(|v| v.as_str())
+            && act != "silu"
+        {
+            return Err(err(
+                "hidden_act",
+                format!("unsupported activation `{act}` (supported: silu)"),
+            ));
+        }
+        let attention_bias = get_bool("attention_bias")?.unwrap_or(false);
+        let (qkv_bias, o_bias) = match model_type {
+            ModelType::Qwen2 => (true, false),
+            _ => (attention_bias, attention_bias),
+        };
+
+        let eos_token_ids = match raw.get("eos_token_id") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(ids)) => ids
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as u32))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| err("eos_token_id", "expected integers".into()))?,
+            Some(v) => vec![
+                v.as_u64()
+                    .ok_or_else(|| err("eos_token_id", format!("expected an integer, got {v}")))?
+                    as u32,
+            ],
+        };
+
+        let config = LlamaConfig {
+            model_type,
+            vocab_size: required("vocab_size")?,
+            hidden_size,
+            intermediate_size: required("intermediate_size")?,
+            num_hidden_layers: required("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: get_usize("max_position_embeddings")?.unwrap_or(2048),
+            rms_norm_eps: get_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: get_bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            mlp_bias: get_bool("mlp_bias")?.unwrap_or(false),
+            bos_token_id: get_usize("bos_token_id")?.map(|n| n as u32),
+            eos_token_ids,
+            pad_token_id: get_usize("pad_token_id")?.map(|n| n as u32),
+            raw,
+        };
+        Ok(config)
+    }
+
+    /// A tiny random-model configuration for tests.
+    pub fn tiny(model_type: ModelType) -> Self {
+        let mut raw = serde_json::Map::new();
+        raw.insert("model_type".into(), model_type.as_str().into());
+        LlamaConfig {
+            model_type,
+            vocab_size: 96,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            max_position_embeddings: 256,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            tie_word_embeddings: false,
+            qkv_bias: model_type == ModelType::Qwen2,
+            o_bias: false,
+            mlp_bias: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            pad_token_id: None,
+            raw,
+        }
+    }
+
+    /// The config.json to write next to saved weights: the original fields with
+    /// the modelled ones overwritten by their current values.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = self.raw.clone();
+        // RoPE is written in the pre-5.x layout, which transformers 5 still reads.
+        map.remove("rope_parameters");
+        map.remove("dtype");
+        let mut set = |k: &str, v: serde_json::Value| {
+            map.insert(k.to_string(), v);
+        };
+        set("model_type", self.model_type.as_str().into());
+        if !self.raw.contains_key("architectures") {
+            set(
+                "architectures",
+                serde_json::json!([self.model_type.architecture()]),
+            );
+        }
+        set("vocab_size", self.vocab_size.into());
+        set("hidden_size", self.hidden_size.into());
+        set("intermediate_size", self.intermediate_size.into());
+        set("num_hidden_layers", self.num_hidden_layers.into());
+        set("num_attention_heads", self.num_attention_heads.into());
+        set("num_key_value_heads", self.num_key_value_heads.into());
+        set("head_dim", self.head_dim.into());
+        set(
+            "max_position_embeddings",
+            self.max_position_embeddings.into(),
+        );
+        set("rms_norm_eps", self.rms_norm_eps.into());
+        set("rope_theta", self.rope_theta.into());
+        set("tie_word_embeddings", self.tie_word_embeddings.into());
+        set("hidden_act", "silu".into());
+        if self.model_type != ModelType::Qwen2 {
+            set("attention_bias", self.qkv_bias.into());
+            set("mlp_bias", self.mlp_bias.into());
+        }
+        if let Some(s) = &self.rope_scaling {
+            let mut v = serde_json::to_value(s).expect("plain struct serializes");
+            v["rope_type"] = "llama3".into();
+            set("rope_scaling", v);
+        }
+        if let Some(b) = self.bos_token_id {
+            set("bos_token_id", b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => set("eos_token_id", (*one).into()),
+            many => set("eos_token_id", serde_json::json!(many)),
+        }
+        if let Some(p) = self.pad_token_id {
+            set("pad_token_id", p.into());
+        }
+        set("torch_dtype", "float32".into());
+        serde_json::Value::Object(map)
+    }
+
+    /// Number of query heads sharing one key/value head.
+    pub fn kv_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}

@@ -1,0 +1,235 @@
+//! Batched autoregressive generation with a KV cache: greedy or sampled
+//! (temperature, top-k, top-p, min-p), stopping on EOS, a caller's stop
+//! condition (e.g. stop strings), or `max_new_tokens`.
+//!
+//! Prompts of different lengths are left-padded so every row's next token is
+//! at the same column; padding is masked out and position ids skip it, so a row
+//! generates exactly what it would alone.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::Distribution;
+use rand_distr::weighted::WeightedIndex;
+
+use crate::cache::KvCache;
+use crate::error::{ModelError, Result};
+use crate::mask::{attention_mask, positions_from_mask};
+use crate::transformer::{ForwardInput, LlamaForCausalLM};
+
+/// How the next token is chosen. Filters apply in transformers' order:
+/// temperature, top-k, top-p, min-p.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingConfig {
+    pub max_new_tokens: usize,
+    /// 0 means greedy (argmax); otherwise logits are divided by it.
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (Holtzman et al. 2020); 1 disables.
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one (Nguyen et al. 2024); 0 disables.
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Input(msg));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        Ok(())
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token was produced (it is included in `tokens`).
+    Eos,
+    /// The caller's stop condition matched.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// Index of the largest logit (the first one on ties, as torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Choose the next token from one row of logits.
+pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -> u32 {
+    if config.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let inv_t = 1.0 / config.temperature;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    if config.top_k > 0 && config.top_k < order.len() {
+        order.select_nth_unstable_by(config.top_k - 1, by_logit_desc);
+        order.truncate(config.top_k);
+    }
+    order.sort_unstable_by(by_logit_desc);
+    // Softmax over the kept candidates, in f64 for a stable cumulative sum.
+    let max = logits[order[0] as usize] as f64 * inv_t as f64;
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| (logits[i as usize] as f64 * inv_t as f64 - max).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if config.top_p < 1.0 {
+        let mut cumulative = 0.0;
+        let keep = probs
+            .iter()
+            .position(|&p| {
+                cumulative += p;
+                cumulative >= config.top_p as f64
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+    }
+    if config.min_p > 0.0 {
+        let threshold = probs[0] * config.min_p as f64;
+        let keep = probs.iter().take_while(|&&p| p >= threshold).count().max(1);
+        probs.truncate(keep);
+    }
+    match WeightedIndex::new(&probs) {
+        Ok(dist) => order[dist.sample(rng)],
+        Err(_) => order[0],
+    }
+}
+
+/// Generate continuations of `prompts` (token ids, BOS already included).
+///
+/// `stop(row, generated)` is asked after each new token; returning true ends
+/// that row with [`FinishReason::Stop`]. `pad_id` fills finished rows.
+pub fn generate<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    pad_id: u32,
+    config: &SamplingConfig,
+    mut stop: impl FnMut(usize, &[u32]) -> bool,
+    device: &B::Device,
+) -> Result<Vec<Generation>> {
+    config.validate()?;
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(ModelError::Input(format!("prompt {i} is empty")));
+    }
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+    let mut ids = Vec::with_capacity(b * width);
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
+        valid.push(
+            std::iter::repeat_n(false, pad)
+                .chain(std::iter::repeat_n(true, p.len()))
+                .collect(),
+        );
+    }
+    let positions: Vec<i64> = positions_from_mask(&valid).concat();
+    let mut lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+
+    let mut cache = KvCache::new(model.model.layers.len());
+    let input = ForwardInput {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), device),
+        positions: Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, width]), device),
+        mask: attention_mask::<B>(&valid, width, None, device),
+    };
+    let hidden = model.forward_hidden(input, Some(&mut cache));
+    let mut logits = model.lm_logits(hidden.narrow(1, width - 1, 1));
+
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut outputs: Vec<Generation> = (0..b)
+        .map(|_| Generation {
+            tokens: Vec::new(),
+            finish: FinishReason::Length,
+        })
+        .collect();
+    let mut done = vec![false; b];
+    for _ in 0..config.max_new_tokens {
+        let [_, _, v] = logits.dims();
+        let rows = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+        let mut next = vec![pad_id as i64; b];
+        for row in 0..b {
+            if done[row] {
+                continue;
+            }
+            let token = sample_token(&rows[row * v..(row + 1) * v], config, &mut rng);
+            next[row] = token as i64;
+            let out = &mut outputs[row];
+            out.tokens.push(token);
+            if eos_ids.contains(&token) {
+                out.finish = FinishReason::Eos;
+                done[row] = true;
+            } else if stop(row, &out.tokens) {
+                out.finish = FinishReason::Stop;
+                done[row] = true;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        for (row, v) in valid.iter_mut().enumerate() {
+            v.push(!done[row]);
+        }
+        let positions = lengths.clone();
+        for (row, len) in lengths.iter_mut().enumerate() {
+            *len += !done[row] as i64;
+        }
+        let input = ForwardInput {
+            input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), device),
+            positions: Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, 1]), device),
+            mask: attention_mask::<B>(&valid, 1, None, device),
+        };
+        logits = model.forward(input, Some(&mut cache));
+    }
+    Ok(outputs)
+}

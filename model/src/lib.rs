@@ -1,0 +1,24 @@
+//! alignkit-model: a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2)
+//! on burn, with Hugging Face checkpoint I/O, per-token log-probs, KV-cached
+//! generation and GGUF import.
+//!
+//! Shape letters used in every `Shapes:` line:
+//! B batch, T new tokens (query length), S keys (cached + new), C hidden size,
+//! H query heads, K key/value heads, G = H / K, D head dim, F MLP width,
+//! V vocabulary size.
+
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod logprobs;
+pub mod mask;
+pub mod transformer;
+
+pub use cache::KvCache;
+pub use checkpoint::{SaveDtype, load_model, save_model};
+pub use config::{LlamaConfig, ModelType};
+pub use error::ModelError;
+pub use generate::{FinishReason, Generation, SamplingConfig, generate};
+pub use transformer::{ForwardInput, LlamaForCausalLM};

@@ -1,0 +1,385 @@
+//! The Llama-family decoder, read small → big:
+//! linear → norm → rope → attention → mlp → block → model.
+//!
+//! Shapes use the letters of the crate docs: B batch, T new tokens, S keys
+//! (cached + new), C hidden, H query heads, K key/value heads, G = H / K,
+//! D head dim, F MLP width, V vocabulary.
+
+use burn::module::{Initializer, Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{embedding, linear};
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::cache::{KvCache, LayerCache};
+use crate::config::LlamaConfig;
+
+/// Standard deviation of the random init, as transformers' `initializer_range`.
+const INIT_STD: f64 = 0.02;
+
+/// Parameters are initialised lazily: loading a checkpoint replaces them before
+/// any random numbers are drawn.
+fn random_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Initializer::Normal {
+        mean: 0.0,
+        std: INIT_STD,
+    }
+    .init(shape, device)
+}
+
+/// A dense layer stored as transformers stores it: `weight` is [out, in].
+///
+/// Shapes: x [.., in] → [.., out].
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
+        Self {
+            weight: random_param([d_out, d_in], device),
+            bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // burn's linear takes [in, out]; the transpose is a stride swap, not a copy.
+        linear(
+            x,
+            self.weight.val().transpose(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+}
+
+/// Root-mean-square layer norm (Zhang & Sennrich 2019), computed in f32.
+///
+/// Shapes: x [B, T, C] → [B, T, C].
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn init(size: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([size], device),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let variance = x.clone().powi_scalar(2).mean_dim(2);
+        let x = x * (variance + self.eps).sqrt().recip();
+        x * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Rotary position embedding in transformers' rotate-half layout: dimension i
+/// pairs with i + D/2 (not burn's interleaved 2i, 2i+1).
+/// See: Su et al. 2021, "RoFormer", eq. 34; transformers `rotate_half`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// θ_i for i in 0..D/2, with llama3 scaling applied.
+    pub inv_freq: Vec<f32>,
+}
+
+/// cos and sin of position × θ for one forward pass, shared by every layer.
+///
+/// Shapes: [B, 1, T, D].
+pub struct RopeAngles<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl Rope {
+    pub fn new(config: &LlamaConfig) -> Self {
+        let d = config.head_dim;
+        let mut inv_freq: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64))
+            .collect();
+        if let Some(s) = &config.rope_scaling {
+            // See: transformers `_compute_llama3_parameters` (Llama 3.1 report, §3.3):
+            // long wavelengths are divided by `factor`, short ones kept, and the band
+            // between is interpolated smoothly.
+            let low_wavelen = s.original_max_position_embeddings as f64 / s.low_freq_factor;
+            let high_wavelen = s.original_max_position_embeddings as f64 / s.high_freq_factor;
+            for f in inv_freq.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *f;
+                if wavelen > low_wavelen {
+                    *f /= s.factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth = (s.original_max_position_embeddings as f64 / wavelen
+                        - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                }
+            }
+        }
+        Self {
+            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+        }
+    }
+
+    /// Shapes: positions [B, T] → angles [B, 1, T, D].
+    pub fn angles<B: Backend>(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B> {
+        let device = positions.device();
+        let half = self.inv_freq.len();
+        let inv =
+            Tensor::<B, 1>::from_data(TensorData::new(self.inv_freq.clone(), [half]), &device);
+        let freqs = positions.float().unsqueeze_dim::<3>(2) * inv.reshape([1, 1, half]);
+        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+        RopeAngles {
+            cos: emb.clone().cos(),
+            sin: emb.sin(),
+        }
+    }
+}
+
+impl<B: Backend> RopeAngles<B> {
+    /// Shapes: x [B, heads, T, D] → [B, heads, T, D].
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, _, d] = x.dims();
+        let x1 = x.clone().narrow(3, 0, d / 2);
+        let x2 = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Grouped-query self-attention (Ainslie et al. 2023) with an optional KV cache.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        let (c, h, k, d) = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        Self {
+            q_proj: Linear::init(c, h * d, config.qkv_bias, device),
+            k_proj: Linear::init(c, k * d, config.qkv_bias, device),
+            v_proj: Linear::init(c, k * d, config.qkv_bias, device),
+            o_proj: Linear::init(h * d, c, config.o_bias, device),
+            num_heads: h,
+            num_kv_heads: k,
+            head_dim: d,
+        }
+    }
+
+    /// Shapes: x [B, T, C], mask [B, 1, T, S] (additive: 0 or -inf-like) → [B, T, C].
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let g = h / k;
+        let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, d]).swap_dims(1, 2);
+        let q = rope.apply(split(self.q_proj.forward(x.clone()), h));
+        let mut key = rope.apply(split(self.k_proj.forward(x.clone()), k));
+        let mut value = split(self.v_proj.forward(x), k);
+        if let Some(cache) = cache {
+            (key, value) = cache.append(key, value);
+        }
+        let s = key.dims()[2];
+
+        // Query heads h = kv * G + r share key/value head kv (transformers `repeat_kv`);
+        // folding G into the query length avoids materialising repeated keys.
+        let q = q.reshape([b, k, g * t, d]);
+        let scores = q.matmul(key.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+        let scores = scores.reshape([b, k, g, t, s]) + mask.unsqueeze_dim::<5>(2);
+        let probs = softmax(scores, 4).reshape([b, k, g * t, s]);
+        let out = probs.matmul(value).reshape([b, h, t, d]).swap_dims(1, 2);
+        self.o_proj.forward(out.reshape([b, t, h * d]))
+    }
+}
+
+/// SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) ⊙ up(x)).
+///
+/// Shapes: x [B, T, C] → [B, T, C], via [B, T, F].
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        let (c, f, bias) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.mlp_bias,
+        );
+        Self {
+            gate_proj: Linear::init(c, f, bias, device),
+            up_proj: Linear::init(c, f, bias, device),
+            down_proj: Linear::init(f, c, bias, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm transformer block.
+///
+/// Shapes: x [B, T, C] → [B, T, C].
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        Self {
+            input_layernorm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
+            self_attn: Attention::init(config, device),
+            post_attention_layernorm: RmsNorm::init(
+                config.hidden_size,
+                config.rms_norm_eps,
+                device,
+            ),
+            mlp: Mlp::init(config, device),
+        }
+    }
+
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 4>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, mask, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// Token embedding [V, C], as transformers' `nn.Embedding`.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    /// Shapes: ids [B, T] → [B, T, C].
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.weight.val(), ids)
+    }
+}
+
+/// The decoder stack without the LM head (`model.*` in the checkpoint).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// The inputs of one forward pass.
+///
+/// Shapes: `input_ids` [B, T]; `positions` [B, T]; `mask` [B, 1, T, S] additive,
+/// built by [`crate::mask`] from padding and (for packed rows) segment ids.
+pub struct ForwardInput<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub positions: Tensor<B, 2, Int>,
+    pub mask: Tensor<B, 4>,
+}
+
+/// A causal language model: decoder + LM head (tied to the embedding when
+/// `tie_word_embeddings`, in which case there is no `lm_head` tensor).
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM<B: Backend> {
+    pub model: LlamaModel<B>,
+    pub lm_head: Option<Linear<B>>,
+    pub rope: Rope,
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// A randomly initialised model (weights ~ N(0, 0.02), norms 1, biases 0).
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        let model = LlamaModel {
+            embed_tokens: Embedding {
+                weight: random_param([config.vocab_size, config.hidden_size], device),
+            },
+            layers: (0..config.num_hidden_layers)
+                .map(|_| DecoderLayer::init(config, device))
+                .collect(),
+            norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
+        };
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| Linear::init(config.hidden_size, config.vocab_size, false, device));
+        Self {
+            model,
+            lm_head,
+            rope: Rope::new(config),
+        }
+    }
+
+    /// Final hidden states after the last norm.
+    ///
+    /// Shapes: → [B, T, C].
+    pub fn forward_hidden(
+        &self,
+        input: ForwardInput<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let angles = self.rope.angles(input.positions);
+        let mut x = self.model.embed_tokens.forward(input.input_ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            x = layer.forward(x, &angles, input.mask.clone(), layer_cache);
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Logits of the LM head.
+    ///
+    /// Shapes: hidden [B, T, C] → [B, T, V].
+    pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(
+                hidden,
+                self.model.embed_tokens.weight.val().transpose(),
+                None,
+            ),
+        }
+    }
+
+    /// Shapes: → logits [B, T, V].
+    pub fn forward(&self, input: ForwardInput<B>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let hidden = self.forward_hidden(input, cache);
+        self.lm_logits(hidden)
+    }
+}

@@ -1,0 +1,1 @@
+//! alignkit-ppo: see ../shared/ARCHITECTURE.md (not implemented yet).

@@ -1,0 +1,1 @@
+//! alignkit-reward: see ../shared/ARCHITECTURE.md (not implemented yet).

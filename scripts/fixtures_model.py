@@ -1,0 +1,115 @@
+"""Parity fixtures for alignkit-model, generated with transformers.
+
+Builds tiny random Llama / Qwen2 / Mistral models, saves them in HF layout
+under model/tests/fixtures/<name>/ and records, with transformers in f32:
+  - logits of a batch of two unpadded sequences,
+  - logits of the same sequences right- and left-padded,
+  - 12 greedy tokens after a prompt (use_cache=True).
+Also a bf16-sharded copy (exercises sharded + bf16 loading) and an f16 copy.
+
+Run from the repo root:  python scripts/fixtures_model.py
+CI never runs this; the outputs are committed.
+"""
+import json
+import os
+
+import torch
+from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig,
+                          Qwen2Config)
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "model", "tests", "fixtures")
+VOCAB = 128
+
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+CONFIGS = {
+    "llama": LlamaConfig(**COMMON, rope_theta=10000.0, tie_word_embeddings=False),
+    # SmolLM2-like: tied embeddings, MHA (no GQA), larger theta.
+    "llama-tied": LlamaConfig(**{**COMMON, "num_key_value_heads": 4}, rope_theta=100000.0,
+                              tie_word_embeddings=True),
+    "llama3-scaled": LlamaConfig(**COMMON, rope_theta=500000.0, head_dim=16,
+                                 rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                               "original_max_position_embeddings": 64}),
+    "qwen2": Qwen2Config(**{**COMMON, "num_key_value_heads": 1}, rope_theta=1000000.0,
+                         tie_word_embeddings=False, use_sliding_window=False),
+    "mistral": MistralConfig(**COMMON, rope_theta=10000.0, sliding_window=None,
+                             tie_word_embeddings=False),
+}
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def record(model, name):
+    g = torch.Generator().manual_seed(1234)
+    seqs = [torch.randint(3, VOCAB, (9,), generator=g).tolist(),
+            torch.randint(3, VOCAB, (6,), generator=g).tolist()]
+    out = {"sequences": seqs}
+    with torch.no_grad():
+        out["logits"] = [model(torch.tensor([s])).logits[0].tolist() for s in seqs]
+        width = max(len(s) for s in seqs)
+        for side in ("left", "right"):
+            ids, mask = [], []
+            for s in seqs:
+                pad = [0] * (width - len(s))
+                ids.append(pad + s if side == "left" else s + pad)
+                m = [0] * len(pad)
+                ones = [1] * len(s)
+                mask.append(m + ones if side == "left" else ones + m)
+            ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+            pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
+            logits = model(ids_t, attention_mask=mask_t, position_ids=pos).logits
+            out[f"{side}_padded"] = {"input_ids": ids, "attention_mask": mask,
+                                     "logits": logits.tolist()}
+        prompt = seqs[0][:5]
+        gen = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                             eos_token_id=None, pad_token_id=0, use_cache=True)
+        out["greedy"] = {"prompt": prompt, "tokens": gen[0, len(prompt):].tolist()}
+    with open(os.path.join(OUT, name, "expected.json"), "w") as f:
+        json.dump(out, f)
+
+
+def reload_f32(path):
+    # A fresh f32 load: `.to(dtype)` would also round the RoPE inv_freq buffer.
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+
+
+def main():
+    torch.manual_seed(0)
+    for i, (name, config) in enumerate(CONFIGS.items()):
+        config._attn_implementation = "eager"
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        randomize(model, seed=100 + i)
+        path = os.path.join(OUT, name)
+        model.save_pretrained(path, safe_serialization=True)
+        record(model, name)
+        if name == "qwen2":
+            # bf16, sharded: loads as bf16 → f32; logits of the rounded weights.
+            bf = model.to(torch.bfloat16)
+            sharded = os.path.join(OUT, "qwen2-bf16-sharded")
+            bf.save_pretrained(sharded, safe_serialization=True, max_shard_size="20KB")
+            record(reload_f32(sharded), "qwen2-bf16-sharded")
+        if name == "llama":
+            half = model.to(torch.float16)
+            path16 = os.path.join(OUT, "llama-f16")
+            half.save_pretrained(path16, safe_serialization=True)
+            record(reload_f32(path16), "llama-f16")
+    for root, _, files in os.walk(OUT):
+        for f in files:
+            if f == "generation_config.json":
+                os.remove(os.path.join(root, f))
+
+
+if __name__ == "__main__":
+    main()

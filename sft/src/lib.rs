@@ -1,0 +1,1 @@
+//! alignkit-sft: see ../shared/ARCHITECTURE.md (not implemented yet).

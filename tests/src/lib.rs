@@ -1,0 +1,1 @@
+//! alignkit-tests: see ../shared/ARCHITECTURE.md (not implemented yet).

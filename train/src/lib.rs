@@ -1,0 +1,1 @@
+//! alignkit-train: see ../shared/ARCHITECTURE.md (not implemented yet).
