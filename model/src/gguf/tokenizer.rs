@@ -1,0 +1,594 @@
+//! Hugging Face tokenizer files from the `tokenizer.ggml.*` metadata of a byte-level BPE vocabulary
+//! (`tokenizer.ggml.model == "gpt2"`).
+//!
+//! A GGUF stores the vocabulary (`tokens`, one id each), the merges (`"a b"` strings, best first),
+//! each token's type (llama.cpp `llama_token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined,
+//! 5 unused, 6 byte) and the name of the pre-tokenizer (`tokenizer.ggml.pre`). The pre-tokenizer
+//! regexes follow llama.cpp's `llama-vocab.cpp` (`llm_tokenizer_bpe`); control tokens become
+//! special added tokens and user-defined ones plain added tokens, as transformers'
+//! `integrations/gguf/gguf_tokenizer_mapping.py` does.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::GgufError;
+use super::reader::GgufFile;
+
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Llama 3's split regex as in its HF `tokenizer.json` (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3`
+/// spells the case-insensitive contractions out as `'[sS]|...`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How text is split before BPE, from `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreTokenizer {
+    /// GPT-2's regex (`"gpt2"`, `"mpt"`, `"olmo"`, `"jais"`, or no `tokenizer.ggml.pre` at all).
+    Gpt2,
+    /// Every digit on its own, then GPT-2's regex (`"smollm"`, `"starcoder"`, `"refact"`,
+    /// `"command-r"`, `"codeshell"`, `"exaone"`): llama.cpp's `"\\p{N}"` split, HF's
+    /// `Digits(individual_digits=true)`.
+    Gpt2Digits,
+    /// Llama 3's regex (`"llama3"`, `"llama-v3"`, `"llama-bpe"`, `"smaug-bpe"`, `"dbrx"`, `"falcon3"`).
+    Llama3,
+}
+
+impl PreTokenizer {
+    pub fn from_gguf(pre: &str) -> Option<Self> {
+        Some(match pre {
+            "gpt2" | "mpt" | "olmo" | "jais" => PreTokenizer::Gpt2,
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
+                PreTokenizer::Gpt2Digits
+            }
+            "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
+                PreTokenizer::Llama3
+            }
+            _ => return None,
+        })
+    }
+
+    /// llama.cpp's defaults when the file has no `tokenizer.ggml.add_bos_token`.
+    fn default_add_bos(self) -> bool {
+        self == PreTokenizer::Llama3
+    }
+
+    /// llama.cpp sets `ignore_merges` for Llama 3: a word that is a whole token is not merged.
+    fn ignore_merges(self) -> bool {
+        self == PreTokenizer::Llama3
+    }
+
+    fn json(self) -> Value {
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        match self {
+            PreTokenizer::Gpt2 => byte_level(true),
+            PreTokenizer::Gpt2Digits => json!({
+                "type": "Sequence",
+                "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
+            }),
+            PreTokenizer::Llama3 => json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                    byte_level(false),
+                ],
+            }),
+        }
+    }
+}
+
+/// The tokenizer files of an HF model directory, as JSON values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizerFiles {
+    pub tokenizer_json: Value,
+    pub tokenizer_config_json: Value,
+    pub generation_config_json: Value,
+    /// `tokenizer.chat_template`, also written as `chat_template.jinja`.
+    pub chat_template: Option<String>,
+    /// Things a reader should know that are not errors (e.g. duplicate tokens).
+    pub warnings: Vec<String>,
+}
+
+/// GPT-2's byte → char table (`bytes_to_unicode`): printable Latin-1 bytes stand for themselves,
+/// the other 68 bytes for U+0100.. in order.
+fn byte_to_char() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for (b, slot) in table.iter_mut().enumerate() {
+        let b = b as u32;
+        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        let code = if printable {
+            b
+        } else {
+            next += 1;
+            next - 1
+        };
+        *slot = char::from_u32(code).unwrap_or('\u{FFFD}');
+    }
+    table
+}
+
+/// Whether every char of `token` is in the byte-level alphabet.
+fn is_byte_level(token: &str) -> bool {
+    token.chars().all(|c| {
+        let c = c as u32;
+        (0x21..=0x7E).contains(&c) || (0xA1..=0xAC).contains(&c) || (0xAE..=0x143).contains(&c)
+    })
+}
+
+fn id_token<'a>(tokens: &[&'a str], id: Option<u64>) -> Option<&'a str> {
+    id.and_then(|i| tokens.get(usize::try_from(i).ok()?).copied())
+}
+
+/// Build the tokenizer files. `model_max_length` is the context length for `tokenizer_config.json`.
+pub fn tokenizer_files(
+    file: &GgufFile,
+    model_max_length: Option<usize>,
+) -> Result<TokenizerFiles, GgufError> {
+    let path = file.path();
+    let model = file.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(GgufError::unsupported(
+            path,
+            format!("tokenizer.ggml.model {model:?} (only byte-level BPE, \"gpt2\")"),
+        ));
+    }
+    let mut warnings = Vec::new();
+    let pre = match file.opt_str("tokenizer.ggml.pre")? {
+        Some(name) => PreTokenizer::from_gguf(name)
+            .ok_or_else(|| GgufError::unsupported(path, format!("tokenizer.ggml.pre {name:?}")))?,
+        None => {
+            warnings.push("no tokenizer.ggml.pre: assuming GPT-2 pre-tokenization".to_string());
+            PreTokenizer::Gpt2
+        }
+    };
+
+    let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
+    let token_types = match file.value("tokenizer.ggml.token_type") {
+        Some(_) => file.get_i64_array("tokenizer.ggml.token_type")?,
+        None => vec![1; tokens.len()],
+    };
+    if token_types.len() != tokens.len() {
+        return Err(GgufError::malformed(
+            path,
+            format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                token_types.len(),
+                tokens.len()
+            ),
+        ));
+    }
+    let merges = match file.value("tokenizer.ggml.merges") {
+        Some(_) => file.get_str_array("tokenizer.ggml.merges")?,
+        None => Vec::new(),
+    };
+
+    // Vocabulary: byte-level spelling. A normal token spelled with raw characters (a llama.cpp
+    // mislabel) is respelled byte by byte, as transformers does; added tokens keep their text,
+    // since llama.cpp matches them verbatim in the input.
+    let table = byte_to_char();
+    let mut vocab = Map::new();
+    let mut added_tokens = Vec::new();
+    let mut added_decoder = Map::new();
+    for (id, (&token, &ty)) in tokens.iter().zip(&token_types).enumerate() {
+        let added = ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED;
+        let spelled = if added || is_byte_level(token) {
+            token.to_string()
+        } else {
+            token.bytes().map(|b| table[usize::from(b)]).collect()
+        };
+        if vocab.insert(spelled.clone(), json!(id)).is_some() {
+            warnings.push(format!(
+                "token {spelled:?} appears more than once; id {id} is the one kept"
+            ));
+        }
+        if added {
+            let special = ty == TOKEN_TYPE_CONTROL;
+            added_tokens.push(json!({
+                "id": id, "content": token, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": special,
+            }));
+            added_decoder.insert(
+                id.to_string(),
+                json!({
+                    "content": token, "lstrip": false, "normalized": false,
+                    "rstrip": false, "single_word": false, "special": special,
+                }),
+            );
+        }
+    }
+
+    // Merges: llama.cpp splits `"a b"` at the first space after the first byte (`find(' ', 1)`).
+    // HF `tokenizers` refuses to load merges whose pieces or result are not in the vocabulary.
+    let mut merge_pairs = Vec::with_capacity(merges.len());
+    let mut unknown_merges = 0;
+    for (i, m) in merges.iter().enumerate() {
+        match m
+            .as_bytes()
+            .get(1..)
+            .and_then(|rest| rest.iter().position(|&b| b == b' '))
+        {
+            Some(at) => {
+                let (a, b) = (&m[..at + 1], &m[at + 2..]);
+                let known = [a, b, &format!("{a}{b}")]
+                    .iter()
+                    .all(|t| vocab.contains_key(*t));
+                if !known {
+                    unknown_merges += 1;
+                }
+                merge_pairs.push(json!([a, b]));
+            }
+            None => {
+                return Err(GgufError::malformed(
+                    path,
+                    format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens"),
+                ));
+            }
+        }
+    }
+
+    if unknown_merges > 0 {
+        warnings.push(format!(
+            "{unknown_merges} merges use tokens missing from the vocabulary; HF tokenizers will \
+             refuse to load tokenizer.json"
+        ));
+    }
+
+    let bos_id = file.opt_u64("tokenizer.ggml.bos_token_id")?;
+    let eos_id = file.opt_u64("tokenizer.ggml.eos_token_id")?;
+    let unk_id = file.opt_u64("tokenizer.ggml.unknown_token_id")?;
+    let pad_id = file.opt_u64("tokenizer.ggml.padding_token_id")?;
+    let eot_id = file.opt_u64("tokenizer.ggml.eot_token_id")?;
+    for (key, id) in [
+        ("bos", bos_id),
+        ("eos", eos_id),
+        ("unknown", unk_id),
+        ("padding", pad_id),
+        ("eot", eot_id),
+    ] {
+        if let Some(id) = id
+            && id_token(&tokens, Some(id)).is_none()
+        {
+            return Err(GgufError::malformed(
+                path,
+                format!(
+                    "tokenizer.ggml.{key}_token_id {id} is outside the vocabulary of {}",
+                    tokens.len()
+                ),
+            ));
+        }
+    }
+    let add_bos = file
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(pre.default_add_bos());
+    let add_eos = file
+        .opt_bool("tokenizer.ggml.add_eos_token")?
+        .unwrap_or(false);
+
+    let byte_level_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
+    let post_processor = if add_bos || add_eos {
+        let bos = id_token(&tokens, bos_id).filter(|_| add_bos);
+        let eos = id_token(&tokens, eos_id).filter(|_| add_eos);
+        if add_bos && bos.is_none() || add_eos && eos.is_none() {
+            return Err(GgufError::malformed(
+                path,
+                "tokenizer.ggml.add_bos_token/add_eos_token is set but the token id is missing",
+            ));
+        }
+        json!({
+            "type": "Sequence",
+            "processors": [byte_level_post, template_processing(bos_id, bos, eos_id, eos)],
+        })
+    } else {
+        byte_level_post
+    };
+
+    let tokenizer_json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": null,
+        "pre_tokenizer": pre.json(),
+        "post_processor": post_processor,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": false,
+            "byte_fallback": false,
+            "ignore_merges": pre.ignore_merges(),
+            "vocab": vocab,
+            "merges": merge_pairs,
+        },
+    });
+
+    let chat_template = file.opt_str("tokenizer.chat_template")?.map(str::to_string);
+    let mut config = json!({
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "added_tokens_decoder": added_decoder,
+        "bos_token": id_token(&tokens, bos_id),
+        "eos_token": id_token(&tokens, eos_id),
+        "pad_token": id_token(&tokens, pad_id),
+        "unk_token": id_token(&tokens, unk_id),
+        "clean_up_tokenization_spaces": false,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    if let Some(n) = model_max_length {
+        config["model_max_length"] = json!(n);
+    }
+    if let Some(t) = &chat_template {
+        config["chat_template"] = json!(t);
+    }
+
+    // llama.cpp stops generating at EOS or EOT; HF lists both ids as `eos_token_id`.
+    let eos_ids: Vec<u64> = eos_id
+        .into_iter()
+        .chain(eot_id.filter(|&e| Some(e) != eos_id))
+        .collect();
+    let mut generation = BTreeMap::new();
+    if let Some(b) = bos_id {
+        generation.insert("bos_token_id", json!(b));
+    }
+    match eos_ids.as_slice() {
+        [] => {}
+        [one] => {
+            generation.insert("eos_token_id", json!(one));
+        }
+        many => {
+            generation.insert("eos_token_id", json!(many));
+        }
+    }
+    if let Some(p) = pad_id {
+        generation.insert("pad_token_id", json!(p));
+    }
+
+    Ok(TokenizerFiles {
+        tokenizer_json,
+        tokenizer_config_json: config,
+        generation_config_json: json!(generation),
+        chat_template,
+        warnings,
+    })
+}
+
+/// `TemplateProcessing` adding BOS in front of and/or EOS after each sequence, like HF's Llama 3
+/// `tokenizer.json`.
+fn template_processing(
+    bos_id: Option<u64>,
+    bos: Option<&str>,
+    eos_id: Option<u64>,
+    eos: Option<&str>,
+) -> Value {
+    let seq = |s: &str, type_id: u32| {
+        let mut pieces = Vec::new();
+        if let Some(b) = bos {
+            pieces.push(json!({"SpecialToken": {"id": b, "type_id": type_id}}));
+        }
+        pieces.push(json!({"Sequence": {"id": s, "type_id": type_id}}));
+        if let Some(e) = eos {
+            pieces.push(json!({"SpecialToken": {"id": e, "type_id": type_id}}));
+        }
+        pieces
+    };
+    let mut special = Map::new();
+    for (tok, id) in [(bos, bos_id), (eos, eos_id)] {
+        if let (Some(t), Some(id)) = (tok, id) {
+            special.insert(t.to_string(), json!({"id": t, "ids": [id], "tokens": [t]}));
+        }
+    }
+    let mut pair = seq("A", 0);
+    pair.extend(seq("B", 1));
+    json!({
+        "type": "TemplateProcessing",
+        "single": seq("A", 0),
+        "pair": pair,
+        "special_tokens": special,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufValue;
+    use crate::gguf::testing::{GgufBuilder, fixture};
+
+    #[test]
+    fn byte_table_is_gpt2() {
+        let t = byte_to_char();
+        assert_eq!(t[b'!' as usize], '!');
+        assert_eq!(t[b' ' as usize], 'Ġ'); // U+0120
+        assert_eq!(t[b'\n' as usize], 'Ċ'); // U+010A
+        assert_eq!(t[0], 'Ā'); // U+0100
+        assert_eq!(t[0xAD], 'Ń'); // U+0143, the last one
+        let mut all: Vec<char> = t.to_vec();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 256);
+        assert!(t.iter().all(|c| is_byte_level(&c.to_string())));
+        assert!(!is_byte_level(" "));
+        assert!(!is_byte_level("é中"));
+    }
+
+    #[test]
+    fn pre_tokenizer_names() {
+        assert_eq!(
+            PreTokenizer::from_gguf("smollm"),
+            Some(PreTokenizer::Gpt2Digits)
+        );
+        assert_eq!(
+            PreTokenizer::from_gguf("llama-bpe"),
+            Some(PreTokenizer::Llama3)
+        );
+        assert_eq!(PreTokenizer::from_gguf("gpt2"), Some(PreTokenizer::Gpt2));
+        assert_eq!(PreTokenizer::from_gguf("qwen2"), None);
+    }
+
+    fn files(b: &GgufBuilder) -> Result<TokenizerFiles, GgufError> {
+        tokenizer_files(
+            &GgufFile::from_bytes("tok.gguf", b.build()).unwrap(),
+            Some(64),
+        )
+    }
+
+    /// The rebuilt tokenizer.json has the same vocabulary, merges, added tokens and pipeline as
+    /// the `tokenizers` tokenizer the fixture's vocabulary was trained with.
+    #[test]
+    fn tiny_llama_matches_trained_tokenizer() {
+        let f = GgufFile::open(fixture("tiny-llama.gguf.bin")).unwrap();
+        let ours = tokenizer_files(&f, Some(128)).unwrap();
+        let original: Value =
+            serde_json::from_slice(&std::fs::read(fixture("tiny-llama.tokenizer.json")).unwrap())
+                .unwrap();
+        let t = &ours.tokenizer_json;
+        // GGUF lists every token in its vocabulary, including `<think>`, which `tokenizers` added
+        // on top of the trained model's vocabulary.
+        let mut vocab = original["model"]["vocab"].clone();
+        vocab["<think>"] = json!(300);
+        assert_eq!(t["model"]["vocab"], vocab);
+        assert_eq!(t["model"]["merges"], original["model"]["merges"]);
+        for key in ["pre_tokenizer", "post_processor", "decoder", "normalizer"] {
+            assert_eq!(t[key], original[key], "{key}");
+        }
+        for key in [
+            "type",
+            "byte_fallback",
+            "fuse_unk",
+            "ignore_merges",
+            "unk_token",
+        ] {
+            assert_eq!(t["model"][key], original["model"][key], "model.{key}");
+        }
+        let summary = |v: &Value| -> Vec<(Value, Value, Value)> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|a| (a["id"].clone(), a["content"].clone(), a["special"].clone()))
+                .collect()
+        };
+        assert_eq!(
+            summary(&t["added_tokens"]),
+            summary(&original["added_tokens"])
+        );
+        assert!(ours.warnings.is_empty(), "{:?}", ours.warnings);
+
+        let c = &ours.tokenizer_config_json;
+        assert_eq!(c["bos_token"], "<|im_start|>");
+        assert_eq!(c["eos_token"], "<|im_end|>");
+        assert_eq!(c["pad_token"], "<|im_end|>");
+        assert_eq!(c["unk_token"], "<|endoftext|>");
+        assert_eq!(c["add_bos_token"], false);
+        assert_eq!(c["model_max_length"], 128);
+        assert_eq!(c["added_tokens_decoder"]["300"]["content"], "<think>");
+        assert_eq!(c["added_tokens_decoder"]["300"]["special"], false);
+        let template = ours.chat_template.as_deref().unwrap();
+        assert!(template.starts_with("{% for message in messages %}"));
+        assert_eq!(c["chat_template"], template);
+        assert_eq!(
+            ours.generation_config_json,
+            json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+        );
+    }
+
+    #[test]
+    fn llama3_style_adds_bos_and_lists_eot() {
+        let b = GgufBuilder::tiny_llama()
+            .str("tokenizer.ggml.pre", "llama-bpe")
+            .u32("tokenizer.ggml.eot_token_id", 4);
+        let out = files(&b).unwrap();
+        let t = &out.tokenizer_json;
+        assert_eq!(t["model"]["ignore_merges"], true);
+        assert_eq!(t["pre_tokenizer"]["pretokenizers"][0]["type"], "Split");
+        let post = &t["post_processor"];
+        assert_eq!(post["type"], "Sequence");
+        let template = &post["processors"][1];
+        assert_eq!(template["single"][0]["SpecialToken"]["id"], "<s>");
+        assert_eq!(template["special_tokens"]["<s>"]["ids"], json!([0]));
+        assert_eq!(out.tokenizer_config_json["add_bos_token"], true);
+        assert_eq!(out.generation_config_json["eos_token_id"], json!([1, 4]));
+
+        let b = b.kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(false));
+        assert_eq!(
+            files(&b).unwrap().tokenizer_json["post_processor"]["type"],
+            "ByteLevel"
+        );
+    }
+
+    #[test]
+    fn spelling_and_merges() {
+        // A normal token with a raw space is respelled in the byte alphabet; an added one is not;
+        // merges split at the first space after the first byte, even when that byte starts "é".
+        let b = GgufBuilder::tiny_llama()
+            .strs(
+                "tokenizer.ggml.tokens",
+                &["<s>", "</s>", "é", " x", "éa", "<t x>"],
+            )
+            .kv(
+                "tokenizer.ggml.token_type",
+                GgufValue::Array([3, 3, 1, 1, 1, 4].map(GgufValue::I32).to_vec()),
+            )
+            .strs("tokenizer.ggml.merges", &["é a", "  x"]);
+        let out = files(&b).unwrap();
+        let t = out.tokenizer_json;
+        assert_eq!(t["model"]["vocab"]["Ġx"], 3);
+        assert_eq!(t["model"]["vocab"]["é"], 2); // é is in the byte alphabet (U+00E9)
+        assert_eq!(t["model"]["vocab"]["<t x>"], 5);
+        assert_eq!(t["model"]["merges"], json!([["é", "a"], [" ", "x"]]));
+        assert_eq!(t["added_tokens"][2]["content"], "<t x>");
+        assert_eq!(t["added_tokens"][2]["special"], false);
+        // Neither "a" nor " " is a token: `tokenizers` would reject both merges.
+        assert_eq!(out.warnings.len(), 1);
+        assert!(out.warnings[0].starts_with("2 merges use tokens missing"));
+    }
+
+    #[test]
+    fn tokenizer_errors() {
+        let e = files(&GgufBuilder::tiny_llama().str("tokenizer.ggml.model", "llama"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokenizer.ggml.model \"llama\" (only byte-level BPE"),
+            "{e}"
+        );
+
+        let e = files(&GgufBuilder::tiny_llama().str("tokenizer.ggml.pre", "qwen2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("tokenizer.ggml.pre \"qwen2\" is not supported"),
+            "{e}"
+        );
+
+        let e = files(&GgufBuilder::tiny_llama().strs("tokenizer.ggml.merges", &["ab"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokenizer.ggml.merges[0] = \"ab\" is not two tokens"),
+            "{e}"
+        );
+
+        let e = files(&GgufBuilder::tiny_llama().u32("tokenizer.ggml.eos_token_id", 6))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("eos_token_id 6 is outside the vocabulary of 6"),
+            "{e}"
+        );
+
+        let e = files(&GgufBuilder::tiny_llama().strs("tokenizer.ggml.tokens", &["a"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_type has 6 entries for 1 tokens"), "{e}");
+
+        let mut b = GgufBuilder::tiny_llama();
+        b.kvs.retain(|(k, _)| k != "tokenizer.ggml.pre");
+        let out = files(&b).unwrap();
+        assert_eq!(out.tokenizer_json["pre_tokenizer"]["type"], "ByteLevel");
+        assert_eq!(out.warnings.len(), 1);
+    }
+}
