@@ -1,11 +1,249 @@
 //! `alignkit data validate|inspect` (glue over alignkit-datasets).
 
-use anyhow::Result;
-use clap::Subcommand;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use alignkit_datasets::{
+    DataKind, EncodeConfig, Encoder, FieldMap, Inspection, PlainText, TrainOn, TruncationSide,
+    ValidateOptions,
+};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Subcommand)]
-pub enum DataCommand {}
+pub enum DataCommand {
+    /// Check a JSONL file against a model's tokenizer and chat template:
+    /// counts, token-length histograms, truncation, duplicates, identical
+    /// pairs, empty fields, missing EOS, over-long examples. Exits non-zero on errors.
+    Validate(ValidateArgs),
+    /// Show one record as the model sees it: the rendered text and every
+    /// token, marked when it is trained on.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+pub struct DataArgs {
+    /// JSON Lines file.
+    file: PathBuf,
+    /// Hugging Face model directory (tokenizer.json, tokenizer_config.json, ...).
+    #[arg(long)]
+    model: PathBuf,
+    /// Record kind; detected from the first record when omitted.
+    #[arg(long, value_enum)]
+    kind: Option<Kind>,
+    /// Read a field from another key, e.g. `--field chosen=better` (repeatable).
+    #[arg(long = "field", value_name = "FIELD=KEY")]
+    fields: Vec<String>,
+    /// Longest sequence in tokens.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Longest prompt in tokens (longer prompts keep their end).
+    #[arg(long)]
+    max_prompt_len: Option<usize>,
+    /// Which end of an over-long sequence survives `--max-len`.
+    #[arg(long, value_enum, default_value_t = Truncation::KeepStart)]
+    truncation: Truncation,
+    /// Which tokens carry loss.
+    #[arg(long, value_enum, default_value_t = Train::Completion)]
+    train_on: Train,
+    /// Treat string prompts/completions as user/assistant messages.
+    #[arg(long)]
+    text_as_chat: bool,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Also fail on warnings.
+    #[arg(long)]
+    strict: bool,
+    /// How many errors and examples per warning to list.
+    #[arg(long, default_value_t = 10)]
+    list: usize,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Record number, counting non-blank lines from 0.
+    #[arg(long)]
+    index: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Sft,
+    Prefs,
+    Prompts,
+    Kto,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Truncation {
+    KeepStart,
+    KeepEnd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Train {
+    Completion,
+    All,
+}
+
+impl DataArgs {
+    fn kind(&self) -> Option<DataKind> {
+        self.kind.map(|k| match k {
+            Kind::Sft => DataKind::Sft,
+            Kind::Prefs => DataKind::Preferences,
+            Kind::Prompts => DataKind::Prompts,
+            Kind::Kto => DataKind::Kto,
+        })
+    }
+
+    fn encoder(&self) -> Result<Encoder> {
+        let config = EncodeConfig {
+            max_len: self.max_len,
+            max_prompt_len: self.max_prompt_len,
+            truncation: match self.truncation {
+                Truncation::KeepStart => TruncationSide::KeepStart,
+                Truncation::KeepEnd => TruncationSide::KeepEnd,
+            },
+            train_on: match self.train_on {
+                Train::Completion => TrainOn::Completion,
+                Train::All => TrainOn::All,
+            },
+            plain_text: if self.text_as_chat {
+                PlainText::Chat
+            } else {
+                PlainText::Raw
+            },
+        };
+        Encoder::from_dir(&self.model, config)
+            .with_context(|| format!("loading the tokenizer of {}", self.model.display()))
+    }
+}
 
 pub fn run(cmd: DataCommand) -> Result<()> {
-    match cmd {}
+    match cmd {
+        DataCommand::Validate(args) => validate(args),
+        DataCommand::Inspect(args) => inspect(args),
+    }
+}
+
+fn validate(args: ValidateArgs) -> Result<()> {
+    let encoder = args.data.encoder()?;
+    let opts = ValidateOptions {
+        kind: args.data.kind(),
+        fields: FieldMap::parse(&args.data.fields)?,
+        max_listed: args.list,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message("reading");
+        bar
+    });
+    let report = alignkit_datasets::validate::validate_with_progress(
+        &args.data.file,
+        &encoder,
+        &opts,
+        |n| {
+            if let Some(bar) = &bar {
+                bar.set_message(format!("{n} records"));
+                bar.tick();
+            }
+        },
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    emit(&report.to_string())?;
+    if report.has_errors() {
+        bail!(
+            "{}: {} of {} records have errors",
+            args.data.file.display(),
+            report.error_count,
+            report.records
+        );
+    }
+    if args.strict && report.warning_count() > 0 {
+        bail!(
+            "{}: {} warnings (--strict)",
+            args.data.file.display(),
+            report.warning_count()
+        );
+    }
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let encoder = args.data.encoder()?;
+    let fields = FieldMap::parse(&args.data.fields)?;
+    let ins = alignkit_datasets::inspect(
+        &args.data.file,
+        &encoder,
+        args.data.kind(),
+        &fields,
+        args.index,
+    )?;
+    if std::io::stdout().is_terminal() {
+        emit(&coloured(&ins))
+    } else {
+        emit(&ins.to_string())
+    }
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+const RESET: &str = "\x1b[0m";
+
+/// Every token in place, trained ones green, the rest grey, alternating
+/// shades so token boundaries show; special tokens bold.
+fn coloured(ins: &Inspection) -> String {
+    let mut out = format!("{} ({})\n", ins.at, ins.kind);
+    for s in &ins.sections {
+        out.push_str(&format!(
+            "\n\x1b[1m== {}: {} tokens, {} trained ==\x1b[0m\n",
+            s.title,
+            s.tokens.len(),
+            s.trained()
+        ));
+        if s.truncation.any() {
+            out.push_str(&format!(
+                "\x1b[33mtruncated from {} tokens: {} prompt, {} completion tokens dropped{}\x1b[0m\n",
+                s.truncation.original_len,
+                s.truncation.prompt_dropped,
+                s.truncation.completion_dropped,
+                if s.truncation.eos_dropped {
+                    ", EOS dropped"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for (i, t) in s.tokens.iter().enumerate() {
+            let colour = match (t.trained, i % 2 == 0) {
+                (true, true) => "\x1b[32m",
+                (true, false) => "\x1b[92m",
+                (false, true) => "\x1b[90m",
+                (false, false) => "\x1b[37m",
+            };
+            let bold = if t.special { "\x1b[1m" } else { "" };
+            let text = t.text.replace('\n', "↵\n");
+            out.push_str(&format!("{colour}{bold}{text}{RESET}"));
+        }
+        out.push_str(
+            "\n\n\x1b[32mtrained\x1b[0m  \x1b[90mnot trained\x1b[0m  \x1b[1mspecial\x1b[0m\n",
+        );
+    }
+    out
 }

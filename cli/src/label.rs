@@ -1,11 +1,212 @@
 //! `alignkit label` (glue over alignkit-labeler).
+//!
+//! ```text
+//! alignkit label CANDIDATES.jsonl --judgments J.jsonl --annotator NAME [--mode pairwise|rank]
+//!                [--guidelines FILE] [--overlap K] [--seed S] [--strict] [--show-source]
+//! alignkit label --from-prefs PREFS.jsonl --judgments J.jsonl --annotator NAME ...
+//! alignkit label export J.jsonl [J2.jsonl ...] --to PREFS.jsonl
+//! alignkit label stats J.jsonl [J2.jsonl ...] [--json]
+//! ```
 
-use anyhow::Result;
-use clap::Args;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use alignkit_labeler::{
+    Input, JudgeMode, LabelOptions, Ledger, Session, compute_stats, export, read_logs,
+};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
-pub struct LabelArgs {}
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LabelArgs {
+    #[command(subcommand)]
+    command: Option<LabelCommand>,
 
-pub fn run(_args: LabelArgs) -> Result<()> {
-    anyhow::bail!("the labeler is not wired yet")
+    /// Candidates JSONL: {"id","prompt","responses":[{"text","source"?}]}, 2..=9 responses.
+    #[arg(
+        value_name = "CANDIDATES.jsonl",
+        required_unless_present = "from_prefs",
+        conflicts_with = "from_prefs"
+    )]
+    candidates: Option<PathBuf>,
+
+    /// Re-judge the pairs of a TRL preference file ({"prompt","chosen","rejected"}).
+    #[arg(long, value_name = "PREFS.jsonl")]
+    from_prefs: Option<PathBuf>,
+
+    /// Judgments file: created if missing, appended to, never rewritten.
+    #[arg(long, short = 'j', value_name = "JUDGMENTS.jsonl", required = true)]
+    judgments: Option<PathBuf>,
+
+    /// Your name, stored with every judgment.
+    #[arg(long, short = 'a', value_name = "NAME", required = true)]
+    annotator: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = ModeArg::Pairwise)]
+    mode: ModeArg,
+
+    /// Text shown in a pane toggled with `g`.
+    #[arg(long, value_name = "FILE")]
+    guidelines: Option<PathBuf>,
+
+    /// Each item is judged by at most K annotators sharing the judgments file.
+    #[arg(long, value_name = "K")]
+    overlap: Option<usize>,
+
+    /// Seed of the response shuffle (stored with every judgment).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Refuse to start when any input line is malformed.
+    #[arg(long)]
+    strict: bool,
+
+    /// Show which model wrote each response (judging is blind by default).
+    #[arg(long)]
+    show_source: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Two responses: A better, B better, tie, both bad, skip.
+    Pairwise,
+    /// Rank all responses best to worst, ties allowed.
+    Rank,
+}
+
+#[derive(Subcommand)]
+enum LabelCommand {
+    /// Write TRL preference pairs ({"prompt","chosen","rejected"}): rankings become every
+    /// strictly ordered pair, ties are dropped, corrections applied, flagged items left out.
+    Export(ExportArgs),
+    /// Per-annotator counts and decision rates, position bias, inter-annotator agreement.
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Judgments files (read in order, as one log).
+    #[arg(value_name = "JUDGMENTS.jsonl", required = true)]
+    judgments: Vec<PathBuf>,
+    /// Preference JSONL to write.
+    #[arg(long, value_name = "PREFS.jsonl")]
+    to: PathBuf,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// Judgments files (read in order, as one log).
+    #[arg(value_name = "JUDGMENTS.jsonl", required = true)]
+    judgments: Vec<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: LabelArgs) -> Result<()> {
+    match args.command {
+        Some(LabelCommand::Export(a)) => run_export(a),
+        Some(LabelCommand::Stats(a)) => run_stats(a),
+        None => run_labeler(args),
+    }
+}
+
+fn run_labeler(args: LabelArgs) -> Result<()> {
+    let input = match (args.candidates, args.from_prefs) {
+        (Some(c), None) => Input::Candidates(c),
+        (None, Some(p)) => Input::Prefs(p),
+        _ => bail!("give a candidates file or --from-prefs PREFS.jsonl"),
+    };
+    let (Some(judgments), Some(annotator)) = (args.judgments, args.annotator) else {
+        bail!("--judgments and --annotator are required");
+    };
+    let session = Session::open(LabelOptions {
+        input,
+        judgments: judgments.clone(),
+        annotator,
+        mode: match args.mode {
+            ModeArg::Pairwise => JudgeMode::Pairwise,
+            ModeArg::Rank => JudgeMode::Rank,
+        },
+        guidelines: args.guidelines,
+        overlap: args.overlap,
+        seed: args.seed,
+        strict: args.strict,
+        show_source: args.show_source,
+    })?;
+    for w in session.warnings() {
+        eprintln!("warning: {w}");
+    }
+    if !std::io::stdout().is_terminal() {
+        bail!("alignkit label needs a terminal (stdout is not one)");
+    }
+    let outcome = session.run()?;
+    eprintln!(
+        "{} judgment(s) this session; {}/{} items done; saved in {}",
+        outcome.judged_this_session,
+        outcome.progress.done,
+        outcome.progress.total,
+        judgments.display()
+    );
+    Ok(())
+}
+
+fn read(paths: &[PathBuf]) -> Result<Ledger> {
+    let read = read_logs(paths)?;
+    for w in &read.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(Ledger::from_records(read.records))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    if let Some(j) = args.judgments.iter().find(|j| same_file(j, &args.to)) {
+        bail!(
+            "--to {} would overwrite the judgments file {}",
+            args.to.display(),
+            j.display()
+        );
+    }
+    let ledger = read(&args.judgments)?;
+    let file = File::create(&args.to).with_context(|| format!("creating {}", args.to.display()))?;
+    let mut out = BufWriter::new(file);
+    let summary = export(&ledger, &mut out)
+        .and_then(|s| {
+            out.flush()?;
+            out.get_ref().sync_all()?;
+            Ok(s)
+        })
+        .with_context(|| format!("writing {}", args.to.display()))?;
+    eprintln!(
+        "{} preference pair(s) from {} judgment(s) written to {} ({} flagged left out, {} without a preference)",
+        summary.pairs,
+        summary.judgments,
+        args.to.display(),
+        summary.flagged,
+        summary.no_preference
+    );
+    Ok(())
+}
+
+fn run_stats(args: StatsArgs) -> Result<()> {
+    let read = read_logs(&args.judgments)?;
+    for w in &read.warnings {
+        eprintln!("warning: {w}");
+    }
+    let stats = compute_stats(&read.records);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{stats}");
+    }
+    Ok(())
 }

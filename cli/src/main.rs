@@ -3,8 +3,14 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod backend;
+mod bench;
+mod common;
 mod data;
+mod generate;
 mod label;
+mod logprobs;
+mod pull;
 
 #[derive(Parser)]
 #[command(name = "alignkit", version, about = "Align open language models on your own hardware")]
@@ -15,6 +21,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fetch a known model into the cache and import it (idempotent).
+    Pull(pull::PullArgs),
+    /// Convert a GGUF file into a Hugging Face model directory.
+    ImportGguf(pull::ImportArgs),
+    /// Generate text from one or more prompts.
+    Generate(generate::GenerateArgs),
+    /// Chat interactively with a model.
+    Chat(generate::ChatArgs),
+    /// Per-token log-probabilities of a completion given a prompt.
+    Logprobs(logprobs::LogprobsArgs),
+    /// Measure forward, training-step and decode speed (optionally against PyTorch).
+    Bench(bench::BenchArgs),
     /// Validate and inspect JSONL training data.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -32,6 +50,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Pull(args) => pull::run_pull(args),
+        Command::ImportGguf(args) => pull::run_import(args),
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Chat(args) => generate::run_chat(args),
+        Command::Logprobs(args) => logprobs::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Label(args) => label::run(args),
     }

@@ -1,0 +1,81 @@
+//! Backend choice: cargo features decide which backends are compiled in,
+//! `--device` picks one of them at run time.
+
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+
+/// Where to run, as given by `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Vulkan(usize),
+    Wgpu(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => (
+                k,
+                i.parse::<usize>()
+                    .map_err(|_| format!("bad device index in `{s}`"))?,
+            ),
+            None => (s, 0),
+        };
+        match kind {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(index)),
+            "vulkan" => Ok(DeviceSpec::Vulkan(index)),
+            "wgpu" => Ok(DeviceSpec::Wgpu(index)),
+            _ => Err(format!(
+                "unknown device `{s}` (expected cpu, cuda:N, vulkan:N or wgpu:N)"
+            )),
+        }
+    }
+}
+
+/// Work that runs on whichever backend `--device` selects. Inference code uses
+/// `B::InnerBackend`; training uses `B` itself.
+pub trait Task {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Run `task` on the backend named by `spec`.
+#[allow(unreachable_code, unused_variables)]
+pub fn dispatch<T: Task>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+    use burn::backend::Autodiff;
+    match spec {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "flex")]
+            return task.run::<Autodiff<burn::backend::Flex>>(Default::default());
+            #[cfg(feature = "ndarray")]
+            return task.run::<Autodiff<burn::backend::NdArray>>(Default::default());
+            bail!("this alignkit was built without a CPU backend (features `flex` or `ndarray`)")
+        }
+        DeviceSpec::Cuda(index) => {
+            #[cfg(feature = "cuda")]
+            return task.run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index));
+            bail!("this alignkit was built without CUDA; rebuild with `--features cuda`")
+        }
+        DeviceSpec::Vulkan(index) => {
+            #[cfg(feature = "vulkan")]
+            return task.run::<Autodiff<burn::backend::Vulkan>>(
+                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
+            );
+            bail!("this alignkit was built without Vulkan; rebuild with `--features vulkan`")
+        }
+        DeviceSpec::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            return task.run::<Autodiff<burn::backend::Wgpu>>(
+                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
+            );
+            bail!("this alignkit was built without wgpu; rebuild with `--features wgpu`")
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Arguments and helpers shared by the model-running subcommands.
+
+use std::path::{Path, PathBuf};
+
+use alignkit_datasets::{EncodeConfig, Encoder, Message, Role, Tokenizer};
+use alignkit_model::{LlamaConfig, LlamaForCausalLM, SamplingConfig};
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use clap::Args;
+
+use crate::backend::DeviceSpec;
+use crate::pull::{KnownModel, ensure_model};
+
+/// `--model` and `--device`.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (default: SmolLM2-135M-Instruct, fetched on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+impl ModelArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(dir) => Ok(dir.clone()),
+            None => ensure_model(KnownModel::Smollm2),
+        }
+    }
+}
+
+/// Sampling flags, as transformers' `generate` names them.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the output contains this text (repeatable); the text is cut there.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> SamplingConfig {
+        SamplingConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+        }
+    }
+}
+
+/// A loaded model with its tokenizer and chat template.
+pub struct Loaded<B: Backend> {
+    pub config: LlamaConfig,
+    pub model: LlamaForCausalLM<B>,
+    pub encoder: Encoder,
+}
+
+impl<B: Backend> Loaded<B> {
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let (config, model) = alignkit_model::load_model::<B>(dir, device)?;
+        let encoder = Encoder::from_dir(dir, EncodeConfig::default())
+            .with_context(|| format!("cannot load the tokenizer of {}", dir.display()))?;
+        Ok(Self {
+            config,
+            model,
+            encoder,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        self.encoder.tokenizer()
+    }
+
+    /// Token ids that end generation: the config's EOS ids and the template's
+    /// end-of-turn tokens.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.config.eos_token_ids.clone();
+        ids.extend_from_slice(self.tokenizer().end_of_turn_ids());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Prompt ids: rendered with the chat template (as a user turn, after an
+    /// optional system turn) or encoded as plain text with the tokenizer's BOS.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>> {
+        if chat {
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(Message::new(Role::System, s));
+            }
+            messages.push(Message::new(Role::User, prompt));
+            Ok(self.encoder.chat_ids(&messages, true)?)
+        } else {
+            Ok(self.tokenizer().encode(prompt, true)?)
+        }
+    }
+}
+
+/// Cut `text` at the first stop string, if any occurs.
+pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> Option<&'a str> {
+    stops
+        .iter()
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+        .map(|i| &text[..i])
+}

@@ -1,0 +1,56 @@
+//! Errors of the labeler. Every message names the file, and the line where there is one.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// A problem with one line of an input file, reported as `FILE:LINE: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+impl std::error::Error for LineError {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+
+    #[error("cannot write judgments to {}: {source}", path.display())]
+    Unwritable { path: PathBuf, source: io::Error },
+
+    #[error("{}: no usable items ({problems} malformed line(s))", path.display())]
+    NoItems { path: PathBuf, problems: usize },
+
+    #[error("{} malformed line(s) and --strict is set:\n{}", .0.len(), join_lines(.0))]
+    Strict(Vec<LineError>),
+
+    #[error("{}: {source}", path.display())]
+    Guidelines { path: PathBuf, source: io::Error },
+
+    #[error("invalid option: {0}")]
+    Option(String),
+
+    #[error("terminal: {0}")]
+    Terminal(io::Error),
+
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+}
+
+fn join_lines(errors: &[LineError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
