@@ -14,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod logprobs;
+pub mod lora;
 pub mod mask;
 pub mod transformer;
 

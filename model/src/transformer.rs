@@ -30,13 +30,19 @@ fn random_param<B: Backend, const D: usize>(
     .init(shape, device)
 }
 
-/// A dense layer stored as transformers stores it: `weight` is [out, in].
+/// A dense layer stored as transformers stores it: `weight` is [out, in],
+/// optionally with a LoRA adapter: y = xWᵀ + b + (α/r)·(x·Aᵀ)·Bᵀ.
 ///
 /// Shapes: x [.., in] → [.., out].
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Skipped by burn's visitors and mappers, so checkpoint load/save and
+    /// `named_tensors` see base weights only; [`crate::lora::visit_adapters`]
+    /// and [`crate::lora::map_adapters`] walk the adapters.
+    #[module(skip)]
+    pub lora: Option<crate::lora::LoraAdapter<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -44,16 +50,23 @@ impl<B: Backend> Linear<B> {
         Self {
             weight: random_param([d_out, d_in], device),
             bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+            lora: None,
         }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         // burn's linear takes [in, out]; the transpose is a stride swap, not a copy.
-        linear(
-            x,
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        )
+        let base = |x| {
+            linear(
+                x,
+                self.weight.val().transpose(),
+                self.bias.as_ref().map(|b| b.val()),
+            )
+        };
+        match &self.lora {
+            None => base(x),
+            Some(adapter) => base(x.clone()) + adapter.forward(x),
+        }
     }
 }
 
@@ -298,12 +311,43 @@ impl<B: Backend> Embedding<B> {
     }
 }
 
-/// The decoder stack without the LM head (`model.*` in the checkpoint).
+/// The decoder stack without the LM head (`model.*` in the checkpoint); the
+/// backbone shared by the causal LM and the reward/value heads.
 #[derive(Module, Debug)]
 pub struct LlamaModel<B: Backend> {
     pub embed_tokens: Embedding<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
+    pub rope: Rope,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// A randomly initialised backbone (weights ~ N(0, 0.02), norms 1, biases 0).
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        Self {
+            embed_tokens: Embedding {
+                weight: random_param([config.vocab_size, config.hidden_size], device),
+            },
+            layers: (0..config.num_hidden_layers)
+                .map(|_| DecoderLayer::init(config, device))
+                .collect(),
+            norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
+            rope: Rope::new(config),
+        }
+    }
+
+    /// Final hidden states after the last norm.
+    ///
+    /// Shapes: → [B, T, C].
+    pub fn forward(&self, input: ForwardInput<B>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let angles = self.rope.angles(input.positions);
+        let mut x = self.embed_tokens.forward(input.input_ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            x = layer.forward(x, &angles, input.mask.clone(), layer_cache);
+        }
+        self.norm.forward(x)
+    }
 }
 
 /// The inputs of one forward pass.
@@ -322,45 +366,24 @@ pub struct ForwardInput<B: Backend> {
 pub struct LlamaForCausalLM<B: Backend> {
     pub model: LlamaModel<B>,
     pub lm_head: Option<Linear<B>>,
-    pub rope: Rope,
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
     /// A randomly initialised model (weights ~ N(0, 0.02), norms 1, biases 0).
     pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
-        let model = LlamaModel {
-            embed_tokens: Embedding {
-                weight: random_param([config.vocab_size, config.hidden_size], device),
-            },
-            layers: (0..config.num_hidden_layers)
-                .map(|_| DecoderLayer::init(config, device))
-                .collect(),
-            norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
-        };
         let lm_head = (!config.tie_word_embeddings)
             .then(|| Linear::init(config.hidden_size, config.vocab_size, false, device));
         Self {
-            model,
+            model: LlamaModel::init(config, device),
             lm_head,
-            rope: Rope::new(config),
         }
     }
 
     /// Final hidden states after the last norm.
     ///
     /// Shapes: → [B, T, C].
-    pub fn forward_hidden(
-        &self,
-        input: ForwardInput<B>,
-        mut cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let angles = self.rope.angles(input.positions);
-        let mut x = self.model.embed_tokens.forward(input.input_ids);
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = layer.forward(x, &angles, input.mask.clone(), layer_cache);
-        }
-        self.model.norm.forward(x)
+    pub fn forward_hidden(&self, input: ForwardInput<B>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        self.model.forward(input, cache)
     }
 
     /// Logits of the LM head.

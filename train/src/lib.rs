@@ -1,1 +1,44 @@
-//! alignkit-train: see ../shared/ARCHITECTURE.md (not implemented yet).
+//! alignkit-train: the plumbing every trainer shares. Each trainer writes its
+//! own loop (batch → forward → loss → backward → clip → step → metrics →
+//! eval/checkpoint) out of these parts:
+//!
+//! - [`optim`]: AdamW (Loshchilov & Hutter 2019) with a decay and a no-decay
+//!   group, state as named tensors that round-trip bit-exactly.
+//! - [`schedule`]: constant / linear / cosine learning rates with warmup and a
+//!   floor, as transformers computes them.
+//! - [`grads`]: gradient accumulation and global-norm clipping across all
+//!   parameters (PyTorch's `clip_grad_norm_`, not burn's per-tensor clipping).
+//! - [`guard`]: the NaN/Inf guard.
+//! - [`params`]: which parameters train (full model or LoRA adapters) and their names.
+//! - [`run`], [`checkpoint`]: the run directory, `metrics.jsonl`, atomic
+//!   checkpoints with keep-last-K and exact resume.
+//! - [`seed`]: every random stream derived from the run seed and a position.
+//! - [`weights`]: saving and loading what a run trains (full weights or an adapter).
+//! - [`export`]: merged HF directories and PEFT adapters with a model card.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod grads;
+pub mod guard;
+pub mod optim;
+pub mod params;
+pub mod run;
+pub mod schedule;
+pub mod seed;
+pub mod tensors;
+pub mod weights;
+
+pub use checkpoint::{
+    BestEval, CheckpointRef, DataCursor, DataFile, TrainerState, WeightsKind, list_checkpoints,
+    model_fingerprint, save_checkpoint, sha256_file,
+};
+pub use config::LoopConfig;
+pub use error::TrainError;
+pub use grads::Gradients;
+pub use guard::{NanGuard, Verdict};
+pub use optim::{AdamW, AdamWConfig, ParamGroup};
+pub use params::{ParamInfo, Trainable, first_non_finite, trainable_count, trainable_params};
+pub use run::{MetricsLog, RunDir};
+pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};

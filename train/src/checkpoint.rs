@@ -1,0 +1,479 @@
+//! Checkpoints that survive a crash at any instant.
+//!
+//! ```text
+//! checkpoints/step-N/model.safetensors + config.json        full fine-tune (HF layout, f32)
+//!                   adapter_model.safetensors + adapter_config.json   LoRA (PEFT layout, f32)
+//!                   optimizer.safetensors                   AdamW moments + update count
+//!                   trainer_state.json                      step, scheduler position, RNG seed,
+//!                                                           data cursor, guard and eval counters,
+//!                                                           base-model fingerprint
+//! ```
+//!
+//! A checkpoint is written into `checkpoints/.tmp-step-N/`, every file
+//! fsynced, `trainer_state.json` last, and then renamed to `step-N` (rename is
+//! atomic on POSIX file systems) and the parent directory fsynced. A crash
+//! mid-write leaves a `.tmp-*` directory that is ignored and later removed; the
+//! previous checkpoint is never touched before the new one is in place.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, TrainError};
+use crate::tensors::write_synced;
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FORMAT: &str = "alignkit-trainer-state-1";
+
+/// A complete checkpoint on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRef {
+    pub step: usize,
+    pub path: PathBuf,
+}
+
+/// Where the data stream stands: the epoch and the index of the next
+/// micro-batch in that epoch's (seeded) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DataCursor {
+    pub epoch: usize,
+    pub micro_batch: usize,
+}
+
+impl DataCursor {
+    /// The micro-batches of the next update: its epoch, the index range in
+    /// that epoch's order, and the cursor after it. An update never spans two
+    /// epochs (the last one of an epoch may accumulate fewer micro-batches).
+    pub fn next_step(
+        self,
+        micro_per_epoch: usize,
+        accum: usize,
+    ) -> (usize, std::ops::Range<usize>, DataCursor) {
+        let mut cur = self;
+        if cur.micro_batch >= micro_per_epoch {
+            cur = DataCursor {
+                epoch: cur.epoch + 1,
+                micro_batch: 0,
+            };
+        }
+        let end = (cur.micro_batch + accum).min(micro_per_epoch);
+        (
+            cur.epoch,
+            cur.micro_batch..end,
+            DataCursor {
+                epoch: cur.epoch,
+                micro_batch: end,
+            },
+        )
+    }
+}
+
+/// A data file and the SHA-256 of its bytes (recorded in the model card).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// The best validation loss so far.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestEval {
+    pub step: usize,
+    pub eval_loss: f64,
+}
+
+/// Which weights a checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsKind {
+    /// Every base weight (`model.safetensors`).
+    Full,
+    /// A LoRA adapter (`adapter_model.safetensors`) over the base model.
+    Lora,
+}
+
+/// `trainer_state.json`: everything besides weights and optimizer moments
+/// that a resumed run needs to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    pub format: String,
+    /// Which trainer wrote it (`sft`, `dpo`, ...).
+    pub trainer: String,
+    /// Updates done, skipped ones included; also the scheduler position.
+    pub step: usize,
+    pub total_steps: usize,
+    pub cursor: DataCursor,
+    /// Every random stream is derived from this seed and the step (see
+    /// [`crate::seed`]), so seed + step is the whole RNG state.
+    pub seed: u64,
+    /// Tokens seen (real tokens, padding excluded), for `num_tokens`.
+    pub num_tokens: u64,
+    pub skipped_steps: usize,
+    pub consecutive_bad_steps: usize,
+    pub best: Option<BestEval>,
+    pub evals_without_improvement: usize,
+    pub weights: WeightsKind,
+    /// The base model directory and its fingerprint (see [`model_fingerprint`]).
+    pub base_model: PathBuf,
+    pub base_fingerprint: String,
+    pub data_files: Vec<DataFile>,
+}
+
+impl TrainerState {
+    pub fn format() -> &'static str {
+        STATE_FORMAT
+    }
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let state: Self = serde_json::from_str(&text).map_err(|source| TrainError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        if state.format != STATE_FORMAT {
+            return Err(TrainError::checkpoint(
+                path,
+                format!("format `{}`, expected `{STATE_FORMAT}`", state.format),
+            ));
+        }
+        Ok(state)
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|source| TrainError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_synced(&path, text.as_bytes())
+    }
+
+    /// Refuse to resume a checkpoint of another base model or trainer.
+    pub fn check_compatible(
+        &self,
+        checkpoint: &Path,
+        trainer: &str,
+        base_fingerprint: &str,
+        base_model: &Path,
+        weights: WeightsKind,
+    ) -> Result<()> {
+        if self.trainer != trainer {
+            return Err(TrainError::checkpoint(
+                checkpoint,
+                format!("written by the {} trainer, not {trainer}", self.trainer),
+            ));
+        }
+        if self.base_fingerprint != base_fingerprint {
+            return Err(TrainError::checkpoint(
+                checkpoint,
+                format!(
+                    "made from a different model ({}), not {}",
+                    self.base_model.display(),
+                    base_model.display()
+                ),
+            ));
+        }
+        if self.weights != weights {
+            return Err(TrainError::checkpoint(
+                checkpoint,
+                format!(
+                    "holds {:?} weights but the config asks for {:?} training",
+                    self.weights, weights
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn step_of(name: &str) -> Option<usize> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Complete checkpoints under `checkpoints_dir`, oldest first. A directory
+/// counts only once renamed into place with its `trainer_state.json`.
+pub fn list_checkpoints(checkpoints_dir: &Path) -> Result<Vec<CheckpointRef>> {
+    let entries = match std::fs::read_dir(checkpoints_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(checkpoints_dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io(checkpoints_dir, e))?;
+        let name = entry.file_name();
+        let Some(step) = name.to_str().and_then(step_of) else {
+            continue;
+        };
+        let path = entry.path();
+        if path.join(STATE_FILE).is_file() {
+            out.push(CheckpointRef { step, path });
+        }
+    }
+    out.sort_by_key(|c| c.step);
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| TrainError::io(dir, e))
+}
+
+/// Write checkpoint `state.step` atomically. `write_files` writes the weights
+/// and optimizer state into the directory it is given (fsynced, e.g. with
+/// [`crate::tensors::write_synced`]); `trainer_state.json` is written after
+/// it. Then keeps the newest `keep_last` checkpoints (0: all) plus `protect`
+/// (the best one).
+pub fn save_checkpoint(
+    checkpoints_dir: &Path,
+    state: &TrainerState,
+    keep_last: usize,
+    protect: Option<usize>,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<CheckpointRef> {
+    std::fs::create_dir_all(checkpoints_dir).map_err(|e| TrainError::io(checkpoints_dir, e))?;
+    let name = format!("step-{}", state.step);
+    let tmp = checkpoints_dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    write_files(&tmp)?;
+    state.write(&tmp)?;
+    sync_dir(&tmp)?;
+
+    let dest = checkpoints_dir.join(&name);
+    if dest.exists() {
+        // The same step saved again (Ctrl-C right after a periodic save, or a
+        // resumed run stopped at once): swap the old one out, then delete it.
+        let old = checkpoints_dir.join(format!(".old-{name}"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+        }
+        std::fs::rename(&dest, &old).map_err(|e| TrainError::io(&dest, e))?;
+        std::fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    } else {
+        std::fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
+    }
+    sync_dir(checkpoints_dir)?;
+    prune(checkpoints_dir, keep_last, protect)?;
+    Ok(CheckpointRef {
+        step: state.step,
+        path: dest,
+    })
+}
+
+/// Delete all but the newest `keep_last` complete checkpoints (never
+/// `protect`), and leftovers of interrupted writes.
+fn prune(checkpoints_dir: &Path, keep_last: usize, protect: Option<usize>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(checkpoints_dir).map_err(|e| TrainError::io(checkpoints_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io(checkpoints_dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".tmp-") || name.starts_with(".old-") {
+            let p = entry.path();
+            std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
+        }
+    }
+    if keep_last == 0 {
+        return Ok(());
+    }
+    let all = list_checkpoints(checkpoints_dir)?;
+    let n = all.len();
+    for c in all.into_iter().take(n.saturating_sub(keep_last)) {
+        if Some(c.step) != protect {
+            std::fs::remove_dir_all(&c.path).map_err(|e| TrainError::io(&c.path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file's bytes, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| TrainError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Identifies a base model directory cheaply: SHA-256 over `config.json`'s
+/// architecture, each weight file's safetensors header and length, and 16
+/// evenly spaced 4 KiB samples of its data. Two different checkpoints of one
+/// architecture differ in the samples; the same files moved elsewhere do not.
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))?;
+    let mut hasher = Sha256::new();
+    hasher.update(
+        format!(
+            "{} v{} c{} f{} l{} h{} k{} d{} tie{}",
+            config.model_type.as_str(),
+            config.vocab_size,
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            config.tie_word_embeddings
+        )
+        .as_bytes(),
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| TrainError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("model"))
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let mut f = std::fs::File::open(&path).map_err(|e| TrainError::io(&path, e))?;
+        let len = f.metadata().map_err(|e| TrainError::io(&path, e))?.len();
+        let mut header_len = [0u8; 8];
+        f.read_exact(&mut header_len)
+            .map_err(|e| TrainError::io(&path, e))?;
+        let n = u64::from_le_bytes(header_len).min(len.saturating_sub(8));
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header)
+            .map_err(|e| TrainError::io(&path, e))?;
+        hasher.update(len.to_le_bytes());
+        hasher.update(&header);
+        let data_start = 8 + n;
+        let data_len = len - data_start;
+        let mut sample = vec![0u8; 4096];
+        for i in 0..16u64 {
+            let offset = data_start + data_len * i / 16;
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| TrainError::io(&path, e))?;
+            let take = (len - offset).min(4096) as usize;
+            f.read_exact(&mut sample[..take])
+                .map_err(|e| TrainError::io(&path, e))?;
+            hasher.update(&sample[..take]);
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize) -> TrainerState {
+        TrainerState {
+            format: STATE_FORMAT.into(),
+            trainer: "sft".into(),
+            step,
+            total_steps: 10,
+            cursor: DataCursor::default(),
+            seed: 1,
+            num_tokens: 0,
+            skipped_steps: 0,
+            consecutive_bad_steps: 0,
+            best: None,
+            evals_without_improvement: 0,
+            weights: WeightsKind::Full,
+            base_model: "m".into(),
+            base_fingerprint: "f".into(),
+            data_files: vec![],
+        }
+    }
+
+    fn write_marker(text: &'static str) -> impl FnOnce(&Path) -> Result<()> {
+        move |dir| write_synced(&dir.join("weights"), text.as_bytes())
+    }
+
+    #[test]
+    fn keeps_last_k_and_the_protected_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [1, 2, 3, 4] {
+            save_checkpoint(dir.path(), &state(step), 2, Some(1), write_marker("w")).unwrap();
+        }
+        let steps: Vec<usize> = list_checkpoints(dir.path())
+            .unwrap()
+            .iter()
+            .map(|c| c.step)
+            .collect();
+        assert_eq!(steps, vec![1, 3, 4]);
+    }
+
+    /// A writer that fails half-way (as a crash would) leaves the previous
+    /// checkpoint intact and the partial one invisible.
+    #[test]
+    fn crash_mid_write_leaves_previous_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &state(2), 0, None, write_marker("good")).unwrap();
+        let err = save_checkpoint(dir.path(), &state(4), 0, None, |d| {
+            write_synced(&d.join("weights"), b"partial")?;
+            Err(TrainError::config("test", "simulated crash"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("simulated crash"));
+        // What a kill -9 at that instant leaves on disk: a .tmp directory.
+        assert!(dir.path().join(".tmp-step-4").exists());
+        let all = list_checkpoints(dir.path()).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].step, 2);
+        let w = std::fs::read_to_string(all[0].path.join("weights")).unwrap();
+        assert_eq!(w, "good");
+        assert_eq!(TrainerState::read(&all[0].path).unwrap().step, 2);
+        // The next successful save cleans the leftover up.
+        save_checkpoint(dir.path(), &state(6), 0, None, write_marker("w")).unwrap();
+        assert!(!dir.path().join(".tmp-step-4").exists());
+    }
+
+    #[test]
+    fn a_step_directory_without_state_is_not_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("step-9")).unwrap();
+        assert!(list_checkpoints(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn saving_the_same_step_again_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &state(3), 0, None, write_marker("a")).unwrap();
+        let c = save_checkpoint(dir.path(), &state(3), 0, None, write_marker("b")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(c.path.join("weights")).unwrap(),
+            "b"
+        );
+    }
+
+    #[test]
+    fn cursor_wraps_epochs_and_never_spans_two() {
+        let c = DataCursor::default();
+        // 5 micro-batches per epoch, accumulate 2: updates take 2, 2, 1.
+        let (e, r, c) = c.next_step(5, 2);
+        assert_eq!((e, r), (0, 0..2));
+        let (_, r, c) = c.next_step(5, 2);
+        assert_eq!(r, 2..4);
+        let (e, r, c) = c.next_step(5, 2);
+        assert_eq!((e, r), (0, 4..5));
+        let (e, r, _) = c.next_step(5, 2);
+        assert_eq!((e, r), (1, 0..2));
+    }
+}

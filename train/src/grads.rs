@@ -1,0 +1,174 @@
+//! Gradient accumulation and global-norm clipping.
+//!
+//! burn's `GradientClipping::Norm` clips each tensor by its own norm; the
+//! reference trainers (PyTorch `clip_grad_norm_`, used by transformers'
+//! Trainer) clip all gradients together by the norm of their concatenation,
+//! which keeps the update's direction. That is what this module does.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+use crate::params::{GradCollector, PathStack, Trainable};
+
+/// Gradients of the trainable parameters, summed over the micro-batches of one
+/// optimizer step. Flattened to 1-D and keyed by parameter name, on the inner
+/// (non-autodiff) backend.
+#[derive(Debug)]
+pub struct Gradients<B: Backend> {
+    tensors: BTreeMap<String, Tensor<B, 1>>,
+}
+
+impl<B: Backend> Default for Gradients<B> {
+    fn default() -> Self {
+        Self {
+            tensors: BTreeMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> Gradients<B> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add the gradients of one backward pass. The micro-batch losses must
+    /// already be scaled so that their sum is the step's loss (see the
+    /// trainers: each divides by the token count of the whole step).
+    pub fn accumulate<AB, M>(&mut self, model: &M, grads: AB::Gradients)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Trainable<AB>,
+    {
+        let mut collector = GradCollector::<AB> {
+            path: PathStack::default(),
+            grads: &grads,
+            out: Vec::new(),
+        };
+        model.visit_trainable(&mut collector);
+        for (name, grad) in collector.out {
+            self.add(name, grad);
+        }
+    }
+
+    /// Add one flattened gradient by name.
+    pub fn add(&mut self, name: String, grad: Tensor<B, 1>) {
+        match self.tensors.remove(&name) {
+            Some(sum) => self.tensors.insert(name, sum + grad),
+            None => self.tensors.insert(name, grad),
+        };
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor<B, 1>> {
+        self.tensors.get(name)
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Tensor<B, 1>> {
+        self.tensors.remove(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// ‖g‖₂ over all gradients together: sqrt(Σ_p Σ_i g_pi²). NaN if any
+    /// gradient is NaN, +Inf if one overflows.
+    pub fn global_norm(&self) -> f64 {
+        let squares: Vec<Tensor<B, 1>> = self
+            .tensors
+            .values()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .collect();
+        if squares.is_empty() {
+            return 0.0;
+        }
+        let total: f64 = Tensor::cat(squares, 0).sum().into_scalar().elem();
+        total.sqrt()
+    }
+
+    /// Scale every gradient by min(1, max_norm / (‖g‖ + 1e-6)) as PyTorch's
+    /// `clip_grad_norm_` does. Returns the norm before clipping (what the
+    /// reference trainers log as `grad_norm`). `max_norm <= 0` disables
+    /// clipping.
+    pub fn clip_global_norm(&mut self, max_norm: f64) -> f64 {
+        let norm = self.global_norm();
+        if max_norm > 0.0 && norm.is_finite() {
+            let coef = max_norm / (norm + 1e-6);
+            if coef < 1.0 {
+                let tensors = std::mem::take(&mut self.tensors);
+                self.tensors = tensors
+                    .into_iter()
+                    .map(|(name, g)| (name, g.mul_scalar(coef)))
+                    .collect();
+            }
+        }
+        norm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+
+    type B = Flex;
+
+    fn t(v: &[f32]) -> Tensor<B, 1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+    }
+
+    fn values(g: &Gradients<B>, name: &str) -> Vec<f32> {
+        g.get(name).unwrap().clone().into_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn global_norm_clips_all_tensors_by_one_factor() {
+        // ‖(3, 4) ⊕ (12)‖ = sqrt(9 + 16 + 144) = 13; max_norm 6.5 halves every
+        // entry (coef = 6.5 / (13 + 1e-6) ≈ 0.5). Per-tensor clipping would have
+        // scaled (3, 4) by 6.5/5 = 1.3 (i.e. not at all) and 12 by 6.5/12.
+        let mut g = Gradients::<B>::new();
+        g.add("a".into(), t(&[3.0, 4.0]));
+        g.add("b".into(), t(&[12.0]));
+        let norm = g.clip_global_norm(6.5);
+        assert!((norm - 13.0).abs() < 1e-6);
+        let a = values(&g, "a");
+        assert!(
+            (a[0] - 1.5).abs() < 1e-5 && (a[1] - 2.0).abs() < 1e-5,
+            "{a:?}"
+        );
+        assert!((values(&g, "b")[0] - 6.0).abs() < 1e-5);
+        assert!((g.global_norm() - 6.5).abs() < 1e-4);
+    }
+
+    #[test]
+    fn small_gradients_are_not_scaled_up() {
+        let mut g = Gradients::<B>::new();
+        g.add("a".into(), t(&[0.3, 0.4]));
+        let norm = g.clip_global_norm(1.0);
+        assert!((norm - 0.5).abs() < 1e-6);
+        assert_eq!(values(&g, "a"), vec![0.3, 0.4]);
+    }
+
+    #[test]
+    fn accumulation_adds_by_name_and_nan_shows_in_the_norm() {
+        let mut g = Gradients::<B>::new();
+        g.add("a".into(), t(&[1.0, 2.0]));
+        g.add("a".into(), t(&[0.5, -2.0]));
+        assert_eq!(values(&g, "a"), vec![1.5, 0.0]);
+        g.add("b".into(), t(&[f32::NAN]));
+        assert!(g.global_norm().is_nan());
+        // A non-finite norm never scales (the step is skipped by the guard).
+        assert!(g.clip_global_norm(1.0).is_nan());
+        assert_eq!(values(&g, "a"), vec![1.5, 0.0]);
+    }
+}

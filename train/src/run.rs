@@ -1,0 +1,168 @@
+//! The run directory:
+//!
+//! ```text
+//! RUN_DIR/config.toml            the resolved config, every default written out
+//! RUN_DIR/metrics.jsonl          one JSON object per update (TRL metric names)
+//! RUN_DIR/checkpoints/step-N/    see crate::checkpoint
+//! RUN_DIR/final/                 the trained model as an HF directory
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use alignkit_model::checkpoint::write_atomic;
+use serde::Serialize;
+
+use crate::checkpoint::{CheckpointRef, list_checkpoints};
+use crate::error::{Result, TrainError};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const FINAL_DIR: &str = "final";
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// A run directory for a fresh run. Refuses one that already holds
+    /// checkpoints, so that a forgotten `--resume` never overwrites a run.
+    pub fn create(root: &Path) -> Result<Self> {
+        let run = Self {
+            root: root.to_path_buf(),
+        };
+        if !list_checkpoints(&run.checkpoints_dir())?.is_empty() {
+            return Err(TrainError::RunExists {
+                dir: root.to_path_buf(),
+            });
+        }
+        std::fs::create_dir_all(run.checkpoints_dir())
+            .map_err(|e| TrainError::io(run.checkpoints_dir(), e))?;
+        let metrics = run.metrics_path();
+        if metrics.exists() {
+            // Left by a run that stopped before its first checkpoint.
+            std::fs::remove_file(&metrics).map_err(|e| TrainError::io(&metrics, e))?;
+        }
+        Ok(run)
+    }
+
+    /// The run directory of an interrupted run and its newest complete
+    /// checkpoint.
+    pub fn open_for_resume(root: &Path) -> Result<(Self, CheckpointRef)> {
+        let run = Self {
+            root: root.to_path_buf(),
+        };
+        let latest = list_checkpoints(&run.checkpoints_dir())?
+            .pop()
+            .ok_or_else(|| TrainError::NoCheckpoint {
+                dir: root.to_path_buf(),
+            })?;
+        Ok((run, latest))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join(CHECKPOINTS_DIR)
+    }
+
+    pub fn final_dir(&self) -> PathBuf {
+        self.root.join(FINAL_DIR)
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join(METRICS_FILE)
+    }
+
+    /// Write `config.toml` (atomically).
+    pub fn write_config(&self, toml_text: &str) -> Result<()> {
+        Ok(write_atomic(
+            &self.root.join(CONFIG_FILE),
+            toml_text.as_bytes(),
+        )?)
+    }
+
+    /// Open `metrics.jsonl` for appending. On resume from `resumed_step`,
+    /// records of later steps (written after that checkpoint by the
+    /// interrupted process) are dropped first, so the file reads as one run.
+    pub fn metrics(&self, resumed_step: Option<usize>) -> Result<MetricsLog> {
+        let path = self.metrics_path();
+        if let Some(step) = resumed_step
+            && path.exists()
+        {
+            truncate_metrics(&path, step)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+}
+
+/// Keep the records whose `step` is at most `step` (and any line that does
+/// not parse, which the interrupted writer may have cut short, is dropped).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut kept = String::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| TrainError::io(path, e))?;
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if value
+            .get("step")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|s| s as usize <= step)
+        {
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    }
+    Ok(write_atomic(path, kept.as_bytes())?)
+}
+
+/// `metrics.jsonl`: one JSON object per line, flushed per record.
+#[derive(Debug)]
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        let mut line = serde_json::to_string(record).map_err(|source| TrainError::Json {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Read every record of a `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|source| TrainError::Json {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+        .collect()
+}
