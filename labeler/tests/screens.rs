@@ -490,3 +490,80 @@ fn startup_warnings_show_in_the_status_line() {
     );
     assert!(h.screen(80, 24).contains("c.jsonl:3"));
 }
+
+#[test]
+fn random_keys_and_sizes_never_panic_and_every_record_is_valid() {
+    let all = [
+        KeyCode::Char('a'),
+        KeyCode::Char('b'),
+        KeyCode::Char('t'),
+        KeyCode::Char('x'),
+        KeyCode::Char('s'),
+        KeyCode::Char('u'),
+        KeyCode::Char('n'),
+        KeyCode::Char('p'),
+        KeyCode::Char('/'),
+        KeyCode::Char('?'),
+        KeyCode::Char('g'),
+        KeyCode::Char('f'),
+        KeyCode::Char('c'),
+        KeyCode::Char('w'),
+        KeyCode::Char('j'),
+        KeyCode::Char('k'),
+        KeyCode::Char('K'),
+        KeyCode::Char('J'),
+        KeyCode::Char('='),
+        KeyCode::Char('1'),
+        KeyCode::Char('2'),
+        KeyCode::Char('3'),
+        KeyCode::Char('9'),
+        KeyCode::Tab,
+        KeyCode::BackTab,
+        KeyCode::PageDown,
+        KeyCode::End,
+        KeyCode::Enter,
+        KeyCode::Esc,
+        KeyCode::Backspace,
+    ];
+    for (mode, items) in [
+        (JudgeMode::Pairwise, pairwise_items()),
+        (JudgeMode::Rank, rank_items()),
+    ] {
+        let mut h = Harness::new(mode, items, vec![]);
+        let mut state: u64 = 0x9e37_79b9;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let (mut w, mut hgt) = (80, 24);
+        for step in 0..3000 {
+            if step % 97 == 0 {
+                (w, hgt) = (1 + next(200) as u16, 1 + next(60) as u16);
+            }
+            h.press(all[next(all.len())]);
+            if step % 7 == 0 {
+                h.screen(w, hgt);
+            }
+        }
+        assert!(!h.appended.is_empty());
+        for r in &h.appended {
+            if let Record::Judgment(j) = r {
+                assert_eq!(j.mode, mode);
+                match (&j.decision, mode) {
+                    (Decision::Ranking(ranks), JudgeMode::Rank) => {
+                        assert_eq!(ranks.len(), j.shown.len());
+                        let mut levels = ranks.clone();
+                        levels.sort_unstable();
+                        levels.dedup();
+                        assert_eq!(levels, (1..=levels.len() as u32).collect::<Vec<_>>());
+                    }
+                    (Decision::Skip, _) => {}
+                    (_, JudgeMode::Pairwise) => assert_eq!(j.shown.len(), 2),
+                    (d, m) => panic!("{d:?} in {m:?} mode"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Bad input to the model commands: a one-line error naming the file and the
+//! problem, a non-zero exit, and no panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn alignkit(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(args)
+        .env(
+            "ALIGNKIT_CACHE",
+            std::env::temp_dir().join("alignkit-test-no-cache"),
+        )
+        .output()
+        .expect("run alignkit");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn assert_clean_error(args: &[&str], must_contain: &[&str]) {
+    let (code, stderr) = alignkit(args);
+    assert_ne!(code, 0, "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got:\n{stderr}"
+    );
+    for needle in must_contain {
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: `{needle}` missing from: {}",
+            lines[0]
+        );
+    }
+}
+
+fn fixture_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/llama")
+}
+
+/// A model dir with a real tokenizer and the tiny llama weights, so commands get
+/// past tokenizer loading; `edit` then breaks one file.
+fn model_dir(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture_model().join(f), dir.path().join(f)).unwrap();
+    }
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/tests/fixtures/smollm2");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok.join(f), dir.path().join(f)).unwrap();
+    }
+    edit(dir.path());
+    dir
+}
+
+#[test]
+fn missing_model_directory() {
+    assert_clean_error(
+        &[
+            "logprobs",
+            "--model",
+            "/nonexistent/model",
+            "--prompt",
+            "a",
+            "--completion",
+            "b",
+        ],
+        &["/nonexistent/model/config.json"],
+    );
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = model_dir(|d| {
+        let path = d.join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    let model = dir.path().to_str().unwrap();
+    assert_clean_error(
+        &[
+            "logprobs",
+            "--model",
+            model,
+            "--prompt",
+            "a",
+            "--completion",
+            "b",
+        ],
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn unknown_model_type() {
+    let dir = model_dir(|d| {
+        let path = d.join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"llama\"", "\"gpt_neox\"")).unwrap();
+    });
+    let model = dir.path().to_str().unwrap();
+    assert_clean_error(
+        &["generate", "--model", model, "--prompt", "hi"],
+        &["config.json", "model_type", "gpt_neox"],
+    );
+}
+
+#[test]
+fn wrong_tensor_shape_is_named() {
+    let dir = model_dir(|d| {
+        let path = d.join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65"),
+        )
+        .unwrap();
+    });
+    let model = dir.path().to_str().unwrap();
+    assert_clean_error(
+        &["generate", "--model", model, "--prompt", "hi"],
+        &["model.layers.0.mlp", "shape"],
+    );
+}
+
+#[test]
+fn gguf_with_unsupported_tensor_type() {
+    // The committed quantisation fixture holds a Q2_K tensor, which we do not dequantise.
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/gguf/quants.gguf.bin");
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("imported");
+    assert_clean_error(
+        &[
+            "import-gguf",
+            gguf.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ],
+        &["quants.gguf.bin"],
+    );
+    assert!(
+        !target.exists(),
+        "a failed import must leave nothing behind"
+    );
+}
+
+#[test]
+fn missing_gguf_file() {
+    let out = tempfile::tempdir().unwrap();
+    assert_clean_error(
+        &[
+            "import-gguf",
+            "/nonexistent/x.gguf",
+            out.path().join("m").to_str().unwrap(),
+        ],
+        &["/nonexistent/x.gguf"],
+    );
+}
+
+#[test]
+fn bad_sampling_flags() {
+    let dir = model_dir(|_| {});
+    let model = dir.path().to_str().unwrap();
+    assert_clean_error(
+        &[
+            "generate", "--model", model, "--prompt", "hi", "--top-p", "0",
+        ],
+        &["top_p"],
+    );
+}
