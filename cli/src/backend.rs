@@ -60,7 +60,8 @@ pub fn dispatch<T: Task>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         }
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
-            return task.run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index));
+            return task
+                .run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index));
             bail!("this alignkit was built without CUDA; rebuild with `--features cuda`")
         }
         DeviceSpec::Vulkan(index) => {

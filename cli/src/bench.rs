@@ -98,7 +98,9 @@ impl Task for BenchArgs {
         let forward_s = median(times);
 
         // 2. training step: forward + backward + AdamW
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, LlamaForCausalLM<B>>();
+        let mut optim = AdamWConfig::new()
+            .with_weight_decay(0.0)
+            .init::<B, LlamaForCausalLM<B>>();
         let mut model = model;
         let mut times = Vec::new();
         for i in 0..=self.steps {
@@ -121,7 +123,15 @@ impl Task for BenchArgs {
             ..SamplingConfig::default()
         };
         let start = Instant::now();
-        let out = generate(&inference, &[prompt], &[], 0, &sampling, |_, _| false, &device)?;
+        let out = generate(
+            &inference,
+            &[prompt],
+            &[],
+            0,
+            &sampling,
+            |_, _| false,
+            &device,
+        )?;
         let decode_tokens_per_s = out[0].tokens.len() as f64 / start.elapsed().as_secs_f64();
 
         Ok(BenchResult {
@@ -148,12 +158,16 @@ fn run_torch(script: &PathBuf, args: &BenchArgs) -> Result<BenchResult> {
         bail!(
             "{} failed: {}",
             script.display(),
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(last).with_context(|| format!("unexpected output from {}: {last}", script.display()))
+    serde_json::from_str(last)
+        .with_context(|| format!("unexpected output from {}: {last}", script.display()))
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -171,13 +185,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         json,
     };
     let ours = dispatch(model.device, args)?;
-    let theirs = torch.map(|script| run_torch(&script, &torch_args)).transpose()?;
+    let theirs = torch
+        .map(|script| run_torch(&script, &torch_args))
+        .transpose()?;
     if json {
-        println!("{}", serde_json::json!({"alignkit": ours, "pytorch": theirs}));
+        println!(
+            "{}",
+            serde_json::json!({"alignkit": ours, "pytorch": theirs})
+        );
         return Ok(());
     }
     println!("{shape}, device {:?}", model.device);
-    println!("{:<28} {:>12} {:>12} {:>8}", "measure", "alignkit", "pytorch", "ratio");
+    println!(
+        "{:<28} {:>12} {:>12} {:>8}",
+        "measure", "alignkit", "pytorch", "ratio"
+    );
     let row = |name: &str, a: f64, b: Option<f64>, unit: &str, lower_is_better: bool| {
         let (pt, ratio) = match b {
             Some(b) => (
@@ -186,9 +208,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ),
             None => ("-".into(), "-".into()),
         };
-        println!("{name:<28} {:>12} {pt:>12} {ratio:>8}", format!("{a:.3}{unit}"));
+        println!(
+            "{name:<28} {:>12} {pt:>12} {ratio:>8}",
+            format!("{a:.3}{unit}")
+        );
     };
-    row("forward (s)", ours.forward_s, theirs.as_ref().map(|r| r.forward_s), "", true);
+    row(
+        "forward (s)",
+        ours.forward_s,
+        theirs.as_ref().map(|r| r.forward_s),
+        "",
+        true,
+    );
     row(
         "fwd+bwd+AdamW step (s)",
         ours.train_step_s,

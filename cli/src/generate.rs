@@ -111,7 +111,10 @@ impl Task for ChatArgs {
             .map(|s| Message::new(Role::System, s.clone()))
             .collect();
         let mut config = self.sampling.config();
-        eprintln!("chatting with {} — /reset clears the conversation, /exit or Ctrl-D quits", dir.display());
+        eprintln!(
+            "chatting with {} — /reset clears the conversation, /exit or Ctrl-D quits",
+            dir.display()
+        );
         let stdin = std::io::stdin();
         let mut stdout = std::io::stdout();
         loop {

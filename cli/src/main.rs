@@ -13,7 +13,11 @@ mod logprobs;
 mod pull;
 
 #[derive(Parser)]
-#[command(name = "alignkit", version, about = "Align open language models on your own hardware")]
+#[command(
+    name = "alignkit",
+    version,
+    about = "Align open language models on your own hardware"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

