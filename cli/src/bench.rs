@@ -116,7 +116,7 @@ impl Task for BenchArgs {
         let train_step_s = median(times);
 
         // 3. greedy decode at batch 1, past a 16-token prompt
-        let inference = model.valid();
+        let inference = model.valid().for_decoding();
         let prompt: Vec<u32> = ids[..16.min(t)].iter().map(|&x| x as u32).collect();
         let sampling = SamplingConfig {
             max_new_tokens: self.decode_tokens,

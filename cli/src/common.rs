@@ -78,6 +78,7 @@ pub struct Loaded<B: Backend> {
 impl<B: Backend> Loaded<B> {
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         let (config, model) = alignkit_model::load_model::<B>(dir, device)?;
+        let model = model.for_decoding();
         let encoder = Encoder::from_dir(dir, EncodeConfig::default())
             .with_context(|| format!("cannot load the tokenizer of {}", dir.display()))?;
         Ok(Self {

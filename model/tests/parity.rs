@@ -121,10 +121,34 @@ fn check_fixture(name: &str) {
         max_new_tokens: want.len(),
         ..SamplingConfig::default()
     };
-    let out = generate(&model, &[prompt], &[], 0, &config, |_, _| false, &device).unwrap();
+    let out = generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        &[],
+        0,
+        &config,
+        |_, _| false,
+        &device,
+    )
+    .unwrap();
     assert_eq!(
         out[0].tokens, want,
         "{name}: greedy tokens differ from transformers"
+    );
+
+    // The decode layout (contiguous weight copies) changes speed, not results.
+    let fast = model.clone().for_decoding();
+    let out = generate(&fast, &[prompt], &[], 0, &config, |_, _| false, &device).unwrap();
+    assert_eq!(
+        out[0].tokens, want,
+        "{name}: for_decoding changed greedy tokens"
+    );
+    let seq = &seqs[0];
+    let a = logits(&model, std::slice::from_ref(seq), &[vec![true; seq.len()]]);
+    let b = logits(&fast, std::slice::from_ref(seq), &[vec![true; seq.len()]]);
+    assert!(
+        max_abs_diff(&a, &b) <= 1e-5,
+        "{name}: for_decoding changed logits"
     );
 }
 
