@@ -7,10 +7,12 @@ mod backend;
 mod bench;
 mod common;
 mod data;
+mod export;
 mod generate;
 mod label;
 mod logprobs;
 mod pull;
+mod sft;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +44,10 @@ enum Command {
     Data(data::DataCommand),
     /// Rank model responses in the terminal; export and summarise judgments.
     Label(label::LabelArgs),
+    /// Supervised fine-tuning (full or LoRA) from a TOML config and flags.
+    Sft(sft::SftArgs),
+    /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
+    Export(export::ExportArgs),
 }
 
 fn main() {
@@ -62,5 +68,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Label(args) => label::run(args),
+        Command::Sft(args) => sft::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

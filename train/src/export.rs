@@ -154,7 +154,10 @@ fn write_dir(out: &Path, overwrite: bool, write: impl FnOnce(&Path) -> Result<()
 /// Copy the tokenizer files of `base` into `dir`; write `generation_config.json`
 /// from the base's, or from the model config when the base has none.
 fn copy_tokenizer_files(base: &Path, config: &LlamaConfig, dir: &Path) -> Result<()> {
-    for f in TOKENIZER_FILES.iter().chain(["generation_config.json"].iter()) {
+    for f in TOKENIZER_FILES
+        .iter()
+        .chain(["generation_config.json"].iter())
+    {
         let src = base.join(f);
         if src.is_file() {
             std::fs::copy(&src, dir.join(f)).map_err(|e| TrainError::io(&src, e))?;
@@ -258,7 +261,10 @@ pub fn card_for_checkpoint(checkpoint: &Path, state: &TrainerState) -> Result<Mo
         .filter(|p| p.is_file())
         .map(|p| std::fs::read_to_string(&p).map_err(|e| TrainError::io(&p, e)))
         .transpose()?;
-    let final_metrics = match run_dir.map(|r| r.join(METRICS_FILE)).filter(|p| p.is_file()) {
+    let final_metrics = match run_dir
+        .map(|r| r.join(METRICS_FILE))
+        .filter(|p| p.is_file())
+    {
         Some(p) => read_metrics(&p)?.into_iter().rev().find(|m| {
             m.get("step")
                 .and_then(serde_json::Value::as_u64)

@@ -1,0 +1,456 @@
+//! `SftConfig`: what `alignkit sft --config sft.toml` reads. Unknown keys are
+//! errors; every default is in the `Default` impls below and written out in
+//! `RUN_DIR/config.toml`.
+//!
+//! ```toml
+//! model = "models/SmolLM2-135M-Instruct"   # HF directory (weights + tokenizer)
+//! output_dir = "runs/sft"
+//! learning_rate = 2e-4
+//!
+//! [data]
+//! train_file = "examples/sft.jsonl"
+//! max_len = 512
+//!
+//! [train]                                   # alignkit_train::LoopConfig
+//! batch_size = 4
+//! epochs = 1
+//!
+//! [lora]                                    # absent: full fine-tune
+//! r = 16
+//! alpha = 32
+//! target_modules = "all-linear"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use alignkit_datasets::{PlainText, TrainOn};
+use alignkit_model::SaveDtype;
+use alignkit_model::lora::LoraConfig;
+use alignkit_train::{AdamWConfig, LoopConfig, ScheduleConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SftError};
+
+/// Which tokens carry loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossOn {
+    /// Completions, or every assistant turn of a conversation (TRL's
+    /// `completion_only_loss` / `assistant_only_loss`).
+    Completion,
+    /// Every token.
+    All,
+}
+
+/// Storage dtype of `final/model.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalDtype {
+    F32,
+    Bf16,
+}
+
+impl From<FinalDtype> for SaveDtype {
+    fn from(d: FinalDtype) -> Self {
+        match d {
+            FinalDtype::F32 => SaveDtype::F32,
+            FinalDtype::Bf16 => SaveDtype::Bf16,
+        }
+    }
+}
+
+/// The `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// JSONL: `{"text"}`, `{"prompt","completion"}` or `{"messages"}` per line.
+    pub train_file: PathBuf,
+    /// Separate validation JSONL; when absent, `validation_split` of the
+    /// training file (by content hash) is held out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_file: Option<PathBuf>,
+    pub validation_split: f64,
+    /// Longest sequence in tokens (longer ones are truncated, and counted).
+    pub max_len: usize,
+    /// Pack several examples into each row of `max_len` tokens (attention and
+    /// positions restart per example, so packing changes no example's loss).
+    pub packing: bool,
+    pub loss_on: LossOn,
+    /// Treat string prompt/completion records as a user and an assistant turn.
+    pub text_as_chat: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            validation_file: None,
+            validation_split: 0.0,
+            max_len: 1024,
+            packing: false,
+            loss_on: LossOn::Completion,
+            text_as_chat: false,
+        }
+    }
+}
+
+/// Supervised fine-tuning configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer).
+    pub model: PathBuf,
+    /// The run directory.
+    pub output_dir: PathBuf,
+    /// Peak learning rate. TRL's `SFTConfig` default: 2e-5.
+    pub learning_rate: f64,
+    /// dtype of the exported `final/` weights.
+    pub final_dtype: FinalDtype,
+    pub data: DataConfig,
+    pub train: LoopConfig,
+    pub optim: AdamWConfig,
+    pub schedule: ScheduleConfig,
+    /// Present: train a LoRA adapter on a frozen base. Absent: full fine-tune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            output_dir: PathBuf::new(),
+            learning_rate: 2e-5,
+            final_dtype: FinalDtype::F32,
+            data: DataConfig::default(),
+            train: LoopConfig::default(),
+            optim: AdamWConfig::default(),
+            schedule: ScheduleConfig::default(),
+            lora: None,
+        }
+    }
+}
+
+/// `path:line:column: message` for a TOML error (one line).
+fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> SftError {
+    let (line, column) = match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    SftError::ConfigFile {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: err.message().trim().replace('\n', " "),
+    }
+}
+
+/// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value
+/// (`4`, `2e-4`, `true`, `"all-linear"`, `["q_proj", "v_proj"]`), or taken as a
+/// string when it does not parse as one.
+pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<()> {
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| SftError::Config {
+            field: key.into(),
+            message: "empty key".into(),
+        })?;
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| SftError::Config {
+            field: key.into(),
+            message: format!("`{p}` is not a table"),
+        })?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+impl SftConfig {
+    /// Read a TOML file, then apply `overrides` (`key=value`, as given by
+    /// `--set` or the CLI's flags). Unknown keys are errors.
+    pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| SftError::Io {
+                    path: p.to_path_buf(),
+                    source: e,
+                })?,
+                p.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("<flags>")),
+        };
+        if overrides.is_empty() {
+            return toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e));
+        }
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e))?;
+        for (k, v) in overrides {
+            set_key(&mut table, k, v)?;
+        }
+        // Errors here may come from a flag, which has no line in the file.
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| SftError::Override {
+                origin: origin.display().to_string(),
+                message: e.message().trim().replace('\n', " "),
+            })
+    }
+
+    /// Check every setting that can be checked without reading data or
+    /// weights; paths must exist.
+    pub fn validate(&self) -> Result<()> {
+        let field = |f: &str, m: String| SftError::Config {
+            field: f.into(),
+            message: m,
+        };
+        if self.model.as_os_str().is_empty() {
+            return Err(field(
+                "model",
+                "required: a Hugging Face model directory".into(),
+            ));
+        }
+        if !self.model.join("config.json").is_file() {
+            return Err(field(
+                "model",
+                format!("{} has no config.json", self.model.display()),
+            ));
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(field("output_dir", "required: the run directory".into()));
+        }
+        if self.data.train_file.as_os_str().is_empty() {
+            return Err(field("data.train_file", "required: a JSONL file".into()));
+        }
+        if !self.data.train_file.is_file() {
+            return Err(field(
+                "data.train_file",
+                format!("{} does not exist", self.data.train_file.display()),
+            ));
+        }
+        if let Some(v) = &self.data.validation_file {
+            if !v.is_file() {
+                return Err(field(
+                    "data.validation_file",
+                    format!("{} does not exist", v.display()),
+                ));
+            }
+            if self.data.validation_split > 0.0 {
+                return Err(field(
+                    "data.validation_split",
+                    "set either validation_file or validation_split, not both".into(),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.data.validation_split) {
+            return Err(field(
+                "data.validation_split",
+                format!("{} is not in [0, 1)", self.data.validation_split),
+            ));
+        }
+        if self.data.max_len < 2 {
+            return Err(field("data.max_len", "must be at least 2".into()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(field(
+                "learning_rate",
+                format!("{} is not a non-negative number", self.learning_rate),
+            ));
+        }
+        if self.train.eval_steps > 0
+            && self.data.validation_file.is_none()
+            && self.data.validation_split == 0.0
+        {
+            return Err(field(
+                "train.eval_steps",
+                "evaluation needs data.validation_file or data.validation_split".into(),
+            ));
+        }
+        self.train.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The same config with every path absolute (so a run resumes from any
+    /// working directory).
+    pub fn with_absolute_paths(&self) -> Result<Self> {
+        let abs = |p: &Path| {
+            std::path::absolute(p).map_err(|e| SftError::Io {
+                path: p.to_path_buf(),
+                source: e,
+            })
+        };
+        let mut c = self.clone();
+        c.model = abs(&self.model)?;
+        c.output_dir = abs(&self.output_dir)?;
+        c.data.train_file = abs(&self.data.train_file)?;
+        if let Some(v) = &self.data.validation_file {
+            c.data.validation_file = Some(abs(v)?);
+        }
+        Ok(c)
+    }
+
+    /// A resumed run reproduces the interrupted one only with the settings
+    /// that shape its trajectory unchanged; how long it runs, how often it
+    /// saves or evaluates, and the export dtype may change.
+    pub fn check_resumable_from(&self, previous: &SftConfig) -> Result<()> {
+        let mut a = previous.clone();
+        let mut b = self.clone();
+        for c in [&mut a, &mut b] {
+            c.train.epochs = 0;
+            c.train.max_steps = 0;
+            c.train.save_steps = 0;
+            c.train.keep_last = 0;
+            c.train.eval_steps = 0;
+            c.train.early_stopping_patience = 0;
+            c.train.max_bad_steps = 0;
+            c.final_dtype = FinalDtype::F32;
+        }
+        if a == b {
+            return Ok(());
+        }
+        let (ta, tb) = (
+            toml::Value::try_from(&a).expect("SftConfig serializes"),
+            toml::Value::try_from(&b).expect("SftConfig serializes"),
+        );
+        Err(SftError::Config {
+            field: first_difference(&ta, &tb, "").unwrap_or_else(|| "config".into()),
+            message: "differs from the run being resumed (its config.toml); resume with the same settings or start a new output_dir".into(),
+        })
+    }
+
+    /// The resolved config as TOML, every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("SftConfig serializes to TOML")
+    }
+
+    pub(crate) fn train_on(&self) -> TrainOn {
+        match self.data.loss_on {
+            LossOn::Completion => TrainOn::Completion,
+            LossOn::All => TrainOn::All,
+        }
+    }
+
+    pub(crate) fn plain_text(&self) -> PlainText {
+        if self.data.text_as_chat {
+            PlainText::Chat
+        } else {
+            PlainText::Raw
+        }
+    }
+}
+
+/// The dotted key of the first value that differs between two tables.
+fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<String> {
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => first_difference(u, v, &key),
+                    _ => Some(key),
+                }
+            })
+        }
+        _ => (a != b).then(|| prefix.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_a_one_line_error_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sft.toml");
+        std::fs::write(&path, "model = \"m\"\n[train]\nbatch_sise = 4\n").unwrap();
+        let err = SftConfig::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("sft.toml:3:1:"), "{err}");
+        assert!(err.contains("unknown field `batch_sise`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn overrides_parse_as_toml_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sft.toml");
+        std::fs::write(&path, "model = \"m\"\noutput_dir = \"o\"\n").unwrap();
+        let overrides = vec![
+            ("train.batch_size".to_string(), "3".to_string()),
+            ("learning_rate".to_string(), "1e-4".to_string()),
+            (
+                "lora.target_modules".to_string(),
+                "q_proj,v_proj".to_string(),
+            ),
+            ("data.train_file".to_string(), "x.jsonl".to_string()),
+        ];
+        let c = SftConfig::load(Some(&path), &overrides).unwrap();
+        assert_eq!(c.train.batch_size, 3);
+        assert_eq!(c.learning_rate, 1e-4);
+        assert_eq!(
+            c.lora.unwrap().target_modules.names(),
+            vec!["q_proj".to_string(), "v_proj".to_string()]
+        );
+        assert_eq!(c.data.train_file, PathBuf::from("x.jsonl"));
+        let err = SftConfig::load(Some(&path), &[("train.nope".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `nope`"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips_with_all_defaults() {
+        let c = SftConfig {
+            model: "m".into(),
+            output_dir: "o".into(),
+            lora: Some(LoraConfig::default()),
+            ..Default::default()
+        };
+        let text = c.to_toml();
+        assert!(
+            text.contains("[optim]") && text.contains("eps = "),
+            "{text}"
+        );
+        assert!(text.contains("max_bad_steps = 5"), "{text}");
+        let back: SftConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+
+        let mut longer = c.clone();
+        longer.train.max_steps = 1000;
+        longer.train.save_steps = 7;
+        longer.check_resumable_from(&c).unwrap();
+        let mut other = c.clone();
+        other.train.batch_size = 3;
+        let err = other.check_resumable_from(&c).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config: `train.batch_size`: differs"),
+            "{err}"
+        );
+    }
+}

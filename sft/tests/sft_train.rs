@@ -1,0 +1,410 @@
+//! End-to-end SFT on a tiny random model: learning, exact resume, the NaN
+//! guard, early stopping, and errors before training.
+
+mod common_sft;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use alignkit_model::load_model;
+use alignkit_sft::{Event, RunOptions, SftConfig, SftOutcome, StopReason, train};
+use common_sft::*;
+
+fn run(c: &SftConfig) -> SftOutcome {
+    train::<AB>(c, &Default::default(), RunOptions::default(), &mut |_| {}).unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, SftConfig) {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(&tmp.path().join("model"));
+    let data = tmp.path().join("train.jsonl");
+    write_chat_data(&data, &PAIRS);
+    let c = config(&model, &data, &tmp.path().join("run"));
+    (tmp, c)
+}
+
+#[test]
+fn loss_falls_on_a_memorisation_task() {
+    let (_tmp, mut c) = setup();
+    c.train.max_steps = 60;
+    c.train.batch_size = 3;
+    let out = run(&c);
+    assert_eq!(out.stop, StopReason::Completed);
+    let l = losses(&c.output_dir);
+    assert_eq!(l.len(), 60);
+    let first = l[0];
+    let last = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < 0.1 * first, "loss did not fall enough: {l:?}");
+    let m = metrics(&c.output_dir);
+    for key in [
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "num_tokens",
+        "mean_token_accuracy",
+        "entropy",
+        "tokens_per_second",
+        "epoch",
+    ] {
+        assert!(m[0].get(key).is_some(), "metrics lack `{key}`: {}", m[0]);
+    }
+    let acc = |r: &serde_json::Value| r["mean_token_accuracy"].as_f64().unwrap();
+    let accs: Vec<f64> = m.iter().map(acc).collect();
+    assert!(accs[accs.len() - 2..].iter().all(|&a| a > 0.8), "{accs:?}");
+
+    // final/ is an HF directory the model loader (and transformers) reads.
+    let final_dir = out.final_dir.unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+    ] {
+        assert!(final_dir.join(f).is_file(), "final/ lacks {f}");
+    }
+    load_model::<B>(&final_dir, &Default::default()).unwrap();
+    let card = std::fs::read_to_string(final_dir.join("README.md")).unwrap();
+    let sha = alignkit_train::sha256_file(&c.data.train_file).unwrap();
+    assert!(
+        card.contains(&sha) && card.contains("full fine-tuning") && card.contains("[train]"),
+        "{card}"
+    );
+
+    // config.toml is the resolved config and reads back as the same config.
+    let resolved = SftConfig::load(Some(&c.output_dir.join("config.toml")), &[]).unwrap();
+    assert_eq!(resolved, c.with_absolute_paths().unwrap());
+}
+
+/// The losses of a run, interrupted by a crash and resumed, equal the
+/// uninterrupted run's bit for bit.
+#[test]
+fn resume_after_a_crash_reproduces_the_losses_exactly() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 10;
+    c.train.grad_accum = 2;
+    c.train.batch_size = 2;
+    c.schedule.kind = alignkit_train::ScheduleKind::Cosine;
+    c.schedule.warmup_steps = 2;
+    c.optim.weight_decay = 0.1;
+    let reference = run(&c);
+    let want = losses(&c.output_dir);
+
+    // A crash (kill -9: nothing saved) at step 6, after the checkpoint at step 4.
+    c.output_dir = tmp.path().join("crashed");
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
+            if let Event::Step(m) = e
+                && m.step == 6
+            {
+                panic!("simulated kill at step 6");
+            }
+        })
+    }));
+    assert!(crashed.is_err());
+    // ... and a crash half-way through writing the checkpoint of step 8.
+    let partial = c.output_dir.join("checkpoints/.tmp-step-8");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.safetensors"), b"trunc").unwrap();
+
+    let mut steps = Vec::new();
+    let resumed = train::<AB>(
+        &c,
+        &Default::default(),
+        RunOptions {
+            resume: true,
+            stop: None,
+        },
+        &mut |e| {
+            if let Event::Step(m) = e {
+                steps.push(m.step)
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(steps, (5..=10).collect::<Vec<_>>(), "resumed from step 4");
+    let got = losses(&c.output_dir);
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "step {}: {a} vs {b}", i + 1);
+    }
+    assert!(!partial.exists(), "the partial checkpoint is cleaned up");
+    let a = load_model::<B>(&reference.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
+    let b = load_model::<B>(&resumed.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
+    assert_eq!(bits(&a), bits(&b), "final weights differ");
+}
+
+/// Ctrl-C: the stop flag saves a checkpoint and returns; --resume continues.
+#[test]
+fn stop_flag_saves_and_resume_continues() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 6;
+    c.train.save_steps = 0;
+    run(&c);
+    let want = losses(&c.output_dir);
+
+    c.output_dir = tmp.path().join("stopped");
+    let stop = AtomicBool::new(false);
+    let out = train::<AB>(
+        &c,
+        &Default::default(),
+        RunOptions {
+            resume: false,
+            stop: Some(&stop),
+        },
+        &mut |e| {
+            if let Event::Step(m) = e
+                && m.step == 3
+            {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(out.stop, StopReason::Interrupted);
+    assert_eq!(out.steps, 3);
+    assert!(out.final_dir.is_none());
+    assert!(
+        c.output_dir
+            .join("checkpoints/step-3/trainer_state.json")
+            .is_file()
+    );
+    let opts = RunOptions {
+        resume: true,
+        stop: None,
+    };
+    train::<AB>(&c, &Default::default(), opts, &mut |_| {}).unwrap();
+    let got = losses(&c.output_dir);
+    assert_eq!(
+        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+/// One micro-batch of 4 or two of 2 accumulated: the same token-mean loss and
+/// gradient (examples have different lengths, so a mean of per-micro-batch
+/// means would differ).
+#[test]
+fn gradient_accumulation_is_a_token_mean_over_the_step() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 2;
+    c.train.batch_size = 4;
+    c.train.grad_accum = 1;
+    run(&c);
+    let a = metrics(&c.output_dir);
+    c.output_dir = tmp.path().join("accum");
+    c.train.batch_size = 2;
+    c.train.grad_accum = 2;
+    run(&c);
+    let b = metrics(&c.output_dir);
+    for key in ["loss", "grad_norm"] {
+        let (x, y) = (a[0][key].as_f64().unwrap(), b[0][key].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-5 * x.abs().max(1.0), "{key}: {x} vs {y}");
+    }
+    let (x, y) = (
+        a[1]["loss"].as_f64().unwrap(),
+        b[1]["loss"].as_f64().unwrap(),
+    );
+    assert!((x - y).abs() < 1e-4, "after one update: {x} vs {y}");
+}
+
+/// Packed rows compute exactly what padded rows compute.
+#[test]
+fn packing_gives_the_same_loss() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 1;
+    c.train.batch_size = 6;
+    run(&c);
+    let a = metrics(&c.output_dir)[0]["loss"].as_f64().unwrap();
+    c.output_dir = tmp.path().join("packed");
+    c.data.packing = true;
+    run(&c);
+    let b = metrics(&c.output_dir)[0]["loss"].as_f64().unwrap();
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+}
+
+#[test]
+fn early_stopping_keeps_the_best_checkpoint() {
+    let (_tmp, mut c) = setup();
+    c.learning_rate = 0.0; // the validation loss can never improve after the first evaluation
+    c.data.validation_split = 0.5;
+    c.train.max_steps = 20;
+    c.train.eval_steps = 2;
+    c.train.early_stopping_patience = 2;
+    c.train.keep_last = 1;
+    let out = run(&c);
+    assert_eq!(out.stop, StopReason::EarlyStopped);
+    assert_eq!(out.steps, 6);
+    assert_eq!(out.best.unwrap().step, 2);
+    let m = metrics(&c.output_dir);
+    assert!(m[1]["eval_loss"].as_f64().is_some() && m[0].get("eval_loss").is_none());
+    let kept: Vec<usize> = alignkit_train::list_checkpoints(&c.output_dir.join("checkpoints"))
+        .unwrap()
+        .iter()
+        .map(|c| c.step)
+        .collect();
+    assert_eq!(kept, vec![2, 6], "keep_last 1 plus the best");
+}
+
+/// A NaN in one example's embedding: its steps are skipped and reported; the
+/// others train. LoRA keeps the poisoned base weights frozen, so the saved
+/// adapter stays finite.
+#[test]
+fn nan_steps_are_skipped_and_reported() {
+    let (_tmp, mut c) = setup();
+    poison(&c.model, 'z');
+    // Only "blue" contains no 'z'... we add one example with 'z' to 6 clean ones.
+    let mut pairs = PAIRS.to_vec();
+    pairs.push(("zoo?", "zebra"));
+    write_chat_data(&c.data.train_file, &pairs);
+    c.lora = Some(Default::default());
+    c.train.batch_size = 1;
+    c.train.max_steps = 14;
+    c.train.max_bad_steps = 3;
+    let mut reported = Vec::new();
+    let out = train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
+        if let Event::Step(m) = e
+            && let Some(r) = &m.skipped
+        {
+            reported.push((m.step, r.clone()));
+        }
+    })
+    .unwrap();
+    assert_eq!(out.stop, StopReason::Completed);
+    assert_eq!(
+        reported.len(),
+        2,
+        "one poisoned example per epoch of 7: {reported:?}"
+    );
+    assert!(reported[0].1.contains("loss is NaN"), "{reported:?}");
+    assert_eq!(out.skipped_steps, 2);
+    let m = metrics(&c.output_dir);
+    let clean: Vec<f64> = m
+        .iter()
+        .filter(|r| r.get("skipped").is_none())
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(clean.len(), 12);
+    assert!(clean.iter().all(|l| l.is_finite()));
+    // The clean steps updated the adapter, and what was saved is finite.
+    let ckpt = out.last_checkpoint.unwrap();
+    let (adapter, _) =
+        alignkit_train::tensors::read_f32_tensors(&ckpt.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        adapter
+            .values()
+            .all(|(_, v)| v.iter().all(|x| x.is_finite()))
+    );
+    assert!(
+        adapter
+            .iter()
+            .filter(|(k, _)| k.contains("lora_B"))
+            .all(|(_, (_, v))| v.iter().any(|&x| x != 0.0))
+    );
+}
+
+/// Every example poisoned: training stops after max_bad_steps and never
+/// writes a checkpoint.
+#[test]
+fn consecutive_nan_steps_stop_training_without_saving() {
+    let (_tmp, mut c) = setup();
+    poison(&c.model, '?');
+    c.train.max_bad_steps = 3;
+    let err = train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3 consecutive steps"), "{err}");
+    assert!(
+        alignkit_train::list_checkpoints(&c.output_dir.join("checkpoints"))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(losses(&c.output_dir).len(), 3);
+}
+
+fn poison(model_dir: &std::path::Path, c: char) {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
+    rewrite_model(model_dir, |mut m| {
+        let w = m.model.embed_tokens.weight.val();
+        let [v, h] = w.dims();
+        let mut data: Vec<f32> = w.into_data().to_vec().unwrap();
+        let row = id_of(c) as usize;
+        data[row * h..(row + 1) * h].fill(f32::NAN);
+        m.model.embed_tokens.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(data, [v, h]),
+            &Default::default(),
+        ));
+        m
+    });
+}
+
+/// Each bad input is a one-line error, reported before any step runs.
+#[test]
+fn bad_input_fails_before_training_with_one_line() {
+    let (tmp, c) = setup();
+    let try_run = |c: &SftConfig, resume: bool| -> String {
+        let mut stepped = false;
+        let r = train::<AB>(
+            c,
+            &Default::default(),
+            RunOptions { resume, stop: None },
+            &mut |e| {
+                if matches!(e, Event::Step(_)) {
+                    stepped = true;
+                }
+            },
+        );
+        assert!(!stepped, "trained before failing");
+        let msg = r.unwrap_err().to_string();
+        assert!(!msg.contains('\n'), "not one line: {msg}");
+        msg
+    };
+
+    // Unknown key in the config file.
+    let path = tmp.path().join("sft.toml");
+    std::fs::write(&path, "model = \"m\"\nlerning_rate = 1e-4\n").unwrap();
+    let msg = SftConfig::load(Some(&path), &[]).unwrap_err().to_string();
+    assert!(
+        msg.contains("sft.toml:2:1: unknown field `lerning_rate`"),
+        "{msg}"
+    );
+
+    // A data file that does not exist.
+    let mut bad = c.clone();
+    bad.data.train_file = tmp.path().join("nope.jsonl");
+    let msg = try_run(&bad, false);
+    assert!(
+        msg.contains("data.train_file") && msg.contains("nope.jsonl does not exist"),
+        "{msg}"
+    );
+
+    // --resume without a complete checkpoint (only a partial one).
+    std::fs::create_dir_all(c.output_dir.join("checkpoints/.tmp-step-4")).unwrap();
+    std::fs::create_dir_all(c.output_dir.join("checkpoints/step-2")).unwrap();
+    let msg = try_run(&c, true);
+    assert!(
+        msg.contains("no complete checkpoint to resume from"),
+        "{msg}"
+    );
+
+    // A checkpoint made from a different model.
+    let mut short = c.clone();
+    short.output_dir = tmp.path().join("other-run");
+    short.train.max_steps = 1;
+    run(&short);
+    let other_model = tiny_model_dir(&tmp.path().join("other-model"));
+    let mut wrong = short.clone();
+    wrong.model = other_model;
+    let msg = try_run(&wrong, true);
+    assert!(msg.contains("made from a different model"), "{msg}");
+
+    // Starting fresh over an existing run.
+    let msg = try_run(&short, false);
+    assert!(msg.contains("already holds checkpoints"), "{msg}");
+}
