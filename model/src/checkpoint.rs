@@ -193,18 +193,36 @@ pub fn load_weights<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<LlamaForCausalLM<B>> {
+    // Checkpoints saved with tied embeddings sometimes still carry the head, and
+    // older ones carry RoPE buffers; neither is a parameter.
+    let tied = config.tie_word_embeddings;
+    load_module(
+        LlamaForCausalLM::<B>::init(config, device),
+        dir,
+        device,
+        config.model_type.as_str(),
+        |name| name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight"),
+    )
+}
+
+/// Fill every float parameter of `module` (typically freshly, lazily
+/// initialised) with the tensor of the same name from the safetensors of `dir`.
+///
+/// Every parameter must be present with its exact shape, and every tensor in
+/// the files must be used, except those `ignore` names; `architecture` names
+/// the model in the error for an unexpected tensor.
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    dir: &Path,
+    device: &B::Device,
+    architecture: &str,
+    ignore: impl Fn(&str) -> bool,
+) -> Result<M> {
     let mut tensors = HashMap::new();
     for file in weight_files(dir)? {
         read_tensors(&file, &mut tensors)?;
     }
-    // Checkpoints saved with tied embeddings sometimes still carry the head, and
-    // older ones carry RoPE buffers; neither is a parameter.
-    if config.tie_word_embeddings {
-        tensors.remove("lm_head.weight");
-    }
-    tensors.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
-
-    let model = LlamaForCausalLM::<B>::init(config, device);
+    tensors.retain(|name, _| !ignore(name));
     let mut loader = Loader::<B> {
         path: PathStack::default(),
         tensors: &mut tensors,
@@ -212,7 +230,7 @@ pub fn load_weights<B: Backend>(
         dir: dir.to_path_buf(),
         errors: Vec::new(),
     };
-    let model = model.map(&mut loader);
+    let module = module.map(&mut loader);
     if let Some(err) = loader.errors.into_iter().next() {
         return Err(err);
     }
@@ -220,10 +238,10 @@ pub fn load_weights<B: Backend>(
         return Err(ModelError::UnexpectedTensor {
             path: loaded.file,
             name,
-            model_type: config.model_type.as_str().into(),
+            model_type: architecture.into(),
         });
     }
-    Ok(model)
+    Ok(module)
 }
 
 /// Collects every float parameter by its dotted path.

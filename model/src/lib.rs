@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod heads;
 pub mod logprobs;
 pub mod lora;
 pub mod mask;

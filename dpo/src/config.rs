@@ -1,0 +1,439 @@
+//! `DpoConfig`: what `alignkit dpo --config dpo.toml` reads. Unknown keys are
+//! errors; every default is in the `Default` impls below (TRL's `DPOConfig`
+//! defaults where it has one) and written out in `RUN_DIR/config.toml`.
+//!
+//! ```toml
+//! model = "runs/sft/final"        # the policy's starting point (HF directory)
+//! output_dir = "runs/dpo"
+//! loss_type = "sigmoid"           # ipo | hinge | robust | sigmoid_norm | apo_zero | apo_down
+//! beta = 0.1
+//! precompute_ref_log_probs = true # one reference pass, cached on disk
+//!
+//! [data]
+//! train_file = "prefs.jsonl"      # {"prompt","chosen","rejected"} per line
+//!
+//! [train]                         # alignkit_train::LoopConfig
+//! batch_size = 2                  # pairs per micro-batch (2 × that many sequences)
+//!
+//! [lora]                          # absent: full fine-tune with a frozen reference copy
+//! r = 16
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use alignkit_model::SaveDtype;
+use alignkit_model::lora::LoraConfig;
+use alignkit_train::{AdamWConfig, LoopConfig, ScheduleConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DpoError, Result};
+use crate::loss::{DpoLoss, DpoObjective};
+
+/// Storage dtype of `final/model.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalDtype {
+    F32,
+    Bf16,
+}
+
+impl From<FinalDtype> for SaveDtype {
+    fn from(d: FinalDtype) -> Self {
+        match d {
+            FinalDtype::F32 => SaveDtype::F32,
+            FinalDtype::Bf16 => SaveDtype::Bf16,
+        }
+    }
+}
+
+/// The `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// JSONL: `{"prompt","chosen","rejected"}` per line, strings or message lists.
+    pub train_file: PathBuf,
+    /// Separate validation JSONL; when absent, `validation_split` of the
+    /// training file (by content hash) is held out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_file: Option<PathBuf>,
+    pub validation_split: f64,
+    /// Longest prompt + completion in tokens. TRL: `max_length` 1024.
+    pub max_len: usize,
+    /// Longest prompt in tokens (its end is kept). TRL: `max_prompt_length` 512.
+    pub max_prompt_len: usize,
+    /// Treat string prompt/chosen/rejected as a user and an assistant turn.
+    pub text_as_chat: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            validation_file: None,
+            validation_split: 0.0,
+            max_len: 1024,
+            max_prompt_len: 512,
+            text_as_chat: false,
+        }
+    }
+}
+
+/// Direct Preference Optimization configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoConfig {
+    /// The policy's starting point: an HF model directory (weights + tokenizer).
+    pub model: PathBuf,
+    /// The reference policy. Absent: the starting `model` itself — a frozen
+    /// copy for a full fine-tune; with LoRA, the policy with its adapters
+    /// removed (no second copy of the weights).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_model: Option<PathBuf>,
+    /// The run directory.
+    pub output_dir: PathBuf,
+    /// Peak learning rate. TRL's `DPOConfig` default: 1e-6.
+    pub learning_rate: f64,
+    /// dtype of the exported `final/` weights.
+    pub final_dtype: FinalDtype,
+    pub loss_type: DpoLoss,
+    /// β: inverse temperature of the implicit reward. TRL: 0.1.
+    pub beta: f64,
+    /// ε for the `sigmoid` (cDPO) and `robust` losses. TRL: 0.
+    pub label_smoothing: f64,
+    /// Weight of the NLL-on-chosen term (RPO); absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpo_alpha: Option<f64>,
+    /// Compute the reference log-probs once before training (and cache them
+    /// on disk) instead of running the reference model on every batch.
+    pub precompute_ref_log_probs: bool,
+    /// Where precomputed reference log-probs are cached; absent:
+    /// `output_dir/reference-cache`. Share one directory between runs (or
+    /// pipeline stages) to reuse them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_cache_dir: Option<PathBuf>,
+    pub data: DataConfig,
+    pub train: LoopConfig,
+    pub optim: AdamWConfig,
+    pub schedule: ScheduleConfig,
+    /// Present: train a LoRA adapter on a frozen base. Absent: full fine-tune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            ref_model: None,
+            output_dir: PathBuf::new(),
+            learning_rate: 1e-6,
+            final_dtype: FinalDtype::F32,
+            loss_type: DpoLoss::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            rpo_alpha: None,
+            precompute_ref_log_probs: false,
+            ref_cache_dir: None,
+            data: DataConfig::default(),
+            train: LoopConfig::default(),
+            optim: AdamWConfig::default(),
+            schedule: ScheduleConfig::default(),
+            lora: None,
+        }
+    }
+}
+
+/// `path:line:column: message` for a TOML error (one line).
+fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> DpoError {
+    let (line, column) = match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    DpoError::ConfigFile {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: err.message().trim().replace('\n', " "),
+    }
+}
+
+/// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value, or
+/// taken as a string when it does not parse as one.
+pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<()> {
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let bad = |message: String| DpoError::Config {
+        field: key.into(),
+        message,
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("empty key".into()))?;
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("`{p}` is not a table")))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+impl DpoConfig {
+    /// Read a TOML file, then apply `overrides` (`key=value`). Unknown keys
+    /// are errors.
+    pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| DpoError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("<flags>")),
+        };
+        if overrides.is_empty() {
+            return toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e));
+        }
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e))?;
+        for (k, v) in overrides {
+            set_key(&mut table, k, v)?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| DpoError::Override {
+                origin: origin.display().to_string(),
+                message: e.message().trim().replace('\n', " "),
+            })
+    }
+
+    /// The loss settings, validated together.
+    pub fn objective(&self) -> Result<DpoObjective> {
+        DpoObjective::new(
+            self.loss_type,
+            self.beta,
+            self.label_smoothing,
+            self.rpo_alpha,
+        )
+    }
+
+    /// Check every setting that can be checked without reading data or
+    /// weights; paths must exist.
+    pub fn validate(&self) -> Result<()> {
+        let field = |f: &str, m: String| DpoError::Config {
+            field: f.into(),
+            message: m,
+        };
+        let model_dir = |f: &str, p: &Path| -> Result<()> {
+            if p.as_os_str().is_empty() {
+                return Err(field(f, "required: a Hugging Face model directory".into()));
+            }
+            if !p.join("config.json").is_file() {
+                return Err(field(f, format!("{} has no config.json", p.display())));
+            }
+            Ok(())
+        };
+        model_dir("model", &self.model)?;
+        if let Some(r) = &self.ref_model {
+            model_dir("ref_model", r)?;
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(field("output_dir", "required: the run directory".into()));
+        }
+        if self.data.train_file.as_os_str().is_empty() {
+            return Err(field("data.train_file", "required: a JSONL file".into()));
+        }
+        if !self.data.train_file.is_file() {
+            return Err(field(
+                "data.train_file",
+                format!("{} does not exist", self.data.train_file.display()),
+            ));
+        }
+        if let Some(v) = &self.data.validation_file {
+            if !v.is_file() {
+                return Err(field(
+                    "data.validation_file",
+                    format!("{} does not exist", v.display()),
+                ));
+            }
+            if self.data.validation_split > 0.0 {
+                return Err(field(
+                    "data.validation_split",
+                    "set either validation_file or validation_split, not both".into(),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.data.validation_split) {
+            return Err(field(
+                "data.validation_split",
+                format!("{} is not in [0, 1)", self.data.validation_split),
+            ));
+        }
+        if self.data.max_len < 2 {
+            return Err(field("data.max_len", "must be at least 2".into()));
+        }
+        if self.data.max_prompt_len >= self.data.max_len {
+            return Err(field(
+                "data.max_prompt_len",
+                format!(
+                    "{} leaves no room for a completion within data.max_len {}",
+                    self.data.max_prompt_len, self.data.max_len
+                ),
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(field(
+                "learning_rate",
+                format!("{} is not a non-negative number", self.learning_rate),
+            ));
+        }
+        if self.train.eval_steps > 0
+            && self.data.validation_file.is_none()
+            && self.data.validation_split == 0.0
+        {
+            return Err(field(
+                "train.eval_steps",
+                "evaluation needs data.validation_file or data.validation_split".into(),
+            ));
+        }
+        self.objective()?;
+        self.train.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The same config with every path absolute (so a run resumes from any
+    /// working directory).
+    pub fn with_absolute_paths(&self) -> Result<Self> {
+        let abs = |p: &Path| {
+            std::path::absolute(p).map_err(|source| DpoError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let mut c = self.clone();
+        c.model = abs(&self.model)?;
+        c.output_dir = abs(&self.output_dir)?;
+        c.data.train_file = abs(&self.data.train_file)?;
+        if let Some(v) = &self.data.validation_file {
+            c.data.validation_file = Some(abs(v)?);
+        }
+        if let Some(r) = &self.ref_model {
+            c.ref_model = Some(abs(r)?);
+        }
+        if let Some(d) = &self.ref_cache_dir {
+            c.ref_cache_dir = Some(abs(d)?);
+        }
+        Ok(c)
+    }
+
+    /// Where precomputed reference log-probs are cached.
+    pub fn reference_cache_dir(&self) -> PathBuf {
+        self.ref_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.output_dir.join("reference-cache"))
+    }
+
+    /// The resolved config as TOML, every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("DpoConfig serializes to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_a_one_line_error_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpo.toml");
+        std::fs::write(&path, "model = \"m\"\nbeta = 0.2\nloss = \"ipo\"\n").unwrap();
+        let err = DpoConfig::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("dpo.toml:3:1:"), "{err}");
+        assert!(err.contains("unknown field `loss`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn loss_types_parse_by_trl_name_and_unknown_ones_are_errors() {
+        let c: DpoConfig = toml::from_str("loss_type = \"sigmoid_norm\"\nbeta = 0.5").unwrap();
+        assert_eq!((c.loss_type, c.beta), (DpoLoss::SigmoidNorm, 0.5));
+        let err = toml::from_str::<DpoConfig>("loss_type = \"kto\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `kto`"), "{err}");
+    }
+
+    #[test]
+    fn overrides_and_defaults() {
+        let c = DpoConfig::load(
+            None,
+            &[
+                ("beta".into(), "0.25".into()),
+                ("loss_type".into(), "ipo".into()),
+                ("train.batch_size".into(), "3".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.beta, c.loss_type, c.train.batch_size),
+            (0.25, DpoLoss::Ipo, 3)
+        );
+        assert_eq!(c.learning_rate, 1e-6);
+        assert_eq!((c.data.max_len, c.data.max_prompt_len), (1024, 512));
+    }
+
+    #[test]
+    fn resolved_config_round_trips_with_all_defaults() {
+        let c = DpoConfig {
+            model: "m".into(),
+            output_dir: "o".into(),
+            rpo_alpha: Some(1.0),
+            lora: Some(LoraConfig::default()),
+            ..Default::default()
+        };
+        let text = c.to_toml();
+        for key in [
+            "loss_type = \"sigmoid\"",
+            "beta = 0.1",
+            "label_smoothing = 0.0",
+            "[optim]",
+        ] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        let back: DpoConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn loss_settings_are_validated_with_the_config() {
+        let c = DpoConfig {
+            loss_type: DpoLoss::Hinge,
+            label_smoothing: 0.2,
+            ..Default::default()
+        };
+        let err = c.objective().unwrap_err().to_string();
+        assert!(err.contains("label_smoothing"), "{err}");
+    }
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+use alignkit_datasets::{DataError, Location};
+use alignkit_model::ModelError;
+use alignkit_train::TrainError;
+
+/// Everything alignkit-dpo can fail with; each message is one line naming the
+/// file, line or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DpoError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    ConfigFile {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Override { origin: String, message: String },
+    #[error("config: `{field}`: {message}")]
+    Config { field: String, message: String },
+    /// A pair whose chosen and rejected completions are the same tokens: it has
+    /// no preference to learn (every DPO loss is constant on it).
+    #[error("{at}: `chosen` and `rejected` are identical{how}; remove the pair or fix the data")]
+    IdenticalPair { at: Location, how: &'static str },
+    #[error("{path}: reference log-prob cache: {message}")]
+    Cache { path: PathBuf, message: String },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+pub type Result<T, E = DpoError> = std::result::Result<T, E>;
