@@ -25,7 +25,7 @@ use crate::checkpoint::{
 };
 use crate::config::{LlamaConfig, ModelType};
 use crate::error::{ModelError, Result};
-use crate::transformer::{ForwardInput, Linear, LlamaModel};
+use crate::transformer::{ForwardInput, Linear, LlamaForCausalLM, LlamaModel};
 
 /// Name of the head's weight in the checkpoint.
 pub const SCORE_WEIGHT: &str = "score.weight";
@@ -56,6 +56,35 @@ impl<B: Backend> RewardModel<B> {
         Self {
             model,
             score: Linear::init(config.hidden_size, 1, false, device),
+        }
+    }
+
+    /// The backbone seen as a causal LM without a head, so that the LoRA
+    /// functions of [`crate::lora`] (`attach`, `merge`, `map_adapters`,
+    /// `load_adapter`, ...) apply to it. Adapter names are unchanged
+    /// (`model.layers.N...`).
+    pub fn map_backbone<E>(
+        self,
+        f: impl FnOnce(LlamaForCausalLM<B>) -> Result<LlamaForCausalLM<B>, E>,
+    ) -> Result<Self, E> {
+        let lm = f(LlamaForCausalLM {
+            model: self.model,
+            lm_head: None,
+            decode_head: None,
+        })?;
+        Ok(Self {
+            model: lm.model,
+            score: self.score,
+        })
+    }
+
+    /// The backbone as a head-less causal LM, for reading (adapters, names).
+    /// Cheap: the clone shares every tensor.
+    pub fn backbone_view(&self) -> LlamaForCausalLM<B> {
+        LlamaForCausalLM {
+            model: self.model.clone(),
+            lm_head: None,
+            decode_head: None,
         }
     }
 
@@ -403,5 +432,33 @@ mod tests {
                 close(&keep(&all), &keep(&want), "token scores");
             }
         }
+    }
+
+    #[test]
+    fn lora_applies_to_the_backbone_under_the_same_names() {
+        let device = Default::default();
+        let config = LlamaConfig::tiny(ModelType::Llama);
+        let model = RewardModel::<B>::init(&config, &device);
+        let lora_config = crate::lora::LoraConfig {
+            r: 2,
+            ..Default::default()
+        };
+        let adapted = model
+            .map_backbone(|lm| crate::lora::attach(lm, &lora_config, 3, &device))
+            .unwrap();
+        let view = adapted.backbone_view();
+        assert_eq!(crate::lora::adapter_count(&view), 2 * 7);
+        let names: Vec<String> = crate::lora::peft_tensors(&view).into_keys().collect();
+        assert!(
+            names.contains(
+                &"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()
+            ),
+            "{names:?}"
+        );
+        // Merging folds the adapters back into the backbone; the head is untouched.
+        let merged = adapted
+            .map_backbone(|lm| Ok::<_, ModelError>(crate::lora::merge(lm)))
+            .unwrap();
+        assert_eq!(crate::lora::adapter_count(&merged.backbone_view()), 0);
     }
 }

@@ -1,7 +1,11 @@
 use std::path::PathBuf;
 
-/// Everything alignkit-reward can fail with; each message names the file, line
-/// or field at fault.
+use alignkit_datasets::{DataError, Location};
+use alignkit_model::ModelError;
+use alignkit_train::TrainError;
+
+/// Everything alignkit-reward can fail with; each message is one line naming
+/// the file, line or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
     #[error("{path}: {source}")]
@@ -10,8 +14,28 @@ pub enum RewardError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}:{line}:{column}: {message}")]
+    ConfigFile {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Override { origin: String, message: String },
     #[error("config: `{field}`: {message}")]
     Config { field: String, message: String },
+    /// A pair whose chosen and rejected are the same tokens: no preference to learn.
+    #[error("{at}: `chosen` and `rejected` are identical{how}; remove the pair or fix the data")]
+    IdenticalPair { at: Location, how: &'static str },
+    #[error("{at}: field `margin`: {message}")]
+    Margin { at: Location, message: String },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 pub type Result<T, E = RewardError> = std::result::Result<T, E>;

@@ -4,10 +4,26 @@
 //! The model itself (backbone + `score` head) is
 //! `alignkit_model::heads::RewardModel`.
 //!
+//! - [`config`]: [`RewardConfig`] (TOML, unknown keys rejected, defaults in one place).
+//! - [`data`]: preference JSONL → token pairs with optional margins; identical
+//!   pairs rejected.
 //! - [`loss`]: the Bradley–Terry loss with margin and centring, golden-tested.
+//! - [`model`]: full or LoRA training of the reward model, checkpoints, `final/`.
+//! - [`score`]: [`score`] / [`score_sequences`] — each sample's reward.
+//! - [`train`]: [`train()`], the loop, and [`RewardMetrics`] per step.
 
+pub mod config;
+pub mod data;
 pub mod error;
 pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod score;
+pub mod train;
 
+pub use config::{DataConfig, FinalDtype, RewardConfig};
 pub use error::RewardError;
 pub use loss::{RewardLossOutput, RewardObjective, RewardSums, bradley_terry_loss};
+pub use metrics::RewardMetrics;
+pub use score::{Score, ScoredRecord, score, score_sequences};
+pub use train::{Event, RewardOutcome, RunInfo, RunOptions, StopReason, evaluate, train};

@@ -6,7 +6,7 @@
 //! eq. 2: a larger margin for more distinct pairs); and, optionally,
 //! c · (r_c + r_r)² with c = `center_rewards_coefficient`, which pulls the mean
 //! reward towards 0 (Eisenstein et al. 2023, "Helping or Herding? Reward Model
-//! Ensembles Mitigate but do not Eliminate Reward Hacking", §3).
+//! Ensembles Mitigate but do not Eliminate Reward Hacking", eq. 2).
 //!
 //! See: Bradley & Terry 1952, "Rank Analysis of Incomplete Block Designs";
 //! Ouyang et al. 2022, "Training language models to follow instructions with

@@ -1,0 +1,359 @@
+//! `RewardConfig`: what `alignkit reward train --config reward.toml` reads.
+//! Unknown keys are errors; every default is in the `Default` impls below
+//! (TRL's `RewardConfig` defaults where it has one) and written out in
+//! `RUN_DIR/config.toml`.
+//!
+//! ```toml
+//! model = "runs/sft/final"        # backbone: a causal LM (fresh score head) or a reward model
+//! output_dir = "runs/reward"
+//! learning_rate = 1e-4
+//! center_rewards_coefficient = 0.01
+//!
+//! [data]
+//! train_file = "prefs.jsonl"      # {"prompt","chosen","rejected"[,"margin"]} per line
+//! validation_split = 0.1
+//!
+//! [train]
+//! batch_size = 4                  # pairs per micro-batch
+//!
+//! [lora]                          # absent: full fine-tune; present: adapters + a fully trained head
+//! r = 16
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use alignkit_model::SaveDtype;
+use alignkit_model::lora::LoraConfig;
+use alignkit_train::{AdamWConfig, LoopConfig, ScheduleConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RewardError};
+use crate::loss::RewardObjective;
+
+/// Storage dtype of `final/model.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalDtype {
+    F32,
+    Bf16,
+}
+
+impl From<FinalDtype> for SaveDtype {
+    fn from(d: FinalDtype) -> Self {
+        match d {
+            FinalDtype::F32 => SaveDtype::F32,
+            FinalDtype::Bf16 => SaveDtype::Bf16,
+        }
+    }
+}
+
+/// The `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// JSONL: `{"prompt","chosen","rejected"}` per line, strings or message
+    /// lists, with an optional numeric `"margin"` (TRL's margin column).
+    pub train_file: PathBuf,
+    /// Separate validation JSONL; when absent, `validation_split` of the
+    /// training file (by content hash) is held out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_file: Option<PathBuf>,
+    pub validation_split: f64,
+    /// Longest prompt + completion in tokens. TRL: `max_length` 1024. Longer
+    /// sequences lose the start of their prompt, so the end-of-turn token the
+    /// score is read at survives (TRL cuts the end instead).
+    pub max_len: usize,
+    /// Treat string prompt/chosen/rejected as a user and an assistant turn.
+    pub text_as_chat: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            validation_file: None,
+            validation_split: 0.0,
+            max_len: 1024,
+            text_as_chat: false,
+        }
+    }
+}
+
+/// Reward-model training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// The starting point: a causal-LM directory (its backbone, a fresh score
+    /// head) or a reward-model directory (`*ForSequenceClassification`).
+    pub model: PathBuf,
+    /// The run directory.
+    pub output_dir: PathBuf,
+    /// Peak learning rate. TRL's `RewardConfig` default: 1e-4.
+    pub learning_rate: f64,
+    /// dtype of the exported `final/` weights.
+    pub final_dtype: FinalDtype,
+    /// c of the centring term c · mean((r_c + r_r)²); absent: none. TRL
+    /// recommends 0.01.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub center_rewards_coefficient: Option<f64>,
+    pub data: DataConfig,
+    pub train: LoopConfig,
+    pub optim: AdamWConfig,
+    pub schedule: ScheduleConfig,
+    /// Present: LoRA adapters on a frozen backbone (the score head is trained
+    /// fully, as PEFT's `modules_to_save=["score"]`). Absent: full fine-tune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            output_dir: PathBuf::new(),
+            learning_rate: 1e-4,
+            final_dtype: FinalDtype::F32,
+            center_rewards_coefficient: None,
+            data: DataConfig::default(),
+            train: LoopConfig::default(),
+            optim: AdamWConfig::default(),
+            schedule: ScheduleConfig::default(),
+            lora: None,
+        }
+    }
+}
+
+/// `path:line:column: message` for a TOML error (one line).
+fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> RewardError {
+    let (line, column) = match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    RewardError::ConfigFile {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: err.message().trim().replace('\n', " "),
+    }
+}
+
+/// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value, or
+/// taken as a string when it does not parse as one.
+pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<()> {
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let bad = |message: String| RewardError::Config {
+        field: key.into(),
+        message,
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("empty key".into()))?;
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("`{p}` is not a table")))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+impl RewardConfig {
+    /// Read a TOML file, then apply `overrides` (`key=value`). Unknown keys
+    /// are errors.
+    pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| RewardError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("<flags>")),
+        };
+        if overrides.is_empty() {
+            return toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e));
+        }
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e))?;
+        for (k, v) in overrides {
+            set_key(&mut table, k, v)?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| RewardError::Override {
+                origin: origin.display().to_string(),
+                message: e.message().trim().replace('\n', " "),
+            })
+    }
+
+    /// The loss settings.
+    pub fn objective(&self) -> Result<RewardObjective> {
+        RewardObjective::new(self.center_rewards_coefficient)
+    }
+
+    /// Check every setting that can be checked without reading data or
+    /// weights; paths must exist.
+    pub fn validate(&self) -> Result<()> {
+        let field = |f: &str, m: String| RewardError::Config {
+            field: f.into(),
+            message: m,
+        };
+        if self.model.as_os_str().is_empty() {
+            return Err(field(
+                "model",
+                "required: a Hugging Face model directory".into(),
+            ));
+        }
+        if !self.model.join("config.json").is_file() {
+            return Err(field(
+                "model",
+                format!("{} has no config.json", self.model.display()),
+            ));
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(field("output_dir", "required: the run directory".into()));
+        }
+        if self.data.train_file.as_os_str().is_empty() {
+            return Err(field("data.train_file", "required: a JSONL file".into()));
+        }
+        if !self.data.train_file.is_file() {
+            return Err(field(
+                "data.train_file",
+                format!("{} does not exist", self.data.train_file.display()),
+            ));
+        }
+        if let Some(v) = &self.data.validation_file {
+            if !v.is_file() {
+                return Err(field(
+                    "data.validation_file",
+                    format!("{} does not exist", v.display()),
+                ));
+            }
+            if self.data.validation_split > 0.0 {
+                return Err(field(
+                    "data.validation_split",
+                    "set either validation_file or validation_split, not both".into(),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.data.validation_split) {
+            return Err(field(
+                "data.validation_split",
+                format!("{} is not in [0, 1)", self.data.validation_split),
+            ));
+        }
+        if self.data.max_len < 2 {
+            return Err(field("data.max_len", "must be at least 2".into()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(field(
+                "learning_rate",
+                format!("{} is not a non-negative number", self.learning_rate),
+            ));
+        }
+        if self.train.eval_steps > 0
+            && self.data.validation_file.is_none()
+            && self.data.validation_split == 0.0
+        {
+            return Err(field(
+                "train.eval_steps",
+                "evaluation needs data.validation_file or data.validation_split".into(),
+            ));
+        }
+        self.objective()?;
+        self.train.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The same config with every path absolute (so a run resumes from any
+    /// working directory).
+    pub fn with_absolute_paths(&self) -> Result<Self> {
+        let abs = |p: &Path| {
+            std::path::absolute(p).map_err(|source| RewardError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let mut c = self.clone();
+        c.model = abs(&self.model)?;
+        c.output_dir = abs(&self.output_dir)?;
+        c.data.train_file = abs(&self.data.train_file)?;
+        if let Some(v) = &self.data.validation_file {
+            c.data.validation_file = Some(abs(v)?);
+        }
+        Ok(c)
+    }
+
+    /// The resolved config as TOML, every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("RewardConfig serializes to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_a_one_line_error_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reward.toml");
+        std::fs::write(&path, "model = \"m\"\n[data]\nmax_length = 4\n").unwrap();
+        let err = RewardConfig::load(Some(&path), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reward.toml:3:1:"), "{err}");
+        assert!(err.contains("unknown field `max_length`"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_round_trip() {
+        let c = RewardConfig::load(
+            None,
+            &[("center_rewards_coefficient".into(), "0.01".into())],
+        )
+        .unwrap();
+        assert_eq!(c.center_rewards_coefficient, Some(0.01));
+        assert_eq!((c.learning_rate, c.data.max_len), (1e-4, 1024));
+        let c = RewardConfig {
+            model: "m".into(),
+            output_dir: "o".into(),
+            lora: Some(LoraConfig::default()),
+            ..c
+        };
+        let back: RewardConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let bad = RewardConfig {
+            center_rewards_coefficient: Some(-1.0),
+            ..c
+        };
+        assert!(
+            bad.objective()
+                .unwrap_err()
+                .to_string()
+                .contains("center_rewards_coefficient")
+        );
+    }
+}
