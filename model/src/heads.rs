@@ -67,11 +67,7 @@ impl<B: Backend> RewardModel<B> {
         self,
         f: impl FnOnce(LlamaForCausalLM<B>) -> Result<LlamaForCausalLM<B>, E>,
     ) -> Result<Self, E> {
-        let lm = f(LlamaForCausalLM {
-            model: self.model,
-            lm_head: None,
-            decode_head: None,
-        })?;
+        let lm = f(LlamaForCausalLM::from_parts(self.model, None))?;
         Ok(Self {
             model: lm.model,
             score: self.score,
@@ -81,11 +77,7 @@ impl<B: Backend> RewardModel<B> {
     /// The backbone as a head-less causal LM, for reading (adapters, names).
     /// Cheap: the clone shares every tensor.
     pub fn backbone_view(&self) -> LlamaForCausalLM<B> {
-        LlamaForCausalLM {
-            model: self.model.clone(),
-            lm_head: None,
-            decode_head: None,
-        }
+        LlamaForCausalLM::from_parts(self.model.clone(), None)
     }
 
     /// The score at every position.

@@ -386,8 +386,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
     pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
         let lm_head = (!config.tie_word_embeddings)
             .then(|| Linear::init(config.hidden_size, config.vocab_size, false, device));
+        Self::from_parts(LlamaModel::init(config, device), lm_head)
+    }
+
+    /// A causal LM from a backbone and an optional untied head (None: tied, or
+    /// a head-less view of a backbone for the LoRA functions).
+    pub fn from_parts(model: LlamaModel<B>, lm_head: Option<Linear<B>>) -> Self {
         Self {
-            model: LlamaModel::init(config, device),
+            model,
             lm_head,
             decode_head: None,
         }
