@@ -7,10 +7,12 @@ mod backend;
 mod bench;
 mod common;
 mod data;
+mod demo;
 mod export;
 mod generate;
 mod label;
 mod logprobs;
+mod pipeline;
 mod pull;
 mod sft;
 
@@ -48,6 +50,12 @@ enum Command {
     Sft(sft::SftArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     Export(export::ExportArgs),
+    /// Run a staged pipeline (sft, dpo, export) from a TOML file, skipping
+    /// finished stages and resuming interrupted ones.
+    Run(pipeline::RunArgs),
+    /// The quickstart: SFT then DPO on SmolLM2 to answer in one sentence, with
+    /// a before/after evaluation on held-out prompts.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -70,5 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Label(args) => label::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => export::run(args),
+        Command::Run(args) => pipeline::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
