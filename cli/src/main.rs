@@ -14,6 +14,7 @@ mod label;
 mod logprobs;
 mod pipeline;
 mod pull;
+mod reward;
 mod sft;
 
 #[derive(Parser)]
@@ -46,6 +47,9 @@ enum Command {
     Data(data::DataCommand),
     /// Rank model responses in the terminal; export and summarise judgments.
     Label(label::LabelArgs),
+    /// Reward models: score data with a trained reward model.
+    #[command(subcommand)]
+    Reward(reward::RewardCommand),
     /// Supervised fine-tuning (full or LoRA) from a TOML config and flags.
     Sft(sft::SftArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
@@ -76,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Label(args) => label::run(args),
+        Command::Reward(cmd) => reward::run(cmd),
         Command::Sft(args) => sft::run(args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => pipeline::run(args),

@@ -6,53 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use alignkit_model::{LlamaConfig, LlamaForCausalLM, ModelType, SaveDtype, save_model};
 use serde_json::json;
 
-const CHARS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?:;'-()";
-const SPECIALS: [&str; 3] = ["<unk>", "<|im_start|>", "<|im_end|>"];
-const TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-/// A random tiny Llama with a character-level tokenizer and a ChatML template.
-fn tiny_model(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut config = LlamaConfig::tiny(ModelType::Llama);
-    config.bos_token_id = None;
-    config.eos_token_ids = vec![2];
-    config.pad_token_id = Some(2);
-    let model = LlamaForCausalLM::<burn::backend::Flex>::init(&config, &Default::default());
-    save_model(&model, &config, dir, SaveDtype::F32).unwrap();
-    let mut vocab = serde_json::Map::new();
-    for (i, s) in SPECIALS.iter().enumerate() {
-        vocab.insert(s.to_string(), json!(i));
-    }
-    for (i, c) in CHARS.chars().enumerate() {
-        vocab.insert(c.to_string(), json!(SPECIALS.len() + i));
-    }
-    let added: Vec<_> = SPECIALS
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
-        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    let tc = json!({
-        "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-        "unk_token": "<unk>", "add_bos_token": false, "chat_template": TEMPLATE
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
-    dir.to_path_buf()
-}
+mod common;
+use common::tiny_model;
 
 const QA: [(&str, &str, &str); 6] = [
     ("sky?", "blue.", "it is blue. blue is nice. i like it."),
