@@ -21,30 +21,13 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_model::SaveDtype;
 use alignkit_model::lora::LoraConfig;
+pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DpoError, Result};
 use crate::loss::{DpoLoss, DpoObjective};
-
-/// Storage dtype of `final/model.safetensors`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FinalDtype {
-    F32,
-    Bf16,
-}
-
-impl From<FinalDtype> for SaveDtype {
-    fn from(d: FinalDtype) -> Self {
-        match d {
-            FinalDtype::F32 => SaveDtype::F32,
-            FinalDtype::Bf16 => SaveDtype::Bf16,
-        }
-    }
-}
 
 /// The `[data]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,52 +128,22 @@ impl Default for DpoConfig {
 
 /// `path:line:column: message` for a TOML error (one line).
 fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> DpoError {
-    let (line, column) = match err.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            (line, column)
-        }
-        None => (0, 0),
-    };
+    let (line, column, message) = alignkit_train::toml_error_position(text, err);
     DpoError::ConfigFile {
         path: path.to_path_buf(),
         line,
         column,
-        message: err.message().trim().replace('\n', " "),
+        message,
     }
 }
 
 /// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value, or
 /// taken as a string when it does not parse as one.
 pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<()> {
-    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.to_string()),
-    };
-    let bad = |message: String| DpoError::Config {
+    alignkit_train::set_key(table, key, raw).map_err(|message| DpoError::Config {
         field: key.into(),
         message,
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts
-        .pop()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad("empty key".into()))?;
-    let mut t = table;
-    for p in parts {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| bad(format!("`{p}` is not a table")))?;
-    }
-    t.insert(last.to_string(), value);
-    Ok(())
+    })
 }
 
 impl DpoConfig {

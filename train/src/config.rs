@@ -95,3 +95,63 @@ impl LoopConfig {
         }
     }
 }
+
+/// Storage dtype of a trainer's `final/model.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalDtype {
+    F32,
+    Bf16,
+}
+
+impl From<FinalDtype> for alignkit_model::SaveDtype {
+    fn from(d: FinalDtype) -> Self {
+        match d {
+            FinalDtype::F32 => alignkit_model::SaveDtype::F32,
+            FinalDtype::Bf16 => alignkit_model::SaveDtype::Bf16,
+        }
+    }
+}
+
+/// Where a TOML parse error is in `text`: 1-based line and column (0, 0 when
+/// the error has no span) and its message on one line.
+pub fn toml_error_position(text: &str, err: &toml::de::Error) -> (usize, usize, String) {
+    let (line, column) = match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    (line, column, err.message().trim().replace('\n', " "))
+}
+
+/// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value
+/// (`4`, `2e-4`, `true`, `"all-linear"`, `["q_proj", "v_proj"]`), or taken as a
+/// string when it does not parse as one. The error is the message for `key`.
+pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), String> {
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| "empty key".to_string())?;
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}

@@ -34,7 +34,7 @@ pub use checkpoint::{
     BestEval, CheckpointRef, DataCursor, DataFile, TrainerState, WeightsKind, list_checkpoints,
     model_fingerprint, save_checkpoint, sha256_file,
 };
-pub use config::LoopConfig;
+pub use config::{FinalDtype, LoopConfig, set_key, toml_error_position};
 pub use error::TrainError;
 pub use grads::Gradients;
 pub use guard::{NanGuard, Verdict};
