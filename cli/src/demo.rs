@@ -1,7 +1,9 @@
 //! `alignkit demo`: the quickstart. SmolLM2-135M-Instruct, taught to answer
 //! in exactly one sentence by the pipeline in `examples/demo/pipeline.toml`
-//! (SFT with LoRA → DPO with LoRA → merged export), then judged against the
-//! base model on held-out prompts with the one-sentence rule.
+//! (SFT with LoRA → a reward model on the SFT backbone → DPO with LoRA →
+//! merged export), then judged against the base model on held-out prompts with
+//! the one-sentence rule; the reward model's and DPO's held-out preference
+//! accuracy and margin are printed with the table.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -116,19 +118,42 @@ pub fn run(args: DemoArgs) -> Result<()> {
             ": not significant"
         }
     );
-    if let Some(dpo) = plan.stages.iter().find(|s| s.kind == StageKind::Dpo)
-        && let Some(m) = crate::pipeline::Manifest::read(&dpo.dir).and_then(|m| m.final_metrics)
-    {
-        let get = |k: &str| m.get(k).and_then(serde_json::Value::as_f64);
-        let fmt = |acc: Option<f64>, margin: Option<f64>| match (acc, margin) {
-            (Some(a), Some(g)) => format!("reward accuracy {:.2}, margin {:+.3}", a, g),
-            _ => "n/a".into(),
-        };
+    // The last step's metrics of a stage, by the names its trainer logs.
+    let last = |kind: StageKind, keys: [&str; 5]| {
+        let stage = plan.stages.iter().find(|s| s.kind == kind)?;
+        let m = crate::pipeline::Manifest::read(&stage.dir)?.final_metrics?;
+        Some(keys.map(|k| m.get(k).and_then(serde_json::Value::as_f64)))
+    };
+    let fmt = |acc: Option<f64>, margin: Option<f64>| match (acc, margin) {
+        (Some(a), Some(g)) => format!("accuracy {a:.2}, mean margin {g:+.3}"),
+        _ => "n/a".into(),
+    };
+    if let Some([step, acc, margin, eval_acc, eval_margin]) = last(
+        StageKind::Reward,
+        ["step", "accuracy", "margin", "eval_accuracy", "eval_margin"],
+    ) {
         println!(
-            "DPO (step {}): train {}; held-out {}",
-            get("step").unwrap_or(0.0),
-            fmt(get("rewards/accuracies"), get("rewards/margins")),
-            fmt(get("eval_rewards/accuracies"), get("eval_rewards/margins")),
+            "reward model (step {}): held-out {}; train {}",
+            step.unwrap_or(0.0),
+            fmt(eval_acc, eval_margin),
+            fmt(acc, margin),
+        );
+    }
+    if let Some([step, acc, margin, eval_acc, eval_margin]) = last(
+        StageKind::Dpo,
+        [
+            "step",
+            "rewards/accuracies",
+            "rewards/margins",
+            "eval_rewards/accuracies",
+            "eval_rewards/margins",
+        ],
+    ) {
+        println!(
+            "DPO (step {}): implicit reward held-out {}; train {}",
+            step.unwrap_or(0.0),
+            fmt(eval_acc, eval_margin),
+            fmt(acc, margin),
         );
     }
     println!(

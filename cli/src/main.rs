@@ -16,6 +16,7 @@ mod pipeline;
 mod pull;
 mod reward;
 mod sft;
+mod train_cli;
 
 #[derive(Parser)]
 #[command(
@@ -47,18 +48,18 @@ enum Command {
     Data(data::DataCommand),
     /// Rank model responses in the terminal; export and summarise judgments.
     Label(label::LabelArgs),
-    /// Reward models: score data with a trained reward model.
+    /// Reward models: train one on preference pairs; score data with one.
     #[command(subcommand)]
     Reward(reward::RewardCommand),
     /// Supervised fine-tuning (full or LoRA) from a TOML config and flags.
     Sft(sft::SftArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     Export(export::ExportArgs),
-    /// Run a staged pipeline (sft, dpo, export) from a TOML file, skipping
+    /// Run a staged pipeline (sft, reward, dpo, export) from a TOML file, skipping
     /// finished stages and resuming interrupted ones.
     Run(pipeline::RunArgs),
-    /// The quickstart: SFT then DPO on SmolLM2 to answer in one sentence, with
-    /// a before/after evaluation on held-out prompts.
+    /// The quickstart: SFT, a reward model and DPO on SmolLM2 to answer in one
+    /// sentence, with a before/after evaluation on held-out prompts.
     Demo(demo::DemoArgs),
 }
 

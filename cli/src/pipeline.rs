@@ -16,12 +16,24 @@
 //! data.train_file = "sft.jsonl"
 //!
 //! [[stage]]
+//! name = "rm"
+//! kind = "reward"                          # a reward model on the SFT backbone
+//! [stage.config]                           # (RewardConfig)
+//! data.train_file = "prefs.jsonl"
+//!
+//! [[stage]]
 //! name = "dpo"
-//! kind = "dpo"                             # input: the previous stage's model,
+//! kind = "dpo"                             # input: the previous policy stage's model,
 //! from = "sft"                             # or the named stage's
 //! [stage.config]
 //! data.train_file = "prefs.jsonl"
 //! ```
+//!
+//! A `reward` stage's output is a reward model (an HF
+//! `*ForSequenceClassification` directory), not a policy: a stage without
+//! `from` takes the last *policy* stage's model, so the stage after a reward
+//! stage trains the policy before it. Only another `reward` stage (to train it
+//! further) or a merged `export` (`from = "rm"`) may name a reward stage.
 //!
 //! Stage identity: SHA-256 over the stage kind, its resolved config (every
 //! default written out), the SHA-256 of each data file, and its input model's
@@ -30,23 +42,25 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alignkit_dpo::DpoConfig;
+use alignkit_reward::RewardConfig;
 use alignkit_sft::SftConfig;
 use alignkit_train::export::ExportKind;
-use alignkit_train::{list_checkpoints, model_fingerprint, sha256_file};
+use alignkit_train::{StopReason, list_checkpoints, model_fingerprint, sha256_file};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::pull::{KnownModel, ensure_model};
+use crate::train_cli::{StepBar, TrainerConfig, stop_flag};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -164,6 +178,7 @@ pub enum ExportDtype {
 #[derive(Debug, Clone)]
 pub enum StageConfig {
     Sft(Box<SftConfig>),
+    Reward(Box<RewardConfig>),
     Dpo(Box<DpoConfig>),
     Export(ExportConfig),
 }
@@ -172,6 +187,7 @@ impl StageConfig {
     fn to_json(&self) -> serde_json::Value {
         let v = match self {
             StageConfig::Sft(c) => serde_json::to_value(c),
+            StageConfig::Reward(c) => serde_json::to_value(c),
             StageConfig::Dpo(c) => serde_json::to_value(c),
             StageConfig::Export(c) => serde_json::to_value(c),
         };
@@ -181,21 +197,22 @@ impl StageConfig {
     fn to_toml(&self) -> String {
         match self {
             StageConfig::Sft(c) => c.to_toml(),
+            StageConfig::Reward(c) => c.to_toml(),
             StageConfig::Dpo(c) => c.to_toml(),
             StageConfig::Export(c) => toml::to_string(c).expect("ExportConfig serializes"),
         }
     }
 
     fn data_files(&self) -> Vec<PathBuf> {
-        match self {
-            StageConfig::Sft(c) => std::iter::once(c.data.train_file.clone())
-                .chain(c.data.validation_file.clone())
-                .collect(),
-            StageConfig::Dpo(c) => std::iter::once(c.data.train_file.clone())
-                .chain(c.data.validation_file.clone())
-                .collect(),
-            StageConfig::Export(_) => Vec::new(),
-        }
+        let (train, validation) = match self {
+            StageConfig::Sft(c) => (&c.data.train_file, &c.data.validation_file),
+            StageConfig::Reward(c) => (&c.data.train_file, &c.data.validation_file),
+            StageConfig::Dpo(c) => (&c.data.train_file, &c.data.validation_file),
+            StageConfig::Export(_) => return Vec::new(),
+        };
+        std::iter::once(train.clone())
+            .chain(validation.clone())
+            .collect()
     }
 }
 
@@ -528,10 +545,20 @@ impl Plan {
             let input = match upstream {
                 Some(up) => {
                     if up.kind == StageKind::Reward {
-                        bail!(
-                            "{at}: takes its model from `{}`, a reward model, not a policy",
-                            up.name
-                        );
+                        let adapter = entry.config.get("format").and_then(toml::Value::as_str)
+                            == Some("adapter");
+                        match entry.kind {
+                            StageKind::Reward => {}
+                            StageKind::Export if !adapter => {}
+                            StageKind::Export => bail!(
+                                "{at}: `{}` is a reward model (merged in its final/); export it with format = \"merged\"",
+                                up.name
+                            ),
+                            StageKind::Sft | StageKind::Dpo => bail!(
+                                "{at}: takes its model from `{}`, a reward model, not a policy",
+                                up.name
+                            ),
+                        }
                     }
                     if let StageConfig::Export(c) = &up.config
                         && c.format == ExportFormat::Adapter
@@ -565,10 +592,13 @@ impl Plan {
                 .with_context(|| at.clone())?;
             let mut data = Vec::new();
             for path in config.data_files() {
+                if path.as_os_str().is_empty() {
+                    bail!("{at}: `data.train_file` is required");
+                }
                 if !path.is_file() {
                     bail!("{at}: data file {} does not exist", path.display());
                 }
-                if entry.kind == StageKind::Dpo {
+                if matches!(entry.kind, StageKind::Reward | StageKind::Dpo) {
                     check_preference_file(&path)?;
                 }
                 data.push(InputFile {
@@ -652,7 +682,7 @@ impl Plan {
 
     /// Run the plan's stages in order on the backend `device` names.
     pub fn execute(&self, device: DeviceSpec) -> Result<()> {
-        let stop = ctrl_c_flag()?;
+        let stop = stop_flag()?;
         dispatch(device, Execute { plan: self, stop })
     }
 }
@@ -665,29 +695,30 @@ fn resolve_config(
     base: &Path,
     out: &Path,
 ) -> Result<(StageConfig, PathBuf)> {
-    let table = toml::Value::Table(entry.config.clone());
+    let mut table = entry.config.clone();
+    if entry.kind != StageKind::Export {
+        // A trainer's model and run directory, and its data relative to the pipeline file.
+        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        table.insert("model".into(), path(input));
+        table.insert("output_dir".into(), path(dir));
+        if let Some(toml::Value::Table(data)) = table.get_mut("data") {
+            for key in ["train_file", "validation_file"] {
+                if let Some(toml::Value::String(p)) = data.get(key) {
+                    let resolved = path(&absolute(base, Path::new(p))?);
+                    data.insert(key.into(), resolved);
+                }
+            }
+        }
+    }
+    let table = toml::Value::Table(table);
     let bad = |e: toml::de::Error| {
         anyhow::anyhow!("[stage.config]: {}", e.message().trim().replace('\n', " "))
     };
-    Ok(match entry.kind {
-        StageKind::Sft => {
-            let mut c: SftConfig = table.try_into().map_err(bad)?;
-            c.model = input.to_path_buf();
-            c.output_dir = dir.to_path_buf();
-            c.data.train_file = absolute(base, &c.data.train_file)?;
-            if let Some(v) = &c.data.validation_file {
-                c.data.validation_file = Some(absolute(base, v)?);
-            }
-            (StageConfig::Sft(Box::new(c)), dir.join("final"))
-        }
+    let config = match entry.kind {
+        StageKind::Sft => StageConfig::Sft(Box::new(table.try_into().map_err(bad)?)),
+        StageKind::Reward => StageConfig::Reward(Box::new(table.try_into().map_err(bad)?)),
         StageKind::Dpo => {
             let mut c: DpoConfig = table.try_into().map_err(bad)?;
-            c.model = input.to_path_buf();
-            c.output_dir = dir.to_path_buf();
-            c.data.train_file = absolute(base, &c.data.train_file)?;
-            if let Some(v) = &c.data.validation_file {
-                c.data.validation_file = Some(absolute(base, v)?);
-            }
             if let Some(r) = &c.ref_model {
                 c.ref_model = Some(absolute(base, r)?);
             }
@@ -696,20 +727,18 @@ fn resolve_config(
                 Some(d) => absolute(base, d)?,
                 None => out.join("reference-cache"),
             });
-            (StageConfig::Dpo(Box::new(c)), dir.join("final"))
+            StageConfig::Dpo(Box::new(c))
         }
-        StageKind::Export => {
-            let c: ExportConfig = table.try_into().map_err(bad)?;
-            let sub = match c.format {
-                ExportFormat::Merged => "model",
-                ExportFormat::Adapter => "adapter",
-            };
-            (StageConfig::Export(c), dir.join(sub))
-        }
-        StageKind::Reward => bail!(
-            "kind `reward` is not available in this build yet (alignkit-reward has no trainer)"
-        ),
-    })
+        StageKind::Export => StageConfig::Export(table.try_into().map_err(bad)?),
+    };
+    let output = match &config {
+        StageConfig::Export(c) => dir.join(match c.format {
+            ExportFormat::Merged => "model",
+            ExportFormat::Adapter => "adapter",
+        }),
+        _ => dir.join("final"),
+    };
+    Ok((config, output))
 }
 
 /// Skip, resume or run, from the stage's manifest.
@@ -753,9 +782,10 @@ fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
                     .ok()
                     .and_then(|mut c| c.pop());
             match checkpoint {
-                Some(c) if matches!(stage.kind, StageKind::Sft | StageKind::Dpo) => Action::Resume(
-                    format!("stopped at step {}; resuming from its checkpoint", c.step),
-                ),
+                Some(c) if stage.kind != StageKind::Export => Action::Resume(format!(
+                    "stopped at step {}; resuming from its checkpoint",
+                    c.step
+                )),
                 _ => Action::Run("the previous run stopped before its first checkpoint".into()),
             }
         }
@@ -764,29 +794,6 @@ fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
 
 // ---------------------------------------------------------------------------
 // Execution.
-
-/// Set by Ctrl-C: the running stage saves a checkpoint and returns.
-fn ctrl_c_flag() -> Result<Arc<AtomicBool>> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    if let Some(f) = FLAG.get() {
-        return Ok(f.clone());
-    }
-    let flag = Arc::new(AtomicBool::new(false));
-    let handler_flag = flag.clone();
-    let presses = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("\ninterrupted again: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\nCtrl-C: finishing this step and saving a checkpoint (press again to quit now)"
-        );
-        handler_flag.store(true, Ordering::SeqCst);
-    })
-    .context("installing the Ctrl-C handler")?;
-    Ok(FLAG.get_or_init(|| flag).clone())
-}
 
 struct Execute<'a> {
     plan: &'a Plan,
@@ -876,18 +883,18 @@ impl Task for Execute<'_> {
     }
 }
 
-fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} {spinner} {pos}/{len} [{bar:30}] {msg} eta {eta}")
-        .expect("a valid template")
-        .progress_chars("=> ")
-}
-
-fn new_bar(prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(bar_style());
-    bar.set_prefix(prefix.to_string());
-    bar.enable_steady_tick(Duration::from_millis(250));
-    bar
+fn train_stage<B: AutodiffBackend>(
+    config: TrainerConfig,
+    resume: bool,
+    prefix: &str,
+    stop: &AtomicBool,
+    device: &B::Device,
+) -> Result<Ran> {
+    let trained = crate::train_cli::train::<B>(&config, device, resume, stop, prefix)?;
+    Ok(Ran {
+        interrupted: trained.stop == StopReason::Interrupted,
+        steps: Some(trained.steps),
+    })
 }
 
 fn run_stage<B: AutodiffBackend>(
@@ -898,55 +905,17 @@ fn run_stage<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Ran> {
     match &stage.config {
-        StageConfig::Sft(config) => {
-            use alignkit_sft::{Event, RunOptions, StopReason};
-            let bar = new_bar(prefix);
-            let outcome =
-                alignkit_sft::train::<B>(
-                    config,
-                    device,
-                    RunOptions {
-                        resume,
-                        stop: Some(stop),
-                    },
-                    &mut |event| match event {
-                        Event::Started(info) => {
-                            bar.set_length(info.total_steps as u64);
-                            bar.set_position(info.start_step as u64);
-                            bar.reset_eta();
-                            bar.suspend(|| eprintln!(
-                            "{prefix} {} examples, {} trainable of {} parameters, {} steps{}",
-                            info.train_examples,
-                            info.trainable_params,
-                            info.total_params,
-                            info.total_steps,
-                            if info.start_step > 0 {
-                                format!(" (resuming from step {})", info.start_step)
-                            } else {
-                                String::new()
-                            }
-                        ));
-                        }
-                        Event::Step(m) => {
-                            bar.set_position(m.step as u64);
-                            bar.set_message(format!(
-                                "loss {:.4} {:.0} tok/s",
-                                m.loss, m.tokens_per_second
-                            ));
-                        }
-                        Event::Checkpoint { .. } => {}
-                    },
-                );
-            bar.finish_and_clear();
-            let outcome = outcome?;
-            Ok(Ran {
-                interrupted: outcome.stop == StopReason::Interrupted,
-                steps: Some(outcome.steps),
-            })
+        StageConfig::Sft(c) => {
+            let config = TrainerConfig::Sft(c.clone());
+            train_stage::<B>(config, resume, prefix, stop, device)
+        }
+        StageConfig::Reward(c) => {
+            let config = TrainerConfig::Reward(c.clone());
+            train_stage::<B>(config, resume, prefix, stop, device)
         }
         StageConfig::Dpo(config) => {
-            use alignkit_dpo::{Event, RunOptions, StopReason};
-            let bar = new_bar(prefix);
+            use alignkit_dpo::{Event, RunOptions};
+            let bar = StepBar::new(prefix);
             let outcome = alignkit_dpo::train::<B>(
                 config,
                 device,
@@ -956,44 +925,31 @@ fn run_stage<B: AutodiffBackend>(
                 },
                 &mut |event| match event {
                     Event::ReferenceProgress { split, done, total } => {
-                        bar.set_length(total as u64);
-                        bar.set_position(done as u64);
-                        bar.set_message(format!("reference log-probs ({split})"));
+                        bar.work(done, total, format!("reference log-probs ({split})"));
                     }
                     Event::Reference { split, status, .. } => {
-                        bar.suspend(|| {
-                            eprintln!("{prefix} reference log-probs ({split}): {status:?}")
-                        });
+                        bar.println(&format!("reference log-probs ({split}): {status:?}"));
                     }
-                    Event::Started(info) => {
-                        bar.set_length(info.total_steps as u64);
-                        bar.set_position(info.start_step as u64);
-                        bar.reset_eta();
-                        bar.set_message("");
-                        bar.suspend(|| eprintln!(
-                            "{prefix} {} pairs, {} trainable parameters, reference {:?}, {} steps{}",
-                            info.train_pairs,
-                            info.trainable_params,
-                            info.reference,
-                            info.total_steps,
-                            if info.start_step > 0 {
-                                format!(" (resuming from step {})", info.start_step)
-                            } else {
-                                String::new()
-                            }
-                        ));
-                    }
-                    Event::Step(m) => {
-                        bar.set_position(m.step as u64);
-                        bar.set_message(format!(
+                    Event::Started(info) => bar.start(
+                        info.start_step,
+                        info.total_steps,
+                        &format!(
+                            "{} pairs, {} trainable parameters, reference {:?}",
+                            info.train_pairs, info.trainable_params, info.reference,
+                        ),
+                    ),
+                    Event::Step(m) => bar.step(
+                        m.step,
+                        format!(
                             "loss {:.4} acc {:.2} margin {:.3}",
                             m.loss, m.rewards_accuracies, m.rewards_margins
-                        ));
-                    }
+                        ),
+                        None,
+                    ),
                     Event::Checkpoint { .. } => {}
                 },
             );
-            bar.finish_and_clear();
+            bar.finish();
             let outcome = outcome?;
             Ok(Ran {
                 interrupted: outcome.stop == StopReason::Interrupted,

@@ -1,3 +1,5 @@
+//! `alignkit reward train`: glue over alignkit-reward's trainer (flags,
+//! progress bar, Ctrl-C, summary, loss plot: see `train_cli`).
 //! `alignkit reward score`: each record's reward under a reward model.
 
 use std::io::Write;
@@ -5,15 +7,19 @@ use std::path::PathBuf;
 
 use alignkit_model::checkpoint::write_atomic;
 use alignkit_model::heads::load_reward_model;
-use alignkit_reward::{Score, score};
+use alignkit_reward::{Event, RewardConfig, RewardMetrics, Score, score};
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
+use crate::train_cli::{self, StepBar, TrainArgs, TrainerConfig};
 
 #[derive(Subcommand)]
 pub enum RewardCommand {
+    /// Train a reward model on preference pairs (Bradley–Terry), full or
+    /// LoRA, from a TOML config (keys of alignkit_reward::RewardConfig) and flags.
+    Train(TrainArgs),
     /// Score every record of a JSONL file (completions, conversations or
     /// preference pairs); prints or writes one JSON object per record.
     Score(ScoreArgs),
@@ -76,6 +82,45 @@ impl Task for ScoreArgs {
 
 pub fn run(cmd: RewardCommand) -> Result<()> {
     match cmd {
+        RewardCommand::Train(args) => train_cli::run(&args, &[], |path, keys| {
+            Ok(TrainerConfig::Reward(Box::new(RewardConfig::load(
+                path, keys,
+            )?)))
+        }),
         RewardCommand::Score(args) => dispatch(args.device, args),
     }
+}
+
+/// A progress report on the bar.
+pub fn report(bar: &StepBar, event: Event<'_>) {
+    match event {
+        Event::Started(info) => {
+            let what = format!(
+                "{} pairs ({} validation, {} truncated), {} trainable parameters",
+                info.train_pairs, info.validation_pairs, info.truncated, info.trainable_params,
+            );
+            bar.start(info.start_step, info.total_steps, &what);
+        }
+        Event::Step(m) => {
+            let eval = match (m.eval_loss, m.eval_accuracy) {
+                (Some(l), Some(a)) => format!(" eval {l:.4} acc {a:.2}"),
+                _ => String::new(),
+            };
+            let msg = format!(
+                "loss {:.4} acc {:.2} lr {:.2e} {:.0} tok/s{eval}",
+                m.loss, m.accuracy, m.learning_rate, m.tokens_per_second
+            );
+            bar.step(m.step, msg, m.skipped.as_ref());
+        }
+        Event::Checkpoint { .. } => {}
+    }
+}
+
+/// The last step's metrics in the summary line.
+pub fn describe(m: &RewardMetrics) -> String {
+    let mut s = format!(", loss {:.4}, accuracy {:.2}", m.loss, m.accuracy);
+    if let (Some(a), Some(g)) = (m.eval_accuracy, m.eval_margin) {
+        s.push_str(&format!(", eval accuracy {a:.2}, eval margin {g:+.3}"));
+    }
+    s
 }

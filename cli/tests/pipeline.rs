@@ -9,16 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 mod common;
-use common::tiny_model;
-
-const QA: [(&str, &str, &str); 6] = [
-    ("sky?", "blue.", "it is blue. blue is nice. i like it."),
-    ("grass?", "green.", "green. grass is green. very green."),
-    ("snow?", "white.", "white. snow is cold. and white."),
-    ("coal?", "black.", "black. coal burns. it is black."),
-    ("sun?", "yellow.", "yellow. the sun is hot. so hot."),
-    ("blood?", "red.", "red. blood is red. always red."),
-];
+use common::{QA, metric_steps, tiny_model};
 
 fn write_data(dir: &Path) {
     let mut sft = String::new();
@@ -135,16 +126,46 @@ impl Fixture {
     }
 
     fn steps(&self, stage: &str) -> Vec<u64> {
-        let p = self.dir.join("run").join(stage).join("metrics.jsonl");
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect()
+        metric_steps(&self.dir.join("run").join(stage))
+    }
+
+    /// With `toml_text` as the pipeline, `alignkit run` fails with a one-line
+    /// error containing `expected` before it starts any work.
+    fn fails_before_work(&self, toml_text: &str, expected: &str) {
+        std::fs::write(self.dir.join("pipeline.toml"), toml_text).unwrap();
+        let err = self.err(&[]);
+        assert!(err.contains(expected), "expected `{expected}` in: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert!(!self.dir.join("run").exists(), "work started: {err}");
+    }
+
+    /// Run the pipeline and kill -9 it once `stage` has checkpoint `step`.
+    fn kill_at_checkpoint(&self, stage: &str, step: usize) {
+        let mut child = self
+            .command(&[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ckpt = self
+            .dir
+            .join("run")
+            .join(stage)
+            .join(format!("checkpoints/step-{step}"));
+        let started = Instant::now();
+        while !ckpt.is_dir() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the pipeline ended before it could be killed"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "no {stage} checkpoint"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
 
@@ -171,27 +192,7 @@ fn killed_dpo_resumes_and_sft_is_skipped() {
     assert!(!f.dir.join("run").exists(), "--dry-run did work");
 
     // Kill -9 once DPO has a few complete checkpoints.
-    let mut child = f
-        .command(&[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ckpts = f.dir.join("run/dpo/checkpoints");
-    let started = Instant::now();
-    while !ckpts.join("step-3").is_dir() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pipeline ended before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no DPO checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    f.kill_at_checkpoint("dpo", 3);
     assert_eq!(f.manifest("dpo")["status"], "running");
     let sft_started = f.manifest("sft")["started_at"].clone();
     let sft_steps = f.steps("sft");
@@ -333,11 +334,7 @@ fn bad_pipelines_fail_before_any_work() {
     ];
     let f = Fixture::new(&base);
     for (toml_text, expected) in cases {
-        std::fs::write(f.dir.join("pipeline.toml"), &toml_text).unwrap();
-        let err = f.err(&[]);
-        assert!(err.contains(expected), "expected `{expected}` in: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-        assert!(!f.dir.join("run").exists(), "work started: {err}");
+        f.fails_before_work(&toml_text, expected);
     }
 
     // Identical chosen and rejected, named by file and line.
@@ -353,4 +350,198 @@ fn bad_pipelines_fail_before_any_work() {
         "{err}"
     );
     assert!(!f.dir.join("run").exists());
+}
+
+/// SFT, a reward model on the SFT backbone, DPO on the SFT policy (not the
+/// reward model), and a merged export of the reward model. `rm_steps` sizes
+/// the reward stage.
+fn reward_pipeline(rm_data: &str, rm_steps: usize) -> String {
+    let sft_dpo = pipeline("1e-2", "0.1", 4);
+    let (sft, dpo) = sft_dpo
+        .split_once("[[stage]]\nname = \"dpo\"")
+        .expect("the dpo stage");
+    let dpo = dpo.split("[[stage]]").next().expect("dpo's table");
+    format!(
+        r#"{sft}[[stage]]
+name = "rm"
+kind = "reward"
+[stage.config]
+learning_rate = 1e-2
+{rm_data}
+data.validation_file = "prefs.jsonl"
+data.max_len = 64
+train.batch_size = 2
+train.max_steps = {rm_steps}
+train.save_steps = 1
+train.eval_steps = {rm_steps}
+lora.r = 4
+lora.alpha = 8
+
+[[stage]]
+name = "dpo"{dpo}[[stage]]
+name = "rm-export"
+kind = "export"
+from = "rm"
+"#
+    )
+}
+
+const RM_DATA: &str = "data.train_file = \"prefs.jsonl\"";
+
+fn reward_score(model: &Path, data: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["reward", "score", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn reward_stage_trains_on_the_policy_and_dpo_takes_the_policy() {
+    let f = Fixture::new(&reward_pipeline(RM_DATA, 4));
+    let dry = f.ok(&["--dry-run"]);
+    for stage in ["sft", "rm", "dpo", "rm-export"] {
+        assert_eq!(plan_line(&dry, stage).0, "run", "{dry}");
+    }
+    let rm_line = dry.lines().find(|l| l.contains(" rm ")).unwrap();
+    assert_eq!(rm_line.split_whitespace().nth(2), Some("reward"), "{dry}");
+    assert!(!f.dir.join("run").exists(), "--dry-run did work");
+
+    let text = f.ok(&[]);
+    assert!(text.contains("[2/4 rm] run"), "{text}");
+    for stage in ["sft", "rm", "dpo", "rm-export"] {
+        assert_eq!(f.manifest(stage)["status"], "completed", "{stage}");
+    }
+    // The reward model starts from the SFT model; DPO takes the SFT policy,
+    // not the reward model before it.
+    let rm = f.manifest("rm");
+    assert_eq!(rm["kind"], "reward");
+    assert_eq!(rm["inputs"]["model"]["from"], "sft");
+    assert_eq!(f.manifest("dpo")["inputs"]["model"]["from"], "sft");
+    assert_eq!(f.manifest("rm-export")["inputs"]["model"]["from"], "rm");
+    assert_eq!(f.steps("rm"), vec![1, 2, 3, 4]);
+    assert!(rm["final_metrics"]["eval_accuracy"].is_number(), "{rm}");
+    assert!(rm["final_metrics"]["eval_margin"].is_number(), "{rm}");
+    assert!(f.dir.join("run/rm/loss.svg").is_file());
+
+    // The reward stage's output and its export are the same reward model.
+    let final_dir = f.dir.join("run/rm/final");
+    let exported = f.dir.join("run/rm-export/model");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
+    assert!(exported.join("tokenizer.json").is_file());
+    let prefs = f.dir.join("prefs.jsonl");
+    let scores = reward_score(&final_dir, &prefs);
+    assert_eq!(scores.len(), QA.len());
+    for s in &scores {
+        assert!(s["margin"].as_f64().unwrap().is_finite(), "{s}");
+    }
+    assert_eq!(reward_score(&exported, &prefs), scores);
+
+    // Nothing changed: everything is skipped.
+    let text = f.ok(&[]);
+    for (k, stage) in ["sft", "rm", "dpo", "rm-export"].iter().enumerate() {
+        assert!(
+            text.contains(&format!("[{}/4 {stage}] skip", k + 1)),
+            "{text}"
+        );
+    }
+
+    // A new reward config re-runs the reward stage and its export only.
+    std::fs::write(
+        f.dir.join("pipeline.toml"),
+        reward_pipeline(RM_DATA, 4).replace(
+            &format!("learning_rate = 1e-2\n{RM_DATA}"),
+            &format!("learning_rate = 2e-2\n{RM_DATA}"),
+        ),
+    )
+    .unwrap();
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(plan_line(&dry, "sft").0, "skip", "{dry}");
+    assert_eq!(
+        plan_line(&dry, "rm"),
+        ("run".into(), "config changed (`learning_rate`)".into()),
+        "{dry}"
+    );
+    assert_eq!(plan_line(&dry, "dpo").0, "skip", "{dry}");
+    assert_eq!(
+        plan_line(&dry, "rm-export"),
+        ("run".into(), "upstream stage `rm` runs".into()),
+        "{dry}"
+    );
+}
+
+#[test]
+fn killed_reward_stage_resumes() {
+    let f = Fixture::new(&reward_pipeline(RM_DATA, 100));
+    f.kill_at_checkpoint("rm", 3);
+    assert_eq!(f.manifest("rm")["status"], "running");
+
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(plan_line(&dry, "sft").0, "skip", "{dry}");
+    let (action, reason) = plan_line(&dry, "rm");
+    assert_eq!(action, "resume", "{dry}");
+    assert!(reason.contains("resuming from its checkpoint"), "{reason}");
+    assert_eq!(plan_line(&dry, "dpo").0, "run", "{dry}");
+
+    let text = f.ok(&[]);
+    assert!(text.contains("resuming from step"), "{text}");
+    assert_eq!(f.steps("rm"), (1..=100).collect::<Vec<_>>());
+    assert_eq!(f.manifest("rm")["status"], "completed");
+    assert!(f.dir.join("run/rm/final/model.safetensors").is_file());
+}
+
+#[test]
+fn bad_reward_stages_fail_before_any_work() {
+    let base = reward_pipeline(RM_DATA, 4);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            reward_pipeline("data.train_file = \"missing.jsonl\"", 4),
+            "missing.jsonl does not exist",
+        ),
+        (reward_pipeline("", 4), "`data.train_file` is required"),
+        (
+            base.replace(
+                &format!("learning_rate = 1e-2\n{RM_DATA}"),
+                &format!("learning_rate = 1e-2\n{RM_DATA}\nbeta = 0.1"),
+            ),
+            "stage `rm`: [stage.config]: unknown field `beta`",
+        ),
+        (
+            base.replace("kind = \"dpo\"\n", "kind = \"dpo\"\nfrom = \"rm\"\n"),
+            "takes its model from `rm`, a reward model, not a policy",
+        ),
+        (
+            format!("{base}[stage.config]\nformat = \"adapter\"\n"),
+            "`rm` is a reward model",
+        ),
+    ];
+    let f = Fixture::new(&base);
+    for (toml_text, expected) in cases {
+        f.fails_before_work(&toml_text, expected);
+    }
+
+    // Identical chosen and rejected in the reward data, named by file and line.
+    let mut text = std::fs::read_to_string(f.dir.join("prefs.jsonl")).unwrap();
+    text.push_str(&json!({"prompt": "x?", "chosen": "same.", "rejected": "same."}).to_string());
+    text.push('\n');
+    std::fs::write(f.dir.join("rm-prefs.jsonl"), text).unwrap();
+    f.fails_before_work(
+        &reward_pipeline("data.train_file = \"rm-prefs.jsonl\"", 4),
+        "rm-prefs.jsonl:7: `chosen` and `rejected` are identical",
+    );
 }

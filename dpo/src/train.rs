@@ -2,7 +2,7 @@
 //! log-probs → loss → backward → clip → step → metrics → eval/checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use alignkit_datasets::{Batch, PaddingSide, PreferenceExample, collate_pairs};
@@ -30,16 +30,9 @@ use crate::reference::{
     CacheStatus, ReferenceCache, ReferenceKey, ReferenceLogps, lora_reference, precompute,
 };
 
-const TRAINER: &str = "dpo";
+pub use alignkit_train::{RunOptions, StopReason};
 
-/// How a run is started and stopped from outside.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RunOptions<'a> {
-    /// Continue from the newest complete checkpoint of `output_dir`.
-    pub resume: bool,
-    /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and return.
-    pub stop: Option<&'a AtomicBool>,
-}
+const TRAINER: &str = "dpo";
 
 /// Where the reference log-probs of a run come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,28 +83,8 @@ pub enum Event<'a> {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Completed,
-    /// Stopped by [`RunOptions::stop`]; a checkpoint was saved.
-    Interrupted,
-    /// The validation loss stopped improving.
-    EarlyStopped,
-}
-
 /// How the run ended.
-#[derive(Debug, Clone)]
-pub struct DpoOutcome {
-    pub run_dir: PathBuf,
-    pub stop: StopReason,
-    pub steps: usize,
-    pub last_checkpoint: Option<PathBuf>,
-    /// `RUN_DIR/final`, written when the run completes (or stops early).
-    pub final_dir: Option<PathBuf>,
-    pub last_metrics: Option<DpoMetrics>,
-    pub best: Option<BestEval>,
-    pub skipped_steps: usize,
-}
+pub type DpoOutcome = alignkit_train::Outcome<DpoMetrics>;
 
 /// The reference policy of a run (see [`ReferenceKind`]).
 enum Reference<IB: Backend> {

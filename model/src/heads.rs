@@ -130,6 +130,21 @@ pub fn sequence_classification_architecture(model_type: ModelType) -> &'static s
     }
 }
 
+/// Whether `config` is a sequence classifier's (a reward or value model's)
+/// rather than a causal LM's, by its `architectures`.
+pub fn is_sequence_classification(config: &LlamaConfig) -> bool {
+    config
+        .raw
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| {
+            a.iter().any(|x| {
+                x.as_str()
+                    .is_some_and(|s| s.ends_with("ForSequenceClassification"))
+            })
+        })
+}
+
 /// Load a reward (or value) model saved as an HF sequence-classification
 /// directory: every backbone tensor and `score.weight` [1, C], nothing else.
 pub fn load_reward_model<B: Backend>(

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use alignkit_model::heads::{
-    RewardModel, SCORE_WEIGHT, load_reward_model, save_reward_model,
+    RewardModel, SCORE_WEIGHT, is_sequence_classification, load_reward_model, save_reward_model,
     sequence_classification_architecture,
 };
 use alignkit_model::lora::{self, LoraConfig};
@@ -64,21 +64,6 @@ impl<B: Backend> Trainable<B> for Trainee<B> {
     }
 }
 
-/// Whether `dir` holds a reward model (a `*ForSequenceClassification`
-/// checkpoint) rather than a causal LM.
-pub fn is_reward_model_dir(config: &LlamaConfig) -> bool {
-    config
-        .raw
-        .get("architectures")
-        .and_then(|a| a.as_array())
-        .is_some_and(|a| {
-            a.iter().any(|x| {
-                x.as_str()
-                    .is_some_and(|s| s.ends_with("ForSequenceClassification"))
-            })
-        })
-}
-
 /// A score head [1, C] ~ N(0, 0.02) (transformers' `initializer_range`),
 /// drawn on the host from `seed` so that runs are reproducible.
 pub fn fresh_score<B: Backend>(hidden: usize, seed: u64, device: &B::Device) -> Linear<B> {
@@ -106,7 +91,7 @@ pub fn load_start<B: Backend>(
     device: &B::Device,
 ) -> Result<(LlamaConfig, RewardModel<B>)> {
     let config = LlamaConfig::load(&dir.join("config.json"))?;
-    if is_reward_model_dir(&config) {
+    if is_sequence_classification(&config) {
         return Ok(load_reward_model(dir, device)?);
     }
     let (config, lm) = load_model::<B>(dir, device)?;

@@ -3,7 +3,7 @@
 //! eval/checkpoint.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use alignkit_model::LlamaConfig;
@@ -27,16 +27,9 @@ use crate::metrics::RewardMetrics;
 use crate::model::{Trainee, load_trainable, save_trained, write_final};
 use crate::score::pair_rewards;
 
-const TRAINER: &str = "reward";
+pub use alignkit_train::{RunOptions, StopReason};
 
-/// How a run is started and stopped from outside.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RunOptions<'a> {
-    /// Continue from the newest complete checkpoint of `output_dir`.
-    pub resume: bool,
-    /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and return.
-    pub stop: Option<&'a AtomicBool>,
-}
+const TRAINER: &str = "reward";
 
 /// What the run is about to do, reported once before the first step.
 #[derive(Debug, Clone)]
@@ -62,28 +55,8 @@ pub enum Event<'a> {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Completed,
-    /// Stopped by [`RunOptions::stop`]; a checkpoint was saved.
-    Interrupted,
-    /// The validation loss stopped improving.
-    EarlyStopped,
-}
-
-/// How the run ended.
-#[derive(Debug, Clone)]
-pub struct RewardOutcome {
-    pub run_dir: PathBuf,
-    pub stop: StopReason,
-    pub steps: usize,
-    pub last_checkpoint: Option<PathBuf>,
-    /// `RUN_DIR/final`: a `*ForSequenceClassification` HF directory.
-    pub final_dir: Option<PathBuf>,
-    pub last_metrics: Option<RewardMetrics>,
-    pub best: Option<BestEval>,
-    pub skipped_steps: usize,
-}
+/// How the run ended. `final/` is a `*ForSequenceClassification` HF directory.
+pub type RewardOutcome = alignkit_train::Outcome<RewardMetrics>;
 
 struct Setup {
     config: RewardConfig,

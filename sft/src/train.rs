@@ -2,7 +2,7 @@
 //! → metrics → eval/checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use alignkit_datasets::Batch;
@@ -25,16 +25,9 @@ use crate::error::{Result, SftError};
 use crate::loss::{BatchSums, batch_loss};
 use crate::metrics::SftMetrics;
 
-const TRAINER: &str = "sft";
+pub use alignkit_train::{RunOptions, StopReason};
 
-/// How a run is started and stopped from outside.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RunOptions<'a> {
-    /// Continue from the newest complete checkpoint of `output_dir`.
-    pub resume: bool,
-    /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and return.
-    pub stop: Option<&'a AtomicBool>,
-}
+const TRAINER: &str = "sft";
 
 /// What the run is about to do, reported once before the first step.
 #[derive(Debug, Clone)]
@@ -61,28 +54,8 @@ pub enum Event<'a> {
     Checkpoint { step: usize, path: &'a Path },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Completed,
-    /// Stopped by [`RunOptions::stop`]; a checkpoint was saved.
-    Interrupted,
-    /// The validation loss stopped improving.
-    EarlyStopped,
-}
-
 /// How the run ended.
-#[derive(Debug, Clone)]
-pub struct SftOutcome {
-    pub run_dir: PathBuf,
-    pub stop: StopReason,
-    pub steps: usize,
-    pub last_checkpoint: Option<PathBuf>,
-    /// `RUN_DIR/final`, written when the run completes (or stops early).
-    pub final_dir: Option<PathBuf>,
-    pub last_metrics: Option<SftMetrics>,
-    pub best: Option<BestEval>,
-    pub skipped_steps: usize,
-}
+pub type SftOutcome = alignkit_train::Outcome<SftMetrics>;
 
 /// Everything a step needs that does not change during the run.
 struct Setup {

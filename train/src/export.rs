@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use alignkit_model::heads::{is_sequence_classification, load_reward_model, save_reward_model};
 use alignkit_model::lora::{self, LoraConfig};
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, SaveDtype, load_model, save_model};
 use burn::tensor::backend::Backend;
@@ -293,6 +294,13 @@ pub fn export<B: Backend>(
 ) -> Result<()> {
     let checkpoint = resolve_checkpoint(source)?;
     let state = TrainerState::read(&checkpoint)?;
+    if state.trainer == "reward" {
+        // Its checkpoints hold a score head the causal-LM export would drop.
+        return Err(TrainError::checkpoint(
+            &checkpoint,
+            "a reward model's checkpoint: export the run's final/ directory (a merged reward model) instead",
+        ));
+    }
     let lora_config = match state.weights {
         WeightsKind::Lora => Some(lora::read_peft_config(&checkpoint)?),
         WeightsKind::Full => None,
@@ -345,7 +353,8 @@ pub fn export<B: Backend>(
     }
 }
 
-/// Re-save an HF directory (such as `RUN_DIR/final`) in another dtype.
+/// Re-save an HF directory (such as `RUN_DIR/final`) in another dtype: a
+/// causal LM, or a reward model (`*ForSequenceClassification`) as one.
 pub fn convert_hf_dir<B: Backend>(
     source: &Path,
     out: &Path,
@@ -353,9 +362,15 @@ pub fn convert_hf_dir<B: Backend>(
     overwrite: bool,
     device: &B::Device,
 ) -> Result<()> {
-    let (config, model) = load_model::<B>(source, device)?;
+    let reward = is_sequence_classification(&LlamaConfig::load(&source.join("config.json"))?);
     write_dir(out, overwrite, |dir| {
-        save_model(&model, &config, dir, dtype)?;
+        if reward {
+            let (config, model) = load_reward_model::<B>(source, device)?;
+            save_reward_model(&model, &config, dir, dtype)?;
+        } else {
+            let (config, model) = load_model::<B>(source, device)?;
+            save_model(&model, &config, dir, dtype)?;
+        }
         for f in std::fs::read_dir(source).map_err(|e| TrainError::io(source, e))? {
             let f = f.map_err(|e| TrainError::io(source, e))?.path();
             let name = f.file_name().map(|n| n.to_string_lossy().to_string());

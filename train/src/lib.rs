@@ -40,5 +40,5 @@ pub use grads::Gradients;
 pub use guard::{NanGuard, Verdict};
 pub use optim::{AdamW, AdamWConfig, ParamGroup};
 pub use params::{ParamInfo, Trainable, first_non_finite, trainable_count, trainable_params};
-pub use run::{MetricsLog, RunDir};
+pub use run::{MetricsLog, Outcome, RunDir, RunOptions, StopReason};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};

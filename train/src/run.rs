@@ -6,21 +6,56 @@
 //! RUN_DIR/checkpoints/step-N/    see crate::checkpoint
 //! RUN_DIR/final/                 the trained model as an HF directory
 //! ```
+//!
+//! and how a trainer's run is driven ([`RunOptions`]) and ends ([`Outcome`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use alignkit_model::checkpoint::write_atomic;
 use serde::Serialize;
 
-use crate::checkpoint::{CheckpointRef, list_checkpoints};
+use crate::checkpoint::{BestEval, CheckpointRef, list_checkpoints};
 use crate::error::{Result, TrainError};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const FINAL_DIR: &str = "final";
+
+/// How a run is started and stopped from outside.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// Continue from the newest complete checkpoint of `output_dir`.
+    pub resume: bool,
+    /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and return.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Completed,
+    /// Stopped by [`RunOptions::stop`]; a checkpoint was saved.
+    Interrupted,
+    /// The validation loss stopped improving.
+    EarlyStopped,
+}
+
+/// How a run ended; `M` is the trainer's per-step metrics record.
+#[derive(Debug, Clone)]
+pub struct Outcome<M> {
+    pub run_dir: PathBuf,
+    pub stop: StopReason,
+    pub steps: usize,
+    pub last_checkpoint: Option<PathBuf>,
+    /// `RUN_DIR/final`, written when the run completes (or stops early).
+    pub final_dir: Option<PathBuf>,
+    pub last_metrics: Option<M>,
+    pub best: Option<BestEval>,
+    pub skipped_steps: usize,
+}
 
 #[derive(Debug, Clone)]
 pub struct RunDir {

@@ -1,4 +1,8 @@
-//! Shared by the CLI's end-to-end tests: a tiny random model directory.
+//! Shared by the CLI's end-to-end tests: a tiny random model directory,
+//! question/answer data, and a run's logged steps.
+
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +12,29 @@ use serde_json::json;
 const CHARS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?:;'-()";
 const SPECIALS: [&str; 3] = ["<unk>", "<|im_start|>", "<|im_end|>"];
 const TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// (question, one-sentence answer, rambling answer).
+pub const QA: [(&str, &str, &str); 6] = [
+    ("sky?", "blue.", "it is blue. blue is nice. i like it."),
+    ("grass?", "green.", "green. grass is green. very green."),
+    ("snow?", "white.", "white. snow is cold. and white."),
+    ("coal?", "black.", "black. coal burns. it is black."),
+    ("sun?", "yellow.", "yellow. the sun is hot. so hot."),
+    ("blood?", "red.", "red. blood is red. always red."),
+];
+
+/// The `step` of every record of `RUN_DIR/metrics.jsonl`.
+pub fn metric_steps(run_dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
 
 /// A random tiny Llama with a character-level tokenizer and a ChatML template.
 pub fn tiny_model(dir: &Path) -> PathBuf {
