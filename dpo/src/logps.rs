@@ -11,9 +11,9 @@
 //! for FSDP" — and here because the backbone runs once over 2N rows).
 
 use alignkit_datasets::Batch;
+use alignkit_model::logprobs::head_logprobs;
 use alignkit_model::mask::attention_mask;
 use alignkit_model::{ForwardInput, LlamaForCausalLM};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
@@ -129,28 +129,19 @@ pub fn completion_logps<B: Backend>(
             .select(0, index(&tokens.hidden_index));
         let targets = index(&tokens.target);
 
-        let (mut logp, mut mean_logit) = (Vec::new(), Vec::new());
-        let mut start = 0;
-        while start < m {
-            let len = HEAD_CHUNK.min(m - start);
-            let h = hidden.clone().narrow(0, start, len).unsqueeze_dim::<3>(0);
-            let logits = model.lm_logits(h).squeeze_dim::<2>(0);
-            mean_logit.push(logits.clone().detach().mean_dim(1).squeeze_dim::<1>(1));
-            let target = targets.clone().narrow(0, start, len).unsqueeze_dim::<2>(1);
-            logp.push(log_softmax(logits, 1).gather(1, target).squeeze_dim::<1>(1));
-            start += len;
-        }
+        let out = head_logprobs(model, hidden, targets, HEAD_CHUNK, true);
+        let mean_logit = out.stats.expect("statistics were asked for").mean_logit;
         // Scatter-add each token's value into its row's sum.
         let row = index(&tokens.row);
-        let per_row = |values: Vec<Tensor<B, 1>>| {
+        let per_row = |values: Tensor<B, 1>| {
             Tensor::<B, 1>::zeros([rows], device).select_assign(
                 0,
                 row.clone(),
-                Tensor::cat(values, 0),
+                values,
                 IndexingUpdateOp::Add,
             )
         };
-        (per_row(logp), per_row(mean_logit).detach())
+        (per_row(out.logp), per_row(mean_logit).detach())
     };
 
     let split = |x: Tensor<B, 1>| Pair::new(x.clone().narrow(0, 0, n), x.narrow(0, n, n));

@@ -5,14 +5,14 @@ use burn::tensor::backend::Backend;
 
 /// Cached keys and values of one layer.
 ///
-/// Shapes: keys and values [B, K, S, D].
+/// Shapes: keys and values [B, S, K, D].
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache<B: Backend> {
     kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
 
 impl<B: Backend> LayerCache<B> {
-    /// Append the new keys/values [B, K, T, D] and return all of them [B, K, S, D].
+    /// Append the new keys/values [B, T, K, D] and return all of them [B, S, K, D].
     pub fn append(
         &mut self,
         key: Tensor<B, 4>,
@@ -20,14 +20,14 @@ impl<B: Backend> LayerCache<B> {
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let (key, value) = match self.kv.take() {
             None => (key, value),
-            Some((k, v)) => (Tensor::cat(vec![k, key], 2), Tensor::cat(vec![v, value], 2)),
+            Some((k, v)) => (Tensor::cat(vec![k, key], 1), Tensor::cat(vec![v, value], 1)),
         };
         self.kv = Some((key.clone(), value.clone()));
         (key, value)
     }
 
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1])
     }
 
     pub fn is_empty(&self) -> bool {

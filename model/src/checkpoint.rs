@@ -169,8 +169,10 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
         }
         let tensor =
             Tensor::<B, D>::from_data(TensorData::new(loaded.data, loaded.shape), &self.device);
-        let require_grad = param.is_require_grad();
-        Param::initialized(param.id, tensor.set_require_grad(require_grad))
+        // Fresh modules (the only ones loaded into) have every parameter
+        // trainable. Asking the param instead would run its lazy random
+        // initialiser just to read the flag: seconds of wasted work per load.
+        Param::initialized(param.id, tensor.set_require_grad(true))
     }
 }
 

@@ -109,12 +109,17 @@ pub struct Rope {
     pub inv_freq: Vec<f32>,
 }
 
-/// cos and sin of position × θ for one forward pass, shared by every layer.
-///
-/// Shapes: [B, 1, T, D].
+/// cos and sin of position × θ for one forward pass, shared by every layer,
+/// laid out like the projected heads they multiply ([B, T, heads, D],
+/// contiguous) so the products run on the element-wise fast paths.
+/// The query's copies carry the attention scale 1/√D.
 pub struct RopeAngles<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    cos_q: Tensor<B, 4>,
+    sin_q: Tensor<B, 4>,
+    cos_k: Tensor<B, 4>,
+    sin_k: Tensor<B, 4>,
+    /// [D, D]: x·R = rotate_half(x) = (−x[D/2..], x[..D/2]).
+    rotate: Tensor<B, 2>,
 }
 
 impl Rope {
@@ -146,29 +151,64 @@ impl Rope {
         }
     }
 
-    /// Shapes: positions [B, T] → angles [B, 1, T, D].
-    pub fn angles<B: Backend>(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B> {
+    /// Angles for `heads` query and `kv_heads` key heads.
+    ///
+    /// Shapes: positions [B, T] → [B, T, heads, D] each.
+    pub fn angles<B: Backend>(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        heads: usize,
+        kv_heads: usize,
+    ) -> RopeAngles<B> {
         let device = positions.device();
+        let [b, t] = positions.dims();
         let half = self.inv_freq.len();
+        let d = 2 * half;
         let inv =
             Tensor::<B, 1>::from_data(TensorData::new(self.inv_freq.clone(), [half]), &device);
         let freqs = positions.float().unsqueeze_dim::<3>(2) * inv.reshape([1, 1, half]);
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(2);
+        let (cos, sin) = (emb.clone().cos(), emb.sin());
+        // Broadcasting once here instead of in every layer.
+        let spread = |x: Tensor<B, 4>, n: usize, scale: f64| {
+            Tensor::zeros([b, t, n, d], &device) + x.mul_scalar(scale)
+        };
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut rotate = vec![0.0f32; d * d];
+        for i in 0..half {
+            rotate[(i + half) * d + i] = -1.0;
+            rotate[i * d + i + half] = 1.0;
+        }
         RopeAngles {
-            cos: emb.clone().cos(),
-            sin: emb.sin(),
+            cos_q: spread(cos.clone(), heads, scale),
+            sin_q: spread(sin.clone(), heads, scale),
+            cos_k: spread(cos, kv_heads, 1.0),
+            sin_k: spread(sin, kv_heads, 1.0),
+            rotate: Tensor::from_data(TensorData::new(rotate, [d, d]), &device),
         }
     }
 }
 
 impl<B: Backend> RopeAngles<B> {
-    /// Shapes: x [B, heads, T, D] → [B, heads, T, D].
-    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, _, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// Shapes: x [B, T, heads, D] → [B, T, heads, D].
+    fn rotate(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, t, n, d] = x.dims();
+        let rotated = x
+            .clone()
+            .reshape([b * t * n, d])
+            .matmul(self.rotate.clone())
+            .reshape([b, t, n, d]);
+        x * cos.clone() + rotated * sin.clone()
+    }
+
+    /// Rotated and scaled by 1/√D. Shapes: [B, T, H, D].
+    fn query(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.rotate(x, &self.cos_q, &self.sin_q)
+    }
+
+    /// Shapes: [B, T, K, D].
+    fn key(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.rotate(x, &self.cos_k, &self.sin_k)
     }
 }
 
@@ -203,33 +243,33 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// Shapes: x [B, T, C], mask [B, 1, T, S] (additive: 0 or -inf-like) → [B, T, C].
+    /// Shapes: x [B, T, C], mask [B, K, G, T, S] (additive: 0 or -inf-like) → [B, T, C].
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        mask: Tensor<B, 4>,
+        mask: Tensor<B, 5>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = h / k;
-        let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, d]).swap_dims(1, 2);
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), h));
-        let mut key = rope.apply(split(self.k_proj.forward(x.clone()), k));
-        let mut value = split(self.v_proj.forward(x), k);
+        let q = rope.query(self.q_proj.forward(x.clone()).reshape([b, t, h, d]));
+        let mut key = rope.key(self.k_proj.forward(x.clone()).reshape([b, t, k, d]));
+        let mut value = self.v_proj.forward(x).reshape([b, t, k, d]);
         if let Some(cache) = cache {
             (key, value) = cache.append(key, value);
         }
-        let s = key.dims()[2];
+        let s = key.dims()[1];
 
-        // Query heads h = kv * G + r share key/value head kv (transformers `repeat_kv`);
-        // folding G into the query length avoids materialising repeated keys.
-        let q = q.reshape([b, k, g * t, d]);
-        let scores = q.matmul(key.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-        let scores = scores.reshape([b, k, g, t, s]) + mask.unsqueeze_dim::<5>(2);
-        let probs = softmax(scores, 4).reshape([b, k, g * t, s]);
-        let out = probs.matmul(value).reshape([b, h, t, d]).swap_dims(1, 2);
+        // Query head h = kv·G + r shares key/value head kv (transformers
+        // `repeat_kv`): the G axis broadcasts in the batched matmuls, and the
+        // permutes are strided views, so nothing is repeated or copied.
+        let q = q.reshape([b, t, k, g, d]).permute([0, 2, 3, 1, 4]); // [B, K, G, T, D]
+        let key_t = key.reshape([b, s, k, 1, d]).permute([0, 2, 3, 4, 1]); // [B, K, 1, D, S]
+        let value = value.reshape([b, s, k, 1, d]).permute([0, 2, 3, 1, 4]); // [B, K, 1, S, D]
+        let probs = softmax(q.matmul(key_t) + mask, 4);
+        let out = probs.matmul(value).permute([0, 3, 1, 2, 4]); // [B, T, K, G, D]
         self.o_proj.forward(out.reshape([b, t, h * d]))
     }
 }
@@ -293,7 +333,7 @@ impl<B: Backend> DecoderLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        mask: Tensor<B, 4>,
+        mask: Tensor<B, 5>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
@@ -350,11 +390,21 @@ impl<B: Backend> LlamaModel<B> {
         input: ForwardInput<B>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let angles = self.rope.angles(input.positions);
+        let Some(first) = self.layers.first() else {
+            return self
+                .norm
+                .forward(self.embed_tokens.forward(input.input_ids));
+        };
+        let (h, k) = (first.self_attn.num_heads, first.self_attn.num_kv_heads);
+        let angles = self.rope.angles(input.positions, h, k);
+        // [B, 1, T, S] spread over the K × G heads once, not in every layer.
+        let [b, _, t, s] = input.mask.dims();
+        let device = input.mask.device();
+        let mask = Tensor::zeros([b, k, h / k, t, s], &device) + input.mask.unsqueeze_dim::<5>(2);
         let mut x = self.embed_tokens.forward(input.input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = layer.forward(x, &angles, input.mask.clone(), layer_cache);
+            x = layer.forward(x, &angles, mask.clone(), layer_cache);
         }
         self.norm.forward(x)
     }

@@ -12,43 +12,11 @@
 
 use alignkit_datasets::Batch;
 use alignkit_model::LlamaForCausalLM;
-use burn::tensor::activation::log_softmax;
+use alignkit_model::logprobs::head_logprobs;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::forward_input;
-
-/// Per-token statistics of the model's predictions.
-#[derive(Debug, Clone)]
-pub struct TokenStats<B: Backend> {
-    /// −log p(target), differentiable. [N]
-    pub nll: Tensor<B, 1>,
-    /// 1.0 where the most likely token is the target (no gradient). [N]
-    pub correct: Tensor<B, 1>,
-    /// Entropy of the predicted distribution in nats (no gradient). [N]
-    pub entropy: Tensor<B, 1>,
-}
-
-/// Shapes: logits [N, V], targets [N] → each [N].
-pub fn token_stats<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> TokenStats<B> {
-    let logp = log_softmax(logits, 1);
-    let nll = logp
-        .clone()
-        .gather(1, targets.clone().unsqueeze_dim::<2>(1))
-        .squeeze_dim::<1>(1)
-        .neg();
-    let logp = logp.detach();
-    let entropy = (logp.clone().exp() * logp.clone())
-        .sum_dim(1)
-        .squeeze_dim::<1>(1)
-        .neg();
-    let correct = logp.argmax(1).squeeze_dim::<1>(1).equal(targets).float();
-    TokenStats {
-        nll,
-        correct,
-        entropy,
-    }
-}
 
 /// Sums over the trained tokens of one micro-batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -121,19 +89,10 @@ pub fn batch_loss<B: Backend>(
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), device);
     let hidden = hidden.reshape([b * t, c]).select(0, rows);
 
-    let (mut nll, mut stats) = (Vec::new(), Vec::new());
-    let mut start = 0;
-    while start < n {
-        let len = CHUNK.min(n - start);
-        let h = hidden.clone().narrow(0, start, len).unsqueeze_dim::<3>(0);
-        let logits = model.lm_logits(h).squeeze_dim::<2>(0);
-        let s = token_stats(logits, targets.clone().narrow(0, start, len));
-        nll.push(s.nll.sum());
-        stats.push(Tensor::cat(vec![s.correct.sum(), s.entropy.sum()], 0));
-        start += len;
-    }
-    let nll_sum = Tensor::cat(nll, 0).sum();
-    let stats = Tensor::stack::<2>(stats, 0).sum_dim(0).squeeze_dim::<1>(0);
+    let out = head_logprobs(model, hidden, targets, CHUNK, true);
+    let stats = out.stats.expect("statistics were asked for");
+    let nll_sum = out.logp.sum().neg();
+    let stats = Tensor::cat(vec![stats.correct.sum(), stats.entropy.sum()], 0);
     let host: Vec<f32> = Tensor::cat(vec![nll_sum.clone().detach(), stats], 0)
         .into_data()
         .convert::<f32>()
@@ -152,35 +111,6 @@ pub fn batch_loss<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
-
-    type B = Flex;
-
-    /// logits (0, ln 3) → p = (1/4, 3/4).
-    /// Target 1: nll = −ln(3/4) = ln 4 − ln 3 ≈ 0.287682; argmax = 1 → correct.
-    /// Target 0: nll = ln 4 ≈ 1.386294; incorrect.
-    /// Entropy of (1/4, 3/4) = −(¼ ln ¼ + ¾ ln ¾) = ln 4 − ¾ ln 3 ≈ 0.562335.
-    #[test]
-    fn golden_token_stats() {
-        let dev = Default::default();
-        let ln3 = 3f32.ln();
-        let logits =
-            Tensor::<B, 2>::from_data(TensorData::new(vec![0.0, ln3, 0.0, ln3], [2, 2]), &dev);
-        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &dev);
-        let s = token_stats(logits, targets);
-        let v = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
-        let nll = v(s.nll);
-        assert!(
-            (nll[0] - 0.287_682).abs() < 1e-5 && (nll[1] - 1.386_294).abs() < 1e-5,
-            "{nll:?}"
-        );
-        assert_eq!(v(s.correct), vec![1.0, 0.0]);
-        let h = v(s.entropy);
-        assert!(
-            (h[0] - 0.562_335).abs() < 1e-5 && (h[1] - 0.562_335).abs() < 1e-5,
-            "{h:?}"
-        );
-    }
 
     #[test]
     fn trained_positions_shift_by_one() {
