@@ -70,7 +70,10 @@ fn chunk_logprobs<B: Backend>(
     want_stats: bool,
 ) -> (Tensor<B, 1>, Option<HeadStats<B>>) {
     let weight = plain_head_weight(model);
-    let tracked = hidden.is_require_grad() || weight.as_ref().is_some_and(|w| w.is_require_grad());
+    // `is_require_grad` is true only for leaves (parameters), not for hidden
+    // states computed from trainable adapters, so ask the backend instead.
+    // Inference passes (`valid()` models) run on the inner backend.
+    let tracked = B::ad_enabled(&hidden.device());
     let target = targets.unsqueeze_dim::<2>(1);
     let logits = match (&weight, tracked) {
         (Some(w), true) => hidden
@@ -214,6 +217,23 @@ mod tests {
             ..LlamaConfig::tiny(ModelType::Llama)
         };
         LlamaForCausalLM::init(&config, &Default::default())
+    }
+
+    /// Hidden states that are not leaves (as under LoRA, where they depend on
+    /// adapters) and a frozen head: the gradient still reaches the hidden states.
+    #[test]
+    fn gradient_reaches_intermediate_hidden_states_under_a_frozen_head() {
+        let dev = Default::default();
+        let mut model = tiny(true);
+        model.model.embed_tokens.weight = model.model.embed_tokens.weight.set_require_grad(false);
+        let leaf = Tensor::<A, 2>::ones([3, 32], &dev).require_grad();
+        let hidden = leaf.clone().mul_scalar(0.5);
+        let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [3]), &dev);
+        let logp = head_logprobs(&model, hidden, targets, 2, false).logp;
+        let grads = logp.sum().backward();
+        let g = leaf.grad(&grads).expect("gradient reaches the leaf");
+        let norm: f32 = g.abs().sum().into_scalar();
+        assert!(norm > 0.0, "zero gradient");
     }
 
     fn grads_of(model: &LlamaForCausalLM<A>, fast: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
