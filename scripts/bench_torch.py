@@ -4,15 +4,95 @@ Same model directory, shapes and measurements as alignkit's bench:
   forward_s            mean next-token NLL of a [batch, seq] random batch, no grad
   train_step_s         forward + backward + AdamW step (lr 1e-5, weight decay 0)
   decode_tokens_per_s  greedy decode at batch 1 after a 16-token prompt, KV cache
+  sft_full, sft_lora   an SFT step as TRL's SFTTrainer runs it: causal-LM loss over
+                       every token (`labels=input_ids`), backward, clip_grad_norm_(1.0),
+                       torch.optim.AdamW (lr 2e-5, weight decay 0.01); LoRA through PEFT,
+                       LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                       lora_dropout=0), only adapters in the optimizer
+  dpo_full, dpo_lora   a DPO step with batch / 2 pairs (the first seq / 2 tokens of each
+                       row are the prompt): chosen and rejected in one concatenated
+                       forward, reference log-probs under no_grad every step (full: a
+                       frozen copy; LoRA: the same model inside `disable_adapter()`),
+                       TRL's sigmoid loss with beta 0.1, clip, AdamW (lr 1e-6)
+Each step section reports {"step_s", "tokens_per_s", "trainable_params"}.
 Medians over --steps timed repetitions after one warm-up. Prints one JSON line.
 """
 import argparse
+import copy
 import json
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
+
+SECTIONS = ["forward", "train_step", "decode", "sft_full", "sft_lora", "dpo_full", "dpo_lora"]
+
+
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                attn_implementation="sdpa")
+
+
+def lora(model):
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0)
+    return get_peft_model(model, config)
+
+
+def timed(steps, fn):
+    """Median seconds of `fn()` over `steps` runs after one warm-up."""
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        fn()
+        if i:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def step_section(model, step, lr, steps, tokens):
+    """Median seconds of loss → backward → clip → AdamW over the trainable parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+
+    def one():
+        loss = step(model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step_s = timed(steps, one)
+    return {"step_s": step_s, "tokens_per_s": tokens / step_s,
+            "trainable_params": sum(p.numel() for p in trainable)}
+
+
+def completion_logps(model, ids, loss_mask):
+    """Σ log p over each row's completion tokens, as TRL's DPOTrainer: logits of
+    every position, then `selective_log_softmax` (gather − per-row logsumexp)."""
+    logits = model(input_ids=ids).logits[:, :-1]
+    labels = ids[:, 1:]
+    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
+    logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+    return ((picked - logsumexp) * loss_mask[:, 1:]).sum(-1)
+
+
+def dpo_step(reference, ids, loss_mask, beta=0.1, label_smoothing=0.0):
+    """TRL's sigmoid DPO loss with the reference log-probs from `reference(model)`."""
+    n = ids.shape[0] // 2
+
+    def step(model):
+        with torch.no_grad():
+            ref = reference(model)
+        policy = completion_logps(model, ids, loss_mask)
+        logits = (policy[:n] - policy[n:]) - (ref[:n] - ref[n:])
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * logits) * label_smoothing)
+        return losses.mean()
+
+    return step
 
 
 def main():
@@ -22,55 +102,109 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help="comma-separated sections: " + ", ".join(SECTIONS))
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown --only section(s): {', '.join(sorted(unknown))}")
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,
-                                                 attn_implementation="sdpa")
-    vocab = model.config.vocab_size
+    out = {name: None for name in ["forward_s", "train_step_s", "decode_tokens_per_s"]
+           + SECTIONS[3:]}
+    vocab = None
+    model = None
+    if only & {"forward", "train_step", "decode"}:
+        model = load(args.model)
+        vocab = model.config.vocab_size
+    else:
+        from transformers import AutoConfig
+        vocab = AutoConfig.from_pretrained(args.model).vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq))
+    tokens = args.batch * args.seq
 
     def nll():
         logits = model(ids).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1)
         return -logp.gather(-1, ids[:, 1:, None]).mean()
 
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(args.steps + 1):
+    if "forward" in only:
+        model.eval()
+        with torch.no_grad():
+            out["forward_s"] = timed(args.steps, lambda: nll().item())
+
+    if "train_step" in only:
+        model.train()
+        model.config.use_cache = False
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+
+        def train_step():
+            loss = nll()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out["train_step_s"] = timed(args.steps, train_step)
+        del opt
+
+    if "decode" in only:
+        model.eval()
+        model.config.use_cache = True
+        prompt = ids[:1, :16]
+        with torch.no_grad():
             t = time.perf_counter()
-            nll().item()
-            if i:
-                times.append(time.perf_counter() - t)
-    forward_s = statistics.median(times)
+            gen = model.generate(prompt, max_new_tokens=args.decode_tokens, do_sample=False,
+                                 min_new_tokens=args.decode_tokens, eos_token_id=None,
+                                 pad_token_id=0, use_cache=True)
+            dt = time.perf_counter() - t
+        out["decode_tokens_per_s"] = (gen.shape[1] - prompt.shape[1]) / dt
+    model = None
 
-    model.train()
-    model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-    times = []
-    for i in range(args.steps + 1):
-        t = time.perf_counter()
-        loss = nll()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:
-            times.append(time.perf_counter() - t)
-    train_step_s = statistics.median(times)
+    def sft_loss(m):
+        return m(input_ids=ids, labels=ids).loss
 
-    model.eval()
-    prompt = ids[:1, :16]
-    with torch.no_grad():
-        t = time.perf_counter()
-        out = model.generate(prompt, max_new_tokens=args.decode_tokens, do_sample=False,
-                             min_new_tokens=args.decode_tokens, eos_token_id=None,
-                             pad_token_id=0, use_cache=True)
-        dt = time.perf_counter() - t
-    decode = (out.shape[1] - prompt.shape[1]) / dt
-    print(json.dumps({"forward_s": forward_s, "train_step_s": train_step_s,
-                      "decode_tokens_per_s": decode, "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}))
+    for name in ["sft_full", "sft_lora"]:
+        if name in only:
+            m = load(args.model)
+            if name == "sft_lora":
+                m = lora(m)
+            m.train()
+            out[name] = step_section(m, sft_loss, 2e-5, args.steps, tokens)
+            del m
+
+    if only & {"dpo_full", "dpo_lora"}:
+        if args.batch % 2 or args.seq < 4:
+            ap.error("DPO needs an even --batch and --seq at least 4")
+        n, p = args.batch // 2, args.seq // 2
+        # Pair i: rows i (chosen) and n + i (rejected) share the prompt ids[i, :p].
+        pair_ids = ids.clone()
+        pair_ids[n:, :p] = ids[:n, :p]
+        loss_mask = torch.zeros_like(pair_ids, dtype=torch.float32)
+        loss_mask[:, p:] = 1.0
+    if "dpo_full" in only:
+        m = load(args.model)
+        frozen = copy.deepcopy(m).eval().requires_grad_(False)
+        m.train()
+        step = dpo_step(lambda _: completion_logps(frozen, pair_ids, loss_mask),
+                        pair_ids, loss_mask)
+        out["dpo_full"] = step_section(m, step, 1e-6, args.steps, tokens)
+        del m, frozen
+    if "dpo_lora" in only:
+        m = lora(load(args.model))
+        m.train()
+
+        def adapters_off(model):
+            with model.disable_adapter():
+                return completion_logps(model, pair_ids, loss_mask)
+
+        step = dpo_step(adapters_off, pair_ids, loss_mask)
+        out["dpo_lora"] = step_section(m, step, 1e-6, args.steps, tokens)
+        del m
+
+    out["torch"] = torch.__version__
+    out["threads"] = torch.get_num_threads()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

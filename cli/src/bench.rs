@@ -1,19 +1,30 @@
 //! `alignkit bench`: forward, training step (forward + backward + AdamW) and
-//! greedy decode speed, optionally next to PyTorch measured in the same run.
+//! greedy decode speed, and full / LoRA SFT and DPO steps as the trainers run
+//! them, optionally next to PyTorch measured in the same run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use alignkit_datasets::{Batch, PaddingSide, PreferenceExample, Sequence, collate, collate_pairs};
+use alignkit_dpo::{DpoConfig, DpoObjective, Pair, completion_logps, dpo_loss, lora_reference};
 use alignkit_model::logprobs::sequence_logprobs;
+use alignkit_model::lora::{LoraConfig, TargetModules};
 use alignkit_model::mask::attention_mask;
-use alignkit_model::{ForwardInput, LlamaForCausalLM, SamplingConfig, generate, load_model};
+use alignkit_model::{
+    ForwardInput, LlamaConfig, LlamaForCausalLM, SamplingConfig, generate, load_model,
+};
+use alignkit_sft::SftConfig;
+use alignkit_sft::loss::{batch_loss, trained_positions};
+use alignkit_train::weights::load_trainable;
+use alignkit_train::{AdamW, Gradients, trainable_count};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -24,16 +35,21 @@ use crate::common::ModelArgs;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Rows per batch (for DPO: chosen + rejected rows, so batch / 2 pairs).
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Tokens per row (for DPO: the first half is the prompt).
     #[arg(long, default_value_t = 256)]
     pub seq: usize,
-    /// Timed repetitions of forward and training step (after one warm-up).
+    /// Timed repetitions of each forward or step (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// Tokens to decode greedily at batch 1.
     #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
+    /// Run only these measurements (comma-separated); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Section>,
     /// Also run this PyTorch script on the same model and shapes and print ratios.
     #[arg(long)]
     pub torch: Option<PathBuf>,
@@ -42,17 +58,94 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Seconds per forward / training step, and decode throughput.
+/// One measurement of the bench; `--only` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Section {
+    /// Next-token NLL of the batch, no autodiff.
+    Forward,
+    /// Forward + backward + burn's own AdamW on every weight.
+    TrainStep,
+    /// Greedy decode at batch 1 with the KV cache.
+    Decode,
+    /// The SFT trainer's step, every weight trained.
+    SftFull,
+    /// The SFT trainer's step, LoRA adapters on a frozen base.
+    SftLora,
+    /// The DPO trainer's step, every weight trained, frozen reference copy.
+    DpoFull,
+    /// The DPO trainer's step, LoRA; reference = the policy without adapters.
+    DpoLora,
+}
+
+impl Section {
+    /// The name `--only` takes here and in the PyTorch script.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Forward => "forward",
+            Section::TrainStep => "train_step",
+            Section::Decode => "decode",
+            Section::SftFull => "sft_full",
+            Section::SftLora => "sft_lora",
+            Section::DpoFull => "dpo_full",
+            Section::DpoLora => "dpo_lora",
+        }
+    }
+}
+
+/// The LoRA setup both sides benchmark: PEFT's
+/// `LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0)`.
+fn bench_lora() -> LoraConfig {
+    LoraConfig {
+        r: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        target_modules: TargetModules::AllLinear,
+        rslora: false,
+    }
+}
+
+/// Seconds per optimizer step of a trainer's step, and what it trains.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepResult {
+    pub step_s: f64,
+    /// Batch tokens (every row, prompt included) per second of step.
+    pub tokens_per_s: f64,
+    pub trainable_params: usize,
+}
+
+/// The measurements that ran; the others are `null`. Seconds are medians.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BenchResult {
-    pub forward_s: f64,
-    pub train_step_s: f64,
-    pub decode_tokens_per_s: f64,
+    pub forward_s: Option<f64>,
+    pub train_step_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
+    pub sft_full: Option<StepResult>,
+    pub sft_lora: Option<StepResult>,
+    pub dpo_full: Option<StepResult>,
+    pub dpo_lora: Option<StepResult>,
+    /// PyTorch side only: its version and intra-op threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
+}
+
+/// Records the time since `start` unless `i` is the warm-up (0).
+fn record(times: &mut Vec<f64>, i: usize, start: Instant) {
+    if i > 0 {
+        times.push(start.elapsed().as_secs_f64());
+    }
+}
+
+fn sync<B: Backend>(device: &B::Device) -> Result<()> {
+    B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 fn batch_input<B: Backend>(ids: &[i64], b: usize, t: usize, device: &B::Device) -> ForwardInput<B> {
@@ -69,89 +162,289 @@ fn nll<B: Backend>(model: &LlamaForCausalLM<B>, input: ForwardInput<B>) -> Tenso
     sequence_logprobs(model, input).mean().neg()
 }
 
+/// `b` rows of `t` random tokens, every token after the first trained (an SFT
+/// `{"text"}` batch without padding).
+fn sft_batch(ids: &[i64], b: usize, t: usize) -> Batch {
+    let rows: Vec<Sequence> = ids
+        .chunks(t)
+        .take(b)
+        .map(|row| Sequence {
+            input_ids: row.iter().map(|&x| x as u32).collect(),
+            loss_mask: vec![true; t],
+        })
+        .collect();
+    collate(&rows, 0, PaddingSide::Right)
+}
+
+/// `b / 2` pairs: rows 0..b/2 of `ids` are prompt + chosen, rows b/2..b prompt
+/// + rejected, with the prompt (the first `t / 2` tokens) shared by the pair.
+fn dpo_batch(ids: &[i64], b: usize, t: usize) -> Batch {
+    let n = b / 2;
+    let p = t / 2;
+    let row =
+        |r: usize| -> Vec<u32> { ids[r * t..(r + 1) * t].iter().map(|&x| x as u32).collect() };
+    let pairs: Vec<PreferenceExample> = (0..n)
+        .map(|i| {
+            let chosen = row(i);
+            let rejected = row(n + i);
+            PreferenceExample {
+                prompt_ids: chosen[..p].to_vec(),
+                chosen_ids: chosen[p..].to_vec(),
+                rejected_ids: rejected[p..].to_vec(),
+                chosen_has_eos: false,
+                rejected_has_eos: false,
+                chosen_truncation: Default::default(),
+                rejected_truncation: Default::default(),
+            }
+        })
+        .collect();
+    collate_pairs(&pairs, 0, PaddingSide::Right)
+}
+
+/// The SFT trainer's step (`alignkit_sft::train`, steps 2 and 3, one
+/// micro-batch): `batch_loss` over the trained tokens, `Gradients` of the
+/// trainable parameters, global-norm clip, `alignkit_train` AdamW.
+fn sft_steps<B: AutodiffBackend>(
+    dir: &Path,
+    lora: Option<&LoraConfig>,
+    batch: &Batch,
+    steps: usize,
+    device: &B::Device,
+) -> Result<StepResult> {
+    let config = SftConfig::default();
+    let (_, mut model) = load_trainable::<B>(dir, lora, None, 0, device)?;
+    let trainable_params = trainable_count::<B, _>(&model);
+    let mut opt = AdamW::<B::InnerBackend>::new(config.optim.clone());
+    let norm = trained_positions(batch).0.len().max(1) as f64;
+    let mut times = Vec::new();
+    for i in 0..=steps {
+        let start = Instant::now();
+        let mut grads = Gradients::<B::InnerBackend>::new();
+        let (loss, _) = batch_loss(&model, batch, false, norm, device);
+        grads.accumulate(&model, loss.backward());
+        grads.clip_global_norm(config.train.max_grad_norm);
+        model = opt.step::<B, _>(model, grads, config.learning_rate);
+        sync::<B>(device)?;
+        record(&mut times, i, start);
+    }
+    Ok(step_result(times, batch, trainable_params))
+}
+
+/// The DPO trainer's step (`alignkit_dpo::train`, steps 2 and 3, one
+/// micro-batch, reference run on every batch): the policy's completion
+/// log-probs of chosen and rejected in one forward, the reference's without
+/// gradients (full: a frozen copy; LoRA: the policy with adapters removed),
+/// the sigmoid loss (β from `DpoConfig`'s defaults, 0.1), clip, AdamW.
+fn dpo_steps<B: AutodiffBackend>(
+    dir: &Path,
+    lora: Option<&LoraConfig>,
+    batch: &Batch,
+    steps: usize,
+    device: &B::Device,
+) -> Result<StepResult> {
+    let config = DpoConfig::default();
+    let objective = DpoObjective::new(
+        config.loss_type,
+        config.beta,
+        config.label_smoothing,
+        config.rpo_alpha,
+    )?;
+    let (_, mut model) = load_trainable::<B>(dir, lora, None, 0, device)?;
+    let frozen = match lora {
+        None => Some(load_model::<B::InnerBackend>(dir, device)?.1),
+        Some(_) => None,
+    };
+    let trainable_params = trainable_count::<B, _>(&model);
+    let mut opt = AdamW::<B::InnerBackend>::new(config.optim.clone());
+    let mut times = Vec::new();
+    for i in 0..=steps {
+        let start = Instant::now();
+        let mut grads = Gradients::<B::InnerBackend>::new();
+        let policy = completion_logps(&model, batch, device);
+        let reference = match &frozen {
+            Some(m) => completion_logps(m, batch, device).logps,
+            None => completion_logps(&lora_reference(&model), batch, device).logps,
+        };
+        let reference = Pair::new(
+            Tensor::from_inner(reference.chosen),
+            Tensor::from_inner(reference.rejected),
+        );
+        let out = dpo_loss(&objective, &policy.logps, &reference, &policy.tokens);
+        grads.accumulate(&model, out.loss().backward());
+        grads.clip_global_norm(config.train.max_grad_norm);
+        model = opt.step::<B, _>(model, grads, config.learning_rate);
+        sync::<B>(device)?;
+        record(&mut times, i, start);
+    }
+    Ok(step_result(times, batch, trainable_params))
+}
+
+fn step_result(times: Vec<f64>, batch: &Batch, trainable_params: usize) -> StepResult {
+    let step_s = median(times);
+    StepResult {
+        step_s,
+        tokens_per_s: (batch.batch_size * batch.seq_len) as f64 / step_s,
+        trainable_params,
+    }
+}
+
+impl BenchArgs {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+
+    /// The forward, burn-AdamW step and decode measurements on one model.
+    fn core<B: AutodiffBackend>(
+        &self,
+        dir: &Path,
+        ids: &[i64],
+        device: &B::Device,
+        out: &mut BenchResult,
+    ) -> Result<()> {
+        let (_, model) = load_model::<B>(dir, device)?;
+        let (b, t) = (self.batch, self.seq);
+
+        // 1. forward (no autodiff)
+        if self.runs(Section::Forward) {
+            let inference = model.valid();
+            let mut times = Vec::new();
+            for i in 0..=self.steps {
+                let start = Instant::now();
+                let loss = nll(&inference, batch_input(ids, b, t, device));
+                let _ = loss.into_scalar();
+                record(&mut times, i, start);
+            }
+            out.forward_s = Some(median(times));
+        }
+
+        // 2. training step: forward + backward + burn's AdamW
+        let mut model = model;
+        if self.runs(Section::TrainStep) {
+            let mut optim = AdamWConfig::new()
+                .with_weight_decay(0.0)
+                .init::<B, LlamaForCausalLM<B>>();
+            let mut times = Vec::new();
+            for i in 0..=self.steps {
+                let start = Instant::now();
+                let loss = nll(&model, batch_input(ids, b, t, device));
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(1e-5, model, grads);
+                sync::<B>(device)?;
+                record(&mut times, i, start);
+            }
+            out.train_step_s = Some(median(times));
+        }
+
+        // 3. greedy decode at batch 1, past a 16-token prompt
+        if self.runs(Section::Decode) {
+            let inference = model.valid().for_decoding();
+            let prompt: Vec<u32> = ids[..16.min(t)].iter().map(|&x| x as u32).collect();
+            let sampling = SamplingConfig {
+                max_new_tokens: self.decode_tokens,
+                ..SamplingConfig::default()
+            };
+            let start = Instant::now();
+            let generated = generate(
+                &inference,
+                &[prompt],
+                &[],
+                0,
+                &sampling,
+                |_, _| false,
+                device,
+            )?;
+            out.decode_tokens_per_s =
+                Some(generated[0].tokens.len() as f64 / start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+}
+
 impl Task for BenchArgs {
     type Output = BenchResult;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchResult> {
         let dir = self.model.dir()?;
-        let (config, model) = load_model::<B>(&dir, &device)?;
+        let config = LlamaConfig::load(&dir.join("config.json"))?;
         let (b, t) = (self.batch, self.seq);
         if b == 0 || t < 2 || self.steps == 0 {
             bail!("--batch and --steps must be positive and --seq at least 2");
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let dpo = self.runs(Section::DpoFull) || self.runs(Section::DpoLora);
+        if dpo && (b % 2 != 0 || t < 4) {
+            bail!("DPO needs an even --batch (chosen + rejected rows) and --seq at least 4");
+        }
+        let mut rng = StdRng::seed_from_u64(0);
         let ids: Vec<i64> = (0..b * t)
             .map(|_| rng.random_range(0..config.vocab_size as i64))
             .collect();
 
-        // 1. forward (no autodiff)
-        let inference = model.valid();
-        let mut times = Vec::new();
-        for i in 0..=self.steps {
-            let start = Instant::now();
-            let loss = nll(&inference, batch_input(&ids, b, t, &device));
-            let _ = loss.into_scalar();
-            if i > 0 {
-                times.push(start.elapsed().as_secs_f64());
+        let mut out = BenchResult::default();
+        if [Section::Forward, Section::TrainStep, Section::Decode]
+            .iter()
+            .any(|&s| self.runs(s))
+        {
+            self.core::<B>(&dir, &ids, &device, &mut out)?;
+        }
+        let lora = bench_lora();
+        let sft = sft_batch(&ids, b, t);
+        if self.runs(Section::SftFull) {
+            out.sft_full = Some(sft_steps::<B>(&dir, None, &sft, self.steps, &device)?);
+        }
+        if self.runs(Section::SftLora) {
+            out.sft_lora = Some(sft_steps::<B>(
+                &dir,
+                Some(&lora),
+                &sft,
+                self.steps,
+                &device,
+            )?);
+        }
+        if dpo {
+            let pairs = dpo_batch(&ids, b, t);
+            if self.runs(Section::DpoFull) {
+                out.dpo_full = Some(dpo_steps::<B>(&dir, None, &pairs, self.steps, &device)?);
+            }
+            if self.runs(Section::DpoLora) {
+                out.dpo_lora = Some(dpo_steps::<B>(
+                    &dir,
+                    Some(&lora),
+                    &pairs,
+                    self.steps,
+                    &device,
+                )?);
             }
         }
-        let forward_s = median(times);
-
-        // 2. training step: forward + backward + AdamW
-        let mut optim = AdamWConfig::new()
-            .with_weight_decay(0.0)
-            .init::<B, LlamaForCausalLM<B>>();
-        let mut model = model;
-        let mut times = Vec::new();
-        for i in 0..=self.steps {
-            let start = Instant::now();
-            let loss = nll(&model, batch_input(&ids, b, t, &device));
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-5, model, grads);
-            B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if i > 0 {
-                times.push(start.elapsed().as_secs_f64());
-            }
-        }
-        let train_step_s = median(times);
-
-        // 3. greedy decode at batch 1, past a 16-token prompt
-        let inference = model.valid().for_decoding();
-        let prompt: Vec<u32> = ids[..16.min(t)].iter().map(|&x| x as u32).collect();
-        let sampling = SamplingConfig {
-            max_new_tokens: self.decode_tokens,
-            ..SamplingConfig::default()
-        };
-        let start = Instant::now();
-        let out = generate(
-            &inference,
-            &[prompt],
-            &[],
-            0,
-            &sampling,
-            |_, _| false,
-            &device,
-        )?;
-        let decode_tokens_per_s = out[0].tokens.len() as f64 / start.elapsed().as_secs_f64();
-
-        Ok(BenchResult {
-            forward_s,
-            train_step_s,
-            decode_tokens_per_s,
-        })
+        Ok(out)
     }
 }
 
-fn run_torch(script: &PathBuf, args: &BenchArgs) -> Result<BenchResult> {
-    let dir = args.model.dir()?;
+/// The arguments of the PyTorch script: same model, shapes and sections.
+fn torch_args(dir: &Path, args: &BenchArgs) -> Vec<String> {
+    let mut out = vec![
+        "--model".into(),
+        dir.display().to_string(),
+        "--batch".into(),
+        args.batch.to_string(),
+        "--seq".into(),
+        args.seq.to_string(),
+        "--steps".into(),
+        args.steps.to_string(),
+        "--decode-tokens".into(),
+        args.decode_tokens.to_string(),
+    ];
+    if !args.only.is_empty() {
+        let names: Vec<&str> = args.only.iter().map(|s| s.as_str()).collect();
+        out.push("--only".into());
+        out.push(names.join(","));
+    }
+    out
+}
+
+fn run_torch(script: &Path, args: &[String]) -> Result<BenchResult> {
     let output = Command::new("python3")
         .arg(script)
-        .arg("--model")
-        .arg(&dir)
-        .args(["--batch", &args.batch.to_string()])
-        .args(["--seq", &args.seq.to_string()])
-        .args(["--steps", &args.steps.to_string()])
-        .args(["--decode-tokens", &args.decode_tokens.to_string()])
+        .args(args)
         .output()
         .with_context(|| format!("cannot run python3 {}", script.display()))?;
     if !output.status.success() {
@@ -170,23 +463,32 @@ fn run_torch(script: &PathBuf, args: &BenchArgs) -> Result<BenchResult> {
         .with_context(|| format!("unexpected output from {}: {last}", script.display()))
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
-    let torch = args.torch.clone();
-    let json = args.json;
-    let model = args.model.clone();
-    let shape = format!("batch {} x {} tokens", args.batch, args.seq);
-    let torch_args = BenchArgs {
-        model: model.clone(),
-        batch: args.batch,
-        seq: args.seq,
-        steps: args.steps,
-        decode_tokens: args.decode_tokens,
-        torch: None,
-        json,
+/// One table row; `time` says whether the unit is a time (lower is better) or
+/// a rate, so that the ratio is always alignkit time / PyTorch time.
+fn row(name: &str, ours: Option<f64>, theirs: Option<f64>, time: bool) {
+    let Some(a) = ours else { return };
+    let (pt, ratio) = match theirs {
+        Some(b) => (
+            format!("{b:.3}"),
+            format!("{:.2}", if time { a / b } else { b / a }),
+        ),
+        None => ("-".into(), "-".into()),
     };
-    let ours = dispatch(model.device, args)?;
+    println!("{name:<30} {:>12} {pt:>12} {ratio:>8}", format!("{a:.3}"));
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let json = args.json;
+    let device = args.model.device;
+    let shape = format!("batch {} x {} tokens", args.batch, args.seq);
+    let torch = args
+        .torch
+        .clone()
+        .map(|script| Ok::<_, anyhow::Error>((script, torch_args(&args.model.dir()?, &args))))
+        .transpose()?;
+    let ours = dispatch(device, args)?;
     let theirs = torch
-        .map(|script| run_torch(&script, &torch_args))
+        .map(|(script, a)| run_torch(&script, &a))
         .transpose()?;
     if json {
         println!(
@@ -195,45 +497,69 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!("{shape}, device {:?}", model.device);
+    println!("{shape}, device {device:?}");
+    if let Some(t) = &theirs {
+        println!(
+            "pytorch {} ({} threads)",
+            t.torch.as_deref().unwrap_or("?"),
+            t.threads.map_or("?".into(), |n| n.to_string())
+        );
+    }
     println!(
-        "{:<28} {:>12} {:>12} {:>8}",
+        "{:<30} {:>12} {:>12} {:>8}",
         "measure", "alignkit", "pytorch", "ratio"
     );
-    let row = |name: &str, a: f64, b: Option<f64>, unit: &str, lower_is_better: bool| {
-        let (pt, ratio) = match b {
-            Some(b) => (
-                format!("{b:.3}{unit}"),
-                format!("{:.2}", if lower_is_better { a / b } else { b / a }),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        println!(
-            "{name:<28} {:>12} {pt:>12} {ratio:>8}",
-            format!("{a:.3}{unit}")
-        );
-    };
+    let pt = theirs.as_ref();
     row(
         "forward (s)",
         ours.forward_s,
-        theirs.as_ref().map(|r| r.forward_s),
-        "",
+        pt.and_then(|r| r.forward_s),
         true,
     );
     row(
         "fwd+bwd+AdamW step (s)",
         ours.train_step_s,
-        theirs.as_ref().map(|r| r.train_step_s),
-        "",
+        pt.and_then(|r| r.train_step_s),
         true,
     );
     row(
         "greedy decode (tokens/s)",
         ours.decode_tokens_per_s,
-        theirs.as_ref().map(|r| r.decode_tokens_per_s),
-        "",
+        pt.and_then(|r| r.decode_tokens_per_s),
         false,
     );
+    type Get = fn(&BenchResult) -> Option<&StepResult>;
+    let steps: [(&str, Get); 4] = [
+        ("sft full", |r| r.sft_full.as_ref()),
+        ("sft lora", |r| r.sft_lora.as_ref()),
+        ("dpo full", |r| r.dpo_full.as_ref()),
+        ("dpo lora", |r| r.dpo_lora.as_ref()),
+    ];
+    for (name, get) in steps {
+        let (a, b) = (get(&ours), pt.and_then(get));
+        row(
+            &format!("{name} step (s)"),
+            a.map(|s| s.step_s),
+            b.map(|s| s.step_s),
+            true,
+        );
+        row(
+            &format!("{name} (tokens/s)"),
+            a.map(|s| s.tokens_per_s),
+            b.map(|s| s.tokens_per_s),
+            false,
+        );
+    }
     println!("ratio = alignkit time / pytorch time (≤ 1.0 means alignkit is as fast or faster)");
+    for (name, get) in steps {
+        if let Some(a) = get(&ours) {
+            let b = pt.and_then(get).map(|s| s.trainable_params.to_string());
+            println!(
+                "{name}: trainable parameters {} (pytorch {})",
+                a.trainable_params,
+                b.as_deref().unwrap_or("-")
+            );
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,127 @@
+//! `alignkit bench` on a tiny model: `--only` runs exactly the named sections,
+//! the trainer steps train what they should (LoRA: adapters only), and the
+//! PyTorch script gets the same sections and shapes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+mod common;
+use common::tiny_model;
+
+fn bench(model: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["bench", "--model"])
+        .arg(model)
+        .args(["--batch", "2", "--seq", "8", "--steps", "1"])
+        .args(["--decode-tokens", "2", "--json"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn only_runs_the_named_sections_and_lora_trains_adapters_only() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model(&root.path().join("m"));
+    let v = json(&bench(
+        &model,
+        &["--only", "sft_full,sft_lora,dpo_full,dpo_lora"],
+    ));
+    let ours = &v["alignkit"];
+    for skipped in ["forward_s", "train_step_s", "decode_tokens_per_s"] {
+        assert!(ours[skipped].is_null(), "{skipped} ran: {v}");
+    }
+    assert!(v["pytorch"].is_null());
+    for name in ["sft_full", "sft_lora", "dpo_full", "dpo_lora"] {
+        let s = &ours[name];
+        let step = s["step_s"].as_f64().unwrap();
+        assert!(step > 0.0, "{name}: {s}");
+        // 2 rows x 8 tokens per step.
+        let tps = s["tokens_per_s"].as_f64().unwrap();
+        assert!((tps * step - 16.0).abs() < 1e-6, "{name}: {s}");
+    }
+    let params = |name: &str| ours[name]["trainable_params"].as_u64().unwrap();
+    assert_eq!(params("sft_full"), params("dpo_full"));
+    assert_eq!(params("sft_lora"), params("dpo_lora"));
+    // LlamaConfig::tiny: 2 layers, hidden 32, 4 heads / 2 KV heads of 8, MLP 64.
+    // r = 16 on all seven projections: r · (in + out) each.
+    let per_layer = 16 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 64) + (64 + 32));
+    assert_eq!(params("sft_lora"), 2 * per_layer);
+    assert!(params("sft_full") > params("sft_lora"));
+
+    let v = json(&bench(&model, &["--only", "forward"]));
+    assert!(v["alignkit"]["forward_s"].as_f64().unwrap() > 0.0);
+    assert!(v["alignkit"]["sft_full"].is_null());
+    assert!(v["alignkit"]["decode_tokens_per_s"].is_null());
+}
+
+#[test]
+fn odd_batch_is_refused_for_dpo_and_unknown_sections_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model(&root.path().join("m"));
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["bench", "--model"])
+        .arg(&model)
+        .args(["--batch", "3", "--seq", "8", "--steps", "1"])
+        .args(["--only", "dpo_lora"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("even --batch"));
+    let out = bench(&model, &["--only", "sft"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'sft'"));
+}
+
+/// A stand-in for scripts/bench_torch.py that reports the arguments it got.
+#[test]
+fn torch_script_gets_the_same_sections_and_its_json_is_read() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model(&root.path().join("m"));
+    let script = root.path().join("fake_torch.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+a = sys.argv[1:]
+assert a[a.index("--only") + 1] == "sft_lora", a
+assert a[a.index("--batch") + 1] == "2" and a[a.index("--seq") + 1] == "8", a
+print("loading...")
+print(json.dumps({"forward_s": None, "sft_lora": {"step_s": 2.0, "tokens_per_s": 8.0,
+      "trainable_params": 7}, "torch": "fake", "threads": 1}))
+"#,
+    )
+    .unwrap();
+    let args = ["--only", "sft_lora", "--torch", script.to_str().unwrap()];
+    let v = json(&bench(&model, &args));
+    assert_eq!(v["pytorch"]["sft_lora"]["step_s"], 2.0);
+    assert_eq!(v["pytorch"]["torch"], "fake");
+    assert!(v["alignkit"]["sft_lora"]["step_s"].as_f64().unwrap() > 0.0);
+
+    // The table prints the ratio row for the section that ran on both sides.
+    let table = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["bench", "--model"])
+        .arg(&model)
+        .args(["--batch", "2", "--seq", "8", "--steps", "1"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("sft lora step (s)"), "{text}");
+    assert!(!text.contains("forward (s)"), "{text}");
+    assert!(text.contains("trainable parameters"), "{text}");
+}
