@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
-use alignkit_train::{AdamWConfig, LoopConfig, ScheduleConfig};
+use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DpoError, Result};
@@ -126,54 +126,11 @@ impl Default for DpoConfig {
     }
 }
 
-/// `path:line:column: message` for a TOML error (one line).
-fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> DpoError {
-    let (line, column, message) = alignkit_train::toml_error_position(text, err);
-    DpoError::ConfigFile {
-        path: path.to_path_buf(),
-        line,
-        column,
-        message,
-    }
-}
-
-/// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value, or
-/// taken as a string when it does not parse as one.
-pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<()> {
-    alignkit_train::set_key(table, key, raw).map_err(|message| DpoError::Config {
-        field: key.into(),
-        message,
-    })
-}
-
 impl DpoConfig {
     /// Read a TOML file, then apply `overrides` (`key=value`). Unknown keys
     /// are errors.
     pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
-        let (text, origin) = match path {
-            Some(p) => (
-                std::fs::read_to_string(p).map_err(|source| DpoError::Io {
-                    path: p.to_path_buf(),
-                    source,
-                })?,
-                p.to_path_buf(),
-            ),
-            None => (String::new(), PathBuf::from("<flags>")),
-        };
-        if overrides.is_empty() {
-            return toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e));
-        }
-        let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e))?;
-        for (k, v) in overrides {
-            set_key(&mut table, k, v)?;
-        }
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| DpoError::Override {
-                origin: origin.display().to_string(),
-                message: e.message().trim().replace('\n', " "),
-            })
+        Ok(alignkit_train::load_config(path, overrides)?)
     }
 
     /// The loss settings, validated together.
@@ -189,82 +146,21 @@ impl DpoConfig {
     /// Check every setting that can be checked without reading data or
     /// weights; paths must exist.
     pub fn validate(&self) -> Result<()> {
-        let field = |f: &str, m: String| DpoError::Config {
-            field: f.into(),
-            message: m,
-        };
-        let model_dir = |f: &str, p: &Path| -> Result<()> {
-            if p.as_os_str().is_empty() {
-                return Err(field(f, "required: a Hugging Face model directory".into()));
-            }
-            if !p.join("config.json").is_file() {
-                return Err(field(f, format!("{} has no config.json", p.display())));
-            }
-            Ok(())
-        };
-        model_dir("model", &self.model)?;
-        if let Some(r) = &self.ref_model {
-            model_dir("ref_model", r)?;
+        RunSettings {
+            model_dirs: &[
+                ("model", Some(self.model.as_path())),
+                ("ref_model", self.ref_model.as_deref()),
+            ],
+            output_dir: &self.output_dir,
+            train_file: &self.data.train_file,
+            validation_file: self.data.validation_file.as_deref(),
+            validation_split: self.data.validation_split,
+            max_len: self.data.max_len,
+            max_prompt_len: Some(self.data.max_prompt_len),
+            learning_rate: self.learning_rate,
+            eval_steps: self.train.eval_steps,
         }
-        if self.output_dir.as_os_str().is_empty() {
-            return Err(field("output_dir", "required: the run directory".into()));
-        }
-        if self.data.train_file.as_os_str().is_empty() {
-            return Err(field("data.train_file", "required: a JSONL file".into()));
-        }
-        if !self.data.train_file.is_file() {
-            return Err(field(
-                "data.train_file",
-                format!("{} does not exist", self.data.train_file.display()),
-            ));
-        }
-        if let Some(v) = &self.data.validation_file {
-            if !v.is_file() {
-                return Err(field(
-                    "data.validation_file",
-                    format!("{} does not exist", v.display()),
-                ));
-            }
-            if self.data.validation_split > 0.0 {
-                return Err(field(
-                    "data.validation_split",
-                    "set either validation_file or validation_split, not both".into(),
-                ));
-            }
-        }
-        if !(0.0..1.0).contains(&self.data.validation_split) {
-            return Err(field(
-                "data.validation_split",
-                format!("{} is not in [0, 1)", self.data.validation_split),
-            ));
-        }
-        if self.data.max_len < 2 {
-            return Err(field("data.max_len", "must be at least 2".into()));
-        }
-        if self.data.max_prompt_len >= self.data.max_len {
-            return Err(field(
-                "data.max_prompt_len",
-                format!(
-                    "{} leaves no room for a completion within data.max_len {}",
-                    self.data.max_prompt_len, self.data.max_len
-                ),
-            ));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return Err(field(
-                "learning_rate",
-                format!("{} is not a non-negative number", self.learning_rate),
-            ));
-        }
-        if self.train.eval_steps > 0
-            && self.data.validation_file.is_none()
-            && self.data.validation_split == 0.0
-        {
-            return Err(field(
-                "train.eval_steps",
-                "evaluation needs data.validation_file or data.validation_split".into(),
-            ));
-        }
+        .check()?;
         self.objective()?;
         self.train.validate()?;
         self.optim.validate()?;

@@ -11,8 +11,8 @@ use alignkit_model::heads::RewardModel;
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::{
-    AdamW, BestEval, CheckpointRef, DataCursor, Gradients, NanGuard, RunDir, TrainError,
-    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
+    AdamW, CheckpointRef, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
+    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, skip_reason,
     trainable_count, trainable_params,
 };
 use burn::module::AutodiffModule;
@@ -92,14 +92,14 @@ pub fn train<B: AutodiffBackend>(
         });
     }
     let weights = WeightsKind::of(config.lora.as_ref());
-    let (run, resumed) = if options.resume {
-        let (run, ckpt) = RunDir::open_for_resume(&config.output_dir)?;
-        let state = TrainerState::read(&ckpt.path)?;
-        state.check_compatible(&ckpt.path, TRAINER, &fingerprint, &config.model, weights)?;
-        (run, Some((ckpt, state)))
-    } else {
-        (RunDir::create(&config.output_dir)?, None)
-    };
+    let (run, resumed) = RunDir::open(
+        &config.output_dir,
+        options.resume,
+        TRAINER,
+        &fingerprint,
+        &config.model,
+        weights,
+    )?;
     let pad_id = encoder.tokenizer().pad_id();
     let micro_per_epoch = pairs.train.len().div_ceil(config.train.batch_size);
     let total_steps = config.train.total_steps(micro_per_epoch);
@@ -136,23 +136,15 @@ pub fn train<B: AutodiffBackend>(
     };
     let mut state = match resumed {
         Some((_, state)) => state,
-        None => TrainerState {
-            format: TrainerState::format().into(),
-            trainer: TRAINER.into(),
-            step: 0,
+        None => TrainerState::new(
+            TRAINER,
             total_steps,
-            cursor: DataCursor::default(),
             seed,
-            num_tokens: 0,
-            skipped_steps: 0,
-            consecutive_bad_steps: 0,
-            best: None,
-            evals_without_improvement: 0,
             weights,
-            base_model: config.model.clone(),
-            base_fingerprint: fingerprint,
-            data_files: pairs.files.clone(),
-        },
+            config.model.clone(),
+            fingerprint,
+            pairs.files.clone(),
+        ),
     };
     state.total_steps = total_steps;
     let mut guard = NanGuard::resume(
@@ -244,15 +236,10 @@ pub fn train<B: AutodiffBackend>(
         state.cursor = next_cursor;
         state.num_tokens += tokens as u64;
         let verdict = guard.check(state.step, sums.loss(), grad_norm);
-        let skipped = match &verdict {
-            Ok(Verdict::Update) => {
-                model = opt.step::<B, _>(model, grads, lr);
-                None
-            }
-            Ok(Verdict::Skip { reason }) => Some(reason.clone()),
-            Err(TrainError::NonFinite { reason, .. }) => Some(reason.clone()),
-            Err(_) => None,
-        };
+        if let Ok(Verdict::Update) = verdict {
+            model = opt.step::<B, _>(model, grads, lr);
+        }
+        let skipped = skip_reason(&verdict);
         state.skipped_steps = guard.skipped();
         state.consecutive_bad_steps = guard.consecutive();
 
@@ -264,7 +251,7 @@ pub fn train<B: AutodiffBackend>(
         m.tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
         m.skipped = skipped;
         let mut new_best = false;
-        if verdict.is_ok() && c.train.eval_steps > 0 && state.step % c.train.eval_steps == 0 {
+        if verdict.is_ok() && c.train.eval_due(state.step) {
             let e = evaluate(
                 &model.reward.valid(),
                 &setup.objective,
@@ -275,16 +262,7 @@ pub fn train<B: AutodiffBackend>(
             );
             m.set_eval(&e);
             let eval_loss = e.loss();
-            if state.best.is_none_or(|b| eval_loss < b.eval_loss) {
-                state.best = Some(BestEval {
-                    step: state.step,
-                    eval_loss,
-                });
-                state.evals_without_improvement = 0;
-                new_best = true;
-            } else {
-                state.evals_without_improvement += 1;
-            }
+            new_best = state.record_eval(eval_loss);
         }
         metrics.append(&m)?;
         progress(Event::Step(&m));
@@ -292,9 +270,8 @@ pub fn train<B: AutodiffBackend>(
         verdict?;
 
         // 5. Checkpoint when due (and the best model, which keep-last never deletes).
-        let patience = c.train.early_stopping_patience;
-        let early_stop = patience > 0 && state.evals_without_improvement >= patience;
-        let due = c.train.save_steps > 0 && state.step % c.train.save_steps == 0;
+        let early_stop = c.train.patience_exhausted(state.evals_without_improvement);
+        let due = c.train.save_due(state.step);
         if due || new_best || early_stop || state.step == setup.total_steps {
             let saved = save(&setup, &state, &model, &opt)?;
             progress(Event::Checkpoint {
@@ -325,10 +302,7 @@ pub fn train<B: AutodiffBackend>(
             // Early stopping keeps the best model, as transformers'
             // `load_best_model_at_end`.
             (StopReason::EarlyStopped, Some(best)) if best.step != state.step => {
-                let dir = setup
-                    .run
-                    .checkpoints_dir()
-                    .join(format!("step-{}", best.step));
+                let dir = setup.run.checkpoint_dir(best.step);
                 load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
             }
             _ => model.reward,

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use alignkit_datasets::{PlainText, TrainOn};
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
-use alignkit_train::{AdamWConfig, LoopConfig, ScheduleConfig};
+use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SftError};
@@ -114,127 +114,28 @@ impl Default for SftConfig {
     }
 }
 
-/// `path:line:column: message` for a TOML error (one line).
-fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> SftError {
-    let (line, column, message) = alignkit_train::toml_error_position(text, err);
-    SftError::ConfigFile {
-        path: path.to_path_buf(),
-        line,
-        column,
-        message,
-    }
-}
-
-/// Set `key` (dotted: `train.batch_size`) to `raw`, parsed as a TOML value
-/// (`4`, `2e-4`, `true`, `"all-linear"`, `["q_proj", "v_proj"]`), or taken as a
-/// string when it does not parse as one.
-pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<()> {
-    alignkit_train::set_key(table, key, raw).map_err(|message| SftError::Config {
-        field: key.into(),
-        message,
-    })
-}
-
 impl SftConfig {
     /// Read a TOML file, then apply `overrides` (`key=value`, as given by
     /// `--set` or the CLI's flags). Unknown keys are errors.
     pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
-        let (text, origin) = match path {
-            Some(p) => (
-                std::fs::read_to_string(p).map_err(|e| SftError::Io {
-                    path: p.to_path_buf(),
-                    source: e,
-                })?,
-                p.to_path_buf(),
-            ),
-            None => (String::new(), PathBuf::from("<flags>")),
-        };
-        if overrides.is_empty() {
-            return toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e));
-        }
-        let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| toml_error(&origin, &text, &e))?;
-        for (k, v) in overrides {
-            set_key(&mut table, k, v)?;
-        }
-        // Errors here may come from a flag, which has no line in the file.
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| SftError::Override {
-                origin: origin.display().to_string(),
-                message: e.message().trim().replace('\n', " "),
-            })
+        Ok(alignkit_train::load_config(path, overrides)?)
     }
 
     /// Check every setting that can be checked without reading data or
     /// weights; paths must exist.
     pub fn validate(&self) -> Result<()> {
-        let field = |f: &str, m: String| SftError::Config {
-            field: f.into(),
-            message: m,
-        };
-        if self.model.as_os_str().is_empty() {
-            return Err(field(
-                "model",
-                "required: a Hugging Face model directory".into(),
-            ));
+        RunSettings {
+            model_dirs: &[("model", Some(self.model.as_path()))],
+            output_dir: &self.output_dir,
+            train_file: &self.data.train_file,
+            validation_file: self.data.validation_file.as_deref(),
+            validation_split: self.data.validation_split,
+            max_len: self.data.max_len,
+            max_prompt_len: None,
+            learning_rate: self.learning_rate,
+            eval_steps: self.train.eval_steps,
         }
-        if !self.model.join("config.json").is_file() {
-            return Err(field(
-                "model",
-                format!("{} has no config.json", self.model.display()),
-            ));
-        }
-        if self.output_dir.as_os_str().is_empty() {
-            return Err(field("output_dir", "required: the run directory".into()));
-        }
-        if self.data.train_file.as_os_str().is_empty() {
-            return Err(field("data.train_file", "required: a JSONL file".into()));
-        }
-        if !self.data.train_file.is_file() {
-            return Err(field(
-                "data.train_file",
-                format!("{} does not exist", self.data.train_file.display()),
-            ));
-        }
-        if let Some(v) = &self.data.validation_file {
-            if !v.is_file() {
-                return Err(field(
-                    "data.validation_file",
-                    format!("{} does not exist", v.display()),
-                ));
-            }
-            if self.data.validation_split > 0.0 {
-                return Err(field(
-                    "data.validation_split",
-                    "set either validation_file or validation_split, not both".into(),
-                ));
-            }
-        }
-        if !(0.0..1.0).contains(&self.data.validation_split) {
-            return Err(field(
-                "data.validation_split",
-                format!("{} is not in [0, 1)", self.data.validation_split),
-            ));
-        }
-        if self.data.max_len < 2 {
-            return Err(field("data.max_len", "must be at least 2".into()));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return Err(field(
-                "learning_rate",
-                format!("{} is not a non-negative number", self.learning_rate),
-            ));
-        }
-        if self.train.eval_steps > 0
-            && self.data.validation_file.is_none()
-            && self.data.validation_split == 0.0
-        {
-            return Err(field(
-                "train.eval_steps",
-                "evaluation needs data.validation_file or data.validation_split".into(),
-            ));
-        }
+        .check()?;
         self.train.validate()?;
         self.optim.validate()?;
         self.schedule.validate()?;

@@ -12,8 +12,8 @@ use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
-    AdamW, BestEval, CheckpointRef, DataCursor, Gradients, NanGuard, RunDir, TrainError,
-    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
+    AdamW, CheckpointRef, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
+    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, skip_reason,
     trainable_count, trainable_params,
 };
 use burn::module::{AutodiffModule, Module};
@@ -82,18 +82,18 @@ pub fn train<B: AutodiffBackend>(
     let config = config.with_absolute_paths()?;
     let fingerprint = model_fingerprint(&config.model)?;
     let weights = WeightsKind::of(config.lora.as_ref());
-    let (run, resumed) = if options.resume {
-        let (run, ckpt) = RunDir::open_for_resume(&config.output_dir)?;
-        let state = TrainerState::read(&ckpt.path)?;
-        state.check_compatible(&ckpt.path, TRAINER, &fingerprint, &config.model, weights)?;
-        let previous = run.root().join(alignkit_train::run::CONFIG_FILE);
-        if previous.is_file() {
-            config.check_resumable_from(&SftConfig::load(Some(&previous), &[])?)?;
-        }
-        (run, Some((ckpt, state)))
-    } else {
-        (RunDir::create(&config.output_dir)?, None)
-    };
+    let (run, resumed) = RunDir::open(
+        &config.output_dir,
+        options.resume,
+        TRAINER,
+        &fingerprint,
+        &config.model,
+        weights,
+    )?;
+    let previous = run.root().join(alignkit_train::run::CONFIG_FILE);
+    if resumed.is_some() && previous.is_file() {
+        config.check_resumable_from(&SftConfig::load(Some(&previous), &[])?)?;
+    }
     let encoder = data::encoder(&config)?;
     let sft_data = data::load(&config, &encoder)?;
     if sft_data.train.is_empty() {
@@ -148,23 +148,15 @@ pub fn train<B: AutodiffBackend>(
     };
     let mut state = match resumed {
         Some((_, state)) => state,
-        None => TrainerState {
-            format: TrainerState::format().into(),
-            trainer: TRAINER.into(),
-            step: 0,
+        None => TrainerState::new(
+            TRAINER,
             total_steps,
-            cursor: DataCursor::default(),
             seed,
-            num_tokens: 0,
-            skipped_steps: 0,
-            consecutive_bad_steps: 0,
-            best: None,
-            evals_without_improvement: 0,
             weights,
-            base_model: config.model.clone(),
-            base_fingerprint: fingerprint,
-            data_files: sft_data.files.clone(),
-        },
+            config.model.clone(),
+            fingerprint,
+            sft_data.files.clone(),
+        ),
     };
     state.total_steps = total_steps;
     let mut guard = NanGuard::resume(
@@ -250,15 +242,10 @@ pub fn train<B: AutodiffBackend>(
         state.cursor = next_cursor;
         state.num_tokens += sums.tokens as u64;
         let verdict = guard.check(state.step, loss, grad_norm);
-        let skipped = match &verdict {
-            Ok(Verdict::Update) => {
-                model = opt.step::<B, _>(model, grads, lr);
-                None
-            }
-            Ok(Verdict::Skip { reason }) => Some(reason.clone()),
-            Err(TrainError::NonFinite { reason, .. }) => Some(reason.clone()),
-            Err(_) => None,
-        };
+        if let Ok(Verdict::Update) = verdict {
+            model = opt.step::<B, _>(model, grads, lr);
+        }
+        let skipped = skip_reason(&verdict);
         state.skipped_steps = guard.skipped();
         state.consecutive_bad_steps = guard.consecutive();
 
@@ -281,7 +268,7 @@ pub fn train<B: AutodiffBackend>(
             eval_entropy: None,
         };
         let mut new_best = false;
-        if verdict.is_ok() && c.train.eval_steps > 0 && state.step % c.train.eval_steps == 0 {
+        if verdict.is_ok() && c.train.eval_due(state.step) {
             let e = evaluate(
                 &model.valid(),
                 &setup.eval_rows,
@@ -293,16 +280,7 @@ pub fn train<B: AutodiffBackend>(
             m.eval_mean_token_accuracy = Some(e.correct / e.targets.max(1) as f64);
             m.eval_entropy = Some(e.entropy / e.targets.max(1) as f64);
             let eval_loss = m.eval_loss.unwrap_or(f64::NAN);
-            if state.best.is_none_or(|b| eval_loss < b.eval_loss) {
-                state.best = Some(BestEval {
-                    step: state.step,
-                    eval_loss,
-                });
-                state.evals_without_improvement = 0;
-                new_best = true;
-            } else {
-                state.evals_without_improvement += 1;
-            }
+            new_best = state.record_eval(eval_loss);
         }
         metrics.append(&m)?;
         progress(Event::Step(&m));
@@ -310,9 +288,8 @@ pub fn train<B: AutodiffBackend>(
         verdict?;
 
         // 5. Checkpoint when due (and the best model, which keep-last never deletes).
-        let patience = c.train.early_stopping_patience;
-        let early_stop = patience > 0 && state.evals_without_improvement >= patience;
-        let due = c.train.save_steps > 0 && state.step % c.train.save_steps == 0;
+        let early_stop = c.train.patience_exhausted(state.evals_without_improvement);
+        let due = c.train.save_due(state.step);
         if due || new_best || early_stop || state.step == setup.total_steps {
             let saved = save(&setup, &state, &model, &opt)?;
             progress(Event::Checkpoint {
@@ -343,10 +320,7 @@ pub fn train<B: AutodiffBackend>(
             // Early stopping keeps the best model, as transformers'
             // `load_best_model_at_end`.
             (StopReason::EarlyStopped, Some(best)) if best.step != state.step => {
-                let dir = setup
-                    .run
-                    .checkpoints_dir()
-                    .join(format!("step-{}", best.step));
+                let dir = setup.run.checkpoint_dir(best.step);
                 load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
             }
             _ => model,

@@ -88,7 +88,7 @@ fn lora_run_learns_and_merged_logits_match_adapter_logits() {
     c.train.batch_size = 6;
     c.learning_rate = 2e-2;
     let out = train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |_| {}).unwrap();
-    let l = losses(&c.output_dir);
+    let l = series(&c.output_dir, "loss");
     assert!(l[l.len() - 1] < 0.5 * l[0], "{l:?}");
 
     let ckpt = out.last_checkpoint.unwrap();

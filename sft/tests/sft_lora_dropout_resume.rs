@@ -26,7 +26,7 @@ fn resume_with_lora_dropout_reproduces_the_losses_exactly() {
     c.train.max_steps = 8;
     c.train.save_steps = 4;
     train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |_| {}).unwrap();
-    let want = losses(&c.output_dir);
+    let want = series(&c.output_dir, "loss");
 
     // Dropout is on: without it the same run computes other losses.
     let mut no_dropout = c.clone();
@@ -39,7 +39,7 @@ fn resume_with_lora_dropout_reproduces_the_losses_exactly() {
         &mut |_| {},
     )
     .unwrap();
-    assert_ne!(losses(&no_dropout.output_dir)[1], want[1]);
+    assert_ne!(series(&no_dropout.output_dir, "loss")[1], want[1]);
 
     c.output_dir = tmp.path().join("crashed");
     let crashed = catch_unwind(AssertUnwindSafe(|| {
@@ -57,7 +57,7 @@ fn resume_with_lora_dropout_reproduces_the_losses_exactly() {
         stop: None,
     };
     train::<AB>(&c, &Default::default(), resume, &mut |_| {}).unwrap();
-    let got = losses(&c.output_dir);
+    let got = series(&c.output_dir, "loss");
     let b = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(b(&want), b(&got), "{want:?} vs {got:?}");
 }

@@ -30,7 +30,7 @@ fn loss_falls_on_a_memorisation_task() {
     c.train.batch_size = 3;
     let out = run(&c);
     assert_eq!(out.stop, StopReason::Completed);
-    let l = losses(&c.output_dir);
+    let l = series(&c.output_dir, "loss");
     assert_eq!(l.len(), 60);
     let first = l[0];
     let last = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
@@ -89,7 +89,7 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     c.schedule.warmup_steps = 2;
     c.optim.weight_decay = 0.1;
     let reference = run(&c);
-    let want = losses(&c.output_dir);
+    let want = series(&c.output_dir, "loss");
 
     // A crash (kill -9: nothing saved) at step 6, after the checkpoint at step 4.
     c.output_dir = tmp.path().join("crashed");
@@ -124,7 +124,7 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     )
     .unwrap();
     assert_eq!(steps, (5..=10).collect::<Vec<_>>(), "resumed from step 4");
-    let got = losses(&c.output_dir);
+    let got = series(&c.output_dir, "loss");
     assert_eq!(got.len(), want.len());
     for (i, (a, b)) in want.iter().zip(&got).enumerate() {
         assert_eq!(a.to_bits(), b.to_bits(), "step {}: {a} vs {b}", i + 1);
@@ -146,7 +146,7 @@ fn stop_flag_saves_and_resume_continues() {
     c.train.max_steps = 6;
     c.train.save_steps = 0;
     run(&c);
-    let want = losses(&c.output_dir);
+    let want = series(&c.output_dir, "loss");
 
     c.output_dir = tmp.path().join("stopped");
     let stop = AtomicBool::new(false);
@@ -179,7 +179,7 @@ fn stop_flag_saves_and_resume_continues() {
         stop: None,
     };
     train::<AB>(&c, &Default::default(), opts, &mut |_| {}).unwrap();
-    let got = losses(&c.output_dir);
+    let got = series(&c.output_dir, "loss");
     assert_eq!(
         want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
         got.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
@@ -324,7 +324,7 @@ fn consecutive_nan_steps_stop_training_without_saving() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(losses(&c.output_dir).len(), 3);
+    assert_eq!(series(&c.output_dir, "loss").len(), 3);
 }
 
 fn poison(model_dir: &std::path::Path, c: char) {
@@ -398,7 +398,7 @@ fn bad_input_fails_before_training_with_one_line() {
     short.output_dir = tmp.path().join("other-run");
     short.train.max_steps = 1;
     run(&short);
-    let other_model = tiny_model_dir(&tmp.path().join("other-model"));
+    let other_model = tiny_model_dir_seeded(&tmp.path().join("other-model"), 8);
     let mut wrong = short.clone();
     wrong.model = other_model;
     let msg = try_run(&wrong, true);

@@ -128,6 +128,52 @@ impl TrainerState {
         STATE_FORMAT
     }
 
+    /// The state of a fresh run, before its first update.
+    pub fn new(
+        trainer: &str,
+        total_steps: usize,
+        seed: u64,
+        weights: WeightsKind,
+        base_model: PathBuf,
+        base_fingerprint: String,
+        data_files: Vec<DataFile>,
+    ) -> Self {
+        Self {
+            format: STATE_FORMAT.into(),
+            trainer: trainer.into(),
+            step: 0,
+            total_steps,
+            cursor: DataCursor::default(),
+            seed,
+            num_tokens: 0,
+            skipped_steps: 0,
+            consecutive_bad_steps: 0,
+            best: None,
+            evals_without_improvement: 0,
+            weights,
+            base_model,
+            base_fingerprint,
+            data_files,
+        }
+    }
+
+    /// Record an evaluation at the current step: a lower `eval_loss` than the
+    /// best so far becomes the best (true is returned) and resets the
+    /// early-stopping count; any other value (NaN included) adds to it.
+    pub fn record_eval(&mut self, eval_loss: f64) -> bool {
+        if self.best.is_none_or(|b| eval_loss < b.eval_loss) {
+            self.best = Some(BestEval {
+                step: self.step,
+                eval_loss,
+            });
+            self.evals_without_improvement = 0;
+            true
+        } else {
+            self.evals_without_improvement += 1;
+            false
+        }
+    }
+
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
@@ -404,6 +450,29 @@ mod tests {
 
     fn write_marker(text: &'static str) -> impl FnOnce(&Path) -> Result<()> {
         move |dir| write_synced(&dir.join("weights"), text.as_bytes())
+    }
+
+    #[test]
+    fn an_eval_is_a_new_best_only_when_strictly_lower() {
+        let mut s = state(2);
+        assert!(s.record_eval(1.0));
+        s.step = 4;
+        assert!(!s.record_eval(1.0));
+        s.step = 6;
+        assert!(!s.record_eval(f64::NAN));
+        assert_eq!(s.evals_without_improvement, 2);
+        s.step = 8;
+        assert!(s.record_eval(0.5));
+        assert_eq!(
+            (s.best, s.evals_without_improvement),
+            (
+                Some(BestEval {
+                    step: 8,
+                    eval_loss: 0.5
+                }),
+                0
+            )
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Loop settings every trainer shares (the `[train]` table of a run config).
 
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -80,6 +83,23 @@ impl LoopConfig {
         Ok(())
     }
 
+    /// Whether a checkpoint is due after update `step` (counted from 1).
+    pub fn save_due(&self, step: usize) -> bool {
+        self.save_steps > 0 && step.is_multiple_of(self.save_steps)
+    }
+
+    /// Whether an evaluation is due after update `step` (counted from 1).
+    pub fn eval_due(&self, step: usize) -> bool {
+        self.eval_steps > 0 && step.is_multiple_of(self.eval_steps)
+    }
+
+    /// Whether `evals_without_improvement` evaluations without a lower
+    /// validation loss exhaust the early-stopping patience.
+    pub fn patience_exhausted(&self, evals_without_improvement: usize) -> bool {
+        self.early_stopping_patience > 0
+            && evals_without_improvement >= self.early_stopping_patience
+    }
+
     /// Updates per epoch for `micro_batches` micro-batches per epoch: the
     /// last update of an epoch may accumulate fewer micro-batches.
     pub fn steps_per_epoch(&self, micro_batches: usize) -> usize {
@@ -93,6 +113,107 @@ impl LoopConfig {
         } else {
             self.epochs * self.steps_per_epoch(micro_batches)
         }
+    }
+}
+
+/// A setting that cannot work: the dotted field and why. Each trainer turns
+/// it into its own `Config` error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The paths and data/optimizer settings every trainer's config has, checked
+/// the same way by each (see [`RunSettings::check`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RunSettings<'a> {
+    /// Model directories by field, in the order to check: `model` first.
+    pub model_dirs: &'a [(&'static str, Option<&'a Path>)],
+    pub output_dir: &'a Path,
+    pub train_file: &'a Path,
+    pub validation_file: Option<&'a Path>,
+    pub validation_split: f64,
+    pub max_len: usize,
+    /// `data.max_prompt_len`, for trainers that cap the prompt separately.
+    pub max_prompt_len: Option<usize>,
+    pub learning_rate: f64,
+    pub eval_steps: usize,
+}
+
+impl RunSettings<'_> {
+    /// Check every setting that can be checked without reading data or
+    /// weights; paths must exist. The first issue found, in field order.
+    pub fn check(&self) -> std::result::Result<(), ConfigIssue> {
+        let issue = |field: &'static str, message: String| Err(ConfigIssue { field, message });
+        for &(field, dir) in self.model_dirs {
+            let Some(dir) = dir else { continue };
+            if dir.as_os_str().is_empty() {
+                return issue(field, "required: a Hugging Face model directory".into());
+            }
+            if !dir.join("config.json").is_file() {
+                return issue(field, format!("{} has no config.json", dir.display()));
+            }
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return issue("output_dir", "required: the run directory".into());
+        }
+        if self.train_file.as_os_str().is_empty() {
+            return issue("data.train_file", "required: a JSONL file".into());
+        }
+        if !self.train_file.is_file() {
+            return issue(
+                "data.train_file",
+                format!("{} does not exist", self.train_file.display()),
+            );
+        }
+        if let Some(v) = self.validation_file {
+            if !v.is_file() {
+                return issue(
+                    "data.validation_file",
+                    format!("{} does not exist", v.display()),
+                );
+            }
+            if self.validation_split > 0.0 {
+                return issue(
+                    "data.validation_split",
+                    "set either validation_file or validation_split, not both".into(),
+                );
+            }
+        }
+        if !(0.0..1.0).contains(&self.validation_split) {
+            return issue(
+                "data.validation_split",
+                format!("{} is not in [0, 1)", self.validation_split),
+            );
+        }
+        if self.max_len < 2 {
+            return issue("data.max_len", "must be at least 2".into());
+        }
+        if let Some(max_prompt_len) = self.max_prompt_len
+            && max_prompt_len >= self.max_len
+        {
+            return issue(
+                "data.max_prompt_len",
+                format!(
+                    "{max_prompt_len} leaves no room for a completion within data.max_len {}",
+                    self.max_len
+                ),
+            );
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return issue(
+                "learning_rate",
+                format!("{} is not a non-negative number", self.learning_rate),
+            );
+        }
+        if self.eval_steps > 0 && self.validation_file.is_none() && self.validation_split == 0.0 {
+            return issue(
+                "train.eval_steps",
+                "evaluation needs data.validation_file or data.validation_split".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +232,74 @@ impl From<FinalDtype> for alignkit_model::SaveDtype {
             FinalDtype::Bf16 => alignkit_model::SaveDtype::Bf16,
         }
     }
+}
+
+/// Why a run config could not be read. Each trainer turns it into its own
+/// error.
+#[derive(Debug)]
+pub enum LoadError {
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or not this config (an unknown key, a wrong type), at
+    /// `line:column` of `path` (0:0 when the error has no position).
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// An override that cannot be set at `field` (see [`set_key`]).
+    Key { field: String, message: String },
+    /// The file with its overrides applied is not this config; `origin` is
+    /// the file, or `<flags>` without one.
+    Override { origin: String, message: String },
+}
+
+/// Read a TOML run config from `path` (none: every default), then apply
+/// `overrides` (`key=value`, as given by `--set` or the CLI's flags; see
+/// [`set_key`]). Unknown keys are errors.
+pub fn load_config<T: DeserializeOwned>(
+    path: Option<&Path>,
+    overrides: &[(String, String)],
+) -> std::result::Result<T, LoadError> {
+    let (text, origin) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|source| LoadError::Io {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            p.to_path_buf(),
+        ),
+        None => (String::new(), PathBuf::from("<flags>")),
+    };
+    let file_error = |e: toml::de::Error| {
+        let (line, column, message) = toml_error_position(&text, &e);
+        LoadError::File {
+            path: origin.clone(),
+            line,
+            column,
+            message,
+        }
+    };
+    if overrides.is_empty() {
+        return toml::from_str(&text).map_err(file_error);
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(file_error)?;
+    for (k, v) in overrides {
+        set_key(&mut table, k, v).map_err(|message| LoadError::Key {
+            field: k.clone(),
+            message,
+        })?;
+    }
+    // Errors here may come from a flag, which has no line in the file.
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| LoadError::Override {
+            origin: origin.display().to_string(),
+            message: e.message().trim().replace('\n', " "),
+        })
 }
 
 /// Where a TOML parse error is in `text`: 1-based line and column (0, 0 when
@@ -154,4 +343,69 @@ pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), Stri
     }
     t.insert(last.to_string(), value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_settings_report_the_first_bad_field_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("config.json"), "{}").unwrap();
+        let train = dir.path().join("train.jsonl");
+        std::fs::write(&train, "").unwrap();
+        let missing = dir.path().join("nowhere");
+        let ok = RunSettings {
+            model_dirs: &[("model", Some(&model)), ("ref_model", None)],
+            output_dir: dir.path(),
+            train_file: &train,
+            validation_file: None,
+            validation_split: 0.0,
+            max_len: 8,
+            max_prompt_len: Some(4),
+            learning_rate: 1e-3,
+            eval_steps: 0,
+        };
+        assert_eq!(ok.check(), Ok(()));
+
+        let both_models = [
+            ("model", Some(model.as_path())),
+            ("ref_model", Some(&missing)),
+        ];
+        let err = RunSettings {
+            model_dirs: &both_models,
+            output_dir: Path::new(""),
+            ..ok
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(err.field, "ref_model");
+        assert!(err.message.ends_with("has no config.json"), "{err:?}");
+
+        let err = RunSettings {
+            max_prompt_len: Some(8),
+            learning_rate: f64::NAN,
+            ..ok
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(
+            (err.field, err.message.as_str()),
+            (
+                "data.max_prompt_len",
+                "8 leaves no room for a completion within data.max_len 8"
+            )
+        );
+
+        let err = RunSettings {
+            eval_steps: 10,
+            ..ok
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(err.field, "train.eval_steps");
+    }
 }

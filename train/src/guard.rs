@@ -13,6 +13,17 @@ pub enum Verdict {
     Skip { reason: String },
 }
 
+/// Why a judged step was not applied, for its metrics: the value that was
+/// not finite, or `None` for an applied update (or an unrelated error).
+pub fn skip_reason(verdict: &Result<Verdict, TrainError>) -> Option<String> {
+    match verdict {
+        Ok(Verdict::Update) => None,
+        Ok(Verdict::Skip { reason }) => Some(reason.clone()),
+        Err(TrainError::NonFinite { reason, .. }) => Some(reason.clone()),
+        Err(_) => None,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NanGuard {
     max_consecutive: usize,

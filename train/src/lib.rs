@@ -15,6 +15,8 @@
 //! - [`seed`]: every random stream derived from the run seed and a position.
 //! - [`weights`]: saving and loading what a run trains (full weights or an adapter).
 //! - [`export`]: merged HF directories and PEFT adapters with a model card.
+//! - `testutil` (feature `test-support`): tiny-model and data helpers for the
+//!   trainers' tests.
 
 pub mod checkpoint;
 pub mod config;
@@ -28,16 +30,21 @@ pub mod run;
 pub mod schedule;
 pub mod seed;
 pub mod tensors;
+#[cfg(feature = "test-support")]
+pub mod testutil;
 pub mod weights;
 
 pub use checkpoint::{
     BestEval, CheckpointRef, DataCursor, DataFile, TrainerState, WeightsKind, list_checkpoints,
     model_fingerprint, save_checkpoint, sha256_file,
 };
-pub use config::{FinalDtype, LoopConfig, set_key, toml_error_position};
+pub use config::{
+    ConfigIssue, FinalDtype, LoadError, LoopConfig, RunSettings, load_config, set_key,
+    toml_error_position,
+};
 pub use error::TrainError;
 pub use grads::Gradients;
-pub use guard::{NanGuard, Verdict};
+pub use guard::{NanGuard, Verdict, skip_reason};
 pub use optim::{AdamW, AdamWConfig, ParamGroup};
 pub use params::{ParamInfo, Trainable, first_non_finite, trainable_count, trainable_params};
 pub use run::{MetricsLog, Outcome, RunDir, RunOptions, StopReason};

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use alignkit_model::checkpoint::write_atomic;
 use serde::Serialize;
 
-use crate::checkpoint::{BestEval, CheckpointRef, list_checkpoints};
+use crate::checkpoint::{BestEval, CheckpointRef, TrainerState, WeightsKind, list_checkpoints};
 use crate::error::{Result, TrainError};
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -98,12 +98,37 @@ impl RunDir {
         Ok((run, latest))
     }
 
+    /// A fresh run directory, or with `resume` the interrupted run's and its
+    /// newest checkpoint's state, checked to come from the same `trainer`,
+    /// base model and kind of trained weights.
+    pub fn open(
+        root: &Path,
+        resume: bool,
+        trainer: &str,
+        base_fingerprint: &str,
+        base_model: &Path,
+        weights: WeightsKind,
+    ) -> Result<(Self, Option<(CheckpointRef, TrainerState)>)> {
+        if !resume {
+            return Ok((Self::create(root)?, None));
+        }
+        let (run, ckpt) = Self::open_for_resume(root)?;
+        let state = TrainerState::read(&ckpt.path)?;
+        state.check_compatible(&ckpt.path, trainer, base_fingerprint, base_model, weights)?;
+        Ok((run, Some((ckpt, state))))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.root.join(CHECKPOINTS_DIR)
+    }
+
+    /// The checkpoint saved after update `step`.
+    pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
+        self.checkpoints_dir().join(format!("step-{step}"))
     }
 
     pub fn final_dir(&self) -> PathBuf {

@@ -1,124 +1,12 @@
-//! A tiny random Llama with a character-level tokenizer and a ChatML
-//! template, and a memorisation data set, written into a temporary directory.
+//! The shared tiny model, tokenizer and chat data
+//! (`alignkit_train::testutil`), and an SFT run config over them.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use alignkit_model::{LlamaConfig, LlamaForCausalLM, ModelType, SaveDtype, save_model};
 use alignkit_sft::SftConfig;
-use burn::backend::{Autodiff, Flex};
-use burn::module::Module;
-use serde_json::json;
-
-pub type AB = Autodiff<Flex>;
-pub type B = Flex;
-
-pub const CHARS: &str =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?:;'-()";
-pub const SPECIALS: [&str; 3] = ["<unk>", "<|im_start|>", "<|im_end|>"];
-
-pub const TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-/// Token id of a character.
-pub fn id_of(c: char) -> u32 {
-    SPECIALS.len() as u32 + CHARS.find(c).expect("a tokenizer character") as u32
-}
-
-fn tokenizer_json() -> serde_json::Value {
-    let mut vocab = serde_json::Map::new();
-    for (i, s) in SPECIALS.iter().enumerate() {
-        vocab.insert(s.to_string(), json!(i));
-    }
-    for c in CHARS.chars() {
-        vocab.insert(c.to_string(), json!(id_of(c)));
-    }
-    let added: Vec<_> = SPECIALS
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
-        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    })
-}
-
-/// The tiny configuration used by every test (vocabulary 96 ≥ 78 tokens).
-pub fn tiny_config() -> LlamaConfig {
-    let mut c = LlamaConfig::tiny(ModelType::Llama);
-    c.bos_token_id = None;
-    c.eos_token_ids = vec![2];
-    c.pad_token_id = Some(2);
-    c
-}
-
-/// Write a random tiny model directory at `dir`.
-pub fn tiny_model_dir(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = tiny_config();
-    let device = Default::default();
-    let model = LlamaForCausalLM::<B>::init(&config, &device);
-    save_model(&model, &config, dir, SaveDtype::F32).unwrap();
-    write_tokenizer(dir);
-    dir.to_path_buf()
-}
-
-pub fn write_tokenizer(dir: &Path) {
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_string(&tokenizer_json()).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&json!({
-            "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-            "unk_token": "<unk>", "add_bos_token": false, "chat_template": TEMPLATE
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-}
-
-/// Overwrite model weights in a directory (e.g. to poison a row).
-pub fn rewrite_model<F>(dir: &Path, f: F)
-where
-    F: FnOnce(LlamaForCausalLM<B>) -> LlamaForCausalLM<B>,
-{
-    let (config, model) = alignkit_model::load_model::<B>(dir, &Default::default()).unwrap();
-    let model = f(model);
-    save_model(&model, &config, dir, SaveDtype::F32).unwrap();
-}
-
-/// Question/answer pairs to memorise, as chat records.
-pub const PAIRS: [(&str, &str); 6] = [
-    ("sky?", "blue"),
-    ("grass?", "green"),
-    ("snow?", "white"),
-    ("coal?", "black"),
-    ("sun?", "yellow"),
-    ("blood?", "red"),
-];
-
-pub fn write_chat_data(path: &Path, pairs: &[(&str, &str)]) {
-    let mut text = String::new();
-    for (q, a) in pairs {
-        let rec = json!({"messages": [{"role": "user", "content": q},
-                                      {"role": "assistant", "content": a}]});
-        text.push_str(&rec.to_string());
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
-}
+pub use alignkit_train::testutil::*;
 
 /// A run config over `model` and `data` writing into `out`.
 pub fn config(model: &Path, data: &Path, out: &Path) -> SftConfig {
@@ -137,26 +25,4 @@ pub fn config(model: &Path, data: &Path, out: &Path) -> SftConfig {
     c.schedule.kind = alignkit_train::ScheduleKind::Constant;
     c.optim.weight_decay = 0.0;
     c
-}
-
-/// Every record of a run's metrics.jsonl.
-pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    alignkit_train::run::read_metrics(&run.join("metrics.jsonl")).unwrap()
-}
-
-pub fn losses(run: &Path) -> Vec<f64> {
-    metrics(run)
-        .iter()
-        .map(|m| m["loss"].as_f64().unwrap_or(f64::NAN))
-        .collect()
-}
-
-/// Float parameters by name, as bits.
-pub fn bits<Bk: burn::tensor::backend::Backend, M: Module<Bk>>(
-    m: &M,
-) -> std::collections::BTreeMap<String, Vec<u32>> {
-    alignkit_model::checkpoint::named_tensors::<Bk, _>(m)
-        .into_iter()
-        .map(|(k, (_, v))| (k, v.into_iter().map(f32::to_bits).collect()))
-        .collect()
 }

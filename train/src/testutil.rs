@@ -1,0 +1,187 @@
+//! Test helpers shared by the trainers' test suites (behind the
+//! `test-support` feature): a tiny random Llama with a character-level
+//! tokenizer and a ChatML template, written into a directory; chat and
+//! preference data writers; readers for a run's `metrics.jsonl`.
+//!
+//! Helpers panic on failure: they only ever run inside tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use alignkit_model::{LlamaConfig, LlamaForCausalLM, ModelType, SaveDtype, save_model};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use serde_json::json;
+
+pub type AB = Autodiff<Flex>;
+pub type B = Flex;
+
+pub const CHARS: &str =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?:;'-()";
+pub const SPECIALS: [&str; 3] = ["<unk>", "<|im_start|>", "<|im_end|>"];
+
+pub const TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Token id of a character.
+pub fn id_of(c: char) -> u32 {
+    SPECIALS.len() as u32 + CHARS.find(c).expect("a tokenizer character") as u32
+}
+
+fn tokenizer_json() -> serde_json::Value {
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in SPECIALS.iter().enumerate() {
+        vocab.insert(s.to_string(), json!(i));
+    }
+    for c in CHARS.chars() {
+        vocab.insert(c.to_string(), json!(id_of(c)));
+    }
+    let added: Vec<_> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// The tiny configuration used by every test: vocabulary 96 ≥ 78 tokens;
+/// pad == eos == `<|im_end|>`.
+pub fn tiny_config() -> LlamaConfig {
+    let mut c = LlamaConfig::tiny(ModelType::Llama);
+    c.bos_token_id = None;
+    c.eos_token_ids = vec![2];
+    c.pad_token_id = Some(2);
+    c
+}
+
+/// Write a random tiny model directory at `dir`: the same weights every time.
+pub fn tiny_model_dir(dir: &Path) -> PathBuf {
+    tiny_model_dir_seeded(dir, 7)
+}
+
+/// Write a random tiny model directory at `dir`, its weights drawn from
+/// `seed` (the backend generator is seeded under a lock, as tests run in
+/// parallel).
+pub fn tiny_model_dir_seeded(dir: &Path, seed: u64) -> PathBuf {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    std::fs::create_dir_all(dir).unwrap();
+    let config = tiny_config();
+    let device = Default::default();
+    {
+        // Parameters are drawn lazily: saving materialises them under the lock.
+        let _lock = INIT.lock().unwrap();
+        B::seed(&device, seed);
+        let model = LlamaForCausalLM::<B>::init(&config, &device);
+        save_model(&model, &config, dir, SaveDtype::F32).unwrap();
+    }
+    write_tokenizer(dir);
+    dir.to_path_buf()
+}
+
+/// Write `tokenizer.json` and `tokenizer_config.json` (with the chat template) into `dir`.
+pub fn write_tokenizer(dir: &Path) {
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&tokenizer_json()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&json!({
+            "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+            "unk_token": "<unk>", "add_bos_token": false, "chat_template": TEMPLATE
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+/// Overwrite model weights in a directory (e.g. to poison a row).
+pub fn rewrite_model<F>(dir: &Path, f: F)
+where
+    F: FnOnce(LlamaForCausalLM<B>) -> LlamaForCausalLM<B>,
+{
+    let (config, model) = alignkit_model::load_model::<B>(dir, &Default::default()).unwrap();
+    let model = f(model);
+    save_model(&model, &config, dir, SaveDtype::F32).unwrap();
+}
+
+/// Question/answer pairs to memorise, as chat records.
+pub const PAIRS: [(&str, &str); 6] = [
+    ("sky?", "blue"),
+    ("grass?", "green"),
+    ("snow?", "white"),
+    ("coal?", "black"),
+    ("sun?", "yellow"),
+    ("blood?", "red"),
+];
+
+/// Write `pairs` as a JSONL file of `{"messages": [user, assistant]}` records.
+pub fn write_chat_data(path: &Path, pairs: &[(&str, &str)]) {
+    let mut text = String::new();
+    for (q, a) in pairs {
+        let rec = json!({"messages": [{"role": "user", "content": q},
+                                      {"role": "assistant", "content": a}]});
+        text.push_str(&rec.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Questions answered politely (chosen) or rudely (rejected).
+pub const PREFS: [(&str, &str, &str); 6] = [
+    ("sky?", "blue, thanks", "no"),
+    ("grass?", "green, thanks", "no"),
+    ("snow?", "white, thanks", "go away"),
+    ("coal?", "black, thanks", "no"),
+    ("sun?", "yellow, thanks", "whatever"),
+    ("blood?", "red, thanks", "no"),
+];
+
+/// Write `(prompt, chosen, rejected)` triples as a JSONL file of
+/// conversational preference records.
+pub fn write_prefs(path: &Path, prefs: &[(&str, &str, &str)]) {
+    let mut text = String::new();
+    for (q, c, r) in prefs {
+        let rec = json!({
+            "prompt": [{"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        });
+        text.push_str(&rec.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Every record of a run's `metrics.jsonl`.
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    crate::run::read_metrics(&run.join("metrics.jsonl")).unwrap()
+}
+
+/// The value of `key` in every record of a run's `metrics.jsonl` (NaN where absent).
+pub fn series(run: &Path, key: &str) -> Vec<f64> {
+    metrics(run)
+        .iter()
+        .map(|m| m[key].as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// Float parameters by name, as bits.
+pub fn bits<Bk: Backend, M: Module<Bk>>(m: &M) -> BTreeMap<String, Vec<u32>> {
+    alignkit_model::checkpoint::named_tensors::<Bk, _>(m)
+        .into_iter()
+        .map(|(k, (_, v))| (k, v.into_iter().map(f32::to_bits).collect()))
+        .collect()
+}
