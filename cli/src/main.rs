@@ -63,7 +63,26 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Keep freed tensor buffers in the process. By default glibc serves blocks
+/// above 128 kB (adaptively up to 32 MB) with mmap and unmaps them on free,
+/// so every fresh activation or gradient buffer pays page faults and kernel
+/// zeroing: measured on SmolLM2 4 × 256, a CPU forward takes 3.3 s with
+/// these settings instead of 4.9 s.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 0 {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        }
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Err(err) = run(cli) {
         eprintln!("error: {err:#}");
