@@ -75,8 +75,12 @@ fn chunk_logprobs<B: Backend>(
     // Inference passes (`valid()` models) run on the inner backend.
     let tracked = B::ad_enabled(&hidden.device());
     let target = targets.unsqueeze_dim::<2>(1);
-    let logits = match (&weight, tracked) {
-        (Some(w), true) => hidden
+    // With a plain head under autodiff the logits are computed untracked (the
+    // gradient is added below); otherwise they are untracked already, or go
+    // through a generic head whose graph the log-softmax below keeps.
+    let analytic = tracked && weight.is_some();
+    let logits = match &weight {
+        Some(w) if analytic => hidden
             .clone()
             .detach()
             .matmul(w.clone().detach().transpose()),
@@ -84,39 +88,33 @@ fn chunk_logprobs<B: Backend>(
             .lm_logits(hidden.clone().unsqueeze_dim::<3>(0))
             .squeeze_dim::<2>(0),
     };
-    // Through the generic head with tracking on, a log-softmax keeps the graph.
-    let generic_tracked = tracked && weight.is_none();
-    let values = if generic_tracked {
-        logits.clone()
-    } else {
-        logits.clone().detach()
-    };
-    let max = values.clone().max_dim(1).detach();
-    let exp = (values.clone() - max.clone()).exp();
+    let max = logits.clone().max_dim(1).detach();
+    let exp = (logits.clone() - max.clone()).exp();
     let sum = exp.clone().sum_dim(1);
     let lse = sum.clone().log() + max;
-    let logp = values.clone().gather(1, target.clone()) - lse.clone();
+    let logp = logits.clone().gather(1, target.clone()) - lse.clone();
+    let probs = (want_stats || analytic).then(|| exp.detach() / sum.detach());
 
     let stats = want_stats.then(|| {
-        let values = values.clone().detach();
-        let probs = exp.clone().detach() / sum.clone().detach();
-        let expected = (probs * values.clone()).sum_dim(1);
+        let logits = logits.clone().detach();
+        let probs = probs.clone().expect("computed when stats are wanted");
+        let expected = (probs * logits.clone()).sum_dim(1);
         HeadStats {
-            correct: values
+            correct: logits
                 .clone()
                 .argmax(1)
                 .equal(target.clone())
                 .float()
                 .squeeze_dim::<1>(1),
-            entropy: (lse.clone().detach() - expected).squeeze_dim::<1>(1),
-            mean_logit: values.mean_dim(1).squeeze_dim::<1>(1),
+            entropy: (lse.detach() - expected).squeeze_dim::<1>(1),
+            mean_logit: logits.mean_dim(1).squeeze_dim::<1>(1),
         }
     });
 
-    let logp = match (weight, tracked && !generic_tracked) {
-        (Some(w), true) => {
+    let logp = match (weight, probs) {
+        (Some(w), Some(probs)) if analytic => {
             // c = e_y − softmax(z), untracked; s = Σ h ⊙ (c·W).
-            let coeff = (exp.detach() / sum.detach()).neg().scatter(
+            let coeff = probs.neg().scatter(
                 1,
                 target,
                 Tensor::ones([logp.dims()[0], 1], &logp.device()),
