@@ -21,7 +21,6 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::SaveDtype;
 use crate::checkpoint::{safetensors_bytes, write_atomic};
 use crate::error::{ModelError, Result};
-use crate::transformer::{Linear, LlamaForCausalLM};
+use crate::transformer::{Linear, LlamaForCausalLM, dense};
 
 /// The projections an adapter can target, in the order they are walked.
 pub const TARGETS: [&str; 7] = [
@@ -210,8 +209,8 @@ impl<B: Backend> LoraAdapter<B> {
         } else {
             x
         };
-        let h = linear(x, self.lora_a.val().transpose(), None);
-        linear(h, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
+        let h = dense(x, self.lora_a.val().transpose(), None);
+        dense(h, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
     }
 
     /// ΔW = s·B·A [out, in].

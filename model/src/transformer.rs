@@ -6,13 +6,13 @@
 //! D head dim, F MLP width, V vocabulary.
 
 use burn::module::{Initializer, Module, Param};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::embedding;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::LlamaConfig;
+use crate::fused;
 
 /// Standard deviation of the random init, as transformers' `initializer_range`.
 const INIT_STD: f64 = 0.02;
@@ -28,6 +28,32 @@ fn random_param<B: Backend, const D: usize>(
         std: INIT_STD,
     }
     .init(shape, device)
+}
+
+/// x·w (+ b) over the last dimension, as one 2-D product.
+///
+/// burn's `module::linear` reshapes `w` to [1, in, out], which copies a
+/// transposed weight on every call (the whole [V, C] embedding for a tied LM
+/// head), and runs one single-threaded gemm per leading index. Flattening x to
+/// [N, in] instead is free for contiguous x and gives gemm one large product
+/// to split over its threads; the transposed weight is read in place.
+///
+/// Shapes: x [.., in], w [in, out], b [out] → [.., out].
+pub fn dense<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let [d_in, d_out] = w.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = x.reshape([rows, d_in]).matmul(w);
+    let y = match b {
+        Some(b) => y + b.unsqueeze::<2>(),
+        None => y,
+    };
+    dims[D - 1] = d_out;
+    y.reshape(dims)
 }
 
 /// A dense layer stored as transformers stores it: `weight` is [out, in],
@@ -61,13 +87,13 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // burn's linear takes [in, out]; the transpose is a stride swap, not a copy.
+        // `dense` takes [in, out]; the transpose is a stride swap, not a copy.
         let base = |x| {
             let weight = match &self.decode_weight {
                 Some(w) => w.clone(),
                 None => self.weight.val().transpose(),
             };
-            linear(x, weight, self.bias.as_ref().map(|b| b.val()))
+            dense(x, weight, self.bias.as_ref().map(|b| b.val()))
         };
         match &self.lora {
             None => base(x),
@@ -94,9 +120,7 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let variance = x.clone().powi_scalar(2).mean_dim(2);
-        let x = x * (variance + self.eps).sqrt().recip();
-        x * self.weight.val().unsqueeze::<3>()
+        fused::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -243,7 +267,7 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// Shapes: x [B, T, C], mask [B, K, G, T, S] (additive: 0 or -inf-like) → [B, T, C].
+    /// Shapes: x [B, T, C], mask [B, 1, 1, T, S] (additive: 0 or -inf-like) → [B, T, C].
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -268,7 +292,7 @@ impl<B: Backend> Attention<B> {
         let q = q.reshape([b, t, k, g, d]).permute([0, 2, 3, 1, 4]); // [B, K, G, T, D]
         let key_t = key.reshape([b, s, k, 1, d]).permute([0, 2, 3, 4, 1]); // [B, K, 1, D, S]
         let value = value.reshape([b, s, k, 1, d]).permute([0, 2, 3, 1, 4]); // [B, K, 1, S, D]
-        let probs = softmax(q.matmul(key_t) + mask, 4);
+        let probs = fused::masked_softmax(q.matmul(key_t), mask);
         let out = probs.matmul(value).permute([0, 3, 1, 2, 4]); // [B, T, K, G, D]
         self.o_proj.forward(out.reshape([b, t, h * d]))
     }
@@ -299,8 +323,9 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(fused::swiglu(gate, self.up_proj.forward(x)))
     }
 }
 
@@ -397,10 +422,8 @@ impl<B: Backend> LlamaModel<B> {
         };
         let (h, k) = (first.self_attn.num_heads, first.self_attn.num_kv_heads);
         let angles = self.rope.angles(input.positions, h, k);
-        // [B, 1, T, S] spread over the K × G heads once, not in every layer.
-        let [b, _, t, s] = input.mask.dims();
-        let device = input.mask.device();
-        let mask = Tensor::zeros([b, k, h / k, t, s], &device) + input.mask.unsqueeze_dim::<5>(2);
+        // [B, 1, 1, T, S]: broadcast over the K × G heads by the softmax.
+        let mask = input.mask.unsqueeze_dim::<5>(2);
         let mut x = self.embed_tokens.forward(input.input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
@@ -503,8 +526,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match (&self.lm_head, &self.decode_head) {
             (Some(head), _) => head.forward(hidden),
-            (None, Some(head)) => linear(hidden, head.clone(), None),
-            (None, None) => linear(
+            (None, Some(head)) => dense(hidden, head.clone(), None),
+            (None, None) => dense(
                 hidden,
                 self.model.embed_tokens.weight.val().transpose(),
                 None,
