@@ -27,6 +27,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::fused;
 use crate::transformer::{ForwardInput, LlamaForCausalLM};
 
 /// Sequence positions per LM-head chunk of [`token_logprobs`].
@@ -74,7 +75,6 @@ fn chunk_logprobs<B: Backend>(
     // states computed from trainable adapters, so ask the backend instead.
     // Inference passes (`valid()` models) run on the inner backend.
     let tracked = B::ad_enabled(&hidden.device());
-    let target = targets.unsqueeze_dim::<2>(1);
     // With a plain head under autodiff the logits are computed untracked (the
     // gradient is added below); otherwise they are untracked already, or go
     // through a generic head whose graph the log-softmax below keeps.
@@ -88,6 +88,27 @@ fn chunk_logprobs<B: Backend>(
             .lm_logits(hidden.clone().unsqueeze_dim::<3>(0))
             .squeeze_dim::<2>(0),
     };
+    // Untracked logits take the CPU backend's one-pass row kernel.
+    let logits = if analytic || !tracked {
+        match fused::log_softmax_rows(logits, &targets, want_stats, analytic) {
+            Ok(rows) => {
+                let stats = rows.stats.map(|[correct, entropy, mean_logit]| HeadStats {
+                    correct,
+                    entropy,
+                    mean_logit,
+                });
+                let logp = match (weight, rows.coeff) {
+                    (Some(w), Some(coeff)) => with_head_gradient(rows.logp, hidden, coeff, w),
+                    _ => rows.logp,
+                };
+                return (logp, stats);
+            }
+            Err(logits) => logits,
+        }
+    } else {
+        logits
+    };
+    let target = targets.unsqueeze_dim::<2>(1);
     let max = logits.clone().max_dim(1).detach();
     let exp = (logits.clone() - max.clone()).exp();
     let sum = exp.clone().sum_dim(1);
@@ -120,12 +141,27 @@ fn chunk_logprobs<B: Backend>(
                 Tensor::ones([logp.dims()[0], 1], &logp.device()),
                 burn::tensor::IndexingUpdateOp::Add,
             );
-            let s = (hidden * coeff.matmul(w)).sum_dim(1);
-            logp.detach() + s.clone() - s.detach()
+            with_head_gradient(logp.squeeze_dim::<1>(1), hidden, coeff, w)
         }
-        _ => logp,
+        _ => logp.squeeze_dim::<1>(1),
     };
-    (logp.squeeze_dim::<1>(1), stats)
+    (logp, stats)
+}
+
+/// log p(y) = value + s − stop_grad(s) with s = Σ_k h_k · (c·W)_k: the value
+/// of `logp`, the gradient c·W with respect to h and cᵀ·h with respect to W.
+///
+/// Shapes: logp [n], hidden [n, C], coeff [n, V], weight [V, C] → [n].
+fn with_head_gradient<B: Backend>(
+    logp: Tensor<B, 1>,
+    hidden: Tensor<B, 2>,
+    coeff: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let s = (hidden * coeff.matmul(weight))
+        .sum_dim(1)
+        .squeeze_dim::<1>(1);
+    logp.detach() + s.clone() - s.detach()
 }
 
 /// log p(targets[i] | hidden[i]) for rows of hidden states, through the LM

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::SaveDtype;
 use crate::checkpoint::{safetensors_bytes, write_atomic};
 use crate::error::{ModelError, Result};
-use crate::transformer::{Linear, LlamaForCausalLM, dense};
+use crate::fused::LoraTerm;
+use crate::transformer::{Linear, LlamaForCausalLM};
 
 /// The projections an adapter can target, in the order they are walked.
 pub const TARGETS: [&str; 7] = [
@@ -200,17 +201,21 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // Dropout only while gradients are recorded, as burn's `Dropout`.
-        let x = if self.dropout > 0.0 && B::ad_enabled(&x.device()) {
+    /// The adapter's term of its layer, on the layer's input x: dropout
+    /// (only while gradients are recorded, as burn's `Dropout`) gives the
+    /// adapter its own input.
+    pub fn term<const D: usize>(&self, x: &Tensor<B, D>) -> LoraTerm<B, D> {
+        let input = (self.dropout > 0.0 && B::ad_enabled(&x.device())).then(|| {
             let keep = 1.0 - self.dropout;
             let mask = x.random_like(Distribution::Bernoulli(keep));
-            x * mask.div_scalar(keep)
-        } else {
-            x
-        };
-        let h = dense(x, self.lora_a.val().transpose(), None);
-        dense(h, self.lora_b.val().transpose(), None).mul_scalar(self.scale)
+            x.clone() * mask.div_scalar(keep)
+        });
+        LoraTerm {
+            input,
+            a: self.lora_a.val(),
+            b: self.lora_b.val(),
+            scale: self.scale,
+        }
     }
 
     /// ΔW = s·B·A [out, in].

@@ -12,7 +12,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::LlamaConfig;
-use crate::fused;
+use crate::fused::{self, dense};
 
 /// Standard deviation of the random init, as transformers' `initializer_range`.
 const INIT_STD: f64 = 0.02;
@@ -28,32 +28,6 @@ fn random_param<B: Backend, const D: usize>(
         std: INIT_STD,
     }
     .init(shape, device)
-}
-
-/// x·w (+ b) over the last dimension, as one 2-D product.
-///
-/// burn's `module::linear` reshapes `w` to [1, in, out], which copies a
-/// transposed weight on every call (the whole [V, C] embedding for a tied LM
-/// head), and runs one single-threaded gemm per leading index. Flattening x to
-/// [N, in] instead is free for contiguous x and gives gemm one large product
-/// to split over its threads; the transposed weight is read in place.
-///
-/// Shapes: x [.., in], w [in, out], b [out] → [.., out].
-pub fn dense<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    w: Tensor<B, 2>,
-    b: Option<Tensor<B, 1>>,
-) -> Tensor<B, D> {
-    let mut dims = x.dims();
-    let [d_in, d_out] = w.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let y = x.reshape([rows, d_in]).matmul(w);
-    let y = match b {
-        Some(b) => y + b.unsqueeze::<2>(),
-        None => y,
-    };
-    dims[D - 1] = d_out;
-    y.reshape(dims)
 }
 
 /// A dense layer stored as transformers stores it: `weight` is [out, in],
@@ -87,17 +61,19 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // `dense` takes [in, out]; the transpose is a stride swap, not a copy.
-        let base = |x| {
-            let weight = match &self.decode_weight {
-                Some(w) => w.clone(),
-                None => self.weight.val().transpose(),
-            };
-            dense(x, weight, self.bias.as_ref().map(|b| b.val()))
-        };
-        match &self.lora {
-            None => base(x),
-            Some(adapter) => base(x.clone()) + adapter.forward(x),
+        let bias = self.bias.as_ref().map(|b| b.val());
+        match &self.decode_weight {
+            Some(w) => {
+                let y = dense(x.clone(), w.clone(), bias);
+                match &self.lora {
+                    None => y,
+                    Some(adapter) => y + adapter.term(&x).apply(x),
+                }
+            }
+            None => {
+                let lora = self.lora.as_ref().map(|adapter| adapter.term(&x));
+                fused::linear(x, self.weight.val(), bias, lora)
+            }
         }
     }
 }

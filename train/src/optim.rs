@@ -21,6 +21,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use alignkit_model::fused::update_in_place;
+
 use crate::error::{Result, TrainError};
 use crate::grads::Gradients;
 use crate::params::{ParamInfo, PathStack, Trainable};
@@ -279,10 +281,12 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB> {
         let c = self.config;
         let dims = tensor.dims();
         let n = grad.dims()[0];
-        let mut p = tensor.inner().reshape([n]);
-        if c.weight_decay != 0.0 && ParamGroup::of(&dims) == ParamGroup::Decay {
-            p = p.mul_scalar(1.0 - self.lr * c.weight_decay);
-        }
+        let p = tensor.inner().reshape([n]);
+        let decay = if ParamGroup::of(&dims) == ParamGroup::Decay {
+            1.0 - self.lr * c.weight_decay
+        } else {
+            1.0
+        };
         let Moments {
             exp_avg,
             exp_avg_sq,
@@ -290,15 +294,39 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB> {
             exp_avg: grad.zeros_like(),
             exp_avg_sq: grad.zeros_like(),
         });
-        let exp_avg = exp_avg.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1);
-        let exp_avg_sq =
-            exp_avg_sq.mul_scalar(c.beta2) + (grad.clone() * grad).mul_scalar(1.0 - c.beta2);
-        let denom = exp_avg_sq
-            .clone()
-            .sqrt()
-            .div_scalar(self.bias_correction2_sqrt)
-            .add_scalar(c.eps);
-        let p = p - (exp_avg.clone() / denom).mul_scalar(self.step_size);
+        // The same arithmetic in f32, in one pass over p, g, m and v where
+        // the backend allows (the CPU backend), else as burn ops.
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let (bc2, eps, step) = (
+            self.bias_correction2_sqrt as f32,
+            c.eps as f32,
+            self.step_size as f32,
+        );
+        let decay32 = decay as f32;
+        let (p, exp_avg, exp_avg_sq) =
+            match update_in_place([p, grad, exp_avg, exp_avg_sq], |[p, g, m, v]| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g.iter()).zip(m).zip(v) {
+                    *m = *m * b1 + g * (1.0 - b1);
+                    *v = *v * b2 + g * g * (1.0 - b2);
+                    *p = *p * decay32 - *m / (v.sqrt() / bc2 + eps) * step;
+                }
+            }) {
+                Ok([p, _, m, v]) => (p, m, v),
+                Err([p, grad, exp_avg, exp_avg_sq]) => {
+                    let p = if decay != 1.0 { p.mul_scalar(decay) } else { p };
+                    let exp_avg =
+                        exp_avg.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1);
+                    let exp_avg_sq = exp_avg_sq.mul_scalar(c.beta2)
+                        + (grad.clone() * grad).mul_scalar(1.0 - c.beta2);
+                    let denom = exp_avg_sq
+                        .clone()
+                        .sqrt()
+                        .div_scalar(self.bias_correction2_sqrt)
+                        .add_scalar(c.eps);
+                    let p = p - (exp_avg.clone() / denom).mul_scalar(self.step_size);
+                    (p, exp_avg, exp_avg_sq)
+                }
+            };
         self.moments.insert(
             name,
             Moments {

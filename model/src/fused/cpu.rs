@@ -304,6 +304,89 @@ pub fn softmax_backward(p: &[f32], g: &[f32], width: usize) -> Vec<f32> {
     gs
 }
 
+/// Per-row results of [`log_softmax_rows`].
+#[derive(Debug, Default)]
+pub struct RowStats {
+    /// z_y − logsumexp(z).
+    pub logp: Vec<f32>,
+    /// 1.0 where the first maximal logit is the target's (0 unless `stats`).
+    pub correct: Vec<f32>,
+    /// −Σ p·log p = lse − Σ p·z.
+    pub entropy: Vec<f32>,
+    /// Σ z / V.
+    pub mean_logit: Vec<f32>,
+}
+
+/// Log-softmax of the target in each row of logits z [n, V], with the
+/// distribution's statistics when `stats`, and — when `coeff` — z
+/// overwritten in place by the gradient coefficient c = e_y − softmax(z)
+/// (see `crate::logprobs`). Three passes over each row while it sits in
+/// cache: max (and sum), exp-sum, and the coefficient write.
+pub fn log_softmax_rows(
+    z: &mut [f32],
+    width: usize,
+    targets: &[usize],
+    stats: bool,
+    coeff: bool,
+) -> RowStats {
+    let n = targets.len();
+    let mut out = vec![[0.0f32; 4]; n];
+    z.par_chunks_mut(width)
+        .zip(out.par_iter_mut())
+        .zip(targets.par_iter())
+        .for_each(|((row, out), &y)| {
+            Arch::new().dispatch(|| {
+                let zy = row[y];
+                let top = max(row);
+                if stats {
+                    out[1] = f32::from(row.iter().position(|&v| v == top) == Some(y));
+                }
+                // Σ e^(z − max), Σ e^(z − max)·z and Σ z, 16 lanes each.
+                let (mut se, mut sez, mut sz) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+                let mut chunks = row.chunks_exact_mut(16);
+                for z in &mut chunks {
+                    for i in 0..16 {
+                        let e = exp(z[i] - top);
+                        se[i] += e;
+                        sez[i] += e * z[i];
+                        sz[i] += z[i];
+                        if coeff {
+                            z[i] = e;
+                        }
+                    }
+                }
+                let (mut se_t, mut sez_t, mut sz_t) = (0.0f32, 0.0f32, 0.0f32);
+                for z in chunks.into_remainder() {
+                    let e = exp(*z - top);
+                    se_t += e;
+                    sez_t += e * *z;
+                    sz_t += *z;
+                    if coeff {
+                        *z = e;
+                    }
+                }
+                let total = |lanes: [f32; 16], tail: f32| lanes.iter().sum::<f32>() + tail;
+                let sum = total(se, se_t);
+                let lse = top + sum.ln();
+                out[0] = zy - lse;
+                out[2] = lse - total(sez, sez_t) / sum;
+                out[3] = total(sz, sz_t) / width as f32;
+                if coeff {
+                    let scale = -1.0 / sum;
+                    row.iter_mut().for_each(|v| *v *= scale);
+                    row[y] += 1.0;
+                }
+            })
+        });
+    let column = |k: usize| out.iter().map(|o| o[k]).collect::<Vec<f32>>();
+    RowStats {
+        logp: column(0),
+        correct: column(1),
+        entropy: column(2),
+        mean_logit: column(3),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,16 +16,19 @@
 //! `B` *is* `Flex` or `Autodiff<Flex>`.
 
 pub(crate) mod cpu;
+mod gemm;
+mod linear;
 mod tracked;
 
 use std::any::{Any, TypeId};
 
 use burn::backend::Autodiff;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 
 /// The autodiff tensor of `Autodiff<Flex>`.
 type AdTensor = FloatTensor<Autodiff<Flex>>;
@@ -66,6 +69,113 @@ fn primitive<B: Backend, T: 'static, const D: usize>(t: Tensor<B, D>) -> T {
 
 fn tensor<B: Backend, T: 'static, const D: usize>(p: T) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(cast::<T, FloatTensor<B>>(p)))
+}
+
+/// x·w (+ b) over the last dimension, as one 2-D product.
+///
+/// burn's `module::linear` reshapes `w` to [1, in, out], which copies a
+/// transposed weight on every call (the whole [V, C] embedding for a tied LM
+/// head), and runs one single-threaded gemm per leading index. Flattening x to
+/// [N, in] instead is free for contiguous x and gives gemm one large product
+/// to split over its threads; a transposed weight is read in place.
+///
+/// Shapes: x [.., in], w [in, out], b [out] → [.., out].
+pub fn dense<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let [d_in, d_out] = w.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = x.reshape([rows, d_in]).matmul(w);
+    let y = match b {
+        Some(b) => y + b.unsqueeze::<2>(),
+        None => y,
+    };
+    dims[D - 1] = d_out;
+    y.reshape(dims)
+}
+
+/// A LoRA adapter's term s·(x'·Aᵀ)·Bᵀ in [`linear`].
+#[derive(Debug, Clone)]
+pub struct LoraTerm<B: Backend, const D: usize> {
+    /// The adapter's input when it differs from the layer's (after dropout).
+    pub input: Option<Tensor<B, D>>,
+    /// A [r, in].
+    pub a: Tensor<B, 2>,
+    /// B [out, r].
+    pub b: Tensor<B, 2>,
+    pub scale: f64,
+}
+
+impl<B: Backend, const D: usize> LoraTerm<B, D> {
+    /// s·(x'·Aᵀ)·Bᵀ as burn ops, on the layer's input x.
+    pub fn apply(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let h = dense(self.input.unwrap_or(x), self.a.transpose(), None);
+        // The scale goes on B [out, r], not on the [.., out] output.
+        dense(h, self.b.mul_scalar(self.scale).transpose(), None)
+    }
+}
+
+/// A dense layer in transformers' layout: y = x·Wᵀ + b + s·(x'·Aᵀ)·Bᵀ.
+///
+/// On the CPU backend one node: gemm accumulates the adapter's product into
+/// the base output and its input gradient into the base's, and forms ∂W in
+/// W's own layout ([`linear`](self::linear) module). Elsewhere: [`dense`]
+/// products and an add.
+///
+/// Shapes: x, x' [.., in], weight [out, in], bias [out], A [r, in], B [out, r]
+/// → [.., out].
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    lora: Option<LoraTerm<B, D>>,
+) -> Tensor<B, D> {
+    let mut dtypes = vec![x.dtype(), weight.dtype()];
+    dtypes.extend(bias.as_ref().map(|b| b.dtype()));
+    if let Some(l) = &lora {
+        dtypes.extend([l.a.dtype(), l.b.dtype()]);
+        dtypes.extend(l.input.as_ref().map(|i| i.dtype()));
+    }
+    let Some(path) = path::<B>(&dtypes) else {
+        let base = dense(x.clone(), weight.transpose(), bias);
+        return match lora {
+            None => base,
+            Some(l) => base + l.apply(x),
+        };
+    };
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    dims[D - 1] = weight.dims()[0];
+    let flat = |t: Tensor<B, D>| t.reshape([rows, d_in]);
+    let y: Tensor<B, 2> = match path {
+        Path::Plain => tensor::<B, FlexTensor, 2>(linear::linear_plain(
+            primitive::<B, FlexTensor, 2>(flat(x)),
+            primitive::<B, FlexTensor, 2>(weight),
+            bias.map(primitive::<B, FlexTensor, 1>),
+            lora.map(|l| linear::Adapter {
+                input: l.input.map(|i| primitive::<B, FlexTensor, 2>(flat(i))),
+                a: primitive::<B, FlexTensor, 2>(l.a),
+                b: primitive::<B, FlexTensor, 2>(l.b),
+                scale: l.scale as f32,
+            }),
+        )),
+        Path::Tracked => tensor::<B, AdTensor, 2>(linear::linear(
+            primitive::<B, AdTensor, 2>(flat(x)),
+            primitive::<B, AdTensor, 2>(weight),
+            bias.map(primitive::<B, AdTensor, 1>),
+            lora.map(|l| linear::Adapter {
+                input: l.input.map(|i| primitive::<B, AdTensor, 2>(flat(i))),
+                a: primitive::<B, AdTensor, 2>(l.a),
+                b: primitive::<B, AdTensor, 2>(l.b),
+                scale: l.scale as f32,
+            }),
+        )),
+    };
+    y.reshape(dims)
 }
 
 /// RMSNorm: x / √(mean(x²) + ε) ⊙ w over the last dimension, in f32.
@@ -136,6 +246,120 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 5>, mask: Tensor<B, 5>) -> T
 
 fn masked_softmax_ops<B: Backend>(scores: Tensor<B, 5>, mask: Tensor<B, 5>) -> Tensor<B, 5> {
     softmax(scores + mask, 4)
+}
+
+/// [`log_softmax_rows`]' results.
+#[derive(Debug)]
+pub struct LogSoftmaxRows<B: Backend> {
+    /// log p(target) = z_y − logsumexp(z). [n]
+    pub logp: Tensor<B, 1>,
+    /// correct (argmax = target), entropy and mean logit, when asked for. [n] each
+    pub stats: Option<[Tensor<B, 1>; 3]>,
+    /// c = e_y − softmax(z), when asked for. [n, V]
+    pub coeff: Option<Tensor<B, 2>>,
+}
+
+/// The LM head's per-row log-softmax of the targets, with statistics and the
+/// gradient coefficient (see [`crate::logprobs`]), over logits that take no
+/// part in the autodiff graph: one pass per row on the CPU backend instead of
+/// ten burn ops over [n, V]. Gives the logits back on other backends (or for
+/// a target outside the vocabulary), where the caller composes burn ops.
+///
+/// Shapes: logits [n, V], targets [n] → [n] (and [n, V]).
+pub fn log_softmax_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: &Tensor<B, 1, Int>,
+    stats: bool,
+    coeff: bool,
+) -> Result<LogSoftmaxRows<B>, Tensor<B, 2>> {
+    let Some(path) = path::<B>(&[logits.dtype()]) else {
+        return Err(logits);
+    };
+    let [n, width] = logits.dims();
+    let ids: Vec<i64> = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap_or_default();
+    if ids.len() != n || ids.iter().any(|&y| y < 0 || y as usize >= width) {
+        return Err(logits);
+    }
+    let ids: Vec<usize> = ids.into_iter().map(|y| y as usize).collect();
+    let flex = match path {
+        Path::Plain => primitive::<B, FlexTensor, 2>(logits),
+        Path::Tracked => primitive::<B, AdTensor, 2>(logits).primitive,
+    };
+    let mut flex = tracked::contiguous(flex);
+    let rows = cpu::log_softmax_rows(flex.storage_mut::<f32>(), width, &ids, stats, coeff);
+    let wrap = |values: Vec<f32>, shape: Shape| -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    };
+    fn lift<B: Backend, const D: usize>(path: &Path, t: FlexTensor) -> Tensor<B, D> {
+        match path {
+            Path::Plain => tensor::<B, FlexTensor, D>(t),
+            Path::Tracked => {
+                tensor::<B, AdTensor, D>(<Autodiff<Flex> as AutodiffBackend>::from_inner(t))
+            }
+        }
+    }
+    let column = |v: Vec<f32>| lift::<B, 1>(&path, wrap(v, Shape::new([n])));
+    Ok(LogSoftmaxRows {
+        logp: column(rows.logp),
+        stats: stats.then(|| {
+            [
+                column(rows.correct),
+                column(rows.entropy),
+                column(rows.mean_logit),
+            ]
+        }),
+        coeff: coeff.then(|| lift::<B, 2>(&path, flex)),
+    })
+}
+
+/// Elements per task of [`update_in_place`].
+const UPDATE_CHUNK: usize = 1 << 16;
+
+/// An element-wise in-place update of equally long 1-D f32 tensors on the
+/// CPU backend (an optimizer step): `f` runs over aligned chunks of all of
+/// them, chunks in parallel, and the tensors come back updated. A tensor
+/// whose buffer is shared is copied first. On other backends the tensors
+/// come back untouched as `Err`, for the caller to use burn's ops.
+pub fn update_in_place<B: Backend, const N: usize>(
+    tensors: [Tensor<B, 1>; N],
+    f: impl Fn([&mut [f32]; N]) + Sync,
+) -> Result<[Tensor<B, 1>; N], [Tensor<B, 1>; N]> {
+    let dtypes = tensors.each_ref().map(|t| t.dtype());
+    let len = tensors[0].dims()[0];
+    if !matches!(path::<B>(&dtypes), Some(Path::Plain))
+        || tensors.iter().any(|t| t.dims()[0] != len)
+    {
+        return Err(tensors);
+    }
+    let mut flex = tensors.map(|t| tracked::contiguous(primitive::<B, FlexTensor, 1>(t)));
+    let mut chunks: Vec<Vec<&mut [f32]>> = flex
+        .iter_mut()
+        .map(|t| {
+            t.storage_mut::<f32>()[..len]
+                .chunks_mut(UPDATE_CHUNK)
+                .rev()
+                .collect()
+        })
+        .collect();
+    let tasks: Vec<[&mut [f32]; N]> = (0..len.div_ceil(UPDATE_CHUNK))
+        .map(|_| {
+            let parts: Vec<&mut [f32]> = chunks
+                .iter_mut()
+                .map(|c| c.pop().expect("same length"))
+                .collect();
+            match parts.try_into() {
+                Ok(parts) => parts,
+                Err(_) => unreachable!("one chunk per tensor"),
+            }
+        })
+        .collect();
+    tasks.into_par_iter().for_each(&f);
+    Ok(flex.map(tensor::<B, FlexTensor, 1>))
 }
 
 #[cfg(test)]

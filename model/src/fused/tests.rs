@@ -124,3 +124,139 @@ fn inference_backend_takes_the_same_kernels() {
         .unwrap();
     assert_eq!(tracked, plain);
 }
+
+#[test]
+fn log_softmax_rows_match_ops_with_statistics_and_coefficient() {
+    use burn::tensor::Int;
+    use burn::tensor::activation::{log_softmax, softmax};
+    let (n, v) = (6, 53);
+    let logits = random([n, v], 8).mul_scalar(3.0).detach();
+    let ids: Vec<i64> = vec![0, 52, 7, 7, 30, 1];
+    let targets =
+        Tensor::<AD, 1, Int>::from_data(TensorData::new(ids.clone(), [n]), &Default::default());
+    let rows = log_softmax_rows(logits.clone(), &targets, true, true).expect("CPU backend");
+    let target = targets.clone().unsqueeze_dim::<2>(1);
+    let logp = log_softmax(logits.clone(), 1)
+        .gather(1, target.clone())
+        .squeeze_dim::<1>(1);
+    assert_close(&values(&rows.logp), &values(&logp), 1e-6, "logp");
+    let probs = softmax(logits.clone(), 1);
+    let [correct, entropy, mean] = rows.stats.expect("asked for");
+    let want_correct = logits
+        .clone()
+        .argmax(1)
+        .equal(target.clone())
+        .float()
+        .squeeze_dim::<1>(1);
+    assert_close(&values(&correct), &values(&want_correct), 0.0, "correct");
+    let want_entropy = (probs.clone() * log_softmax(logits.clone(), 1))
+        .sum_dim(1)
+        .neg()
+        .squeeze_dim::<1>(1);
+    assert_close(&values(&entropy), &values(&want_entropy), 1e-5, "entropy");
+    assert_close(
+        &values(&mean),
+        &values(&logits.clone().mean_dim(1).squeeze_dim::<1>(1)),
+        1e-6,
+        "mean",
+    );
+    let one_hot = Tensor::<AD, 2>::zeros([n, v], &Default::default()).scatter(
+        1,
+        target,
+        Tensor::ones([n, 1], &Default::default()),
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    assert_close(
+        &values(&rows.coeff.expect("asked for")),
+        &values(&(one_hot - probs)),
+        1e-6,
+        "coeff",
+    );
+    // A target outside the vocabulary hands the logits back.
+    let bad = Tensor::<AD, 1, Int>::from_data(
+        TensorData::new(vec![0i64, 53, 0, 0, 0, 0], [n]),
+        &Default::default(),
+    );
+    assert!(log_softmax_rows(logits, &bad, false, false).is_err());
+}
+
+/// Value and gradients (x, W, bias, A, B, and the adapter input when given)
+/// of one linear layer, fused or composed.
+fn linear_case(fused_path: bool, adapter_input: bool) -> Vec<Vec<f32>> {
+    let (n, d_in, d_out, r) = (7, 12, 9, 3);
+    let leaf = |shape: [usize; 2], seed| random(shape, seed).detach().require_grad();
+    let x = random([1, n, d_in], 10).detach().require_grad();
+    let w = leaf([d_out, d_in], 11);
+    let bias = random([d_out], 12).detach().require_grad();
+    let a = leaf([r, d_in], 13);
+    let b = leaf([d_out, r], 14);
+    let input = adapter_input.then(|| random([1, n, d_in], 15).detach().require_grad());
+    let term = LoraTerm {
+        input: input.clone(),
+        a: a.clone(),
+        b: b.clone(),
+        scale: 0.7,
+    };
+    let y = if fused_path {
+        linear(x.clone(), w.clone(), Some(bias.clone()), Some(term))
+    } else {
+        dense(x.clone(), w.clone().transpose(), Some(bias.clone())) + term.apply(x.clone())
+    };
+    let grads = (y.clone() * random([1, n, d_out], 16)).sum().backward();
+    let g2 = |t: &Tensor<AD, 2>| t.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    let mut out = vec![
+        values(&y),
+        x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        g2(&w),
+        bias.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        g2(&a),
+        g2(&b),
+    ];
+    if let Some(i) = input {
+        out.push(i.grad(&grads).unwrap().into_data().to_vec().unwrap());
+    }
+    out
+}
+
+#[test]
+fn linear_matches_ops_in_value_and_every_gradient() {
+    for adapter_input in [false, true] {
+        let fused = linear_case(true, adapter_input);
+        let ops = linear_case(false, adapter_input);
+        let names = ["y", "dx", "dW", "db", "dA", "dB", "dx'"];
+        for ((f, o), name) in fused.iter().zip(&ops).zip(names) {
+            assert_close(f, o, 1e-5, name);
+        }
+        assert_eq!(fused.len(), ops.len());
+    }
+}
+
+#[test]
+fn frozen_base_gets_no_gradient_and_inference_matches() {
+    let x = random([2, 3, 8], 20);
+    let w = random([5, 8], 21);
+    let a = random([2, 8], 22).require_grad();
+    let b = random([5, 2], 23).require_grad();
+    let term = || LoraTerm {
+        input: None,
+        a: a.clone(),
+        b: b.clone(),
+        scale: 2.0,
+    };
+    let y = linear(x.clone(), w.clone(), None, Some(term()));
+    let grads = y.clone().sum().backward();
+    assert!(w.grad(&grads).is_none() && x.grad(&grads).is_none());
+    assert!(a.grad(&grads).is_some() && b.grad(&grads).is_some());
+    let plain = linear(
+        x.inner(),
+        w.inner(),
+        None,
+        Some(LoraTerm {
+            input: None,
+            a: a.inner(),
+            b: b.inner(),
+            scale: 2.0,
+        }),
+    );
+    assert_eq!(values(&y), plain.into_data().to_vec::<f32>().unwrap());
+}

@@ -12,16 +12,16 @@ use super::AdTensor;
 use super::cpu;
 
 /// A contiguous f32 view of a tensor (copied only if it is strided).
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
-fn f32s(t: &FlexTensor) -> &[f32] {
+pub(super) fn f32s(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("fused kernels take contiguous f32 tensors")
 }
 
-fn flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(super) fn flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
