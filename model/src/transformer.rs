@@ -265,11 +265,18 @@ impl<B: Backend> Attention<B> {
         // Query head h = kv·G + r shares key/value head kv (transformers
         // `repeat_kv`): the G axis broadcasts in the batched matmuls, and the
         // permutes are strided views, so nothing is repeated or copied.
-        let q = q.reshape([b, t, k, g, d]).permute([0, 2, 3, 1, 4]); // [B, K, G, T, D]
-        let key_t = key.reshape([b, s, k, 1, d]).permute([0, 2, 3, 4, 1]); // [B, K, 1, D, S]
-        let value = value.reshape([b, s, k, 1, d]).permute([0, 2, 3, 1, 4]); // [B, K, 1, S, D]
-        let probs = fused::masked_softmax(q.matmul(key_t), mask);
-        let out = probs.matmul(value).permute([0, 3, 1, 2, 4]); // [B, T, K, G, D]
+        let heads_first = [0, 2, 3, 1, 4];
+        let q = fused::permute(q.reshape([b, t, k, g, d]), heads_first); // [B, K, G, T, D]
+        // With a cached prefix (decoding) the keys and values are read in
+        // place: copying the whole cache for each new token costs more.
+        let kv_heads_first = |x: Tensor<B, 5>| match s == t {
+            true => fused::permute(x, heads_first),
+            false => x.permute(heads_first),
+        };
+        let key = kv_heads_first(key.reshape([b, s, k, 1, d])); // [B, K, 1, S, D]
+        let value = kv_heads_first(value.reshape([b, s, k, 1, d])); // [B, K, 1, S, D]
+        let probs = fused::masked_softmax(q.matmul(key.swap_dims(3, 4)), mask);
+        let out = fused::permute(probs.matmul(value), [0, 3, 1, 2, 4]); // [B, T, K, G, D]
         self.o_proj.forward(out.reshape([b, t, h * d]))
     }
 }

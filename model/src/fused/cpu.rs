@@ -387,6 +387,41 @@ pub fn log_softmax_rows(
     }
 }
 
+/// Copy a strided view (non-negative strides) into a new row-major buffer,
+/// one output row — the last axis — at a time, rows in parallel. `offset`
+/// and `strides` address `src`.
+pub fn gather(src: &[f32], offset: usize, shape: &[usize], strides: &[usize]) -> Vec<f32> {
+    let n = shape.len();
+    let width = shape[n - 1];
+    let inner = strides[n - 1];
+    let total: usize = shape.iter().product();
+    let mut out = vec![0.0f32; total];
+    if total == 0 {
+        return out;
+    }
+    let per = rows_per_task(width);
+    out.par_chunks_mut(per * width)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            for (j, row) in rows.chunks_exact_mut(width).enumerate() {
+                // Source offset of output row `task·per + j`.
+                let (mut r, mut at) = (task * per + j, offset);
+                for axis in (0..n - 1).rev() {
+                    at += (r % shape[axis]) * strides[axis];
+                    r /= shape[axis];
+                }
+                if inner == 1 {
+                    row.copy_from_slice(&src[at..at + width]);
+                } else {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = src[at + i * inner];
+                    }
+                }
+            }
+        });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

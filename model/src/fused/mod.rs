@@ -55,6 +55,19 @@ fn path<B: Backend>(tensors: &[DType]) -> Option<Path> {
     }
 }
 
+/// Inference tensors below this many elements (one decoded token) take
+/// burn's ops: handing a few hundred values to the thread pool costs more
+/// than the passes it saves.
+const SMALL: usize = 1 << 14;
+
+/// [`path`], except that small untracked tensors take burn's ops.
+fn sized(path: Option<Path>, elements: usize) -> Option<Path> {
+    match path {
+        Some(Path::Plain) if elements < SMALL => None,
+        path => path,
+    }
+}
+
 /// Move a value to the type it is known to have (checked by [`path`]).
 fn cast<S: 'static, T: 'static>(value: S) -> T {
     match (Box::new(value) as Box<dyn Any>).downcast::<T>() {
@@ -182,7 +195,10 @@ pub fn linear<B: Backend, const D: usize>(
 ///
 /// Shapes: x [B, T, C], weight [C] → [B, T, C].
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    match path::<B>(&[x.dtype(), weight.dtype()]) {
+    match sized(
+        path::<B>(&[x.dtype(), weight.dtype()]),
+        x.shape().num_elements(),
+    ) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 3>(tracked::rms_norm_plain(
             primitive::<B, FlexTensor, 3>(x),
             primitive::<B, FlexTensor, 1>(weight),
@@ -203,11 +219,27 @@ fn rms_norm_ops<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> 
     x * weight.unsqueeze::<3>()
 }
 
+/// `x.permute(axes)` in its own contiguous buffer (its gradient too): the
+/// copy a later reshape or element-wise op would make anyway, done as one
+/// parallel row copy instead of burn-flex's scalar strided walk.
+pub fn permute<B: Backend, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) -> Tensor<B, D> {
+    match sized(path::<B>(&[x.dtype()]), x.shape().num_elements()) {
+        Some(Path::Plain) => tensor::<B, FlexTensor, D>(tracked::permute_plain(
+            primitive::<B, FlexTensor, D>(x),
+            &axes,
+        )),
+        Some(Path::Tracked) => {
+            tensor::<B, AdTensor, D>(tracked::permute(primitive::<B, AdTensor, D>(x), &axes))
+        }
+        None => x.permute(axes),
+    }
+}
+
 /// SwiGLU's gate (Shazeer 2020): silu(a) ⊙ b.
 ///
 /// Shapes: a, b [B, T, F] → [B, T, F].
 pub fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
-    match path::<B>(&[a.dtype(), b.dtype()]) {
+    match sized(path::<B>(&[a.dtype(), b.dtype()]), a.shape().num_elements()) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 3>(tracked::swiglu_plain(
             primitive::<B, FlexTensor, 3>(a),
             primitive::<B, FlexTensor, 3>(b),
@@ -231,7 +263,10 @@ fn swiglu_ops<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
 /// Shapes: scores [B, K, G, T, S], mask [B | 1, K | 1, G | 1, T | 1, S] →
 /// [B, K, G, T, S].
 pub fn masked_softmax<B: Backend>(scores: Tensor<B, 5>, mask: Tensor<B, 5>) -> Tensor<B, 5> {
-    match path::<B>(&[scores.dtype(), mask.dtype()]) {
+    match sized(
+        path::<B>(&[scores.dtype(), mask.dtype()]),
+        scores.shape().num_elements(),
+    ) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 5>(tracked::masked_softmax_plain(
             primitive::<B, FlexTensor, 5>(scores),
             primitive::<B, FlexTensor, 5>(mask),

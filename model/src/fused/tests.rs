@@ -115,14 +115,22 @@ fn masked_softmax_matches_ops_with_a_broadcast_mask() {
 
 #[test]
 fn inference_backend_takes_the_same_kernels() {
-    let x = random([2, 3, 32], 6);
-    let w = random([32], 7);
+    // Above `SMALL` elements (below it inference takes burn's ops).
+    let x = random([2, 96, 96], 6);
+    let w = random([96], 7);
     let tracked = values(&rms_norm(x.clone(), w.clone(), 1e-6));
-    let plain: Vec<f32> = rms_norm(x.inner(), w.inner(), 1e-6)
+    let plain: Vec<f32> = rms_norm(x.inner(), w.clone().inner(), 1e-6)
         .into_data()
         .to_vec()
         .unwrap();
     assert_eq!(tracked, plain);
+    let small = random([1, 1, 96], 8);
+    let tracked = values(&rms_norm(small.clone(), w.clone(), 1e-6));
+    let plain: Vec<f32> = rms_norm(small.inner(), w.inner(), 1e-6)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    assert_close(&plain, &tracked, 1e-6, "small");
 }
 
 #[test]
@@ -259,4 +267,51 @@ fn frozen_base_gets_no_gradient_and_inference_matches() {
         }),
     );
     assert_eq!(values(&y), plain.into_data().to_vec::<f32>().unwrap());
+}
+
+#[test]
+fn permute_copies_match_views_in_value_and_gradient() {
+    let x = random([2, 5, 3, 4], 30);
+    let axes = [0, 2, 1, 3];
+    // Gradients arrive both contiguous and as a transposed view (the keys'
+    // path: permute, then swap the last two axes for the product).
+    for swap in [false, true] {
+        let case = |fused_path: bool| {
+            let leaf = x.clone().detach().require_grad();
+            let y = if fused_path {
+                permute(leaf.clone(), axes)
+            } else {
+                leaf.clone().permute(axes)
+            };
+            let y = if swap { y.swap_dims(2, 3) } else { y };
+            let r = random(y.dims(), 31);
+            let grads = (y.clone() * r).sum().backward();
+            let g: Vec<f32> = leaf.grad(&grads).unwrap().into_data().to_vec().unwrap();
+            (values(&y), g)
+        };
+        let (fused, ops) = (case(true), case(false));
+        assert_close(&fused.0, &ops.0, 0.0, "y");
+        assert_close(&fused.1, &ops.1, 0.0, "dx");
+    }
+}
+
+#[test]
+fn update_in_place_covers_every_chunk_and_refuses_ragged_input() {
+    let n = UPDATE_CHUNK * 2 + 17;
+    let a =
+        Tensor::<Flex, 1>::from_data(TensorData::new(vec![1.0f32; n], [n]), &Default::default());
+    let b = Tensor::<Flex, 1>::from_data(
+        TensorData::new((0..n).map(|i| i as f32).collect::<Vec<_>>(), [n]),
+        &Default::default(),
+    );
+    let [a, b] = update_in_place([a, b], |[a, b]| {
+        for (a, b) in a.iter_mut().zip(b.iter()) {
+            *a += b;
+        }
+    })
+    .expect("CPU backend");
+    let a: Vec<f32> = a.into_data().to_vec().unwrap();
+    assert!(a.iter().enumerate().all(|(i, &v)| v == 1.0 + i as f32));
+    let short = Tensor::<Flex, 1>::zeros([3], &Default::default());
+    assert!(update_in_place([b, short], |_| {}).is_err());
 }

@@ -189,3 +189,57 @@ pub(super) fn masked_softmax(scores: AdTensor, mask: AdTensor) -> AdTensor {
         OpsKind::UnTracked(prep) => prep.finish(p),
     }
 }
+
+// ---- Permuted copy ----------------------------------------------------------
+
+/// `t.permute(axes)` copied into its own row-major buffer.
+fn permute_copy(t: &FlexTensor, axes: &[usize]) -> FlexTensor {
+    let view = t.permute(axes);
+    let layout = view.layout();
+    let shape = view.shape();
+    if layout.strides().iter().any(|&s| s < 0) {
+        return view.to_contiguous();
+    }
+    let strides: Vec<usize> = layout.strides().iter().map(|&s| s as usize).collect();
+    let dims: Vec<usize> = (0..shape.num_dims()).map(|i| shape[i]).collect();
+    flex(
+        cpu::gather(t.storage::<f32>(), layout.start_offset(), &dims, &strides),
+        shape,
+    )
+}
+
+pub(super) fn permute_plain(t: FlexTensor, axes: &[usize]) -> FlexTensor {
+    permute_copy(&t, axes)
+}
+
+#[derive(Debug)]
+struct PermuteBackward;
+
+impl Backward<Flex, 1> for PermuteBackward {
+    /// The inverse permutation.
+    type State = Vec<usize>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<Flex>(&ops.node);
+        let [node] = ops.parents;
+        if let Some(node) = node {
+            grads.register::<Flex>(node.id, permute_copy(&g, &ops.state));
+        }
+    }
+}
+
+pub(super) fn permute(t: AdTensor, axes: &[usize]) -> AdTensor {
+    let out = permute_copy(&t.primitive, axes);
+    let mut inverse = vec![0; axes.len()];
+    for (i, &a) in axes.iter().enumerate() {
+        inverse[a] = i;
+    }
+    match PermuteBackward
+        .prepare::<NoCheckpointing>([t.node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(inverse, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
