@@ -118,8 +118,6 @@ pub struct RopeAngles<B: Backend> {
     sin_q: Tensor<B, 4>,
     cos_k: Tensor<B, 4>,
     sin_k: Tensor<B, 4>,
-    /// [D, D]: x·R = rotate_half(x) = (−x[D/2..], x[..D/2]).
-    rotate: Tensor<B, 2>,
 }
 
 impl Rope {
@@ -174,17 +172,11 @@ impl Rope {
             Tensor::zeros([b, t, n, d], &device) + x.mul_scalar(scale)
         };
         let scale = 1.0 / (d as f64).sqrt();
-        let mut rotate = vec![0.0f32; d * d];
-        for i in 0..half {
-            rotate[(i + half) * d + i] = -1.0;
-            rotate[i * d + i + half] = 1.0;
-        }
         RopeAngles {
             cos_q: spread(cos.clone(), heads, scale),
             sin_q: spread(sin.clone(), heads, scale),
             cos_k: spread(cos, kv_heads, 1.0),
             sin_k: spread(sin, kv_heads, 1.0),
-            rotate: Tensor::from_data(TensorData::new(rotate, [d, d]), &device),
         }
     }
 }
@@ -192,13 +184,7 @@ impl Rope {
 impl<B: Backend> RopeAngles<B> {
     /// Shapes: x [B, T, heads, D] → [B, T, heads, D].
     fn rotate(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, t, n, d] = x.dims();
-        let rotated = x
-            .clone()
-            .reshape([b * t * n, d])
-            .matmul(self.rotate.clone())
-            .reshape([b, t, n, d]);
-        x * cos.clone() + rotated * sin.clone()
+        fused::rope(x, cos.clone(), sin.clone())
     }
 
     /// Rotated and scaled by 1/√D. Shapes: [B, T, H, D].

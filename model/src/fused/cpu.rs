@@ -387,6 +387,45 @@ pub fn log_softmax_rows(
     }
 }
 
+/// Rotary embedding in the rotate-half layout over rows of width D (h = D/2):
+/// y_i = x_i·cos_i − x_{i+h}·sin_i (i < h), y_i = x_i·cos_i + x_{i−h}·sin_i
+/// (i ≥ h). With `backward`, x is the output gradient and the transpose is
+/// applied: ∂x_j = g_j·cos_j + g_{j+h}·sin_{j+h} (j < h), g_j·cos_j −
+/// g_{j−h}·sin_{j−h} (j ≥ h).
+pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], width: usize, backward: bool) -> Vec<f32> {
+    let h = width / 2;
+    let mut y = vec![0.0f32; x.len()];
+    let per = rows_per_task(width);
+    y.par_chunks_mut(per * width)
+        .zip(x.par_chunks(per * width))
+        .zip(cos.par_chunks(per * width).zip(sin.par_chunks(per * width)))
+        .for_each(|((y, x), (c, s))| {
+            Arch::new().dispatch(|| {
+                for (((y, x), c), s) in y
+                    .chunks_exact_mut(width)
+                    .zip(x.chunks_exact(width))
+                    .zip(c.chunks_exact(width))
+                    .zip(s.chunks_exact(width))
+                {
+                    let (y1, y2) = y.split_at_mut(h);
+                    let (x1, x2) = x.split_at(h);
+                    let (c1, c2) = c.split_at(h);
+                    let (s1, s2) = s.split_at(h);
+                    for i in 0..h {
+                        if backward {
+                            y1[i] = x1[i] * c1[i] + x2[i] * s2[i];
+                            y2[i] = x2[i] * c2[i] - x1[i] * s1[i];
+                        } else {
+                            y1[i] = x1[i] * c1[i] - x2[i] * s1[i];
+                            y2[i] = x2[i] * c2[i] + x1[i] * s2[i];
+                        }
+                    }
+                }
+            })
+        });
+    y
+}
+
 /// Copy a strided view (non-negative strides) into a new row-major buffer,
 /// one output row — the last axis — at a time, rows in parallel. `offset`
 /// and `strides` address `src`.

@@ -235,6 +235,43 @@ pub fn permute<B: Backend, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) ->
     }
 }
 
+/// Rotary position embedding in transformers' rotate-half layout:
+/// x·cos + rotate_half(x)·sin with rotate_half(x) = (−x₂, x₁) over the
+/// halves of the last dimension. cos and sin are constants (no gradient).
+/// See: Su et al. 2021, "RoFormer", eq. 34; transformers `apply_rotary_pos_emb`.
+///
+/// Shapes: x, cos, sin [B, T, N, D] → [B, T, N, D].
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    match sized(
+        path::<B>(&[x.dtype(), cos.dtype(), sin.dtype()]),
+        x.shape().num_elements(),
+    ) {
+        Some(Path::Plain) => tensor::<B, FlexTensor, 4>(tracked::rope_plain(
+            primitive::<B, FlexTensor, 4>(x),
+            primitive::<B, FlexTensor, 4>(cos),
+            primitive::<B, FlexTensor, 4>(sin),
+        )),
+        Some(Path::Tracked) => tensor::<B, AdTensor, 4>(tracked::rope(
+            primitive::<B, AdTensor, 4>(x),
+            primitive::<B, AdTensor, 4>(cos),
+            primitive::<B, AdTensor, 4>(sin),
+        )),
+        None => rope_ops(x, cos, sin),
+    }
+}
+
+fn rope_ops<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let rotated = Tensor::cat(
+        vec![
+            x.clone().narrow(3, half, half).neg(),
+            x.clone().narrow(3, 0, half),
+        ],
+        3,
+    );
+    x * cos + rotated * sin
+}
+
 /// SwiGLU's gate (Shazeer 2020): silu(a) ⊙ b.
 ///
 /// Shapes: a, b [B, T, F] → [B, T, F].

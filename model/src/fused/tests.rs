@@ -315,3 +315,18 @@ fn update_in_place_covers_every_chunk_and_refuses_ragged_input() {
     let short = Tensor::<Flex, 1>::zeros([3], &Default::default());
     assert!(update_in_place([b, short], |_| {}).is_err());
 }
+
+#[test]
+fn rope_matches_rotate_half_in_value_and_gradient() {
+    let x = random([2, 3, 4, 8], 40);
+    let cos = random([2, 3, 4, 8], 41);
+    let sin = random([2, 3, 4, 8], 42);
+    let fused = run(vec![x.clone()], None, |t, _| {
+        rope(t[0].clone(), cos.clone(), sin.clone())
+    });
+    let ops = run(vec![x], None, |t, _| {
+        rope_ops(t[0].clone(), cos.clone(), sin.clone())
+    });
+    assert_close(&fused.0, &ops.0, 1e-6, "y");
+    assert_close(&fused.1[0], &ops.1[0], 1e-6, "dx");
+}

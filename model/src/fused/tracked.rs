@@ -243,3 +243,48 @@ pub(super) fn permute(t: AdTensor, axes: &[usize]) -> AdTensor {
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
+
+// ---- Rotary embedding -------------------------------------------------------
+
+fn rope_forward(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, backward: bool) -> FlexTensor {
+    let shape = x.shape();
+    let width = shape[shape.num_dims() - 1];
+    flex(
+        cpu::rope(f32s(x), f32s(cos), f32s(sin), width, backward),
+        shape,
+    )
+}
+
+pub(super) fn rope_plain(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+    rope_forward(&contiguous(x), &contiguous(cos), &contiguous(sin), false)
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    /// cos and sin.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = contiguous(grads.consume::<Flex>(&ops.node));
+        let (cos, sin) = ops.state;
+        let [node] = ops.parents;
+        if let Some(node) = node {
+            grads.register::<Flex>(node.id, rope_forward(&g, &cos, &sin, true));
+        }
+    }
+}
+
+pub(super) fn rope(x: AdTensor, cos: AdTensor, sin: AdTensor) -> AdTensor {
+    let (cos, sin) = (contiguous(cos.primitive), contiguous(sin.primitive));
+    let y = rope_forward(&contiguous(x.primitive), &cos, &sin, false);
+    match RopeBackward
+        .prepare::<NoCheckpointing>([x.node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((cos, sin), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
