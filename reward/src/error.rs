@@ -14,15 +14,6 @@ pub enum RewardError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
-    ConfigFile {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{origin}: {message}")]
-    Override { origin: String, message: String },
     #[error("config: `{field}`: {message}")]
     Config { field: String, message: String },
     /// A pair whose chosen and rejected are the same tokens: no preference to learn.
@@ -30,33 +21,15 @@ pub enum RewardError {
     IdenticalPair { at: Location, how: &'static str },
     #[error("{at}: field `margin`: {message}")]
     Margin { at: Location, message: String },
+    /// The run config could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error(transparent)]
     Model(#[from] ModelError),
-}
-
-impl From<LoadError> for RewardError {
-    fn from(e: LoadError) -> Self {
-        match e {
-            LoadError::Io { path, source } => Self::Io { path, source },
-            LoadError::File {
-                path,
-                line,
-                column,
-                message,
-            } => Self::ConfigFile {
-                path,
-                line,
-                column,
-                message,
-            },
-            LoadError::Key { field, message } => Self::Config { field, message },
-            LoadError::Override { origin, message } => Self::Override { origin, message },
-        }
-    }
 }
 
 impl From<alignkit_train::ConfigIssue> for RewardError {

@@ -14,46 +14,17 @@ pub enum SftError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
-    ConfigFile {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
     #[error("config: `{field}`: {message}")]
     Config { field: String, message: String },
-    /// An override (`--set key=value` or a flag) names an unknown key or has
-    /// the wrong type.
-    #[error("{origin} with command-line overrides: {message}")]
-    Override { origin: String, message: String },
+    /// The run config could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error(transparent)]
     Model(#[from] ModelError),
-}
-
-impl From<LoadError> for SftError {
-    fn from(e: LoadError) -> Self {
-        match e {
-            LoadError::Io { path, source } => Self::Io { path, source },
-            LoadError::File {
-                path,
-                line,
-                column,
-                message,
-            } => Self::ConfigFile {
-                path,
-                line,
-                column,
-                message,
-            },
-            LoadError::Key { field, message } => Self::Config { field, message },
-            LoadError::Override { origin, message } => Self::Override { origin, message },
-        }
-    }
 }
 
 impl From<alignkit_train::ConfigIssue> for SftError {

@@ -234,16 +234,19 @@ impl From<FinalDtype> for alignkit_model::SaveDtype {
     }
 }
 
-/// Why a run config could not be read. Each trainer turns it into its own
-/// error.
-#[derive(Debug)]
+/// Why a run config could not be read, in one line naming the file, line or
+/// key at fault. Each trainer's error wraps it.
+#[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     /// Not TOML, or not this config (an unknown key, a wrong type), at
     /// `line:column` of `path` (0:0 when the error has no position).
+    #[error("{path}:{line}:{column}: {message}")]
     File {
         path: PathBuf,
         line: usize,
@@ -251,9 +254,11 @@ pub enum LoadError {
         message: String,
     },
     /// An override that cannot be set at `field` (see [`set_key`]).
+    #[error("config: `{field}`: {message}")]
     Key { field: String, message: String },
     /// The file with its overrides applied is not this config; `origin` is
     /// the file, or `<flags>` without one.
+    #[error("{origin} with command-line overrides: {message}")]
     Override { origin: String, message: String },
 }
 
