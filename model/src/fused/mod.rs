@@ -1,15 +1,16 @@
-//! Fused operations of the decoder: RMSNorm, SwiGLU's gate and the attention
-//! softmax, each one forward and one backward kernel.
+//! Fused operations: the decoder's RMSNorm, RoPE, attention softmax and head
+//! permutes, SwiGLU's gate, the dense/LoRA layer, the LM head's log-softmax
+//! rows, and an in-place element-wise update for the optimizer.
 //!
 //! burn records these as chains of element-wise tensor ops (RMSNorm alone is
 //! seven), and on the CPU backend each op is one single-threaded pass over
 //! memory with a libm call per exp. Here, on burn's CPU backend (`Flex`, and
 //! `Autodiff<Flex>` for training), each runs as one multi-threaded,
 //! vectorised pass ([`cpu`]) registered in the autodiff graph as a single
-//! node with its hand-derived backward ([`tracked`]). On every other backend
-//! (CUDA, wgpu, ndarray) the same functions compose burn's ops, so the math
-//! is written once more, plainly, beside each fused path; tests check the two
-//! agree in value and gradient.
+//! node with its hand-derived backward (`tracked`, `linear`). On every other
+//! backend (CUDA, wgpu, ndarray) the same functions compose burn's ops, so
+//! the math is written once more, plainly, beside each fused path; tests
+//! check the two agree in value and gradient.
 //!
 //! The backend is recognised by its type: the functions stay generic over
 //! `B: Backend` like the rest of the model, and the CPU path is chosen when
