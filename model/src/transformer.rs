@@ -249,8 +249,10 @@ impl<B: Backend> Attention<B> {
         let s = key.dims()[1];
 
         // Query head h = kv·G + r shares key/value head kv (transformers
-        // `repeat_kv`): the G axis broadcasts in the batched matmuls, and the
-        // permutes are strided views, so nothing is repeated or copied.
+        // `repeat_kv`): the G axis broadcasts in the batched matmuls, so
+        // nothing is repeated. The heads-first layouts are one row copy each
+        // (`fused::permute`), which the reshapes around them would otherwise
+        // make as a strided walk.
         let heads_first = [0, 2, 3, 1, 4];
         let q = fused::permute(q.reshape([b, t, k, g, d]), heads_first); // [B, K, G, T, D]
         // With a cached prefix (decoding) the keys and values are read in

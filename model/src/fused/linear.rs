@@ -130,8 +130,10 @@ impl Backward<Flex, 6> for LinearBackward {
         let gm = Mat::rows(f32s(&g), n, d_out);
 
         // ∂h = s·g·B [N, r], for ∂x' and ∂A.
+        let adapter_on_x = adapter.as_ref().is_some_and(|(ad, _)| ad.input.is_none());
         let gh = adapter.as_ref().and_then(|(ad, _)| {
-            let wanted = node_a.is_some() || node_input.is_some() || node_x.is_some();
+            let wanted =
+                node_a.is_some() || node_input.is_some() || (adapter_on_x && node_x.is_some());
             wanted.then(|| {
                 let r = dims2(&ad.a)[0];
                 let mut gh = vec![0.0f32; n * r];
@@ -157,7 +159,6 @@ impl Backward<Flex, 6> for LinearBackward {
                 );
             }
         };
-        let adapter_on_x = adapter.as_ref().is_some_and(|(ad, _)| ad.input.is_none());
         if let Some(node) = node_x {
             let mut gx = vec![0.0f32; n * d_in];
             matmul(&mut gx, gm, Mat::rows(f32s(&w), d_out, d_in), 1.0, false);

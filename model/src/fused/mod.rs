@@ -27,7 +27,7 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
@@ -170,26 +170,30 @@ pub fn linear<B: Backend, const D: usize>(
             primitive::<B, FlexTensor, 2>(flat(x)),
             primitive::<B, FlexTensor, 2>(weight),
             bias.map(primitive::<B, FlexTensor, 1>),
-            lora.map(|l| linear::Adapter {
-                input: l.input.map(|i| primitive::<B, FlexTensor, 2>(flat(i))),
-                a: primitive::<B, FlexTensor, 2>(l.a),
-                b: primitive::<B, FlexTensor, 2>(l.b),
-                scale: l.scale as f32,
-            }),
+            lora.map(|l| adapter::<B, FlexTensor, D>(l, flat)),
         )),
         Path::Tracked => tensor::<B, AdTensor, 2>(linear::linear(
             primitive::<B, AdTensor, 2>(flat(x)),
             primitive::<B, AdTensor, 2>(weight),
             bias.map(primitive::<B, AdTensor, 1>),
-            lora.map(|l| linear::Adapter {
-                input: l.input.map(|i| primitive::<B, AdTensor, 2>(flat(i))),
-                a: primitive::<B, AdTensor, 2>(l.a),
-                b: primitive::<B, AdTensor, 2>(l.b),
-                scale: l.scale as f32,
-            }),
+            lora.map(|l| adapter::<B, AdTensor, D>(l, flat)),
         )),
     };
     y.reshape(dims)
+}
+
+/// A LoRA term's tensors as the primitives `T` of the fused layer, its
+/// input flattened to [N, in] by `flat`.
+fn adapter<B: Backend, T: 'static, const D: usize>(
+    term: LoraTerm<B, D>,
+    flat: impl Fn(Tensor<B, D>) -> Tensor<B, 2>,
+) -> linear::Adapter<T> {
+    linear::Adapter {
+        input: term.input.map(|i| primitive::<B, T, 2>(flat(i))),
+        a: primitive::<B, T, 2>(term.a),
+        b: primitive::<B, T, 2>(term.b),
+        scale: term.scale as f32,
+    }
 }
 
 /// RMSNorm: x / √(mean(x²) + ε) ⊙ w over the last dimension, in f32.
@@ -365,9 +369,6 @@ pub fn log_softmax_rows<B: Backend>(
     };
     let mut flex = tracked::contiguous(flex);
     let rows = cpu::log_softmax_rows(flex.storage_mut::<f32>(), width, &ids, stats, coeff);
-    let wrap = |values: Vec<f32>, shape: Shape| -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape))
-    };
     fn lift<B: Backend, const D: usize>(path: &Path, t: FlexTensor) -> Tensor<B, D> {
         match path {
             Path::Plain => tensor::<B, FlexTensor, D>(t),
@@ -376,7 +377,7 @@ pub fn log_softmax_rows<B: Backend>(
             }
         }
     }
-    let column = |v: Vec<f32>| lift::<B, 1>(&path, wrap(v, Shape::new([n])));
+    let column = |v: Vec<f32>| lift::<B, 1>(&path, tracked::flex(v, Shape::new([n])));
     Ok(LogSoftmaxRows {
         logp: column(rows.logp),
         stats: stats.then(|| {
