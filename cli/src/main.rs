@@ -8,6 +8,7 @@ mod bench;
 mod common;
 mod data;
 mod demo;
+mod dpo;
 mod export;
 mod generate;
 mod label;
@@ -53,6 +54,9 @@ enum Command {
     Reward(reward::RewardCommand),
     /// Supervised fine-tuning (full or LoRA) from a TOML config and flags.
     Sft(sft::SftArgs),
+    /// Direct Preference Optimization (seven losses, full or LoRA) on
+    /// preference pairs, from a TOML config and flags.
+    Dpo(dpo::DpoArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     Export(export::ExportArgs),
     /// Run a staged pipeline (sft, reward, dpo, export) from a TOML file, skipping
@@ -85,6 +89,10 @@ fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
     if let Err(err) = run(cli) {
+        if let Some(interrupted) = err.downcast_ref::<train_cli::Interrupted>() {
+            println!("{interrupted}");
+            std::process::exit(train_cli::EXIT_INTERRUPTED);
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }
@@ -102,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Label(args) => label::run(args),
         Command::Reward(cmd) => reward::run(cmd),
         Command::Sft(args) => sft::run(args),
+        Command::Dpo(args) => dpo::run(args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => pipeline::run(args),
         Command::Demo(args) => demo::run(args),

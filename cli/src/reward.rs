@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use alignkit_model::checkpoint::write_atomic;
 use alignkit_model::heads::load_reward_model;
 use alignkit_reward::{Event, RewardConfig, RewardMetrics, Score, score};
+use alignkit_train::RunOptions;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
-use crate::train_cli::{self, StepBar, TrainArgs, TrainerConfig};
+use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
 
 #[derive(Subcommand)]
 pub enum RewardCommand {
@@ -82,24 +83,46 @@ impl Task for ScoreArgs {
 
 pub fn run(cmd: RewardCommand) -> Result<()> {
     match cmd {
-        RewardCommand::Train(args) => train_cli::run(&args, &[], |path, keys| {
-            Ok(TrainerConfig::Reward(Box::new(RewardConfig::load(
-                path, keys,
-            )?)))
-        }),
+        RewardCommand::Train(args) => {
+            train_cli::run(&args, &[], |path, keys| Ok(RewardConfig::load(path, keys)?))
+        }
         RewardCommand::Score(args) => dispatch(args.device, args),
     }
 }
 
+impl Trainer for RewardConfig {
+    const NAME: &'static str = "Reward model";
+
+    fn model_mut(&mut self) -> &mut std::path::PathBuf {
+        &mut self.model
+    }
+
+    fn train<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        options: RunOptions<'_>,
+        bar: &StepBar,
+    ) -> Result<Trained> {
+        let o = alignkit_reward::train::<B>(self, device, options, &mut |e| report(bar, e));
+        train_cli::ended(o, describe)
+    }
+}
+
 /// A progress report on the bar.
-pub fn report(bar: &StepBar, event: Event<'_>) {
+fn report(bar: &StepBar, event: Event<'_>) {
     match event {
         Event::Started(info) => {
             let what = format!(
                 "{} pairs ({} validation, {} truncated), {} trainable parameters",
                 info.train_pairs, info.validation_pairs, info.truncated, info.trainable_params,
             );
-            bar.start(info.start_step, info.total_steps, &what);
+            bar.start(
+                &info.run_dir,
+                info.start_step,
+                info.total_steps,
+                &info.resumed_with,
+                &what,
+            );
         }
         Event::Step(m) => {
             let eval = match (m.eval_loss, m.eval_accuracy) {
@@ -117,7 +140,7 @@ pub fn report(bar: &StepBar, event: Event<'_>) {
 }
 
 /// The last step's metrics in the summary line.
-pub fn describe(m: &RewardMetrics) -> String {
+fn describe(m: &RewardMetrics) -> String {
     let mut s = format!(", loss {:.4}, accuracy {:.2}", m.loss, m.accuracy);
     if let (Some(a), Some(g)) = (m.eval_accuracy, m.eval_margin) {
         s.push_str(&format!(", eval accuracy {a:.2}, eval margin {g:+.3}"));

@@ -2,10 +2,12 @@
 //! bar, Ctrl-C, a one-line summary and a loss plot (see `train_cli`).
 
 use alignkit_sft::{Event, SftConfig, SftMetrics};
+use alignkit_train::RunOptions;
 use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::train_cli::{self, StepBar, TrainArgs, TrainerConfig};
+use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
 
 #[derive(Args)]
 pub struct SftArgs {
@@ -19,16 +21,36 @@ pub struct SftArgs {
 pub fn run(args: SftArgs) -> Result<()> {
     let packing = args.packing.map(|v| v.to_string());
     train_cli::run(&args.train, &[("data.packing", packing)], |path, keys| {
-        Ok(TrainerConfig::Sft(Box::new(SftConfig::load(path, keys)?)))
+        Ok(SftConfig::load(path, keys)?)
     })
 }
 
+impl Trainer for SftConfig {
+    const NAME: &'static str = "SFT";
+
+    fn model_mut(&mut self) -> &mut std::path::PathBuf {
+        &mut self.model
+    }
+
+    fn train<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        options: RunOptions<'_>,
+        bar: &StepBar,
+    ) -> Result<Trained> {
+        let o = alignkit_sft::train::<B>(self, device, options, &mut |e| report(bar, e));
+        train_cli::ended(o, describe)
+    }
+}
+
 /// A progress report on the bar.
-pub fn report(bar: &StepBar, event: Event<'_>) {
+fn report(bar: &StepBar, event: Event<'_>) {
     match event {
         Event::Started(info) => bar.start(
+            &info.run_dir,
             info.start_step,
             info.total_steps,
+            &info.resumed_with,
             &format!(
                 "{} examples ({} validation, {} truncated, {} without trained tokens), {} trainable of {} parameters",
                 info.train_examples,
@@ -54,6 +76,6 @@ pub fn report(bar: &StepBar, event: Event<'_>) {
 }
 
 /// The last step's metrics in the summary line.
-pub fn describe(m: &SftMetrics) -> String {
+fn describe(m: &SftMetrics) -> String {
     format!(", loss {:.4}", m.loss)
 }

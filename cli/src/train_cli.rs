@@ -1,30 +1,42 @@
-//! What the training commands (`alignkit sft`, `alignkit reward train`) and
-//! the pipeline's training stages share: the config flags and `--set`, Ctrl-C,
-//! the step progress bar, the one-line summary and the loss plot. What is
-//! particular to a trainer (its progress reports, its metrics) is next to its
-//! command (`sft.rs`, `reward.rs`).
+//! What the training commands (`alignkit sft`, `alignkit reward train`,
+//! `alignkit dpo`) and the pipeline's training stages share: the config flags
+//! and `--set`, Ctrl-C/SIGTERM, the step progress bar, the one-line summary,
+//! the loss plot and the exit status of an interrupted run. It knows no
+//! trainer: each trainer's command module (`sft.rs`, `reward.rs`, `dpo.rs`)
+//! implements [`Trainer`] for its config, with its progress reports and
+//! summary next to its command.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use alignkit_reward::RewardConfig;
-use alignkit_sft::SftConfig;
-use alignkit_train::{Outcome, RunOptions, StopReason};
+use alignkit_train::{KeyChange, Outcome, RunOptions, StopReason, list_checkpoints};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
-use crate::{reward, sft};
+use crate::pull::{KnownModel, ensure_model};
 
-/// A trainer and its config: what `alignkit sft`, `alignkit reward train`
-/// and the pipeline's training stages run.
-pub enum TrainerConfig {
-    Sft(Box<SftConfig>),
-    Reward(Box<RewardConfig>),
+/// A trainer as the training commands and pipeline stages drive it.
+pub trait Trainer {
+    /// What the loss plot is titled ("SFT", "DPO", ...).
+    const NAME: &'static str;
+
+    /// The config's `model`: empty when neither the file nor a flag set it,
+    /// and the command then takes the default model.
+    fn model_mut(&mut self) -> &mut PathBuf;
+
+    /// Train, reporting progress on `bar`; `describe` the outcome with
+    /// [`ended`].
+    fn train<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        options: RunOptions<'_>,
+        bar: &StepBar,
+    ) -> Result<Trained>;
 }
 
 /// How a run ended, whatever its trainer.
@@ -38,8 +50,8 @@ pub struct Trained {
 
 /// Train with a [`StepBar`] (lines prefixed with `prefix`), then plot the
 /// loss into the run directory.
-pub fn train<B: AutodiffBackend>(
-    config: &TrainerConfig,
+pub fn train<B: AutodiffBackend, T: Trainer>(
+    trainer: &T,
     device: &B::Device,
     resume: bool,
     stop: &AtomicBool,
@@ -50,26 +62,16 @@ pub fn train<B: AutodiffBackend>(
         resume,
         stop: Some(stop),
     };
-    let (name, trained) = match config {
-        TrainerConfig::Sft(c) => {
-            let o = alignkit_sft::train::<B>(c, device, options, &mut |e| sft::report(&bar, e));
-            ("SFT", ended(o, sft::describe))
-        }
-        TrainerConfig::Reward(c) => {
-            let o =
-                alignkit_reward::train::<B>(c, device, options, &mut |e| reward::report(&bar, e));
-            ("Reward model", ended(o, reward::describe))
-        }
-    };
+    let trained = trainer.train::<B>(device, options, &bar);
     bar.finish();
     let trained = trained?;
-    plot_run_loss(&trained.run_dir, &format!("{name} loss"))?;
+    plot_run_loss(&trained.run_dir, &format!("{} loss", T::NAME))?;
     Ok(trained)
 }
 
 /// A trainer's result as [`Trained`]; `describe` says what the last step's
 /// metrics were.
-fn ended<M, E>(result: Result<Outcome<M>, E>, describe: fn(&M) -> String) -> Result<Trained>
+pub fn ended<M, E>(result: Result<Outcome<M>, E>, describe: fn(&M) -> String) -> Result<Trained>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -83,35 +85,60 @@ where
     })
 }
 
+/// The process exits with this status after an interrupted run saved its
+/// checkpoint (128 + SIGINT, as shells report a Ctrl-C), so that
+/// `alignkit sft ... && alignkit export ...` stops there.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// An error that is not a failure to report but an interruption already
+/// reported: `main` exits with [`EXIT_INTERRUPTED`] and prints this line.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// A training command: config file and flags (`extra`: the command's own key
 /// flags, see [`TrainArgs::overrides`]) → `load` → training with Ctrl-C →
-/// the summary line.
-pub fn run(
+/// the summary line; an interrupted run ends in [`Interrupted`].
+pub fn run<T: Trainer>(
     args: &TrainArgs,
     extra: &[(&str, Option<String>)],
-    load: impl FnOnce(Option<&Path>, &[(String, String)]) -> Result<TrainerConfig>,
+    load: impl FnOnce(Option<&Path>, &[(String, String)]) -> Result<T>,
 ) -> Result<()> {
     let overrides = args.overrides(extra)?;
+    let mut trainer = load(args.config.as_deref(), &overrides)?;
+    if trainer.model_mut().as_os_str().is_empty() {
+        *trainer.model_mut() = ensure_model(KnownModel::Smollm2)?;
+    }
     let task = TrainTask {
-        config: load(args.config.as_deref(), &overrides)?,
+        trainer,
         resume: args.resume,
         stop: stop_flag()?,
     };
     let trained = dispatch(args.device, task)?;
+    if trained.stop == StopReason::Interrupted {
+        return Err(Interrupted(trained.summary).into());
+    }
     println!("{}", trained.summary);
     Ok(())
 }
 
-struct TrainTask {
-    config: TrainerConfig,
+struct TrainTask<T> {
+    trainer: T,
     resume: bool,
     stop: Arc<AtomicBool>,
 }
 
-impl Task for TrainTask {
+impl<T: Trainer> Task for TrainTask<T> {
     type Output = Trained;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Trained> {
-        train::<B>(&self.config, &device, self.resume, &self.stop, "")
+        train::<B, T>(&self.trainer, &device, self.resume, &self.stop, "")
     }
 }
 
@@ -139,7 +166,8 @@ pub struct TrainArgs {
 /// Flags for the most used config keys; `--set` reaches every other one.
 #[derive(Args)]
 pub struct KeyFlags {
-    /// = model: Hugging Face model directory.
+    /// = model: Hugging Face model directory (default: SmolLM2-135M-Instruct,
+    /// fetched on first use).
     #[arg(long)]
     model: Option<PathBuf>,
     /// = output_dir: the run directory.
@@ -258,8 +286,18 @@ impl KeyFlags {
     }
 }
 
-/// Set by Ctrl-C. First press: the running trainer finishes its step, saves a
-/// checkpoint and returns. Second press: exit now.
+/// The run directory of the run in progress, for the message of a second
+/// interrupt (set when a trainer reports its start).
+fn current_run() -> &'static Mutex<Option<PathBuf>> {
+    static RUN: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    RUN.get_or_init(|| Mutex::new(None))
+}
+
+/// Set by Ctrl-C, SIGTERM (what `timeout` and job schedulers send) or
+/// SIGHUP. First signal: the running trainer finishes its step, saves a
+/// checkpoint and returns. Second: exit now, keeping the newest complete
+/// checkpoint (a save in progress is atomic, so it is either complete or
+/// discarded) and saying which one that is.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     if let Some(f) = FLAG.get() {
@@ -270,16 +308,37 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     let presses = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("\ninterrupted again: exiting without a checkpoint");
-            std::process::exit(130);
+            eprintln!("\ninterrupted again: exiting now; {}", kept_checkpoint());
+            std::process::exit(EXIT_INTERRUPTED);
         }
         eprintln!(
-            "\nCtrl-C: finishing this step and saving a checkpoint (press again to quit now)"
+            "\ninterrupted: finishing this step and saving a checkpoint (interrupt again to quit now)"
         );
         handler_flag.store(true, Ordering::SeqCst);
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the Ctrl-C/SIGTERM handler")?;
     Ok(FLAG.get_or_init(|| flag).clone())
+}
+
+/// Which checkpoint a run interrupted twice resumes from.
+fn kept_checkpoint() -> String {
+    let run = current_run().lock().ok().and_then(|r| r.clone());
+    let Some(run) = run else {
+        return "no run had started".into();
+    };
+    let newest = list_checkpoints(&run.join(alignkit_train::run::CHECKPOINTS_DIR))
+        .ok()
+        .and_then(|mut c| c.pop());
+    match newest {
+        Some(c) => format!(
+            "the run resumes from {} with --resume (a checkpoint being written is discarded)",
+            c.path.display()
+        ),
+        None => format!(
+            "{} has no complete checkpoint yet; the run must start over",
+            run.display()
+        ),
+    }
 }
 
 /// The progress bar of a training run (step, message, ETA) on standard
@@ -327,9 +386,20 @@ impl StepBar {
         self.bar.set_message(what);
     }
 
-    /// The run starts (or resumes) at `start_step` of `total_steps`; `what`
-    /// describes it (data, parameters) on a line above the bar.
-    pub fn start(&self, start_step: usize, total_steps: usize, what: &str) {
+    /// The run in `run_dir` starts (or resumes, with the bookkeeping
+    /// `changes` since its checkpoint) at `start_step` of `total_steps`;
+    /// `what` describes it (data, parameters) on a line above the bar.
+    pub fn start(
+        &self,
+        run_dir: &Path,
+        start_step: usize,
+        total_steps: usize,
+        changes: &[KeyChange],
+        what: &str,
+    ) {
+        if let Ok(mut run) = current_run().lock() {
+            *run = Some(run_dir.to_path_buf());
+        }
         self.show("step ");
         self.bar.set_length(total_steps as u64);
         self.bar.set_position(start_step as u64);
@@ -341,6 +411,13 @@ impl StepBar {
             String::new()
         };
         self.println(&format!("{what}, {total_steps} steps{resuming}"));
+        if !changes.is_empty() {
+            let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            self.println(&format!(
+                "changed since the checkpoint: {}",
+                list.join("; ")
+            ));
+        }
     }
 
     /// A step finished; `skipped` says why its update was skipped.
@@ -452,4 +529,32 @@ pub fn write_loss_plot(metrics: &Path, svg: &Path, title: &str) -> Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a second interrupt says: the newest complete checkpoint, never
+    /// one being written, or that there is none.
+    #[test]
+    fn a_second_interrupt_names_the_checkpoint_the_run_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        *current_run().lock().unwrap() = Some(run.clone());
+        let line = kept_checkpoint();
+        assert!(
+            line.ends_with("has no complete checkpoint yet; the run must start over"),
+            "{line}"
+        );
+        let done = run.join("checkpoints/step-2");
+        std::fs::create_dir_all(&done).unwrap();
+        std::fs::write(done.join("trainer_state.json"), "{}").unwrap();
+        std::fs::create_dir_all(run.join("checkpoints/.tmp-step-3")).unwrap();
+        let line = kept_checkpoint();
+        assert!(
+            line.starts_with(&format!("the run resumes from {}", done.display())),
+            "{line}"
+        );
+    }
 }

@@ -1,27 +1,20 @@
 //! `alignkit reward train` on a tiny random model: config errors name the
 //! file and line, a run writes `final/` and a loss plot and prints one summary
-//! line, and Ctrl-C saves a checkpoint that `--resume` continues.
+//! line, and Ctrl-C saves a checkpoint (exit 130) that `--resume` continues.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 mod common;
-use common::{QA, metric_steps, tiny_model};
+use common::{metric_steps, tiny_model, write_qa_prefs};
 
 /// A tiny model, preference data and a reward config in a temporary directory.
 fn setup(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     tiny_model(&dir.join("model"));
-    let mut prefs = String::new();
-    for (q, c, r) in QA {
-        prefs.push_str(&json!({"prompt": q, "chosen": c, "rejected": r}).to_string());
-        prefs.push('\n');
-    }
-    std::fs::write(dir.join("prefs.jsonl"), prefs).unwrap();
+    write_qa_prefs(&dir.join("prefs.jsonl"));
     let config = dir.join("reward.toml");
     std::fs::write(
         &config,
@@ -178,8 +171,11 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("Ctrl-C: finishing this step"), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: finishing this step"),
+        "{stderr}"
+    );
     assert!(stdout.starts_with("interrupted: "), "{stdout}");
     assert!(stdout.contains("(continue with --resume)"), "{stdout}");
     assert!(!run.join("final").exists());

@@ -12,9 +12,9 @@ use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
-    AdamW, CheckpointRef, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
-    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, sha256_file, skip_reason,
-    trainable_count, trainable_params,
+    AdamW, CheckpointRef, Gradients, KeyChange, NanGuard, RunDir, RunIdentity, TrainError,
+    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
+    sha256_file, skip_reason, trainable_count, trainable_params,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
@@ -33,6 +33,8 @@ use crate::reference::{
 pub use alignkit_train::{RunOptions, StopReason};
 
 const TRAINER: &str = "dpo";
+/// The config keys naming the data files, in the order `data::load` reads them.
+const DATA_KEYS: &[&str] = &["data.train_file", "data.validation_file"];
 
 /// Where the reference log-probs of a run come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct RunInfo {
     pub micro_batches_per_epoch: usize,
     pub trainable_params: usize,
     pub truncated: usize,
+    /// Bookkeeping settings changed since the checkpoint resumed from.
+    pub resumed_with: Vec<KeyChange>,
     pub reference: ReferenceKind,
 }
 
@@ -130,22 +134,29 @@ pub fn train<B: AutodiffBackend>(
             message: format!("{}: no training pair", config.data.train_file.display()),
         });
     }
-    let weights = WeightsKind::of(config.lora.as_ref());
-    let (run, resumed) = RunDir::open(
-        &config.output_dir,
-        options.resume,
-        TRAINER,
-        &fingerprint,
-        &config.model,
-        weights,
-    )?;
     let pad_id = encoder.tokenizer().pad_id();
     let micro_per_epoch = pairs.train.len().div_ceil(config.train.batch_size);
     let total_steps = config.train.total_steps(micro_per_epoch);
     let schedule = config.schedule.build(config.learning_rate, total_steps);
     let seed = config.train.seed;
+    let (run, mut state, resumed) = RunDir::open(
+        &config.output_dir,
+        options.resume,
+        &RunIdentity {
+            trainer: TRAINER,
+            base_model: &config.model,
+            base_fingerprint: &fingerprint,
+            weights: WeightsKind::of(config.lora.as_ref()),
+            config: alignkit_train::resume::to_json(&config),
+            data_files: &pairs.files,
+            data_keys: DATA_KEYS,
+            bookkeeping: &["ref_cache_dir"],
+        },
+        total_steps,
+        seed,
+    )?;
 
-    let ckpt_path = resumed.as_ref().map(|(c, _)| c.path.clone());
+    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
     let (model_config, mut model) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
@@ -174,19 +185,6 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
-    let mut state = match resumed {
-        Some((_, state)) => state,
-        None => TrainerState::new(
-            TRAINER,
-            total_steps,
-            seed,
-            weights,
-            config.model.clone(),
-            fingerprint,
-            pairs.files.clone(),
-        ),
-    };
-    state.total_steps = total_steps;
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -204,6 +202,7 @@ pub fn train<B: AutodiffBackend>(
         micro_batches_per_epoch: micro_per_epoch,
         trainable_params: trainable_count::<B, _>(&model),
         truncated: pairs.truncated,
+        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
         reference: match reference {
             Reference::Precomputed { .. } => ReferenceKind::Precomputed,
             Reference::Frozen(_) => ReferenceKind::FrozenModel,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use alignkit_dpo::{
     CacheStatus, DpoConfig, DpoOutcome, Event, ReferenceKind, RunOptions, StopReason, train,
@@ -175,53 +175,113 @@ fn lora_reference_is_the_policy_without_adapters() {
     assert!(margins[margins.len() - 1] > 0.5, "{margins:?}");
 }
 
+/// A kill -9 during training (after the checkpoint of step 2) and one during
+/// the write of the checkpoint of step 4: the resumed run's losses and final
+/// weights equal the uninterrupted run's bit for bit, full and LoRA.
 #[test]
-fn resumed_run_reproduces_the_uninterrupted_one() {
-    let (tmp, mut c) = setup();
-    c.train.max_steps = 6;
-    c.train.save_steps = 2;
-    c.train.grad_accum = 2;
-    c.rpo_alpha = Some(0.5);
-    run(&c);
-    let whole = series(&c.output_dir, "loss");
+fn a_killed_run_resumes_bit_for_bit() {
+    for lora in [false, true] {
+        let (tmp, mut c) = setup();
+        c.train.max_steps = 6;
+        c.train.save_steps = 2;
+        c.train.grad_accum = 2;
+        c.rpo_alpha = Some(0.5);
+        if lora {
+            c.lora = Some(LoraConfig {
+                r: 2,
+                ..LoraConfig::default()
+            });
+        }
+        let whole_out = run(&c);
+        let whole = series(&c.output_dir, "loss");
+        assert!(metrics(&c.output_dir)[0].get("nll_loss").is_some());
 
-    let mut c2 = c.clone();
-    c2.output_dir = tmp.path().join("run2");
-    let stop = AtomicBool::new(false);
-    let out = train::<AB>(
-        &c2,
-        &Default::default(),
-        RunOptions {
-            resume: false,
-            stop: Some(&stop),
-        },
-        &mut |e| {
-            if let Event::Step(m) = e
-                && m.step == 3
-            {
-                stop.store(true, Ordering::SeqCst);
+        let mut c2 = c.clone();
+        c2.output_dir = tmp.path().join("killed");
+        let killed = catch_unwind(AssertUnwindSafe(|| {
+            train::<AB>(&c2, &Default::default(), RunOptions::default(), &mut |e| {
+                if let Event::Step(m) = e
+                    && m.step == 3
+                {
+                    panic!("simulated kill at step 3");
+                }
+            })
+        }));
+        assert!(killed.is_err());
+        let partial = leave_partial_checkpoint(&c2.output_dir, 4);
+        let mut steps = Vec::new();
+        let out = train::<AB>(&c2, &Default::default(), resume(), &mut |e| {
+            if let Event::Step(m) = e {
+                steps.push(m.step);
             }
-        },
-    )
-    .unwrap();
-    assert_eq!((out.stop, out.steps), (StopReason::Interrupted, 3));
-    let out = train::<AB>(
-        &c2,
-        &Default::default(),
-        RunOptions {
-            resume: true,
-            stop: None,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
-    assert_eq!((out.stop, out.steps), (StopReason::Completed, 6));
-    let resumed = series(&c2.output_dir, "loss");
-    assert_eq!(resumed.len(), 6);
-    for (a, b) in whole.iter().zip(&resumed) {
-        assert!((a - b).abs() < 1e-6, "{whole:?} vs {resumed:?}");
+        })
+        .unwrap();
+        assert_eq!(steps, [3, 4, 5, 6], "lora={lora}: resumed from step 2");
+        assert_eq!((out.stop, out.steps), (StopReason::Completed, 6));
+        assert!(!partial.exists(), "the partial checkpoint is cleaned up");
+        let resumed = series(&c2.output_dir, "loss");
+        let as_bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(as_bits(&whole), as_bits(&resumed), "lora={lora}");
+        let load = |o: &DpoOutcome| {
+            load_model::<B>(o.final_dir.as_ref().unwrap(), &Default::default())
+                .unwrap()
+                .1
+        };
+        assert_eq!(
+            bits(&load(&whole_out)),
+            bits(&load(&out)),
+            "lora={lora}: final weights differ"
+        );
     }
-    assert!(metrics(&c.output_dir)[0].get("nll_loss").is_some());
+}
+
+fn resume() -> RunOptions<'static> {
+    RunOptions {
+        resume: true,
+        stop: None,
+    }
+}
+
+/// The resume contract: β, the seed or the data's content refuse in one line
+/// naming each key; a moved run directory with a raised `max_steps`
+/// continues, and the change is recorded in the checkpoint.
+#[test]
+fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 2;
+    c.train.save_steps = 1;
+    run(&c);
+    let try_resume = |c: &DpoConfig| {
+        train::<AB>(c, &Default::default(), resume(), &mut |_| {})
+            .map(|o| o.steps)
+            .map_err(|e| e.to_string())
+    };
+
+    let mut changed = c.clone();
+    changed.beta = 0.2;
+    changed.train.seed = 7;
+    let err = try_resume(&changed).unwrap_err();
+    assert!(
+        err.contains("cannot resume: 2 settings changed (beta 0.1 → 0.2; train.seed 42 → 7)"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+
+    let original = std::fs::read(&c.data.train_file).unwrap();
+    write_prefs(&c.data.train_file, &PREFS[..5]);
+    let err = try_resume(&c).unwrap_err();
+    assert!(err.contains("data.train_file content sha256 "), "{err}");
+    std::fs::write(&c.data.train_file, original).unwrap();
+
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&c.output_dir, &moved).unwrap();
+    c.output_dir = moved;
+    c.train.max_steps = 4;
+    assert_eq!(try_resume(&c), Ok(4));
+    assert_eq!(
+        recorded_resume_keys(&c.output_dir, 4),
+        ["output_dir", "train.max_steps"]
+    );
 }
 
 #[test]

@@ -11,9 +11,9 @@ use alignkit_model::heads::RewardModel;
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::{
-    AdamW, CheckpointRef, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
-    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, skip_reason,
-    trainable_count, trainable_params,
+    AdamW, CheckpointRef, Gradients, KeyChange, NanGuard, RunDir, RunIdentity, TrainError,
+    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
+    skip_reason, trainable_count, trainable_params,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -30,6 +30,8 @@ use crate::score::pair_rewards;
 pub use alignkit_train::{RunOptions, StopReason};
 
 const TRAINER: &str = "reward";
+/// The config keys naming the data files, in the order `data::load` reads them.
+const DATA_KEYS: &[&str] = &["data.train_file", "data.validation_file"];
 
 /// What the run is about to do, reported once before the first step.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct RunInfo {
     pub micro_batches_per_epoch: usize,
     pub trainable_params: usize,
     pub truncated: usize,
+    /// Bookkeeping settings changed since the checkpoint resumed from.
+    pub resumed_with: Vec<KeyChange>,
 }
 
 /// Progress reports; the library never prints.
@@ -91,22 +95,29 @@ pub fn train<B: AutodiffBackend>(
             message: format!("{}: no training pair", config.data.train_file.display()),
         });
     }
-    let weights = WeightsKind::of(config.lora.as_ref());
-    let (run, resumed) = RunDir::open(
-        &config.output_dir,
-        options.resume,
-        TRAINER,
-        &fingerprint,
-        &config.model,
-        weights,
-    )?;
     let pad_id = encoder.tokenizer().pad_id();
     let micro_per_epoch = pairs.train.len().div_ceil(config.train.batch_size);
     let total_steps = config.train.total_steps(micro_per_epoch);
     let schedule = config.schedule.build(config.learning_rate, total_steps);
     let seed = config.train.seed;
+    let (run, mut state, resumed) = RunDir::open(
+        &config.output_dir,
+        options.resume,
+        &RunIdentity {
+            trainer: TRAINER,
+            base_model: &config.model,
+            base_fingerprint: &fingerprint,
+            weights: WeightsKind::of(config.lora.as_ref()),
+            config: alignkit_train::resume::to_json(&config),
+            data_files: &pairs.files,
+            data_keys: DATA_KEYS,
+            bookkeeping: &[],
+        },
+        total_steps,
+        seed,
+    )?;
 
-    let ckpt_path = resumed.as_ref().map(|(c, _)| c.path.clone());
+    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
     let (model_config, reward) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
@@ -134,19 +145,6 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
-    let mut state = match resumed {
-        Some((_, state)) => state,
-        None => TrainerState::new(
-            TRAINER,
-            total_steps,
-            seed,
-            weights,
-            config.model.clone(),
-            fingerprint,
-            pairs.files.clone(),
-        ),
-    };
-    state.total_steps = total_steps;
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -164,6 +162,7 @@ pub fn train<B: AutodiffBackend>(
         micro_batches_per_epoch: micro_per_epoch,
         trainable_params: trainable_count::<B, _>(&model),
         truncated: pairs.truncated,
+        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
     };
     progress(Event::Started(&info));
     let setup = Setup {

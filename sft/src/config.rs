@@ -164,35 +164,6 @@ impl SftConfig {
         Ok(c)
     }
 
-    /// A resumed run reproduces the interrupted one only with the settings
-    /// that shape its trajectory unchanged; how long it runs, how often it
-    /// saves or evaluates, and the export dtype may change.
-    pub fn check_resumable_from(&self, previous: &SftConfig) -> Result<()> {
-        let mut a = previous.clone();
-        let mut b = self.clone();
-        for c in [&mut a, &mut b] {
-            c.train.epochs = 0;
-            c.train.max_steps = 0;
-            c.train.save_steps = 0;
-            c.train.keep_last = 0;
-            c.train.eval_steps = 0;
-            c.train.early_stopping_patience = 0;
-            c.train.max_bad_steps = 0;
-            c.final_dtype = FinalDtype::F32;
-        }
-        if a == b {
-            return Ok(());
-        }
-        let (ta, tb) = (
-            toml::Value::try_from(&a).expect("SftConfig serializes"),
-            toml::Value::try_from(&b).expect("SftConfig serializes"),
-        );
-        Err(SftError::Config {
-            field: first_difference(&ta, &tb, "").unwrap_or_else(|| "config".into()),
-            message: "differs from the run being resumed (its config.toml); resume with the same settings or start a new output_dir".into(),
-        })
-    }
-
     /// The resolved config as TOML, every default written out.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("SftConfig serializes to TOML")
@@ -211,27 +182,6 @@ impl SftConfig {
         } else {
             PlainText::Raw
         }
-    }
-}
-
-/// The dotted key of the first value that differs between two tables.
-fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<String> {
-    match (a, b) {
-        (toml::Value::Table(x), toml::Value::Table(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => first_difference(u, v, &key),
-                    _ => Some(key),
-                }
-            })
-        }
-        _ => (a != b).then(|| prefix.to_string()),
     }
 }
 
@@ -294,17 +244,5 @@ mod tests {
         assert!(text.contains("max_bad_steps = 5"), "{text}");
         let back: SftConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
-
-        let mut longer = c.clone();
-        longer.train.max_steps = 1000;
-        longer.train.save_steps = 7;
-        longer.check_resumable_from(&c).unwrap();
-        let mut other = c.clone();
-        other.train.batch_size = 3;
-        let err = other.check_resumable_from(&c).unwrap_err().to_string();
-        assert!(
-            err.starts_with("config: `train.batch_size`: differs"),
-            "{err}"
-        );
     }
 }

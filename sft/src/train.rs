@@ -12,9 +12,9 @@ use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
-    AdamW, CheckpointRef, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
-    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, skip_reason,
-    trainable_count, trainable_params,
+    AdamW, CheckpointRef, Gradients, KeyChange, NanGuard, RunDir, RunIdentity, TrainError,
+    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
+    skip_reason, trainable_count, trainable_params,
 };
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -28,6 +28,8 @@ use crate::metrics::SftMetrics;
 pub use alignkit_train::{RunOptions, StopReason};
 
 const TRAINER: &str = "sft";
+/// The config keys naming the data files, in the order `data::load` reads them.
+const DATA_KEYS: &[&str] = &["data.train_file", "data.validation_file"];
 
 /// What the run is about to do, reported once before the first step.
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct RunInfo {
     pub total_params: usize,
     pub truncated: usize,
     pub without_targets: usize,
+    /// Bookkeeping settings changed since the checkpoint resumed from.
+    pub resumed_with: Vec<KeyChange>,
 }
 
 /// Progress reports; the library never prints.
@@ -81,19 +85,6 @@ pub fn train<B: AutodiffBackend>(
     config.validate()?;
     let config = config.with_absolute_paths()?;
     let fingerprint = model_fingerprint(&config.model)?;
-    let weights = WeightsKind::of(config.lora.as_ref());
-    let (run, resumed) = RunDir::open(
-        &config.output_dir,
-        options.resume,
-        TRAINER,
-        &fingerprint,
-        &config.model,
-        weights,
-    )?;
-    let previous = run.root().join(alignkit_train::run::CONFIG_FILE);
-    if resumed.is_some() && previous.is_file() {
-        config.check_resumable_from(&SftConfig::load(Some(&previous), &[])?)?;
-    }
     let encoder = data::encoder(&config)?;
     let sft_data = data::load(&config, &encoder)?;
     if sft_data.train.is_empty() {
@@ -118,8 +109,24 @@ pub fn train<B: AutodiffBackend>(
     let total_steps = config.train.total_steps(micro_per_epoch);
     let schedule = config.schedule.build(config.learning_rate, total_steps);
     let seed = config.train.seed;
+    let (run, mut state, resumed) = RunDir::open(
+        &config.output_dir,
+        options.resume,
+        &RunIdentity {
+            trainer: TRAINER,
+            base_model: &config.model,
+            base_fingerprint: &fingerprint,
+            weights: WeightsKind::of(config.lora.as_ref()),
+            config: alignkit_train::resume::to_json(&config),
+            data_files: &sft_data.files,
+            data_keys: DATA_KEYS,
+            bookkeeping: &[],
+        },
+        total_steps,
+        seed,
+    )?;
 
-    let ckpt_path = resumed.as_ref().map(|(c, _)| c.path.clone());
+    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
     let (model_config, mut model) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
@@ -146,19 +153,6 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
-    let mut state = match resumed {
-        Some((_, state)) => state,
-        None => TrainerState::new(
-            TRAINER,
-            total_steps,
-            seed,
-            weights,
-            config.model.clone(),
-            fingerprint,
-            sft_data.files.clone(),
-        ),
-    };
-    state.total_steps = total_steps;
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -179,6 +173,7 @@ pub fn train<B: AutodiffBackend>(
         total_params: model.num_params() + lora_params(&model),
         truncated: sft_data.truncated,
         without_targets: sft_data.without_targets,
+        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
     };
     progress(Event::Started(&info));
     let setup = Setup {

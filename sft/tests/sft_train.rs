@@ -104,9 +104,7 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     }));
     assert!(crashed.is_err());
     // ... and a crash half-way through writing the checkpoint of step 8.
-    let partial = c.output_dir.join("checkpoints/.tmp-step-8");
-    std::fs::create_dir_all(&partial).unwrap();
-    std::fs::write(partial.join("model.safetensors"), b"trunc").unwrap();
+    let partial = leave_partial_checkpoint(&c.output_dir, 8);
 
     let mut steps = Vec::new();
     let resumed = train::<AB>(
@@ -137,6 +135,55 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
         .unwrap()
         .1;
     assert_eq!(bits(&a), bits(&b), "final weights differ");
+}
+
+/// The resume contract: the seed, the learning rate or the data's content
+/// refuse in one line naming each key; a moved run directory with a raised
+/// `max_steps` continues, and the change is recorded.
+#[test]
+fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 2;
+    c.train.save_steps = 1;
+    run(&c);
+    let try_resume = |c: &SftConfig| {
+        let opts = RunOptions {
+            resume: true,
+            stop: None,
+        };
+        train::<AB>(c, &Default::default(), opts, &mut |_| {})
+            .map(|o| o.steps)
+            .map_err(|e| e.to_string())
+    };
+
+    let mut changed = c.clone();
+    changed.train.seed = 7;
+    changed.learning_rate = 1.0;
+    let err = try_resume(&changed).unwrap_err();
+    let lr = c.learning_rate;
+    assert!(
+        err.contains(&format!(
+            "cannot resume: 2 settings changed (learning_rate {lr:?} → 1.0; train.seed 42 → 7)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+
+    let original = std::fs::read(&c.data.train_file).unwrap();
+    write_chat_data(&c.data.train_file, &PAIRS[..PAIRS.len() - 1]);
+    let err = try_resume(&c).unwrap_err();
+    assert!(err.contains("data.train_file content sha256 "), "{err}");
+    std::fs::write(&c.data.train_file, original).unwrap();
+
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&c.output_dir, &moved).unwrap();
+    c.output_dir = moved;
+    c.train.max_steps = 4;
+    assert_eq!(try_resume(&c), Ok(4));
+    assert_eq!(
+        recorded_resume_keys(&c.output_dir, 4),
+        ["output_dir", "train.max_steps"]
+    );
 }
 
 /// Ctrl-C: the stop flag saves a checkpoint and returns; --resume continues.

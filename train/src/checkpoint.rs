@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TrainError};
+use crate::resume::{self, KeyChange, ResumeRecord};
 use crate::tensors::write_synced;
 
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -121,6 +122,13 @@ pub struct TrainerState {
     pub base_model: PathBuf,
     pub base_fingerprint: String,
     pub data_files: Vec<DataFile>,
+    /// The resolved config the run was trained under (JSON), compared on
+    /// resume (see [`crate::resume`]); absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+    /// The bookkeeping changes each resume brought, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumes: Vec<ResumeRecord>,
 }
 
 impl TrainerState {
@@ -128,19 +136,11 @@ impl TrainerState {
         STATE_FORMAT
     }
 
-    /// The state of a fresh run, before its first update.
-    pub fn new(
-        trainer: &str,
-        total_steps: usize,
-        seed: u64,
-        weights: WeightsKind,
-        base_model: PathBuf,
-        base_fingerprint: String,
-        data_files: Vec<DataFile>,
-    ) -> Self {
+    /// The state of a fresh run of `id`, before its first update.
+    pub fn new(id: &RunIdentity<'_>, total_steps: usize, seed: u64) -> Self {
         Self {
             format: STATE_FORMAT.into(),
-            trainer: trainer.into(),
+            trainer: id.trainer.into(),
             step: 0,
             total_steps,
             cursor: DataCursor::default(),
@@ -150,10 +150,12 @@ impl TrainerState {
             consecutive_bad_steps: 0,
             best: None,
             evals_without_improvement: 0,
-            weights,
-            base_model,
-            base_fingerprint,
-            data_files,
+            weights: id.weights,
+            base_model: id.base_model.to_path_buf(),
+            base_fingerprint: id.base_fingerprint.to_string(),
+            data_files: id.data_files.to_vec(),
+            config: Some(id.config.clone()),
+            resumes: Vec::new(),
         }
     }
 
@@ -199,42 +201,91 @@ impl TrainerState {
         write_synced(&path, text.as_bytes())
     }
 
-    /// Refuse to resume a checkpoint of another base model or trainer.
-    pub fn check_compatible(
-        &self,
+    /// Refuse to resume a checkpoint of another trainer, base model or kind
+    /// of weights, or one whose config or data differ from `id`'s in a way
+    /// that changes the run (see [`crate::resume`]); `fallback_config` is the
+    /// run directory's `config.toml`, for checkpoints that predate the config
+    /// in the state. On success the state takes `id`'s config and data, and
+    /// the allowed changes are recorded and returned.
+    pub fn resume_as(
+        &mut self,
         checkpoint: &Path,
-        trainer: &str,
-        base_fingerprint: &str,
-        base_model: &Path,
-        weights: WeightsKind,
-    ) -> Result<()> {
-        if self.trainer != trainer {
+        id: &RunIdentity<'_>,
+        fallback_config: Option<serde_json::Value>,
+    ) -> Result<Vec<KeyChange>> {
+        if self.trainer != id.trainer {
             return Err(TrainError::checkpoint(
                 checkpoint,
-                format!("written by the {} trainer, not {trainer}", self.trainer),
+                format!(
+                    "written by the {} trainer, not {}",
+                    self.trainer, id.trainer
+                ),
             ));
         }
-        if self.base_fingerprint != base_fingerprint {
+        if self.base_fingerprint != id.base_fingerprint {
             return Err(TrainError::checkpoint(
                 checkpoint,
                 format!(
                     "made from a different model ({}), not {}",
                     self.base_model.display(),
-                    base_model.display()
+                    id.base_model.display()
                 ),
             ));
         }
-        if self.weights != weights {
+        if self.weights != id.weights {
             return Err(TrainError::checkpoint(
                 checkpoint,
                 format!(
                     "holds {:?} weights but the config asks for {:?} training",
-                    self.weights, weights
+                    self.weights, id.weights
                 ),
             ));
         }
-        Ok(())
+        let old_config = self.config.clone().or(fallback_config);
+        let comparison = resume::compare(
+            old_config.as_ref().unwrap_or(&id.config),
+            &id.config,
+            &self.data_files,
+            id.data_files,
+            id.data_keys,
+            id.bookkeeping,
+        );
+        if !comparison.refused.is_empty() {
+            return Err(TrainError::checkpoint(
+                checkpoint,
+                resume::refusal_message(&comparison.refused),
+            ));
+        }
+        self.config = Some(id.config.clone());
+        self.base_model = id.base_model.to_path_buf();
+        self.data_files = id.data_files.to_vec();
+        if !comparison.allowed.is_empty() {
+            self.resumes.push(ResumeRecord {
+                step: self.step,
+                changes: comparison.allowed.clone(),
+            });
+        }
+        Ok(comparison.allowed)
     }
+}
+
+/// What a trainer's run is, as checked on resume against its checkpoint.
+#[derive(Debug, Clone)]
+pub struct RunIdentity<'a> {
+    /// `sft`, `dpo`, ...
+    pub trainer: &'a str,
+    pub base_model: &'a Path,
+    pub base_fingerprint: &'a str,
+    pub weights: WeightsKind,
+    /// The resolved config, every default written out, as JSON.
+    pub config: serde_json::Value,
+    /// The data files read (train first, then validation) ...
+    pub data_files: &'a [DataFile],
+    /// ... and the config keys that name them, in the same order.
+    pub data_keys: &'a [&'a str],
+    /// The trainer's own keys that may change on resume, beyond
+    /// [`resume::BOOKKEEPING`]; everything else refuses.
+    pub bookkeeping: &'a [&'a str],
 }
 
 fn step_of(name: &str) -> Option<usize> {
@@ -276,6 +327,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// [`crate::tensors::write_synced`]); `trainer_state.json` is written after
 /// it. Then keeps the newest `keep_last` checkpoints (0: all) plus `protect`
 /// (the best one).
+///
+/// A step is saved once: when `step-N` already exists (Ctrl-C right after a
+/// periodic save, or a resumed run stopped at once) it holds the same
+/// weights, and is kept rather than swapped, so no instant exists at which
+/// the run has no complete checkpoint. A write that fails removes its
+/// temporary directory (and `checkpoints/` when that leaves it empty).
 pub fn save_checkpoint(
     checkpoints_dir: &Path,
     state: &TrainerState,
@@ -283,30 +340,36 @@ pub fn save_checkpoint(
     protect: Option<usize>,
     write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<CheckpointRef> {
-    std::fs::create_dir_all(checkpoints_dir).map_err(|e| TrainError::io(checkpoints_dir, e))?;
     let name = format!("step-{}", state.step);
-    let tmp = checkpoints_dir.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    write_files(&tmp)?;
-    state.write(&tmp)?;
-    sync_dir(&tmp)?;
-
     let dest = checkpoints_dir.join(&name);
-    if dest.exists() {
-        // The same step saved again (Ctrl-C right after a periodic save, or a
-        // resumed run stopped at once): swap the old one out, then delete it.
-        let old = checkpoints_dir.join(format!(".old-{name}"));
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    if dest.join(STATE_FILE).is_file() {
+        return Ok(CheckpointRef {
+            step: state.step,
+            path: dest,
+        });
+    }
+    std::fs::create_dir_all(checkpoints_dir).map_err(|e| TrainError::io(checkpoints_dir, e))?;
+    let tmp = checkpoints_dir.join(format!(".tmp-{name}"));
+    let written = (|| {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         }
-        std::fs::rename(&dest, &old).map_err(|e| TrainError::io(&dest, e))?;
-        std::fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
-    } else {
-        std::fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
+        if dest.exists() {
+            // A step directory without its state: not a checkpoint (an
+            // interrupted write of an older version); replace it.
+            std::fs::remove_dir_all(&dest).map_err(|e| TrainError::io(&dest, e))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        write_files(&tmp)?;
+        state.write(&tmp)?;
+        sync_dir(&tmp)?;
+        std::fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))
+    })();
+    if let Err(e) = written {
+        // Best effort: a failed write (disk full, say) leaves nothing behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir(checkpoints_dir);
+        return Err(e);
     }
     sync_dir(checkpoints_dir)?;
     prune(checkpoints_dir, keep_last, protect)?;
@@ -445,6 +508,8 @@ mod tests {
             base_model: "m".into(),
             base_fingerprint: "f".into(),
             data_files: vec![],
+            config: None,
+            resumes: Vec::new(),
         }
     }
 
@@ -501,8 +566,11 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("simulated crash"));
-        // What a kill -9 at that instant leaves on disk: a .tmp directory.
-        assert!(dir.path().join(".tmp-step-4").exists());
+        // A failed write cleans up after itself ...
+        assert!(!dir.path().join(".tmp-step-4").exists());
+        // ... a kill -9 at that instant leaves its .tmp directory.
+        std::fs::create_dir_all(dir.path().join(".tmp-step-4")).unwrap();
+        std::fs::write(dir.path().join(".tmp-step-4/weights"), b"partial").unwrap();
         let all = list_checkpoints(dir.path()).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].step, 2);
@@ -522,14 +590,25 @@ mod tests {
     }
 
     #[test]
-    fn saving_the_same_step_again_replaces_it() {
+    fn a_step_is_saved_once() {
         let dir = tempfile::tempdir().unwrap();
         save_checkpoint(dir.path(), &state(3), 0, None, write_marker("a")).unwrap();
         let c = save_checkpoint(dir.path(), &state(3), 0, None, write_marker("b")).unwrap();
         assert_eq!(
             std::fs::read_to_string(c.path.join("weights")).unwrap(),
-            "b"
+            "a"
         );
+    }
+
+    #[test]
+    fn a_failed_first_save_leaves_no_checkpoints_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = dir.path().join("checkpoints");
+        save_checkpoint(&checkpoints, &state(1), 0, None, |_| {
+            Err(TrainError::config("test", "disk full"))
+        })
+        .unwrap_err();
+        assert!(!checkpoints.exists());
     }
 
     #[test]

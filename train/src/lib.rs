@@ -12,6 +12,8 @@
 //! - [`params`]: which parameters train (full model or LoRA adapters) and their names.
 //! - [`run`], [`checkpoint`]: the run directory, `metrics.jsonl`, atomic
 //!   checkpoints with keep-last-K and exact resume.
+//! - [`resume`]: the resume contract — which config changes a resumed run
+//!   accepts, and the one-line refusal naming the others.
 //! - [`seed`]: every random stream derived from the run seed and a position.
 //! - [`weights`]: saving and loading what a run trains (full weights or an adapter).
 //! - [`export`]: merged HF directories and PEFT adapters with a model card.
@@ -26,6 +28,7 @@ pub mod grads;
 pub mod guard;
 pub mod optim;
 pub mod params;
+pub mod resume;
 pub mod run;
 pub mod schedule;
 pub mod seed;
@@ -35,8 +38,8 @@ pub mod testutil;
 pub mod weights;
 
 pub use checkpoint::{
-    BestEval, CheckpointRef, DataCursor, DataFile, TrainerState, WeightsKind, list_checkpoints,
-    model_fingerprint, save_checkpoint, sha256_file,
+    BestEval, CheckpointRef, DataCursor, DataFile, RunIdentity, TrainerState, WeightsKind,
+    list_checkpoints, model_fingerprint, save_checkpoint, sha256_file,
 };
 pub use config::{
     ConfigIssue, FinalDtype, LoadError, LoopConfig, RunSettings, load_config, set_key,
@@ -47,5 +50,6 @@ pub use grads::Gradients;
 pub use guard::{NanGuard, Verdict, skip_reason};
 pub use optim::{AdamW, AdamWConfig, ParamGroup};
 pub use params::{ParamInfo, Trainable, first_non_finite, trainable_count, trainable_params};
-pub use run::{MetricsLog, Outcome, RunDir, RunOptions, StopReason};
+pub use resume::KeyChange;
+pub use run::{MetricsLog, Outcome, Resumed, RunDir, RunOptions, StopReason};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};

@@ -17,8 +17,9 @@ use std::sync::atomic::AtomicBool;
 use alignkit_model::checkpoint::write_atomic;
 use serde::Serialize;
 
-use crate::checkpoint::{BestEval, CheckpointRef, TrainerState, WeightsKind, list_checkpoints};
+use crate::checkpoint::{BestEval, CheckpointRef, RunIdentity, TrainerState, list_checkpoints};
 use crate::error::{Result, TrainError};
+use crate::resume::KeyChange;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -57,6 +58,14 @@ pub struct Outcome<M> {
     pub skipped_steps: usize,
 }
 
+/// A resumed run: the checkpoint it continues from and the bookkeeping
+/// settings that changed since (allowed, and recorded in the state).
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    pub checkpoint: CheckpointRef,
+    pub changes: Vec<KeyChange>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
@@ -65,6 +74,8 @@ pub struct RunDir {
 impl RunDir {
     /// A run directory for a fresh run. Refuses one that already holds
     /// checkpoints, so that a forgotten `--resume` never overwrites a run.
+    /// `checkpoints/` appears with the first checkpoint, so a run that fails
+    /// before it leaves none behind.
     pub fn create(root: &Path) -> Result<Self> {
         let run = Self {
             root: root.to_path_buf(),
@@ -74,8 +85,7 @@ impl RunDir {
                 dir: root.to_path_buf(),
             });
         }
-        std::fs::create_dir_all(run.checkpoints_dir())
-            .map_err(|e| TrainError::io(run.checkpoints_dir(), e))?;
+        std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
         let metrics = run.metrics_path();
         if metrics.exists() {
             // Left by a run that stopped before its first checkpoint.
@@ -98,24 +108,44 @@ impl RunDir {
         Ok((run, latest))
     }
 
-    /// A fresh run directory, or with `resume` the interrupted run's and its
-    /// newest checkpoint's state, checked to come from the same `trainer`,
-    /// base model and kind of trained weights.
+    /// A fresh run directory and state for `id`, or with `resume` the
+    /// interrupted run's directory, newest checkpoint and state, after the
+    /// resume contract's check (see [`crate::resume`]): same trainer, base
+    /// model and kind of weights, and no change to the config or data that
+    /// alters the run.
     pub fn open(
         root: &Path,
         resume: bool,
-        trainer: &str,
-        base_fingerprint: &str,
-        base_model: &Path,
-        weights: WeightsKind,
-    ) -> Result<(Self, Option<(CheckpointRef, TrainerState)>)> {
+        id: &RunIdentity<'_>,
+        total_steps: usize,
+        seed: u64,
+    ) -> Result<(Self, TrainerState, Option<Resumed>)> {
         if !resume {
-            return Ok((Self::create(root)?, None));
+            return Ok((
+                Self::create(root)?,
+                TrainerState::new(id, total_steps, seed),
+                None,
+            ));
         }
-        let (run, ckpt) = Self::open_for_resume(root)?;
-        let state = TrainerState::read(&ckpt.path)?;
-        state.check_compatible(&ckpt.path, trainer, base_fingerprint, base_model, weights)?;
-        Ok((run, Some((ckpt, state))))
+        let (run, checkpoint) = Self::open_for_resume(root)?;
+        let mut state = TrainerState::read(&checkpoint.path)?;
+        let changes = state.resume_as(&checkpoint.path, id, run.previous_config())?;
+        state.total_steps = total_steps;
+        Ok((
+            run,
+            state,
+            Some(Resumed {
+                checkpoint,
+                changes,
+            }),
+        ))
+    }
+
+    /// `config.toml` of the run as JSON, if it reads.
+    fn previous_config(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.root.join(CONFIG_FILE)).ok()?;
+        let table: toml::Table = toml::from_str(&text).ok()?;
+        serde_json::to_value(table).ok()
     }
 
     pub fn root(&self) -> &Path {

@@ -185,3 +185,24 @@ pub fn bits<Bk: Backend, M: Module<Bk>>(m: &M) -> BTreeMap<String, Vec<u32>> {
         .map(|(k, (_, v))| (k, v.into_iter().map(f32::to_bits).collect()))
         .collect()
 }
+
+/// What a kill -9 in the middle of writing checkpoint `step` of `run` leaves
+/// on disk: its temporary directory with a truncated weights file.
+pub fn leave_partial_checkpoint(run: &Path, step: usize) -> PathBuf {
+    let partial = run.join(format!("checkpoints/.tmp-step-{step}"));
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.safetensors"), b"trunc").unwrap();
+    partial
+}
+
+/// The keys of the bookkeeping changes recorded by the resumes of the
+/// checkpoint at `run/checkpoints/step-{step}`.
+pub fn recorded_resume_keys(run: &Path, step: usize) -> Vec<String> {
+    let dir = run.join(format!("checkpoints/step-{step}"));
+    crate::TrainerState::read(&dir)
+        .unwrap()
+        .resumes
+        .iter()
+        .flat_map(|r| r.changes.iter().map(|c| c.key.clone()))
+        .collect()
+}

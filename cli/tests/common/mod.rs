@@ -23,6 +23,16 @@ pub const QA: [(&str, &str, &str); 6] = [
     ("blood?", "red.", "red. blood is red. always red."),
 ];
 
+/// [`QA`] as preference pairs (chosen: the one-sentence answer) at `path`.
+pub fn write_qa_prefs(path: &Path) {
+    let mut prefs = String::new();
+    for (q, c, r) in QA {
+        prefs.push_str(&json!({"prompt": q, "chosen": c, "rejected": r}).to_string());
+        prefs.push('\n');
+    }
+    std::fs::write(path, prefs).unwrap();
+}
+
 /// The `step` of every record of `RUN_DIR/metrics.jsonl`.
 pub fn metric_steps(run_dir: &Path) -> Vec<u64> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))

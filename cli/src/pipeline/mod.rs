@@ -1,0 +1,86 @@
+//! `alignkit run pipeline.toml`: staged training (SFT → DPO → export, ...),
+//! each stage in its own run directory with a `manifest.json`. A stage whose
+//! inputs and config are unchanged since it completed is skipped, an
+//! interrupted one resumes from its newest checkpoint, and a stage re-runs when
+//! anything upstream of it changed.
+//!
+//! ```toml
+//! model = "models/SmolLM2-135M-Instruct"   # the first stage's input (relative: to this file)
+//! output_dir = "runs/demo"                 # RUN: stage `x` writes RUN/x/
+//!
+//! [[stage]]
+//! name = "sft"
+//! kind = "sft"                             # sft | reward | dpo | export
+//! [stage.config]                           # the stage's own config (SftConfig here),
+//! learning_rate = 2e-4                     # without `model` and `output_dir`
+//! data.train_file = "sft.jsonl"
+//!
+//! [[stage]]
+//! name = "rm"
+//! kind = "reward"                          # a reward model on the SFT backbone
+//! [stage.config]                           # (RewardConfig)
+//! data.train_file = "prefs.jsonl"
+//!
+//! [[stage]]
+//! name = "dpo"
+//! kind = "dpo"                             # input: the previous policy stage's model,
+//! from = "sft"                             # or the named stage's
+//! [stage.config]
+//! data.train_file = "prefs.jsonl"
+//! ```
+//!
+//! A `reward` stage's output is a reward model (an HF
+//! `*ForSequenceClassification` directory), not a policy: a stage without
+//! `from` takes the last *policy* stage's model, so the stage after a reward
+//! stage trains the policy before it. Only another `reward` stage (to train it
+//! further) or a merged `export` (`from = "rm"`) may name a reward stage.
+//!
+//! Stage identity: SHA-256 over the stage kind, its resolved config (every
+//! default written out), the SHA-256 of each data file, and its input model's
+//! identity — the base model's fingerprint, or the upstream stage's identity.
+//! The chain makes a change anywhere upstream reach every later stage.
+
+mod execute;
+mod manifest;
+mod plan;
+mod stage;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::backend::DeviceSpec;
+
+pub use manifest::Manifest;
+pub use plan::Plan;
+pub use stage::StageKind;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pipeline file (`[[stage]]` entries).
+    pub pipeline: PathBuf,
+    /// The pipeline's run directory (default: `output_dir` in the file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The first stage's input model (default: `model` in the file, else
+    /// SmolLM2-135M-Instruct, fetched on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Print the plan (run / skip / resume per stage, and why) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let plan = Plan::load(&args.pipeline, args.out.as_deref(), args.model.as_deref())?;
+    print!("{}", plan.describe());
+    if args.dry_run {
+        return Ok(());
+    }
+    plan.execute(args.device)?;
+    Ok(())
+}
