@@ -35,12 +35,12 @@ impl Rule {
     /// compiled once (an invalid one is an error here, before any judging).
     pub fn compile(&self) -> Result<CompiledRule, RuleError> {
         let regex = match self {
-            Rule::Regex(pattern) => Some(regex::Regex::new(pattern).map_err(|e| {
-                RuleError::Pattern {
+            Rule::Regex(pattern) => {
+                Some(regex::Regex::new(pattern).map_err(|e| RuleError::Pattern {
                     pattern: pattern.clone(),
                     message: e.to_string().replace('\n', " "),
-                }
-            })?),
+                })?)
+            }
             _ => None,
         };
         Ok(CompiledRule {

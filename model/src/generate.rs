@@ -192,7 +192,12 @@ pub fn sample<B: Backend>(
             prompts.len()
         )));
     }
-    let rngs = Rngs::PerRow(row_seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect());
+    let rngs = Rngs::PerRow(
+        row_seeds
+            .iter()
+            .map(|&s| StdRng::seed_from_u64(s))
+            .collect(),
+    );
     decode(model, prompts, eos_ids, pad_id, config, rngs, stop, device)
 }
 

@@ -313,7 +313,9 @@ impl RlConfig {
         match (&self.grpo, &self.rloo) {
             (Some(g), None) => Ok(Algorithm::Grpo(g)),
             (None, Some(r)) => Ok(Algorithm::Rloo(r)),
-            (None, None) => Err(self.error("grpo", "no algorithm: add a [grpo] or an [rloo] table")),
+            (None, None) => {
+                Err(self.error("grpo", "no algorithm: add a [grpo] or an [rloo] table"))
+            }
             (Some(_), Some(_)) => Err(self.error("rloo", "both [grpo] and [rloo]: keep one")),
         }
     }
@@ -368,10 +370,16 @@ impl RlConfig {
         }
         let clip = algorithm.clip();
         if !(clip.low.is_finite() && clip.low >= 0.0 && clip.low < 1.0) {
-            return Err(self.error(&format!("{table}.epsilon"), format!("{} is not in [0, 1)", clip.low)));
+            return Err(self.error(
+                &format!("{table}.epsilon"),
+                format!("{} is not in [0, 1)", clip.low),
+            ));
         }
         if !(clip.high.is_finite() && clip.high >= 0.0) {
-            return Err(self.error(&format!("{table}.epsilon_high"), "must be a non-negative number"));
+            return Err(self.error(
+                &format!("{table}.epsilon_high"),
+                "must be a non-negative number",
+            ));
         }
         if algorithm.num_iterations() == 0 {
             return Err(self.error(&format!("{table}.num_iterations"), "must be at least 1"));
@@ -390,7 +398,10 @@ impl RlConfig {
             return Err(self.error("rollout.top_p", format!("{} is not in (0, 1]", r.top_p)));
         }
         if r.stop.iter().any(String::is_empty) {
-            return Err(self.error("rollout.stop", "an empty stop string would end every completion"));
+            return Err(self.error(
+                "rollout.stop",
+                "an empty stop string would end every completion",
+            ));
         }
         if r.missing_eos_penalty.is_some_and(|p| !p.is_finite()) {
             return Err(self.error("rollout.missing_eos_penalty", "must be a finite number"));
@@ -560,7 +571,13 @@ mod tests {
         let r = RlConfig::rloo();
         let a = r.algorithm().unwrap();
         assert_eq!((a.name(), a.num_generations(), a.beta()), ("rloo", 2, 0.05));
-        assert_eq!(a.clip(), Clip { low: 0.2, high: 0.2 });
+        assert_eq!(
+            a.clip(),
+            Clip {
+                low: 0.2,
+                high: 0.2
+            }
+        );
         let err = RlConfig::default().algorithm().unwrap_err().to_string();
         assert!(err.starts_with("config: `grpo`: no algorithm"), "{err}");
     }
@@ -569,11 +586,19 @@ mod tests {
     fn unknown_keys_and_kinds_are_one_line_errors_with_positions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grpo.toml");
-        std::fs::write(&path, "model = \"m\"\n[grpo]\nbeta = 0.1\nnum_generation = 4\n").unwrap();
+        std::fs::write(
+            &path,
+            "model = \"m\"\n[grpo]\nbeta = 0.1\nnum_generation = 4\n",
+        )
+        .unwrap();
         let err = RlConfig::load(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("grpo.toml:4:1:"), "{err}");
         assert!(err.contains("unknown field `num_generation`"), "{err}");
-        std::fs::write(&path, "model = \"m\"\n[grpo]\n[[rewards]]\nkind = \"length\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "model = \"m\"\n[grpo]\n[[rewards]]\nkind = \"length\"\n",
+        )
+        .unwrap();
         let err = RlConfig::load(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("grpo.toml:"), "{err}");
         assert!(err.contains("unknown variant `length`"), "{err}");

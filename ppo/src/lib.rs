@@ -23,7 +23,9 @@ pub mod reward;
 pub mod rollout;
 pub mod train;
 
-pub use config::{Algorithm, DataConfig, FinalDtype, GrpoParams, RlConfig, RlooParams, RolloutConfig};
+pub use config::{
+    Algorithm, DataConfig, FinalDtype, GrpoParams, RlConfig, RlooParams, RolloutConfig,
+};
 pub use error::RlError;
 pub use loss::{Clip, LossType, ScaleRewards};
 pub use metrics::{CompletionRecord, RlMetrics};

@@ -152,7 +152,8 @@ pub fn rloo_advantages(rewards: &[f64], group: usize, normalize: bool) -> Vec<f6
     if normalize {
         let mean = out.iter().sum::<f64>() / out.len().max(1) as f64;
         let std = sample_std(&out);
-        out.iter_mut().for_each(|a| *a = (*a - mean) / (std + STD_EPS));
+        out.iter_mut()
+            .for_each(|a| *a = (*a - mean) / (std + STD_EPS));
     }
     out
 }
@@ -272,7 +273,10 @@ fn clipped_surrogate<B: Backend>(
     let r = ratio.clone().detach();
     let a = advantage.detach();
     let both = |x: Tensor<B, 1, Bool>, y: Tensor<B, 1, Bool>| x.float().mul(y.float());
-    let low = both(r.clone().lower_elem(1.0 - clip.low), a.clone().lower_elem(0.0));
+    let low = both(
+        r.clone().lower_elem(1.0 - clip.low),
+        a.clone().lower_elem(0.0),
+    );
     let high = both(r.clone().greater_elem(1.0 + clip.high), a.greater_elem(0.0));
     (per_item, r, low, high)
 }
@@ -472,10 +476,26 @@ mod tests {
                 .flat_map(|(wm, am)| wm.iter().zip(am).map(|(w, &n)| w * n as f64))
                 .sum()
         };
-        close(&[sum(token_weights(LossType::Grpo, &active, 5))], &[0.75], 1e-12);
-        close(&[sum(token_weights(LossType::Dapo, &active, 5))], &[1.0], 1e-12);
-        close(&[sum(token_weights(LossType::Bnpo, &active, 5))], &[1.0], 1e-12);
-        close(&[sum(token_weights(LossType::DrGrpo, &active, 5))], &[0.35], 1e-12);
+        close(
+            &[sum(token_weights(LossType::Grpo, &active, 5))],
+            &[0.75],
+            1e-12,
+        );
+        close(
+            &[sum(token_weights(LossType::Dapo, &active, 5))],
+            &[1.0],
+            1e-12,
+        );
+        close(
+            &[sum(token_weights(LossType::Bnpo, &active, 5))],
+            &[1.0],
+            1e-12,
+        );
+        close(
+            &[sum(token_weights(LossType::DrGrpo, &active, 5))],
+            &[0.35],
+            1e-12,
+        );
     }
 
     #[test]
@@ -484,7 +504,11 @@ mod tests {
         // k3 = e^(ref−logp) − (ref − logp) − 1 = ½ + ln 2 − 1 = 0.1931472.
         // logp = ref: both 0.
         let (half, quarter) = (0.5f64.ln(), 0.25f64.ln());
-        close(&[k1_sequence(&[half as f32], &[quarter as f32])], &[0.6931472], 1e-6);
+        close(
+            &[k1_sequence(&[half as f32], &[quarter as f32])],
+            &[0.6931472],
+            1e-6,
+        );
         close(
             &values(k3(t(&[half, -1.0]), t(&[quarter, -1.0]))),
             &[0.1931472, 0.0],
@@ -520,7 +544,11 @@ mod tests {
         );
         close(&values(out.loss.clone()), &[-0.57], 1e-6);
         close(&values(out.low_clipped.clone()), &[0.0, 1.0, 0.0, 0.0], 0.0);
-        close(&values(out.high_clipped.clone()), &[1.0, 0.0, 0.0, 0.0], 0.0);
+        close(
+            &values(out.high_clipped.clone()),
+            &[1.0, 0.0, 0.0, 0.0],
+            0.0,
+        );
         assert!(out.kl.is_none(), "no reference, no KL");
         let grads = out.loss.backward();
         let g = logp.grad(&grads).unwrap();
@@ -548,7 +576,13 @@ mod tests {
         close(&values(out.loss.clone()), &[0.01931472], 1e-7);
         close(&values(out.kl.clone().unwrap()), &[0.1931472], 1e-6);
         let grads = out.loss.backward();
-        let g: Vec<f64> = logp.grad(&grads).unwrap().into_data().convert::<f64>().into_vec().unwrap();
+        let g: Vec<f64> = logp
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .convert::<f64>()
+            .into_vec()
+            .unwrap();
         close(&g, &[0.05], 1e-6);
     }
 
@@ -578,7 +612,13 @@ mod tests {
         close(&values(out.low_clipped.clone()), &[0.0, 0.0], 0.0);
         close(&values(out.loss.clone()), &[-0.5], 1e-7);
         let grads = out.loss.backward();
-        let g: Vec<f64> = logp.grad(&grads).unwrap().into_data().convert::<f64>().into_vec().unwrap();
+        let g: Vec<f64> = logp
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .convert::<f64>()
+            .into_vec()
+            .unwrap();
         close(&g, &[-1.0, 0.5], 1e-7);
 
         let seq = t(&[-12.5, -3.0]);

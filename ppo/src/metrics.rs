@@ -161,7 +161,9 @@ impl CompletionsLog {
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        f.write_all(text.as_bytes()).and_then(|()| f.flush()).map_err(io)
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.flush())
+            .map_err(io)
     }
 }
 

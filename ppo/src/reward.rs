@@ -86,8 +86,12 @@ impl RewardKind {
     pub fn name(&self) -> String {
         match self {
             RewardKind::Model { name, .. } => name.clone().unwrap_or_else(|| "reward_model".into()),
-            RewardKind::Rule { name, rule, .. } => name.clone().unwrap_or_else(|| rule.name().into()),
-            RewardKind::Sentiment { name, .. } => name.clone().unwrap_or_else(|| "sentiment".into()),
+            RewardKind::Rule { name, rule, .. } => {
+                name.clone().unwrap_or_else(|| rule.name().into())
+            }
+            RewardKind::Sentiment { name, .. } => {
+                name.clone().unwrap_or_else(|| "sentiment".into())
+            }
         }
     }
 
@@ -116,7 +120,10 @@ pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> R
         if !names.insert(spec.name()) {
             return Err(RlError::Config {
                 field: field("name"),
-                message: format!("`{}` names two rewards; give them distinct names", spec.name()),
+                message: format!(
+                    "`{}` names two rewards; give them distinct names",
+                    spec.name()
+                ),
             });
         }
         if !spec.weight().is_finite() {
@@ -156,7 +163,10 @@ pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> R
 /// every token (special ones included) to the same id.
 fn same_tokenizer(policy: &Tokenizer, reward_dir: &Path) -> std::result::Result<(), String> {
     let theirs = Tokenizer::from_dir(reward_dir).map_err(|e| e.to_string())?;
-    let (a, b) = (policy.inner().get_vocab(true), theirs.inner().get_vocab(true));
+    let (a, b) = (
+        policy.inner().get_vocab(true),
+        theirs.inner().get_vocab(true),
+    );
     if a == b {
         return Ok(());
     }
@@ -259,7 +269,8 @@ impl<B: Backend> Rewards<B> {
                     for chunk in completions.chunks(self.batch_size.max(1)) {
                         out.extend(model_scores(model, prompts, chunk, self.pad_id, device));
                     }
-                    if let Some((c, s)) = completions.iter().zip(&out).find(|(_, s)| !s.is_finite()) {
+                    if let Some((c, s)) = completions.iter().zip(&out).find(|(_, s)| !s.is_finite())
+                    {
                         return Err(error(c, format!("the reward model scored {s}")));
                     }
                     out
@@ -274,7 +285,13 @@ impl<B: Backend> Rewards<B> {
                     .collect::<Result<_>>()?,
                 Scorer::Sentiment(vader) => completions
                     .iter()
-                    .map(|c| vader.polarity_scores(&c.text).get("compound").copied().unwrap_or(0.0))
+                    .map(|c| {
+                        vader
+                            .polarity_scores(&c.text)
+                            .get("compound")
+                            .copied()
+                            .unwrap_or(0.0)
+                    })
                     .collect(),
             };
             per_func.push(scores);

@@ -187,7 +187,12 @@ pub fn roll_out<B: Backend>(
         let sampled = sample(model, &ids, eos, pad, &config, &seeds, stop, device)?;
         for (&(p, s), sampled) in chunk.iter().zip(sampled) {
             let generation = sampled.generation;
-            let text = completion_text(tokenizer, &generation.tokens, generation.finish, &settings.stop)?;
+            let text = completion_text(
+                tokenizer,
+                &generation.tokens,
+                generation.finish,
+                &settings.stop,
+            )?;
             out.push(Completion {
                 prompt: p,
                 sample: s,
@@ -303,7 +308,8 @@ pub fn scaled_token_logprobs<B: Backend>(
     let n = tokens.len();
     let hidden = model.forward_hidden(tokens.input(device), None);
     let [b, t, c] = hidden.dims();
-    let index = |v: &[i64]| Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [n]), device);
+    let index =
+        |v: &[i64]| Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [n]), device);
     let hidden = hidden
         .reshape([b * t, c])
         .select(0, index(&tokens.hidden_index))

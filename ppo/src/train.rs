@@ -27,9 +27,9 @@ use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
-    AdamW, CheckpointRef, DataFile, Gradients, NanGuard, RunDir, TrainError, TrainerState,
-    Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, sha256_file,
-    skip_reason, trainable_count, trainable_params,
+    AdamW, CheckpointRef, DataFile, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
+    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, sha256_file, skip_reason,
+    trainable_count, trainable_params,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -39,8 +39,8 @@ use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
 use crate::loss::{
     Clip, GrpoInputs, LossType, PolicyLoss, ScaleRewards, eos_penalised, frac_zero_std,
-    grpo_advantages, grpo_loss, is_trained, k1_sequence, kl_penalised, rloo_advantages,
-    rloo_loss, token_weights,
+    grpo_advantages, grpo_loss, is_trained, k1_sequence, kl_penalised, rloo_advantages, rloo_loss,
+    token_weights,
 };
 use crate::metrics::{CompletionRecord, CompletionsLog, RlMetrics, mean_std};
 use crate::reward::Rewards;
@@ -345,7 +345,12 @@ pub fn train<B: AutodiffBackend>(
             .map(|r| {
                 let rows: Vec<(&[u32], &[u32])> = completions[r.clone()]
                     .iter()
-                    .map(|comp| (setup.prompts[comp.prompt].ids.as_slice(), comp.tokens.as_slice()))
+                    .map(|comp| {
+                        (
+                            setup.prompts[comp.prompt].ids.as_slice(),
+                            comp.tokens.as_slice(),
+                        )
+                    })
                     .collect();
                 ScoredTokens::new(&rows, &trained[r.clone()], pad_id)
             })
@@ -387,7 +392,13 @@ pub fn train<B: AutodiffBackend>(
             .iter()
             .map(|r| {
                 r.clone()
-                    .map(|i| if trained[i] { completions[i].tokens.len() } else { 0 })
+                    .map(|i| {
+                        if trained[i] {
+                            completions[i].tokens.len()
+                        } else {
+                            0
+                        }
+                    })
                     .collect()
             })
             .collect();
@@ -518,7 +529,10 @@ pub fn train<B: AutodiffBackend>(
             .iter()
             .map(|comp| setup.prompts[comp.prompt].ids.len())
             .sum();
-        let lengths: Vec<f64> = completions.iter().map(|comp| comp.tokens.len() as f64).collect();
+        let lengths: Vec<f64> = completions
+            .iter()
+            .map(|comp| comp.tokens.len() as f64)
+            .collect();
         state.num_tokens += (prompt_tokens + lengths.iter().sum::<f64>() as usize) as u64;
         let (reward, reward_std) = mean_std(&total_rewards);
         let mut per_func = std::collections::BTreeMap::new();

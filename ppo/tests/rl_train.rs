@@ -15,7 +15,9 @@ use serde_json::json;
 
 /// Chat prompts, with an `answer` field the rewards may read.
 fn write_prompts(path: &Path, n: usize) {
-    let words = ["sky", "grass", "snow", "coal", "sun", "blood", "sea", "moon"];
+    let words = [
+        "sky", "grass", "snow", "coal", "sun", "blood", "sea", "moon",
+    ];
     let mut text = String::new();
     for i in 0..n {
         let w = words[i % words.len()];
@@ -103,7 +105,11 @@ fn grpo_rule_reward_rises() {
         assert!(m[0].get(key).is_some(), "metrics lack `{key}`: {}", m[0]);
     }
     // One pass per rollout: the ratio is 1 on it, so nothing is ever clipped.
-    assert!(series(&c.output_dir, "clip_ratio/region_mean").iter().all(|&x| x == 0.0));
+    assert!(
+        series(&c.output_dir, "clip_ratio/region_mean")
+            .iter()
+            .all(|&x| x == 0.0)
+    );
     let log = std::fs::read_to_string(c.output_dir.join("completions.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(first["step"], 2);
@@ -127,7 +133,17 @@ fn sampling_and_training_logprobs_agree() {
     let device = Default::default();
     let (_, model) = load_model::<B>(&c.model, &device).unwrap();
     let sampler = model.clone().for_decoding();
-    let comps = roll_out(&sampler, &prompts, &[0, 3], &settings, encoder.tokenizer(), 1, 0, &device).unwrap();
+    let comps = roll_out(
+        &sampler,
+        &prompts,
+        &[0, 3],
+        &settings,
+        encoder.tokenizer(),
+        1,
+        0,
+        &device,
+    )
+    .unwrap();
     assert_eq!(comps.len(), 16);
     let rows: Vec<(&[u32], &[u32])> = comps
         .iter()
@@ -139,12 +155,25 @@ fn sampling_and_training_logprobs_agree() {
         let lp = scaled_token_logprobs(&model, &tokens, t, false, &device).logp;
         let lp: Vec<f32> = lp.into_data().into_vec().unwrap();
         assert_eq!(lp.len(), sampled.len());
-        lp.iter().zip(&sampled).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+        lp.iter()
+            .zip(&sampled)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
     };
     assert!(diff(0.7) < 1e-4, "same temperature: {}", diff(0.7));
     assert!(diff(1.0) > 1e-2, "another temperature: {}", diff(1.0));
     // Seeds per (step, prompt, sample): the same rows alone draw the same tokens.
-    let alone = roll_out(&sampler, &prompts, &[3], &settings, encoder.tokenizer(), 1, 0, &device).unwrap();
+    let alone = roll_out(
+        &sampler,
+        &prompts,
+        &[3],
+        &settings,
+        encoder.tokenizer(),
+        1,
+        0,
+        &device,
+    )
+    .unwrap();
     assert_eq!(alone[5].tokens, comps[13].tokens);
 }
 
@@ -166,6 +195,8 @@ fn grpo_resume_after_a_crash_is_exact() {
 }
 
 /// RLOO with LoRA: the reference is the policy with its adapters disabled.
+/// (No LoRA dropout: its masks come from the process-global backend
+/// generator, which tests running in parallel share.)
 #[test]
 fn rloo_lora_resume_after_a_crash_is_exact() {
     let tmp = tempfile::tempdir().unwrap();
@@ -179,7 +210,7 @@ fn rloo_lora_resume_after_a_crash_is_exact() {
     c.lora = Some(alignkit_model::lora::LoraConfig {
         r: 4,
         alpha: 8.0,
-        dropout: 0.1,
+        dropout: 0.0,
         ..Default::default()
     });
     c.rollout.mask_truncated_completions = true;
@@ -191,9 +222,20 @@ fn rloo_lora_resume_after_a_crash_is_exact() {
 
 fn exact_resume(tmp: &Path, mut c: RlConfig) {
     let reference = run(&c);
-    let keys = ["reward", "loss", "kl", "entropy", "grad_norm", "clip_ratio/region_mean"];
+    let keys = [
+        "reward",
+        "loss",
+        "kl",
+        "entropy",
+        "grad_norm",
+        "clip_ratio/region_mean",
+    ];
     let want: Vec<Vec<f64>> = keys.iter().map(|k| series(&c.output_dir, k)).collect();
-    assert!(want[2].iter().all(|k| k.is_finite()), "kl is logged: {:?}", want[2]);
+    assert!(
+        want[2].iter().all(|k| k.is_finite()),
+        "kl is logged: {:?}",
+        want[2]
+    );
 
     c.output_dir = tmp.join("crashed");
     let crashed = catch_unwind(AssertUnwindSafe(|| {
@@ -226,11 +268,20 @@ fn exact_resume(tmp: &Path, mut c: RlConfig) {
         let got = series(&c.output_dir, key);
         assert_eq!(got.len(), want.len(), "{key}");
         for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{key} at step {}: {a} vs {b}", i + 1);
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{key} at step {}: {a} vs {b}",
+                i + 1
+            );
         }
     }
-    let a = load_model::<B>(&reference.final_dir.unwrap(), &Default::default()).unwrap().1;
-    let b = load_model::<B>(&resumed.final_dir.unwrap(), &Default::default()).unwrap().1;
+    let a = load_model::<B>(&reference.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
+    let b = load_model::<B>(&resumed.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
     assert_eq!(bits(&a), bits(&b), "final weights differ");
     let log = |dir: &Path| std::fs::read_to_string(dir.join("completions.jsonl")).unwrap();
     assert_eq!(log(&tmp.join("run")), log(&c.output_dir));
@@ -263,9 +314,15 @@ fn a_reward_model_scores_completions() {
     let rm = m[0]["rewards/reward_model/mean"].as_f64().unwrap();
     let std = m[0]["rewards/reward_model/std"].as_f64().unwrap();
     let rule = m[0]["rewards/regex/mean"].as_f64().unwrap();
-    assert!(std > 0.0, "a random reward model scores completions differently");
+    assert!(
+        std > 0.0,
+        "a random reward model scores completions differently"
+    );
     let total = m[0]["reward"].as_f64().unwrap();
-    assert!((total - (rule + 0.5 * rm)).abs() < 1e-9, "{total} vs {rule} + {rm}/2");
+    assert!(
+        (total - (rule + 0.5 * rm)).abs() < 1e-9,
+        "{total} vs {rule} + {rm}/2"
+    );
 }
 
 /// Each bad input is one line, before any work (no run directory).
@@ -277,7 +334,10 @@ fn bad_inputs_fail_before_any_work() {
         let err = train::<AB>(c, &Default::default(), RunOptions::default(), &mut |_| {})
             .unwrap_err()
             .to_string();
-        assert!(!c.output_dir.exists(), "{err}: the run directory was created");
+        assert!(
+            !c.output_dir.exists(),
+            "{err}: the run directory was created"
+        );
         assert!(!err.contains('\n'), "{err}");
         err
     };
@@ -288,7 +348,10 @@ fn bad_inputs_fail_before_any_work() {
     write_chat_data(&sft, &PAIRS);
     c.data.train_file = sft;
     let err = fail(&c);
-    assert!(err.contains("sft.jsonl:1:") && err.contains("prompt"), "{err}");
+    assert!(
+        err.contains("sft.jsonl:1:") && err.contains("prompt"),
+        "{err}"
+    );
     let empty = tmp.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     c.data.train_file = empty;
@@ -299,7 +362,10 @@ fn bad_inputs_fail_before_any_work() {
     let mut c = base.clone();
     c.grpo.as_mut().unwrap().num_generations = 1;
     let err = fail(&c);
-    assert!(err.starts_with("config: `grpo.num_generations`: 1:"), "{err}");
+    assert!(
+        err.starts_with("config: `grpo.num_generations`: 1:"),
+        "{err}"
+    );
 
     // A reward model whose tokenizer differs from the policy's: two ids swapped.
     let mut c = base.clone();
@@ -326,7 +392,10 @@ fn bad_inputs_fail_before_any_work() {
     let file = tmp.path().join("grpo.toml");
     std::fs::write(&file, "[grpo]\n[[rewards]]\nkind = \"length\"\n").unwrap();
     let err = RlConfig::load(Some(&file), &[]).unwrap_err().to_string();
-    assert!(err.contains("grpo.toml:3:") && err.contains("unknown variant `length`"), "{err}");
+    assert!(
+        err.contains("grpo.toml:3:") && err.contains("unknown variant `length`"),
+        "{err}"
+    );
 }
 
 /// A reward that cannot be computed names the prompt's FILE:LINE.
@@ -343,5 +412,8 @@ fn an_uncomputable_reward_names_the_prompt() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("prompts.jsonl:"), "{err}");
-    assert!(err.contains("reward `exact_match`") && err.contains("`solution`"), "{err}");
+    assert!(
+        err.contains("reward `exact_match`") && err.contains("`solution`"),
+        "{err}"
+    );
 }
