@@ -153,7 +153,7 @@ pub fn generate<B: Backend>(
     stop: impl FnMut(usize, &[u32]) -> bool,
     device: &B::Device,
 ) -> Result<Vec<Generation>> {
-    let rngs = Rngs::Shared(StdRng::seed_from_u64(config.seed));
+    let rngs = Rngs::Shared(Box::new(StdRng::seed_from_u64(config.seed)));
     let out = decode(model, prompts, eos_ids, pad_id, config, rngs, stop, device)?;
     Ok(out.into_iter().map(|s| s.generation).collect())
 }
@@ -204,7 +204,7 @@ pub fn sample<B: Backend>(
 /// Where the random draws of a batch come from.
 enum Rngs {
     /// One generator, drawn from row by row.
-    Shared(StdRng),
+    Shared(Box<StdRng>),
     /// One generator per row.
     PerRow(Vec<StdRng>),
 }

@@ -506,7 +506,7 @@ mod tests {
         let (half, quarter) = (0.5f64.ln(), 0.25f64.ln());
         close(
             &[k1_sequence(&[half as f32], &[quarter as f32])],
-            &[0.6931472],
+            &[std::f64::consts::LN_2],
             1e-6,
         );
         close(
