@@ -1,6 +1,8 @@
 //! Batched autoregressive generation with a KV cache: greedy or sampled
 //! (temperature, top-k, top-p, min-p), stopping on EOS, a caller's stop
-//! condition (e.g. stop strings), or `max_new_tokens`.
+//! condition (e.g. stop strings), or `max_new_tokens`. [`sample`] gives each
+//! row its own seeded generator and records the sampled tokens' log-probs,
+//! for online RL.
 //!
 //! Prompts of different lengths are left-padded so every row's next token is
 //! at the same column; padding is masked out and position ids skip it, so a row
@@ -140,16 +142,108 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -
 /// Generate continuations of `prompts` (token ids, BOS already included).
 ///
 /// `stop(row, generated)` is asked after each new token; returning true ends
-/// that row with [`FinishReason::Stop`]. `pad_id` fills finished rows.
+/// that row with [`FinishReason::Stop`]. `pad_id` fills finished rows. All
+/// rows draw from one generator seeded with `config.seed`.
 pub fn generate<B: Backend>(
     model: &LlamaForCausalLM<B>,
     prompts: &[Vec<u32>],
     eos_ids: &[u32],
     pad_id: u32,
     config: &SamplingConfig,
-    mut stop: impl FnMut(usize, &[u32]) -> bool,
+    stop: impl FnMut(usize, &[u32]) -> bool,
     device: &B::Device,
 ) -> Result<Vec<Generation>> {
+    let rngs = Rngs::Shared(Box::new(StdRng::seed_from_u64(config.seed)));
+    let out = decode(model, prompts, eos_ids, pad_id, config, rngs, stop, device)?;
+    Ok(out.into_iter().map(|s| s.generation).collect())
+}
+
+/// A sampled continuation and the log-probability of each of its tokens
+/// under the distribution it was drawn from, before top-k/top-p/min-p
+/// filtering: log softmax(logits / temperature) (temperature 1 when greedy).
+/// These are the log-probs an RL trainer computes for the same tokens, since
+/// TRL's trainers divide the logits by the sampling temperature too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub generation: Generation,
+    /// One per generated token. [len(tokens)]
+    pub logprobs: Vec<f32>,
+}
+
+/// Like [`generate`], but row `r` draws from its own generator seeded with
+/// `row_seeds[r]` (`config.seed` is unused), so what a row samples does not
+/// depend on which rows share its batch or in which order; and each token's
+/// log-probability is recorded (see [`Sampled`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sample<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    pad_id: u32,
+    config: &SamplingConfig,
+    row_seeds: &[u64],
+    stop: impl FnMut(usize, &[u32]) -> bool,
+    device: &B::Device,
+) -> Result<Vec<Sampled>> {
+    if row_seeds.len() != prompts.len() {
+        return Err(ModelError::Input(format!(
+            "{} seeds for {} prompts",
+            row_seeds.len(),
+            prompts.len()
+        )));
+    }
+    let rngs = Rngs::PerRow(
+        row_seeds
+            .iter()
+            .map(|&s| StdRng::seed_from_u64(s))
+            .collect(),
+    );
+    decode(model, prompts, eos_ids, pad_id, config, rngs, stop, device)
+}
+
+/// Where the random draws of a batch come from.
+enum Rngs {
+    /// One generator, drawn from row by row.
+    Shared(Box<StdRng>),
+    /// One generator per row.
+    PerRow(Vec<StdRng>),
+}
+
+impl Rngs {
+    fn row(&mut self, row: usize) -> &mut StdRng {
+        match self {
+            Rngs::Shared(r) => r,
+            Rngs::PerRow(r) => &mut r[row],
+        }
+    }
+}
+
+/// log softmax(logits / t)[token], in f64 for a stable sum over the vocabulary.
+pub fn scaled_logprob(logits: &[f32], token: u32, temperature: f32) -> f32 {
+    let inv_t = if temperature > 0.0 {
+        1.0 / temperature as f64
+    } else {
+        1.0
+    };
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let sum: f64 = logits
+        .iter()
+        .map(|&x| ((x as f64 - max) * inv_t).exp())
+        .sum();
+    ((logits[token as usize] as f64 - max) * inv_t - sum.ln()) as f32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    pad_id: u32,
+    config: &SamplingConfig,
+    mut rngs: Rngs,
+    mut stop: impl FnMut(usize, &[u32]) -> bool,
+    device: &B::Device,
+) -> Result<Vec<Sampled>> {
     config.validate()?;
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -182,11 +276,13 @@ pub fn generate<B: Backend>(
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let mut logits = model.lm_logits(hidden.narrow(1, width - 1, 1));
 
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut outputs: Vec<Generation> = (0..b)
-        .map(|_| Generation {
-            tokens: Vec::new(),
-            finish: FinishReason::Length,
+    let mut outputs: Vec<Sampled> = (0..b)
+        .map(|_| Sampled {
+            generation: Generation {
+                tokens: Vec::new(),
+                finish: FinishReason::Length,
+            },
+            logprobs: Vec::new(),
         })
         .collect();
     let mut done = vec![false; b];
@@ -202,15 +298,21 @@ pub fn generate<B: Backend>(
             if done[row] {
                 continue;
             }
-            let token = sample_token(&rows[row * v..(row + 1) * v], config, &mut rng);
+            let row_logits = &rows[row * v..(row + 1) * v];
+            let token = sample_token(row_logits, config, rngs.row(row));
             next[row] = token as i64;
             let out = &mut outputs[row];
-            out.tokens.push(token);
+            if matches!(rngs, Rngs::PerRow(_)) {
+                out.logprobs
+                    .push(scaled_logprob(row_logits, token, config.temperature));
+            }
+            let gen_out = &mut out.generation;
+            gen_out.tokens.push(token);
             if eos_ids.contains(&token) {
-                out.finish = FinishReason::Eos;
+                gen_out.finish = FinishReason::Eos;
                 done[row] = true;
-            } else if stop(row, &out.tokens) {
-                out.finish = FinishReason::Stop;
+            } else if stop(row, &gen_out.tokens) {
+                gen_out.finish = FinishReason::Stop;
                 done[row] = true;
             }
         }
@@ -232,4 +334,19 @@ pub fn generate<B: Backend>(
         logits = model.forward(input, Some(&mut cache));
     }
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logits (0, ln 3): at T = 1, p = (1/4, 3/4) → log p₁ = ln ¾ = −0.2876821;
+    /// at T = ½ the logits double to (0, ln 9), p₁ = 9/10 → ln 0.9 = −0.1053605.
+    #[test]
+    fn scaled_logprob_divides_the_logits_by_the_temperature() {
+        let logits = [0.0, 3f32.ln()];
+        assert!((scaled_logprob(&logits, 1, 1.0) + 0.287_682_1).abs() < 1e-6);
+        assert!((scaled_logprob(&logits, 1, 0.5) + 0.105_360_5).abs() < 1e-6);
+        assert!((scaled_logprob(&logits, 0, 0.0) + 4f32.ln()).abs() < 1e-6);
+    }
 }

@@ -24,5 +24,5 @@ pub use cache::KvCache;
 pub use checkpoint::{SaveDtype, load_model, save_model};
 pub use config::{LlamaConfig, ModelType};
 pub use error::ModelError;
-pub use generate::{FinishReason, Generation, SamplingConfig, generate};
+pub use generate::{FinishReason, Generation, Sampled, SamplingConfig, generate, sample};
 pub use transformer::{ForwardInput, LlamaForCausalLM};

@@ -1,1 +1,33 @@
-//! alignkit-ppo: see ../shared/ARCHITECTURE.md (not implemented yet).
+//! alignkit-ppo: online reinforcement learning of a language model on its own
+//! samples — the critic-free algorithms RLOO (Ahmadian et al. 2024, "Back to
+//! Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+//! Feedback in LLMs") and GRPO (Shao et al. 2024, "DeepSeekMath"), as TRL's
+//! `RLOOTrainer` and `GRPOTrainer` compute them, on one machine, with exact
+//! resume.
+//!
+//! - [`config`]: [`RlConfig`] (TOML, `[grpo]` or `[rloo]`, unknown keys
+//!   rejected, defaults in one place).
+//! - [`rollout`]: prompts JSONL → G sampled completions per prompt with the
+//!   KV-cached sampler, each token's temperature-scaled log-prob recorded.
+//! - [`reward`]: reward models, rule judges and VADER sentiment, weighted and
+//!   summed.
+//! - [`loss`]: advantages and the clipped policy losses, with golden tests.
+//! - [`metrics`]: [`RlMetrics`] under TRL's names; `completions.jsonl`.
+//! - [`train`]: [`train()`], the loop.
+
+pub mod config;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod reward;
+pub mod rollout;
+pub mod train;
+
+pub use config::{
+    Algorithm, DataConfig, FinalDtype, GrpoParams, RlConfig, RlooParams, RolloutConfig,
+};
+pub use error::RlError;
+pub use loss::{Clip, LossType, ScaleRewards};
+pub use metrics::{CompletionRecord, RlMetrics};
+pub use reward::RewardKind;
+pub use train::{Event, ReferenceKind, RlOutcome, RunInfo, RunOptions, StopReason, train};

@@ -15,6 +15,8 @@ pub enum Stream {
     AdapterInit = 2,
     /// Dropout masks of one micro-batch.
     Dropout = 3,
+    /// Token sampling of one rollout completion (online RL).
+    Sampling = 4,
 }
 
 /// SplitMix64's finaliser (Steele et al. 2014): a bijective 64-bit mix.

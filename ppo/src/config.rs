@@ -1,0 +1,620 @@
+//! `RlConfig`: what `alignkit grpo --config grpo.toml` and `alignkit rloo
+//! --config rloo.toml` read — one config for both critic-free algorithms,
+//! told apart by which table is present, `[grpo]` or `[rloo]`. Unknown keys
+//! are errors; every default is in the `Default` impls below (TRL's
+//! `GRPOConfig` / `RLOOConfig` defaults where they have one, except GRPO's β,
+//! 0.04 here because the reward is often a learned model) and written out in
+//! `RUN_DIR/config.toml`.
+//!
+//! ```toml
+//! model = "runs/sft/final"          # the policy's starting point (HF directory)
+//! output_dir = "runs/grpo"
+//! learning_rate = 1e-6
+//!
+//! [grpo]                            # or [rloo]
+//! num_generations = 8               # G completions per prompt
+//! beta = 0.04                       # KL to the reference; 0: no reference at all
+//! loss_type = "dapo"                # grpo | dr_grpo | dapo | bnpo
+//! scale_rewards = "group"           # group | batch | none
+//!
+//! [data]
+//! train_file = "prompts.jsonl"      # {"prompt": ...} per line, extra fields kept
+//!
+//! [rollout]
+//! max_completion_length = 256
+//! temperature = 1.0
+//!
+//! [[rewards]]
+//! kind = "rule"
+//! rule = { json_keys = ["name", "age"] }
+//!
+//! [train]                           # alignkit_train::LoopConfig
+//! batch_size = 8                    # completions per micro-batch
+//! grad_accum = 2                    # 16 completions = 2 prompts × G per step
+//! max_steps = 200
+//!
+//! [lora]                            # absent: full fine-tune with a frozen reference copy
+//! r = 16
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use alignkit_datasets::{EncodeConfig, Encoder, PlainText, TrainOn, TruncationSide};
+use alignkit_model::lora::LoraConfig;
+pub use alignkit_train::FinalDtype;
+use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RlError};
+use crate::loss::{Clip, LossType, ScaleRewards};
+use crate::reward::{self, RewardKind};
+use crate::rollout::RolloutSettings;
+
+/// The `[grpo]` table: Group Relative Policy Optimization (Shao et al. 2024).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoParams {
+    /// G, completions per prompt (at least 2). TRL: 8.
+    pub num_generations: usize,
+    /// Weight of the per-token k3 KL to the reference; 0 runs no reference
+    /// forward at all. TRL: 0.0 (for verifiable rewards); 0.04 here.
+    pub beta: f64,
+    /// Lower clip range ε. TRL: 0.2.
+    pub epsilon: f64,
+    /// Upper clip range; absent: `epsilon` (DAPO recommends 0.28).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_high: Option<f64>,
+    /// μ, optimisation passes over each rollout. TRL: 1.
+    pub num_iterations: usize,
+    pub loss_type: LossType,
+    pub scale_rewards: ScaleRewards,
+}
+
+impl Default for GrpoParams {
+    fn default() -> Self {
+        Self {
+            num_generations: 8,
+            beta: 0.04,
+            epsilon: 0.2,
+            epsilon_high: None,
+            num_iterations: 1,
+            loss_type: LossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+        }
+    }
+}
+
+/// The `[rloo]` table: REINFORCE Leave-One-Out (Ahmadian et al. 2024).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlooParams {
+    /// G, completions per prompt (at least 2). TRL: 2.
+    pub num_generations: usize,
+    /// Weight of the sequence k1 KL subtracted from the reward; 0 runs no
+    /// reference forward at all. TRL: 0.05.
+    pub beta: f64,
+    /// Lower clip range ε of the sequence ratio. TRL: 0.2.
+    pub epsilon: f64,
+    /// Upper clip range; absent: `epsilon`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_high: Option<f64>,
+    /// μ, optimisation passes over each rollout. TRL: 1.
+    pub num_iterations: usize,
+    /// Standardise the advantages over the batch. TRL: false.
+    pub normalize_advantages: bool,
+}
+
+impl Default for RlooParams {
+    fn default() -> Self {
+        Self {
+            num_generations: 2,
+            beta: 0.05,
+            epsilon: 0.2,
+            epsilon_high: None,
+            num_iterations: 1,
+            normalize_advantages: false,
+        }
+    }
+}
+
+/// Which algorithm a config runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Algorithm<'a> {
+    Grpo(&'a GrpoParams),
+    Rloo(&'a RlooParams),
+}
+
+impl Algorithm<'_> {
+    /// The trainer's name (command, checkpoints).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Grpo(_) => "grpo",
+            Algorithm::Rloo(_) => "rloo",
+        }
+    }
+
+    pub fn num_generations(self) -> usize {
+        match self {
+            Algorithm::Grpo(p) => p.num_generations,
+            Algorithm::Rloo(p) => p.num_generations,
+        }
+    }
+
+    pub fn beta(self) -> f64 {
+        match self {
+            Algorithm::Grpo(p) => p.beta,
+            Algorithm::Rloo(p) => p.beta,
+        }
+    }
+
+    pub fn num_iterations(self) -> usize {
+        match self {
+            Algorithm::Grpo(p) => p.num_iterations,
+            Algorithm::Rloo(p) => p.num_iterations,
+        }
+    }
+
+    pub fn clip(self) -> Clip {
+        let (low, high) = match self {
+            Algorithm::Grpo(p) => (p.epsilon, p.epsilon_high),
+            Algorithm::Rloo(p) => (p.epsilon, p.epsilon_high),
+        };
+        Clip {
+            low,
+            high: high.unwrap_or(low),
+        }
+    }
+}
+
+/// The `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// JSONL: `{"prompt"}` per line, a string or a message list; other fields
+    /// are kept for the rewards.
+    pub train_file: PathBuf,
+    /// Longest prompt in tokens (its end is kept). TRL: 512.
+    pub max_prompt_len: usize,
+    /// Treat string prompts as a user turn through the chat template.
+    pub text_as_chat: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            max_prompt_len: 512,
+            text_as_chat: false,
+        }
+    }
+}
+
+/// The `[rollout]` table: how completions are sampled and treated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// TRL: 512 (GRPO) — 256 here, for CPU runs.
+    pub max_completion_length: usize,
+    /// Sampling temperature; the trainer divides its logits by it too. TRL: 1.0.
+    pub temperature: f64,
+    /// 0 disables. TRL: 0.
+    pub top_k: usize,
+    /// 1 disables. TRL: 1.0.
+    pub top_p: f64,
+    /// Strings that end a completion (excluded from the text the rewards read).
+    pub stop: Vec<String>,
+    /// Leave completions cut at `max_completion_length` out of the loss.
+    pub mask_truncated_completions: bool,
+    /// Subtracted from the reward of a completion that did not end (the "EOS
+    /// trick"); absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_eos_penalty: Option<f64>,
+    /// Rows per sampler call.
+    pub generation_batch_size: usize,
+    /// Append a sample of completions with their rewards to
+    /// `RUN_DIR/completions.jsonl` every this many steps; 0: never.
+    pub log_completions_steps: usize,
+    /// Completions per such sample.
+    pub num_completions_to_log: usize,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            max_completion_length: 256,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            mask_truncated_completions: false,
+            missing_eos_penalty: None,
+            generation_batch_size: 64,
+            log_completions_steps: 10,
+            num_completions_to_log: 8,
+        }
+    }
+}
+
+/// Online RL (GRPO or RLOO) configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlConfig {
+    /// The policy's starting point and its reference: an HF model directory.
+    pub model: PathBuf,
+    /// The run directory.
+    pub output_dir: PathBuf,
+    /// Peak learning rate. TRL: 1e-6.
+    pub learning_rate: f64,
+    /// dtype of the exported `final/` weights.
+    pub final_dtype: FinalDtype,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<GrpoParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rloo: Option<RlooParams>,
+    pub data: DataConfig,
+    pub rollout: RolloutConfig,
+    pub rewards: Vec<RewardKind>,
+    /// `batch_size` counts completions per micro-batch; `batch_size ×
+    /// grad_accum` completions (a multiple of G) make one step.
+    pub train: LoopConfig,
+    pub optim: AdamWConfig,
+    pub schedule: ScheduleConfig,
+    /// Present: train a LoRA adapter; the reference is the policy with its
+    /// adapters disabled. Absent: full fine-tune with a frozen reference copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            output_dir: PathBuf::new(),
+            learning_rate: 1e-6,
+            final_dtype: FinalDtype::F32,
+            grpo: None,
+            rloo: None,
+            data: DataConfig::default(),
+            rollout: RolloutConfig::default(),
+            rewards: Vec::new(),
+            train: LoopConfig::default(),
+            optim: AdamWConfig::default(),
+            schedule: ScheduleConfig::default(),
+            lora: None,
+        }
+    }
+}
+
+impl RlConfig {
+    /// GRPO with every default.
+    pub fn grpo() -> Self {
+        Self {
+            grpo: Some(GrpoParams::default()),
+            ..Default::default()
+        }
+    }
+
+    /// RLOO with every default.
+    pub fn rloo() -> Self {
+        Self {
+            rloo: Some(RlooParams::default()),
+            ..Default::default()
+        }
+    }
+
+    /// Read a TOML file, then apply `overrides` (`key=value`, as given by
+    /// `--set` or the CLI's flags). Unknown keys are errors.
+    pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
+        Ok(alignkit_train::load_config(path, overrides)?)
+    }
+
+    /// The algorithm of the `[grpo]` or `[rloo]` table.
+    pub fn algorithm(&self) -> Result<Algorithm<'_>> {
+        match (&self.grpo, &self.rloo) {
+            (Some(g), None) => Ok(Algorithm::Grpo(g)),
+            (None, Some(r)) => Ok(Algorithm::Rloo(r)),
+            (None, None) => {
+                Err(self.error("grpo", "no algorithm: add a [grpo] or an [rloo] table"))
+            }
+            (Some(_), Some(_)) => Err(self.error("rloo", "both [grpo] and [rloo]: keep one")),
+        }
+    }
+
+    fn error(&self, field: &str, message: impl Into<String>) -> RlError {
+        RlError::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Completions per step: `train.batch_size × train.grad_accum`.
+    pub fn completions_per_step(&self) -> usize {
+        self.train.batch_size * self.train.grad_accum
+    }
+
+    /// Check every setting that can be checked without reading data or
+    /// weights (a reward model's tokenizer is read); paths must exist.
+    pub fn validate(&self) -> Result<()> {
+        RunSettings {
+            model_dirs: &[("model", Some(self.model.as_path()))],
+            output_dir: &self.output_dir,
+            train_file: &self.data.train_file,
+            validation_file: None,
+            validation_split: 0.0,
+            max_len: self.data.max_prompt_len + self.rollout.max_completion_length,
+            max_prompt_len: Some(self.data.max_prompt_len),
+            learning_rate: self.learning_rate,
+            eval_steps: self.train.eval_steps,
+        }
+        .check()?;
+        let algorithm = self.algorithm()?;
+        let table = algorithm.name();
+        let g = algorithm.num_generations();
+        if g < 2 {
+            return Err(self.error(
+                &format!("{table}.num_generations"),
+                format!("{g}: group-relative advantages need at least 2 completions per prompt"),
+            ));
+        }
+        if !self.completions_per_step().is_multiple_of(g) {
+            return Err(self.error(
+                "train.batch_size",
+                format!(
+                    "batch_size × grad_accum = {} completions per step is not a multiple of {table}.num_generations = {g}",
+                    self.completions_per_step()
+                ),
+            ));
+        }
+        if !(algorithm.beta().is_finite() && algorithm.beta() >= 0.0) {
+            return Err(self.error(&format!("{table}.beta"), "must be a non-negative number"));
+        }
+        let clip = algorithm.clip();
+        if !(clip.low.is_finite() && clip.low >= 0.0 && clip.low < 1.0) {
+            return Err(self.error(
+                &format!("{table}.epsilon"),
+                format!("{} is not in [0, 1)", clip.low),
+            ));
+        }
+        if !(clip.high.is_finite() && clip.high >= 0.0) {
+            return Err(self.error(
+                &format!("{table}.epsilon_high"),
+                "must be a non-negative number",
+            ));
+        }
+        if algorithm.num_iterations() == 0 {
+            return Err(self.error(&format!("{table}.num_iterations"), "must be at least 1"));
+        }
+        let r = &self.rollout;
+        if r.max_completion_length == 0 {
+            return Err(self.error("rollout.max_completion_length", "must be at least 1"));
+        }
+        if !(r.temperature.is_finite() && r.temperature > 0.0) {
+            return Err(self.error(
+                "rollout.temperature",
+                format!("{}: sampling needs a positive temperature", r.temperature),
+            ));
+        }
+        if !(r.top_p > 0.0 && r.top_p <= 1.0) {
+            return Err(self.error("rollout.top_p", format!("{} is not in (0, 1]", r.top_p)));
+        }
+        if r.stop.iter().any(String::is_empty) {
+            return Err(self.error(
+                "rollout.stop",
+                "an empty stop string would end every completion",
+            ));
+        }
+        if r.missing_eos_penalty.is_some_and(|p| !p.is_finite()) {
+            return Err(self.error("rollout.missing_eos_penalty", "must be a finite number"));
+        }
+        if r.generation_batch_size == 0 {
+            return Err(self.error("rollout.generation_batch_size", "must be at least 1"));
+        }
+        if self.train.eval_steps > 0 {
+            return Err(self.error(
+                "train.eval_steps",
+                "online RL has no validation loss; leave it 0 (evaluate with alignkit eval)",
+            ));
+        }
+        self.train.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
+        let tokenizer = alignkit_datasets::Tokenizer::from_dir(&self.model)?;
+        reward::validate(&self.rewards, Some(&tokenizer))
+    }
+
+    /// The same config with every path absolute (so a run resumes from any
+    /// working directory).
+    pub fn with_absolute_paths(&self) -> Result<Self> {
+        let abs = |p: &Path| {
+            std::path::absolute(p).map_err(|e| RlError::Io {
+                path: p.to_path_buf(),
+                source: e,
+            })
+        };
+        let mut c = self.clone();
+        c.model = abs(&self.model)?;
+        c.output_dir = abs(&self.output_dir)?;
+        c.data.train_file = abs(&self.data.train_file)?;
+        for r in &mut c.rewards {
+            if let RewardKind::Model { path, .. } = r {
+                *path = abs(path)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// A resumed run reproduces the interrupted one only with the settings
+    /// that shape its trajectory unchanged; how long it runs, how often it
+    /// saves or logs completions, and the export dtype may change.
+    pub fn check_resumable_from(&self, previous: &RlConfig) -> Result<()> {
+        let mut a = previous.clone();
+        let mut b = self.clone();
+        for c in [&mut a, &mut b] {
+            c.train.epochs = 0;
+            c.train.max_steps = 0;
+            c.train.save_steps = 0;
+            c.train.keep_last = 0;
+            c.train.max_bad_steps = 0;
+            c.rollout.log_completions_steps = 0;
+            c.rollout.num_completions_to_log = 0;
+            c.final_dtype = FinalDtype::F32;
+        }
+        if a == b {
+            return Ok(());
+        }
+        let (ta, tb) = (
+            toml::Value::try_from(&a).expect("RlConfig serializes"),
+            toml::Value::try_from(&b).expect("RlConfig serializes"),
+        );
+        Err(RlError::Config {
+            field: first_difference(&ta, &tb, "").unwrap_or_else(|| "config".into()),
+            message: "differs from the run being resumed (its config.toml); resume with the same settings or start a new output_dir".into(),
+        })
+    }
+
+    /// The resolved config as TOML, every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("RlConfig serializes to TOML")
+    }
+
+    /// The tokenizer and chat template of the policy, cutting prompts to
+    /// `data.max_prompt_len` (their end is kept).
+    pub fn encoder(&self) -> Result<Encoder> {
+        Ok(Encoder::from_dir(
+            &self.model,
+            EncodeConfig {
+                max_len: None,
+                max_prompt_len: Some(self.data.max_prompt_len),
+                truncation: TruncationSide::KeepEnd,
+                train_on: TrainOn::Completion,
+                plain_text: if self.data.text_as_chat {
+                    PlainText::Chat
+                } else {
+                    PlainText::Raw
+                },
+            },
+        )?)
+    }
+
+    /// The sampling settings of the rollouts.
+    pub fn rollout_settings(&self) -> Result<RolloutSettings> {
+        Ok(RolloutSettings {
+            num_generations: self.algorithm()?.num_generations(),
+            max_completion_length: self.rollout.max_completion_length,
+            temperature: self.rollout.temperature as f32,
+            top_k: self.rollout.top_k,
+            top_p: self.rollout.top_p as f32,
+            stop: self.rollout.stop.clone(),
+            generation_batch_size: self.rollout.generation_batch_size,
+        })
+    }
+}
+
+/// The dotted key of the first value that differs between two tables.
+fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<String> {
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => first_difference(u, v, &key),
+                    _ => Some(key),
+                }
+            })
+        }
+        _ => (a != b).then(|| prefix.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_config_round_trips_with_all_defaults() {
+        for mut c in [RlConfig::grpo(), RlConfig::rloo()] {
+            c.model = "m".into();
+            c.output_dir = "o".into();
+            c.rewards = vec![
+                RewardKind::Rule {
+                    rule: alignkit_eval::Rule::JsonKeys(vec!["a".into()]),
+                    name: None,
+                    weight: 1.0,
+                },
+                RewardKind::Sentiment {
+                    name: Some("vader".into()),
+                    weight: 0.5,
+                },
+            ];
+            c.lora = Some(LoraConfig::default());
+            let text = c.to_toml();
+            assert!(text.contains("num_generations = "), "{text}");
+            assert!(text.contains("kind = \"sentiment\""), "{text}");
+            let back: RlConfig = toml::from_str(&text).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+
+    #[test]
+    fn defaults_follow_trl_per_algorithm() {
+        let g = RlConfig::grpo();
+        let a = g.algorithm().unwrap();
+        assert_eq!((a.name(), a.num_generations(), a.beta()), ("grpo", 8, 0.04));
+        let r = RlConfig::rloo();
+        let a = r.algorithm().unwrap();
+        assert_eq!((a.name(), a.num_generations(), a.beta()), ("rloo", 2, 0.05));
+        assert_eq!(
+            a.clip(),
+            Clip {
+                low: 0.2,
+                high: 0.2
+            }
+        );
+        let err = RlConfig::default().algorithm().unwrap_err().to_string();
+        assert!(err.starts_with("config: `grpo`: no algorithm"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_one_line_errors_with_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grpo.toml");
+        std::fs::write(
+            &path,
+            "model = \"m\"\n[grpo]\nbeta = 0.1\nnum_generation = 4\n",
+        )
+        .unwrap();
+        let err = RlConfig::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("grpo.toml:4:1:"), "{err}");
+        assert!(err.contains("unknown field `num_generation`"), "{err}");
+        std::fs::write(
+            &path,
+            "model = \"m\"\n[grpo]\n[[rewards]]\nkind = \"length\"\n",
+        )
+        .unwrap();
+        let err = RlConfig::load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("grpo.toml:"), "{err}");
+        assert!(err.contains("unknown variant `length`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn resume_refuses_changed_objective_keys() {
+        let c = RlConfig::grpo();
+        let mut longer = c.clone();
+        longer.train.max_steps = 99;
+        longer.rollout.log_completions_steps = 3;
+        longer.check_resumable_from(&c).unwrap();
+        let mut other = c.clone();
+        other.grpo.as_mut().unwrap().beta = 0.5;
+        let err = other.check_resumable_from(&c).unwrap_err().to_string();
+        assert!(err.starts_with("config: `grpo.beta`: differs"), "{err}");
+    }
+}

@@ -1,0 +1,252 @@
+//! What a step reports, under TRL's `GRPOTrainer` / `RLOOTrainer` metric
+//! names, and the sample of completions written to `completions.jsonl`.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use alignkit_model::checkpoint::write_atomic;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RlError};
+
+/// One `metrics.jsonl` record: a rollout step and its optimisation passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlMetrics {
+    pub step: usize,
+    /// Fractional pass over the prompts after this step.
+    pub epoch: f64,
+    /// The policy loss, averaged over the μ passes. Near 0 on the first pass
+    /// is normal: the advantages are centred and the ratio is 1 (trl#3452).
+    pub loss: f64,
+    pub learning_rate: f64,
+    /// Global gradient norm before clipping, averaged over the passes.
+    pub grad_norm: f64,
+    /// Mean and sample std of the total (weighted, penalised) reward.
+    pub reward: f64,
+    pub reward_std: f64,
+    /// `rewards/{name}/mean` and `rewards/{name}/std` of each reward function.
+    #[serde(flatten)]
+    pub rewards: BTreeMap<String, f64>,
+    /// Fraction of prompts whose G rewards are all equal (no signal).
+    pub frac_reward_zero_std: f64,
+    #[serde(rename = "completions/mean_length")]
+    pub mean_length: f64,
+    #[serde(rename = "completions/min_length")]
+    pub min_length: f64,
+    #[serde(rename = "completions/max_length")]
+    pub max_length: f64,
+    /// Fraction of completions cut at `max_completion_length`.
+    #[serde(rename = "completions/clipped_ratio")]
+    pub clipped_ratio: f64,
+    /// Token mean of the KL estimate to the reference (k3 for GRPO, k1 for
+    /// RLOO); absent when β = 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// Token mean of the entropy of the temperature-scaled policy.
+    pub entropy: f64,
+    /// Fractions of trained tokens (GRPO) or sequences (RLOO) clipped, over
+    /// all passes.
+    #[serde(rename = "clip_ratio/low_mean")]
+    pub clip_low: f64,
+    #[serde(rename = "clip_ratio/high_mean")]
+    pub clip_high: f64,
+    #[serde(rename = "clip_ratio/region_mean")]
+    pub clip_region: f64,
+    /// Mean and max |sampling log-prob − trainer log-prob| over the trained
+    /// tokens of the first pass: the sampler and the trainer score the same
+    /// temperature-scaled distribution, so these are rounding-sized.
+    #[serde(rename = "sampling/sampling_logp_difference/mean")]
+    pub logp_diff_mean: f64,
+    #[serde(rename = "sampling/sampling_logp_difference/max")]
+    pub logp_diff_max: f64,
+    /// Prompt and completion tokens seen so far.
+    pub num_tokens: u64,
+    /// Seconds of the whole step, and of its parts.
+    pub step_time: f64,
+    #[serde(rename = "time/generation")]
+    pub generation_time: f64,
+    /// Rewards, reference log-probs and advantages.
+    #[serde(rename = "time/scoring")]
+    pub scoring_time: f64,
+    #[serde(rename = "time/optimization")]
+    pub optimization_time: f64,
+    /// Why an update was skipped (non-finite loss or gradient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(x: &[f64]) -> (f64, f64) {
+    let mean = x.iter().sum::<f64>() / x.len().max(1) as f64;
+    (mean, crate::loss::sample_std(x))
+}
+
+/// One completion of a `completions.jsonl` sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRecord {
+    pub step: usize,
+    /// FILE:LINE of the prompt.
+    pub at: String,
+    pub prompt: serde_json::Value,
+    pub completion: String,
+    /// The total reward (weighted, penalised) and each function's.
+    pub reward: f64,
+    pub rewards: BTreeMap<String, f64>,
+    pub advantage: f64,
+    /// `eos`, `stop` or `length`.
+    pub finish: String,
+}
+
+/// `RUN_DIR/completions.jsonl`, appended and flushed per sample.
+#[derive(Debug)]
+pub struct CompletionsLog {
+    path: PathBuf,
+}
+
+pub const COMPLETIONS_FILE: &str = "completions.jsonl";
+
+impl CompletionsLog {
+    /// Open the log of `run_dir`. A fresh run starts it empty; on resume from
+    /// `resumed_step`, records of later steps (written by the interrupted
+    /// process after its checkpoint) are dropped.
+    pub fn open(run_dir: &Path, resumed_step: Option<usize>) -> Result<Self> {
+        let path = run_dir.join(COMPLETIONS_FILE);
+        let io = |e| RlError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        match resumed_step {
+            None => {
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(io)?;
+                }
+            }
+            Some(step) if path.exists() => {
+                let text = std::fs::read_to_string(&path).map_err(io)?;
+                let kept: String = text
+                    .lines()
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                            .is_some_and(|s| s as usize <= step)
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                write_atomic(&path, kept.as_bytes())?;
+            }
+            Some(_) => {}
+        }
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn append(&mut self, records: &[CompletionRecord]) -> Result<()> {
+        let io = |e| RlError::Io {
+            path: self.path.clone(),
+            source: e,
+        };
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&serde_json::to_string(r).expect("a completion record serializes"));
+            text.push('\n');
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.flush())
+            .map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_are_trl_names() {
+        let mut rewards = BTreeMap::new();
+        rewards.insert("rewards/json_keys/mean".to_string(), 0.5);
+        let m = RlMetrics {
+            step: 1,
+            epoch: 0.5,
+            loss: 0.0,
+            learning_rate: 1e-6,
+            grad_norm: 1.0,
+            reward: 0.5,
+            reward_std: 0.1,
+            rewards,
+            frac_reward_zero_std: 0.0,
+            mean_length: 3.0,
+            min_length: 1.0,
+            max_length: 5.0,
+            clipped_ratio: 0.0,
+            kl: Some(0.01),
+            entropy: 2.0,
+            clip_low: 0.0,
+            clip_high: 0.0,
+            clip_region: 0.0,
+            logp_diff_mean: 0.0,
+            logp_diff_max: 0.0,
+            num_tokens: 10,
+            step_time: 1.0,
+            generation_time: 0.5,
+            scoring_time: 0.1,
+            optimization_time: 0.4,
+            skipped: None,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        for key in [
+            "reward",
+            "reward_std",
+            "rewards/json_keys/mean",
+            "frac_reward_zero_std",
+            "completions/mean_length",
+            "completions/min_length",
+            "completions/max_length",
+            "completions/clipped_ratio",
+            "kl",
+            "entropy",
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "clip_ratio/region_mean",
+            "num_tokens",
+            "step_time",
+            "time/generation",
+            "time/optimization",
+        ] {
+            assert!(v.get(key).is_some(), "no `{key}` in {v}");
+        }
+        assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
+    }
+
+    #[test]
+    fn resume_drops_completions_written_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |step| CompletionRecord {
+            step,
+            at: "p.jsonl:1".into(),
+            prompt: "hi".into(),
+            completion: "x".into(),
+            reward: 1.0,
+            rewards: BTreeMap::new(),
+            advantage: 0.0,
+            finish: "eos".into(),
+        };
+        let mut log = CompletionsLog::open(dir.path(), None).unwrap();
+        log.append(&[rec(2), rec(4), rec(6)]).unwrap();
+        CompletionsLog::open(dir.path(), Some(4)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(COMPLETIONS_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        CompletionsLog::open(dir.path(), None).unwrap();
+        assert!(!dir.path().join(COMPLETIONS_FILE).exists());
+    }
+}

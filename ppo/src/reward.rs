@@ -1,0 +1,395 @@
+//! Rewards of sampled completions: each reward function scores every
+//! completion; the policy is trained on their weighted sum, and each is
+//! logged under `rewards/{name}/mean|std` (TRL's `reward_funcs` and
+//! `reward_weights`).
+//!
+//! - [`RewardKind::Model`]: a reward model directory — alignkit's `reward`
+//!   output or a transformers `LlamaForSequenceClassification` export — read
+//!   at the completion's last token (its end-of-turn token when it has one).
+//!   It reads the policy's token ids directly, so its tokenizer must be the
+//!   policy's (checked before any work).
+//! - [`RewardKind::Rule`]: a rule judge of `alignkit-eval` (one sentence, a
+//!   JSON object with keys, a regular expression, exact match against a field
+//!   of the prompt record): 1 when it passes, 0 otherwise.
+//! - [`RewardKind::Sentiment`]: the VADER compound score in [−1, 1] (Hutto &
+//!   Gilbert 2014, "VADER: A Parsimonious Rule-based Model for Sentiment
+//!   Analysis of Social Media Text"), from the `vader_sentiment` crate and its
+//!   lexicon. The offline stand-in for the sentiment classifier of Rafailov et
+//!   al. 2023 §6.1.
+//!
+//! A reward that cannot be computed (a missing record field, a non-finite
+//! score) is an error naming the prompt's FILE:LINE, never a silent 0.
+
+use std::path::{Path, PathBuf};
+
+use alignkit_datasets::Tokenizer;
+use alignkit_eval::{CompiledRule, Rule};
+use alignkit_model::heads::{RewardModel, load_reward_model};
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RlError};
+use crate::rollout::{Completion, Prompt, ScoredTokens};
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One reward function of the `[[rewards]]` array.
+///
+/// ```toml
+/// [[rewards]]
+/// kind = "model"
+/// path = "runs/reward/final"
+///
+/// [[rewards]]
+/// kind = "rule"
+/// rule = { json_keys = ["answer"] }
+/// weight = 0.5
+///
+/// [[rewards]]
+/// kind = "sentiment"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RewardKind {
+    /// A reward model directory (scores are used as they are).
+    Model {
+        path: PathBuf,
+        /// Logged as `rewards/{name}/…`; default `reward_model`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    /// A rule judge: 1 when the completion passes, 0 otherwise.
+    Rule {
+        rule: Rule,
+        /// Default: the rule's key (`json_keys`, `regex`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    /// The VADER compound sentiment score in [−1, 1].
+    Sentiment {
+        /// Default: `sentiment`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+impl RewardKind {
+    /// The name it is logged under.
+    pub fn name(&self) -> String {
+        match self {
+            RewardKind::Model { name, .. } => name.clone().unwrap_or_else(|| "reward_model".into()),
+            RewardKind::Rule { name, rule, .. } => {
+                name.clone().unwrap_or_else(|| rule.name().into())
+            }
+            RewardKind::Sentiment { name, .. } => {
+                name.clone().unwrap_or_else(|| "sentiment".into())
+            }
+        }
+    }
+
+    pub fn weight(&self) -> f64 {
+        match self {
+            RewardKind::Model { weight, .. }
+            | RewardKind::Rule { weight, .. }
+            | RewardKind::Sentiment { weight, .. } => *weight,
+        }
+    }
+}
+
+/// Check the reward functions of a config: at least one, distinct names,
+/// finite weights, valid rules, and reward models with the policy's tokenizer
+/// (`policy_tokenizer`). Reads no weights.
+pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> Result<()> {
+    if specs.is_empty() {
+        return Err(RlError::Config {
+            field: "rewards".into(),
+            message: "no reward function: add a [[rewards]] table (kind = \"model\", \"rule\" or \"sentiment\")".into(),
+        });
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let field = |f: &str| format!("rewards[{i}].{f}");
+        if !names.insert(spec.name()) {
+            return Err(RlError::Config {
+                field: field("name"),
+                message: format!(
+                    "`{}` names two rewards; give them distinct names",
+                    spec.name()
+                ),
+            });
+        }
+        if !spec.weight().is_finite() {
+            return Err(RlError::Config {
+                field: field("weight"),
+                message: format!("{} is not a finite number", spec.weight()),
+            });
+        }
+        match spec {
+            RewardKind::Model { path, .. } => {
+                if !path.join("config.json").is_file() {
+                    return Err(RlError::Config {
+                        field: field("path"),
+                        message: format!("{} has no config.json", path.display()),
+                    });
+                }
+                if let Some(policy) = policy_tokenizer {
+                    same_tokenizer(policy, path).map_err(|message| RlError::Config {
+                        field: field("path"),
+                        message,
+                    })?;
+                }
+            }
+            RewardKind::Rule { rule, .. } => {
+                rule.compile().map_err(|e| RlError::Config {
+                    field: field("rule"),
+                    message: e.to_string(),
+                })?;
+            }
+            RewardKind::Sentiment { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The reward model reads the policy's token ids: both tokenizers must map
+/// every token (special ones included) to the same id.
+fn same_tokenizer(policy: &Tokenizer, reward_dir: &Path) -> std::result::Result<(), String> {
+    let theirs = Tokenizer::from_dir(reward_dir).map_err(|e| e.to_string())?;
+    let (a, b) = (
+        policy.inner().get_vocab(true),
+        theirs.inner().get_vocab(true),
+    );
+    if a == b {
+        return Ok(());
+    }
+    let differing = a
+        .iter()
+        .filter(|(tok, id)| b.get(*tok) != Some(id))
+        .map(|(tok, _)| tok.clone())
+        .chain(b.keys().filter(|t| !a.contains_key(*t)).cloned())
+        .min()
+        .unwrap_or_default();
+    Err(format!(
+        "{}: the reward model's tokenizer differs from the policy's ({} vs {} tokens; e.g. {differing:?}); it must read the policy's token ids",
+        reward_dir.display(),
+        b.len(),
+        a.len()
+    ))
+}
+
+/// A reward function ready to score.
+enum Scorer<B: Backend> {
+    Model(Box<RewardModel<B>>),
+    Rule(CompiledRule),
+    Sentiment(vader_sentiment::SentimentIntensityAnalyzer<'static>),
+}
+
+/// The reward functions of a run.
+pub struct Rewards<B: Backend> {
+    names: Vec<String>,
+    weights: Vec<f64>,
+    scorers: Vec<Scorer<B>>,
+    pad_id: u32,
+    batch_size: usize,
+}
+
+/// Each reward function's score of each completion, and their weighted sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// `per_func[k][i]`: reward function k on completion i.
+    pub per_func: Vec<Vec<f64>>,
+    /// Σ_k weight_k · per_func[k][i].
+    pub total: Vec<f64>,
+}
+
+impl<B: Backend> Rewards<B> {
+    /// Load every reward function (reward models on `device`, no gradients).
+    /// Run [`validate`] first.
+    pub fn load(
+        specs: &[RewardKind],
+        pad_id: u32,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let mut scorers = Vec::with_capacity(specs.len());
+        for spec in specs {
+            scorers.push(match spec {
+                RewardKind::Model { path, .. } => {
+                    Scorer::Model(Box::new(load_reward_model::<B>(path, device)?.1))
+                }
+                RewardKind::Rule { rule, .. } => {
+                    Scorer::Rule(rule.compile().map_err(|e| RlError::Config {
+                        field: "rewards.rule".into(),
+                        message: e.to_string(),
+                    })?)
+                }
+                RewardKind::Sentiment { .. } => {
+                    Scorer::Sentiment(vader_sentiment::SentimentIntensityAnalyzer::new())
+                }
+            });
+        }
+        Ok(Self {
+            names: specs.iter().map(RewardKind::name).collect(),
+            weights: specs.iter().map(RewardKind::weight).collect(),
+            scorers,
+            pad_id,
+            batch_size,
+        })
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Score `completions` of `prompts`.
+    pub fn score(
+        &self,
+        prompts: &[Prompt],
+        completions: &[Completion],
+        device: &B::Device,
+    ) -> Result<Scores> {
+        let mut per_func = Vec::with_capacity(self.scorers.len());
+        for (name, scorer) in self.names.iter().zip(&self.scorers) {
+            let error = |c: &Completion, message: String| RlError::Reward {
+                at: prompts[c.prompt].at.clone(),
+                reward: name.clone(),
+                message,
+            };
+            let scores: Vec<f64> = match scorer {
+                Scorer::Model(model) => {
+                    let mut out = Vec::with_capacity(completions.len());
+                    for chunk in completions.chunks(self.batch_size.max(1)) {
+                        out.extend(model_scores(model, prompts, chunk, self.pad_id, device));
+                    }
+                    if let Some((c, s)) = completions.iter().zip(&out).find(|(_, s)| !s.is_finite())
+                    {
+                        return Err(error(c, format!("the reward model scored {s}")));
+                    }
+                    out
+                }
+                Scorer::Rule(rule) => completions
+                    .iter()
+                    .map(|c| {
+                        rule.judge(&c.text, &prompts[c.prompt].fields)
+                            .map(|pass| pass as u8 as f64)
+                            .map_err(|e| error(c, e.to_string()))
+                    })
+                    .collect::<Result<_>>()?,
+                Scorer::Sentiment(vader) => completions
+                    .iter()
+                    .map(|c| {
+                        vader
+                            .polarity_scores(&c.text)
+                            .get("compound")
+                            .copied()
+                            .unwrap_or(0.0)
+                    })
+                    .collect(),
+            };
+            per_func.push(scores);
+        }
+        let total = (0..completions.len())
+            .map(|i| {
+                per_func
+                    .iter()
+                    .zip(&self.weights)
+                    .map(|(s, w)| w * s[i])
+                    .sum()
+            })
+            .collect();
+        Ok(Scores { per_func, total })
+    }
+}
+
+/// A reward model's score of each completion, read at its last token.
+fn model_scores<B: Backend>(
+    model: &RewardModel<B>,
+    prompts: &[Prompt],
+    completions: &[Completion],
+    pad_id: u32,
+    device: &B::Device,
+) -> Vec<f64> {
+    let rows: Vec<(&[u32], &[u32])> = completions
+        .iter()
+        .map(|c| (prompts[c.prompt].ids.as_slice(), c.tokens.as_slice()))
+        .collect();
+    let tokens = ScoredTokens::new(&rows, &vec![false; rows.len()], pad_id);
+    let last: Vec<usize> = tokens
+        .batch
+        .last_token_index()
+        .into_iter()
+        .map(|i| i.unwrap_or(0))
+        .collect();
+    model
+        .forward(tokens.input(device), &last)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("converted to f64 above")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<Vec<RewardKind>, String> {
+        #[derive(Deserialize)]
+        struct T {
+            rewards: Vec<RewardKind>,
+        }
+        toml::from_str::<T>(text)
+            .map(|t| t.rewards)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reward_tables_parse_with_defaults_and_reject_unknown_kinds() {
+        let r = parse(
+            "[[rewards]]\nkind = \"rule\"\nrule = { json_keys = [\"a\"] }\nweight = 0.5\n\
+             [[rewards]]\nkind = \"sentiment\"\n",
+        )
+        .unwrap();
+        assert_eq!(r[0].name(), "json_keys");
+        assert_eq!(r[0].weight(), 0.5);
+        assert_eq!(r[1].name(), "sentiment");
+        assert_eq!(r[1].weight(), 1.0);
+        validate(&r, None).unwrap();
+        let err = parse("[[rewards]]\nkind = \"vibes\"\n").unwrap_err();
+        assert!(err.contains("unknown variant `vibes`"), "{err}");
+        let err = parse("[[rewards]]\nkind = \"sentiment\"\nscale = 2\n").unwrap_err();
+        assert!(err.contains("unknown field `scale`"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_reward() {
+        let two = vec![
+            RewardKind::Sentiment {
+                name: None,
+                weight: 1.0,
+            },
+            RewardKind::Sentiment {
+                name: None,
+                weight: 2.0,
+            },
+        ];
+        let err = validate(&two, None).unwrap_err().to_string();
+        assert!(err.starts_with("config: `rewards[1].name`"), "{err}");
+        let bad_regex = vec![RewardKind::Rule {
+            rule: Rule::Regex("(".into()),
+            name: None,
+            weight: 1.0,
+        }];
+        let err = validate(&bad_regex, None).unwrap_err().to_string();
+        assert!(err.starts_with("config: `rewards[0].rule`"), "{err}");
+        let err = validate(&[], None).unwrap_err().to_string();
+        assert!(err.starts_with("config: `rewards`"), "{err}");
+    }
+}

@@ -1,0 +1,419 @@
+//! End-to-end GRPO and RLOO on a tiny random model: a rule reward rises,
+//! sampling and training log-probs agree, exact resume, reward models, and
+//! errors before any work.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use alignkit_eval::Rule;
+use alignkit_model::heads::{RewardModel, save_reward_model};
+use alignkit_model::{SaveDtype, load_model};
+use alignkit_ppo::{Event, RewardKind, RlConfig, RunOptions, StopReason, train};
+use alignkit_train::testutil::*;
+use burn::tensor::backend::Backend;
+use serde_json::json;
+
+/// Chat prompts, with an `answer` field the rewards may read.
+fn write_prompts(path: &Path, n: usize) {
+    let words = [
+        "sky", "grass", "snow", "coal", "sun", "blood", "sea", "moon",
+    ];
+    let mut text = String::new();
+    for i in 0..n {
+        let w = words[i % words.len()];
+        let rec = json!({"prompt": [{"role": "user", "content": format!("{w}?")}], "answer": w});
+        text.push_str(&rec.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// GRPO over the tiny model with a rule reward: the completion contains `a`.
+fn config(dir: &Path) -> RlConfig {
+    let model = tiny_model_dir(&dir.join("model"));
+    let prompts = dir.join("prompts.jsonl");
+    write_prompts(&prompts, 8);
+    let mut c = RlConfig::grpo();
+    c.model = model;
+    c.output_dir = dir.join("run");
+    c.learning_rate = 1e-2;
+    c.data.train_file = prompts;
+    c.data.max_prompt_len = 32;
+    c.rollout.max_completion_length = 8;
+    c.rollout.log_completions_steps = 2;
+    c.rollout.generation_batch_size = 16;
+    c.rewards = vec![RewardKind::Rule {
+        rule: Rule::Regex("a".into()),
+        name: None,
+        weight: 1.0,
+    }];
+    let g = c.grpo.as_mut().unwrap();
+    g.num_generations = 8;
+    c.train.batch_size = 16;
+    c.train.grad_accum = 2;
+    c.train.max_steps = 20;
+    c.train.save_steps = 0;
+    c.train.keep_last = 0;
+    c.schedule.kind = alignkit_train::ScheduleKind::Constant;
+    c.optim.weight_decay = 0.0;
+    c
+}
+
+fn run(c: &RlConfig) -> alignkit_ppo::RlOutcome {
+    train::<AB>(c, &Default::default(), RunOptions::default(), &mut |_| {}).unwrap()
+}
+
+fn mean(x: &[f64]) -> f64 {
+    x.iter().sum::<f64>() / x.len() as f64
+}
+
+#[test]
+fn grpo_rule_reward_rises() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path());
+    let out = run(&c);
+    assert_eq!(out.stop, StopReason::Completed);
+    let r = series(&c.output_dir, "rewards/regex/mean");
+    assert_eq!(r.len(), 20);
+    let (first, last) = (mean(&r[..5]), mean(&r[15..]));
+    assert!(
+        last > first + 0.3 && last > 0.5,
+        "reward did not rise: {r:?}"
+    );
+    let m = metrics(&c.output_dir);
+    for key in [
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/regex/mean",
+        "rewards/regex/std",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+        "completions/clipped_ratio",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "num_tokens",
+        "step_time",
+        "time/generation",
+        "time/optimization",
+    ] {
+        assert!(m[0].get(key).is_some(), "metrics lack `{key}`: {}", m[0]);
+    }
+    // One pass per rollout: the ratio is 1 on it, so nothing is ever clipped.
+    assert!(
+        series(&c.output_dir, "clip_ratio/region_mean")
+            .iter()
+            .all(|&x| x == 0.0)
+    );
+    let log = std::fs::read_to_string(c.output_dir.join("completions.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["step"], 2);
+    assert!(first["rewards"]["regex"].is_number(), "{first}");
+    assert_eq!(log.lines().count(), 10 * 8);
+    load_model::<B>(&out.final_dir.unwrap(), &Default::default()).unwrap();
+}
+
+/// The sampler records log softmax(logits / T); the trainer computes the same
+/// from its own forward pass, so they agree to rounding. At another
+/// temperature they would not.
+#[test]
+fn sampling_and_training_logprobs_agree() {
+    use alignkit_ppo::rollout::{ScoredTokens, load_prompts, roll_out, scaled_token_logprobs};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.rollout.temperature = 0.7;
+    let encoder = c.encoder().unwrap();
+    let prompts = load_prompts(&c.data.train_file, &encoder).unwrap();
+    let settings = c.rollout_settings().unwrap();
+    let device = Default::default();
+    let (_, model) = load_model::<B>(&c.model, &device).unwrap();
+    let sampler = model.clone().for_decoding();
+    let comps = roll_out(
+        &sampler,
+        &prompts,
+        &[0, 3],
+        &settings,
+        encoder.tokenizer(),
+        1,
+        0,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(comps.len(), 16);
+    let rows: Vec<(&[u32], &[u32])> = comps
+        .iter()
+        .map(|x| (prompts[x.prompt].ids.as_slice(), x.tokens.as_slice()))
+        .collect();
+    let tokens = ScoredTokens::new(&rows, &vec![true; rows.len()], encoder.tokenizer().pad_id());
+    let sampled: Vec<f32> = comps.iter().flat_map(|x| x.logprobs.clone()).collect();
+    let diff = |t: f32| -> f32 {
+        let lp = scaled_token_logprobs(&model, &tokens, t, false, &device).logp;
+        let lp: Vec<f32> = lp.into_data().into_vec().unwrap();
+        assert_eq!(lp.len(), sampled.len());
+        lp.iter()
+            .zip(&sampled)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    assert!(diff(0.7) < 1e-4, "same temperature: {}", diff(0.7));
+    assert!(diff(1.0) > 1e-2, "another temperature: {}", diff(1.0));
+    // Seeds per (step, prompt, sample): the same rows alone draw the same tokens.
+    let alone = roll_out(
+        &sampler,
+        &prompts,
+        &[3],
+        &settings,
+        encoder.tokenizer(),
+        1,
+        0,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(alone[5].tokens, comps[13].tokens);
+}
+
+/// A run killed at step 5 (after the checkpoint of step 4) and resumed
+/// reproduces the uninterrupted run: rewards, losses and final weights bit for
+/// bit. GRPO with a reference (β > 0) and two passes per rollout.
+#[test]
+fn grpo_resume_after_a_crash_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.train.max_steps = 7;
+    c.train.save_steps = 2;
+    let g = c.grpo.as_mut().unwrap();
+    g.num_iterations = 2;
+    g.beta = 0.1;
+    g.epsilon_high = Some(0.28);
+    g.loss_type = alignkit_ppo::LossType::Grpo;
+    exact_resume(tmp.path(), c);
+}
+
+/// RLOO with LoRA: the reference is the policy with its adapters disabled.
+/// (No LoRA dropout: its masks come from the process-global backend
+/// generator, which tests running in parallel share.)
+#[test]
+fn rloo_lora_resume_after_a_crash_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.grpo = None;
+    c.rloo = Some(alignkit_ppo::RlooParams {
+        num_generations: 4,
+        num_iterations: 2,
+        ..Default::default()
+    });
+    c.lora = Some(alignkit_model::lora::LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..Default::default()
+    });
+    c.rollout.mask_truncated_completions = true;
+    c.rollout.missing_eos_penalty = Some(0.5);
+    c.train.max_steps = 7;
+    c.train.save_steps = 2;
+    exact_resume(tmp.path(), c);
+}
+
+fn exact_resume(tmp: &Path, mut c: RlConfig) {
+    let reference = run(&c);
+    let keys = [
+        "reward",
+        "loss",
+        "kl",
+        "entropy",
+        "grad_norm",
+        "clip_ratio/region_mean",
+    ];
+    let want: Vec<Vec<f64>> = keys.iter().map(|k| series(&c.output_dir, k)).collect();
+    assert!(
+        want[2].iter().all(|k| k.is_finite()),
+        "kl is logged: {:?}",
+        want[2]
+    );
+
+    c.output_dir = tmp.join("crashed");
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
+            if let Event::Step(m) = e
+                && m.step == 5
+            {
+                panic!("simulated kill at step 5");
+            }
+        })
+    }));
+    assert!(crashed.is_err());
+    let mut steps = Vec::new();
+    let resumed = train::<AB>(
+        &c,
+        &Default::default(),
+        RunOptions {
+            resume: true,
+            stop: None,
+        },
+        &mut |e| {
+            if let Event::Step(m) = e {
+                steps.push(m.step)
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(steps, (5..=7).collect::<Vec<_>>(), "resumed from step 4");
+    for (key, want) in keys.iter().zip(&want) {
+        let got = series(&c.output_dir, key);
+        assert_eq!(got.len(), want.len(), "{key}");
+        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{key} at step {}: {a} vs {b}",
+                i + 1
+            );
+        }
+    }
+    let a = load_model::<B>(&reference.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
+    let b = load_model::<B>(&resumed.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
+    assert_eq!(bits(&a), bits(&b), "final weights differ");
+    let log = |dir: &Path| std::fs::read_to_string(dir.join("completions.jsonl")).unwrap();
+    assert_eq!(log(&tmp.join("run")), log(&c.output_dir));
+}
+
+/// A reward model directory with the tiny tokenizer.
+fn reward_model_dir(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut config = tiny_config();
+    config.pad_token_id = Some(2);
+    B::seed(&Default::default(), 3);
+    let model = RewardModel::<B>::init(&config, &Default::default());
+    save_reward_model(&model, &config, dir, SaveDtype::F32).unwrap();
+    write_tokenizer(dir);
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_reward_model_scores_completions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.rewards.push(RewardKind::Model {
+        path: reward_model_dir(&tmp.path().join("rm")),
+        name: None,
+        weight: 0.5,
+    });
+    c.train.max_steps = 2;
+    run(&c);
+    let m = metrics(&c.output_dir);
+    let rm = m[0]["rewards/reward_model/mean"].as_f64().unwrap();
+    let std = m[0]["rewards/reward_model/std"].as_f64().unwrap();
+    let rule = m[0]["rewards/regex/mean"].as_f64().unwrap();
+    assert!(
+        std > 0.0,
+        "a random reward model scores completions differently"
+    );
+    let total = m[0]["reward"].as_f64().unwrap();
+    assert!(
+        (total - (rule + 0.5 * rm)).abs() < 1e-9,
+        "{total} vs {rule} + {rm}/2"
+    );
+}
+
+/// Each bad input is one line, before any work (no run directory).
+#[test]
+fn bad_inputs_fail_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = config(tmp.path());
+    let fail = |c: &RlConfig| -> String {
+        let err = train::<AB>(c, &Default::default(), RunOptions::default(), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !c.output_dir.exists(),
+            "{err}: the run directory was created"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        err
+    };
+
+    // A prompts file without prompts.
+    let mut c = base.clone();
+    let sft = tmp.path().join("sft.jsonl");
+    write_chat_data(&sft, &PAIRS);
+    c.data.train_file = sft;
+    let err = fail(&c);
+    assert!(
+        err.contains("sft.jsonl:1:") && err.contains("prompt"),
+        "{err}"
+    );
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    c.data.train_file = empty;
+    let err = fail(&c);
+    assert!(err.contains("empty.jsonl"), "{err}");
+
+    // num_generations < 2.
+    let mut c = base.clone();
+    c.grpo.as_mut().unwrap().num_generations = 1;
+    let err = fail(&c);
+    assert!(
+        err.starts_with("config: `grpo.num_generations`: 1:"),
+        "{err}"
+    );
+
+    // A reward model whose tokenizer differs from the policy's: two ids swapped.
+    let mut c = base.clone();
+    let rm = reward_model_dir(&tmp.path().join("rm-other"));
+    let path = rm.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    vocab.insert("a".into(), json!(id_of('b')));
+    vocab.insert("b".into(), json!(id_of('a')));
+    std::fs::write(&path, tok.to_string()).unwrap();
+    c.rewards.push(RewardKind::Model {
+        path: rm,
+        name: None,
+        weight: 1.0,
+    });
+    let err = fail(&c);
+    assert!(
+        err.starts_with("config: `rewards[1].path`:") && err.contains("tokenizer differs"),
+        "{err}"
+    );
+
+    // An unknown reward kind (in the TOML file): rejected when it is read.
+    let file = tmp.path().join("grpo.toml");
+    std::fs::write(&file, "[grpo]\n[[rewards]]\nkind = \"length\"\n").unwrap();
+    let err = RlConfig::load(Some(&file), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("grpo.toml:3:") && err.contains("unknown variant `length`"),
+        "{err}"
+    );
+}
+
+/// A reward that cannot be computed names the prompt's FILE:LINE.
+#[test]
+fn an_uncomputable_reward_names_the_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.rewards = vec![RewardKind::Rule {
+        rule: Rule::ExactMatch("solution".into()),
+        name: None,
+        weight: 1.0,
+    }];
+    let err = train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prompts.jsonl:"), "{err}");
+    assert!(
+        err.contains("reward `exact_match`") && err.contains("`solution`"),
+        "{err}"
+    );
+}
