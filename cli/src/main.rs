@@ -16,6 +16,7 @@ mod logprobs;
 mod pipeline;
 mod pull;
 mod reward;
+mod rl;
 mod sft;
 mod train_cli;
 
@@ -57,6 +58,13 @@ enum Command {
     /// Direct Preference Optimization (seven losses, full or LoRA) on
     /// preference pairs, from a TOML config and flags.
     Dpo(dpo::DpoArgs),
+    /// GRPO: online RL on the policy's own samples, group-normalised
+    /// advantages (reward model, rule and sentiment rewards), from a TOML
+    /// config with a `[grpo]` table.
+    Grpo(rl::RlArgs),
+    /// RLOO: online RL with a leave-one-out baseline, from a TOML config with
+    /// an `[rloo]` table.
+    Rloo(rl::RlArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     Export(export::ExportArgs),
     /// Run a staged pipeline (sft, reward, dpo, export) from a TOML file, skipping
@@ -111,6 +119,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reward(cmd) => reward::run(cmd),
         Command::Sft(args) => sft::run(args),
         Command::Dpo(args) => dpo::run(args),
+        Command::Grpo(args) => rl::run(rl::Algorithm::Grpo, args),
+        Command::Rloo(args) => rl::run(rl::Algorithm::Rloo, args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => pipeline::run(args),
         Command::Demo(args) => demo::run(args),

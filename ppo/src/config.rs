@@ -446,35 +446,6 @@ impl RlConfig {
         Ok(c)
     }
 
-    /// A resumed run reproduces the interrupted one only with the settings
-    /// that shape its trajectory unchanged; how long it runs, how often it
-    /// saves or logs completions, and the export dtype may change.
-    pub fn check_resumable_from(&self, previous: &RlConfig) -> Result<()> {
-        let mut a = previous.clone();
-        let mut b = self.clone();
-        for c in [&mut a, &mut b] {
-            c.train.epochs = 0;
-            c.train.max_steps = 0;
-            c.train.save_steps = 0;
-            c.train.keep_last = 0;
-            c.train.max_bad_steps = 0;
-            c.rollout.log_completions_steps = 0;
-            c.rollout.num_completions_to_log = 0;
-            c.final_dtype = FinalDtype::F32;
-        }
-        if a == b {
-            return Ok(());
-        }
-        let (ta, tb) = (
-            toml::Value::try_from(&a).expect("RlConfig serializes"),
-            toml::Value::try_from(&b).expect("RlConfig serializes"),
-        );
-        Err(RlError::Config {
-            field: first_difference(&ta, &tb, "").unwrap_or_else(|| "config".into()),
-            message: "differs from the run being resumed (its config.toml); resume with the same settings or start a new output_dir".into(),
-        })
-    }
-
     /// The resolved config as TOML, every default written out.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("RlConfig serializes to TOML")
@@ -510,27 +481,6 @@ impl RlConfig {
             stop: self.rollout.stop.clone(),
             generation_batch_size: self.rollout.generation_batch_size,
         })
-    }
-}
-
-/// The dotted key of the first value that differs between two tables.
-fn first_difference(a: &toml::Value, b: &toml::Value, prefix: &str) -> Option<String> {
-    match (a, b) {
-        (toml::Value::Table(x), toml::Value::Table(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => first_difference(u, v, &key),
-                    _ => Some(key),
-                }
-            })
-        }
-        _ => (a != b).then(|| prefix.to_string()),
     }
 }
 
@@ -605,16 +555,4 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
     }
 
-    #[test]
-    fn resume_refuses_changed_objective_keys() {
-        let c = RlConfig::grpo();
-        let mut longer = c.clone();
-        longer.train.max_steps = 99;
-        longer.rollout.log_completions_steps = 3;
-        longer.check_resumable_from(&c).unwrap();
-        let mut other = c.clone();
-        other.grpo.as_mut().unwrap().beta = 0.5;
-        let err = other.check_resumable_from(&c).unwrap_err().to_string();
-        assert!(err.starts_with("config: `grpo.beta`: differs"), "{err}");
-    }
 }

@@ -27,7 +27,7 @@ use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
-    AdamW, CheckpointRef, DataFile, Gradients, NanGuard, RunDir, TrainError, TrainerState, Verdict,
+    AdamW, CheckpointRef, DataFile, Gradients, NanGuard, KeyChange, RunDir, RunIdentity, TrainError, TrainerState, Verdict,
     WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, sha256_file, skip_reason,
     trainable_count, trainable_params,
 };
@@ -77,6 +77,8 @@ pub struct RunInfo {
     pub reference: ReferenceKind,
     /// The reward functions' names, as logged.
     pub rewards: Vec<String>,
+    /// Bookkeeping settings changed since the checkpoint resumed from.
+    pub resumed_with: Vec<KeyChange>,
 }
 
 /// Progress reports; the library never prints.
@@ -161,19 +163,6 @@ pub fn train<B: AutodiffBackend>(
     let tokenizer = encoder.tokenizer();
     let pad_id = tokenizer.pad_id();
     let fingerprint = model_fingerprint(&config.model)?;
-    let weights = WeightsKind::of(config.lora.as_ref());
-    let (run, resumed) = RunDir::open(
-        &config.output_dir,
-        options.resume,
-        trainer,
-        &fingerprint,
-        &config.model,
-        weights,
-    )?;
-    let previous = run.root().join(alignkit_train::run::CONFIG_FILE);
-    if resumed.is_some() && previous.is_file() {
-        config.check_resumable_from(&RlConfig::load(Some(&previous), &[])?)?;
-    }
     let prompts_per_step = config.completions_per_step() / group;
     let batches_per_epoch = prompts.len().div_ceil(prompts_per_step);
     let total_steps = match config.train.max_steps {
@@ -182,8 +171,32 @@ pub fn train<B: AutodiffBackend>(
     };
     let schedule = config.schedule.build(config.learning_rate, total_steps);
     let seed = config.train.seed;
+    let data_files = [DataFile {
+        path: config.data.train_file.clone(),
+        sha256: sha256_file(&config.data.train_file)?,
+    }];
+    let (run, mut state, resumed) = RunDir::open(
+        &config.output_dir,
+        options.resume,
+        &RunIdentity {
+            trainer,
+            base_model: &config.model,
+            base_fingerprint: &fingerprint,
+            weights: WeightsKind::of(config.lora.as_ref()),
+            config: alignkit_train::resume::to_json(&config),
+            data_files: &data_files,
+            data_keys: &["data.train_file"],
+            // How often completions are logged changes no update.
+            bookkeeping: &[
+                "rollout.log_completions_steps",
+                "rollout.num_completions_to_log",
+            ],
+        },
+        total_steps,
+        seed,
+    )?;
 
-    let ckpt_path = resumed.as_ref().map(|(c, _)| c.path.clone());
+    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
     let (model_config, mut model) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
@@ -221,22 +234,6 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
-    let mut state = match resumed {
-        Some((_, state)) => state,
-        None => TrainerState::new(
-            trainer,
-            total_steps,
-            seed,
-            weights,
-            config.model.clone(),
-            fingerprint,
-            vec![DataFile {
-                path: config.data.train_file.clone(),
-                sha256: sha256_file(&config.data.train_file)?,
-            }],
-        ),
-    };
-    state.total_steps = total_steps;
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -261,6 +258,7 @@ pub fn train<B: AutodiffBackend>(
             Reference::AdaptersDisabled => ReferenceKind::AdaptersDisabled,
         },
         rewards: rewards.names().to_vec(),
+        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
     };
     progress(Event::Started(&info));
     let setup = Setup {

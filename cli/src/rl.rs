@@ -1,0 +1,145 @@
+//! `alignkit grpo` and `alignkit rloo`: glue over alignkit-ppo's critic-free
+//! online RL trainers — flags to config keys, a progress bar, Ctrl-C, a
+//! one-line summary and a loss plot (see `train_cli`). Both read one config
+//! type, told apart by its `[grpo]` or `[rloo]` table; each command checks
+//! that the file holds its algorithm.
+
+use alignkit_ppo::{Event, ReferenceKind, RlConfig, RlMetrics};
+use alignkit_train::RunOptions;
+use anyhow::{Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+
+use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
+
+/// Which table the command expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Grpo,
+    Rloo,
+}
+
+impl Algorithm {
+    fn table(self) -> &'static str {
+        match self {
+            Algorithm::Grpo => "grpo",
+            Algorithm::Rloo => "rloo",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RlArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// = <algorithm>.num_generations: completions sampled per prompt (G ≥ 2).
+    #[arg(long)]
+    num_generations: Option<usize>,
+    /// = <algorithm>.beta: weight of the KL to the reference.
+    #[arg(long, allow_negative_numbers = true)]
+    beta: Option<f64>,
+    /// = rollout.max_completion_length
+    #[arg(long)]
+    max_completion_length: Option<usize>,
+    /// = rollout.temperature
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f64>,
+}
+
+pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
+    let t = algorithm.table();
+    let extra = [
+        (
+            format!("{t}.num_generations"),
+            args.num_generations.map(|v| v.to_string()),
+        ),
+        (format!("{t}.beta"), args.beta.map(|v| format!("{v:?}"))),
+        (
+            "rollout.max_completion_length".to_string(),
+            args.max_completion_length.map(|v| v.to_string()),
+        ),
+        (
+            "rollout.temperature".to_string(),
+            args.temperature.map(|v| format!("{v:?}")),
+        ),
+    ];
+    let extra: Vec<(&str, Option<String>)> =
+        extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    train_cli::run(&args.train, &extra, |path, keys| {
+        let config = RlConfig::load(path, keys)?;
+        let holds = match algorithm {
+            Algorithm::Grpo => config.grpo.is_some(),
+            Algorithm::Rloo => config.rloo.is_some(),
+        };
+        if !holds {
+            let origin = path.map_or("<flags>".into(), |p| p.display().to_string());
+            bail!("{origin}: no [{t}] table: `alignkit {t}` trains the algorithm of that table");
+        }
+        Ok(config)
+    })
+}
+
+impl Trainer for RlConfig {
+    const NAME: &'static str = "Online RL";
+
+    fn model_mut(&mut self) -> &mut std::path::PathBuf {
+        &mut self.model
+    }
+
+    fn train<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        options: RunOptions<'_>,
+        bar: &StepBar,
+    ) -> Result<Trained> {
+        let o = alignkit_ppo::train::<B>(self, device, options, &mut |e| report(bar, e));
+        train_cli::ended(o, describe)
+    }
+}
+
+/// A progress report on the bar.
+fn report(bar: &StepBar, event: Event<'_>) {
+    match event {
+        Event::Started(info) => {
+            let reference = match info.reference {
+                ReferenceKind::None => "none (beta = 0)",
+                ReferenceKind::FrozenModel => "a frozen copy",
+                ReferenceKind::AdaptersDisabled => "the policy without its adapters",
+            };
+            let what = format!(
+                "{}: {} prompts, {} per step × {} completions, rewards {}, {} trainable parameters, reference: {reference}",
+                info.algorithm.to_uppercase(),
+                info.prompts,
+                info.prompts_per_step,
+                info.completions_per_step / info.prompts_per_step.max(1),
+                info.rewards.join(" + "),
+                info.trainable_params,
+            );
+            bar.start(
+                &info.run_dir,
+                info.start_step,
+                info.total_steps,
+                &info.resumed_with,
+                &what,
+            );
+        }
+        Event::Step(m) => {
+            let kl = m.kl.map_or(String::new(), |k| format!(" kl {k:.4}"));
+            let msg = format!(
+                "reward {:.3}±{:.3}{kl} len {:.0} gen {:.0}s opt {:.0}s",
+                m.reward, m.reward_std, m.mean_length, m.generation_time, m.optimization_time
+            );
+            bar.step(m.step, msg, m.skipped.as_ref());
+        }
+        Event::Checkpoint { .. } => {}
+    }
+}
+
+/// The last step's metrics in the summary line.
+fn describe(m: &RlMetrics) -> String {
+    let kl = m.kl.map_or(String::new(), |k| format!(", kl {k:.4}"));
+    format!(
+        ", reward {:.3}{kl}, mean length {:.1}",
+        m.reward, m.mean_length
+    )
+}
