@@ -83,7 +83,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     write_responses(&responses, &eval)?;
 
     let rule = Rule::OneSentence;
-    let pass = |texts: &[String]| texts.iter().filter(|t| rule.check(t)).count();
+    let pass = |texts: &[String]| texts.iter().filter(|t| rule.check_response(t).unwrap_or(false)).count();
     let n = eval.base.len();
     let before = Proportion::new(pass(&eval.base), n, 0.95);
     let after = Proportion::new(pass(&eval.aligned), n, 0.95);
@@ -180,8 +180,8 @@ fn write_responses(path: &Path, r: &Responses) -> Result<()> {
     for ((p, b), a) in r.prompts.iter().zip(&r.base).zip(&r.aligned) {
         let line = serde_json::json!({
             "prompt": p,
-            "base": b, "base_pass": rule.check(b),
-            "aligned": a, "aligned_pass": rule.check(a),
+            "base": b, "base_pass": rule.check_response(b).unwrap_or(false),
+            "aligned": a, "aligned_pass": rule.check_response(a).unwrap_or(false),
         });
         text.push_str(&line.to_string());
         text.push('\n');
