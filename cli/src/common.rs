@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use alignkit_datasets::{EncodeConfig, Encoder, Message, Role, Tokenizer};
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, SamplingConfig};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
 
@@ -31,41 +31,89 @@ impl ModelArgs {
     }
 }
 
-/// Sampling flags, as transformers' `generate` names them.
+/// Sampling flags, as transformers' `generate` names them. Numbers may be
+/// negative on the command line (`--temperature -1` is read as a value), so
+/// that [`SamplingArgs::config`] can say what is wrong with it.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    #[arg(long, default_value_t = 128)]
+    /// Longest response in tokens; capped at what the model's context leaves after the prompt.
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 = greedy (always the most likely token).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
-    /// 0 = off.
-    #[arg(long, default_value_t = 0)]
+    /// Keep only the K most likely tokens; 0 = off.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub top_k: usize,
-    /// 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    /// Keep the smallest set of tokens whose probability reaches P; 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
-    /// 0 = off.
-    #[arg(long, default_value_t = 0.0)]
+    /// Drop tokens less likely than P × the most likely one; 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
+    /// Seed of the sampler (the same seed and settings give the same text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop when the output contains this text (repeatable); the text is cut there.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub stop: Vec<String>,
 }
 
 impl SamplingArgs {
-    pub fn config(&self) -> SamplingConfig {
-        SamplingConfig {
+    /// The sampler's settings, after checking each flag (one line naming it).
+    pub fn config(&self) -> Result<SamplingConfig> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!(
+                "--temperature must be >= 0 (0 = greedy), got {}",
+                self.temperature
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1] (1 = off), got {}", self.top_p);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            bail!("--min-p must be in [0, 1] (0 = off), got {}", self.min_p);
+        }
+        if self.max_new_tokens == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
+        if self.stop.iter().any(String::is_empty) {
+            bail!("--stop \"\" would stop before any text; give a non-empty stop text");
+        }
+        Ok(SamplingConfig {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
             seed: self.seed,
-        }
+        })
     }
+}
+
+/// `max_new_tokens` capped so that the longest prompt plus its response fits
+/// the model's context (`max_position_embeddings`), with a note for the user
+/// when the cap applies. An error when the prompt alone fills the context.
+pub fn cap_to_context(
+    max_new_tokens: usize,
+    longest_prompt: usize,
+    context: usize,
+) -> Result<(usize, Option<String>)> {
+    if longest_prompt >= context {
+        bail!(
+            "a prompt of {longest_prompt} tokens leaves no room in the model's context of {context} tokens (max_position_embeddings)"
+        );
+    }
+    let room = context - longest_prompt;
+    if max_new_tokens <= room {
+        return Ok((max_new_tokens, None));
+    }
+    Ok((
+        room,
+        Some(format!(
+            "--max-new-tokens {max_new_tokens} capped at {room}: the model's context is {context} tokens (max_position_embeddings) and the longest prompt takes {longest_prompt}"
+        )),
+    ))
 }
 
 /// A loaded model with its tokenizer and chat template.

@@ -3,21 +3,20 @@
 //! (SFT with LoRA → a reward model on the SFT backbone → DPO with LoRA →
 //! merged export), then judged against the base model on held-out prompts with
 //! the one-sentence rule; the reward model's and DPO's held-out preference
-//! accuracy and margin are printed with the table.
+//! accuracy and margin are printed with the table, then the aligned model's win
+//! rate against the base (judged by the demo's reward model and by the rule,
+//! through `alignkit eval winrate`) and what alignment cost (`alignkit eval drift`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use alignkit_datasets::FieldMap;
 use alignkit_eval::{Difference, Proportion, Rule};
-use alignkit_model::{SamplingConfig, generate};
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::{DeviceSpec, Task, dispatch};
-use crate::common::Loaded;
+use crate::backend::{DeviceSpec, dispatch};
+use crate::common::SamplingArgs;
+use crate::eval::{DriftArgs, Judge, WinrateArgs, WinrateReport};
 use crate::pipeline::{Plan, StageKind};
 use crate::pull::{KnownModel, ensure_model};
 
@@ -43,6 +42,9 @@ pub struct DemoArgs {
     /// Held-out prompts generated together.
     #[arg(long, default_value_t = 20)]
     batch_size: usize,
+    /// General text for the forgetting measure (NLL before/after); skipped if absent.
+    #[arg(long, default_value = "examples/general-text.txt")]
+    text: PathBuf,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -70,23 +72,58 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let trained = started.elapsed();
 
     let aligned = plan.final_model().to_path_buf();
-    let eval = dispatch(
-        args.device,
-        Evaluate {
-            models: vec![("base".into(), base.clone()), ("aligned".into(), aligned)],
-            prompts: args.examples.join("heldout.jsonl"),
-            max_new_tokens: args.max_new_tokens,
-            batch_size: args.batch_size.max(1),
-        },
-    )?;
-    let responses = args.out.join("heldout-responses.jsonl");
-    write_responses(&responses, &eval)?;
-
+    let heldout = args.examples.join("heldout.jsonl");
+    let reward_model = plan
+        .stages
+        .iter()
+        .find(|s| s.kind == StageKind::Reward)
+        .map(|s| s.output_model.clone());
     let rule = Rule::OneSentence;
-    let pass = |texts: &[String]| texts.iter().filter(|t| rule.check(t)).count();
-    let n = eval.base.len();
-    let before = Proportion::new(pass(&eval.base), n, 0.95);
-    let after = Proportion::new(pass(&eval.aligned), n, 0.95);
+    let mut judges = vec![Judge::Rule(rule.clone()).to_string()];
+    judges.extend(
+        reward_model
+            .iter()
+            .map(|dir| Judge::Reward(dir.clone()).to_string()),
+    );
+    // The held-out responses of both models, judged: exactly what
+    // `alignkit eval winrate` does (and caches) with these settings.
+    let eval_dir = args.out.join("eval");
+    let winrate = WinrateArgs {
+        policy: Some(aligned.clone()),
+        baseline: Some(base.clone()),
+        prompts: Some(heldout.clone()),
+        judges,
+        tie_margin: 0.0,
+        judgments: Vec::new(),
+        candidates: None,
+        out: Some(eval_dir.clone()),
+        chat: false,
+        batch_size: args.batch_size.max(1),
+        sampling: SamplingArgs {
+            max_new_tokens: args.max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 0,
+            stop: Vec::new(),
+        },
+        json: false,
+        device: args.device,
+    };
+    let report = dispatch(args.device, winrate.clone())?;
+    report.write_files(&eval_dir)?;
+    let responses = args.out.join("heldout-responses.jsonl");
+    write_responses(&responses, &report)?;
+
+    let pass = |texts: &mut dyn Iterator<Item = &String>| {
+        texts
+            .filter(|t| rule.check_response(t).unwrap_or(false))
+            .count()
+    };
+    let n = report.rows.len();
+    let before = Proportion::new(pass(&mut report.rows.iter().map(|r| &r.baseline)), n, 0.95);
+    let after = Proportion::new(pass(&mut report.rows.iter().map(|r| &r.policy)), n, 0.95);
     let diff = Difference::new(&after, &before);
     let pct = |x: f64| format!("{:5.1}%", 100.0 * x);
     println!();
@@ -156,6 +193,61 @@ pub fn run(args: DemoArgs) -> Result<()> {
             fmt(acc, margin),
         );
     }
+    println!();
+    println!("win rate of the aligned model against the base (the same held-out responses):");
+    print!("{}", report.table());
+    println!(
+        "  reproduce: alignkit eval winrate --policy {} --baseline {} --prompts {}{} --max-new-tokens {} --batch-size {} --out {}",
+        aligned.display(),
+        base.display(),
+        heldout.display(),
+        winrate
+            .judges
+            .iter()
+            .map(|j| format!(" --judge {j}"))
+            .collect::<String>(),
+        args.max_new_tokens,
+        args.batch_size.max(1),
+        eval_dir.display()
+    );
+
+    let text = args.text.is_file().then(|| args.text.clone());
+    let drift = dispatch(
+        args.device,
+        DriftArgs {
+            policy: aligned.clone(),
+            reference: base.clone(),
+            prompts: heldout.clone(),
+            text: text.clone(),
+            num_samples: 2,
+            max_new_tokens: args.max_new_tokens,
+            seed: 0,
+            chat: false,
+            batch_size: args.batch_size.max(1),
+            window: None,
+            json: false,
+            device: args.device,
+        },
+    )?;
+    println!();
+    println!("what alignment cost (aligned vs base):");
+    print!("{}", drift.table());
+    if text.is_none() {
+        println!(
+            "  (no NLL on general text: {} not found; pass --text FILE)",
+            args.text.display()
+        );
+    }
+    println!(
+        "  reproduce: alignkit eval drift --policy {} --reference {} --prompts {}{} --num-samples 2 --max-new-tokens {} --batch-size {}",
+        aligned.display(),
+        base.display(),
+        heldout.display(),
+        text.map(|t| format!(" --text {}", t.display()))
+            .unwrap_or_default(),
+        args.max_new_tokens,
+        args.batch_size.max(1)
+    );
     println!(
         "aligned model: {}\nresponses: {}\ntime: {:.0}s training, {:.0}s total",
         plan.final_model().display(),
@@ -166,104 +258,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Responses of both models to the held-out prompts.
-struct Responses {
-    /// As the held-out file has them (a string or a message list).
-    prompts: Vec<serde_json::Value>,
-    base: Vec<String>,
-    aligned: Vec<String>,
-}
-
-fn write_responses(path: &Path, r: &Responses) -> Result<()> {
+/// Both models' held-out responses with the rule's verdicts.
+fn write_responses(path: &Path, report: &WinrateReport) -> Result<()> {
     let rule = Rule::OneSentence;
+    let pass = |t: &str| rule.check_response(t).unwrap_or(false);
     let mut text = String::new();
-    for ((p, b), a) in r.prompts.iter().zip(&r.base).zip(&r.aligned) {
+    for row in &report.rows {
         let line = serde_json::json!({
-            "prompt": p,
-            "base": b, "base_pass": rule.check(b),
-            "aligned": a, "aligned_pass": rule.check(a),
+            "prompt": row.prompt,
+            "base": row.baseline, "base_pass": pass(&row.baseline),
+            "aligned": row.policy, "aligned_pass": pass(&row.policy),
         });
         text.push_str(&line.to_string());
         text.push('\n');
     }
     alignkit_model::checkpoint::write_atomic(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
-}
-
-struct Evaluate {
-    /// (label, model directory): the base model first, then the aligned one.
-    models: Vec<(String, PathBuf)>,
-    prompts: PathBuf,
-    max_new_tokens: usize,
-    batch_size: usize,
-}
-
-impl Task for Evaluate {
-    type Output = Responses;
-
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Responses> {
-        let sampling = SamplingConfig {
-            max_new_tokens: self.max_new_tokens,
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 0,
-        };
-        let mut outputs = Vec::new();
-        let text = std::fs::read_to_string(&self.prompts)
-            .with_context(|| format!("reading {}", self.prompts.display()))?;
-        let prompts = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .map(|v| v.get("prompt").cloned().unwrap_or_default())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("reading {}", self.prompts.display()))?;
-        for (label, dir) in &self.models {
-            let loaded = Loaded::<B::InnerBackend>::load(dir, &device)?;
-            let encoded = loaded
-                .encoder
-                .encode_prompt_file(&self.prompts, &FieldMap::default())?;
-            let ids: Vec<Vec<u32>> = encoded.into_iter().map(|e| e.example.prompt_ids).collect();
-            let bar = ProgressBar::new(ids.len() as u64).with_prefix(format!("[eval {label}]"));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {spinner} {pos}/{len} [{bar:30}] {msg} eta {eta}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar.enable_steady_tick(Duration::from_millis(250));
-            let stop_ids = loaded.stop_ids();
-            let tokenizer = loaded.tokenizer();
-            let mut texts = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(self.batch_size) {
-                let gens = generate(
-                    &loaded.model,
-                    chunk,
-                    &stop_ids,
-                    tokenizer.pad_id(),
-                    &sampling,
-                    |_, _| false,
-                    &device,
-                )?;
-                for g in gens {
-                    texts.push(tokenizer.decode(&g.tokens, true)?);
-                }
-                bar.inc(chunk.len() as u64);
-            }
-            bar.finish_and_clear();
-            outputs.push(texts);
-        }
-        let aligned = outputs.pop().expect("two models");
-        let base = outputs.pop().expect("two models");
-        Ok(Responses {
-            prompts,
-            base,
-            aligned,
-        })
-    }
 }

@@ -9,6 +9,7 @@ mod common;
 mod data;
 mod demo;
 mod dpo;
+mod eval;
 mod export;
 mod generate;
 mod label;
@@ -37,8 +38,13 @@ enum Command {
     Pull(pull::PullArgs),
     /// Convert a GGUF file into a Hugging Face model directory.
     ImportGguf(pull::ImportArgs),
-    /// Generate text from one or more prompts.
+    /// Generate text from prompts, or a candidates file for `alignkit label` from
+    /// one or more models.
     Generate(generate::GenerateArgs),
+    /// Win rates against a baseline (reward model, rule or human judges) and drift
+    /// from the reference (KL, NLL on general text).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Chat interactively with a model.
     Chat(generate::ChatArgs),
     /// Per-token log-probabilities of a completion given a prompt.
@@ -111,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pull(args) => pull::run_pull(args),
         Command::ImportGguf(args) => pull::run_import(args),
         Command::Generate(args) => generate::run_generate(args),
+        Command::Eval(cmd) => eval::run(cmd),
         Command::Chat(args) => generate::run_chat(args),
         Command::Logprobs(args) => logprobs::run(args),
         Command::Bench(args) => bench::run(args),

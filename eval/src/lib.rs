@@ -1,12 +1,26 @@
 //! alignkit-eval: judging model outputs and reporting honest numbers.
 //!
 //! - [`rule`]: rule judges (exactly one sentence, JSON with given keys, a
-//!   regular expression, exact match against a field of the prompt record).
+//!   regular expression, an exact match against a field of the prompt record).
 //! - [`stats`]: proportions with Wilson score intervals and the Newcombe
 //!   interval for a difference of two proportions.
+//! - [`generations`]: responses cached on disk by model fingerprint, prompt
+//!   ids and sampling settings.
+//! - [`drift`]: Monte-Carlo sequence KL to the reference and per-token NLL on
+//!   general text (forgetting).
+//! - [`winrate`]: policy-against-baseline win rates: ties as half, Wilson
+//!   interval, exact sign test, length-controlled win rate (AlpacaEval LC).
 
+pub mod drift;
+pub mod error;
+pub mod generations;
 pub mod rule;
 pub mod stats;
+pub mod winrate;
 
-pub use rule::{CompiledRule, Rule, RuleError};
-pub use stats::{Difference, Proportion};
+pub use drift::{MeanInterval, TextNll};
+pub use error::EvalError;
+pub use generations::{GenerationCache, GenerationSettings, Generations};
+pub use rule::{Pattern, Rule, RuleError};
+pub use stats::{Difference, Proportion, wilson};
+pub use winrate::{Judged, LengthControlled, Outcome, WinRate, sign_test};

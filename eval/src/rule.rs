@@ -1,6 +1,76 @@
-//! Rule judges: deterministic checks of a response's form.
+//! Rule judges: deterministic checks of a response's form or content.
+//!
+//! On the command line a rule is written `one-sentence`, `json-keys=a,b`,
+//! `regex=PATTERN` or `exact=FIELD` (see [`Rule::from_str`]).
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// A rule that cannot be built or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error(
+        "unknown rule `{0}` (expected one-sentence, json-keys=KEY[,KEY...], regex=PATTERN or exact=FIELD)"
+    )]
+    Unknown(String),
+    #[error("rule `{rule}`: {message}")]
+    Invalid { rule: String, message: String },
+    /// `exact=FIELD` on a prompt record without that field (or not a string or number).
+    #[error("field `{0}` missing or not a string or number (needed by rule exact={0})")]
+    MissingField(String),
+}
+
+/// A compiled regular expression that compares, prints and serialises as its pattern.
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl Pattern {
+    pub fn new(pattern: &str) -> Result<Pattern, RuleError> {
+        regex::Regex::new(pattern)
+            .map(Pattern)
+            .map_err(|e| RuleError::Invalid {
+                rule: format!("regex={pattern}"),
+                // regex's syntax errors span several lines (pattern, caret,
+                // message); the last one says what is wrong.
+                message: e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches("error: ")
+                    .to_string(),
+            })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Serialize for Pattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Pattern::new(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A checkable property of a response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,45 +81,27 @@ pub enum Rule {
     OneSentence,
     /// A JSON object holding (at least) these keys, and nothing but it.
     JsonKeys(Vec<String>),
-    /// The response contains a match of this regular expression (`regex`
-    /// crate syntax; anchor with `^…$` to match the whole response).
-    Regex(String),
-    /// The trimmed response equals the named field of the prompt record (a
-    /// string, trimmed; a number or boolean as its JSON text), e.g. `answer`.
+    /// The response contains a match of the pattern (anchor it with `^...$`
+    /// to match the whole response).
+    Regex(Pattern),
+    /// The response, trimmed, equals this field of the prompt record, trimmed
+    /// (a reference answer stored beside the prompt).
     ExactMatch(String),
 }
 
 impl Rule {
-    pub fn check(&self, response: &str) -> bool {
-        match self {
+    /// Whether `response` passes. `record` is the prompt's JSON object, read
+    /// only by [`Rule::ExactMatch`].
+    pub fn check(&self, response: &str, record: &Map<String, Value>) -> Result<bool, RuleError> {
+        Ok(match self {
             Rule::OneSentence => one_sentence(response),
             Rule::JsonKeys(keys) => json_keys(response, keys),
-            // Without the record or a compiled pattern these cannot pass; use
-            // `compile` and `CompiledRule::judge`, which report why.
-            Rule::Regex(pattern) => regex::Regex::new(pattern).is_ok_and(|r| r.is_match(response)),
-            Rule::ExactMatch(_) => false,
-        }
-    }
-
-    /// The rule ready to judge many responses: a regular expression is
-    /// compiled once (an invalid one is an error here, before any judging).
-    pub fn compile(&self) -> Result<CompiledRule, RuleError> {
-        let regex = match self {
-            Rule::Regex(pattern) => {
-                Some(regex::Regex::new(pattern).map_err(|e| RuleError::Pattern {
-                    pattern: pattern.clone(),
-                    message: e.to_string().replace('\n', " "),
-                })?)
-            }
-            _ => None,
-        };
-        Ok(CompiledRule {
-            rule: self.clone(),
-            regex,
+            Rule::Regex(p) => p.0.is_match(response),
+            Rule::ExactMatch(field) => response.trim() == self.reference(field, record)?.trim(),
         })
     }
 
-    /// The name a rule is reported under (its config key).
+    /// The name a rule's reward is logged under (its config key).
     pub fn name(&self) -> &'static str {
         match self {
             Rule::OneSentence => "one_sentence",
@@ -59,63 +111,83 @@ impl Rule {
         }
     }
 
+    /// A check that needs no prompt record (every rule but `exact=`).
+    pub fn check_response(&self, response: &str) -> Result<bool, RuleError> {
+        self.check(response, &Map::new())
+    }
+
+    /// The error an `exact=FIELD` rule gives for `record`, if any: lets a caller
+    /// refuse a prompts file before generating anything.
+    pub fn check_record(&self, record: &Map<String, Value>) -> Result<(), RuleError> {
+        match self {
+            Rule::ExactMatch(field) => self.reference(field, record).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    fn reference(&self, field: &str, record: &Map<String, Value>) -> Result<String, RuleError> {
+        match record.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => Err(RuleError::MissingField(field.to_string())),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Rule::OneSentence => "answers in exactly one sentence".into(),
             Rule::JsonKeys(keys) => {
                 format!("answers with a JSON object with keys {}", keys.join(", "))
             }
-            Rule::Regex(pattern) => format!("matches the regular expression {pattern}"),
-            Rule::ExactMatch(field) => format!("equals the prompt's `{field}`"),
+            Rule::Regex(p) => format!("matches /{}/", p.as_str()),
+            Rule::ExactMatch(field) => format!("equals the prompt record's `{field}`"),
         }
     }
 }
 
-/// Why a rule could not judge a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleError {
-    #[error("invalid regular expression `{pattern}`: {message}")]
-    Pattern { pattern: String, message: String },
-    /// [`Rule::ExactMatch`] on a record without the field.
-    #[error("the prompt record has no field `{0}` to compare with")]
-    MissingField(String),
-    #[error("the prompt record's `{0}` is not a string, number or boolean")]
-    FieldType(String),
-}
+impl FromStr for Rule {
+    type Err = RuleError;
 
-/// A [`Rule`] with its regular expression compiled.
-#[derive(Debug, Clone)]
-pub struct CompiledRule {
-    rule: Rule,
-    regex: Option<regex::Regex>,
-}
-
-impl CompiledRule {
-    pub fn rule(&self) -> &Rule {
-        &self.rule
-    }
-
-    /// Whether `response` passes; `record` holds the prompt record's fields
-    /// (needed by [`Rule::ExactMatch`]).
-    pub fn judge(
-        &self,
-        response: &str,
-        record: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<bool, RuleError> {
-        match (&self.rule, &self.regex) {
-            (Rule::Regex(_), Some(re)) => Ok(re.is_match(response)),
-            (Rule::ExactMatch(field), _) => {
-                let want = match record.get(field) {
-                    None => return Err(RuleError::MissingField(field.clone())),
-                    Some(serde_json::Value::String(s)) => s.trim().to_string(),
-                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                        v.to_string()
-                    }
-                    Some(_) => return Err(RuleError::FieldType(field.clone())),
-                };
-                Ok(response.trim() == want)
+    /// `one-sentence`, `json-keys=a,b`, `regex=PATTERN` or `exact=FIELD`.
+    fn from_str(s: &str) -> Result<Rule, RuleError> {
+        let (name, arg) = match s.split_once('=') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let invalid = |message: &str| RuleError::Invalid {
+            rule: s.to_string(),
+            message: message.to_string(),
+        };
+        match (name, arg) {
+            ("one-sentence", None) => Ok(Rule::OneSentence),
+            ("json-keys", Some(keys)) => {
+                let keys: Vec<String> = keys.split(',').map(|k| k.trim().to_string()).collect();
+                if keys.iter().any(String::is_empty) {
+                    return Err(invalid("expected json-keys=KEY[,KEY...] with no empty key"));
+                }
+                Ok(Rule::JsonKeys(keys))
             }
-            (rule, _) => Ok(rule.check(response)),
+            ("regex", Some(p)) if !p.is_empty() => Ok(Rule::Regex(Pattern::new(p)?)),
+            ("regex", _) => Err(invalid("expected regex=PATTERN with a non-empty pattern")),
+            ("exact", Some(f)) if !f.trim().is_empty() => Ok(Rule::ExactMatch(f.trim().into())),
+            ("exact", _) => Err(invalid(
+                "expected exact=FIELD naming a field of the prompt record",
+            )),
+            ("one-sentence", Some(_)) => Err(invalid("one-sentence takes no argument")),
+            ("json-keys", None) => Err(invalid("expected json-keys=KEY[,KEY...]")),
+            _ => Err(RuleError::Unknown(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The command-line form, which [`Rule::from_str`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::OneSentence => write!(f, "one-sentence"),
+            Rule::JsonKeys(keys) => write!(f, "json-keys={}", keys.join(",")),
+            Rule::Regex(p) => write!(f, "regex={}", p.as_str()),
+            Rule::ExactMatch(field) => write!(f, "exact={field}"),
         }
     }
 }
@@ -159,7 +231,7 @@ mod tests {
             "  A cow moos!  ",
             "Is it 3.14?",
         ] {
-            assert!(Rule::OneSentence.check(ok), "{ok}");
+            assert!(Rule::OneSentence.check_response(ok).unwrap(), "{ok}");
         }
     }
 
@@ -173,55 +245,89 @@ mod tests {
             "Paris! Definitely.",
             "Yes? No.",
         ] {
-            assert!(!Rule::OneSentence.check(bad), "{bad:?}");
+            assert!(!Rule::OneSentence.check_response(bad).unwrap(), "{bad:?}");
         }
     }
 
     #[test]
     fn json_keys_requires_an_object_with_the_keys() {
         let rule = Rule::JsonKeys(vec!["answer".into(), "confidence".into()]);
-        assert!(rule.check(r#"{"answer": "Paris", "confidence": 0.9}"#));
-        assert!(!rule.check(r#"{"answer": "Paris"}"#));
-        assert!(!rule.check(r#"Sure: {"answer": "Paris", "confidence": 1}"#));
-        assert!(!rule.check(r#"["answer", "confidence"]"#));
+        assert!(
+            rule.check_response(r#"{"answer": "Paris", "confidence": 0.9}"#)
+                .unwrap()
+        );
+        assert!(!rule.check_response(r#"{"answer": "Paris"}"#).unwrap());
+        assert!(
+            !rule
+                .check_response(r#"Sure: {"answer": "Paris", "confidence": 1}"#)
+                .unwrap()
+        );
+        assert!(!rule.check_response(r#"["answer", "confidence"]"#).unwrap());
     }
 
     #[test]
-    fn regex_searches_the_response() {
-        let record = serde_json::Map::new();
-        let rule = Rule::Regex("^yes|ok$".into()).compile().unwrap();
-        assert!(rule.judge("yes, indeed", &record).unwrap());
-        assert!(rule.judge("it is ok", &record).unwrap());
-        assert!(!rule.judge("no", &record).unwrap());
-        let err = Rule::Regex("(unclosed".into()).compile().unwrap_err();
-        assert!(matches!(err, RuleError::Pattern { .. }), "{err}");
-        assert!(!err.to_string().contains('\n'), "{err}");
+    fn regex_and_exact_match() {
+        let rule: Rule = "regex=^[0-9]+$".parse().unwrap();
+        assert!(rule.check_response("42").unwrap());
+        assert!(!rule.check_response("42 apples").unwrap());
+        let contains: Rule = "regex=Paris".parse().unwrap();
+        assert!(contains.check_response("It is Paris.").unwrap());
+
+        let exact: Rule = "exact=answer".parse().unwrap();
+        let record = |v: Value| {
+            let mut m = Map::new();
+            m.insert("answer".into(), v);
+            m
+        };
+        assert!(exact.check(" 91 ", &record(Value::from(91))).unwrap());
+        assert!(
+            exact
+                .check("Paris", &record(Value::from("Paris\n")))
+                .unwrap()
+        );
+        assert!(!exact.check("91.", &record(Value::from(91))).unwrap());
+        assert!(matches!(
+            exact.check("91", &Map::new()),
+            Err(RuleError::MissingField(f)) if f == "answer"
+        ));
+        assert!(exact.check_record(&Map::new()).is_err());
+        assert!(Rule::OneSentence.check_record(&Map::new()).is_ok());
     }
 
     #[test]
-    fn exact_match_compares_with_a_field_of_the_record() {
-        let record: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"answer": " Paris ", "n": 42, "list": [1]}"#).unwrap();
-        let city = Rule::ExactMatch("answer".into()).compile().unwrap();
-        assert!(city.judge("Paris\n", &record).unwrap());
-        assert!(!city.judge("paris", &record).unwrap());
-        let n = Rule::ExactMatch("n".into()).compile().unwrap();
-        assert!(n.judge(" 42", &record).unwrap());
+    fn rules_parse_and_print_their_command_line_form() {
+        for s in [
+            "one-sentence",
+            "json-keys=a,b",
+            "regex=^x+$",
+            "exact=answer",
+        ] {
+            let rule: Rule = s.parse().unwrap();
+            assert_eq!(rule.to_string(), s);
+        }
         assert_eq!(
-            Rule::ExactMatch("missing".into())
-                .compile()
-                .unwrap()
-                .judge("x", &record),
-            Err(RuleError::MissingField("missing".into()))
+            "json-keys=a, b".parse::<Rule>().unwrap(),
+            Rule::JsonKeys(vec!["a".into(), "b".into()])
         );
-        assert_eq!(
-            Rule::ExactMatch("list".into())
-                .compile()
-                .unwrap()
-                .judge("[1]", &record),
-            Err(RuleError::FieldType("list".into()))
+        for bad in [
+            "",
+            "two-sentences",
+            "json-keys",
+            "json-keys=a,,b",
+            "regex=",
+            "regex=(",
+            "exact=",
+            "one-sentence=1",
+        ] {
+            let err = bad.parse::<Rule>().unwrap_err().to_string();
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        assert!(
+            "regex=("
+                .parse::<Rule>()
+                .unwrap_err()
+                .to_string()
+                .contains("regex=(")
         );
-        // Without the record the rule cannot pass.
-        assert!(!Rule::ExactMatch("answer".into()).check("Paris"));
     }
 }

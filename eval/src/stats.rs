@@ -4,7 +4,7 @@ use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 /// z such that P(|Z| <= z) = level for a standard normal Z.
-fn z(level: f64) -> f64 {
+pub(crate) fn z(level: f64) -> f64 {
     let normal = Normal::new(0.0, 1.0).expect("standard normal is valid");
     normal.inverse_cdf(0.5 + level / 2.0)
 }
@@ -24,40 +24,47 @@ pub struct Proportion {
 impl Proportion {
     pub fn new(successes: usize, trials: usize, level: f64) -> Self {
         assert!(successes <= trials, "more successes than trials");
-        if trials == 0 {
-            return Self {
-                successes,
-                trials,
-                rate: 0.0,
-                low: 0.0,
-                high: 1.0,
-                level,
-            };
-        }
-        let n = trials as f64;
-        let p = successes as f64 / n;
-        let z = z(level);
-        let denom = 1.0 + z * z / n;
-        let centre = (p + z * z / (2.0 * n)) / denom;
-        let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+        let rate = if trials == 0 {
+            0.0
+        } else {
+            successes as f64 / trials as f64
+        };
+        let (low, high) = wilson(rate, trials, level);
         Self {
             successes,
             trials,
-            rate: p,
-            // At k = 0 (k = n) the bound is exactly 0 (1); rounding would leave ~1e-17.
-            low: if successes == 0 {
-                0.0
-            } else {
-                (centre - half).max(0.0)
-            },
-            high: if successes == trials {
-                1.0
-            } else {
-                (centre + half).min(1.0)
-            },
+            rate,
+            low,
+            high,
             level,
         }
     }
+}
+
+/// The Wilson score interval of an observed rate `p` over `n` trials:
+/// (p + z²/2n ± z·√(p(1−p)/n + z²/4n²)) / (1 + z²/n). `p` may be fractional
+/// (a win rate with ties counted as half). [0, 1] when n = 0.
+pub fn wilson(p: f64, n: usize, level: f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let n = n as f64;
+    let z = z(level);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    // At p = 0 (p = 1) the bound is exactly 0 (1); rounding would leave ~1e-17.
+    let low = if p <= 0.0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let high = if p >= 1.0 {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    (low, high)
 }
 
 /// The difference `a − b` of two independent proportions with Newcombe's

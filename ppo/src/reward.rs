@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 
 use alignkit_datasets::Tokenizer;
-use alignkit_eval::{CompiledRule, Rule};
+use alignkit_eval::Rule;
 use alignkit_model::heads::{RewardModel, load_reward_model};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -147,13 +147,8 @@ pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> R
                     })?;
                 }
             }
-            RewardKind::Rule { rule, .. } => {
-                rule.compile().map_err(|e| RlError::Config {
-                    field: field("rule"),
-                    message: e.to_string(),
-                })?;
-            }
-            RewardKind::Sentiment { .. } => {}
+            // A rule's pattern is compiled (and checked) when the config is read.
+            RewardKind::Rule { .. } | RewardKind::Sentiment { .. } => {}
         }
     }
     Ok(())
@@ -188,7 +183,7 @@ fn same_tokenizer(policy: &Tokenizer, reward_dir: &Path) -> std::result::Result<
 /// A reward function ready to score.
 enum Scorer<B: Backend> {
     Model(Box<RewardModel<B>>),
-    Rule(CompiledRule),
+    Rule(Rule),
     Sentiment(vader_sentiment::SentimentIntensityAnalyzer<'static>),
 }
 
@@ -225,12 +220,7 @@ impl<B: Backend> Rewards<B> {
                 RewardKind::Model { path, .. } => {
                     Scorer::Model(Box::new(load_reward_model::<B>(path, device)?.1))
                 }
-                RewardKind::Rule { rule, .. } => {
-                    Scorer::Rule(rule.compile().map_err(|e| RlError::Config {
-                        field: "rewards.rule".into(),
-                        message: e.to_string(),
-                    })?)
-                }
+                RewardKind::Rule { rule, .. } => Scorer::Rule(rule.clone()),
                 RewardKind::Sentiment { .. } => {
                     Scorer::Sentiment(vader_sentiment::SentimentIntensityAnalyzer::new())
                 }
@@ -278,7 +268,7 @@ impl<B: Backend> Rewards<B> {
                 Scorer::Rule(rule) => completions
                     .iter()
                     .map(|c| {
-                        rule.judge(&c.text, &prompts[c.prompt].fields)
+                        rule.check(&c.text, &prompts[c.prompt].fields)
                             .map(|pass| pass as u8 as f64)
                             .map_err(|e| error(c, e.to_string()))
                     })
@@ -382,13 +372,6 @@ mod tests {
         ];
         let err = validate(&two, None).unwrap_err().to_string();
         assert!(err.starts_with("config: `rewards[1].name`"), "{err}");
-        let bad_regex = vec![RewardKind::Rule {
-            rule: Rule::Regex("(".into()),
-            name: None,
-            weight: 1.0,
-        }];
-        let err = validate(&bad_regex, None).unwrap_err().to_string();
-        assert!(err.starts_with("config: `rewards[0].rule`"), "{err}");
         let err = validate(&[], None).unwrap_err().to_string();
         assert!(err.starts_with("config: `rewards`"), "{err}");
     }

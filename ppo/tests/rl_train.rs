@@ -43,7 +43,7 @@ fn config(dir: &Path) -> RlConfig {
     c.rollout.log_completions_steps = 2;
     c.rollout.generation_batch_size = 16;
     c.rewards = vec![RewardKind::Rule {
-        rule: Rule::Regex("a".into()),
+        rule: "regex=a".parse().unwrap(),
         name: None,
         weight: 1.0,
     }];
