@@ -10,7 +10,7 @@
 //! Generations are cached in `OUT/generations/` by model fingerprint, prompt ids
 //! and sampling settings, so judging again never samples again. Results go to
 //! the terminal (or `--json`), `OUT/winrate.json`, `OUT/winrate.svg` and
-//! `OUT/responses.jsonl`.
+//! `OUT/responses.jsonl` (`human-winrate.json`/`.svg` for `--judgments`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -760,6 +760,15 @@ fn winner(shown: usize, policy: usize) -> Outcome {
     }
 }
 
+/// Three decimals, or two significant digits below 0.001 (a 60–0 split is not "0.000").
+fn p_value(p: f64) -> String {
+    if p < 1e-3 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -791,18 +800,18 @@ impl WinrateReport {
                 );
             }
         }
+        let w = self
+            .judges
+            .iter()
+            .map(|j| j.judge.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         if !self.judges.is_empty() {
             let _ = writeln!(
                 s,
-                "  {:<28} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7}  {:<22}",
-                "judge",
-                "win",
-                "tie",
-                "loss",
-                "win rate",
-                "95% CI (Wilson)",
-                "sign p",
-                "length-controlled"
+                "  {:<w$} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7}  length-controlled",
+                "judge", "win", "tie", "loss", "win rate", "95% CI (Wilson)", "sign p",
             );
         }
         for j in &self.judges {
@@ -810,14 +819,14 @@ impl WinrateReport {
             let lc = &r.length_controlled;
             let _ = writeln!(
                 s,
-                "  {:<28} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7.3}  {} [{}, {}]",
+                "  {:<w$} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7}  {} [{}, {}]",
                 j.judge,
                 r.wins,
                 r.ties,
                 r.losses,
                 pct(r.win_rate),
                 format!("[{}, {}]", pct(r.low), pct(r.high)),
-                r.sign_test_p,
+                p_value(r.sign_test_p),
                 pct(lc.win_rate),
                 pct(lc.low),
                 pct(lc.high),
@@ -892,9 +901,19 @@ impl WinrateReport {
             println!("{}", serde_json::to_string_pretty(self)?);
         } else {
             print!("{}", self.table());
-            eprintln!("written: {}", out.join("winrate.json").display());
+            eprintln!("written: {}", out.join(self.file_name("json")).display());
         }
         Ok(())
+    }
+
+    /// `winrate.json` (or `human-winrate.json` for people's judgments, so that
+    /// the machine judges' results beside them stay), `.svg`, and with
+    /// generations `responses.jsonl`.
+    fn file_name(&self, ext: &str) -> String {
+        match self.judged_file {
+            Some(_) => format!("human-winrate.{ext}"),
+            None => format!("winrate.{ext}"),
+        }
     }
 
     /// `OUT/winrate.json`, `OUT/winrate.svg` and `OUT/responses.jsonl` (each
@@ -902,7 +921,7 @@ impl WinrateReport {
     pub fn write_files(&self, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let text = serde_json::to_string_pretty(self)?;
-        write_atomic(&out.join("winrate.json"), text.as_bytes())?;
+        write_atomic(&out.join(self.file_name("json")), text.as_bytes())?;
         if !self.rows.is_empty() {
             let mut lines = String::new();
             for (i, row) in self.rows.iter().enumerate() {
@@ -922,7 +941,7 @@ impl WinrateReport {
             write_atomic(&out.join("responses.jsonl"), lines.as_bytes())?;
         }
         if !self.judges.is_empty() {
-            let svg = out.join("winrate.svg");
+            let svg = out.join(self.file_name("svg"));
             write_svg(&svg, self).with_context(|| format!("writing {}", svg.display()))?;
         }
         Ok(())
