@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use alignkit_datasets::{FieldMap, Preference, PromptRecord, Record, Turns};
+use alignkit_datasets::{EncodeConfig, Encoder, FieldMap, Preference, PromptRecord, Record, Turns};
 use alignkit_eval::drift::{TextNll, completion_logprobs, sequence_kl, text_nll};
 use alignkit_eval::generations::{
     GenerationCache, GenerationSettings, Generations, cache_key, model_fingerprint,
@@ -304,18 +304,22 @@ fn side_responses<B: Backend>(
     args: &WinrateArgs,
     device: &B::Device,
 ) -> Result<(Generations, bool)> {
-    let loaded = Loaded::<B>::load(dir, device)
-        .with_context(|| format!("loading the {side} {}", dir.display()))?;
+    // The key needs the prompt ids and the context, not the weights: a cache
+    // hit never loads the model.
+    let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))
+        .with_context(|| format!("the {side} {}", dir.display()))?;
+    let encoder = Encoder::from_dir(dir, EncodeConfig::default())
+        .with_context(|| format!("cannot load the tokenizer of the {side} {}", dir.display()))?;
     let ids: Vec<Vec<u32>> = turns
         .iter()
         .zip(records)
-        .map(|(t, r)| prompt_ids(&loaded, t).with_context(|| r.at.to_string()))
+        .map(|(t, r)| prompt_ids(&encoder, t).with_context(|| r.at.to_string()))
         .collect::<Result<_>>()?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
     let (max_new_tokens, note) = cap_to_context(
         sampling.max_new_tokens,
         longest,
-        loaded.config.max_position_embeddings,
+        config.max_position_embeddings,
     )?;
     if let Some(note) = note {
         eprintln!("note: {side}: {note}");
@@ -341,6 +345,8 @@ fn side_responses<B: Backend>(
         );
         return Ok((cached, true));
     }
+    let loaded = Loaded::<B>::load(dir, device)
+        .with_context(|| format!("loading the {side} {}", dir.display()))?;
     let bar = progress_bar(ids.len(), &format!("[generate {side}]"));
     let responses = sample_all(&loaded, &ids, &settings, device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
@@ -1156,8 +1162,11 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
     let ids: Vec<Vec<u32>> = records
         .iter()
         .map(|r| {
-            prompt_ids(&policy, &chat_prompt(&r.value.prompt, args.chat, None))
-                .with_context(|| r.at.to_string())
+            prompt_ids(
+                &policy.encoder,
+                &chat_prompt(&r.value.prompt, args.chat, None),
+            )
+            .with_context(|| r.at.to_string())
         })
         .collect::<Result<_>>()?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
