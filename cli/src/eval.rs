@@ -736,7 +736,11 @@ fn aggregate_human(args: &WinrateArgs) -> Result<WinrateReport> {
             .iter()
             .filter_map(|(a, j)| Some((a.to_string(), WinRate::compute(j, LEVEL)?)))
             .collect(),
-        first_shown_wins: Proportion::new(stats.position.left_wins, stats.position.decisive, LEVEL),
+        first_shown_wins: alignkit_eval::winrate::position_bias(
+            stats.position.left_wins,
+            stats.position.decisive,
+            LEVEL,
+        ),
         agreement: stats.agreement,
     };
     Ok(WinrateReport {
