@@ -10,14 +10,14 @@
 //! Generations are cached in `OUT/generations/` by model fingerprint, prompt ids
 //! and sampling settings, so judging again never samples again. Results go to
 //! the terminal (or `--json`), `OUT/winrate.json`, `OUT/winrate.svg` and
-//! `OUT/responses.jsonl`.
+//! `OUT/responses.jsonl` (`human-winrate.json`/`.svg` for `--judgments`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use alignkit_datasets::{FieldMap, Preference, PromptRecord, Record, Turns};
+use alignkit_datasets::{EncodeConfig, Encoder, FieldMap, Preference, PromptRecord, Record, Turns};
 use alignkit_eval::drift::{TextNll, completion_logprobs, sequence_kl, text_nll};
 use alignkit_eval::generations::{
     GenerationCache, GenerationSettings, Generations, cache_key, model_fingerprint,
@@ -304,18 +304,22 @@ fn side_responses<B: Backend>(
     args: &WinrateArgs,
     device: &B::Device,
 ) -> Result<(Generations, bool)> {
-    let loaded = Loaded::<B>::load(dir, device)
-        .with_context(|| format!("loading the {side} {}", dir.display()))?;
+    // The key needs the prompt ids and the context, not the weights: a cache
+    // hit never loads the model.
+    let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))
+        .with_context(|| format!("the {side} {}", dir.display()))?;
+    let encoder = Encoder::from_dir(dir, EncodeConfig::default())
+        .with_context(|| format!("cannot load the tokenizer of the {side} {}", dir.display()))?;
     let ids: Vec<Vec<u32>> = turns
         .iter()
         .zip(records)
-        .map(|(t, r)| prompt_ids(&loaded, t).with_context(|| r.at.to_string()))
+        .map(|(t, r)| prompt_ids(&encoder, t).with_context(|| r.at.to_string()))
         .collect::<Result<_>>()?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
     let (max_new_tokens, note) = cap_to_context(
         sampling.max_new_tokens,
         longest,
-        loaded.config.max_position_embeddings,
+        config.max_position_embeddings,
     )?;
     if let Some(note) = note {
         eprintln!("note: {side}: {note}");
@@ -341,6 +345,8 @@ fn side_responses<B: Backend>(
         );
         return Ok((cached, true));
     }
+    let loaded = Loaded::<B>::load(dir, device)
+        .with_context(|| format!("loading the {side} {}", dir.display()))?;
     let bar = progress_bar(ids.len(), &format!("[generate {side}]"));
     let responses = sample_all(&loaded, &ids, &settings, device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
@@ -730,7 +736,11 @@ fn aggregate_human(args: &WinrateArgs) -> Result<WinrateReport> {
             .iter()
             .filter_map(|(a, j)| Some((a.to_string(), WinRate::compute(j, LEVEL)?)))
             .collect(),
-        first_shown_wins: Proportion::new(stats.position.left_wins, stats.position.decisive, LEVEL),
+        first_shown_wins: alignkit_eval::winrate::position_bias(
+            stats.position.left_wins,
+            stats.position.decisive,
+            LEVEL,
+        ),
         agreement: stats.agreement,
     };
     Ok(WinrateReport {
@@ -757,6 +767,15 @@ fn winner(shown: usize, policy: usize) -> Outcome {
         Outcome::Win
     } else {
         Outcome::Loss
+    }
+}
+
+/// Three decimals, or two significant digits below 0.001 (a 60–0 split is not "0.000").
+fn p_value(p: f64) -> String {
+    if p < 1e-3 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
     }
 }
 
@@ -791,18 +810,18 @@ impl WinrateReport {
                 );
             }
         }
+        let w = self
+            .judges
+            .iter()
+            .map(|j| j.judge.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         if !self.judges.is_empty() {
             let _ = writeln!(
                 s,
-                "  {:<28} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7}  {:<22}",
-                "judge",
-                "win",
-                "tie",
-                "loss",
-                "win rate",
-                "95% CI (Wilson)",
-                "sign p",
-                "length-controlled"
+                "  {:<w$} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7}  length-controlled",
+                "judge", "win", "tie", "loss", "win rate", "95% CI (Wilson)", "sign p",
             );
         }
         for j in &self.judges {
@@ -810,14 +829,14 @@ impl WinrateReport {
             let lc = &r.length_controlled;
             let _ = writeln!(
                 s,
-                "  {:<28} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7.3}  {} [{}, {}]",
+                "  {:<w$} {:>4} {:>4} {:>4}  {:>8}  {:<17} {:>7}  {} [{}, {}]",
                 j.judge,
                 r.wins,
                 r.ties,
                 r.losses,
                 pct(r.win_rate),
                 format!("[{}, {}]", pct(r.low), pct(r.high)),
-                r.sign_test_p,
+                p_value(r.sign_test_p),
                 pct(lc.win_rate),
                 pct(lc.low),
                 pct(lc.high),
@@ -892,9 +911,19 @@ impl WinrateReport {
             println!("{}", serde_json::to_string_pretty(self)?);
         } else {
             print!("{}", self.table());
-            eprintln!("written: {}", out.join("winrate.json").display());
+            eprintln!("written: {}", out.join(self.file_name("json")).display());
         }
         Ok(())
+    }
+
+    /// `winrate.json` (or `human-winrate.json` for people's judgments, so that
+    /// the machine judges' results beside them stay), `.svg`, and with
+    /// generations `responses.jsonl`.
+    fn file_name(&self, ext: &str) -> String {
+        match self.judged_file {
+            Some(_) => format!("human-winrate.{ext}"),
+            None => format!("winrate.{ext}"),
+        }
     }
 
     /// `OUT/winrate.json`, `OUT/winrate.svg` and `OUT/responses.jsonl` (each
@@ -902,7 +931,7 @@ impl WinrateReport {
     pub fn write_files(&self, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let text = serde_json::to_string_pretty(self)?;
-        write_atomic(&out.join("winrate.json"), text.as_bytes())?;
+        write_atomic(&out.join(self.file_name("json")), text.as_bytes())?;
         if !self.rows.is_empty() {
             let mut lines = String::new();
             for (i, row) in self.rows.iter().enumerate() {
@@ -922,7 +951,7 @@ impl WinrateReport {
             write_atomic(&out.join("responses.jsonl"), lines.as_bytes())?;
         }
         if !self.judges.is_empty() {
-            let svg = out.join("winrate.svg");
+            let svg = out.join(self.file_name("svg"));
             write_svg(&svg, self).with_context(|| format!("writing {}", svg.display()))?;
         }
         Ok(())
@@ -1137,8 +1166,11 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
     let ids: Vec<Vec<u32>> = records
         .iter()
         .map(|r| {
-            prompt_ids(&policy, &chat_prompt(&r.value.prompt, args.chat, None))
-                .with_context(|| r.at.to_string())
+            prompt_ids(
+                &policy.encoder,
+                &chat_prompt(&r.value.prompt, args.chat, None),
+            )
+            .with_context(|| r.at.to_string())
         })
         .collect::<Result<_>>()?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);

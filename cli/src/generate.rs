@@ -15,7 +15,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use alignkit_datasets::{FieldMap, Message, PromptRecord, Role, Turns};
+use alignkit_datasets::{Encoder, FieldMap, Message, PromptRecord, Role, Turns};
 use alignkit_eval::generations::{GenerationSettings, Response};
 use alignkit_model::{SamplingConfig, generate};
 use anyhow::{Context, Result, bail};
@@ -123,8 +123,8 @@ pub fn chat_prompt(prompt: &Turns, chat: bool, system: Option<&str>) -> Turns {
 
 /// Token ids of a rendered prompt: message lists through the chat template
 /// (with the generation prompt), strings as raw text with the tokenizer's BOS.
-pub fn prompt_ids<B: Backend>(loaded: &Loaded<B>, prompt: &Turns) -> Result<Vec<u32>> {
-    let ids = loaded.encoder.prompt(&PromptRecord {
+pub fn prompt_ids(encoder: &Encoder, prompt: &Turns) -> Result<Vec<u32>> {
+    let ids = encoder.prompt(&PromptRecord {
         prompt: prompt.clone(),
     })?;
     if ids.prompt_ids.is_empty() {
@@ -257,7 +257,7 @@ fn interactive<B: Backend>(
         .iter()
         .map(|p| {
             let turns = chat_prompt(&Turns::Text(p.clone()), args.chat, args.system.as_deref());
-            prompt_ids(&loaded, &turns)
+            prompt_ids(&loaded.encoder, &turns)
         })
         .collect::<Result<Vec<_>>>()?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -505,7 +505,7 @@ fn write_candidates<B: Backend>(
         let ids: Vec<Vec<u32>> = turns
             .iter()
             .zip(&records)
-            .map(|(t, r)| prompt_ids(&l, t).with_context(|| r.at.to_string()))
+            .map(|(t, r)| prompt_ids(&l.encoder, t).with_context(|| r.at.to_string()))
             .collect::<Result<_>>()?;
         longest = longest.max(ids.iter().map(Vec::len).max().unwrap_or(0));
         context = context.min(l.config.max_position_embeddings);

@@ -167,6 +167,6 @@ fn bad_sampling_flags() {
         &[
             "generate", "--model", model, "--prompt", "hi", "--top-p", "0",
         ],
-        &["top_p"],
+        &["--top-p"],
     );
 }

@@ -493,6 +493,9 @@ fn human_judgments_map_shown_positions_back_to_policy_and_baseline() {
         (Some(8), Some(1.0)),
         "{r}"
     );
+    // Beside, not over, what the machine judges wrote.
+    assert!(out.join("human-winrate.svg").is_file());
+    assert!(out.join("human-winrate.json").is_file());
 
     // bob always picks what is shown first: pure position bias, and he disagrees
     // with alice wherever the policy was shown second.
