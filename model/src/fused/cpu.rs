@@ -10,6 +10,16 @@
 use pulp::Arch;
 use rayon::prelude::*;
 
+/// The number of rows of `width` in `len` values. Panics (naming `what`)
+/// unless they divide exactly: every kernel walks whole rows.
+fn rows_of(len: usize, width: usize, what: &str) -> usize {
+    assert!(
+        width > 0 && len % width == 0,
+        "{what} {width} does not divide the {len} values into rows"
+    );
+    len / width
+}
+
 /// Rows per rayon task: enough work to amortise the split (≥ 64 k elements).
 fn rows_per_task(width: usize) -> usize {
     (65_536 / width.max(1)).max(1)
@@ -105,6 +115,7 @@ fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
 /// Returns y [rows, C] and r [rows] (kept for the backward).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let c = weight.len();
+    rows_of(x.len(), c, "rms_norm: the weight's width");
     let rows = x.len() / c;
     let mut y = vec![0.0f32; x.len()];
     let mut r = vec![0.0f32; rows];
@@ -141,6 +152,13 @@ pub fn rms_norm_backward(
     want_w: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let c = weight.len();
+    let rows = rows_of(x.len(), c, "rms_norm backward: the weight's width");
+    assert!(
+        g.len() == x.len() && r.len() == rows,
+        "rms_norm backward: {} gradients and {} saved norms for {rows} rows of {c}",
+        g.len(),
+        r.len()
+    );
     let per = rows_per_task(c);
     let gx = want_x.then(|| {
         let mut gx = vec![0.0f32; x.len()];
@@ -200,6 +218,7 @@ const ELEMS_PER_TASK: usize = 32_768;
 
 /// SwiGLU's gate: h = silu(a) ⊙ b = a·σ(a)·b.
 pub fn swiglu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "swiglu: gate and up differ in length");
     let mut h = vec![0.0f32; a.len()];
     h.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK))
@@ -216,6 +235,10 @@ pub fn swiglu(a: &[f32], b: &[f32]) -> Vec<f32> {
 
 /// SwiGLU backward: with s = σ(a), ∂a = g·b·s·(1 + a·(1 − s)), ∂b = g·a·s.
 pub fn swiglu_backward(a: &[f32], b: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        a.len() == b.len() && a.len() == g.len(),
+        "swiglu backward: gate, up and gradient differ in length"
+    );
     let mut ga = vec![0.0f32; a.len()];
     let mut gb = vec![0.0f32; a.len()];
     ga.par_chunks_mut(ELEMS_PER_TASK)
@@ -247,6 +270,16 @@ pub fn masked_softmax(
     width: usize,
     mask_row: impl Fn(usize) -> usize + Sync,
 ) -> Vec<f32> {
+    rows_of(scores.len(), width, "masked_softmax: the key count");
+    let mask_rows = rows_of(mask.len(), width, "masked_softmax: the mask's key count");
+    let mask_row = |i: usize| {
+        let m = mask_row(i);
+        assert!(
+            m < mask_rows,
+            "masked_softmax: score row {i} maps to mask row {m} of {mask_rows}"
+        );
+        m
+    };
     let mut p = vec![0.0f32; scores.len()];
     let per = rows_per_task(width);
     p.par_chunks_mut(per * width)
@@ -282,6 +315,8 @@ pub fn masked_softmax(
 
 /// Softmax backward from the output p: ∂s = p ⊙ (g − Σ g⊙p) per row.
 pub fn softmax_backward(p: &[f32], g: &[f32], width: usize) -> Vec<f32> {
+    rows_of(p.len(), width, "softmax backward: the key count");
+    assert_eq!(p.len(), g.len(), "softmax backward: gradient length");
     let mut gs = vec![0.0f32; p.len()];
     let per = rows_per_task(width);
     gs.par_chunks_mut(per * width)
@@ -393,6 +428,14 @@ pub fn log_softmax_rows(
 /// applied: ∂x_j = g_j·cos_j + g_{j+h}·sin_{j+h} (j < h), g_j·cos_j −
 /// g_{j−h}·sin_{j−h} (j ≥ h).
 pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], width: usize, backward: bool) -> Vec<f32> {
+    rows_of(x.len(), width, "rope: the head dimension");
+    assert!(
+        width % 2 == 0 && cos.len() == x.len() && sin.len() == x.len(),
+        "rope: {} values of width {width} need an even width and as many cos ({}) and sin ({})",
+        x.len(),
+        cos.len(),
+        sin.len()
+    );
     let h = width / 2;
     let mut y = vec![0.0f32; x.len()];
     let per = rows_per_task(width);

@@ -14,7 +14,15 @@
 //!
 //! The backend is recognised by its type: the functions stay generic over
 //! `B: Backend` like the rest of the model, and the CPU path is chosen when
-//! `B` *is* `Flex` or `Autodiff<Flex>`.
+//! `B` *is* `Flex` or `Autodiff<Flex>` ([`path_for`]). A silent fall-back to
+//! the composed ops would only show as a slower run, so every call records
+//! the path it took in a per-thread [`Tally`] that tests read
+//! ([`take_tally`]).
+//!
+//! Each op asserts the shapes its kernel relies on (the RMSNorm weight's
+//! width, the mask's broadcast, equal operand shapes) before dispatch, so a
+//! wrong shape panics with the same message on every backend instead of
+//! reading the wrong rows.
 
 pub(crate) mod cpu;
 mod gemm;
@@ -22,6 +30,7 @@ mod linear;
 mod tracked;
 
 use std::any::{Any, TypeId};
+use std::cell::RefCell;
 
 use burn::backend::Autodiff;
 use burn::tensor::activation::{silu, softmax};
@@ -34,18 +43,19 @@ use rayon::prelude::*;
 /// The autodiff tensor of `Autodiff<Flex>`.
 type AdTensor = FloatTensor<Autodiff<Flex>>;
 
-/// Which fused path `B` takes.
-enum Path {
-    /// `Flex`: compute, no graph.
+/// The fused path a backend takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// `Flex`: the CPU kernel, no graph.
     Plain,
-    /// `Autodiff<Flex>`: compute and register a backward step.
+    /// `Autodiff<Flex>`: the CPU kernel, registered as one graph node with
+    /// its own backward.
     Tracked,
 }
 
-fn path<B: Backend>(tensors: &[DType]) -> Option<Path> {
-    if tensors.iter().any(|d| *d != DType::F32) {
-        return None;
-    }
+/// The fused path of backend `B` for f32 tensors; `None`: burn's ops.
+/// Every op dispatches through this function.
+pub fn path_for<B: Backend>() -> Option<Path> {
     let id = TypeId::of::<B>();
     if id == TypeId::of::<Flex>() {
         Some(Path::Plain)
@@ -54,6 +64,77 @@ fn path<B: Backend>(tensors: &[DType]) -> Option<Path> {
     } else {
         None
     }
+}
+
+/// [`path_for`] when every tensor is f32 (the kernels' only dtype).
+fn path<B: Backend>(tensors: &[DType]) -> Option<Path> {
+    if tensors.iter().any(|d| *d != DType::F32) {
+        return None;
+    }
+    path_for::<B>()
+}
+
+/// The ops of this module, as counted in a [`Tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Linear,
+    RmsNorm,
+    Permute,
+    Rope,
+    Swiglu,
+    MaskedSoftmax,
+    LogSoftmaxRows,
+    UpdateInPlace,
+}
+
+impl Op {
+    pub const ALL: [Op; 8] = [
+        Op::Linear,
+        Op::RmsNorm,
+        Op::Permute,
+        Op::Rope,
+        Op::Swiglu,
+        Op::MaskedSoftmax,
+        Op::LogSoftmaxRows,
+        Op::UpdateInPlace,
+    ];
+}
+
+/// How many calls of each op took each path on one thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// [op][Plain, Tracked, burn's ops]
+    counts: [[u64; 3]; Op::ALL.len()],
+}
+
+impl Tally {
+    /// Calls of `op` that took `path` (`None`: burn's ops).
+    pub fn count(&self, op: Op, path: Option<Path>) -> u64 {
+        self.counts[op as usize][Self::column(path)]
+    }
+
+    fn column(path: Option<Path>) -> usize {
+        match path {
+            Some(Path::Plain) => 0,
+            Some(Path::Tracked) => 1,
+            None => 2,
+        }
+    }
+}
+
+thread_local! {
+    static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+}
+
+/// Note that a call of `op` took `path`, and hand the path on.
+fn record(op: Op, path: Option<Path>) -> Option<Path> {
+    TALLY.with(|t| t.borrow_mut().counts[op as usize][Tally::column(path)] += 1);
+    path
+}
+
+/// The paths this thread's calls took since the last call, and a fresh count.
+pub fn take_tally() -> Tally {
+    TALLY.with(|t| std::mem::take(&mut *t.borrow_mut()))
 }
 
 /// Inference tensors below this many elements (one decoded token) take
@@ -141,19 +222,43 @@ impl<B: Backend, const D: usize> LoraTerm<B, D> {
 ///
 /// Shapes: x, x' [.., in], weight [out, in], bias [out], A [r, in], B [out, r]
 /// → [.., out].
+///
+/// Panics if the shapes do not fit together so.
 pub fn linear<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     lora: Option<LoraTerm<B, D>>,
 ) -> Tensor<B, D> {
+    let ([d_out, d_in], x_in) = (weight.dims(), x.dims()[D - 1]);
+    assert_eq!(
+        x_in, d_in,
+        "linear: the input's last dimension is {x_in}, the weight [out, in] is [{d_out}, {d_in}]"
+    );
+    if let Some(b) = &bias {
+        assert_eq!(b.dims(), [d_out], "linear: bias for {d_out} outputs");
+    }
+    if let Some(l) = &lora {
+        let ([r, a_in], [b_out, b_r]) = (l.a.dims(), l.b.dims());
+        assert!(
+            a_in == d_in && b_out == d_out && b_r == r,
+            "linear: LoRA A [{r}, {a_in}] and B [{b_out}, {b_r}] do not fit a [{d_out}, {d_in}] layer"
+        );
+        if let Some(i) = &l.input {
+            assert_eq!(
+                i.dims(),
+                x.dims(),
+                "linear: LoRA input differs from x in shape"
+            );
+        }
+    }
     let mut dtypes = vec![x.dtype(), weight.dtype()];
     dtypes.extend(bias.as_ref().map(|b| b.dtype()));
     if let Some(l) = &lora {
         dtypes.extend([l.a.dtype(), l.b.dtype()]);
         dtypes.extend(l.input.as_ref().map(|i| i.dtype()));
     }
-    let Some(path) = path::<B>(&dtypes) else {
+    let Some(path) = record(Op::Linear, path::<B>(&dtypes)) else {
         let base = dense(x.clone(), weight.transpose(), bias);
         return match lora {
             None => base,
@@ -199,11 +304,19 @@ fn adapter<B: Backend, T: 'static, const D: usize>(
 /// RMSNorm: x / √(mean(x²) + ε) ⊙ w over the last dimension, in f32.
 ///
 /// Shapes: x [B, T, C], weight [C] → [B, T, C].
+///
+/// Panics if the weight's length is not the last dimension of x.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    match sized(
+    let ([.., width], [len]) = (x.dims(), weight.dims());
+    assert_eq!(
+        len, width,
+        "rms_norm: the weight has {len} elements, the input's last dimension is {width}"
+    );
+    let path = sized(
         path::<B>(&[x.dtype(), weight.dtype()]),
         x.shape().num_elements(),
-    ) {
+    );
+    match record(Op::RmsNorm, path) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 3>(tracked::rms_norm_plain(
             primitive::<B, FlexTensor, 3>(x),
             primitive::<B, FlexTensor, 1>(weight),
@@ -228,7 +341,8 @@ fn rms_norm_ops<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> 
 /// copy a later reshape or element-wise op would make anyway, done as one
 /// parallel row copy instead of burn-flex's scalar strided walk.
 pub fn permute<B: Backend, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) -> Tensor<B, D> {
-    match sized(path::<B>(&[x.dtype()]), x.shape().num_elements()) {
+    let path = sized(path::<B>(&[x.dtype()]), x.shape().num_elements());
+    match record(Op::Permute, path) {
         Some(Path::Plain) => tensor::<B, FlexTensor, D>(tracked::permute_plain(
             primitive::<B, FlexTensor, D>(x),
             &axes,
@@ -246,11 +360,21 @@ pub fn permute<B: Backend, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) ->
 /// See: Su et al. 2021, "RoFormer", eq. 34; transformers `apply_rotary_pos_emb`.
 ///
 /// Shapes: x, cos, sin [B, T, N, D] → [B, T, N, D].
+///
+/// Panics if cos or sin differ from x in shape, or D is odd.
 pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    match sized(
+    let shape = x.dims();
+    assert!(
+        cos.dims() == shape && sin.dims() == shape && shape[3] % 2 == 0,
+        "rope: x {shape:?} needs cos and sin of its shape (got {:?}, {:?}) and an even last dimension",
+        cos.dims(),
+        sin.dims()
+    );
+    let path = sized(
         path::<B>(&[x.dtype(), cos.dtype(), sin.dtype()]),
         x.shape().num_elements(),
-    ) {
+    );
+    match record(Op::Rope, path) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 4>(tracked::rope_plain(
             primitive::<B, FlexTensor, 4>(x),
             primitive::<B, FlexTensor, 4>(cos),
@@ -280,8 +404,16 @@ fn rope_ops<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -
 /// SwiGLU's gate (Shazeer 2020): silu(a) ⊙ b.
 ///
 /// Shapes: a, b [B, T, F] → [B, T, F].
+///
+/// Panics if a and b differ in shape.
 pub fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
-    match sized(path::<B>(&[a.dtype(), b.dtype()]), a.shape().num_elements()) {
+    assert_eq!(
+        a.dims(),
+        b.dims(),
+        "swiglu: gate and up projections differ in shape"
+    );
+    let path = sized(path::<B>(&[a.dtype(), b.dtype()]), a.shape().num_elements());
+    match record(Op::Swiglu, path) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 3>(tracked::swiglu_plain(
             primitive::<B, FlexTensor, 3>(a),
             primitive::<B, FlexTensor, 3>(b),
@@ -304,11 +436,20 @@ fn swiglu_ops<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
 ///
 /// Shapes: scores [B, K, G, T, S], mask [B | 1, K | 1, G | 1, T | 1, S] →
 /// [B, K, G, T, S].
+///
+/// Panics if the mask does not broadcast so: the kernel maps each row of
+/// scores to a row of the mask by that rule.
 pub fn masked_softmax<B: Backend>(scores: Tensor<B, 5>, mask: Tensor<B, 5>) -> Tensor<B, 5> {
-    match sized(
+    let (s, m) = (scores.dims(), mask.dims());
+    assert!(
+        m[4] == s[4] && (0..4).all(|i| m[i] == s[i] || m[i] == 1),
+        "masked_softmax: mask {m:?} does not broadcast to scores {s:?} (each dimension equal or 1, the last equal)"
+    );
+    let path = sized(
         path::<B>(&[scores.dtype(), mask.dtype()]),
         scores.shape().num_elements(),
-    ) {
+    );
+    match record(Op::MaskedSoftmax, path) {
         Some(Path::Plain) => tensor::<B, FlexTensor, 5>(tracked::masked_softmax_plain(
             primitive::<B, FlexTensor, 5>(scores),
             primitive::<B, FlexTensor, 5>(mask),
@@ -350,6 +491,7 @@ pub fn log_softmax_rows<B: Backend>(
     coeff: bool,
 ) -> Result<LogSoftmaxRows<B>, Tensor<B, 2>> {
     let Some(path) = path::<B>(&[logits.dtype()]) else {
+        record(Op::LogSoftmaxRows, None);
         return Err(logits);
     };
     let [n, width] = logits.dims();
@@ -360,8 +502,10 @@ pub fn log_softmax_rows<B: Backend>(
         .into_vec()
         .unwrap_or_default();
     if ids.len() != n || ids.iter().any(|&y| y < 0 || y as usize >= width) {
+        record(Op::LogSoftmaxRows, None);
         return Err(logits);
     }
+    record(Op::LogSoftmaxRows, Some(path));
     let ids: Vec<usize> = ids.into_iter().map(|y| y as usize).collect();
     let flex = match path {
         Path::Plain => primitive::<B, FlexTensor, 2>(logits),
@@ -408,8 +552,10 @@ pub fn update_in_place<B: Backend, const N: usize>(
     if !matches!(path::<B>(&dtypes), Some(Path::Plain))
         || tensors.iter().any(|t| t.dims()[0] != len)
     {
+        record(Op::UpdateInPlace, None);
         return Err(tensors);
     }
+    record(Op::UpdateInPlace, Some(Path::Plain));
     let mut flex = tensors.map(|t| tracked::contiguous(primitive::<B, FlexTensor, 1>(t)));
     let mut chunks: Vec<Vec<&mut [f32]>> = flex
         .iter_mut()

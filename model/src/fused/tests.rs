@@ -1,16 +1,30 @@
 //! Each fused op against its composition of burn ops on the same backend:
-//! values, and gradients of Σ y ⊙ R for a random R.
+//! values, and gradients of Σ y ⊙ R for a random R; which path a model's
+//! training step and inference pass really take; the shape checks.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
 
 use super::*;
+use crate::config::{LlamaConfig, ModelType};
+use crate::logprobs::sequence_logprobs;
+use crate::lora::{LoraConfig, TargetModules, attach};
+use crate::mask::attention_mask;
+use crate::transformer::{ForwardInput, LlamaForCausalLM};
 
 type AD = Autodiff<Flex>;
 
+/// N(0, 1) values from a host RNG seeded here, not burn's process-global
+/// one (which a test running in parallel may draw from in between).
 fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<AD, D> {
-    Flex::seed(&Default::default(), seed);
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 1.0).expect("σ > 0");
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
 }
 
 fn values<const D: usize>(t: &Tensor<AD, D>) -> Vec<f32> {
@@ -118,6 +132,7 @@ fn inference_backend_takes_the_same_kernels() {
     // Above `SMALL` elements (below it inference takes burn's ops).
     let x = random([2, 96, 96], 6);
     let w = random([96], 7);
+    take_tally();
     let tracked = values(&rms_norm(x.clone(), w.clone(), 1e-6));
     let plain: Vec<f32> = rms_norm(x.inner(), w.clone().inner(), 1e-6)
         .into_data()
@@ -131,6 +146,123 @@ fn inference_backend_takes_the_same_kernels() {
         .to_vec()
         .unwrap();
     assert_close(&plain, &tracked, 1e-6, "small");
+    // Two tracked calls, one large plain call; the small one took burn's ops.
+    let tally = take_tally();
+    let counts =
+        [Some(Path::Tracked), Some(Path::Plain), None].map(|path| tally.count(Op::RmsNorm, path));
+    assert_eq!(counts, [2, 1, 1]);
+}
+
+/// A tiny model with LoRA on the attention projections (the others plain).
+fn tiny_model<B: Backend>() -> LlamaForCausalLM<B> {
+    let config = LlamaConfig::tiny(ModelType::Llama);
+    let device = Default::default();
+    let lora = LoraConfig {
+        r: 2,
+        target_modules: TargetModules::parse("q_proj,v_proj").expect("valid targets"),
+        ..Default::default()
+    };
+    attach(
+        LlamaForCausalLM::<B>::init(&config, &device),
+        &lora,
+        5,
+        &device,
+    )
+    .expect("valid LoRA config")
+}
+
+/// `rows` full rows of `len` tokens, causal.
+fn model_input<B: Backend>(rows: usize, len: usize) -> ForwardInput<B> {
+    let device = Default::default();
+    let ids: Vec<i64> = (0..rows * len).map(|i| (i * 7 % 90 + 3) as i64).collect();
+    let positions: Vec<i64> = (0..rows * len).map(|i| (i % len) as i64).collect();
+    ForwardInput {
+        input_ids: Tensor::from_data(TensorData::new(ids, [rows, len]), &device),
+        positions: Tensor::from_data(TensorData::new(positions, [rows, len]), &device),
+        mask: attention_mask(&vec![vec![true; len]; rows], len, None, &device),
+    }
+}
+
+/// The ops a decoder pass with its LM head goes through.
+const MODEL_OPS: [Op; 7] = [
+    Op::Linear,
+    Op::RmsNorm,
+    Op::Permute,
+    Op::Rope,
+    Op::Swiglu,
+    Op::MaskedSoftmax,
+    Op::LogSoftmaxRows,
+];
+
+/// Every op of the model ran its kernel on `path` and none fell back.
+fn assert_fused(tally: &Tally, path: Path) {
+    for op in MODEL_OPS {
+        let (fused, ops) = (tally.count(op, Some(path)), tally.count(op, None));
+        assert!(
+            fused > 0 && ops == 0,
+            "{op:?}: {fused} calls on the {path:?} kernel, {ops} on burn's ops"
+        );
+    }
+}
+
+/// A training step's forward and backward on `Autodiff<Flex>` runs every
+/// op as its tracked kernel: a fall-back to the composed ops (a type that
+/// no longer matches, a dtype check gone wrong) fails here, not only as a
+/// slower benchmark.
+#[test]
+fn training_on_autodiff_flex_takes_every_fused_kernel() {
+    assert_eq!(path_for::<AD>(), Some(Path::Tracked));
+    let model = tiny_model::<AD>();
+    take_tally();
+    let logp = sequence_logprobs(&model, model_input(2, 9));
+    let grads = logp.sum().backward();
+    assert_fused(&take_tally(), Path::Tracked);
+    let a = model.model.layers[0]
+        .self_attn
+        .q_proj
+        .lora
+        .as_ref()
+        .expect("attached");
+    assert!(
+        a.lora_a.val().grad(&grads).is_some(),
+        "the adapter is trained"
+    );
+}
+
+/// Inference on `Flex` over tensors above `SMALL` runs every op as its
+/// plain kernel; the optimizer's update does too.
+#[test]
+fn inference_on_flex_takes_every_fused_kernel() {
+    assert_eq!(path_for::<Flex>(), Some(Path::Plain));
+    // [4, 256, 32] hidden states, [4, 256, 2, 8] keys: each ≥ `SMALL`.
+    let model = tiny_model::<Flex>();
+    take_tally();
+    sequence_logprobs(&model, model_input(4, 256));
+    assert_fused(&take_tally(), Path::Plain);
+    let t = || Tensor::<Flex, 1>::zeros([8], &Default::default());
+    assert!(update_in_place([t(), t()], |_| {}).is_ok());
+    assert_eq!(take_tally().count(Op::UpdateInPlace, Some(Path::Plain)), 1);
+}
+
+#[test]
+#[should_panic(expected = "rms_norm: the weight has 47 elements, the input's last dimension is 48")]
+fn rms_norm_refuses_a_weight_of_another_width() {
+    rms_norm(random([2, 5, 48], 1), random([47], 2), 1e-5);
+}
+
+#[test]
+#[should_panic(
+    expected = "masked_softmax: mask [2, 1, 1, 5, 5] does not broadcast to scores [3, 2, 2, 5, 5]"
+)]
+fn masked_softmax_refuses_a_mask_that_does_not_broadcast() {
+    masked_softmax(random([3, 2, 2, 5, 5], 1), random([2, 1, 1, 5, 5], 2));
+}
+
+#[test]
+#[should_panic(expected = "rope: x [1, 3, 2, 8] needs cos and sin of its shape")]
+fn rope_refuses_angles_of_another_shape() {
+    let x = random([1, 3, 2, 8], 1);
+    rope(x.clone(), random([1, 3, 1, 8], 2), x);
 }
 
 #[test]
