@@ -554,5 +554,4 @@ mod tests {
         assert!(err.contains("unknown variant `length`"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
-
 }

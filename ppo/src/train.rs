@@ -27,9 +27,9 @@ use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
-    AdamW, CheckpointRef, DataFile, Gradients, NanGuard, KeyChange, RunDir, RunIdentity, TrainError, TrainerState, Verdict,
-    WeightsKind, first_non_finite, model_fingerprint, save_checkpoint, sha256_file, skip_reason,
-    trainable_count, trainable_params,
+    AdamW, CheckpointRef, DataFile, Gradients, KeyChange, NanGuard, RunDir, RunIdentity,
+    TrainError, TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint,
+    save_checkpoint, sha256_file, skip_reason, trainable_count, trainable_params,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
