@@ -43,6 +43,9 @@ pub enum TrainError {
         count: usize,
         reason: String,
     },
+    /// An export's output directory that must not be replaced.
+    #[error("{path}: {why}")]
+    OutputInUse { path: PathBuf, why: String },
     #[error(transparent)]
     Model(#[from] ModelError),
 }
