@@ -28,8 +28,12 @@ pub enum LabelError {
     #[error("cannot write judgments to {}: {source}", path.display())]
     Unwritable { path: PathBuf, source: io::Error },
 
-    #[error("{}: no usable items ({problems} malformed line(s))", path.display())]
-    NoItems { path: PathBuf, problems: usize },
+    /// Every line was malformed (or the file holds none); `problems` says why.
+    #[error("{}: no usable items{}", path.display(), why_none(problems))]
+    NoItems {
+        path: PathBuf,
+        problems: Vec<LineError>,
+    },
 
     #[error("{} malformed line(s) and --strict is set:\n{}", .0.len(), join_lines(.0))]
     Strict(Vec<LineError>),
@@ -45,6 +49,14 @@ pub enum LabelError {
 
     #[error("{}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+}
+
+fn why_none(problems: &[LineError]) -> String {
+    match problems {
+        [] => " (the file holds no items)".into(),
+        [one] => format!(" (1 malformed line: {one})"),
+        [first, ..] => format!(" ({} malformed lines, first {first})", problems.len()),
+    }
 }
 
 fn join_lines(errors: &[LineError]) -> String {
