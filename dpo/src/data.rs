@@ -6,7 +6,7 @@ use alignkit_datasets::{
     TruncationSide, shuffled_batches,
 };
 use alignkit_train::seed::{Stream, derive_seed};
-use alignkit_train::{DataFile, sha256_file};
+use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
 use crate::config::DpoConfig;
 use crate::error::{DpoError, Result};
@@ -76,6 +76,12 @@ pub fn load(config: &DpoConfig, encoder: &Encoder) -> Result<PairData> {
             files.push(DataFile {
                 path: path.clone(),
                 sha256: sha256_file(path)?,
+    check_validation_set(
+        config.data.validation_file.as_deref(),
+        config.data.validation_split,
+        validation.len(),
+        train.len() + validation.len(),
+    )?;
             });
             let v = encoder.encode_preference_file(path, &fields)?;
             check_pairs(&v)?;

@@ -7,7 +7,7 @@ use alignkit_datasets::{
     EncodeConfig, Encoder, FieldMap, Location, PlainText, Preference, PreferenceExample,
     SplitConfig, TrainOn, TruncationSide, jsonl,
 };
-use alignkit_train::{DataFile, sha256_file};
+use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
 use crate::config::RewardConfig;
 use crate::error::{Result, RewardError};
@@ -98,6 +98,12 @@ pub fn load(config: &RewardConfig, encoder: &Encoder) -> Result<RewardData> {
     let (train, validation) = match &config.data.validation_file {
         Some(path) => {
             files.push(DataFile {
+    check_validation_set(
+        config.data.validation_file.as_deref(),
+        config.data.validation_split,
+        validation.len(),
+        train.len() + validation.len(),
+    )?;
                 path: path.clone(),
                 sha256: sha256_file(path)?,
             });

@@ -217,6 +217,34 @@ impl RunSettings<'_> {
     }
 }
 
+/// A validation set that was asked for (`data.validation_file`, or a
+/// `data.validation_split` above 0) must hold something: evaluating on
+/// nothing would report a loss of 0 (issue 12.6). `validation` and
+/// `examples` count what the set and the whole data ended with.
+pub fn check_validation_set(
+    validation_file: Option<&Path>,
+    validation_split: f64,
+    validation: usize,
+    examples: usize,
+) -> std::result::Result<(), ConfigIssue> {
+    if validation > 0 {
+        return Ok(());
+    }
+    match validation_file {
+        Some(path) => Err(ConfigIssue {
+            field: "data.validation_file",
+            message: format!("{} holds no usable example", path.display()),
+        }),
+        None if validation_split > 0.0 => Err(ConfigIssue {
+            field: "data.validation_split",
+            message: format!(
+                "{validation_split} selects none of the {examples} examples; raise it, give data.validation_file, or set it to 0 (no evaluation)"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Storage dtype of a trainer's `final/model.safetensors`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
