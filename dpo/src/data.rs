@@ -9,7 +9,7 @@ use alignkit_train::seed::{Stream, derive_seed};
 use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
 use crate::config::DpoConfig;
-use crate::error::{DpoError, Result};
+use crate::error::Result;
 
 /// The tokenized training and validation pairs.
 #[derive(Debug, Clone)]
@@ -42,22 +42,11 @@ pub fn encoder(config: &DpoConfig) -> Result<Encoder> {
 }
 
 /// Reject pairs whose chosen and rejected are the same tokens — before any
-/// training work, naming the first such line.
+/// training work, naming the first such line (the rule `data validate`
+/// applies too: `PreferenceExample::check_distinct`).
 pub fn check_pairs(encoded: &[Encoded<PreferenceExample>]) -> Result<()> {
     for e in encoded {
-        let ex = &e.example;
-        if ex.chosen_ids == ex.rejected_ids {
-            let cut = ex.chosen_truncation.completion_dropped > 0
-                || ex.rejected_truncation.completion_dropped > 0;
-            return Err(DpoError::IdenticalPair {
-                at: e.at.clone(),
-                how: if cut {
-                    " after truncation to data.max_len"
-                } else {
-                    ""
-                },
-            });
-        }
+        e.example.check_distinct().map_err(|err| err.at(&e.at))?;
     }
     Ok(())
 }
@@ -76,12 +65,6 @@ pub fn load(config: &DpoConfig, encoder: &Encoder) -> Result<PairData> {
             files.push(DataFile {
                 path: path.clone(),
                 sha256: sha256_file(path)?,
-    check_validation_set(
-        config.data.validation_file.as_deref(),
-        config.data.validation_split,
-        validation.len(),
-        train.len() + validation.len(),
-    )?;
             });
             let v = encoder.encode_preference_file(path, &fields)?;
             check_pairs(&v)?;
@@ -93,6 +76,12 @@ pub fn load(config: &DpoConfig, encoder: &Encoder) -> Result<PairData> {
             (sets.train, sets.validation)
         }
     };
+    check_validation_set(
+        config.data.validation_file.as_deref(),
+        config.data.validation_split,
+        validation.len(),
+        train.len() + validation.len(),
+    )?;
     let truncated = train
         .iter()
         .chain(&validation)
