@@ -253,8 +253,8 @@ pub fn validate_with_progress(
         let rec = match item {
             Ok(r) => r,
             Err(e) => {
-                // The empty-file error is not a record.
-                if matches!(&e, DataError::Record { reason, .. } if reason.starts_with("empty file"))
+                // An error about the whole file (empty, a JSON array) is not a record.
+                if matches!(e, DataError::NotJsonLines { .. })
                 {
                     report.records -= 1;
                 }
