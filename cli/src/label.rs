@@ -44,6 +44,7 @@ pub struct LabelArgs {
     #[arg(long, short = 'a', value_name = "NAME", required = true)]
     annotator: Option<String>,
 
+    /// How each item is judged.
     #[arg(long, value_enum, default_value_t = ModeArg::Pairwise)]
     mode: ModeArg,
 
