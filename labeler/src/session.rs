@@ -12,7 +12,7 @@ use ratatui::DefaultTerminal;
 use crate::app::{App, Effect, Level, Msg, Progress, Settings, update};
 use crate::candidates::{Loaded, load_candidates, load_prefs};
 use crate::clock::Clock;
-use crate::error::{LabelError, LineError};
+use crate::error::{LabelError, LineError, with_causes};
 use crate::keys;
 use crate::record::{JudgeMode, JudgmentLog, Record, write_recovery};
 use crate::ui;
@@ -278,7 +278,7 @@ impl Session {
                         }
                         Err(e) => {
                             self.unsaved.push(*record);
-                            queue.push_back(Msg::SaveFailed(e.to_string()));
+                            queue.push_back(Msg::SaveFailed(with_causes(&e)));
                         }
                     },
                 }

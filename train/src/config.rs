@@ -266,7 +266,7 @@ impl From<FinalDtype> for alignkit_model::SaveDtype {
 /// key at fault. Each trainer's error wraps it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
