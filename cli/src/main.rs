@@ -267,7 +267,10 @@ mod tests {
             for arg in cmd.get_arguments() {
                 let builtin = matches!(arg.get_id().as_str(), "help" | "version");
                 if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
-                    missing.push(format!("`{path}`: argument `{}` has no description", arg.get_id()));
+                    missing.push(format!(
+                        "`{path}`: argument `{}` has no description",
+                        arg.get_id()
+                    ));
                 }
             }
             for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
@@ -314,10 +317,9 @@ mod tests {
         fn walk(cmd: &clap::Command, lines: &mut Vec<String>) {
             if let Some(after) = cmd.get_after_help() {
                 lines.extend(
-                    after
-                        .to_string()
-                        .lines()
-                        .filter_map(|l| l.trim_start().strip_prefix("alignkit ").map(str::to_owned)),
+                    after.to_string().lines().filter_map(|l| {
+                        l.trim_start().strip_prefix("alignkit ").map(str::to_owned)
+                    }),
                 );
             }
             for sub in cmd.get_subcommands() {

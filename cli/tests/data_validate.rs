@@ -34,7 +34,11 @@ fn cache_with_default_model() -> tempfile::TempDir {
         std::fs::copy(fixture("model/tests/fixtures/llama").join(f), dir.join(f)).unwrap();
     }
     for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixture("datasets/tests/fixtures/smollm2").join(f), dir.join(f)).unwrap();
+        std::fs::copy(
+            fixture("datasets/tests/fixtures/smollm2").join(f),
+            dir.join(f),
+        )
+        .unwrap();
     }
     cache
 }
@@ -50,7 +54,10 @@ fn files_that_are_not_jsonl_get_one_line_saying_so() {
     assert!(!ok);
     assert_eq!(
         stderr,
-        format!("error: {}:1: empty file: no JSON records\n", empty.display())
+        format!(
+            "error: {}:1: empty file: no JSON records\n",
+            empty.display()
+        )
     );
 
     let array = dir.path().join("data.json");
@@ -78,7 +85,10 @@ fn without_model_the_default_model_is_used() {
     std::fs::write(&data, "{\"prompt\": \"hi\", \"completion\": \"there\"}\n").unwrap();
     let (ok, stdout, stderr) = validate(&data, &[], cache.path());
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("1 record (sft), 1 ok, 0 errors"), "{stdout}");
+    assert!(
+        stdout.contains("1 record (sft), 1 ok, 0 errors"),
+        "{stdout}"
+    );
 }
 
 /// `data validate` refuses what the reward and DPO trainers refuse.

@@ -56,18 +56,33 @@ fn a_missing_model_directory() {
 fn a_truncated_safetensors_file() {
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("model/tests/fixtures/llama").join(f), dir.path().join(f)).unwrap();
+        std::fs::copy(
+            fixture("model/tests/fixtures/llama").join(f),
+            dir.path().join(f),
+        )
+        .unwrap();
     }
     for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixture("datasets/tests/fixtures/smollm2").join(f), dir.path().join(f))
-            .unwrap();
+        std::fs::copy(
+            fixture("datasets/tests/fixtures/smollm2").join(f),
+            dir.path().join(f),
+        )
+        .unwrap();
     }
     let weights = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let model = dir.path().display().to_string();
     assert_eq!(
-        error_of(&["logprobs", "--model", &model, "--prompt", "a", "--completion", "b"]),
+        error_of(&[
+            "logprobs",
+            "--model",
+            &model,
+            "--prompt",
+            "a",
+            "--completion",
+            "b"
+        ]),
         format!(
             "error: {}: not a valid safetensors file: incomplete metadata, file not fully covered\n",
             weights.display()

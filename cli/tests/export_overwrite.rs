@@ -85,7 +85,11 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
     // Into the run itself, into another run, and a run's final/ onto itself.
     refused(&run_a, &run_a, "is the export's source");
     refused(&run_a, &run_b, "is a training run or checkpoint");
-    refused(&run_a.join("final"), &run_a.join("final"), "is the export's source");
+    refused(
+        &run_a.join("final"),
+        &run_a.join("final"),
+        "is the export's source",
+    );
     for kept in [
         parent.join("notes.txt"),
         run_a.join("metrics.jsonl"),
@@ -113,7 +117,10 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
     };
     assert!(export(false).0);
     let (ok, stderr) = export(false);
-    assert!(!ok && stderr.contains("exists and is not empty"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("exists and is not empty"),
+        "{stderr}"
+    );
     let (ok, stderr) = export(true);
     assert!(ok, "re-export over a previous export failed:\n{stderr}");
     std::fs::write(out.join("notes.txt"), "mine").unwrap();

@@ -580,7 +580,10 @@ fn a_save_that_fails_is_reported_on_quit_with_a_non_zero_exit_and_a_recovery_fil
         s.contains("exit=").then(|| s.to_string())
     });
     assert!(screen.contains("exit=1"), "{screen}");
-    assert!(screen.contains("0 judgment(s) saved this session"), "{screen}");
+    assert!(
+        screen.contains("0 judgment(s) saved this session"),
+        "{screen}"
+    );
     let flat = screen.replace('\n', "");
     assert!(flat.contains("1 record(s) could NOT be saved"), "{screen}");
 
@@ -682,13 +685,19 @@ fn without_a_terminal_no_judgments_file_is_created_and_malformed_items_say_why()
     assert!(!jpath.exists(), "an empty judgments file was left behind");
 
     let bad = dir.path("bad.jsonl");
-    std::fs::write(&bad, "{\"id\":\"a\",\"prompt\":\"p\"}\n{\"id\":\"b\",\"prompt\":\"p\"}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"id\":\"a\",\"prompt\":\"p\"}\n{\"id\":\"b\",\"prompt\":\"p\"}\n",
+    )
+    .unwrap();
     let out = label(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let b = bad.display();
     assert!(
-        err.contains(&format!("{b}: no usable items (2 malformed lines, first {b}:1: ")),
+        err.contains(&format!(
+            "{b}: no usable items (2 malformed lines, first {b}:1: "
+        )),
         "{err}"
     );
     assert!(err.contains("responses"), "the reason is missing: {err}");

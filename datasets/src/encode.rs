@@ -163,7 +163,11 @@ impl PreferenceExample {
             None,
             format!(
                 "`chosen` and `rejected` are identical{}; remove the pair or fix the data",
-                if cut { " after truncation to max_len" } else { "" }
+                if cut {
+                    " after truncation to max_len"
+                } else {
+                    ""
+                }
             ),
         ))
     }

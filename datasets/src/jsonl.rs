@@ -398,7 +398,8 @@ mod tests {
 
     #[test]
     fn a_json_array_is_reported_once() {
-        let expected = "d.jsonl:2: this looks like a JSON array; expected one object per line (JSONL)";
+        let expected =
+            "d.jsonl:2: this looks like a JSON array; expected one object per line (JSONL)";
         let pretty = b"\n[\n  {\"text\": \"a\"},\n  {\"text\": \"b\"}\n]\n";
         assert_eq!(errors(pretty), vec![expected]);
         assert_eq!(

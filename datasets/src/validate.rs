@@ -254,8 +254,7 @@ pub fn validate_with_progress(
             Ok(r) => r,
             Err(e) => {
                 // An error about the whole file (empty, a JSON array) is not a record.
-                if matches!(e, DataError::NotJsonLines { .. })
-                {
+                if matches!(e, DataError::NotJsonLines { .. }) {
                     report.records -= 1;
                 }
                 report.error(e);

@@ -122,7 +122,9 @@ fn validate_counts_warnings() {
     assert_eq!(
         errors,
         [
-            format!("{p}:3: `chosen` and `rejected` are identical; remove the pair or fix the data"),
+            format!(
+                "{p}:3: `chosen` and `rejected` are identical; remove the pair or fix the data"
+            ),
             format!(
                 "{p}:5: `chosen` and `rejected` are identical after truncation to max_len; remove the pair or fix the data"
             ),

@@ -564,7 +564,10 @@ pub(crate) mod tests {
         log.file.write_all(&line.as_bytes()[..30]).unwrap();
         let real = log.replace_file(File::create("/dev/full").unwrap());
         let failed = log.append(&Record::Judgment(judgment("2", "y", "al", Decision::B)));
-        assert!(matches!(failed, Err(LabelError::Write { .. })), "{failed:?}");
+        assert!(
+            matches!(failed, Err(LabelError::Write { .. })),
+            "{failed:?}"
+        );
         log.replace_file(real);
         log.append(&Record::Judgment(judgment("3", "y", "al", Decision::B)))
             .unwrap();
@@ -584,10 +587,20 @@ pub(crate) mod tests {
         ];
         let recovery = write_recovery(&path, &records).unwrap();
         assert_eq!(recovery.parent(), Some(dir.path()), "beside the judgments");
-        assert!(recovery.file_name().unwrap().to_string_lossy().starts_with("j.jsonl.unsaved-"));
+        assert!(
+            recovery
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("j.jsonl.unsaved-")
+        );
         assert_eq!(read_log(&recovery).unwrap().records, records);
         let err = write_recovery(Path::new("/nonexistent-dir/j.jsonl"), &records).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent-dir/j.jsonl.unsaved-"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent-dir/j.jsonl.unsaved-"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -353,7 +353,12 @@ mod tests {
         let recovery = outcome.recovery.unwrap().unwrap();
         assert_eq!(recovery.parent(), Some(dir.path()));
         assert_eq!(read_log(&recovery).unwrap().records, outcome.unsaved);
-        assert!(read_log(&dir.path().join("j.jsonl")).unwrap().records.is_empty());
+        assert!(
+            read_log(&dir.path().join("j.jsonl"))
+                .unwrap()
+                .records
+                .is_empty()
+        );
     }
 
     #[test]

@@ -427,7 +427,14 @@ mod tests {
             load_config::<Run>(path, &sets).unwrap_err().to_string()
         };
         assert_eq!(
-            message(None, &[("name", "x"), ("train.batch_size", "abc"), ("train.seed", "3")]),
+            message(
+                None,
+                &[
+                    ("name", "x"),
+                    ("train.batch_size", "abc"),
+                    ("train.seed", "3")
+                ]
+            ),
             "config: `train.batch_size`: invalid type: string \"abc\", expected usize"
         );
         assert!(
@@ -439,7 +446,10 @@ mod tests {
         let file = dir.path().join("run.toml");
         std::fs::write(&file, "name = \"a\"\n[train]\nseed = \"x\"\n").unwrap();
         let text = message(Some(&file), &[("train.batch_size", "4")]);
-        assert!(text.starts_with(&format!("{}:3:8: ", file.display())), "{text}");
+        assert!(
+            text.starts_with(&format!("{}:3:8: ", file.display())),
+            "{text}"
+        );
     }
 
     #[test]
@@ -450,7 +460,11 @@ mod tests {
         assert_eq!(check_validation_set(Some(file), 0.0, 3, 11), Ok(()));
         let issue = check_validation_set(None, 0.01, 0, 8).unwrap_err();
         assert_eq!(issue.field, "data.validation_split");
-        assert!(issue.message.starts_with("0.01 selects none of the 8 examples"));
+        assert!(
+            issue
+                .message
+                .starts_with("0.01 selects none of the 8 examples")
+        );
         let issue = check_validation_set(Some(file), 0.0, 0, 8).unwrap_err();
         assert_eq!(issue.field, "data.validation_file");
         assert_eq!(issue.message, "val.jsonl holds no usable example");

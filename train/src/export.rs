@@ -140,9 +140,7 @@ impl Target<'_> {
         EXPORT_FILES.contains(&name)
             || TOKENIZER_FILES.contains(&name)
             || name.ends_with(".safetensors")
-            || self
-                .copies_from
-                .is_some_and(|dir| dir.join(name).is_file())
+            || self.copies_from.is_some_and(|dir| dir.join(name).is_file())
     }
 
     /// Refuse unless `out` is missing, empty, or (with `overwrite`) a previous
@@ -182,7 +180,10 @@ impl Target<'_> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(out).map_err(|e| TrainError::io(out, e))? {
             let entry = entry.map_err(|e| TrainError::io(out, e))?;
-            let is_dir = entry.file_type().map_err(|e| TrainError::io(out, e))?.is_dir();
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| TrainError::io(out, e))?
+                .is_dir();
             names.push((entry.file_name().to_string_lossy().to_string(), is_dir));
         }
         if names.is_empty() {
@@ -192,10 +193,20 @@ impl Target<'_> {
         if !self.overwrite {
             return refuse("exists and is not empty (pass --overwrite to replace it)".into());
         }
-        const ONLY: &str = "--overwrite only replaces a previous export (a model or adapter directory)";
-        let run_markers = [crate::run::CHECKPOINTS_DIR, METRICS_FILE, crate::checkpoint::STATE_FILE];
-        if let Some((name, _)) = names.iter().find(|(n, _)| run_markers.contains(&n.as_str())) {
-            return refuse(format!("is a training run or checkpoint (holds `{name}`); {ONLY}"));
+        const ONLY: &str =
+            "--overwrite only replaces a previous export (a model or adapter directory)";
+        let run_markers = [
+            crate::run::CHECKPOINTS_DIR,
+            METRICS_FILE,
+            crate::checkpoint::STATE_FILE,
+        ];
+        if let Some((name, _)) = names
+            .iter()
+            .find(|(n, _)| run_markers.contains(&n.as_str()))
+        {
+            return refuse(format!(
+                "is a training run or checkpoint (holds `{name}`); {ONLY}"
+            ));
         }
         let foreign: Vec<&str> = names
             .iter()
@@ -207,13 +218,18 @@ impl Target<'_> {
                 1 => String::new(),
                 n => format!(" and {} other entries", n - 1),
             };
-            return refuse(format!("holds `{first}`{more}, which no export writes; {ONLY}"));
+            return refuse(format!(
+                "holds `{first}`{more}, which no export writes; {ONLY}"
+            ));
         }
         let is_model = names
             .iter()
             .any(|(n, _)| n == "config.json" || n == lora::ADAPTER_CONFIG);
         if !is_model {
-            return refuse(format!("has no config.json or {}; {ONLY}", lora::ADAPTER_CONFIG));
+            return refuse(format!(
+                "has no config.json or {}; {ONLY}",
+                lora::ADAPTER_CONFIG
+            ));
         }
         Ok(())
     }
@@ -562,9 +578,20 @@ mod tests {
         touch(&run, &["config.toml", "metrics.jsonl"]);
         touch(&run.join("checkpoints/step-2"), &["trainer_state.json"]);
         let merged = root.path().join("merged");
-        touch(&merged, &["config.json", "model.safetensors", "tokenizer.json", "README.md"]);
+        touch(
+            &merged,
+            &[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "README.md",
+            ],
+        );
         let adapter = root.path().join("adapter");
-        touch(&adapter, &["adapter_config.json", "adapter_model.safetensors"]);
+        touch(
+            &adapter,
+            &["adapter_config.json", "adapter_model.safetensors"],
+        );
         let missing = root.path().join("new");
         let empty = root.path().join("empty");
         touch(&empty, &[]);
