@@ -481,7 +481,7 @@ fn warnings_tiny_terminal_resize_ranking_and_quit_in_a_real_terminal() {
 
     tmux.type_text("q");
     let after = tmux.wait_for("the summary after quitting", |s| {
-        s.contains("judgment(s) this session")
+        s.contains("judgment(s) saved this session")
             .then(|| s.to_string())
     });
     assert!(
@@ -580,10 +580,6 @@ fn a_save_that_fails_is_reported_on_quit_with_a_non_zero_exit_and_a_recovery_fil
         s.contains("exit=").then(|| s.to_string())
     });
     assert!(screen.contains("exit=1"), "{screen}");
-    assert!(
-        screen.contains("0 judgment(s) saved this session"),
-        "{screen}"
-    );
     let flat = screen.replace('\n', "");
     assert!(flat.contains("1 record(s) could NOT be saved"), "{screen}");
 
