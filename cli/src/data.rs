@@ -10,6 +10,8 @@ use alignkit_datasets::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::pull::{KnownModel, ensure_model};
+
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Check a JSONL file against a model's tokenizer and chat template:
@@ -25,9 +27,10 @@ pub enum DataCommand {
 pub struct DataArgs {
     /// JSON Lines file.
     file: PathBuf,
-    /// Hugging Face model directory (tokenizer.json, tokenizer_config.json, ...).
+    /// Hugging Face model directory whose tokenizer and chat template to use
+    /// (default: SmolLM2-135M-Instruct, fetched on first use).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Record kind; detected from the first record when omitted.
     #[arg(long, value_enum)]
     kind: Option<Kind>,
@@ -120,8 +123,12 @@ impl DataArgs {
                 PlainText::Raw
             },
         };
-        Encoder::from_dir(&self.model, config)
-            .with_context(|| format!("loading the tokenizer of {}", self.model.display()))
+        let model = match &self.model {
+            Some(dir) => dir.clone(),
+            None => ensure_model(KnownModel::Smollm2)?,
+        };
+        Encoder::from_dir(&model, config)
+            .with_context(|| format!("loading the tokenizer of {}", model.display()))
     }
 }
 
@@ -160,6 +167,12 @@ fn validate(args: ValidateArgs) -> Result<()> {
     }
     let report = report?;
     emit(&report.to_string())?;
+    if report.records == 0
+        && let Some(e) = report.errors.first()
+    {
+        // The file as a whole is unusable (empty, a JSON array): no count.
+        bail!("{e}");
+    }
     if report.has_errors() {
         bail!(
             "{}: {} of {} records have errors",

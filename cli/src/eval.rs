@@ -1055,6 +1055,7 @@ pub struct DriftArgs {
     /// Longest completion in tokens (the KL is of completions cut at this length).
     #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub max_new_tokens: usize,
+    /// Seed of the sampled completions (the same seed gives the same estimate).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Render string prompts as a user turn with the chat template.

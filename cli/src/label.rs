@@ -4,17 +4,17 @@
 //! alignkit label CANDIDATES.jsonl --judgments J.jsonl --annotator NAME [--mode pairwise|rank]
 //!                [--guidelines FILE] [--overlap K] [--seed S] [--strict] [--show-source]
 //! alignkit label --from-prefs PREFS.jsonl --judgments J.jsonl --annotator NAME ...
-//! alignkit label export J.jsonl [J2.jsonl ...] --to PREFS.jsonl
+//! alignkit label export J.jsonl [J2.jsonl ...] --to PREFS.jsonl [--overwrite]
 //! alignkit label stats J.jsonl [J2.jsonl ...] [--json]
 //! ```
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use alignkit_labeler::{
     Input, JudgeMode, LabelOptions, Ledger, Session, compute_stats, export, read_logs,
 };
+use alignkit_model::checkpoint::write_atomic;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -44,6 +44,7 @@ pub struct LabelArgs {
     #[arg(long, short = 'a', value_name = "NAME", required = true)]
     annotator: Option<String>,
 
+    /// How each item is judged.
     #[arg(long, value_enum, default_value_t = ModeArg::Pairwise)]
     mode: ModeArg,
 
@@ -90,9 +91,12 @@ struct ExportArgs {
     /// Judgments files (read in order, as one log).
     #[arg(value_name = "JUDGMENTS.jsonl", required = true)]
     judgments: Vec<PathBuf>,
-    /// Preference JSONL to write.
+    /// Preference JSONL to write (written whole, then renamed into place).
     #[arg(long, value_name = "PREFS.jsonl")]
     to: PathBuf,
+    /// Replace --to if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -140,17 +144,37 @@ fn run_labeler(args: LabelArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     if !std::io::stdout().is_terminal() {
+        session.discard()?;
         bail!("alignkit label needs a terminal (stdout is not one)");
     }
     let outcome = session.run()?;
     eprintln!(
-        "{} judgment(s) this session; {}/{} items done; saved in {}",
+        "{} judgment(s) saved this session; {}/{} items done; in {}",
         outcome.judged_this_session,
         outcome.progress.done,
         outcome.progress.total,
         judgments.display()
     );
-    Ok(())
+    let n = outcome.unsaved.len();
+    match outcome.recovery {
+        None => Ok(()),
+        Some(Ok(recovery)) => bail!(
+            "{n} record(s) could NOT be saved to {j}; they are in {r}: append them once {j} is writable again (cat {r} >> {j})",
+            j = judgments.display(),
+            r = recovery.display()
+        ),
+        Some(Err(e)) => {
+            let e = anyhow::Error::new(e);
+            // Nowhere to write them: the terminal is the last copy.
+            for record in &outcome.unsaved {
+                println!("{}", serde_json::to_string(record)?);
+            }
+            bail!(
+                "{n} record(s) could NOT be saved to {} nor to a recovery file ({e:#}); they are printed above, one judgments line each",
+                judgments.display()
+            )
+        }
+    }
 }
 
 fn read(paths: &[PathBuf]) -> Result<Ledger> {
@@ -176,16 +200,21 @@ fn run_export(args: ExportArgs) -> Result<()> {
             j.display()
         );
     }
+    if args.to.is_dir() {
+        bail!("--to {}: is a directory", args.to.display());
+    }
+    if args.to.exists() && !args.overwrite {
+        bail!(
+            "--to {}: exists (pass --overwrite to replace it)",
+            args.to.display()
+        );
+    }
     let ledger = read(&args.judgments)?;
-    let file = File::create(&args.to).with_context(|| format!("creating {}", args.to.display()))?;
-    let mut out = BufWriter::new(file);
-    let summary = export(&ledger, &mut out)
-        .and_then(|s| {
-            out.flush()?;
-            out.get_ref().sync_all()?;
-            Ok(s)
-        })
-        .with_context(|| format!("writing {}", args.to.display()))?;
+    let mut bytes = Vec::new();
+    let summary = export(&ledger, &mut bytes).context("serialising the preference pairs")?;
+    // Written whole beside the target and renamed: an interrupted export never
+    // leaves a half-written file, nor destroys the one it replaces.
+    write_atomic(&args.to, &bytes)?;
     eprintln!(
         "{} preference pair(s) from {} judgment(s) written to {} ({} flagged left out, {} without a preference)",
         summary.pairs,

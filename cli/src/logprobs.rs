@@ -15,8 +15,10 @@ use crate::common::{Loaded, ModelArgs};
 pub struct LogprobsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The text the completion follows (not scored).
     #[arg(long)]
     pub prompt: String,
+    /// The text whose tokens are scored, each given everything before it.
     #[arg(long)]
     pub completion: String,
     /// Render the prompt as a user turn with the chat template.

@@ -37,11 +37,13 @@ pub struct ScoreArgs {
     /// Write the scores here (atomically) instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Records scored together in one forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Longer sequences lose the start of their prompt.
     #[arg(long, default_value_t = 2048)]
     pub max_len: usize,
+    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

@@ -481,7 +481,7 @@ fn warnings_tiny_terminal_resize_ranking_and_quit_in_a_real_terminal() {
 
     tmux.type_text("q");
     let after = tmux.wait_for("the summary after quitting", |s| {
-        s.contains("judgment(s) this session")
+        s.contains("judgment(s) saved this session")
             .then(|| s.to_string())
     });
     assert!(
@@ -556,4 +556,145 @@ fn exported_preferences_pass_data_validation() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_save_that_fails_is_reported_on_quit_with_a_non_zero_exit_and_a_recovery_file() {
+    let dir = TempDir::new("full");
+    let (cands, jpath) = (dir.path("cands.jsonl"), dir.path("judgments.jsonl"));
+    write_candidates(&cands, 3);
+    // The judgments file ends just below an 8 KiB file-size limit (`ulimit -f 8`, with
+    // SIGXFSZ ignored so writes fail with EFBIG instead): every append fails part-way, as
+    // on a full disk. The padding is a blank line, which the log skips.
+    std::fs::write(&jpath, format!("{}\n", " ".repeat(8100))).unwrap();
+    let tmux = Tmux::new("full", 100, 30);
+    tmux.spawn(&format!(
+        "bash -c \"ulimit -f 8; trap '' XFSZ; {}; echo exit=\\$?\"",
+        label_command(&cands, &jpath, "")
+    ));
+    tmux.wait_for("the labeler", |s| s.contains("item c000").then_some(()));
+    tmux.type_text("a");
+    tmux.wait_for("the save error", |s| s.contains("NOT SAVED").then_some(()));
+    tmux.type_text("q");
+    let screen = tmux.wait_for("the exit code", |s| {
+        s.contains("exit=").then(|| s.to_string())
+    });
+    assert!(screen.contains("exit=1"), "{screen}");
+    let flat = screen.replace('\n', "");
+    assert!(flat.contains("1 record(s) could NOT be saved"), "{screen}");
+
+    // The decision is in the recovery file beside the judgments, in their format.
+    let recovery: Vec<PathBuf> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("judgments.jsonl.unsaved-")
+        })
+        .collect();
+    assert_eq!(recovery.len(), 1, "{screen}");
+    assert!(flat.contains(recovery[0].to_str().unwrap()), "{screen}");
+    let saved = judgments(&recovery[0]);
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0]["item"], "c000");
+    assert_eq!(saved[0]["decision"], "a");
+}
+
+#[test]
+fn label_export_refuses_an_existing_file_unless_overwrite() {
+    let dir = TempDir::new("export");
+    let jpath = dir.path("judgments.jsonl");
+    let judgment = serde_json::json!({
+        "type": "judgment", "rid": "1", "item": "c000", "annotator": "t",
+        "ts": "2025-01-01T00:00:00.000Z", "mode": "pairwise", "seed": 0, "shown": [1, 0],
+        "decision": "a", "duration_ms": 10, "prompt": "p",
+        "responses": [{"text": "worse"}, {"text": "better"}],
+    });
+    std::fs::write(&jpath, format!("{judgment}\n")).unwrap();
+    let prefs = dir.path("train.jsonl");
+    std::fs::write(&prefs, "precious training data\n").unwrap();
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "label",
+            "export",
+            jpath.to_str().unwrap(),
+            "--to",
+            prefs.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        alignkit(&args)
+    };
+
+    let out = export(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "--to {}: exists (pass --overwrite to replace it)",
+            prefs.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&prefs).unwrap(),
+        "precious training data\n"
+    );
+
+    let out = export(&["--overwrite"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&prefs).unwrap(),
+        "{\"prompt\":\"p\",\"chosen\":\"better\",\"rejected\":\"worse\"}\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "no temporary file left: {leftovers:?}");
+}
+
+#[test]
+fn without_a_terminal_no_judgments_file_is_created_and_malformed_items_say_why() {
+    let dir = TempDir::new("noterm");
+    let (cands, jpath) = (dir.path("cands.jsonl"), dir.path("judgments.jsonl"));
+    write_candidates(&cands, 2);
+    let label = |c: &Path| {
+        alignkit(&[
+            "label",
+            c.to_str().unwrap(),
+            "--judgments",
+            jpath.to_str().unwrap(),
+            "--annotator",
+            "t",
+        ])
+    };
+    let out = label(&cands);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a terminal"), "{err}");
+    assert!(!jpath.exists(), "an empty judgments file was left behind");
+
+    let bad = dir.path("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"id\":\"a\",\"prompt\":\"p\"}\n{\"id\":\"b\",\"prompt\":\"p\"}\n",
+    )
+    .unwrap();
+    let out = label(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let b = bad.display();
+    assert!(
+        err.contains(&format!(
+            "{b}: no usable items (2 malformed lines, first {b}:1: "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("responses"), "the reason is missing: {err}");
 }

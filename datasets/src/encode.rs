@@ -147,6 +147,30 @@ impl PreferenceExample {
     pub fn rejected(&self) -> Sequence {
         join(&self.prompt_ids, &self.rejected_ids)
     }
+
+    /// The one rule for a pair with nothing to learn, applied by `data validate` and by
+    /// the reward and DPO loaders alike: chosen and rejected are the same tokens, as
+    /// written or once truncation cut them. Every pairwise loss is constant on such a pair
+    /// (Bradley-Terry and DPO see a margin of 0 whatever the weights). The error has no
+    /// location yet; attach the record's with [`DataError::at`].
+    pub fn check_distinct(&self) -> Result<()> {
+        if self.chosen_ids != self.rejected_ids {
+            return Ok(());
+        }
+        let cut = self.chosen_truncation.completion_dropped > 0
+            || self.rejected_truncation.completion_dropped > 0;
+        Err(DataError::example(
+            None,
+            format!(
+                "`chosen` and `rejected` are identical{}; remove the pair or fix the data",
+                if cut {
+                    " after truncation to max_len"
+                } else {
+                    ""
+                }
+            ),
+        ))
+    }
 }
 
 /// A tokenized prompt, ready for generation (ends with the generation prompt

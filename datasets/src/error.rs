@@ -36,8 +36,12 @@ pub enum DataError {
         /// chains (`{:#}`) would print it twice.
         error: std::io::Error,
     },
+    /// The file as a whole is not JSON Lines: it is empty, or it is one JSON
+    /// array. Not about a record, so validation does not count it as one.
+    #[error("{at}: {reason}")]
+    NotJsonLines { at: Location, reason: &'static str },
     /// A line is not a valid record: malformed JSON, invalid UTF-8, a missing
-    /// field, a wrong type, an unknown role, an empty file.
+    /// field, a wrong type, an unknown role.
     #[error("{at}: {}{reason}", field_prefix(field))]
     Record {
         at: Location,
@@ -128,7 +132,7 @@ impl DataError {
     /// The location of the record this error is about, if any.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            Self::Record { at, .. } => Some(at),
+            Self::Record { at, .. } | Self::NotJsonLines { at, .. } => Some(at),
             Self::Example { at, .. } => at.as_ref(),
             _ => None,
         }

@@ -63,8 +63,7 @@ pub fn inspect(
                 )));
             }
             Some(r) if seen == index => break r?,
-            Some(Err(e)) if matches!(&e, DataError::Record { reason, .. } if reason.starts_with("empty file")) =>
-            {
+            Some(Err(e)) if matches!(e, DataError::NotJsonLines { .. }) => {
                 return Err(e);
             }
             Some(_) => seen += 1,

@@ -127,12 +127,10 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
                 Ok(None) => {
                     self.finished = true;
                     if self.objects == 0 {
-                        let at = Location::new(self.path.clone(), self.line.max(1));
-                        return Some(Err(DataError::record(
-                            &at,
-                            None,
-                            "empty file: no JSON records",
-                        )));
+                        return Some(Err(DataError::NotJsonLines {
+                            at: Location::new(self.path.clone(), self.line.max(1)),
+                            reason: "empty file: no JSON records",
+                        }));
                     }
                     return None;
                 }
@@ -153,6 +151,15 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
                     if bytes.iter().all(u8::is_ascii_whitespace) {
                         self.objects -= 1;
                         continue;
+                    }
+                    if self.objects == 1 && bytes.trim_ascii_start().starts_with(b"[") {
+                        // A JSON array (pretty-printed or on one line) would
+                        // otherwise give one "malformed JSON" per line.
+                        self.finished = true;
+                        return Some(Err(DataError::NotJsonLines {
+                            at,
+                            reason: "this looks like a JSON array; expected one object per line (JSONL)",
+                        }));
                     }
                     return Some(parse_line(bytes, &at));
                 }
@@ -387,6 +394,18 @@ mod tests {
         let ok: Vec<_> = lines(input).into_iter().filter_map(|r| r.ok()).collect();
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].0.line, 6);
+    }
+
+    #[test]
+    fn a_json_array_is_reported_once() {
+        let expected =
+            "d.jsonl:2: this looks like a JSON array; expected one object per line (JSONL)";
+        let pretty = b"\n[\n  {\"text\": \"a\"},\n  {\"text\": \"b\"}\n]\n";
+        assert_eq!(errors(pretty), vec![expected]);
+        assert_eq!(
+            errors(b"\n [{\"text\": \"a\"}, {\"text\": \"b\"}]"),
+            vec![expected]
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! training will, and report what would break or quietly degrade a run.
 //!
 //! Errors (the file is not usable as is): malformed lines, schema violations,
-//! records the chat template or the token boundary check rejects.
-//! Warnings (counted, the first few listed): duplicates, identical
-//! chosen/rejected, empty fields, missing EOS, truncation, examples longer
-//! than the model's context, examples with nothing to train on.
+//! records the chat template or the token boundary check rejects, preference
+//! pairs whose chosen and rejected are the same tokens (the rule training
+//! applies: `PreferenceExample::check_distinct`).
+//! Warnings (counted, the first few listed): duplicates, empty fields,
+//! missing EOS, truncation, examples longer than the model's context,
+//! examples with nothing to train on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -82,7 +84,6 @@ impl Histogram {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Finding {
     Duplicate,
-    IdenticalChosenRejected,
     EmptyField,
     MissingEos,
     EosDropped,
@@ -96,7 +97,6 @@ impl Finding {
     pub fn describe(self) -> &'static str {
         match self {
             Finding::Duplicate => "duplicate records",
-            Finding::IdenticalChosenRejected => "identical chosen and rejected",
             Finding::EmptyField => "empty fields",
             Finding::MissingEos => "trained turns without an end-of-turn/EOS token",
             Finding::EosDropped => "EOS cut off by max_len",
@@ -253,9 +253,8 @@ pub fn validate_with_progress(
         let rec = match item {
             Ok(r) => r,
             Err(e) => {
-                // The empty-file error is not a record.
-                if matches!(&e, DataError::Record { reason, .. } if reason.starts_with("empty file"))
-                {
+                // An error about the whole file (empty, a JSON array) is not a record.
+                if matches!(e, DataError::NotJsonLines { .. }) {
                     report.records -= 1;
                 }
                 report.error(e);
@@ -327,9 +326,6 @@ fn check(
             }
         }
         AnyRecord::Preference(p) => {
-            if p.chosen == p.rejected {
-                report.warn(Finding::IdenticalChosenRejected, at, String::new);
-            }
             let ex = enc.preference(p)?;
             report.length("prompt", ex.prompt_ids.len());
             report.length("chosen", ex.chosen_ids.len());
@@ -340,14 +336,6 @@ fn check(
                     .original_len
                     .max(ex.rejected_truncation.original_len),
             );
-            if p.chosen != p.rejected
-                && !ex.chosen_ids.is_empty()
-                && ex.chosen_ids == ex.rejected_ids
-            {
-                report.warn(Finding::IdenticalChosenRejected, at, || {
-                    "identical after tokenization and truncation".to_owned()
-                });
-            }
             report.truncation(&ex.chosen_truncation, at, "chosen");
             report.truncation(&ex.rejected_truncation, at, "rejected");
             for (name, has, t) in [
@@ -361,6 +349,8 @@ fn check(
             if ex.chosen_ids.is_empty() || ex.rejected_ids.is_empty() {
                 report.warn(Finding::NothingToTrain, at, String::new);
             }
+            // An error, as in training (see `PreferenceExample::check_distinct`).
+            ex.check_distinct()?;
         }
         AnyRecord::Prompt(p) => {
             let ex = enc.prompt(p)?;

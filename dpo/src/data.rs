@@ -6,10 +6,10 @@ use alignkit_datasets::{
     TruncationSide, shuffled_batches,
 };
 use alignkit_train::seed::{Stream, derive_seed};
-use alignkit_train::{DataFile, sha256_file};
+use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
 use crate::config::DpoConfig;
-use crate::error::{DpoError, Result};
+use crate::error::Result;
 
 /// The tokenized training and validation pairs.
 #[derive(Debug, Clone)]
@@ -42,22 +42,11 @@ pub fn encoder(config: &DpoConfig) -> Result<Encoder> {
 }
 
 /// Reject pairs whose chosen and rejected are the same tokens — before any
-/// training work, naming the first such line.
+/// training work, naming the first such line (the rule `data validate`
+/// applies too: `PreferenceExample::check_distinct`).
 pub fn check_pairs(encoded: &[Encoded<PreferenceExample>]) -> Result<()> {
     for e in encoded {
-        let ex = &e.example;
-        if ex.chosen_ids == ex.rejected_ids {
-            let cut = ex.chosen_truncation.completion_dropped > 0
-                || ex.rejected_truncation.completion_dropped > 0;
-            return Err(DpoError::IdenticalPair {
-                at: e.at.clone(),
-                how: if cut {
-                    " after truncation to data.max_len"
-                } else {
-                    ""
-                },
-            });
-        }
+        e.example.check_distinct().map_err(|err| err.at(&e.at))?;
     }
     Ok(())
 }
@@ -87,6 +76,12 @@ pub fn load(config: &DpoConfig, encoder: &Encoder) -> Result<PairData> {
             (sets.train, sets.validation)
         }
     };
+    check_validation_set(
+        config.data.validation_file.as_deref(),
+        config.data.validation_split,
+        validation.len(),
+        train.len() + validation.len(),
+    )?;
     let truncated = train
         .iter()
         .chain(&validation)

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use alignkit_datasets::{DataError, Location};
+use alignkit_datasets::DataError;
 use alignkit_model::ModelError;
 use alignkit_train::{LoadError, TrainError};
 
@@ -8,7 +8,7 @@ use alignkit_train::{LoadError, TrainError};
 /// file, line or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DpoError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -16,10 +16,6 @@ pub enum DpoError {
     },
     #[error("config: `{field}`: {message}")]
     Config { field: String, message: String },
-    /// A pair whose chosen and rejected completions are the same tokens: it has
-    /// no preference to learn (every DPO loss is constant on it).
-    #[error("{at}: `chosen` and `rejected` are identical{how}; remove the pair or fix the data")]
-    IdenticalPair { at: Location, how: &'static str },
     #[error("{path}: reference log-prob cache: {message}")]
     Cache { path: PathBuf, message: String },
     /// The run config could not be read.

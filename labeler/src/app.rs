@@ -509,7 +509,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             Vec::new()
         }
         Msg::SaveFailed(why) => {
-            app.set_status(Level::Error, format!("NOT SAVED: {why}"));
+            app.set_status(
+                Level::Error,
+                format!("NOT SAVED: {why} (press the key again to retry)"),
+            );
             Vec::new()
         }
         Msg::Quit => vec![Effect::Quit],

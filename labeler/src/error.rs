@@ -22,19 +22,23 @@ impl std::error::Error for LineError {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Read { path: PathBuf, source: io::Error },
 
-    #[error("cannot write judgments to {}: {source}", path.display())]
+    #[error("cannot write judgments to {}", path.display())]
     Unwritable { path: PathBuf, source: io::Error },
 
-    #[error("{}: no usable items ({problems} malformed line(s))", path.display())]
-    NoItems { path: PathBuf, problems: usize },
+    /// Every line was malformed (or the file holds none); `problems` says why.
+    #[error("{}: no usable items{}", path.display(), why_none(problems))]
+    NoItems {
+        path: PathBuf,
+        problems: Vec<LineError>,
+    },
 
     #[error("{} malformed line(s) and --strict is set:\n{}", .0.len(), join_lines(.0))]
     Strict(Vec<LineError>),
 
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Guidelines { path: PathBuf, source: io::Error },
 
     #[error("invalid option: {0}")]
@@ -43,8 +47,29 @@ pub enum LabelError {
     #[error("terminal: {0}")]
     Terminal(io::Error),
 
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Write { path: PathBuf, source: io::Error },
+}
+
+/// An error and its causes, `: `-separated, as the binary prints errors (anyhow's `{:#}`):
+/// each message leaves its cause to [`std::error::Error::source`].
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn why_none(problems: &[LineError]) -> String {
+    match problems {
+        [] => " (the file holds no items)".into(),
+        [one] => format!(" (1 malformed line: {one})"),
+        [first, ..] => format!(" ({} malformed lines, first {first})", problems.len()),
+    }
 }
 
 fn join_lines(errors: &[LineError]) -> String {

@@ -32,6 +32,7 @@ pub use error::{LabelError, LineError};
 pub use export::{ExportSummary, export};
 pub use record::{
     Correction, Decision, JudgeMode, Judgment, JudgmentLog, Ledger, LogRead, Record, read_log,
+    write_recovery,
 };
 pub use session::{Input, LabelOptions, Outcome, Session};
 pub use stats::{Stats, compute as compute_stats};

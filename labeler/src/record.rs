@@ -117,6 +117,13 @@ impl Record {
             Record::Correction(c) => &c.annotator,
         }
     }
+
+    pub fn item(&self) -> &str {
+        match self {
+            Record::Judgment(j) => &j.item,
+            Record::Correction(c) => &c.item,
+        }
+    }
 }
 
 impl Judgment {
@@ -239,6 +246,11 @@ pub struct JudgmentLog {
     offset: u64,
     /// Line number of the line starting at `offset`.
     next_line: usize,
+    /// This process created the file.
+    created: bool,
+    /// The last append failed, possibly after writing part of its line (a full disk): the
+    /// next one starts a fresh line, so it is not glued to the fragment.
+    torn: bool,
 }
 
 impl JudgmentLog {
@@ -289,6 +301,8 @@ impl JudgmentLog {
             file,
             offset,
             next_line,
+            created: !existed,
+            torn: false,
         };
         Ok((log, read))
     }
@@ -297,19 +311,37 @@ impl JudgmentLog {
         &self.path
     }
 
+    /// Whether [`JudgmentLog::open`] created the file.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
     /// Appends one record as one line: `write_all`, `flush`, then `fsync`. When this returns
-    /// `Ok`, the record survives a crash or power loss.
+    /// `Ok`, the record survives a crash or power loss. After a failed append the next one
+    /// starts with a newline: the failed write may have left part of its line behind.
     pub fn append(&mut self, record: &Record) -> Result<(), LabelError> {
-        let mut line = serde_json::to_vec(record).expect("records serialise");
+        let mut line = Vec::new();
+        if self.torn {
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, record).expect("records serialise");
         line.push(b'\n');
-        self.file
+        let written = self
+            .file
             .write_all(&line)
             .and_then(|()| self.file.flush())
-            .and_then(|()| self.file.sync_all())
-            .map_err(|source| LabelError::Write {
-                path: self.path.clone(),
-                source,
-            })
+            .and_then(|()| self.file.sync_all());
+        self.torn = written.is_err();
+        written.map_err(|source| LabelError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Swaps the file written to (tests: a writer that fails, as on a full disk).
+    #[cfg(test)]
+    pub(crate) fn replace_file(&mut self, file: File) -> File {
+        std::mem::replace(&mut self.file, file)
     }
 
     /// Reads complete lines appended since the last read (by this process or another
@@ -329,6 +361,31 @@ impl JudgmentLog {
         self.next_line += bytes[..consumed].iter().filter(|&&b| b == b'\n').count();
         Ok(read)
     }
+}
+
+/// Writes records that could not be appended to `judgments` into a recovery file beside it,
+/// `FILE.unsaved-PID.jsonl` (appended to if it exists), in the judgments format: appending
+/// its lines to `judgments` later (`cat RECOVERY >> FILE`) restores them. Returns its path.
+pub fn write_recovery(judgments: &Path, records: &[Record]) -> Result<PathBuf, LabelError> {
+    let name = judgments
+        .file_name()
+        .map_or_else(|| "judgments".into(), |n| n.to_string_lossy().to_string());
+    let path = judgments.with_file_name(format!("{name}.unsaved-{}.jsonl", std::process::id()));
+    let mut bytes = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut bytes, r).expect("records serialise");
+        bytes.push(b'\n');
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .map_err(|source| LabelError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
 }
 
 /// The effective judgments after corrections: for each (annotator, item), the latest
@@ -492,6 +549,58 @@ pub(crate) mod tests {
         let new = log.read_new().unwrap();
         assert_eq!(new.records.len(), 1);
         assert_eq!(new.records[0].rid(), "2");
+    }
+
+    #[test]
+    fn an_append_after_a_failed_one_starts_a_fresh_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let (mut log, _) = JudgmentLog::open(&path).unwrap();
+        log.append(&Record::Judgment(judgment("1", "x", "al", Decision::A)))
+            .unwrap();
+        // A full disk cut the next append after 30 bytes, then space came back.
+        let line = serde_json::to_string(&Record::Judgment(judgment("2", "y", "al", Decision::B)))
+            .unwrap();
+        log.file.write_all(&line.as_bytes()[..30]).unwrap();
+        let real = log.replace_file(File::create("/dev/full").unwrap());
+        let failed = log.append(&Record::Judgment(judgment("2", "y", "al", Decision::B)));
+        assert!(
+            matches!(failed, Err(LabelError::Write { .. })),
+            "{failed:?}"
+        );
+        log.replace_file(real);
+        log.append(&Record::Judgment(judgment("3", "y", "al", Decision::B)))
+            .unwrap();
+        let read = read_log(&path).unwrap();
+        let rids: Vec<&str> = read.records.iter().map(Record::rid).collect();
+        assert_eq!(rids, ["1", "3"], "the retry is not glued to the fragment");
+        assert_eq!(read.warnings.len(), 1, "only the fragment is unreadable");
+    }
+
+    #[test]
+    fn unsaved_records_go_to_a_recovery_file_in_the_judgments_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let records = [
+            Record::Judgment(judgment("1", "x", "al", Decision::A)),
+            Record::Judgment(judgment("2", "y", "al", Decision::Tie)),
+        ];
+        let recovery = write_recovery(&path, &records).unwrap();
+        assert_eq!(recovery.parent(), Some(dir.path()), "beside the judgments");
+        assert!(
+            recovery
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("j.jsonl.unsaved-")
+        );
+        assert_eq!(read_log(&recovery).unwrap().records, records);
+        let err = write_recovery(Path::new("/nonexistent-dir/j.jsonl"), &records).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/nonexistent-dir/j.jsonl.unsaved-"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use ratatui::DefaultTerminal;
 use crate::app::{App, Effect, Level, Msg, Progress, Settings, update};
 use crate::candidates::{Loaded, load_candidates, load_prefs};
 use crate::clock::Clock;
-use crate::error::{LabelError, LineError};
+use crate::error::{LabelError, LineError, with_causes};
 use crate::keys;
-use crate::record::{JudgeMode, JudgmentLog};
+use crate::record::{JudgeMode, JudgmentLog, Record, write_recovery};
 use crate::ui;
 
 /// How long to wait for a key before looking for other annotators' new records.
@@ -43,10 +43,17 @@ pub struct LabelOptions {
 }
 
 /// What a finished session did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Outcome {
+    /// Judgments saved to the judgments file in this session (undone ones not counted).
     pub judged_this_session: usize,
     pub progress: Progress,
+    /// Records whose save failed and that neither a later save of the same item nor the
+    /// retry on quit replaced: they are not in the judgments file.
+    pub unsaved: Vec<Record>,
+    /// Where `unsaved` were written instead (see [`write_recovery`]), or why they could
+    /// not be; `None` when nothing is unsaved.
+    pub recovery: Option<Result<PathBuf, LabelError>>,
 }
 
 enum Flow {
@@ -62,6 +69,8 @@ pub struct Session {
     log: JudgmentLog,
     warnings: Vec<LineError>,
     written: HashSet<String>,
+    /// Records whose append failed, oldest first (see [`Outcome::unsaved`]).
+    unsaved: Vec<Record>,
 }
 
 impl Session {
@@ -88,7 +97,7 @@ impl Session {
         if items.is_empty() {
             return Err(LabelError::NoItems {
                 path: path.clone(),
-                problems: problems.len(),
+                problems,
             });
         }
         let guidelines = match &options.guidelines {
@@ -136,6 +145,7 @@ impl Session {
             log,
             warnings,
             written: HashSet::new(),
+            unsaved: Vec::new(),
         })
     }
 
@@ -148,17 +158,49 @@ impl Session {
         &self.app
     }
 
-    /// Runs the terminal UI until the annotator quits.
+    /// Closes a session that never ran: removes the judgments file if opening created it
+    /// and nothing was written to it.
+    pub fn discard(self) -> Result<(), LabelError> {
+        let path = self.log.path().to_path_buf();
+        let empty = std::fs::metadata(&path).is_ok_and(|m| m.len() == 0);
+        if self.log.created() && empty {
+            drop(self.log);
+            std::fs::remove_file(&path).map_err(|source| LabelError::Write { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Runs the terminal UI until the annotator quits, then settles what could not be saved
+    /// (see [`Session::finish`]).
     pub fn run(mut self) -> Result<Outcome, LabelError> {
         let mut terminal = ratatui::try_init().map_err(LabelError::Terminal)?;
         let result = self.event_loop(&mut terminal);
         let restored = ratatui::try_restore().map_err(LabelError::Terminal);
+        let outcome = self.finish();
         result?;
         restored?;
-        Ok(Outcome {
-            judged_this_session: self.app.session_count(),
+        Ok(outcome)
+    }
+
+    /// Retries every unsaved record once (the disk may have room again); what still fails
+    /// goes to a recovery file beside the judgments file, so no decision the annotator made
+    /// is lost without a word.
+    fn finish(mut self) -> Outcome {
+        let mut judged = self.app.session_count();
+        let mut unsaved = Vec::new();
+        for record in std::mem::take(&mut self.unsaved) {
+            match self.log.append(&record) {
+                Ok(()) => judged += matches!(record, Record::Judgment(_)) as usize,
+                Err(_) => unsaved.push(record),
+            }
+        }
+        let recovery = (!unsaved.is_empty()).then(|| write_recovery(self.log.path(), &unsaved));
+        Outcome {
+            judged_this_session: judged,
             progress: self.app.progress(),
-        })
+            unsaved,
+            recovery,
+        }
     }
 
     fn event_loop(&mut self, terminal: &mut DefaultTerminal) -> Result<(), LabelError> {
@@ -225,6 +267,8 @@ impl Session {
                     Effect::Append(record) => match self.log.append(&record) {
                         Ok(()) => {
                             flow = Flow::Saved;
+                            // A later save of the item replaces a failed one.
+                            self.unsaved.retain(|r| r.item() != record.item());
                             self.written.insert(record.rid().to_string());
                             let others = self.read_others();
                             if !others.is_empty() {
@@ -232,7 +276,10 @@ impl Session {
                             }
                             queue.push_back(Msg::Saved(record));
                         }
-                        Err(e) => queue.push_back(Msg::SaveFailed(e.to_string())),
+                        Err(e) => {
+                            self.unsaved.push(*record);
+                            queue.push_back(Msg::SaveFailed(with_causes(&e)));
+                        }
                     },
                 }
             }
@@ -251,5 +298,109 @@ impl Session {
                 .collect(),
             Err(_) => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+    use crate::record::{Decision, read_log};
+
+    /// A session on two pairwise items whose judgments file is `dir/j.jsonl`.
+    fn session(dir: &std::path::Path) -> Session {
+        let cands = dir.join("cands.jsonl");
+        let line = |id: &str| {
+            serde_json::json!({"id": id, "prompt": "p", "responses": [{"text": "a"}, {"text": "b"}]})
+                .to_string()
+        };
+        std::fs::write(&cands, format!("{}\n{}\n", line("x"), line("y"))).unwrap();
+        Session::open(LabelOptions {
+            input: Input::Candidates(cands),
+            judgments: dir.join("j.jsonl"),
+            annotator: "al".into(),
+            mode: JudgeMode::Pairwise,
+            guidelines: None,
+            overlap: None,
+            seed: 0,
+            strict: false,
+            show_source: false,
+        })
+        .unwrap()
+    }
+
+    /// Makes every append fail as on a full disk; returns the real file.
+    fn fill_disk(s: &mut Session) -> File {
+        s.log.replace_file(File::create("/dev/full").unwrap())
+    }
+
+    #[test]
+    fn a_judgment_that_cannot_be_saved_goes_to_a_recovery_file_on_quit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        fill_disk(&mut s);
+        s.dispatch(Msg::Decide(Decision::A));
+        let status = &s.app().status.as_ref().unwrap().text;
+        assert!(status.starts_with("NOT SAVED: "), "{status}");
+        assert!(status.contains("No space left on device"), "{status}");
+        assert_eq!(s.app().current_item().id, "x", "nothing advanced");
+
+        let outcome = s.finish();
+        assert_eq!(outcome.judged_this_session, 0);
+        assert_eq!(outcome.unsaved.len(), 1);
+        assert_eq!(outcome.unsaved[0].item(), "x");
+        let recovery = outcome.recovery.unwrap().unwrap();
+        assert_eq!(recovery.parent(), Some(dir.path()));
+        assert_eq!(read_log(&recovery).unwrap().records, outcome.unsaved);
+        assert!(
+            read_log(&dir.path().join("j.jsonl"))
+                .unwrap()
+                .records
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_failed_save_is_retried_on_quit_and_replaced_by_a_later_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let real = fill_disk(&mut s);
+        s.dispatch(Msg::Decide(Decision::A));
+        s.dispatch(Msg::Decide(Decision::B));
+        assert_eq!(s.unsaved.len(), 2);
+        s.log.replace_file(real);
+        // The same item judged again, now saved: the failed attempts are moot.
+        s.dispatch(Msg::Decide(Decision::Tie));
+        assert!(s.unsaved.is_empty());
+        assert_eq!(s.app().current_item().id, "y");
+        let real = fill_disk(&mut s);
+        s.dispatch(Msg::Decide(Decision::B));
+        assert_eq!(s.unsaved.len(), 1);
+        // Room again by the time the annotator quits: the retry saves it.
+        s.log.replace_file(real);
+        let outcome = s.finish();
+        assert!(outcome.unsaved.is_empty() && outcome.recovery.is_none());
+        assert_eq!(outcome.judged_this_session, 2);
+        let items: Vec<String> = read_log(&dir.path().join("j.jsonl"))
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.item().to_string())
+            .collect();
+        assert_eq!(items, ["x", "y"]);
+    }
+
+    #[test]
+    fn discarding_an_unused_session_leaves_no_judgments_file() {
+        let dir = tempfile::tempdir().unwrap();
+        session(dir.path()).discard().unwrap();
+        assert!(!dir.path().join("j.jsonl").exists());
+        std::fs::write(dir.path().join("j.jsonl"), "").unwrap();
+        session(dir.path()).discard().unwrap();
+        assert!(
+            dir.path().join("j.jsonl").exists(),
+            "a file it did not create stays"
+        );
     }
 }

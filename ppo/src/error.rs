@@ -8,7 +8,7 @@ use alignkit_train::{LoadError, TrainError};
 /// file, line or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum RlError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

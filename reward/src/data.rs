@@ -7,7 +7,7 @@ use alignkit_datasets::{
     EncodeConfig, Encoder, FieldMap, Location, PlainText, Preference, PreferenceExample,
     SplitConfig, TrainOn, TruncationSide, jsonl,
 };
-use alignkit_train::{DataFile, sha256_file};
+use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
 use crate::config::RewardConfig;
 use crate::error::{Result, RewardError};
@@ -58,18 +58,7 @@ pub fn read_pairs(path: &Path, encoder: &Encoder) -> Result<Vec<(Location, [u8; 
     for rec in jsonl::read::<Preference>(path, &FieldMap::default())? {
         let rec = rec?;
         let example = encoder.preference(&rec.value).map_err(|e| e.at(&rec.at))?;
-        if example.chosen_ids == example.rejected_ids {
-            let cut = example.chosen_truncation.completion_dropped > 0
-                || example.rejected_truncation.completion_dropped > 0;
-            return Err(RewardError::IdenticalPair {
-                at: rec.at,
-                how: if cut {
-                    " after truncation to data.max_len"
-                } else {
-                    ""
-                },
-            });
-        }
+        example.check_distinct().map_err(|e| e.at(&rec.at))?;
         let margin =
             match rec.extra.get("margin") {
                 None | Some(serde_json::Value::Null) => None,
@@ -109,6 +98,12 @@ pub fn load(config: &RewardConfig, encoder: &Encoder) -> Result<RewardData> {
             (strip(sets.train), strip(sets.validation))
         }
     };
+    check_validation_set(
+        config.data.validation_file.as_deref(),
+        config.data.validation_split,
+        validation.len(),
+        train.len() + validation.len(),
+    )?;
     let truncated = train
         .iter()
         .chain(&validation)

@@ -8,7 +8,7 @@ use alignkit_train::{LoadError, TrainError};
 /// the file, line or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -16,9 +16,6 @@ pub enum RewardError {
     },
     #[error("config: `{field}`: {message}")]
     Config { field: String, message: String },
-    /// A pair whose chosen and rejected are the same tokens: no preference to learn.
-    #[error("{at}: `chosen` and `rejected` are identical{how}; remove the pair or fix the data")]
-    IdenticalPair { at: Location, how: &'static str },
     #[error("{at}: field `margin`: {message}")]
     Margin { at: Location, message: String },
     /// The run config could not be read.

@@ -336,3 +336,20 @@ fn margins_from_the_data_enter_the_loss() {
     let loss = series(&c.output_dir, "loss");
     assert!((loss[0] - 1.313_261_7).abs() < 1e-6, "{loss:?}");
 }
+
+/// A validation split that selects none of the pairs is an error, not an
+/// evaluation on nothing (issue 12.6).
+#[test]
+fn an_empty_validation_split_is_an_error() {
+    let (_tmp, mut c) = setup();
+    c.data.validation_split = 0.01;
+    c.train.eval_steps = 1;
+    let err = train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: `data.validation_split`: 0.01 selects none of the 6 examples; raise it, give data.validation_file, or set it to 0 (no evaluation)"
+    );
+    assert!(!c.output_dir.exists());
+}

@@ -8,7 +8,7 @@ use alignkit_datasets::{
 use alignkit_model::ForwardInput;
 use alignkit_model::mask::attention_mask;
 use alignkit_train::seed::{Stream, derive_seed};
-use alignkit_train::{DataFile, sha256_file};
+use alignkit_train::{DataFile, check_validation_set, sha256_file};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -81,6 +81,12 @@ pub fn load(config: &SftConfig, encoder: &Encoder) -> Result<SftData> {
     };
     let train = keep(train);
     let validation = keep(validation);
+    check_validation_set(
+        config.data.validation_file.as_deref(),
+        config.data.validation_split,
+        validation.len(),
+        train.len() + validation.len(),
+    )?;
     Ok(SftData {
         train,
         validation,

@@ -8,7 +8,7 @@ use alignkit_train::{LoadError, TrainError};
 /// naming the file, line or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SftError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

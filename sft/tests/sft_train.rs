@@ -455,3 +455,19 @@ fn bad_input_fails_before_training_with_one_line() {
     let msg = try_run(&short, false);
     assert!(msg.contains("already holds checkpoints"), "{msg}");
 }
+
+/// A validation split that selects none of the examples is an error, not an
+/// evaluation reporting `eval_loss 0.0` (issue 12.6).
+#[test]
+fn an_empty_validation_split_is_an_error() {
+    let (_tmp, mut c) = setup();
+    c.data.validation_split = 0.01;
+    c.train.eval_steps = 1;
+    let err = train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: `data.validation_split`: 0.01 selects none of the 6 examples; raise it, give data.validation_file, or set it to 0 (no evaluation)"
+    );
+}

@@ -217,6 +217,34 @@ impl RunSettings<'_> {
     }
 }
 
+/// A validation set that was asked for (`data.validation_file`, or a
+/// `data.validation_split` above 0) must hold something: evaluating on
+/// nothing would report a loss of 0 (issue 12.6). `validation` and
+/// `examples` count what the set and the whole data ended with.
+pub fn check_validation_set(
+    validation_file: Option<&Path>,
+    validation_split: f64,
+    validation: usize,
+    examples: usize,
+) -> std::result::Result<(), ConfigIssue> {
+    if validation > 0 {
+        return Ok(());
+    }
+    match validation_file {
+        Some(path) => Err(ConfigIssue {
+            field: "data.validation_file",
+            message: format!("{} holds no usable example", path.display()),
+        }),
+        None if validation_split > 0.0 => Err(ConfigIssue {
+            field: "data.validation_split",
+            message: format!(
+                "{validation_split} selects none of the {examples} examples; raise it, give data.validation_file, or set it to 0 (no evaluation)"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Storage dtype of a trainer's `final/model.safetensors`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,7 +266,7 @@ impl From<FinalDtype> for alignkit_model::SaveDtype {
 /// key at fault. Each trainer's error wraps it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -291,20 +319,46 @@ pub fn load_config<T: DeserializeOwned>(
     if overrides.is_empty() {
         return toml::from_str(&text).map_err(file_error);
     }
-    let mut table: toml::Table = toml::from_str(&text).map_err(file_error)?;
-    for (k, v) in overrides {
-        set_key(&mut table, k, v).map_err(|message| LoadError::Key {
+    let file: toml::Table = toml::from_str(&text).map_err(file_error)?;
+    let set = |table: &mut toml::Table, k: &String, v: &String| {
+        set_key(table, k, v).map_err(|message| LoadError::Key {
             field: k.clone(),
             message,
-        })?;
-    }
-    // Errors here may come from a flag, which has no line in the file.
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| LoadError::Override {
-            origin: origin.display().to_string(),
-            message: e.message().trim().replace('\n', " "),
         })
+    };
+    let mut table = file.clone();
+    for (k, v) in overrides {
+        set(&mut table, k, v)?;
+    }
+    let parse = |t: &toml::Table| toml::Value::Table(t.clone()).try_into::<T>();
+    let one_line = |e: toml::de::Error| e.message().trim().replace('\n', " ");
+    let err = match parse(&table) {
+        Ok(config) => return Ok(config),
+        Err(e) => e,
+    };
+    // Name the culprit (the error itself names no key): the file, with its
+    // line, or else the one override without which the config reads.
+    if parse(&file).is_err() {
+        toml::from_str::<T>(&text).map_err(file_error)?;
+    }
+    for skip in 0..overrides.len() {
+        let mut without = file.clone();
+        for (i, (k, v)) in overrides.iter().enumerate() {
+            if i != skip {
+                set(&mut without, k, v)?;
+            }
+        }
+        if parse(&without).is_ok() {
+            return Err(LoadError::Key {
+                field: overrides[skip].0.clone(),
+                message: one_line(err),
+            });
+        }
+    }
+    Err(LoadError::Override {
+        origin: origin.display().to_string(),
+        message: one_line(err),
+    })
 }
 
 /// Where a TOML parse error is in `text`: 1-based line and column (0, 0 when
@@ -353,6 +407,68 @@ pub fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Run {
+        #[allow(dead_code)]
+        train: LoopConfig,
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    #[test]
+    fn a_bad_override_names_its_key() {
+        let message = |path: Option<&Path>, sets: &[(&str, &str)]| {
+            let sets: Vec<(String, String)> = sets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            load_config::<Run>(path, &sets).unwrap_err().to_string()
+        };
+        assert_eq!(
+            message(
+                None,
+                &[
+                    ("name", "x"),
+                    ("train.batch_size", "abc"),
+                    ("train.seed", "3")
+                ]
+            ),
+            "config: `train.batch_size`: invalid type: string \"abc\", expected usize"
+        );
+        assert!(
+            message(None, &[("train.batch_sise", "4")])
+                .starts_with("config: `train.batch_sise`: unknown field `batch_sise`"),
+        );
+        // A bad value in the file keeps its line, whatever the flags.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "name = \"a\"\n[train]\nseed = \"x\"\n").unwrap();
+        let text = message(Some(&file), &[("train.batch_size", "4")]);
+        assert!(
+            text.starts_with(&format!("{}:3:8: ", file.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_requested_validation_set_must_not_be_empty() {
+        let file = Path::new("val.jsonl");
+        assert_eq!(check_validation_set(None, 0.0, 0, 8), Ok(()));
+        assert_eq!(check_validation_set(None, 0.2, 1, 8), Ok(()));
+        assert_eq!(check_validation_set(Some(file), 0.0, 3, 11), Ok(()));
+        let issue = check_validation_set(None, 0.01, 0, 8).unwrap_err();
+        assert_eq!(issue.field, "data.validation_split");
+        assert!(
+            issue
+                .message
+                .starts_with("0.01 selects none of the 8 examples")
+        );
+        let issue = check_validation_set(Some(file), 0.0, 0, 8).unwrap_err();
+        assert_eq!(issue.field, "data.validation_file");
+        assert_eq!(issue.message, "val.jsonl holds no usable example");
+    }
 
     #[test]
     fn run_settings_report_the_first_bad_field_in_order() {

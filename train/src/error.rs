@@ -6,13 +6,13 @@ use alignkit_model::ModelError;
 /// the file (and where there is one, the field or tensor) it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON")]
     Json {
         path: PathBuf,
         #[source]
@@ -43,6 +43,9 @@ pub enum TrainError {
         count: usize,
         reason: String,
     },
+    /// An export's output directory that must not be replaced.
+    #[error("{path}: {why}")]
+    OutputInUse { path: PathBuf, why: String },
     #[error(transparent)]
     Model(#[from] ModelError),
 }

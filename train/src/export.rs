@@ -110,24 +110,136 @@ impl ModelCard {
     }
 }
 
-/// Run `write` into a fresh temporary sibling of `out`, then rename it into
-/// place. An existing `out` is replaced only when `overwrite`.
-fn write_dir(out: &Path, overwrite: bool, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if out.exists() {
-        let empty = std::fs::read_dir(out)
-            .map_err(|e| TrainError::io(out, e))?
-            .next()
-            .is_none();
-        if !empty && !overwrite {
-            return Err(TrainError::io(
-                out,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "exists and is not empty (pass --overwrite to replace it)",
-                ),
+/// What an export may replace at its output directory. `--overwrite` only
+/// ever replaces a previous export: a model or adapter directory holding
+/// nothing but the files an export writes. See issue 12.1: an export into the
+/// parent of its own run once deleted the run and its siblings.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    out: &'a Path,
+    overwrite: bool,
+    /// The run, checkpoint or model directory being exported.
+    source: Option<&'a Path>,
+    /// A model directory whose other files the export copies along
+    /// ([`convert_hf_dir`]): their names are not foreign either.
+    copies_from: Option<&'a Path>,
+}
+
+/// Files an export writes, besides `*.safetensors` weights.
+const EXPORT_FILES: [&str; 5] = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    lora::ADAPTER_CONFIG,
+    "README.md",
+];
+
+impl Target<'_> {
+    /// Whether a file named `name` is one an export writes.
+    fn is_export_file(&self, name: &str) -> bool {
+        EXPORT_FILES.contains(&name)
+            || TOKENIZER_FILES.contains(&name)
+            || name.ends_with(".safetensors")
+            || self.copies_from.is_some_and(|dir| dir.join(name).is_file())
+    }
+
+    /// Refuse unless `out` is missing, empty, or (with `overwrite`) a previous
+    /// export that neither is nor holds the source.
+    fn check(&self) -> Result<()> {
+        let out = self.out;
+        if !out.exists() {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            Err(TrainError::OutputInUse {
+                path: out.to_path_buf(),
+                why,
+            })
+        };
+        if !out.is_dir() {
+            return refuse("is a file, not a directory".into());
+        }
+        if let Some(source) = self.source {
+            // A source that cannot be resolved cannot be inside `out`;
+            // loading it reports the problem.
+            let canonical = |p: &Path| p.canonicalize().ok();
+            if let (Some(out_c), Some(source_c)) = (canonical(out), canonical(source))
+                && out_c == source_c
+            {
+                return refuse("is the export's source; choose another output directory".into());
+            }
+            if let (Some(out_c), Some(source_c)) = (canonical(out), canonical(source))
+                && source_c.starts_with(&out_c)
+            {
+                return refuse(format!(
+                    "contains the export's source {}; choose another output directory",
+                    source.display()
+                ));
+            }
+        }
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(out).map_err(|e| TrainError::io(out, e))? {
+            let entry = entry.map_err(|e| TrainError::io(out, e))?;
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| TrainError::io(out, e))?
+                .is_dir();
+            names.push((entry.file_name().to_string_lossy().to_string(), is_dir));
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        names.sort();
+        if !self.overwrite {
+            return refuse("exists and is not empty (pass --overwrite to replace it)".into());
+        }
+        const ONLY: &str =
+            "--overwrite only replaces a previous export (a model or adapter directory)";
+        let run_markers = [
+            crate::run::CHECKPOINTS_DIR,
+            METRICS_FILE,
+            crate::checkpoint::STATE_FILE,
+        ];
+        if let Some((name, _)) = names
+            .iter()
+            .find(|(n, _)| run_markers.contains(&n.as_str()))
+        {
+            return refuse(format!(
+                "is a training run or checkpoint (holds `{name}`); {ONLY}"
             ));
         }
+        let foreign: Vec<&str> = names
+            .iter()
+            .filter(|(n, is_dir)| *is_dir || !self.is_export_file(n))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if let Some(first) = foreign.first() {
+            let more = match foreign.len() {
+                1 => String::new(),
+                n => format!(" and {} other entries", n - 1),
+            };
+            return refuse(format!(
+                "holds `{first}`{more}, which no export writes; {ONLY}"
+            ));
+        }
+        let is_model = names
+            .iter()
+            .any(|(n, _)| n == "config.json" || n == lora::ADAPTER_CONFIG);
+        if !is_model {
+            return refuse(format!(
+                "has no config.json or {}; {ONLY}",
+                lora::ADAPTER_CONFIG
+            ));
+        }
+        Ok(())
     }
+}
+
+/// Run `write` into a fresh temporary sibling of `target.out`, then rename it
+/// into place, replacing what [`Target::check`] allows.
+fn write_dir(target: Target<'_>, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    target.check()?;
+    let out = target.out;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -200,8 +312,25 @@ pub fn write_merged<B: Backend>(
     card: &ModelCard,
     overwrite: bool,
 ) -> Result<()> {
+    let target = Target {
+        out,
+        overwrite,
+        source: None,
+        copies_from: None,
+    };
+    merged_into(model, config, base_model, target, dtype, card)
+}
+
+fn merged_into<B: Backend>(
+    model: LlamaForCausalLM<B>,
+    config: &LlamaConfig,
+    base_model: &Path,
+    target: Target<'_>,
+    dtype: SaveDtype,
+    card: &ModelCard,
+) -> Result<()> {
     let merged = lora::merge(model);
-    write_dir(out, overwrite, |dir| {
+    write_dir(target, |dir| {
         save_model(&merged, config, dir, dtype)?;
         copy_tokenizer_files(base_model, config, dir)?;
         write_synced(&dir.join("README.md"), card.render("merged").as_bytes())
@@ -218,7 +347,24 @@ pub fn write_adapter<B: Backend>(
     card: &ModelCard,
     overwrite: bool,
 ) -> Result<()> {
-    write_dir(out, overwrite, |dir| {
+    let target = Target {
+        out,
+        overwrite,
+        source: None,
+        copies_from: None,
+    };
+    adapter_into(model, config, lora_config, base_model, target, card)
+}
+
+fn adapter_into<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    config: &LlamaConfig,
+    lora_config: &LoraConfig,
+    base_model: &Path,
+    target: Target<'_>,
+    card: &ModelCard,
+) -> Result<()> {
+    write_dir(target, |dir| {
         lora::save_adapter(
             model,
             lora_config,
@@ -284,7 +430,8 @@ pub fn card_for_checkpoint(checkpoint: &Path, state: &TrainerState) -> Result<Mo
     })
 }
 
-/// Export a run directory or checkpoint (`source`) to `out`.
+/// Export a run directory or checkpoint (`source`) to `out`. An existing
+/// `out` is replaced only when `overwrite` and it is a previous export.
 pub fn export<B: Backend>(
     source: &Path,
     out: &Path,
@@ -292,6 +439,14 @@ pub fn export<B: Backend>(
     overwrite: bool,
     device: &B::Device,
 ) -> Result<()> {
+    let target = Target {
+        out,
+        overwrite,
+        source: Some(source),
+        copies_from: None,
+    };
+    // Refuse before the (slow) load, and again just before replacing.
+    target.check()?;
     let checkpoint = resolve_checkpoint(source)?;
     let state = TrainerState::read(&checkpoint)?;
     if state.trainer == "reward" {
@@ -324,15 +479,9 @@ pub fn export<B: Backend>(
     let mut card = card_for_checkpoint(&checkpoint, &state)?;
     card.lora = lora_config.clone();
     match kind {
-        ExportKind::Merged(dtype) => write_merged(
-            model,
-            &config,
-            &state.base_model,
-            out,
-            dtype,
-            &card,
-            overwrite,
-        ),
+        ExportKind::Merged(dtype) => {
+            merged_into(model, &config, &state.base_model, target, dtype, &card)
+        }
         ExportKind::Adapter => {
             let lora_config = lora_config.ok_or_else(|| {
                 TrainError::checkpoint(
@@ -340,21 +489,21 @@ pub fn export<B: Backend>(
                     "a full fine-tune has no adapter to export; use --merged",
                 )
             })?;
-            write_adapter(
+            adapter_into(
                 &model,
                 &config,
                 &lora_config,
                 &state.base_model,
-                out,
+                target,
                 &card,
-                overwrite,
             )
         }
     }
 }
 
 /// Re-save an HF directory (such as `RUN_DIR/final`) in another dtype: a
-/// causal LM, or a reward model (`*ForSequenceClassification`) as one.
+/// causal LM, or a reward model (`*ForSequenceClassification`) as one. An
+/// existing `out` is replaced only when `overwrite` and it is a previous export.
 pub fn convert_hf_dir<B: Backend>(
     source: &Path,
     out: &Path,
@@ -362,8 +511,15 @@ pub fn convert_hf_dir<B: Backend>(
     overwrite: bool,
     device: &B::Device,
 ) -> Result<()> {
+    let target = Target {
+        out,
+        overwrite,
+        source: Some(source),
+        copies_from: Some(source),
+    };
+    target.check()?;
     let reward = is_sequence_classification(&LlamaConfig::load(&source.join("config.json"))?);
-    write_dir(out, overwrite, |dir| {
+    write_dir(target, |dir| {
         if reward {
             let (config, model) = load_reward_model::<B>(source, device)?;
             save_reward_model(&model, &config, dir, dtype)?;
@@ -384,4 +540,128 @@ pub fn convert_hf_dir<B: Backend>(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, names: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for n in names {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+    }
+
+    fn target<'a>(out: &'a Path, source: Option<&'a Path>) -> Target<'a> {
+        Target {
+            out,
+            overwrite: true,
+            source,
+            copies_from: None,
+        }
+    }
+
+    /// The refusal's text, or "ok".
+    fn verdict(t: Target<'_>) -> String {
+        match t.check() {
+            Ok(()) => "ok".into(),
+            Err(TrainError::OutputInUse { why, .. }) => why,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    #[test]
+    fn overwrite_replaces_only_a_previous_export() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("runA");
+        touch(&run, &["config.toml", "metrics.jsonl"]);
+        touch(&run.join("checkpoints/step-2"), &["trainer_state.json"]);
+        let merged = root.path().join("merged");
+        touch(
+            &merged,
+            &[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "README.md",
+            ],
+        );
+        let adapter = root.path().join("adapter");
+        touch(
+            &adapter,
+            &["adapter_config.json", "adapter_model.safetensors"],
+        );
+        let missing = root.path().join("new");
+        let empty = root.path().join("empty");
+        touch(&empty, &[]);
+
+        // A previous export, a missing or empty directory: replaced.
+        assert_eq!(verdict(target(&merged, Some(&run))), "ok");
+        assert_eq!(verdict(target(&adapter, Some(&run))), "ok");
+        assert_eq!(verdict(target(&missing, Some(&run))), "ok");
+        assert_eq!(verdict(target(&empty, Some(&run))), "ok");
+        // The source itself, or a folder holding it (issue 12.1).
+        assert_eq!(
+            verdict(target(&run, Some(&run))),
+            "is the export's source; choose another output directory"
+        );
+        assert_eq!(
+            verdict(target(root.path(), Some(&run.join("checkpoints/step-2")))),
+            format!(
+                "contains the export's source {}; choose another output directory",
+                run.join("checkpoints/step-2").display()
+            )
+        );
+        // A run of its own, unrelated files, or a directory that is no model.
+        assert_eq!(
+            verdict(target(&run, None)),
+            "is a training run or checkpoint (holds `checkpoints`); --overwrite only replaces a previous export (a model or adapter directory)"
+        );
+        touch(&merged, &["notes.txt"]);
+        assert_eq!(
+            verdict(target(&merged, Some(&run))),
+            "holds `notes.txt`, which no export writes; --overwrite only replaces a previous export (a model or adapter directory)"
+        );
+        std::fs::remove_file(merged.join("notes.txt")).unwrap();
+        touch(&merged.join("sub"), &[]);
+        touch(&merged, &["a.txt"]);
+        assert_eq!(
+            verdict(target(&merged, None)),
+            "holds `a.txt` and 1 other entries, which no export writes; --overwrite only replaces a previous export (a model or adapter directory)"
+        );
+        let tokenizer_only = root.path().join("tok");
+        touch(&tokenizer_only, &["tokenizer.json"]);
+        assert_eq!(
+            verdict(target(&tokenizer_only, None)),
+            "has no config.json or adapter_config.json; --overwrite only replaces a previous export (a model or adapter directory)"
+        );
+        let file = root.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(verdict(target(&file, None)), "is a file, not a directory");
+        // Without --overwrite nothing non-empty is replaced.
+        let keep = Target {
+            overwrite: false,
+            ..target(&adapter, None)
+        };
+        assert_eq!(
+            verdict(keep),
+            "exists and is not empty (pass --overwrite to replace it)"
+        );
+    }
+
+    #[test]
+    fn a_conversion_may_replace_the_files_it_copies() {
+        let root = tempfile::tempdir().unwrap();
+        let source = root.path().join("model");
+        touch(&source, &["config.json", "model.safetensors", "LICENSE"]);
+        let out = root.path().join("out");
+        touch(&out, &["config.json", "model.safetensors", "LICENSE"]);
+        assert!(verdict(target(&out, Some(&source))).starts_with("holds `LICENSE`"));
+        let convert = Target {
+            copies_from: Some(&source),
+            ..target(&out, Some(&source))
+        };
+        assert_eq!(verdict(convert), "ok");
+    }
 }

@@ -32,7 +32,7 @@ pub use tokenizer::{PreTokenizer, TokenizerFiles, tokenizer_files};
 /// Everything that can go wrong reading a GGUF file or importing it. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
