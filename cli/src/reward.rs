@@ -13,6 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
+use crate::common::CompletionEndArg;
 use crate::train_cli::{self, StepBar, TrainArgs, TrainerConfig};
 
 #[derive(Subcommand)]
@@ -41,6 +42,9 @@ pub struct ScoreArgs {
     /// Longer sequences lose the start of their prompt.
     #[arg(long, default_value_t = 2048)]
     pub max_len: usize,
+    /// Where a conversation's sequence ends (the model's `data.completion_end`).
+    #[arg(long, value_enum, default_value_t)]
+    pub completion_end: CompletionEndArg,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }
@@ -56,6 +60,7 @@ impl Task for ScoreArgs {
             &self.data,
             self.batch_size,
             self.max_len,
+            self.completion_end.into(),
             &device,
         )?;
         let mut text = String::new();
