@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// unless they divide exactly: every kernel walks whole rows.
 fn rows_of(len: usize, width: usize, what: &str) -> usize {
     assert!(
-        width > 0 && len % width == 0,
+        width > 0 && len.is_multiple_of(width),
         "{what} {width} does not divide the {len} values into rows"
     );
     len / width
@@ -430,7 +430,7 @@ pub fn log_softmax_rows(
 pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], width: usize, backward: bool) -> Vec<f32> {
     rows_of(x.len(), width, "rope: the head dimension");
     assert!(
-        width % 2 == 0 && cos.len() == x.len() && sin.len() == x.len(),
+        width.is_multiple_of(2) && cos.len() == x.len() && sin.len() == x.len(),
         "rope: {} values of width {width} need an even width and as many cos ({}) and sin ({})",
         x.len(),
         cos.len(),

@@ -365,7 +365,7 @@ pub fn permute<B: Backend, const D: usize>(x: Tensor<B, D>, axes: [usize; D]) ->
 pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let shape = x.dims();
     assert!(
-        cos.dims() == shape && sin.dims() == shape && shape[3] % 2 == 0,
+        cos.dims() == shape && sin.dims() == shape && shape[3].is_multiple_of(2),
         "rope: x {shape:?} needs cos and sin of its shape (got {:?}, {:?}) and an even last dimension",
         cos.dims(),
         sin.dims()
