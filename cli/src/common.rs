@@ -2,14 +2,35 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::{EncodeConfig, Encoder, Message, Role, Tokenizer};
+use alignkit_datasets::{CompletionEnd, EncodeConfig, Encoder, Message, Role, Tokenizer};
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, SamplingConfig};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::backend::DeviceSpec;
 use crate::pull::{KnownModel, ensure_model};
+
+/// `--completion-end`: where a conversational preference completion ends
+/// (`alignkit_datasets::CompletionEnd`).
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub enum CompletionEndArg {
+    /// Everything the chat template renders after the prompt (TRL's span;
+    /// ChatML: through `<|im_end|>` and the newline after it).
+    #[default]
+    Template,
+    /// Through the end-of-turn token.
+    EndOfTurn,
+}
+
+impl From<CompletionEndArg> for CompletionEnd {
+    fn from(arg: CompletionEndArg) -> Self {
+        match arg {
+            CompletionEndArg::Template => CompletionEnd::Template,
+            CompletionEndArg::EndOfTurn => CompletionEnd::EndOfTurn,
+        }
+    }
+}
 
 /// `--model` and `--device`.
 #[derive(Args, Clone)]

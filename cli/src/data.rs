@@ -8,6 +8,8 @@ use alignkit_datasets::{
     ValidateOptions,
 };
 use anyhow::{Context, Result, bail};
+
+use crate::common::CompletionEndArg;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::pull::{KnownModel, ensure_model};
@@ -52,6 +54,9 @@ pub struct DataArgs {
     /// Treat string prompts/completions as user/assistant messages.
     #[arg(long)]
     text_as_chat: bool,
+    /// Where a conversational preference/KTO completion ends.
+    #[arg(long, value_enum, default_value_t)]
+    completion_end: CompletionEndArg,
 }
 
 #[derive(Args)]
@@ -122,6 +127,7 @@ impl DataArgs {
             } else {
                 PlainText::Raw
             },
+            completion_end: self.completion_end.into(),
         };
         let model = match &self.model {
             Some(dir) => dir.clone(),
@@ -223,6 +229,9 @@ const RESET: &str = "\x1b[0m";
 /// shades so token boundaries show; special tokens bold.
 fn coloured(ins: &Inspection) -> String {
     let mut out = format!("{} ({})\n", ins.at, ins.kind);
+    if let Some(rule) = ins.rule {
+        out.push_str(&format!("{rule}\n"));
+    }
     for s in &ins.sections {
         out.push_str(&format!(
             "\n\x1b[1m== {}: {} tokens, {} trained ==\x1b[0m\n",

@@ -514,7 +514,12 @@ fn reward_scores<B: Backend>(
 ) -> Result<Vec<(f64, f64)>> {
     let (config, model) = alignkit_model::heads::load_reward_model::<B>(dir, device)
         .with_context(|| format!("loading the reward model {}", dir.display()))?;
-    let encoder = alignkit_reward::data::encoder(dir, config.max_position_embeddings, false)?;
+    let encoder = alignkit_reward::data::encoder(
+        dir,
+        config.max_position_embeddings,
+        false,
+        alignkit_datasets::CompletionEnd::default(),
+    )?;
     let mut seqs = Vec::with_capacity(2 * turns.len());
     for (i, ((prompt, p), b)) in turns.iter().zip(policy).zip(baseline).enumerate() {
         let pair = Preference {

@@ -14,6 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
+use crate::common::CompletionEndArg;
 use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
 
 #[derive(Subcommand)]
@@ -43,6 +44,9 @@ pub struct ScoreArgs {
     /// Longer sequences lose the start of their prompt.
     #[arg(long, default_value_t = 2048)]
     pub max_len: usize,
+    /// Where a conversation's sequence ends (the model's `data.completion_end`).
+    #[arg(long, value_enum, default_value_t)]
+    pub completion_end: CompletionEndArg,
     /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
@@ -59,6 +63,7 @@ impl Task for ScoreArgs {
             &self.data,
             self.batch_size,
             self.max_len,
+            self.completion_end.into(),
             &device,
         )?;
         let mut text = String::new();

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use alignkit_datasets::CompletionEnd;
 use alignkit_model::SaveDtype;
 use alignkit_model::heads::{load_reward_model, reward_model_from_causal_lm, save_reward_model};
 use alignkit_reward::{Score, score};
@@ -59,7 +60,16 @@ fn scores_every_record_like_the_library() {
 
     let device = Default::default();
     let (_, model) = load_reward_model::<Flex>(&rm, &device).unwrap();
-    let expected = score(&model, &rm, &data, 8, 2048, &device).unwrap();
+    let expected = score(
+        &model,
+        &rm,
+        &data,
+        8,
+        2048,
+        CompletionEnd::Template,
+        &device,
+    )
+    .unwrap();
     match expected[0].score {
         Score::Pair { chosen, rejected } => {
             assert_eq!(lines[0]["line"], 1);

@@ -83,6 +83,22 @@ impl Batch {
             .collect()
     }
 
+    /// Index within each row of its last real token that is not `pad_id`,
+    /// for left or right padding alike: where transformers'
+    /// `*ForSequenceClassification` reads a sequence's score (the rightmost
+    /// token ≠ `config.pad_token_id`), so that a reward model reads the same
+    /// token here as there. With pad = EOS (SmolLM2's `<|im_end|>`) a
+    /// trailing EOS is passed over. `None` for a row without such a token.
+    pub fn score_index(&self, pad_id: u32) -> Vec<Option<usize>> {
+        (0..self.batch_size)
+            .map(|r| {
+                let span = r * self.seq_len..(r + 1) * self.seq_len;
+                let (ids, mask) = (&self.input_ids[span.clone()], &self.attention_mask[span]);
+                (0..self.seq_len).rposition(|i| mask[i] && ids[i] != pad_id)
+            })
+            .collect()
+    }
+
     /// The token ids of one row.
     pub fn row_ids(&self, row: usize) -> &[u32] {
         &self.input_ids[row * self.seq_len..(row + 1) * self.seq_len]
@@ -335,6 +351,19 @@ mod tests {
         assert!(l.attends(1, 2, 2) && !l.attends(1, 2, 1));
         assert_eq!(r.last_token_index(), vec![Some(2), Some(0)]);
         assert_eq!(l.last_token_index(), vec![Some(2), Some(2)]);
+    }
+
+    #[test]
+    fn score_index_passes_over_trailing_pad_ids_as_transformers_does() {
+        // Pad id 7: row 0 ends with it (an EOS that is also the pad token),
+        // row 1 holds it only inside, row 2 is nothing but it.
+        let rows = [seq(&[5, 7, 6, 7], 1), seq(&[7, 8], 1), seq(&[7], 0)];
+        let r = collate(&rows, 7, PaddingSide::Right);
+        assert_eq!(r.score_index(7), vec![Some(2), Some(1), None]);
+        let l = collate(&rows, 7, PaddingSide::Left);
+        assert_eq!(l.score_index(7), vec![Some(2), Some(3), None]);
+        // Another pad id: the last real token.
+        assert_eq!(r.score_index(0), vec![Some(3), Some(1), Some(0)]);
     }
 
     #[test]

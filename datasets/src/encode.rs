@@ -8,11 +8,18 @@
 //!   response starting with whitespace that merges with the generation prompt's
 //!   last token, or a template that renders earlier turns differently once a
 //!   later turn follows).
-//! - The trained span of an assistant turn runs from the end of its generation
-//!   prompt through its end-of-turn token (`<|im_end|>`, `<|eot_id|>`, EOS), so
-//!   the model learns to stop; tokens the template puts after it (ChatML's
-//!   newline) are not trained. Every assistant turn of a multi-turn
-//!   conversation is trained, as with TRL's `assistant_only_loss`.
+//! - SFT: the trained span of an assistant turn runs from the end of its
+//!   generation prompt through its end-of-turn token (`<|im_end|>`,
+//!   `<|eot_id|>`, EOS), so the model learns to stop; tokens the template puts
+//!   after it (ChatML's newline) are not trained. Every assistant turn of a
+//!   multi-turn conversation is trained, as with TRL's `assistant_only_loss`.
+//! - Preference (and KTO) completions of conversations: by default
+//!   ([`CompletionEnd::Template`]) everything the chat template renders after
+//!   the prompt, as TRL's `DPOTrainer` and `RewardTrainer` take it — for
+//!   ChatML `...<|im_end|>` *and* the `\n` after it. With
+//!   [`CompletionEnd::EndOfTurn`] the completion stops at its last end-of-turn
+//!   token instead. A reward model reads its score at the completion's last
+//!   token that is not padding, so this choice decides where (`\n` by default).
 //! - Plain strings are tokenized as TRL does for non-conversational data:
 //!   prompt and completion separately, concatenated, EOS appended to the
 //!   completion. Exactly one BOS where the tokenizer wants one.
@@ -50,6 +57,36 @@ pub enum TruncationSide {
     KeepEnd,
 }
 
+/// Where a conversational preference (or KTO) completion ends. String
+/// completions end with EOS either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionEnd {
+    /// Everything the chat template renders after the prompt: for ChatML
+    /// `...<|im_end|>\n`. TRL's `DPOTrainer` and `RewardTrainer` take this
+    /// span (`prompt+chosen` rendered, minus the rendered prompt), so log-probs
+    /// and reward-model scores match theirs.
+    #[default]
+    Template,
+    /// Through the last assistant turn's end-of-turn token; what the template
+    /// renders after it (ChatML's `\n`) is left out.
+    EndOfTurn,
+}
+
+impl CompletionEnd {
+    /// The rule in one line, for `alignkit data inspect`.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Self::Template => {
+                "completion = everything the chat template renders after the prompt (TRL's span; ChatML: through <|im_end|> and the newline after it)"
+            }
+            Self::EndOfTurn => {
+                "completion = the response through its end-of-turn token (what the chat template renders after it is left out)"
+            }
+        }
+    }
+}
+
 /// How string prompts/completions are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlainText {
@@ -70,6 +107,8 @@ pub struct EncodeConfig {
     pub truncation: TruncationSide,
     pub train_on: TrainOn,
     pub plain_text: PlainText,
+    /// Where conversational preference and KTO completions end.
+    pub completion_end: CompletionEnd,
 }
 
 /// Token ids with a loss mask.
@@ -503,8 +542,9 @@ impl Encoder {
         Ok(ids)
     }
 
-    /// Prompt ids and the completion ids (through the last trained
-    /// end-of-turn token) of a prompt + completion pair.
+    /// Prompt ids and the completion ids of a prompt + completion pair: for
+    /// a conversation everything rendered after the prompt, or through the
+    /// last end-of-turn token ([`CompletionEnd`]).
     fn prompt_completion(
         &self,
         prompt: &Turns,
@@ -520,9 +560,13 @@ impl Encoder {
                         "no assistant message in the response",
                     ));
                 };
+                let end = match self.config.completion_end {
+                    CompletionEnd::Template => ids.len(),
+                    CompletionEnd::EndOfTurn => last.end,
+                };
                 Ok((
                     ids[..first.start].to_vec(),
-                    ids[first.start..last.end].to_vec(),
+                    ids[first.start..end].to_vec(),
                     spans.iter().all(|s| s.has_eot),
                 ))
             }
@@ -724,11 +768,21 @@ impl Encoder {
                 ),
             ] {
                 if ids.len() > room {
+                    // What the template renders after the last end-of-turn
+                    // token (ChatML's newline; nothing with `EndOfTurn`).
+                    let trailer = match ids.iter().rposition(|&i| self.tokenizer.is_end_of_turn(i))
+                    {
+                        Some(j) => ids[j + 1..].to_vec(),
+                        None => Vec::new(),
+                    };
                     let n = ids.len() - room;
                     let range = if keep_start { room..ids.len() } else { 0..n };
                     ids.drain(range);
                     t.completion_dropped = n;
-                    let after = ids
+                    // The kept tokens still end a turn (before the trailer, when it survived).
+                    let kept: &[u32] = ids;
+                    let body = kept.strip_suffix(trailer.as_slice()).unwrap_or(kept);
+                    let after = body
                         .last()
                         .is_some_and(|&i| self.tokenizer.is_end_of_turn(i));
                     t.eos_dropped = *has_eos && !after;

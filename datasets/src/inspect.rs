@@ -4,10 +4,10 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::encode::{Encoder, Sequence, Truncation};
+use crate::encode::{Encoder, PlainText, Sequence, Truncation};
 use crate::error::{DataError, Location, Result};
 use crate::jsonl::{AnyRecords, JsonlReader};
-use crate::schema::{AnyRecord, DataKind, FieldMap};
+use crate::schema::{AnyRecord, DataKind, FieldMap, Turns};
 
 /// One token of an inspected sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,8 @@ impl InspectSection {
 pub struct Inspection {
     pub at: Location,
     pub kind: DataKind,
+    /// Where the completion ends, for records with one (preferences, KTO).
+    pub rule: Option<&'static str>,
     pub sections: Vec<InspectSection>,
 }
 
@@ -71,10 +73,28 @@ pub fn inspect(
     };
     let at = rec.at.clone();
     let sections = sections(encoder, &rec.value).map_err(|e| e.at(&at))?;
+    let rule = completion_rule(encoder, &rec.value);
     Ok(Inspection {
         at,
         kind: rec.value.kind(),
+        rule,
         sections,
+    })
+}
+
+/// Where a record's completion ends: `None` for records without one.
+fn completion_rule(encoder: &Encoder, record: &AnyRecord) -> Option<&'static str> {
+    let completion = match record {
+        AnyRecord::Preference(p) => &p.chosen,
+        AnyRecord::Kto(k) => &k.completion,
+        AnyRecord::Sft(_) | AnyRecord::Prompt(_) => return None,
+    };
+    let config = encoder.config();
+    let chat = matches!(completion, Turns::Messages(_)) || config.plain_text == PlainText::Chat;
+    Some(if chat {
+        config.completion_end.rule()
+    } else {
+        "completion = the response's tokens, then EOS (string data, as TRL)"
     })
 }
 
@@ -128,6 +148,9 @@ pub fn sections(encoder: &Encoder, record: &AnyRecord) -> Result<Vec<InspectSect
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} ({})", self.at, self.kind)?;
+        if let Some(rule) = self.rule {
+            writeln!(f, "{rule}")?;
+        }
         for s in &self.sections {
             writeln!(
                 f,

@@ -16,7 +16,9 @@
 //! - [`template`]: chat templates rendered with minijinja as transformers renders them
 //!   with Jinja2.
 //! - [`encode`]: prompt/completion boundaries in token space, assistant-only loss masks
-//!   covering every assistant turn, EOS in the loss, exactly one BOS, recorded truncation.
+//!   covering every assistant turn, EOS in the loss, exactly one BOS, recorded truncation;
+//!   preference completions end where TRL's do ([`CompletionEnd`]: everything the chat
+//!   template renders after the prompt, or through the end-of-turn token).
 //! - [`split`], [`batch`]: deterministic splits, padding, length grouping, packing.
 //! - [`validate`], [`inspect`]: what `alignkit data validate|inspect` report.
 
@@ -36,8 +38,8 @@ pub use batch::{
     pack, shuffled_batches,
 };
 pub use encode::{
-    EncodeConfig, Encoded, Encoder, KtoExample, PlainText, PreferenceExample, PromptExample,
-    Sequence, SftExample, TrainOn, Truncation, TruncationSide,
+    CompletionEnd, EncodeConfig, Encoded, Encoder, KtoExample, PlainText, PreferenceExample,
+    PromptExample, Sequence, SftExample, TrainOn, Truncation, TruncationSide,
 };
 pub use error::{DataError, Location};
 pub use inspect::{InspectSection, InspectToken, Inspection, inspect};

@@ -197,6 +197,53 @@ fn inspect_shows_trained_tokens() {
 }
 
 #[test]
+fn inspect_states_where_a_preference_completion_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_jsonl(
+        dir.path(),
+        "prefs.jsonl",
+        &[
+            r#"{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}], "rejected": [{"role": "assistant", "content": "Go"}]}"#,
+            r#"{"prompt": "Hi", "chosen": " Hello", "rejected": " Go"}"#,
+        ],
+    );
+    let trained = |ins: &alignkit_datasets::Inspection| -> String {
+        let s = &ins.sections[0];
+        s.tokens
+            .iter()
+            .filter(|t| t.trained)
+            .map(|t| t.text.as_str())
+            .collect()
+    };
+    let enc = common::smollm2(EncodeConfig::default());
+    let chat = inspect(&path, &enc, None, &FieldMap::default(), 0).unwrap();
+    assert_eq!(trained(&chat), "Hello<|im_end|>\n");
+    let plain = chat.to_string();
+    assert!(
+        plain.contains(
+            "completion = everything the chat template renders after the prompt (TRL's span"
+        ),
+        "{plain}"
+    );
+    let text = inspect(&path, &enc, None, &FieldMap::default(), 1).unwrap();
+    assert!(
+        text.to_string()
+            .contains("completion = the response's tokens, then EOS")
+    );
+
+    let enc = common::smollm2(EncodeConfig {
+        completion_end: alignkit_datasets::CompletionEnd::EndOfTurn,
+        ..Default::default()
+    });
+    let chat = inspect(&path, &enc, None, &FieldMap::default(), 0).unwrap();
+    assert_eq!(trained(&chat), "Hello<|im_end|>");
+    assert!(
+        chat.to_string()
+            .contains("completion = the response through its end-of-turn token")
+    );
+}
+
+#[test]
 fn splits_are_stable_when_the_file_grows() {
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0..300)

@@ -190,3 +190,68 @@ fn prompt_completion_boundary_matches_generation_prompt() {
         assert_eq!(ex.tokens.loss_mask, expected, "case {i}");
     }
 }
+
+/// A conversational preference completion is TRL's span by default:
+/// everything the template renders after the prompt, i.e. the response,
+/// `<|im_end|>` and ChatML's `\n` (198); `EndOfTurn` stops at `<|im_end|>`.
+/// Truncation that cuts only the newline keeps the end-of-turn token.
+#[test]
+fn preference_completion_ends_where_trl_ends_it() {
+    use alignkit_datasets::{CompletionEnd, Preference, Role, TruncationSide};
+    const IM_END: u32 = 2;
+    const NEWLINE: u32 = 198;
+    let pair = Preference {
+        prompt: Turns::Messages(vec![Message::new(
+            Role::User,
+            "What is the capital of France?",
+        )]),
+        chosen: Turns::Messages(vec![Message::new(Role::Assistant, "Paris.")]),
+        rejected: Turns::Messages(vec![Message::new(Role::Assistant, "I do not know.")]),
+        implicit_prompt: false,
+    };
+    let enc = common::smollm2(EncodeConfig::default());
+    let ex = enc.preference(&pair).unwrap();
+    // TRL: prompt+chosen rendered, minus the prompt rendered with the generation prompt.
+    let whole = |c: &Turns| {
+        let (Turns::Messages(p), Turns::Messages(c)) = (&pair.prompt, c) else {
+            unreachable!()
+        };
+        enc.chat_ids(&[p.clone(), c.clone()].concat(), false)
+            .unwrap()
+    };
+    assert_eq!(
+        [ex.prompt_ids.clone(), ex.chosen_ids.clone()].concat(),
+        whole(&pair.chosen)
+    );
+    assert_eq!(
+        [ex.prompt_ids.clone(), ex.rejected_ids.clone()].concat(),
+        whole(&pair.rejected)
+    );
+    assert!(ex.chosen_ids.ends_with(&[IM_END, NEWLINE]));
+    assert!(ex.chosen_has_eos && ex.rejected_has_eos);
+
+    let end_of_turn = common::smollm2(EncodeConfig {
+        completion_end: CompletionEnd::EndOfTurn,
+        ..Default::default()
+    });
+    let cut = end_of_turn.preference(&pair).unwrap();
+    assert_eq!(cut.chosen_ids, ex.chosen_ids[..ex.chosen_ids.len() - 1]);
+    assert!(cut.chosen_ids.ends_with(&[IM_END]) && cut.chosen_has_eos);
+
+    // One token too long: only the newline goes, the end of turn stays.
+    let short = |keep: usize| {
+        common::smollm2(EncodeConfig {
+            max_len: Some(ex.prompt_ids.len() + keep),
+            truncation: TruncationSide::KeepStart,
+            ..Default::default()
+        })
+        .preference(&pair)
+        .unwrap()
+    };
+    let n = ex.chosen_ids.len();
+    let one = short(n - 1);
+    assert!(one.chosen_ids.ends_with(&[IM_END]) && one.chosen_has_eos);
+    assert!(!one.chosen_truncation.eos_dropped && one.chosen_truncation.completion_dropped == 1);
+    let two = short(n - 2);
+    assert!(two.chosen_truncation.eos_dropped && !two.chosen_has_eos);
+}

@@ -21,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
+use alignkit_datasets::CompletionEnd;
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
@@ -46,6 +47,11 @@ pub struct DataConfig {
     pub max_prompt_len: usize,
     /// Treat string prompt/chosen/rejected as a user and an assistant turn.
     pub text_as_chat: bool,
+    /// Where a conversational completion ends: `"template"` (default, TRL's
+    /// span: everything the chat template renders after the prompt, ChatML's
+    /// trailing newline included) or `"end_of_turn"` (through the end-of-turn
+    /// token).
+    pub completion_end: CompletionEnd,
 }
 
 impl Default for DataConfig {
@@ -57,6 +63,7 @@ impl Default for DataConfig {
             max_len: 1024,
             max_prompt_len: 512,
             text_as_chat: false,
+            completion_end: CompletionEnd::Template,
         }
     }
 }

@@ -37,6 +37,7 @@ pub fn encoder(config: &DpoConfig) -> Result<Encoder> {
             } else {
                 PlainText::Raw
             },
+            completion_end: config.data.completion_end,
         },
     )?)
 }

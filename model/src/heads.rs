@@ -3,15 +3,26 @@
 //!
 //! Both are transformers' `LlamaForSequenceClassification` with one label:
 //! the backbone (`model.*`) and `score.weight` [1, C], no bias. A reward model
-//! reads the score at the last real token of each sequence — the end-of-turn
-//! token, never padding (Ouyang et al. 2022, "Training language models to
-//! follow instructions with human feedback", §3.5: "a scalar reward ... on the
-//! final token"); a value model reads it at every token.
+//! reads the score at the final token of each sequence (Ouyang et al. 2022,
+//! "Training language models to follow instructions with human feedback",
+//! §3.5: "a scalar reward ... on the final token"); a value model reads it at
+//! every token.
 //!
-//! transformers finds that token by comparing ids with `pad_token_id`, which
-//! goes wrong when pad == eos (the end-of-turn token then counts as padding).
-//! Here the caller passes the index from the attention mask
-//! (`alignkit_datasets::Batch::last_token_index`), so pad == eos is harmless.
+//! Which token is "final" is transformers' rule, kept here so that an
+//! exported model scores a record the same under alignkit, transformers and
+//! TRL: the rightmost token whose id is not `config.pad_token_id`. When pad
+//! == EOS (SmolLM2: `<|im_end|>`), a trailing EOS therefore counts as
+//! padding; a ChatML conversation rendered whole ends `<|im_end|>\n` and is
+//! read at the `\n`. The caller passes those indices
+//! (`alignkit_datasets::Batch::score_index`).
+//!
+//! One transformers behaviour is deliberately not copied: it builds the
+//! embedding as `nn.Embedding(V, C, padding_idx=pad_token_id)`, and PyTorch
+//! gives the `padding_idx` row no gradient. With SmolLM2's pad =
+//! `<|im_end|>`, every `<|im_end|>` *input* then contributes nothing to the
+//! embedding's gradient when transformers/TRL train the exported model. Here
+//! the embedding gradient is the true one for every token, so a full
+//! fine-tune's gradient (and `grad_norm`) differs from TRL's by that row.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -466,6 +466,8 @@ impl RlConfig {
                 } else {
                     PlainText::Raw
                 },
+                // Only prompts are encoded here; completions are sampled.
+                ..EncodeConfig::default()
             },
         )?)
     }

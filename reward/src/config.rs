@@ -22,6 +22,7 @@
 
 use std::path::{Path, PathBuf};
 
+use alignkit_datasets::CompletionEnd;
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
@@ -43,11 +44,17 @@ pub struct DataConfig {
     pub validation_file: Option<PathBuf>,
     pub validation_split: f64,
     /// Longest prompt + completion in tokens. TRL: `max_length` 1024. Longer
-    /// sequences lose the start of their prompt, so the end-of-turn token the
-    /// score is read at survives (TRL cuts the end instead).
+    /// sequences lose the start of their prompt, so the end of the completion,
+    /// where the score is read, survives (TRL drops such pairs instead).
     pub max_len: usize,
     /// Treat string prompt/chosen/rejected as a user and an assistant turn.
     pub text_as_chat: bool,
+    /// Where a conversational completion ends: `"template"` (default, TRL's
+    /// span: everything the chat template renders after the prompt, ChatML's
+    /// trailing newline included) or `"end_of_turn"` (through the end-of-turn
+    /// token). The score is read at the sequence's last token that is not
+    /// the pad token, so this decides where; score with the same setting.
+    pub completion_end: CompletionEnd,
 }
 
 impl Default for DataConfig {
@@ -58,6 +65,7 @@ impl Default for DataConfig {
             validation_split: 0.0,
             max_len: 1024,
             text_as_chat: false,
+            completion_end: CompletionEnd::Template,
         }
     }
 }

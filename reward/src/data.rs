@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use alignkit_datasets::{
-    EncodeConfig, Encoder, FieldMap, Location, PlainText, Preference, PreferenceExample,
-    SplitConfig, TrainOn, TruncationSide, jsonl,
+    CompletionEnd, EncodeConfig, Encoder, FieldMap, Location, PlainText, Preference,
+    PreferenceExample, SplitConfig, TrainOn, TruncationSide, jsonl,
 };
 use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
@@ -31,9 +31,14 @@ pub struct RewardData {
 }
 
 /// The encoder for the model's tokenizer and chat template. Over-long pairs
-/// lose the start of the prompt first, so each sequence keeps its final
-/// (end-of-turn) token, where the score is read.
-pub fn encoder(model_dir: &Path, max_len: usize, text_as_chat: bool) -> Result<Encoder> {
+/// lose the start of the prompt first, so each sequence keeps its end, where
+/// the score is read.
+pub fn encoder(
+    model_dir: &Path,
+    max_len: usize,
+    text_as_chat: bool,
+    completion_end: CompletionEnd,
+) -> Result<Encoder> {
     Ok(Encoder::from_dir(
         model_dir,
         EncodeConfig {
@@ -46,6 +51,7 @@ pub fn encoder(model_dir: &Path, max_len: usize, text_as_chat: bool) -> Result<E
             } else {
                 PlainText::Raw
             },
+            completion_end,
         },
     )?)
 }

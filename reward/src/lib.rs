@@ -11,6 +11,16 @@
 //! - [`model`]: full or LoRA training of the reward model, checkpoints, `final/`.
 //! - [`score`]: [`score`] / [`score_sequences`] — each sample's reward.
 //! - [`train`]: [`train()`], the loop, and [`RewardMetrics`] per step.
+//!
+//! Where the score is read is one rule for training, scoring and export: the
+//! sequence's last token that is not the pad token, as transformers'
+//! `LlamaForSequenceClassification` reads it (see `alignkit_model::heads`).
+//! With the default `data.completion_end = "template"` a conversation's
+//! sequence is what TRL's `RewardTrainer` tokenizes (the chat template's
+//! whole rendering, ChatML's trailing `\n` included), so alignkit, TRL and
+//! transformers score the same token of the same record. transformers'
+//! embedding drops the gradient of pad-token inputs (`padding_idx`; SmolLM2
+//! pads with `<|im_end|>`); alignkit's gradient is the true one.
 
 pub mod config;
 pub mod data;

@@ -1,12 +1,21 @@
 //! Scoring with a reward model: each sequence's scalar reward, read at its
-//! last real token.
+//! last token that is not the pad token — transformers' rule for
+//! `*ForSequenceClassification` (the rightmost token ≠ `pad_token_id`),
+//! used alike in training, here, and by anyone loading the exported model
+//! with transformers or TRL, so all of them read the same token. With TRL's
+//! completion span ([`CompletionEnd::Template`]) a ChatML conversation ends
+//! `<|im_end|>\n` and the score is read at that `\n`; a string completion
+//! ends with EOS, which is passed over when it is also the pad token
+//! (SmolLM2), as transformers does.
 
 use std::path::Path;
 
 use alignkit_datasets::{
-    AnyRecord, Batch, FieldMap, Location, PaddingSide, Sequence, collate, collate_pairs, read_any,
+    AnyRecord, Batch, CompletionEnd, FieldMap, Location, PaddingSide, Sequence, collate,
+    collate_pairs, read_any,
 };
 use alignkit_model::ForwardInput;
+use alignkit_model::LlamaConfig;
 use alignkit_model::heads::RewardModel;
 use alignkit_model::mask::attention_mask;
 use burn::tensor::backend::Backend;
@@ -35,17 +44,19 @@ pub fn forward_input<B: Backend>(batch: &Batch, device: &B::Device) -> ForwardIn
 }
 
 /// The reward of every row of a padded batch, read at each row's last real
-/// token (right or left padding alike; never a pad token, even when pad == eos).
+/// token that is not `pad_id` (right or left padding alike; see the module
+/// docs).
 ///
 /// Shapes: batch [R, T] → [R].
 pub fn batch_rewards<B: Backend>(
     model: &RewardModel<B>,
     batch: &Batch,
+    pad_id: u32,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    // An all-padding row (an empty sequence) reads position 0; it scores nothing real.
+    // A row without such a token reads position 0, as transformers does.
     let last: Vec<usize> = batch
-        .last_token_index()
+        .score_index(pad_id)
         .into_iter()
         .map(|i| i.unwrap_or(0))
         .collect();
@@ -63,7 +74,7 @@ pub fn pair_rewards<B: Backend>(
 ) -> (Tensor<B, 1>, Tensor<B, 1>, Batch) {
     let n = pairs.len();
     let batch = collate_pairs(pairs.iter().map(|p| &p.example), pad_id, PaddingSide::Right);
-    let r = batch_rewards(model, &batch, device);
+    let r = batch_rewards(model, &batch, pad_id, device);
     (r.clone().narrow(0, 0, n), r.narrow(0, n, n), batch)
 }
 
@@ -79,7 +90,7 @@ pub fn score_sequences<B: Backend>(
     for chunk in seqs.chunks(batch_size.max(1)) {
         let batch = collate(chunk, pad_id, PaddingSide::Right);
         out.extend(
-            batch_rewards(model, &batch, device)
+            batch_rewards(model, &batch, pad_id, device)
                 .into_data()
                 .convert::<f32>()
                 .into_vec::<f32>()
@@ -106,20 +117,28 @@ pub struct ScoredRecord {
 }
 
 /// Score every record of a JSONL file with the reward model of `model_dir`
-/// (tokenizer and chat template from the same directory): completions and
-/// conversations get one reward, read at the end of their last completion or
-/// assistant turn; preference pairs one each for chosen and rejected.
-/// Sequences longer than `max_len` lose their prompt's start.
+/// (tokenizer, chat template and `pad_token_id` from the same directory):
+/// completions and conversations get one reward, preference pairs one each
+/// for chosen and rejected. A conversation is scored as rendered whole
+/// ([`CompletionEnd::Template`], what transformers scores after
+/// `apply_chat_template`) or cut after its last assistant turn's end-of-turn
+/// token ([`CompletionEnd::EndOfTurn`]); use the setting the model was
+/// trained with. Sequences longer than `max_len` lose their prompt's start.
 pub fn score<B: Backend>(
     model: &RewardModel<B>,
     model_dir: &Path,
     data: &Path,
     batch_size: usize,
     max_len: usize,
+    completion_end: CompletionEnd,
     device: &B::Device,
 ) -> Result<Vec<ScoredRecord>> {
-    let encoder = encoder(model_dir, max_len, false)?;
-    let pad_id = encoder.tokenizer().pad_id();
+    let encoder = encoder(model_dir, max_len, false, completion_end)?;
+    // transformers compares ids with the config's pad_token_id; the
+    // tokenizer's pad token is the fall-back, as in training.
+    let pad_id = LlamaConfig::load(&model_dir.join("config.json"))?
+        .pad_token_id
+        .unwrap_or_else(|| encoder.tokenizer().pad_id());
     // (location, first sequence index, is a pair)
     let mut index = Vec::new();
     let mut seqs = Vec::new();
@@ -129,15 +148,17 @@ pub fn score<B: Backend>(
         match &rec.value {
             AnyRecord::Sft(r) => {
                 let mut seq = encoder.sft(r).map_err(|e| e.at(&at))?.tokens;
-                // End at the last completion token (the end-of-turn token), as a
-                // pair's sequences do, not at the template's trailing newline.
-                let end = seq
-                    .loss_mask
-                    .iter()
-                    .rposition(|&m| m)
-                    .map_or(seq.len(), |i| i + 1);
-                seq.input_ids.truncate(end);
-                seq.loss_mask.truncate(end);
+                if completion_end == CompletionEnd::EndOfTurn {
+                    // End at the last trained token (the end-of-turn token),
+                    // not at what the template renders after it.
+                    let end = seq
+                        .loss_mask
+                        .iter()
+                        .rposition(|&m| m)
+                        .map_or(seq.len(), |i| i + 1);
+                    seq.input_ids.truncate(end);
+                    seq.loss_mask.truncate(end);
+                }
                 index.push((at, seqs.len(), false));
                 seqs.push(seq);
             }

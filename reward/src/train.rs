@@ -87,7 +87,12 @@ pub fn train<B: AutodiffBackend>(
     let objective = config.objective()?;
     let fingerprint = model_fingerprint(&config.model)?;
     // Data first: a bad pair is reported before the run directory exists.
-    let encoder = data::encoder(&config.model, config.data.max_len, config.data.text_as_chat)?;
+    let encoder = data::encoder(
+        &config.model,
+        config.data.max_len,
+        config.data.text_as_chat,
+        config.data.completion_end,
+    )?;
     let pairs = data::load(&config, &encoder)?;
     if pairs.train.is_empty() {
         return Err(RewardError::Config {

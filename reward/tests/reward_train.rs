@@ -7,6 +7,7 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use alignkit_datasets::CompletionEnd;
 use alignkit_model::heads::load_reward_model;
 use alignkit_model::lora::LoraConfig;
 use alignkit_reward::{
@@ -76,7 +77,16 @@ fn a_reward_model_learns_the_preferences_and_exports_a_classifier() {
     let (_, rm) = load_reward_model::<B>(&final_dir, &device).unwrap();
 
     // Scoring the training file with the export: chosen above rejected everywhere.
-    let scores = score(&rm, &final_dir, &c.data.train_file, 4, 64, &device).unwrap();
+    let scores = score(
+        &rm,
+        &final_dir,
+        &c.data.train_file,
+        4,
+        64,
+        CompletionEnd::Template,
+        &device,
+    )
+    .unwrap();
     assert_eq!(scores.len(), PREFS.len());
     for s in &scores {
         match s.score {
@@ -91,7 +101,16 @@ fn a_reward_model_learns_the_preferences_and_exports_a_classifier() {
         "{\"messages\":[{\"role\":\"user\",\"content\":\"sky?\"},{\"role\":\"assistant\",\"content\":\"blue, thanks\"}]}\n",
     )
     .unwrap();
-    let one = score(&rm, &final_dir, &single, 4, 64, &device).unwrap();
+    let one = score(
+        &rm,
+        &final_dir,
+        &single,
+        4,
+        64,
+        CompletionEnd::Template,
+        &device,
+    )
+    .unwrap();
     let (Score::Single(r), Score::Pair { chosen, .. }) = (&one[0].score, &scores[0].score) else {
         panic!("{one:?}");
     };
@@ -133,7 +152,16 @@ fn lora_reward_model_trains_adapters_and_head() {
     let device = Default::default();
     let final_dir = out.final_dir.unwrap();
     let (_, rm) = load_reward_model::<B>(&final_dir, &device).unwrap();
-    let scores = score(&rm, &final_dir, &c.data.train_file, 4, 64, &device).unwrap();
+    let scores = score(
+        &rm,
+        &final_dir,
+        &c.data.train_file,
+        4,
+        64,
+        CompletionEnd::Template,
+        &device,
+    )
+    .unwrap();
     assert!(
         scores
             .iter()

@@ -2,8 +2,8 @@
 //! → micro-batches in a seeded per-epoch order → model inputs.
 
 use alignkit_datasets::{
-    Batch, EncodeConfig, Encoder, FieldMap, PaddingSide, Sequence, SplitConfig, TruncationSide,
-    collate, collate_packed, pack, shuffled_batches,
+    Batch, CompletionEnd, EncodeConfig, Encoder, FieldMap, PaddingSide, Sequence, SplitConfig,
+    TruncationSide, collate, collate_packed, pack, shuffled_batches,
 };
 use alignkit_model::ForwardInput;
 use alignkit_model::mask::attention_mask;
@@ -38,6 +38,8 @@ pub fn encoder(config: &SftConfig) -> Result<Encoder> {
             truncation: TruncationSide::KeepStart,
             train_on: config.train_on(),
             plain_text: config.plain_text(),
+            // SFT has no preference completions.
+            completion_end: CompletionEnd::default(),
         },
     )?)
 }
