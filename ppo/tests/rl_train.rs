@@ -177,6 +177,56 @@ fn sampling_and_training_logprobs_agree() {
     assert_eq!(alone[5].tokens, comps[13].tokens);
 }
 
+/// A stop string ends a completion; the text the rewards read ends before it.
+#[test]
+fn stop_strings_end_completions() {
+    use alignkit_model::FinishReason;
+    use alignkit_ppo::rollout::{load_prompts, roll_out};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.rollout.stop = vec!["e".into()];
+    c.rollout.max_completion_length = 24;
+    let encoder = c.encoder().unwrap();
+    let prompts = load_prompts(&c.data.train_file, &encoder).unwrap();
+    let settings = c.rollout_settings().unwrap();
+    let device = Default::default();
+    let (_, model) = load_model::<B>(&c.model, &device).unwrap();
+    let tok = encoder.tokenizer();
+    let comps = roll_out(
+        &model,
+        &prompts,
+        &[0, 1, 2, 3],
+        &settings,
+        tok,
+        5,
+        0,
+        &device,
+    )
+    .unwrap();
+    let stopped: Vec<_> = comps
+        .iter()
+        .filter(|x| x.finish == FinishReason::Stop)
+        .collect();
+    assert!(!stopped.is_empty(), "no completion sampled an `e`");
+    for x in &stopped {
+        let full = tok.decode(&x.tokens, true).unwrap();
+        assert!(
+            full.ends_with('e') && !x.text.contains('e'),
+            "{full:?} → {:?}",
+            x.text
+        );
+        assert_eq!(x.logprobs.len(), x.tokens.len());
+        assert!(x.terminated());
+    }
+    for x in comps.iter().filter(|x| x.finish == FinishReason::Length) {
+        assert!(
+            !x.text.contains('e') && x.tokens.len() == 24,
+            "{:?}",
+            x.text
+        );
+    }
+}
+
 /// A run killed at step 5 (after the checkpoint of step 4) and resumed
 /// reproduces the uninterrupted run: rewards, losses and final weights bit for
 /// bit. GRPO with a reference (β > 0) and two passes per rollout.
