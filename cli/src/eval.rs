@@ -22,7 +22,7 @@ use alignkit_eval::drift::{TextNll, completion_logprobs, sequence_kl, text_nll};
 use alignkit_eval::generations::{
     GenerationCache, GenerationSettings, Generations, cache_key, model_fingerprint,
 };
-use alignkit_eval::{Judged, MeanInterval, Outcome, Proportion, Rule, WinRate};
+use alignkit_eval::{Judged, MeanInterval, Outcome, PairedRates, Proportion, Rule, WinRate};
 use alignkit_labeler::{Decision, Ledger, load_candidates, read_logs};
 use alignkit_model::SamplingConfig;
 use alignkit_model::checkpoint::write_atomic;
@@ -52,7 +52,7 @@ pub enum EvalCommand {
   alignkit label ev/human-candidates.jsonl --judgments j.jsonl --annotator me
   alignkit eval winrate --judgments j.jsonl --out ev
 
-Rules: one-sentence, json-keys=KEY[,KEY...], regex=PATTERN, exact=FIELD (a field of the prompt record).")]
+Rules: one-sentence, json-keys=KEY[,KEY...], json-keys-from=FIELD (a list field of the prompt record), regex=PATTERN, exact=FIELD (a field of the prompt record).")]
     Winrate(WinrateArgs),
     /// What alignment cost: sequence KL(policy ‖ reference) on sampled completions and
     /// per-token NLL / perplexity of both models on a general text.
@@ -192,6 +192,9 @@ pub struct JudgeResult {
     /// Reward judge: (policy, baseline) score per prompt.
     #[serde(skip)]
     pub scores: Vec<(f64, f64)>,
+    /// Rule judge: each side's pass rate and their paired difference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_rates: Option<PairedRates>,
     /// People: per-annotator win rates, position bias and agreement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub human: Option<HumanDetail>,
@@ -420,16 +423,22 @@ fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Result<Winrate
     let mut judges = Vec::new();
     let mut human_candidates = None;
     for judge in &judge_list {
+        let mut pass_rates = None;
         let (outcomes, scores) = match judge {
             Judge::Rule(rule) => {
-                let mut outcomes = Vec::with_capacity(records.len());
+                let mut passes = Vec::with_capacity(records.len());
                 for ((r, p), b) in records.iter().zip(&pol_texts).zip(&base_texts) {
                     let pass = |t: &str| {
                         rule.check(t, &r.extra)
                             .map_err(|e| anyhow::anyhow!("{}: {e}", r.at))
                     };
-                    outcomes.push(Outcome::from_passes(pass(p)?, pass(b)?));
+                    passes.push((pass(p)?, pass(b)?));
                 }
+                pass_rates = Some(PairedRates::new(&passes, LEVEL));
+                let outcomes: Vec<Outcome> = passes
+                    .iter()
+                    .map(|&(p, b)| Outcome::from_passes(p, b))
+                    .collect();
                 (outcomes, Vec::new())
             }
             Judge::Reward(dir) => {
@@ -470,6 +479,7 @@ fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Result<Winrate
             result: WinRate::compute(&judged, LEVEL).expect("prompts are not empty"),
             outcomes,
             scores,
+            pass_rates,
             human: None,
         });
     }
@@ -758,6 +768,7 @@ fn aggregate_human(args: &WinrateArgs) -> Result<WinrateReport> {
             outcomes: judged.iter().map(|j| j.outcome).collect(),
             result,
             scores: Vec::new(),
+            pass_rates: None,
             human: Some(human),
         }],
         cached: BTreeMap::new(),
@@ -852,6 +863,31 @@ impl WinrateReport {
                 s,
                 "  ties count half; sign test drops ties; mean length (characters): policy {:.1}, baseline {:.1}",
                 r.mean_policy_len, r.mean_baseline_len
+            );
+        }
+        for j in &self.judges {
+            let Some(r) = &j.pass_rates else { continue };
+            let rate = |p: &Proportion| {
+                format!(
+                    "{}/{} = {} [{}, {}]",
+                    p.successes,
+                    p.trials,
+                    pct(p.rate),
+                    pct(p.low),
+                    pct(p.high)
+                )
+            };
+            let d = &r.difference;
+            let _ = writeln!(
+                s,
+                "  {} pass rate: policy {}, baseline {}; difference {:+.1} points, 95% CI [{:+.1}, {:+.1}] (Newcombe, paired){}",
+                j.judge,
+                rate(&r.a),
+                rate(&r.b),
+                100.0 * d.delta,
+                100.0 * d.low,
+                100.0 * d.high,
+                if d.significant() { ", above 0" } else { "" },
             );
         }
         for j in &self.judges {

@@ -81,6 +81,11 @@ pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
 
 impl Trainer for RlConfig {
     const NAME: &'static str = "Online RL";
+    const CURVES: &'static [(&'static str, &'static str)] = &[
+        ("reward", "reward (mean)"),
+        ("kl", "KL to the reference"),
+        ("completions/mean_length", "completion length (tokens)"),
+    ];
 
     fn model_mut(&mut self) -> &mut std::path::PathBuf {
         &mut self.model

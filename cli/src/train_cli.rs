@@ -25,6 +25,10 @@ pub trait Trainer {
     /// What the loss plot is titled ("SFT", "DPO", ...).
     const NAME: &'static str;
 
+    /// Metrics drawn one panel each in `RUN_DIR/curves.svg` (key, axis
+    /// label); none: no such plot.
+    const CURVES: &'static [(&'static str, &'static str)] = &[];
+
     /// The config's `model`: empty when neither the file nor a flag set it,
     /// and the command then takes the default model.
     fn model_mut(&mut self) -> &mut PathBuf;
@@ -66,6 +70,12 @@ pub fn train<B: AutodiffBackend, T: Trainer>(
     bar.finish();
     let trained = trained?;
     plot_run_loss(&trained.run_dir, &format!("{} loss", T::NAME))?;
+    let metrics = trained.run_dir.join(alignkit_train::run::METRICS_FILE);
+    if !T::CURVES.is_empty() && metrics.is_file() {
+        let svg = trained.run_dir.join("curves.svg");
+        write_curves_plot(&metrics, &svg, T::NAME, T::CURVES)
+            .with_context(|| format!("writing {}", svg.display()))?;
+    }
     Ok(trained)
 }
 
@@ -499,6 +509,8 @@ pub fn write_loss_plot(metrics: &Path, svg: &Path, title: &str) -> Result<()> {
     }
     let max_step = train.iter().chain(&eval).map(|p| p.0).fold(1.0, f64::max);
     let max_loss = train.iter().chain(&eval).map(|p| p.1).fold(0.0, f64::max) * 1.05;
+    // Policy-gradient losses go below zero.
+    let min_loss = train.iter().chain(&eval).map(|p| p.1).fold(0.0, f64::min) * 1.05;
     let root = SVGBackend::new(svg, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -506,7 +518,7 @@ pub fn write_loss_plot(metrics: &Path, svg: &Path, title: &str) -> Result<()> {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..max_step, 0f64..max_loss.max(1e-6))?;
+        .build_cartesian_2d(0f64..max_step, min_loss..max_loss.max(min_loss + 1e-6))?;
     chart
         .configure_mesh()
         .x_desc("step")
@@ -527,6 +539,54 @@ pub fn write_loss_plot(metrics: &Path, svg: &Path, title: &str) -> Result<()> {
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// One panel per metric of `curves` (key, axis label) against the step, from
+/// a metrics.jsonl into an SVG; a metric never logged draws an empty panel.
+pub fn write_curves_plot(
+    metrics: &Path,
+    svg: &Path,
+    title: &str,
+    curves: &[(&str, &str)],
+) -> Result<()> {
+    use plotters::prelude::*;
+    let records = alignkit_train::run::read_metrics(metrics)?;
+    let root = SVGBackend::new(svg, (800, 260 * curves.len() as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let max_step = records
+        .iter()
+        .filter_map(|r| r.get("step")?.as_f64())
+        .fold(1.0, f64::max);
+    for (panel, &(key, label)) in root.split_evenly((curves.len(), 1)).iter().zip(curves) {
+        let points: Vec<(f64, f64)> = records
+            .iter()
+            .filter_map(|r| {
+                let v = r.get(key)?.as_f64()?;
+                v.is_finite().then_some((r.get("step")?.as_f64()?, v))
+            })
+            .collect();
+        let (lo, hi) = points
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
+        let (lo, hi) = if points.is_empty() {
+            (0.0, 1.0)
+        } else {
+            let pad = ((hi - lo) * 0.05).max(1e-6);
+            (lo - pad, hi + pad)
+        };
+        let mut chart = ChartBuilder::on(panel)
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max_step, lo..hi)?;
+        chart.configure_mesh().x_desc("step").y_desc(label).draw()?;
+        chart.draw_series(LineSeries::new(points, &BLUE))?;
+    }
     root.present()?;
     Ok(())
 }

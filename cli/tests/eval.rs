@@ -321,6 +321,25 @@ fn winrate_caches_generations_and_judges_with_rules() {
     assert_eq!(exact["win_rate"], 1.0);
     // 6 wins, 0 losses: p = 2 / 64.
     assert!((exact["sign_test_p"].as_f64().unwrap() - 2.0 / 64.0).abs() < 1e-12);
+    // Each side's pass rate and their paired difference: 6/6 against 0/6.
+    let rates = &third["judges"][0]["pass_rates"];
+    assert_eq!(rates["a"]["successes"], 6, "{rates}");
+    assert_eq!(rates["b"]["successes"], 0, "{rates}");
+    assert_eq!(rates["only_a"], 6);
+    assert_eq!(rates["difference"]["delta"], 1.0);
+    assert!(
+        rates["difference"]["low"].as_f64().unwrap() > 0.0,
+        "{rates}"
+    );
+    let table_args: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
+    let (table, _) = ok(&winrate(&table_args));
+    assert!(
+        table.contains("rule:exact=answer pass rate: policy 6/6 = 100.0%")
+            && table.contains("baseline 0/6 = 0.0%")
+            && table.contains("difference +100.0 points")
+            && table.contains("(Newcombe, paired), above 0"),
+        "{table}"
+    );
 
     // A new sampling setting is a new cache entry.
     let mut changed = args.to_vec();

@@ -22,5 +22,5 @@ pub use drift::{MeanInterval, TextNll};
 pub use error::EvalError;
 pub use generations::{GenerationCache, GenerationSettings, Generations};
 pub use rule::{Pattern, Rule, RuleError};
-pub use stats::{Difference, Proportion, wilson};
+pub use stats::{Difference, PairedRates, Proportion, wilson};
 pub use winrate::{Judged, LengthControlled, Outcome, WinRate, sign_test};

@@ -1,7 +1,8 @@
 //! Rule judges: deterministic checks of a response's form or content.
 //!
 //! On the command line a rule is written `one-sentence`, `json-keys=a,b`,
-//! `regex=PATTERN` or `exact=FIELD` (see [`Rule::from_str`]).
+//! `json-keys-from=FIELD`, `regex=PATTERN` or `exact=FIELD` (see
+//! [`Rule::from_str`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +14,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
     #[error(
-        "unknown rule `{0}` (expected one-sentence, json-keys=KEY[,KEY...], regex=PATTERN or exact=FIELD)"
+        "unknown rule `{0}` (expected one-sentence, json-keys=KEY[,KEY...], json-keys-from=FIELD, regex=PATTERN or exact=FIELD)"
     )]
     Unknown(String),
     #[error("rule `{rule}`: {message}")]
@@ -21,6 +22,11 @@ pub enum RuleError {
     /// `exact=FIELD` on a prompt record without that field (or not a string or number).
     #[error("field `{0}` missing or not a string or number (needed by rule exact={0})")]
     MissingField(String),
+    /// `json-keys-from=FIELD` on a record whose field is not a list of key names.
+    #[error(
+        "field `{0}` missing or not a non-empty list of strings (needed by rule json-keys-from={0})"
+    )]
+    MissingKeys(String),
 }
 
 /// A compiled regular expression that compares, prints and serialises as its pattern.
@@ -81,6 +87,9 @@ pub enum Rule {
     OneSentence,
     /// A JSON object holding (at least) these keys, and nothing but it.
     JsonKeys(Vec<String>),
+    /// A JSON object holding the keys listed in this field of the prompt
+    /// record (`{"prompt": ..., "keys": ["name", "age"]}`), and nothing but it.
+    JsonKeysFrom(String),
     /// The response contains a match of the pattern (anchor it with `^...$`
     /// to match the whole response).
     Regex(Pattern),
@@ -96,6 +105,7 @@ impl Rule {
         Ok(match self {
             Rule::OneSentence => one_sentence(response),
             Rule::JsonKeys(keys) => json_keys(response, keys),
+            Rule::JsonKeysFrom(field) => json_keys(response, &Self::keys(field, record)?),
             Rule::Regex(p) => p.0.is_match(response),
             Rule::ExactMatch(field) => response.trim() == self.reference(field, record)?.trim(),
         })
@@ -105,13 +115,14 @@ impl Rule {
     pub fn name(&self) -> &'static str {
         match self {
             Rule::OneSentence => "one_sentence",
-            Rule::JsonKeys(_) => "json_keys",
+            Rule::JsonKeys(_) | Rule::JsonKeysFrom(_) => "json_keys",
             Rule::Regex(_) => "regex",
             Rule::ExactMatch(_) => "exact_match",
         }
     }
 
-    /// A check that needs no prompt record (every rule but `exact=`).
+    /// A check that needs no prompt record (every rule but `exact=` and
+    /// `json-keys-from=`).
     pub fn check_response(&self, response: &str) -> Result<bool, RuleError> {
         self.check(response, &Map::new())
     }
@@ -121,8 +132,22 @@ impl Rule {
     pub fn check_record(&self, record: &Map<String, Value>) -> Result<(), RuleError> {
         match self {
             Rule::ExactMatch(field) => self.reference(field, record).map(|_| ()),
+            Rule::JsonKeysFrom(field) => Self::keys(field, record).map(|_| ()),
             _ => Ok(()),
         }
+    }
+
+    fn keys(field: &str, record: &Map<String, Value>) -> Result<Vec<String>, RuleError> {
+        let missing = || RuleError::MissingKeys(field.to_string());
+        let list = record
+            .get(field)
+            .and_then(Value::as_array)
+            .ok_or_else(missing)?;
+        let keys: Option<Vec<String>> = list
+            .iter()
+            .map(|k| k.as_str().map(str::to_string))
+            .collect();
+        keys.filter(|k| !k.is_empty()).ok_or_else(missing)
     }
 
     fn reference(&self, field: &str, record: &Map<String, Value>) -> Result<String, RuleError> {
@@ -141,6 +166,9 @@ impl Rule {
             }
             Rule::Regex(p) => format!("matches /{}/", p.as_str()),
             Rule::ExactMatch(field) => format!("equals the prompt record's `{field}`"),
+            Rule::JsonKeysFrom(field) => {
+                format!("answers with a JSON object with the keys in the prompt record's `{field}`")
+            }
         }
     }
 }
@@ -148,7 +176,8 @@ impl Rule {
 impl FromStr for Rule {
     type Err = RuleError;
 
-    /// `one-sentence`, `json-keys=a,b`, `regex=PATTERN` or `exact=FIELD`.
+    /// `one-sentence`, `json-keys=a,b`, `json-keys-from=FIELD`, `regex=PATTERN`
+    /// or `exact=FIELD`.
     fn from_str(s: &str) -> Result<Rule, RuleError> {
         let (name, arg) = match s.split_once('=') {
             Some((n, a)) => (n, Some(a)),
@@ -167,6 +196,12 @@ impl FromStr for Rule {
                 }
                 Ok(Rule::JsonKeys(keys))
             }
+            ("json-keys-from", Some(f)) if !f.trim().is_empty() => {
+                Ok(Rule::JsonKeysFrom(f.trim().into()))
+            }
+            ("json-keys-from", _) => Err(invalid(
+                "expected json-keys-from=FIELD naming a list field of the prompt record",
+            )),
             ("regex", Some(p)) if !p.is_empty() => Ok(Rule::Regex(Pattern::new(p)?)),
             ("regex", _) => Err(invalid("expected regex=PATTERN with a non-empty pattern")),
             ("exact", Some(f)) if !f.trim().is_empty() => Ok(Rule::ExactMatch(f.trim().into())),
@@ -186,6 +221,7 @@ impl fmt::Display for Rule {
         match self {
             Rule::OneSentence => write!(f, "one-sentence"),
             Rule::JsonKeys(keys) => write!(f, "json-keys={}", keys.join(",")),
+            Rule::JsonKeysFrom(field) => write!(f, "json-keys-from={field}"),
             Rule::Regex(p) => write!(f, "regex={}", p.as_str()),
             Rule::ExactMatch(field) => write!(f, "exact={field}"),
         }
@@ -263,6 +299,41 @@ mod tests {
                 .unwrap()
         );
         assert!(!rule.check_response(r#"["answer", "confidence"]"#).unwrap());
+    }
+
+    #[test]
+    fn json_keys_from_reads_the_keys_of_each_record() {
+        let rule: Rule = "json-keys-from=keys".parse().unwrap();
+        assert_eq!(rule.to_string(), "json-keys-from=keys");
+        let record = |v: Value| {
+            let mut m = Map::new();
+            m.insert("keys".into(), v);
+            m
+        };
+        let two = record(serde_json::json!(["name", "age"]));
+        assert!(rule.check(r#"{"name": "Rex", "age": 3}"#, &two).unwrap());
+        assert!(!rule.check(r#"{"name": "Rex"}"#, &two).unwrap());
+        assert!(
+            !rule
+                .check("```json\n{\"name\": 1, \"age\": 2}\n```", &two)
+                .unwrap()
+        );
+        let one = record(serde_json::json!(["name"]));
+        assert!(rule.check(r#"{"name": "Rex"}"#, &one).unwrap());
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!("name"),
+            serde_json::json!([1]),
+        ] {
+            let e = rule.check("{}", &record(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("`keys`") && e.contains("json-keys-from=keys"),
+                "{e}"
+            );
+            assert!(rule.check_record(&record(serde_json::json!(3))).is_err());
+        }
+        assert!(rule.check("{}", &Map::new()).is_err());
+        assert!("json-keys-from=".parse::<Rule>().is_err());
     }
 
     #[test]

@@ -99,9 +99,136 @@ impl Difference {
     }
 }
 
+/// The difference of two pass rates measured on the same items (paired
+/// binary outcomes), with Newcombe's score interval for paired data (method
+/// 10): the two Wilson intervals combined with the continuity-corrected
+/// correlation φ* of the 2×2 table. On paired data it is narrower than the
+/// independent interval when the two are positively correlated, as a policy
+/// and its base usually are. See: Newcombe (1998), "Improved confidence
+/// intervals for the difference between binomial proportions based on paired
+/// data", Stat. Med. 17, 2635–2650.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PairedRates {
+    /// Items where both pass, only `a` passes, only `b` passes, neither.
+    pub both: usize,
+    pub only_a: usize,
+    pub only_b: usize,
+    pub neither: usize,
+    pub a: Proportion,
+    pub b: Proportion,
+    /// a − b with its interval.
+    pub difference: Difference,
+}
+
+impl PairedRates {
+    /// From per-item (a passes, b passes).
+    pub fn new(passes: &[(bool, bool)], level: f64) -> Self {
+        let count = |f: fn(&(bool, bool)) -> bool| passes.iter().filter(|p| f(p)).count();
+        let (both, only_a, only_b, neither) = (
+            count(|&(a, b)| a && b),
+            count(|&(a, b)| a && !b),
+            count(|&(a, b)| !a && b),
+            count(|&(a, b)| !a && !b),
+        );
+        let n = passes.len();
+        let a = Proportion::new(both + only_a, n, level);
+        let b = Proportion::new(both + only_b, n, level);
+        let (e, f, g, h) = (
+            (both + only_a) as f64,
+            (only_b + neither) as f64,
+            (both + only_b) as f64,
+            (only_a + neither) as f64,
+        );
+        let phi = if e * f * g * h == 0.0 {
+            0.0
+        } else {
+            let cross = (both * neither) as f64 - (only_a * only_b) as f64;
+            let corrected = if cross > 0.0 {
+                (cross - n as f64 / 2.0).max(0.0)
+            } else {
+                cross
+            };
+            corrected / (e * f * g * h).sqrt()
+        };
+        let delta = a.rate - b.rate;
+        let (da_low, da_high) = (a.rate - a.low, a.high - a.rate);
+        let (db_low, db_high) = (b.rate - b.low, b.high - b.rate);
+        let low = delta - (da_low.powi(2) - 2.0 * phi * da_low * db_high + db_high.powi(2)).sqrt();
+        let high = delta + (da_high.powi(2) - 2.0 * phi * da_high * db_low + db_low.powi(2)).sqrt();
+        Self {
+            both,
+            only_a,
+            only_b,
+            neither,
+            a,
+            b,
+            difference: Difference {
+                delta,
+                low,
+                high,
+                level,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table(both: usize, only_a: usize, only_b: usize, neither: usize) -> Vec<(bool, bool)> {
+        [
+            ((true, true), both),
+            ((true, false), only_a),
+            ((false, true), only_b),
+            ((false, false), neither),
+        ]
+        .iter()
+        .flat_map(|&(p, k)| std::iter::repeat_n(p, k))
+        .collect()
+    }
+
+    #[test]
+    fn paired_difference_matches_hand_computation() {
+        // Newcombe's worked table: both 12, only a 9, only b 2, neither 21 (n = 44).
+        // p_a = 21/44 = 0.47727 (Wilson [0.33755, 0.62098]), p_b = 14/44 = 0.31818
+        // ([0.19987, 0.46656]); ad − bc = 252 − 18 = 234 > n/2, φ* = (234 − 22) /
+        // √(21·23·14·30) = 212 / 450.40 = 0.47069; lower = 0.15909 − √(0.13972² −
+        // 2φ*·0.13972·0.14838 + 0.14838²) = 0.01124, upper = 0.15909 + √(0.14371² −
+        // 2φ*·0.14371·0.11831 + 0.11831²) = 0.29537.
+        let r = PairedRates::new(&table(12, 9, 2, 21), 0.95);
+        assert_eq!((r.both, r.only_a, r.only_b, r.neither), (12, 9, 2, 21));
+        assert!((r.difference.delta - 0.159_09).abs() < 1e-4);
+        assert!(
+            (r.difference.low - 0.011_24).abs() < 1e-4,
+            "{}",
+            r.difference.low
+        );
+        assert!(
+            (r.difference.high - 0.295_37).abs() < 1e-4,
+            "{}",
+            r.difference.high
+        );
+        assert!(r.difference.significant());
+        // No item passes under b: φ = 0 and the interval is the independent one.
+        let r = PairedRates::new(&table(0, 5, 0, 45), 0.95);
+        let independent = Difference::new(&r.a, &r.b);
+        assert!((r.difference.low - independent.low).abs() < 1e-12);
+        assert!(
+            (r.difference.low - 0.008_98).abs() < 1e-4,
+            "{}",
+            r.difference.low
+        );
+        // Positive correlation narrows the interval below the independent one.
+        let r = PairedRates::new(&table(30, 12, 1, 7), 0.95);
+        let independent = Difference::new(&r.a, &r.b);
+        assert!(r.difference.low > independent.low && r.difference.high < independent.high);
+        assert!(
+            (r.difference.low - 0.083_70).abs() < 1e-4,
+            "{}",
+            r.difference.low
+        );
+    }
 
     #[test]
     fn wilson_interval_matches_hand_computation() {

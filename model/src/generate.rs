@@ -102,6 +102,18 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -
         return argmax(logits);
     }
     let inv_t = 1.0 / config.temperature;
+    if config.top_k == 0 && config.top_p >= 1.0 && config.min_p <= 0.0 {
+        // Nothing is cut from the distribution: draw from it as it is,
+        // without sorting the vocabulary.
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let weights = logits
+            .iter()
+            .map(|&x| ((x as f64 - max) * inv_t as f64).exp());
+        return match WeightedIndex::new(weights) {
+            Ok(dist) => dist.sample(rng) as u32,
+            Err(_) => argmax(logits),
+        };
+    }
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
     if config.top_k > 0 && config.top_k < order.len() {

@@ -263,8 +263,20 @@ impl<B: Backend> Attention<B> {
         };
         let key = kv_heads_first(key.reshape([b, s, k, 1, d])); // [B, K, 1, S, D]
         let value = kv_heads_first(value.reshape([b, s, k, 1, d])); // [B, K, 1, S, D]
-        let probs = fused::masked_softmax(q.matmul(key.swap_dims(3, 4)), mask);
-        let out = fused::permute(probs.matmul(value), [0, 3, 1, 2, 4]); // [B, T, K, G, D]
+        let out = if s == t {
+            let probs = fused::masked_softmax(q.matmul(key.swap_dims(3, 4)), mask);
+            probs.matmul(value) // [B, K, G, T, D]
+        } else {
+            // Decoding (T new tokens after a cached prefix, usually T = 1):
+            // the G query heads of a key/value head become the rows of one
+            // product, [G·T, D]·[D, S], instead of G products of T rows —
+            // G times fewer (and less padded) small matmuls, the same sums.
+            let rows = |x: Tensor<B, 5>| x.reshape([b, k, 1, g * t, d]);
+            let scores = rows(q).matmul(key.swap_dims(3, 4)).reshape([b, k, g, t, s]);
+            let probs = fused::masked_softmax(scores, mask).reshape([b, k, 1, g * t, s]);
+            probs.matmul(value).reshape([b, k, g, t, d])
+        };
+        let out = fused::permute(out, [0, 3, 1, 2, 4]); // [B, T, K, G, D]
         self.o_proj.forward(out.reshape([b, t, h * d]))
     }
 }

@@ -154,6 +154,24 @@ pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> R
     Ok(())
 }
 
+/// Check that every prompt record holds what the rule rewards read from it
+/// (`exact=FIELD`'s reference, `json-keys-from=FIELD`'s key list), before
+/// any sampling: the first bad record is an error naming its FILE:LINE.
+pub fn check_records(specs: &[RewardKind], prompts: &[Prompt]) -> Result<()> {
+    for spec in specs {
+        if let RewardKind::Rule { rule, .. } = spec {
+            for p in prompts {
+                rule.check_record(&p.fields).map_err(|e| RlError::Reward {
+                    at: p.at.clone(),
+                    reward: spec.name(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The reward model reads the policy's token ids: both tokenizers must map
 /// every token (special ones included) to the same id.
 fn same_tokenizer(policy: &Tokenizer, reward_dir: &Path) -> std::result::Result<(), String> {

@@ -43,7 +43,7 @@ use crate::loss::{
     token_weights,
 };
 use crate::metrics::{CompletionRecord, CompletionsLog, RlMetrics, mean_std};
-use crate::reward::Rewards;
+use crate::reward::{self, Rewards};
 use crate::rollout::{
     Completion, Prompt, RolloutSettings, ScoredTokens, check_head, load_prompts, roll_out,
     scaled_token_logprobs,
@@ -160,6 +160,7 @@ pub fn train<B: AutodiffBackend>(
     let settings = config.rollout_settings()?;
     let encoder = config.encoder()?;
     let prompts = load_prompts(&config.data.train_file, &encoder)?;
+    reward::check_records(&config.rewards, &prompts)?;
     let tokenizer = encoder.tokenizer();
     let pad_id = tokenizer.pad_id();
     let fingerprint = model_fingerprint(&config.model)?;
