@@ -739,6 +739,24 @@ fn grpo_rewarded_by_a_reward_stage_then_evaluated() {
         "{dry}"
     );
 
+    // The same reward model by its directory (relative to the pipeline
+    // file): the same config, but the model is known by its fingerprint
+    // instead of the reward stage's identity.
+    std::fs::write(
+        f.dir.join("pipeline.toml"),
+        rl_pipeline("1e-2").replace("stage = \"rm\"", "path = \"run/rm/final\""),
+    )
+    .unwrap();
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(
+        plan_line(&dry, "grpo"),
+        (
+            "run".into(),
+            format!("`rewards[0]` model {} changed", rm_final.display())
+        ),
+        "{dry}"
+    );
+
     // A retrained reward model re-runs every stage that reads it, and the
     // stages after those.
     std::fs::write(f.dir.join("pipeline.toml"), rl_pipeline("2e-2")).unwrap();
@@ -779,6 +797,34 @@ fn grpo_rewarded_by_a_reward_stage_then_evaluated() {
         text.contains(&format!("baseline: {} responses from the cache", QA.len())),
         "{text}"
     );
+}
+
+/// An RLOO stage without an `[rloo]` table trains with its defaults, and
+/// the stages after it take its policy.
+#[test]
+fn rloo_stage_without_its_table_takes_the_defaults() {
+    let f = Fixture::new(
+        &rl_pipeline("1e-2")
+            .replace(
+                "name = \"grpo\"\nkind = \"grpo\"",
+                "name = \"rloo\"\nkind = \"rloo\"",
+            )
+            .replace("grpo.num_generations = 2\n", ""),
+    );
+    write_prompts(&f.dir);
+    f.ok(&[]);
+    let rloo = f.manifest("rloo");
+    assert_eq!(rloo["kind"], "rloo");
+    assert_eq!(
+        rloo["config"]["rloo"],
+        serde_json::to_value(alignkit_ppo::RlooParams::default()).unwrap()
+    );
+    assert!(rloo["config"].get("grpo").is_none(), "{rloo}");
+    assert_eq!(f.steps("rloo"), vec![1, 2]);
+    assert_eq!(rloo["inputs"]["models"]["rewards[0]"]["from"], "rm");
+    for stage in ["eval", "adapter"] {
+        assert_eq!(f.manifest(stage)["inputs"]["model"]["from"], "rloo");
+    }
 }
 
 #[test]

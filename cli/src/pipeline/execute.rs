@@ -24,8 +24,14 @@ impl Plan {
     /// Run the plan's stages in order on the backend `device` names.
     pub fn execute(&self, device: DeviceSpec) -> Result<()> {
         let stop = stop_flag()?;
-        let plan = self;
-        dispatch(device, Execute { plan, stop, device })
+        dispatch(
+            device,
+            Execute {
+                plan: self,
+                stop,
+                device,
+            },
+        )
     }
 }
 
