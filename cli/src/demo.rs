@@ -77,7 +77,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .stages
         .iter()
         .find(|s| s.kind == StageKind::Reward)
-        .map(|s| s.output_model.clone());
+        .map(|s| s.output.clone());
     let rule = Rule::OneSentence;
     let mut judges = vec![Judge::Rule(rule.clone()).to_string()];
     judges.extend(

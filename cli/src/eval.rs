@@ -369,7 +369,7 @@ fn side_responses<B: Backend>(
     Ok((generations, false))
 }
 
-fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Result<WinrateReport> {
+pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Result<WinrateReport> {
     let sampling = args.check()?;
     let (Some(policy), Some(baseline), Some(prompts_path)) =
         (&args.policy, &args.baseline, &args.prompts)

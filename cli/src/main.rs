@@ -102,8 +102,8 @@ enum Command {
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     #[command(after_help = examples::EXPORT)]
     Export(export::ExportArgs),
-    /// Run a staged pipeline (sft, reward, dpo, export) from a TOML file, skipping
-    /// finished stages and resuming interrupted ones.
+    /// Run a staged pipeline (sft, reward, dpo, grpo, rloo, eval, export) from a
+    /// TOML file, skipping finished stages and resuming interrupted ones.
     #[command(after_help = examples::RUN)]
     Run(pipeline::RunArgs),
     /// The quickstart: SFT, a reward model and DPO on SmolLM2 to answer in one

@@ -1,6 +1,7 @@
 //! `alignkit run pipeline.toml` end to end on a tiny random model: skip,
-//! resume after a kill, re-run downstream of a change, `--dry-run`, and
-//! bad input reported before any work.
+//! resume after a kill, re-run downstream of a change, `--dry-run`, a GRPO
+//! stage rewarded by a reward stage and an eval stage judging it, and bad
+//! input reported before any work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -133,10 +134,12 @@ impl Fixture {
     /// error containing `expected` before it starts any work.
     fn fails_before_work(&self, toml_text: &str, expected: &str) {
         std::fs::write(self.dir.join("pipeline.toml"), toml_text).unwrap();
-        let err = self.err(&[]);
-        assert!(err.contains(expected), "expected `{expected}` in: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-        assert!(!self.dir.join("run").exists(), "work started: {err}");
+        for extra in [&["--dry-run"][..], &[]] {
+            let err = self.err(extra);
+            assert!(err.contains(expected), "expected `{expected}` in: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+            assert!(!self.dir.join("run").exists(), "work started: {err}");
+        }
     }
 
     /// Run the pipeline and kill -9 it once `stage` has checkpoint `step`.
@@ -544,4 +547,348 @@ fn bad_reward_stages_fail_before_any_work() {
         &reward_pipeline("data.train_file = \"rm-prefs.jsonl\"", 4),
         "rm-prefs.jsonl:7: `chosen` and `rejected` are identical",
     );
+}
+
+/// `{"prompt"}` per question of [`QA`], for GRPO and the eval.
+fn write_prompts(dir: &Path) {
+    let mut prompts = String::new();
+    for (q, _, _) in QA {
+        prompts.push_str(&json!({ "prompt": q }).to_string());
+        prompts.push('\n');
+    }
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+}
+
+/// A reward model on the base model, GRPO rewarded by its model (and a
+/// rule), an eval of the GRPO policy against the base model judged by a rule
+/// and the reward stage, and an adapter export, which takes the GRPO policy
+/// (an eval outputs no model). `rm_lr` is the reward stage's learning rate.
+fn rl_pipeline(rm_lr: &str) -> String {
+    format!(
+        r#"model = "model"
+output_dir = "run"
+
+[[stage]]
+name = "rm"
+kind = "reward"
+[stage.config]
+learning_rate = {rm_lr}
+data.train_file = "prefs.jsonl"
+data.max_len = 64
+train.batch_size = 2
+train.max_steps = 2
+lora.r = 4
+lora.alpha = 8
+
+[[stage]]
+name = "grpo"
+kind = "grpo"
+[stage.config]
+learning_rate = 1e-2
+grpo.num_generations = 2
+data.train_file = "prompts.jsonl"
+data.max_prompt_len = 16
+rollout.max_completion_length = 4
+train.batch_size = 4
+train.max_steps = 2
+lora.r = 4
+lora.alpha = 8
+[[stage.config.rewards]]
+kind = "model"
+stage = "rm"
+[[stage.config.rewards]]
+kind = "rule"
+rule = {{ regex = "e" }}
+weight = 0.5
+
+[[stage]]
+name = "eval"
+kind = "eval"
+[stage.config]
+prompts = "prompts.jsonl"
+judges = ["rule:one-sentence", "reward:rm"]
+max_new_tokens = 4
+
+[[stage]]
+name = "adapter"
+kind = "export"
+[stage.config]
+format = "adapter"
+"#
+    )
+}
+
+const RL_ORDER: [&str; 4] = ["rm", "grpo", "eval", "adapter"];
+
+#[test]
+fn grpo_rewarded_by_a_reward_stage_then_evaluated() {
+    let f = Fixture::new(&rl_pipeline("1e-2"));
+    write_prompts(&f.dir);
+    let dry = f.ok(&["--dry-run"]);
+    for (k, stage) in RL_ORDER.iter().enumerate() {
+        assert!(
+            dry.contains(&format!("  {}. {stage} ", k + 1)),
+            "{stage} not at {}:\n{dry}",
+            k + 1
+        );
+        assert_eq!(plan_line(&dry, stage).0, "run", "{dry}");
+    }
+
+    let text = f.ok(&[]);
+    for stage in RL_ORDER {
+        assert_eq!(f.manifest(stage)["status"], "completed", "{stage}");
+    }
+    let (rm, grpo, eval) = (f.manifest("rm"), f.manifest("grpo"), f.manifest("eval"));
+    // GRPO: the base model as its policy, the reward stage's model as a reward.
+    assert_eq!(grpo["kind"], "grpo");
+    assert!(grpo["inputs"]["model"]["from"].is_null(), "{grpo}");
+    let reward = &grpo["inputs"]["models"]["rewards[0]"];
+    assert_eq!(reward["from"], "rm");
+    assert_eq!(reward["sha256"], rm["sha256"]);
+    let rm_final = f.dir.join("run/rm/final");
+    assert_eq!(
+        grpo["config"]["rewards"][0]["path"],
+        rm_final.display().to_string()
+    );
+    assert!(grpo["config"]["rewards"][0].get("stage").is_none());
+    assert_eq!(grpo["config"]["grpo"]["num_generations"], 2);
+    assert_eq!(f.steps("grpo"), vec![1, 2]);
+    assert!(
+        grpo["final_metrics"]["rewards/reward_model/mean"].is_number(),
+        "{grpo}"
+    );
+    assert!(f.dir.join("run/grpo/final/model.safetensors").is_file());
+
+    // The eval: the GRPO policy against the base model, its report recorded.
+    assert_eq!(eval["inputs"]["model"]["from"], "grpo");
+    assert_eq!(eval["inputs"]["models"]["judges[1]"]["from"], "rm");
+    assert_eq!(
+        eval["inputs"]["models"]["baseline"]["path"],
+        f.dir.join("model").display().to_string()
+    );
+    assert_eq!(
+        eval["inputs"]["data"][0]["sha256"].as_str().unwrap().len(),
+        64
+    );
+    let out = f.dir.join("run/eval");
+    assert_eq!(
+        eval["outputs"]["report"],
+        out.join("winrate.json").display().to_string()
+    );
+    assert!(eval["outputs"].get("model").is_none(), "{eval}");
+    let judges = eval["final_metrics"]["judges"].as_array().unwrap();
+    let names: Vec<&str> = judges
+        .iter()
+        .map(|j| j["judge"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rule:one-sentence", "reward:rm"]);
+    for j in judges {
+        let r = &j["result"];
+        assert_eq!(r["n"], QA.len(), "{j}");
+        let counted: u64 = ["wins", "ties", "losses"]
+            .iter()
+            .map(|k| r[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, QA.len() as u64, "{j}");
+        assert!(
+            (0.0..=1.0).contains(&r["win_rate"].as_f64().unwrap()),
+            "{j}"
+        );
+    }
+    for file in ["winrate.json", "winrate.svg", "responses.jsonl"] {
+        assert!(out.join(file).is_file(), "no {file}");
+    }
+    assert!(out.join("generations").is_dir());
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("winrate.json")).unwrap()).unwrap();
+    assert_eq!(written["judges"], eval["final_metrics"]["judges"]);
+    // `alignkit run` prints the table.
+    assert!(text.contains("reward:rm"), "{text}");
+    assert!(text.contains("win rate"), "{text}");
+
+    // The export after the eval takes the GRPO policy: its LoRA adapter.
+    assert_eq!(f.manifest("adapter")["inputs"]["model"]["from"], "grpo");
+    assert!(
+        f.dir
+            .join("run/adapter/adapter/adapter_config.json")
+            .is_file()
+    );
+
+    // Nothing changed: everything is skipped.
+    let text = f.ok(&[]);
+    for (k, stage) in RL_ORDER.iter().enumerate() {
+        assert!(
+            text.contains(&format!("[{}/4 {stage}] skip", k + 1)),
+            "{text}"
+        );
+    }
+
+    // Another judge: only the eval re-runs.
+    std::fs::write(
+        f.dir.join("pipeline.toml"),
+        rl_pipeline("1e-2").replace("\"reward:rm\"]", "\"reward:rm\", \"rule:regex=e\"]"),
+    )
+    .unwrap();
+    let dry = f.ok(&["--dry-run"]);
+    for stage in ["rm", "grpo", "adapter"] {
+        assert_eq!(plan_line(&dry, stage).0, "skip", "{dry}");
+    }
+    assert_eq!(
+        plan_line(&dry, "eval"),
+        ("run".into(), "config changed (`judges`)".into()),
+        "{dry}"
+    );
+
+    // The same reward model by its directory (relative to the pipeline
+    // file): the same config, but the model is known by its fingerprint
+    // instead of the reward stage's identity.
+    std::fs::write(
+        f.dir.join("pipeline.toml"),
+        rl_pipeline("1e-2").replace("stage = \"rm\"", "path = \"run/rm/final\""),
+    )
+    .unwrap();
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(
+        plan_line(&dry, "grpo"),
+        (
+            "run".into(),
+            format!("`rewards[0]` model {} changed", rm_final.display())
+        ),
+        "{dry}"
+    );
+
+    // A retrained reward model re-runs every stage that reads it, and the
+    // stages after those.
+    std::fs::write(f.dir.join("pipeline.toml"), rl_pipeline("2e-2")).unwrap();
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(
+        plan_line(&dry, "rm"),
+        ("run".into(), "config changed (`learning_rate`)".into()),
+        "{dry}"
+    );
+    assert_eq!(
+        plan_line(&dry, "grpo"),
+        ("run".into(), "upstream stage `rm` runs".into()),
+        "{dry}"
+    );
+    for stage in ["eval", "adapter"] {
+        assert_eq!(
+            plan_line(&dry, stage),
+            ("run".into(), "upstream stage `grpo` runs".into()),
+            "{dry}"
+        );
+    }
+    let text = f.ok(&[]);
+    for (k, stage) in RL_ORDER.iter().enumerate() {
+        assert!(
+            text.contains(&format!("[{}/4 {stage}] run", k + 1)),
+            "{text}"
+        );
+    }
+    let (grpo2, eval2) = (f.manifest("grpo"), f.manifest("eval"));
+    assert_ne!(grpo2["sha256"], grpo["sha256"]);
+    assert_eq!(
+        grpo2["inputs"]["models"]["rewards[0]"]["sha256"],
+        f.manifest("rm")["sha256"]
+    );
+    assert_ne!(eval2["sha256"], eval["sha256"]);
+    // The baseline's responses come from the eval's cache, kept across runs.
+    assert!(
+        text.contains(&format!("baseline: {} responses from the cache", QA.len())),
+        "{text}"
+    );
+}
+
+/// An RLOO stage without an `[rloo]` table trains with its defaults, and
+/// the stages after it take its policy.
+#[test]
+fn rloo_stage_without_its_table_takes_the_defaults() {
+    let f = Fixture::new(
+        &rl_pipeline("1e-2")
+            .replace(
+                "name = \"grpo\"\nkind = \"grpo\"",
+                "name = \"rloo\"\nkind = \"rloo\"",
+            )
+            .replace("grpo.num_generations = 2\n", ""),
+    );
+    write_prompts(&f.dir);
+    f.ok(&[]);
+    let rloo = f.manifest("rloo");
+    assert_eq!(rloo["kind"], "rloo");
+    assert_eq!(
+        rloo["config"]["rloo"],
+        serde_json::to_value(alignkit_ppo::RlooParams::default()).unwrap()
+    );
+    assert!(rloo["config"].get("grpo").is_none(), "{rloo}");
+    assert_eq!(f.steps("rloo"), vec![1, 2]);
+    assert_eq!(rloo["inputs"]["models"]["rewards[0]"]["from"], "rm");
+    for stage in ["eval", "adapter"] {
+        assert_eq!(f.manifest(stage)["inputs"]["model"]["from"], "rloo");
+    }
+}
+
+#[test]
+fn bad_model_references_fail_before_any_work() {
+    let base = rl_pipeline("1e-2");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            base.replace("stage = \"rm\"", "stage = \"rmm\""),
+            "stage `grpo`: rewards[0]: `stage = \"rmm\"` names no stage (stages: rm, grpo, eval, adapter)",
+        ),
+        (
+            base.replace("stage = \"rm\"", "stage = \"eval\""),
+            "stage `grpo`: rewards[0]: `stage = \"eval\"`: `eval` is a kind = \"eval\" stage, not a reward stage",
+        ),
+        (
+            base.replace("stage = \"rm\"", "stage = \"rm\"\npath = \"model\""),
+            "stage `grpo`: rewards[0]: give `stage` or `path`, not both",
+        ),
+        (
+            base.replace("grpo.num_generations", "rloo.num_generations"),
+            "stage `grpo`: [stage.config] holds an [rloo] table, but the stage is kind = \"grpo\"",
+        ),
+        (
+            base.replace("\"reward:rm\"]", "\"human\"]"),
+            "stage `eval`: judges: `human` needs people at a terminal, not a pipeline: use alignkit eval winrate --judge human",
+        ),
+        (
+            base.replace("\"reward:rm\"]", "\"reward:grpo\"]"),
+            "stage `eval`: judges: `reward:grpo`: `grpo` is a kind = \"grpo\" stage, not a reward stage",
+        ),
+        (
+            base.replace("\"reward:rm\"]", "\"reward:rmm\"]"),
+            "stage `eval`: judges: `reward:rmm`: `rmm` names no stage (stages: rm, grpo, eval, adapter) and no model directory",
+        ),
+        (
+            base.replace(
+                "max_new_tokens = 4",
+                "max_new_tokens = 4\nbaseline = \"rm\"",
+            ),
+            "stage `eval`: baseline = \"rm\": a reward model, not a policy",
+        ),
+        (
+            base.replace("kind = \"eval\"\n", "kind = \"eval\"\nfrom = \"rm\"\n"),
+            "stage `eval`: takes its model from `rm`, a reward model, not a policy",
+        ),
+        (
+            base.replace(
+                "kind = \"export\"\n",
+                "kind = \"export\"\nfrom = \"eval\"\n",
+            ),
+            "stage `adapter`: `from = \"eval\"`: an eval stage, which outputs no model",
+        ),
+        (
+            base.replace(
+                "name = \"rm\"\nkind = \"reward\"\n",
+                "name = \"rm\"\nkind = \"reward\"\nfrom = \"grpo\"\n",
+            ),
+            "stages form a cycle through `from` and the models they read: rm → grpo → rm",
+        ),
+    ];
+    let f = Fixture::new(&base);
+    write_prompts(&f.dir);
+    for (toml_text, expected) in cases {
+        assert_ne!(toml_text, base, "the case did not apply: {expected}");
+        f.fails_before_work(&toml_text, expected);
+    }
 }

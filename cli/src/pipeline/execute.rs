@@ -1,5 +1,6 @@
 //! Running a plan: each stage in order, its manifest written before and
-//! after, training stages through the same [`Trainer`] code as their commands.
+//! after, training stages through the same [`Trainer`] code as their commands
+//! and eval stages through `alignkit eval winrate`'s.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -13,27 +14,40 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::manifest::{Manifest, Outputs, Status, now};
 use super::plan::{Action, Plan, Stage};
-use super::stage::{ExportDtype, ExportFormat, StageConfig};
+use super::stage::{EvalConfig, ExportDtype, ExportFormat, StageConfig, StageKind};
 use crate::backend::{DeviceSpec, Task, dispatch};
+use crate::common::SamplingArgs;
+use crate::eval::WinrateArgs;
 use crate::train_cli::{Interrupted, Trainer, stop_flag};
 
 impl Plan {
     /// Run the plan's stages in order on the backend `device` names.
     pub fn execute(&self, device: DeviceSpec) -> Result<()> {
         let stop = stop_flag()?;
-        dispatch(device, Execute { plan: self, stop })
+        dispatch(
+            device,
+            Execute {
+                plan: self,
+                stop,
+                device,
+            },
+        )
     }
 }
 
 struct Execute<'a> {
     plan: &'a Plan,
     stop: Arc<AtomicBool>,
+    /// What `device` was chosen by (an eval stage's `WinrateArgs` carry it).
+    device: DeviceSpec,
 }
 
 /// How a stage's work ended.
 struct Ran {
     interrupted: bool,
     steps: Option<usize>,
+    /// An eval stage's win-rate report (its manifest's `final_metrics`).
+    report: Option<serde_json::Value>,
 }
 
 impl Task for Execute<'_> {
@@ -57,8 +71,7 @@ impl Task for Execute<'_> {
                 stage.action.reason()
             );
             if !resume && stage.dir.exists() {
-                std::fs::remove_dir_all(&stage.dir)
-                    .with_context(|| format!("clearing {}", stage.dir.display()))?;
+                clear(stage)?;
             }
             std::fs::create_dir_all(&stage.dir)
                 .with_context(|| format!("creating {}", stage.dir.display()))?;
@@ -77,7 +90,7 @@ impl Task for Execute<'_> {
                 finished_at: None,
             };
             manifest.write(&stage.dir)?;
-            let result = run_stage::<B>(stage, resume, &prefix, &self.stop, &device);
+            let result = run_stage::<B>(stage, resume, &prefix, &self.stop, self.device, &device);
             manifest.finished_at = Some(now());
             match result {
                 Err(e) => {
@@ -97,16 +110,21 @@ impl Task for Execute<'_> {
                 }
                 Ok(ran) => {
                     manifest.status = Status::Completed;
+                    let eval = stage.kind == StageKind::Eval;
                     manifest.outputs = Some(Outputs {
-                        model: stage.output_model.clone(),
+                        model: (!eval).then(|| stage.output.clone()),
+                        report: eval.then(|| stage.output.clone()),
                         steps: ran.steps,
                     });
                     let metrics = stage.dir.join(alignkit_train::run::METRICS_FILE);
                     if metrics.is_file() {
                         manifest.final_metrics = alignkit_train::run::read_metrics(&metrics)?.pop();
                     }
+                    if ran.report.is_some() {
+                        manifest.final_metrics = ran.report;
+                    }
                     manifest.write(&stage.dir)?;
-                    eprintln!("{prefix} done: {}", stage.output_model.display());
+                    eprintln!("{prefix} done: {}", stage.output.display());
                 }
             }
         }
@@ -126,6 +144,87 @@ fn train_stage<B: AutodiffBackend, T: Trainer>(
     Ok(Ran {
         interrupted: trained.stop == StopReason::Interrupted,
         steps: Some(trained.steps),
+        report: None,
+    })
+}
+
+/// Empty a stage's directory for a fresh run. An eval stage keeps its
+/// `generations/`: they are cached by model content, prompts and settings,
+/// so a re-run samples only what changed.
+fn clear(stage: &Stage) -> Result<()> {
+    let clearing = |e| anyhow::Error::new(e).context(format!("clearing {}", stage.dir.display()));
+    if stage.kind != StageKind::Eval {
+        return std::fs::remove_dir_all(&stage.dir).map_err(clearing);
+    }
+    for entry in std::fs::read_dir(&stage.dir).map_err(clearing)? {
+        let path = entry.map_err(clearing)?.path();
+        if path.file_name().is_some_and(|n| n == "generations") {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(clearing)?;
+    }
+    Ok(())
+}
+
+/// `alignkit eval winrate` of the stage's input policy against its baseline,
+/// into the stage directory, as `eval winrate --out` writes it.
+fn eval_stage<B: AutodiffBackend>(
+    config: &EvalConfig,
+    stage: &Stage,
+    spec: DeviceSpec,
+    device: &B::Device,
+) -> Result<Ran> {
+    let judges = config
+        .judges
+        .iter()
+        .enumerate()
+        .map(
+            |(i, judge)| match stage.inputs.models.get(&format!("judges[{i}]")) {
+                Some(m) => format!("reward:{}", m.path.display()),
+                None => judge.clone(),
+            },
+        )
+        .collect();
+    let args = WinrateArgs {
+        policy: Some(stage.inputs.model.path.clone()),
+        baseline: Some(stage.inputs.models["baseline"].path.clone()),
+        prompts: Some(config.prompts.clone()),
+        judges,
+        tie_margin: config.tie_margin,
+        judgments: Vec::new(),
+        candidates: None,
+        out: Some(stage.dir.clone()),
+        chat: config.chat,
+        batch_size: config.batch_size,
+        sampling: SamplingArgs {
+            max_new_tokens: config.max_new_tokens,
+            temperature: config.temperature,
+            top_k: config.top_k,
+            top_p: config.top_p,
+            min_p: config.min_p,
+            seed: config.seed,
+            stop: config.stop.clone(),
+        },
+        json: false,
+        device: spec,
+    };
+    let mut report = crate::eval::winrate::<B::InnerBackend>(&args, device)?;
+    // Judges as the pipeline file names them (`reward:rm`, not its path);
+    // the stage refuses `human`, so each judge has its result.
+    for (result, judge) in report.judges.iter_mut().zip(&config.judges) {
+        result.judge = judge.clone();
+    }
+    report.write_files(&stage.dir)?;
+    print!("{}", report.table());
+    Ok(Ran {
+        interrupted: false,
+        steps: None,
+        report: Some(serde_json::to_value(&report)?),
     })
 }
 
@@ -134,12 +233,15 @@ fn run_stage<B: AutodiffBackend>(
     resume: bool,
     prefix: &str,
     stop: &AtomicBool,
+    spec: DeviceSpec,
     device: &B::Device,
 ) -> Result<Ran> {
     match &stage.config {
         StageConfig::Sft(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
         StageConfig::Reward(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
         StageConfig::Dpo(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
+        StageConfig::Rl(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
+        StageConfig::Eval(c) => eval_stage::<B>(c, stage, spec, device),
         StageConfig::Export(config) => {
             let dtype = match config.dtype {
                 ExportDtype::F32 => alignkit_model::SaveDtype::F32,
@@ -154,12 +256,12 @@ fn run_stage<B: AutodiffBackend>(
                 ProgressStyle::with_template("{prefix} {spinner} {msg}").expect("a valid template"),
             );
             bar.enable_steady_tick(Duration::from_millis(250));
-            bar.set_message(format!("writing {}", stage.output_model.display()));
+            bar.set_message(format!("writing {}", stage.output.display()));
             let inner = device;
             let result = match &stage.from_run {
                 Some(run) => alignkit_train::export::export::<B::InnerBackend>(
                     run,
-                    &stage.output_model,
+                    &stage.output,
                     kind,
                     true,
                     inner,
@@ -170,7 +272,7 @@ fn run_stage<B: AutodiffBackend>(
                 }
                 None => alignkit_train::export::convert_hf_dir::<B::InnerBackend>(
                     &stage.inputs.model.path,
-                    &stage.output_model,
+                    &stage.output,
                     dtype,
                     true,
                     inner,
@@ -181,6 +283,7 @@ fn run_stage<B: AutodiffBackend>(
             Ok(Ran {
                 interrupted: false,
                 steps: None,
+                report: None,
             })
         }
     }

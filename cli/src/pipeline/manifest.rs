@@ -1,6 +1,7 @@
 //! `RUN/<stage>/manifest.json`: what a stage was run with (its identity) and
 //! how it ended.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,13 +42,22 @@ pub struct InputModel {
 pub struct Inputs {
     pub model: InputModel,
     pub data: Vec<InputFile>,
+    /// The other models the stage reads, by role: an RL stage's reward
+    /// models (`rewards[i]`), an eval stage's reward judges (`judges[i]`) and
+    /// its `baseline`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, InputModel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outputs {
     /// The model later stages take (an HF directory; a PEFT adapter for an
-    /// adapter export).
-    pub model: PathBuf,
+    /// adapter export); an eval stage has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    /// An eval stage's `winrate.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<PathBuf>,
     pub steps: Option<usize>,
 }
 
@@ -57,13 +67,14 @@ pub struct Manifest {
     pub stage: String,
     pub kind: StageKind,
     pub status: Status,
-    /// The stage's identity: kind, config, data and input model.
+    /// The stage's identity: kind, config, data and input models.
     pub sha256: String,
     pub config_sha256: String,
     pub config: serde_json::Value,
     pub inputs: Inputs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Outputs>,
+    /// The last `metrics.jsonl` record; an eval stage's win-rate report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_metrics: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]

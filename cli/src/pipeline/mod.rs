@@ -10,7 +10,7 @@
 //!
 //! [[stage]]
 //! name = "sft"
-//! kind = "sft"                             # sft | reward | dpo | export
+//! kind = "sft"                             # sft | reward | dpo | grpo | rloo | eval | export
 //! [stage.config]                           # the stage's own config (SftConfig here),
 //! learning_rate = 2e-4                     # without `model` and `output_dir`
 //! data.train_file = "sft.jsonl"
@@ -27,18 +27,48 @@
 //! from = "sft"                             # or the named stage's
 //! [stage.config]
 //! data.train_file = "prefs.jsonl"
+//!
+//! [[stage]]
+//! name = "grpo"
+//! kind = "grpo"                            # or "rloo": RlConfig; no [grpo] table: its defaults
+//! [stage.config]
+//! data.train_file = "prompts.jsonl"
+//! [[stage.config.rewards]]
+//! kind = "model"
+//! stage = "rm"                             # the reward stage's model (or path = "DIR")
+//!
+//! [[stage]]
+//! name = "eval"
+//! kind = "eval"                            # `alignkit eval winrate` of its input policy
+//! [stage.config]
+//! prompts = "heldout.jsonl"
+//! judges = ["rule:one-sentence", "reward:rm"]   # reward:NAME (a reward stage) or reward:DIR
+//! baseline = "sft"                         # a stage or a directory; default: the base model
+//! max_new_tokens = 64                      # and the other flags of `eval winrate`
 //! ```
 //!
 //! A `reward` stage's output is a reward model (an HF
 //! `*ForSequenceClassification` directory), not a policy: a stage without
 //! `from` takes the last *policy* stage's model, so the stage after a reward
 //! stage trains the policy before it. Only another `reward` stage (to train it
-//! further) or a merged `export` (`from = "rm"`) may name a reward stage.
+//! further) or a merged `export` (`from = "rm"`) may name a reward stage as
+//! its `from`; an RL stage reads it as a reward (`stage = "rm"` in a
+//! `[[stage.config.rewards]]` of kind `model`, a pipeline-only key that becomes
+//! its `path`) and an eval stage as a judge (`reward:rm`).
+//!
+//! An `eval` stage writes what `alignkit eval winrate --out` writes into its
+//! directory (`winrate.json`/`.svg`, `responses.jsonl`, the `generations/`
+//! cache, kept across re-runs), prints the table and records the report as its
+//! manifest's `final_metrics`. It outputs no model: a stage after it takes the
+//! policy before it, and none may take its model `from` it. People cannot
+//! judge in a pipeline (`alignkit eval winrate --judge human`).
 //!
 //! Stage identity: SHA-256 over the stage kind, its resolved config (every
-//! default written out), the SHA-256 of each data file, and its input model's
-//! identity — the base model's fingerprint, or the upstream stage's identity.
-//! The chain makes a change anywhere upstream reach every later stage.
+//! default written out), the SHA-256 of each data file, its input model's
+//! identity — the base model's fingerprint, or the upstream stage's identity —
+//! and those of the other models it reads (reward models, judges, baseline).
+//! The chain makes a change anywhere upstream reach every later stage; a stage
+//! runs after every stage whose model it reads.
 
 mod execute;
 mod manifest;

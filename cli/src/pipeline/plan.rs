@@ -2,7 +2,7 @@
 //! inputs, identity) and what happens to it decided — skip, resume or run,
 //! and why.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use alignkit_dpo::DpoConfig;
@@ -10,7 +10,8 @@ use alignkit_train::{list_checkpoints, model_fingerprint, sha256_file};
 use anyhow::{Context, Result, bail};
 
 use super::manifest::{InputFile, InputModel, Inputs, Manifest, Status, sha256_hex};
-use super::stage::{ExportFormat, PipelineFile, StageConfig, StageEntry, StageKind};
+use super::stage::{EvalConfig, ExportFormat, PipelineFile, StageConfig, StageEntry, StageKind};
+use crate::eval::Judge;
 use crate::pull::{KnownModel, ensure_model};
 
 /// What happens to a stage, and why.
@@ -46,8 +47,9 @@ pub struct Stage {
     pub inputs: Inputs,
     pub sha256: String,
     pub config_sha256: String,
-    /// The directory the next stages take as their model.
-    pub output_model: PathBuf,
+    /// What the stage writes: the model later stages take (an HF directory;
+    /// a PEFT adapter for an adapter export), or an eval stage's `winrate.json`.
+    pub output: PathBuf,
     /// The upstream stage's run directory (an export of a training stage).
     pub from_run: Option<PathBuf>,
     pub action: Action,
@@ -79,38 +81,195 @@ pub(super) fn absolute(base: &Path, p: &Path) -> Result<PathBuf> {
     std::path::absolute(&joined).with_context(|| format!("resolving {}", joined.display()))
 }
 
-/// Execution order: every stage after the one it takes its model from, file
-/// order otherwise. `from[i]` is the index stage `i` takes its model from.
-pub(super) fn order(names: &[String], from: &[Option<usize>]) -> Result<Vec<usize>> {
+/// Execution order: every stage after the stages whose models it reads, file
+/// order otherwise. `from[i]` is the index stage `i` takes its model from,
+/// `refs[i]` the stages whose models it reads besides (reward models, a
+/// baseline).
+pub(super) fn order(
+    names: &[String],
+    from: &[Option<usize>],
+    refs: &[Vec<usize>],
+) -> Result<Vec<usize>> {
+    let deps = |i: usize| from[i].into_iter().chain(refs[i].iter().copied());
     let mut out = Vec::with_capacity(names.len());
     let mut placed = vec![false; names.len()];
     while out.len() < names.len() {
         let next = (0..names.len())
-            .find(|&i| !placed[i] && from[i].is_none_or(|f| placed[f]))
+            .find(|&i| !placed[i] && deps(i).all(|d| placed[d]))
             .ok_or_else(|| {
-                // Every unplaced stage waits on another: follow `from` into the cycle.
+                // Every unplaced stage waits on another: follow the waits
+                // (`from` first) into the cycle.
                 let start = (0..names.len()).find(|&i| !placed[i]).expect("one left");
                 let mut seen = vec![start];
+                let mut only_from = true;
                 let mut i = start;
-                while let Some(f) = from[i] {
+                while let Some(f) = deps(i).find(|&d| !placed[d]) {
+                    only_from &= from[i] == Some(f);
                     if let Some(at) = seen.iter().position(|&s| s == f) {
                         let mut cycle: Vec<&str> =
                             seen[at..].iter().map(|&s| names[s].as_str()).collect();
                         cycle.push(names[f].as_str());
+                        let through = if only_from {
+                            "`from`"
+                        } else {
+                            "`from` and the models they read"
+                        };
                         return anyhow::anyhow!(
-                            "pipeline: stages form a cycle through `from`: {}",
+                            "pipeline: stages form a cycle through {through}: {}",
                             cycle.join(" → ")
                         );
                     }
                     seen.push(f);
                     i = f;
                 }
-                anyhow::anyhow!("pipeline: stages form a cycle through `from`")
+                anyhow::anyhow!("pipeline: stages form a cycle")
             })?;
         placed[next] = true;
         out.push(next);
     }
     Ok(out)
+}
+
+/// A model a stage reads besides its input.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum ModelRef {
+    /// The output of the stage at this index.
+    Stage(usize),
+    /// A model directory.
+    Dir(PathBuf),
+}
+
+/// The models stage `entry` reads besides its input, by role, from its raw
+/// table: an RL stage's `[[rewards]]` of kind `model` (`stage = "NAME"`, a
+/// pipeline-only key, or a `path`), an eval stage's `reward:` judges and its
+/// `baseline` (default: `base_model`). A named stage must fit the role; a
+/// directory must hold a model. Values of the wrong type are left to the
+/// config's parser.
+pub(super) fn model_refs(
+    entry: &StageEntry,
+    entries: &[StageEntry],
+    index: &HashMap<&str, usize>,
+    base: &Path,
+    base_model: &Path,
+) -> Result<Vec<(String, ModelRef)>> {
+    let stage_list = || {
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        names.join(", ")
+    };
+    let reward_stage = |what: &str, name: &str| -> Result<ModelRef> {
+        let Some(&j) = index.get(name) else {
+            bail!("{what} names no stage (stages: {})", stage_list());
+        };
+        if entries[j].kind != StageKind::Reward {
+            bail!(
+                "{what}: `{name}` is a kind = \"{}\" stage, not a reward stage",
+                entries[j].kind.as_str()
+            );
+        }
+        Ok(ModelRef::Stage(j))
+    };
+    let dir = |what: &str, p: &str| -> Result<ModelRef> {
+        let p = absolute(base, Path::new(p))?;
+        if !p.join("config.json").is_file() {
+            bail!(
+                "{what}: {} is not a model directory (no config.json)",
+                p.display()
+            );
+        }
+        Ok(ModelRef::Dir(p))
+    };
+    let array = |key: &str| {
+        entry
+            .config
+            .get(key)
+            .and_then(toml::Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+    };
+    let mut refs = Vec::new();
+    match entry.kind {
+        StageKind::Grpo | StageKind::Rloo => {
+            for (i, r) in array("rewards").iter().enumerate() {
+                let Some(r) = r.as_table() else { continue };
+                let role = format!("rewards[{i}]");
+                let model = r.get("kind").and_then(toml::Value::as_str) == Some("model");
+                let r = match (r.get("stage"), r.get("path")) {
+                    (Some(_), Some(_)) => bail!("{role}: give `stage` or `path`, not both"),
+                    (Some(_), None) if !model => {
+                        bail!("{role}: `stage` names a reward model: it needs kind = \"model\"")
+                    }
+                    (Some(toml::Value::String(name)), None) => {
+                        reward_stage(&format!("{role}: `stage = \"{name}\"`"), name)?
+                    }
+                    (Some(_), None) => bail!("{role}: `stage` is a stage's name, a string"),
+                    (None, Some(toml::Value::String(p))) if model => {
+                        dir(&format!("{role}: `path`"), p)?
+                    }
+                    _ => continue,
+                };
+                refs.push((role, r));
+            }
+        }
+        StageKind::Eval => {
+            for (i, judge) in array("judges").iter().enumerate() {
+                let Some(judge) = judge.as_str() else {
+                    continue;
+                };
+                let role = format!("judges[{i}]");
+                let what = format!("judges: `{judge}`");
+                match judge.split_once(':') {
+                    Some(("reward", name)) if index.contains_key(name) => {
+                        refs.push((role, reward_stage(&what, name)?));
+                    }
+                    Some(("reward", p)) if !p.is_empty() => {
+                        let d = absolute(base, Path::new(p))?;
+                        if !d.join("config.json").is_file() {
+                            bail!(
+                                "{what}: `{p}` names no stage (stages: {}) and no model directory ({} has no config.json)",
+                                stage_list(),
+                                d.display()
+                            );
+                        }
+                        refs.push((role, ModelRef::Dir(d)));
+                    }
+                    _ => match judge.parse::<Judge>() {
+                        Ok(Judge::Human) => bail!(
+                            "judges: `human` needs people at a terminal, not a pipeline: use alignkit eval winrate --judge human"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => bail!("judges: {e}"),
+                    },
+                }
+            }
+            let baseline = match entry.config.get("baseline") {
+                None => ModelRef::Dir(base_model.to_path_buf()),
+                Some(toml::Value::String(b)) => match index.get(b.as_str()) {
+                    None => dir(&format!("baseline = \"{b}\""), b)?,
+                    Some(&j) => {
+                        let what = format!("baseline = \"{b}\"");
+                        let adapter = entries[j]
+                            .config
+                            .get("format")
+                            .and_then(toml::Value::as_str)
+                            == Some("adapter");
+                        match entries[j].kind {
+                            StageKind::Reward => bail!("{what}: a reward model, not a policy"),
+                            StageKind::Eval => {
+                                bail!("{what}: an eval stage, which outputs no model")
+                            }
+                            StageKind::Export if adapter => {
+                                bail!("{what}: exports a PEFT adapter, not a model")
+                            }
+                            _ => ModelRef::Stage(j),
+                        }
+                    }
+                },
+                Some(_) => return Ok(refs),
+            };
+            refs.push(("baseline".into(), baseline));
+        }
+        _ => {}
+    }
+    Ok(refs)
 }
 
 /// Reject preference pairs whose chosen and rejected are the same — before
@@ -194,20 +353,38 @@ impl Plan {
         let mut from = Vec::with_capacity(names.len());
         for (i, s) in parsed.stages.iter().enumerate() {
             from.push(match &s.from {
-                Some(f) => Some(*index.get(f.as_str()).with_context(|| {
-                    format!(
-                        "{}: stage `{}`: `from = \"{f}\"` names no stage (stages: {})",
-                        file.display(),
-                        s.name,
-                        names.join(", ")
-                    )
-                })?),
+                Some(f) => {
+                    let at = format!("{}: stage `{}`: `from = \"{f}\"`", file.display(), s.name);
+                    let &j = index.get(f.as_str()).with_context(|| {
+                        format!("{at} names no stage (stages: {})", names.join(", "))
+                    })?;
+                    if parsed.stages[j].kind == StageKind::Eval {
+                        bail!("{at}: an eval stage, which outputs no model");
+                    }
+                    Some(j)
+                }
                 None => (0..i)
                     .rev()
                     .find(|&j| parsed.stages[j].kind.outputs_policy()),
             });
         }
-        let order = order(&names, &from)?;
+        let mut refs = Vec::with_capacity(names.len());
+        for s in &parsed.stages {
+            let at = || format!("{}: stage `{}`", file.display(), s.name);
+            refs.push(model_refs(s, &parsed.stages, &index, &base, &base_model).with_context(at)?);
+        }
+        let ref_stages: Vec<Vec<usize>> = refs
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|(_, m)| match m {
+                        ModelRef::Stage(j) => Some(*j),
+                        ModelRef::Dir(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let order = order(&names, &from, &ref_stages)?;
 
         // Resolve each stage in order.
         let mut stages: Vec<Stage> = Vec::with_capacity(order.len());
@@ -230,7 +407,11 @@ impl Plan {
                                 "{at}: `{}` is a reward model (merged in its final/); export it with format = \"merged\"",
                                 up.name
                             ),
-                            StageKind::Sft | StageKind::Dpo => bail!(
+                            StageKind::Sft
+                            | StageKind::Dpo
+                            | StageKind::Grpo
+                            | StageKind::Rloo
+                            | StageKind::Eval => bail!(
                                 "{at}: takes its model from `{}`, a reward model, not a policy",
                                 up.name
                             ),
@@ -245,7 +426,7 @@ impl Plan {
                         );
                     }
                     InputModel {
-                        path: up.output_model.clone(),
+                        path: up.output.clone(),
                         sha256: up.sha256.clone(),
                         from: Some(up.name.clone()),
                     }
@@ -264,12 +445,36 @@ impl Plan {
                     );
                 }
             }
-            let (config, output_model) = resolve_config(entry, &input.path, &dir, &base, &out)
+            let mut models = BTreeMap::new();
+            for (role, model) in &refs[i] {
+                let input = match model {
+                    ModelRef::Stage(j) => {
+                        let up = &stages[by_index[j]];
+                        InputModel {
+                            path: up.output.clone(),
+                            sha256: up.sha256.clone(),
+                            from: Some(up.name.clone()),
+                        }
+                    }
+                    ModelRef::Dir(path) => InputModel {
+                        sha256: if *path == base_model {
+                            base_fingerprint.clone()
+                        } else {
+                            model_fingerprint(path)
+                                .with_context(|| format!("{at}: {role}: {}", path.display()))?
+                        },
+                        path: path.clone(),
+                        from: None,
+                    },
+                };
+                models.insert(role.clone(), input);
+            }
+            let (config, output) = resolve_config(entry, &input.path, &dir, &base, &out, &models)
                 .with_context(|| at.clone())?;
             let mut data = Vec::new();
-            for path in config.data_files() {
+            for (key, path) in config.data_files() {
                 if path.as_os_str().is_empty() {
-                    bail!("{at}: `data.train_file` is required");
+                    bail!("{at}: `{key}` is required");
                 }
                 if !path.is_file() {
                     bail!("{at}: data file {} does not exist", path.display());
@@ -290,11 +495,29 @@ impl Plan {
                 identity.push_str(&d.sha256);
                 identity.push('\n');
             }
+            for (role, m) in &models {
+                identity.push_str(&format!("{role} {}\n", m.sha256));
+            }
             let from_run = upstream
-                .filter(|u| matches!(u.kind, StageKind::Sft | StageKind::Dpo))
+                .filter(|u| {
+                    matches!(
+                        u.kind,
+                        StageKind::Sft | StageKind::Dpo | StageKind::Grpo | StageKind::Rloo
+                    )
+                })
                 .map(|u| u.dir.clone());
-            let inputs = Inputs { model: input, data };
-            let upstream_runs = upstream.is_some_and(|u| !matches!(u.action, Action::Skip(_)));
+            let inputs = Inputs {
+                model: input,
+                data,
+                models,
+            };
+            // The first stage this one reads a model of that runs.
+            let upstream_runs = from[i]
+                .iter()
+                .chain(&ref_stages[i])
+                .map(|j| &stages[by_index[j]])
+                .find(|u| !matches!(u.action, Action::Skip(_)))
+                .map(|u| u.name.clone());
             let mut stage = Stage {
                 name: entry.name.clone(),
                 kind: entry.kind,
@@ -303,16 +526,11 @@ impl Plan {
                 inputs,
                 sha256: sha256_hex(identity.as_bytes()),
                 config_sha256,
-                output_model,
+                output,
                 from_run,
                 action: Action::Run(String::new()),
             };
-            stage.action = decide(
-                &stage,
-                upstream_runs
-                    .then(|| upstream.map(|u| u.name.clone()))
-                    .flatten(),
-            );
+            stage.action = decide(&stage, upstream_runs);
             by_index.insert(i, stages.len());
             stages.push(stage);
         }
@@ -351,24 +569,37 @@ impl Plan {
         s
     }
 
-    /// The model the last stage writes.
+    /// The model the last stage that writes one writes (the base model
+    /// when only eval stages run).
     pub fn final_model(&self) -> &Path {
-        &self.stages.last().expect("a plan has stages").output_model
+        self.stages
+            .iter()
+            .rev()
+            .find(|s| s.kind != StageKind::Eval)
+            .map_or(&self.base_model, |s| &s.output)
     }
 }
 
-/// The stage's own config type from its table, with the pipeline's paths.
+/// The stage's own config type from its table, with the pipeline's paths
+/// (`models`: the other models it reads, by role, see [`model_refs`]) and
+/// what the stage writes.
 pub(super) fn resolve_config(
     entry: &StageEntry,
     input: &Path,
     dir: &Path,
     base: &Path,
     out: &Path,
+    models: &BTreeMap<String, InputModel>,
 ) -> Result<(StageConfig, PathBuf)> {
     let mut table = entry.config.clone();
-    if entry.kind != StageKind::Export {
+    let path = |p: &Path| toml::Value::String(p.display().to_string());
+    if entry.kind == StageKind::Eval {
+        if let Some(toml::Value::String(p)) = table.get("prompts") {
+            let resolved = path(&absolute(base, Path::new(p))?);
+            table.insert("prompts".into(), resolved);
+        }
+    } else if entry.kind != StageKind::Export {
         // A trainer's model and run directory, and its data relative to the pipeline file.
-        let path = |p: &Path| toml::Value::String(p.display().to_string());
         table.insert("model".into(), path(input));
         table.insert("output_dir".into(), path(dir));
         if let Some(toml::Value::Table(data)) = table.get_mut("data") {
@@ -376,6 +607,33 @@ pub(super) fn resolve_config(
                 if let Some(toml::Value::String(p)) = data.get(key) {
                     let resolved = path(&absolute(base, Path::new(p))?);
                     data.insert(key.into(), resolved);
+                }
+            }
+        }
+    }
+    if let Some((own, other)) = match entry.kind {
+        StageKind::Grpo => Some(("grpo", "rloo")),
+        StageKind::Rloo => Some(("rloo", "grpo")),
+        _ => None,
+    } {
+        // The algorithm's table, as the command expects it; its defaults when absent.
+        if table.contains_key(other) {
+            bail!(
+                "[stage.config] holds an [{other}] table, but the stage is kind = \"{own}\": make it kind = \"{other}\", or the table [{own}]"
+            );
+        }
+        table
+            .entry(own)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        // A reward stage named by the pipeline-only `stage`, or a `path`
+        // relative to the pipeline file: the model's directory.
+        if let Some(toml::Value::Array(rewards)) = table.get_mut("rewards") {
+            for (i, reward) in rewards.iter_mut().enumerate() {
+                if let (Some(reward), Some(m)) =
+                    (reward.as_table_mut(), models.get(&format!("rewards[{i}]")))
+                {
+                    reward.remove("stage");
+                    reward.insert("path".into(), path(&m.path));
                 }
             }
         }
@@ -399,6 +657,18 @@ pub(super) fn resolve_config(
             });
             StageConfig::Dpo(Box::new(c))
         }
+        StageKind::Grpo | StageKind::Rloo => {
+            StageConfig::Rl(Box::new(table.try_into().map_err(bad)?))
+        }
+        StageKind::Eval => {
+            let c: EvalConfig = table.try_into().map_err(bad)?;
+            if c.judges.is_empty() {
+                bail!(
+                    "[stage.config]: `judges` is required: rule:RULE, reward:NAME (a reward stage) or reward:DIR"
+                );
+            }
+            StageConfig::Eval(Box::new(c))
+        }
         StageKind::Export => StageConfig::Export(table.try_into().map_err(bad)?),
     };
     let output = match &config {
@@ -406,6 +676,7 @@ pub(super) fn resolve_config(
             ExportFormat::Merged => "model",
             ExportFormat::Adapter => "adapter",
         }),
+        StageConfig::Eval(_) => dir.join("winrate.json"),
         _ => dir.join("final"),
     };
     Ok((config, output))
@@ -428,6 +699,16 @@ pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
             format!("config changed (`{key}`)")
         } else if m.inputs.model.sha256 != stage.inputs.model.sha256 {
             format!("input model {} changed", stage.inputs.model.path.display())
+        } else if m.inputs.models != stage.inputs.models {
+            stage
+                .inputs
+                .models
+                .iter()
+                .find(|&(role, model)| m.inputs.models.get(role) != Some(model))
+                .map_or_else(
+                    || "the models it reads changed".into(),
+                    |(role, model)| format!("`{role}` model {} changed", model.path.display()),
+                )
         } else {
             let changed = stage
                 .inputs
@@ -440,25 +721,59 @@ pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
         return Action::Run(why);
     }
     match m.status {
-        Status::Completed if stage.output_model.exists() => {
+        Status::Completed if stage.output.exists() => {
             Action::Skip("unchanged since it completed".into())
         }
-        Status::Completed => Action::Run(format!(
-            "its output {} is gone",
-            stage.output_model.display()
-        )),
+        Status::Completed => Action::Run(format!("its output {} is gone", stage.output.display())),
         Status::Running | Status::Interrupted | Status::Failed => {
             let checkpoint =
                 list_checkpoints(&stage.dir.join(alignkit_train::run::CHECKPOINTS_DIR))
                     .ok()
                     .and_then(|mut c| c.pop());
             match checkpoint {
-                Some(c) if stage.kind != StageKind::Export => Action::Resume(format!(
+                _ if matches!(stage.kind, StageKind::Export | StageKind::Eval) => {
+                    Action::Run("the previous run did not finish".into())
+                }
+                Some(c) => Action::Resume(format!(
                     "stopped at step {}; resuming from its checkpoint",
                     c.step
                 )),
-                _ => Action::Run("the previous run stopped before its first checkpoint".into()),
+                None => Action::Run("the previous run stopped before its first checkpoint".into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order;
+
+    /// A stage runs after the stages whose models it reads, whatever the
+    /// file order; a cycle is named.
+    #[test]
+    fn order_follows_from_and_the_models_read() {
+        let names: Vec<String> = ["grpo", "sft", "rm", "eval"].map(String::from).into();
+        // grpo takes sft's policy and reads rm; rm takes sft's; eval takes
+        // grpo's and reads rm.
+        let refs = [vec![2], vec![], vec![], vec![2]];
+        let from = [Some(1), None, Some(1), Some(0)];
+        assert_eq!(order(&names, &from, &refs).unwrap(), [1, 2, 0, 3]);
+        let from = [Some(1), None, Some(0), Some(0)];
+        let err = order(&names, &from, &refs).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "pipeline: stages form a cycle through `from` and the models they read: grpo → rm → grpo"
+        );
+        let err = order(
+            &names,
+            &[Some(2), None, Some(0), None],
+            &[vec![], vec![], vec![], vec![]],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "pipeline: stages form a cycle through `from`: grpo → rm → grpo"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use alignkit_dpo::DpoConfig;
+use alignkit_ppo::RlConfig;
 use alignkit_reward::RewardConfig;
 use alignkit_sft::SftConfig;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub enum StageKind {
     Sft,
     Reward,
     Dpo,
+    Grpo,
+    Rloo,
+    Eval,
     Export,
 }
 
@@ -42,13 +46,16 @@ impl StageKind {
             StageKind::Sft => "sft",
             StageKind::Reward => "reward",
             StageKind::Dpo => "dpo",
+            StageKind::Grpo => "grpo",
+            StageKind::Rloo => "rloo",
+            StageKind::Eval => "eval",
             StageKind::Export => "export",
         }
     }
 
     /// Whether the stage's output is a policy (a causal LM) later stages take.
     pub(super) fn outputs_policy(self) -> bool {
-        !matches!(self, StageKind::Reward)
+        !matches!(self, StageKind::Reward | StageKind::Eval)
     }
 }
 
@@ -86,12 +93,65 @@ pub enum ExportDtype {
     Bf16,
 }
 
+/// The `[stage.config]` table of an `eval` stage: the settings of `alignkit
+/// eval winrate`, under its flags' names and with their defaults. The policy
+/// is the stage's input model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Prompts JSONL (relative: to the pipeline file).
+    pub prompts: PathBuf,
+    /// `rule:RULE`, `reward:NAME` (a reward stage's model) or `reward:DIR`.
+    pub judges: Vec<String>,
+    /// A stage's name or a model directory; absent: the pipeline's base model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// Render string prompts as a user turn with each model's chat template.
+    pub chat: bool,
+    /// Prompts generated together.
+    pub batch_size: usize,
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    /// With a reward judge: reward differences within ± this count as ties.
+    pub tie_margin: f64,
+}
+
+impl Default for EvalConfig {
+    /// `alignkit eval winrate`'s flag defaults (a test holds them equal).
+    fn default() -> Self {
+        Self {
+            prompts: PathBuf::new(),
+            judges: Vec::new(),
+            baseline: None,
+            chat: false,
+            batch_size: 8,
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 0,
+            stop: Vec::new(),
+            tie_margin: 0.0,
+        }
+    }
+}
+
 /// A stage's resolved config, as its own crate's type.
 #[derive(Debug, Clone)]
 pub enum StageConfig {
     Sft(Box<SftConfig>),
     Reward(Box<RewardConfig>),
     Dpo(Box<DpoConfig>),
+    /// GRPO or RLOO, told apart by the config's table (as the commands do).
+    Rl(Box<RlConfig>),
+    Eval(Box<EvalConfig>),
     Export(ExportConfig),
 }
 
@@ -101,6 +161,8 @@ impl StageConfig {
             StageConfig::Sft(c) => serde_json::to_value(c),
             StageConfig::Reward(c) => serde_json::to_value(c),
             StageConfig::Dpo(c) => serde_json::to_value(c),
+            StageConfig::Rl(c) => serde_json::to_value(c),
+            StageConfig::Eval(c) => serde_json::to_value(c),
             StageConfig::Export(c) => serde_json::to_value(c),
         };
         v.expect("stage configs serialize")
@@ -111,19 +173,80 @@ impl StageConfig {
             StageConfig::Sft(c) => c.to_toml(),
             StageConfig::Reward(c) => c.to_toml(),
             StageConfig::Dpo(c) => c.to_toml(),
+            StageConfig::Rl(c) => c.to_toml(),
+            StageConfig::Eval(c) => toml::to_string(c).expect("EvalConfig serializes"),
             StageConfig::Export(c) => toml::to_string(c).expect("ExportConfig serializes"),
         }
     }
 
-    pub(super) fn data_files(&self) -> Vec<PathBuf> {
+    /// The data files the stage reads, each with its config key.
+    pub(super) fn data_files(&self) -> Vec<(&'static str, PathBuf)> {
         let (train, validation) = match self {
             StageConfig::Sft(c) => (&c.data.train_file, &c.data.validation_file),
             StageConfig::Reward(c) => (&c.data.train_file, &c.data.validation_file),
             StageConfig::Dpo(c) => (&c.data.train_file, &c.data.validation_file),
+            StageConfig::Rl(c) => (&c.data.train_file, &None),
+            StageConfig::Eval(c) => return vec![("prompts", c.prompts.clone())],
             StageConfig::Export(_) => return Vec::new(),
         };
-        std::iter::once(train.clone())
-            .chain(validation.clone())
+        std::iter::once(("data.train_file", train.clone()))
+            .chain(validation.clone().map(|v| ("data.validation_file", v)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::EvalConfig;
+    use crate::eval::EvalCommand;
+    use crate::{Cli, Command};
+
+    /// An eval stage's defaults are `alignkit eval winrate`'s.
+    #[test]
+    fn eval_stage_defaults_are_the_commands() {
+        let argv = [
+            "alignkit",
+            "eval",
+            "winrate",
+            "--policy",
+            "p",
+            "--baseline",
+            "b",
+            "--prompts",
+            "p.jsonl",
+            "--judge",
+            "rule:one-sentence",
+        ];
+        let Command::Eval(EvalCommand::Winrate(a)) = Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("not eval winrate");
+        };
+        let d = EvalConfig::default();
+        assert_eq!(
+            (d.chat, d.batch_size, d.tie_margin),
+            (a.chat, a.batch_size, a.tie_margin)
+        );
+        let s = &a.sampling;
+        assert_eq!(
+            (
+                d.max_new_tokens,
+                d.temperature,
+                d.top_k,
+                d.top_p,
+                d.min_p,
+                d.seed
+            ),
+            (
+                s.max_new_tokens,
+                s.temperature,
+                s.top_k,
+                s.top_p,
+                s.min_p,
+                s.seed
+            )
+        );
+        assert_eq!(d.stop, s.stop);
     }
 }
