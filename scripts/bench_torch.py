@@ -14,6 +14,13 @@ Same model directory, shapes and measurements as alignkit's bench:
                        forward, reference log-probs under no_grad every step (full: a
                        frozen copy; LoRA: the same model inside `disable_adapter()`),
                        TRL's sigmoid loss with beta 0.1, clip, AdamW (lr 1e-6)
+  rollout              GRPO-style sampled generation: --rollout-rows rows, G = 8 per
+                       prompt (row r samples prompt r // 8; prompt p has
+                       L - (p % 4) * L // 8 random tokens, L = --rollout-prompt),
+                       left-padded, one `generate` call with do_sample, temperature 1,
+                       no top-k/top-p and no EOS, --rollout-tokens new tokens per row;
+                       reports {"rollout_s", "tokens_per_s", "rows", "generated_tokens"}
+                       (tokens/s = generated tokens / seconds, prefill included)
 Each step section reports {"step_s", "tokens_per_s", "trainable_params"}.
 Medians over --steps timed repetitions after one warm-up. Prints one JSON line.
 """
@@ -27,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-SECTIONS = ["forward", "train_step", "decode", "sft_full", "sft_lora", "dpo_full", "dpo_lora"]
+SECTIONS = ["forward", "train_step", "decode", "sft_full", "sft_lora", "dpo_full", "dpo_lora",
+            "rollout"]
+ROLLOUT_GROUP = 8
 
 
 def load(path):
@@ -95,6 +104,21 @@ def dpo_step(reference, ids, loss_mask, beta=0.1, label_smoothing=0.0):
     return step
 
 
+def rollout_batch(rows, prompt, vocab):
+    """The rollout batch as alignkit's bench builds it: row r samples prompt r // G,
+    prompt p has `prompt - (p % 4) * prompt // 8` random tokens, left padding (id 0)."""
+    n = -(-rows // ROLLOUT_GROUP)
+    prompts = [torch.randint(0, vocab, (prompt - (p % 4) * prompt // 8,)) for p in range(n)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(rows, width, dtype=torch.long)
+    mask = torch.zeros(rows, width, dtype=torch.long)
+    for r in range(rows):
+        p = prompts[r // ROLLOUT_GROUP]
+        ids[r, width - len(p):] = p
+        mask[r, width - len(p):] = 1
+    return ids, mask
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -102,6 +126,9 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--rollout-rows", type=int, default=16)
+    ap.add_argument("--rollout-prompt", type=int, default=64)
+    ap.add_argument("--rollout-tokens", type=int, default=64)
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help="comma-separated sections: " + ", ".join(SECTIONS))
     args = ap.parse_args()
@@ -200,6 +227,26 @@ def main():
 
         step = dpo_step(adapters_off, pair_ids, loss_mask)
         out["dpo_lora"] = step_section(m, step, 1e-6, args.steps, tokens)
+        del m
+
+    if "rollout" in only:
+        m = load(args.model).eval()
+        ids_r, mask_r = rollout_batch(args.rollout_rows, args.rollout_prompt, vocab)
+        n = args.rollout_tokens
+        gen = None
+
+        def rollout():
+            nonlocal gen
+            with torch.no_grad():
+                gen = m.generate(input_ids=ids_r, attention_mask=mask_r, do_sample=True,
+                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n,
+                                 min_new_tokens=n, eos_token_id=None, pad_token_id=0,
+                                 use_cache=True)
+
+        rollout_s = timed(args.steps, rollout)
+        generated = gen.shape[0] * (gen.shape[1] - ids_r.shape[1])
+        out["rollout"] = {"rollout_s": rollout_s, "tokens_per_s": generated / rollout_s,
+                          "rows": args.rollout_rows, "generated_tokens": generated}
         del m
 
     out["torch"] = torch.__version__

@@ -1,6 +1,7 @@
 //! `alignkit bench`: forward, training step (forward + backward + AdamW) and
-//! greedy decode speed, and full / LoRA SFT and DPO steps as the trainers run
-//! them, optionally next to PyTorch measured in the same run.
+//! greedy decode speed, full / LoRA SFT and DPO steps as the trainers run
+//! them, and batched sampled rollouts as GRPO draws them, optionally next to
+//! PyTorch measured in the same run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +13,9 @@ use alignkit_model::logprobs::sequence_logprobs;
 use alignkit_model::lora::{LoraConfig, TargetModules};
 use alignkit_model::mask::attention_mask;
 use alignkit_model::{
-    ForwardInput, LlamaConfig, LlamaForCausalLM, SamplingConfig, generate, load_model,
+    ForwardInput, LlamaConfig, LlamaForCausalLM, SamplingConfig, generate, load_model, sample,
 };
+use alignkit_ppo::rollout::sample_seed;
 use alignkit_sft::SftConfig;
 use alignkit_sft::loss::{batch_loss, trained_positions};
 use alignkit_train::weights::load_trainable;
@@ -47,6 +49,15 @@ pub struct BenchArgs {
     /// Tokens to decode greedily at batch 1.
     #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
+    /// Rollout rows: G = 8 samples of each prompt (16 = 2 prompts × 8).
+    #[arg(long, default_value_t = 16)]
+    pub rollout_rows: usize,
+    /// Tokens of the longest rollout prompt; the others are shorter (left-padded).
+    #[arg(long, default_value_t = 64)]
+    pub rollout_prompt: usize,
+    /// Tokens sampled for every rollout row (no EOS: each row gets all of them).
+    #[arg(long, default_value_t = 64)]
+    pub rollout_tokens: usize,
     /// Run only these measurements (comma-separated); all when absent.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Section>,
@@ -76,6 +87,8 @@ pub enum Section {
     DpoFull,
     /// The DPO trainer's step, LoRA; reference = the policy without adapters.
     DpoLora,
+    /// GRPO-style rollouts: P prompts × G sampled completions in one batch.
+    Rollout,
 }
 
 impl Section {
@@ -89,6 +102,7 @@ impl Section {
             Section::SftLora => "sft_lora",
             Section::DpoFull => "dpo_full",
             Section::DpoLora => "dpo_lora",
+            Section::Rollout => "rollout",
         }
     }
 }
@@ -114,6 +128,18 @@ pub struct StepResult {
     pub trainable_params: usize,
 }
 
+/// One batch of sampled rollouts, prefill included.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutResult {
+    /// Seconds per batch.
+    pub rollout_s: f64,
+    /// Generated tokens (rows × new tokens) per second.
+    pub tokens_per_s: f64,
+    pub rows: usize,
+    /// Tokens generated per batch, summed over its rows.
+    pub generated_tokens: usize,
+}
+
 /// The measurements that ran; the others are `null`. Seconds are medians.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -125,6 +151,7 @@ pub struct BenchResult {
     pub sft_lora: Option<StepResult>,
     pub dpo_full: Option<StepResult>,
     pub dpo_lora: Option<StepResult>,
+    pub rollout: Option<RolloutResult>,
     /// PyTorch side only: its version and intra-op threads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torch: Option<String>,
@@ -288,6 +315,74 @@ fn step_result(times: Vec<f64>, batch: &Batch, trainable_params: usize) -> StepR
     }
 }
 
+/// Completions sampled per prompt in the rollout batch (GRPO's G).
+const ROLLOUT_GROUP: usize = 8;
+
+/// The rollout batch's prompts, one per row: row r samples prompt r / G, and
+/// prompt p has `len - (p % 4) * len / 8` random tokens (64, 56, 48, 40, ...),
+/// so shorter rows are left-padded. scripts/bench_torch.py builds the same shape.
+fn rollout_prompts(rows: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(1);
+    let prompts: Vec<Vec<u32>> = (0..rows.div_ceil(ROLLOUT_GROUP))
+        .map(|p| {
+            (0..len - (p % 4) * len / 8)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect()
+        })
+        .collect();
+    (0..rows)
+        .map(|r| prompts[r / ROLLOUT_GROUP].clone())
+        .collect()
+}
+
+/// Sampled rollouts as GRPO's step 1 draws them (`alignkit_ppo::rollout`):
+/// the inference model prepared for decoding, one `sample` call over every
+/// row, temperature 1 without top-k/top-p, each row with its own seed, each
+/// token's log-prob recorded. No EOS and no stop condition, so every row
+/// generates `tokens`.
+fn rollout_steps<B: Backend>(
+    dir: &Path,
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    steps: usize,
+    device: &B::Device,
+) -> Result<RolloutResult> {
+    let (_, model) = load_model::<B>(dir, device)?;
+    let model = model.for_decoding();
+    let config = SamplingConfig {
+        max_new_tokens: tokens,
+        temperature: 1.0,
+        ..SamplingConfig::default()
+    };
+    let mut times = Vec::new();
+    let mut generated_tokens = 0;
+    for i in 0..=steps {
+        let seeds: Vec<u64> = (0..prompts.len())
+            .map(|r| sample_seed(0, i, r / ROLLOUT_GROUP, r % ROLLOUT_GROUP, ROLLOUT_GROUP))
+            .collect();
+        let start = Instant::now();
+        let out = sample(
+            &model,
+            prompts,
+            &[],
+            0,
+            &config,
+            &seeds,
+            |_, _| false,
+            device,
+        )?;
+        record(&mut times, i, start);
+        generated_tokens = out.iter().map(|s| s.generation.tokens.len()).sum();
+    }
+    let rollout_s = median(times);
+    Ok(RolloutResult {
+        rollout_s,
+        tokens_per_s: generated_tokens as f64 / rollout_s,
+        rows: prompts.len(),
+        generated_tokens,
+    })
+}
+
 impl BenchArgs {
     fn runs(&self, section: Section) -> bool {
         self.only.is_empty() || self.only.contains(&section)
@@ -374,6 +469,12 @@ impl Task for BenchArgs {
         if dpo && (b % 2 != 0 || t < 4) {
             bail!("DPO needs an even --batch (chosen + rejected rows) and --seq at least 4");
         }
+        let rollout = self.runs(Section::Rollout);
+        if rollout
+            && (self.rollout_rows == 0 || self.rollout_prompt == 0 || self.rollout_tokens == 0)
+        {
+            bail!("--rollout-rows, --rollout-prompt and --rollout-tokens must be positive");
+        }
         let mut rng = StdRng::seed_from_u64(0);
         let ids: Vec<i64> = (0..b * t)
             .map(|_| rng.random_range(0..config.vocab_size as i64))
@@ -415,6 +516,17 @@ impl Task for BenchArgs {
                 )?);
             }
         }
+        if rollout {
+            let prompts =
+                rollout_prompts(self.rollout_rows, self.rollout_prompt, config.vocab_size);
+            out.rollout = Some(rollout_steps::<B::InnerBackend>(
+                &dir,
+                &prompts,
+                self.rollout_tokens,
+                self.steps,
+                &device,
+            )?);
+        }
         Ok(out)
     }
 }
@@ -432,6 +544,12 @@ fn torch_args(dir: &Path, args: &BenchArgs) -> Vec<String> {
         args.steps.to_string(),
         "--decode-tokens".into(),
         args.decode_tokens.to_string(),
+        "--rollout-rows".into(),
+        args.rollout_rows.to_string(),
+        "--rollout-prompt".into(),
+        args.rollout_prompt.to_string(),
+        "--rollout-tokens".into(),
+        args.rollout_tokens.to_string(),
     ];
     if !args.only.is_empty() {
         let names: Vec<&str> = args.only.iter().map(|s| s.as_str()).collect();
@@ -481,6 +599,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let json = args.json;
     let device = args.model.device;
     let shape = format!("batch {} x {} tokens", args.batch, args.seq);
+    let rollout_shape = format!(
+        "rollout: {} rows ({} per prompt), prompts of up to {} tokens, {} sampled tokens, temperature 1",
+        args.rollout_rows, ROLLOUT_GROUP, args.rollout_prompt, args.rollout_tokens
+    );
     let torch = args
         .torch
         .clone()
@@ -498,6 +620,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!("{shape}, device {device:?}");
+    if ours.rollout.is_some() {
+        println!("{rollout_shape}");
+    }
     if let Some(t) = &theirs {
         println!(
             "pytorch {} ({} threads)",
@@ -550,6 +675,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             false,
         );
     }
+    let (a, b) = (ours.rollout.as_ref(), pt.and_then(|r| r.rollout.as_ref()));
+    row(
+        "rollout (s)",
+        a.map(|r| r.rollout_s),
+        b.map(|r| r.rollout_s),
+        true,
+    );
+    row(
+        "rollout (tokens/s)",
+        a.map(|r| r.tokens_per_s),
+        b.map(|r| r.tokens_per_s),
+        false,
+    );
     println!("ratio = alignkit time / pytorch time (≤ 1.0 means alignkit is as fast or faster)");
     for (name, get) in steps {
         if let Some(a) = get(&ours) {

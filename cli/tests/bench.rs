@@ -125,3 +125,82 @@ print(json.dumps({"forward_s": None, "sft_lora": {"step_s": 2.0, "tokens_per_s":
     assert!(!text.contains("forward (s)"), "{text}");
     assert!(text.contains("trainable parameters"), "{text}");
 }
+
+/// Rollouts: every row samples all its tokens (the tiny model's EOS, id 2 of
+/// 96, would end most of 400 sampled tokens' rows early if it counted), the
+/// shorter prompt is left-padded, and the PyTorch script gets the same shape.
+#[test]
+fn rollout_samples_every_row_to_full_length_and_torch_gets_its_shape() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model(&root.path().join("m"));
+    // 10 rows = prompt 0 (8 tokens) × 8 + prompt 1 (7 tokens) × 2.
+    let shape = [
+        "--rollout-rows",
+        "10",
+        "--rollout-prompt",
+        "8",
+        "--rollout-tokens",
+        "40",
+    ];
+    let v = json(&bench(
+        &model,
+        &[&["--only", "rollout"][..], &shape].concat(),
+    ));
+    let r = &v["alignkit"]["rollout"];
+    assert_eq!(r["rows"], 10, "{v}");
+    assert_eq!(r["generated_tokens"], 400, "{v}");
+    let secs = r["rollout_s"].as_f64().unwrap();
+    assert!((r["tokens_per_s"].as_f64().unwrap() * secs - 400.0).abs() < 1e-6);
+    for skipped in ["forward_s", "decode_tokens_per_s", "sft_full", "dpo_lora"] {
+        assert!(v["alignkit"][skipped].is_null(), "{skipped} ran: {v}");
+    }
+
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped the PyTorch half: no python3");
+        return;
+    }
+    let script = root.path().join("fake_torch.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+a = sys.argv[1:]
+arg = lambda k: a[a.index(k) + 1]
+assert arg("--only") == "rollout", a
+assert (arg("--rollout-rows"), arg("--rollout-prompt"), arg("--rollout-tokens")) == ("10", "8", "40"), a
+print(json.dumps({"rollout": {"rollout_s": 4.0, "tokens_per_s": 100.0, "rows": 10,
+      "generated_tokens": 400}, "torch": "fake", "threads": 1}))
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["bench", "--model"])
+        .arg(&model)
+        .args(["--steps", "1", "--only", "rollout", "--torch"])
+        .arg(&script)
+        .args(shape)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ratio = alignkit time / PyTorch time: on tokens/s, PyTorch's 100 / ours.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rollout (tokens/s)"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    assert_eq!(cols.len(), 3, "{line}");
+    assert_eq!(cols[1], 100.0, "{line}");
+    assert!(
+        (cols[2] - 100.0 / cols[0]).abs() < 0.01 + 1e-3 * cols[2],
+        "{line}"
+    );
+    assert!(text.contains("rollout (s)"), "{text}");
+    assert!(text.contains("10 rows (8 per prompt)"), "{text}");
+}
