@@ -344,6 +344,30 @@ impl Encoder {
         Ok(ids)
     }
 
+    /// Whether `prompt` is rendered through the chat template (a message
+    /// list, or a string with `PlainText::Chat`).
+    pub fn is_chat(&self, prompt: &Turns) -> bool {
+        self.as_messages(prompt, None).is_some()
+    }
+
+    /// What the chat template renders after an assistant turn's end-of-turn
+    /// token (ChatML: the newline after `<|im_end|>`): the tokens a
+    /// [`CompletionEnd::Template`] sequence ends with after a generated reply.
+    /// Empty without a chat template.
+    pub fn turn_trailer(&self) -> Vec<u32> {
+        let turn = [
+            Message::new(Role::User, "?".to_string()),
+            Message::new(Role::Assistant, "!".to_string()),
+        ];
+        let Ok(ids) = self.chat_ids(&turn, false) else {
+            return Vec::new();
+        };
+        match ids.iter().rposition(|&i| self.tokenizer.is_end_of_turn(i)) {
+            Some(j) => ids[j + 1..].to_vec(),
+            None => Vec::new(),
+        }
+    }
+
     fn as_messages(&self, prompt: &Turns, completion: Option<&Turns>) -> Option<Vec<Message>> {
         let mut out = Vec::new();
         match prompt {

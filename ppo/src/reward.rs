@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use alignkit_datasets::Tokenizer;
 use alignkit_eval::Rule;
+use alignkit_model::FinishReason;
 use alignkit_model::heads::{RewardModel, load_reward_model};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -211,6 +212,9 @@ pub struct Rewards<B: Backend> {
     weights: Vec<f64>,
     scorers: Vec<Scorer<B>>,
     pad_id: u32,
+    /// Appended after a chat reply's end-of-turn token for a reward model
+    /// (see [`Rewards::load`]).
+    trailer: Vec<u32>,
     batch_size: usize,
 }
 
@@ -225,10 +229,15 @@ pub struct Scores {
 
 impl<B: Backend> Rewards<B> {
     /// Load every reward function (reward models on `device`, no gradients).
-    /// Run [`validate`] first.
+    /// Run [`validate`] first. `trailer` is what the chat template renders
+    /// after a reply's end-of-turn token (`Encoder::turn_trailer`; ChatML's
+    /// newline): a reward model reads a chat reply that ended its turn after
+    /// it, where `alignkit reward score`, transformers and TRL read the same
+    /// reply rendered by the template.
     pub fn load(
         specs: &[RewardKind],
         pad_id: u32,
+        trailer: Vec<u32>,
         batch_size: usize,
         device: &B::Device,
     ) -> Result<Self> {
@@ -249,6 +258,7 @@ impl<B: Backend> Rewards<B> {
             weights: specs.iter().map(RewardKind::weight).collect(),
             scorers,
             pad_id,
+            trailer,
             batch_size,
         })
     }
@@ -275,7 +285,14 @@ impl<B: Backend> Rewards<B> {
                 Scorer::Model(model) => {
                     let mut out = Vec::with_capacity(completions.len());
                     for chunk in completions.chunks(self.batch_size.max(1)) {
-                        out.extend(model_scores(model, prompts, chunk, self.pad_id, device));
+                        out.extend(model_scores(
+                            model,
+                            prompts,
+                            chunk,
+                            self.pad_id,
+                            &self.trailer,
+                            device,
+                        ));
                     }
                     if let Some((c, s)) = completions.iter().zip(&out).find(|(_, s)| !s.is_finite())
                     {
@@ -323,11 +340,21 @@ fn model_scores<B: Backend>(
     prompts: &[Prompt],
     completions: &[Completion],
     pad_id: u32,
+    trailer: &[u32],
     device: &B::Device,
 ) -> Vec<f64> {
+    let replies: Vec<Vec<u32>> = completions
+        .iter()
+        .map(|c| {
+            let ended_turn = c.finish == FinishReason::Eos && prompts[c.prompt].chat;
+            let tail = if ended_turn { trailer } else { &[] };
+            [c.tokens.as_slice(), tail].concat()
+        })
+        .collect();
     let rows: Vec<(&[u32], &[u32])> = completions
         .iter()
-        .map(|c| (prompts[c.prompt].ids.as_slice(), c.tokens.as_slice()))
+        .zip(&replies)
+        .map(|(c, reply)| (prompts[c.prompt].ids.as_slice(), reply.as_slice()))
         .collect();
     let tokens = ScoredTokens::new(&rows, &vec![false; rows.len()], pad_id);
     let last: Vec<usize> = tokens

@@ -43,6 +43,8 @@ pub struct Prompt {
     pub ids: Vec<u32>,
     /// Fields of the record other than `prompt`, for the rewards.
     pub fields: Map<String, Value>,
+    /// Rendered through the chat template (its replies end a turn).
+    pub chat: bool,
 }
 
 /// Read and tokenize every prompt of `path`. A record without `prompt`, a
@@ -59,6 +61,7 @@ pub fn load_prompts(path: &Path, encoder: &Encoder) -> Result<Vec<Prompt>> {
             });
         }
         out.push(Prompt {
+            chat: encoder.is_chat(&rec.value.prompt),
             at: rec.at,
             prompt: rec.value.prompt,
             ids: ex.prompt_ids,

@@ -223,8 +223,13 @@ pub fn train<B: AutodiffBackend>(
             load_model::<B::InnerBackend>(&config.model, device)?.1,
         )),
     };
-    let rewards =
-        Rewards::<B::InnerBackend>::load(&config.rewards, pad_id, config.train.batch_size, device)?;
+    let rewards = Rewards::<B::InnerBackend>::load(
+        &config.rewards,
+        pad_id,
+        encoder.turn_trailer(),
+        config.train.batch_size,
+        device,
+    )?;
 
     let mut opt = match &ckpt_path {
         Some(dir) => AdamW::<B::InnerBackend>::load(

@@ -467,3 +467,102 @@ fn an_uncomputable_reward_names_the_prompt() {
         "{err}"
     );
 }
+
+/// A chat reply that ended its turn is scored after the template's trailer
+/// (ChatML's newline after `<|im_end|>`): where `alignkit reward score`,
+/// transformers and TRL read the same conversation rendered whole — not at
+/// the end-of-turn token, where the score differs.
+#[test]
+fn a_reward_model_reads_a_chat_reply_where_the_rendered_conversation_ends() {
+    use alignkit_datasets::{EncodeConfig, Encoder, Location, Message, Role, Turns};
+    use alignkit_model::{FinishReason, ForwardInput, heads::load_reward_model, mask};
+    use alignkit_ppo::reward::Rewards;
+    use alignkit_ppo::rollout::{Completion, Prompt};
+    use burn::tensor::{Int, Tensor, TensorData};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rm = reward_model_dir(&tmp.path().join("rm"));
+    let device = Default::default();
+    let encoder = Encoder::from_dir(&rm, EncodeConfig::default()).unwrap();
+    let trailer = encoder.turn_trailer();
+    assert_eq!(trailer, encoder.tokenizer().encode_raw("\n").unwrap());
+
+    let user = vec![Message::new(Role::User, "sky?".to_string())];
+    let prompt_ids = encoder.chat_ids(&user, true).unwrap();
+    let mut reply = encoder.tokenizer().encode_raw("blue.").unwrap();
+    reply.push(2); // <|im_end|>
+    let prompts = [Prompt {
+        at: Location {
+            path: "p.jsonl".into(),
+            line: 1,
+        },
+        prompt: Turns::Messages(user.clone()),
+        ids: prompt_ids,
+        fields: Default::default(),
+        chat: true,
+    }];
+    let completion = |finish| Completion {
+        prompt: 0,
+        sample: 0,
+        tokens: reply.clone(),
+        logprobs: vec![0.0; reply.len()],
+        finish,
+        text: "blue.".into(),
+    };
+    let spec = [RewardKind::Model {
+        path: rm.clone(),
+        name: None,
+        weight: 1.0,
+    }];
+    let rewards = Rewards::<B>::load(&spec, 2, trailer, 4, &device).unwrap();
+    let scored = rewards
+        .score(
+            &prompts,
+            &[
+                completion(FinishReason::Eos),
+                completion(FinishReason::Length),
+            ],
+            &device,
+        )
+        .unwrap()
+        .total;
+
+    // The whole conversation as the template renders it, scored at every token.
+    let mut turns = user;
+    turns.push(Message::new(Role::Assistant, "blue.".to_string()));
+    let full = encoder.chat_ids(&turns, false).unwrap();
+    let t = full.len();
+    let ids: Vec<i64> = full.iter().map(|&i| i as i64).collect();
+    let input = ForwardInput {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device),
+        positions: Tensor::<B, 2, Int>::from_data(
+            TensorData::new((0..t as i64).collect::<Vec<_>>(), [1, t]),
+            &device,
+        ),
+        mask: mask::attention_mask::<B>(&[vec![true; t]], t, None, &device),
+    };
+    let per_token = load_reward_model::<B>(&rm, &device)
+        .unwrap()
+        .1
+        .token_scores(input)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap();
+    let (at_newline, at_end_of_turn) = (per_token[t - 1], per_token[t - 2]);
+    assert!(
+        (scored[0] - at_newline).abs() < 1e-5,
+        "{} vs {at_newline}",
+        scored[0]
+    );
+    assert!(
+        (at_newline - at_end_of_turn).abs() > 1e-4,
+        "the test can tell them apart"
+    );
+    // A reply cut at the length limit ended no turn: read at its last token.
+    assert!(
+        (scored[1] - at_end_of_turn).abs() < 1e-5,
+        "{} vs {at_end_of_turn}",
+        scored[1]
+    );
+}
