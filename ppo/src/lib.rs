@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gae;
 pub mod loss;
 pub mod metrics;
 pub mod reward;
