@@ -334,6 +334,42 @@ pub fn rloo_loss<B: Backend>(
     }
 }
 
+/// PPO's clipped value loss and how often the clipped branch decided it.
+#[derive(Debug, Clone)]
+pub struct ValueLoss<B: Backend> {
+    /// The micro-batch's contribution to the step's loss. [1]
+    pub loss: Tensor<B, 1>,
+    /// 1 where the clipped error was the larger (no gradient). [N]
+    pub clipped: Tensor<B, 1>,
+}
+
+/// PPO's value loss over the trained tokens of one micro-batch (Huang et al.
+/// 2024, detail 12; TRL's `PPOTrainer`): the critic's new values V may move
+/// at most ε_v from the values V_old it gave when the rollout was scored,
+///
+/// ```text
+/// Σ_t w_t · ½·max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, −ε_v, ε_v) − R_t)²)
+/// ```
+///
+/// with R_t the GAE returns ([`crate::gae::gae`]) and w_t the token weights
+/// (1/N for the mean over N tokens). Shapes: all [N].
+pub fn value_loss<B: Backend>(
+    values: Tensor<B, 1>,
+    old_values: Tensor<B, 1>,
+    returns: Tensor<B, 1>,
+    weight: Tensor<B, 1>,
+    clip_range: f64,
+) -> ValueLoss<B> {
+    let moved = (values.clone() - old_values.clone()).clamp(-clip_range, clip_range);
+    let unclipped = (values - returns.clone()).powi_scalar(2);
+    let clipped = (old_values + moved - returns).powi_scalar(2);
+    let which = clipped.clone().greater(unclipped.clone()).float().detach();
+    ValueLoss {
+        loss: (unclipped.max_pair(clipped) * weight).sum().mul_scalar(0.5),
+        clipped: which,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +395,29 @@ mod tests {
         low: 0.2,
         high: 0.28,
     };
+
+    /// ε_v = 0.2, weights ½ each.
+    /// Token 0: V 1.0, V_old 0.5, R 2: unclipped (1 − 2)² = 1, clipped V 0.7 →
+    /// (0.7 − 2)² = 1.69, the larger (counted clipped; no gradient to V).
+    /// Token 1: V 1.0, V_old 0.5, R 0: unclipped 1, clipped 0.49 → 1, gradient
+    /// ½·½·2·(V − R) = 0.5. Loss ½·(½·1.69 + ½·1) = 0.6725.
+    #[test]
+    fn value_loss_clips_the_critic_s_move() {
+        let v = t(&[1.0, 1.0]).require_grad();
+        let out = value_loss(
+            v.clone(),
+            t(&[0.5, 0.5]),
+            t(&[2.0, 0.0]),
+            t(&[0.5, 0.5]),
+            0.2,
+        );
+        close(&values(out.loss.clone()), &[0.6725], 1e-6);
+        close(&values(out.clipped), &[1.0, 0.0], 0.0);
+        let grads = out.loss.backward();
+        let g = v.grad(&grads).unwrap();
+        let g: Vec<f64> = g.into_data().convert::<f64>().into_vec::<f64>().unwrap();
+        close(&g, &[0.0, 0.5], 1e-6);
+    }
 
     #[test]
     fn leave_one_out_baseline() {
