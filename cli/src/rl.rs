@@ -72,8 +72,11 @@ pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
             Algorithm::Rloo => config.rloo.is_some(),
         };
         if !holds {
-            let origin = path.map_or("<flags>".into(), |p| p.display().to_string());
-            bail!("{origin}: no [{t}] table: `alignkit {t}` trains the algorithm of that table");
+            let origin = alignkit_train::config_origin(path);
+            bail!(
+                "{}: no [{t}] table: `alignkit {t}` trains the algorithm of that table",
+                origin.display()
+            );
         }
         Ok(config)
     })

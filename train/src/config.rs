@@ -290,6 +290,12 @@ pub enum LoadError {
     Override { origin: String, message: String },
 }
 
+/// How error messages name a config's source: its path, or `<flags>` when
+/// every setting came from the command line.
+pub fn config_origin(path: Option<&Path>) -> PathBuf {
+    path.map_or_else(|| PathBuf::from("<flags>"), Path::to_path_buf)
+}
+
 /// Read a TOML run config from `path` (none: every default), then apply
 /// `overrides` (`key=value`, as given by `--set` or the CLI's flags; see
 /// [`set_key`]). Unknown keys are errors.
@@ -303,9 +309,9 @@ pub fn load_config<T: DeserializeOwned>(
                 path: p.to_path_buf(),
                 source,
             })?,
-            p.to_path_buf(),
+            config_origin(path),
         ),
-        None => (String::new(), PathBuf::from("<flags>")),
+        None => (String::new(), config_origin(None)),
     };
     let file_error = |e: toml::de::Error| {
         let (line, column, message) = toml_error_position(&text, &e);
