@@ -210,7 +210,7 @@ fn a_killed_run_resumes_bit_for_bit() {
         assert!(killed.is_err());
         let partial = leave_partial_checkpoint(&c2.output_dir, 4);
         let mut steps = Vec::new();
-        let out = train::<AB>(&c2, &Default::default(), resume(), &mut |e| {
+        let out = train::<AB>(&c2, &Default::default(), RunOptions::RESUME, &mut |e| {
             if let Event::Step(m) = e {
                 steps.push(m.step);
             }
@@ -235,13 +235,6 @@ fn a_killed_run_resumes_bit_for_bit() {
     }
 }
 
-fn resume() -> RunOptions<'static> {
-    RunOptions {
-        resume: true,
-        stop: None,
-    }
-}
-
 /// The resume contract: β, the seed or the data's content refuse in one line
 /// naming each key; a moved run directory with a raised `max_steps`
 /// continues, and the change is recorded in the checkpoint.
@@ -252,7 +245,7 @@ fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
     c.train.save_steps = 1;
     run(&c);
     let try_resume = |c: &DpoConfig| {
-        train::<AB>(c, &Default::default(), resume(), &mut |_| {})
+        train::<AB>(c, &Default::default(), RunOptions::RESUME, &mut |_| {})
             .map(|o| o.steps)
             .map_err(|e| e.to_string())
     };

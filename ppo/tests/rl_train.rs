@@ -299,19 +299,11 @@ fn exact_resume(tmp: &Path, mut c: RlConfig) {
     }));
     assert!(crashed.is_err());
     let mut steps = Vec::new();
-    let resumed = train::<AB>(
-        &c,
-        &Default::default(),
-        RunOptions {
-            resume: true,
-            stop: None,
-        },
-        &mut |e| {
-            if let Event::Step(m) = e {
-                steps.push(m.step)
-            }
-        },
-    )
+    let resumed = train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
+        if let Event::Step(m) = e {
+            steps.push(m.step)
+        }
+    })
     .unwrap();
     assert_eq!(steps, (5..=7).collect::<Vec<_>>(), "resumed from step 4");
     for (key, want) in keys.iter().zip(&want) {

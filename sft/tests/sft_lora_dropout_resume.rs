@@ -52,10 +52,7 @@ fn resume_with_lora_dropout_reproduces_the_losses_exactly() {
         })
     }));
     assert!(crashed.is_err());
-    let resume = RunOptions {
-        resume: true,
-        stop: None,
-    };
+    let resume = RunOptions::RESUME;
     train::<AB>(&c, &Default::default(), resume, &mut |_| {}).unwrap();
     let got = series(&c.output_dir, "loss");
     let b = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -107,19 +107,11 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     let partial = leave_partial_checkpoint(&c.output_dir, 8);
 
     let mut steps = Vec::new();
-    let resumed = train::<AB>(
-        &c,
-        &Default::default(),
-        RunOptions {
-            resume: true,
-            stop: None,
-        },
-        &mut |e| {
-            if let Event::Step(m) = e {
-                steps.push(m.step)
-            }
-        },
-    )
+    let resumed = train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
+        if let Event::Step(m) = e {
+            steps.push(m.step)
+        }
+    })
     .unwrap();
     assert_eq!(steps, (5..=10).collect::<Vec<_>>(), "resumed from step 4");
     let got = series(&c.output_dir, "loss");
@@ -147,10 +139,7 @@ fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
     c.train.save_steps = 1;
     run(&c);
     let try_resume = |c: &SftConfig| {
-        let opts = RunOptions {
-            resume: true,
-            stop: None,
-        };
+        let opts = RunOptions::RESUME;
         train::<AB>(c, &Default::default(), opts, &mut |_| {})
             .map(|o| o.steps)
             .map_err(|e| e.to_string())
@@ -221,10 +210,7 @@ fn stop_flag_saves_and_resume_continues() {
             .join("checkpoints/step-3/trainer_state.json")
             .is_file()
     );
-    let opts = RunOptions {
-        resume: true,
-        stop: None,
-    };
+    let opts = RunOptions::RESUME;
     train::<AB>(&c, &Default::default(), opts, &mut |_| {}).unwrap();
     let got = series(&c.output_dir, "loss");
     assert_eq!(

@@ -35,6 +35,14 @@ pub struct RunOptions<'a> {
     pub stop: Option<&'a AtomicBool>,
 }
 
+impl RunOptions<'static> {
+    /// Resume from the newest checkpoint, with no stop flag.
+    pub const RESUME: RunOptions<'static> = RunOptions {
+        resume: true,
+        stop: None,
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Completed,
