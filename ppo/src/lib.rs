@@ -16,6 +16,7 @@
 //! - [`train`]: [`train()`], the loop.
 
 pub mod config;
+pub mod critic;
 pub mod error;
 pub mod gae;
 pub mod loss;
