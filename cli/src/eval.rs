@@ -52,6 +52,7 @@ pub enum EvalCommand {
   alignkit label ev/human-candidates.jsonl --judgments j.jsonl --annotator me
   alignkit eval winrate --judgments j.jsonl --out ev
 
+Judges: reward:DIR, rule:RULE, sentiment (VADER compound score), human.
 Rules: one-sentence, json-keys=KEY[,KEY...], json-keys-from=FIELD (a list field of the prompt record), regex=PATTERN, exact=FIELD (a field of the prompt record).")]
     Winrate(WinrateArgs),
     /// What alignment cost: sequence KL(policy ‖ reference) on sampled completions and
@@ -95,6 +96,9 @@ pub enum Judge {
     Rule(Rule),
     /// People, in `alignkit label`, on a blind, order-shuffled candidates file.
     Human,
+    /// The VADER compound sentiment score of each response, in [−1, 1]: the
+    /// true reward of the controlled-sentiment task.
+    Sentiment,
 }
 
 impl FromStr for Judge {
@@ -105,8 +109,9 @@ impl FromStr for Judge {
             Some(("reward", dir)) if !dir.is_empty() => Ok(Judge::Reward(dir.into())),
             Some(("rule", rule)) => rule.parse().map(Judge::Rule).map_err(|e| e.to_string()),
             None if s == "human" => Ok(Judge::Human),
+            None if s == "sentiment" => Ok(Judge::Sentiment),
             _ => Err(format!(
-                "unknown judge `{s}` (expected reward:DIR, rule:RULE or human)"
+                "unknown judge `{s}` (expected reward:DIR, rule:RULE, sentiment or human)"
             )),
         }
     }
@@ -118,6 +123,7 @@ impl std::fmt::Display for Judge {
             Judge::Reward(dir) => write!(f, "reward:{}", dir.display()),
             Judge::Rule(rule) => write!(f, "rule:{rule}"),
             Judge::Human => write!(f, "human"),
+            Judge::Sentiment => write!(f, "sentiment"),
         }
     }
 }
@@ -134,7 +140,7 @@ pub struct WinrateArgs {
     /// kept for rule:exact=FIELD).
     #[arg(long, value_name = "FILE.jsonl", required_unless_present = "judgments")]
     pub prompts: Option<PathBuf>,
-    /// reward:DIR, rule:RULE or human (repeatable). Parsed by [`WinrateArgs::judges`],
+    /// reward:DIR, rule:RULE, sentiment or human (repeatable). Parsed by [`WinrateArgs::judges`],
     /// so that a bad one is reported in one line.
     #[arg(
         long = "judge",
@@ -181,6 +187,13 @@ pub struct WinrateArgs {
     pub device: DeviceSpec,
 }
 
+/// The mean score of each side under a scoring judge.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MeanScores {
+    pub policy: f64,
+    pub baseline: f64,
+}
+
 /// One judge's verdicts and their summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct JudgeResult {
@@ -192,6 +205,9 @@ pub struct JudgeResult {
     /// Reward judge: (policy, baseline) score per prompt.
     #[serde(skip)]
     pub scores: Vec<(f64, f64)>,
+    /// Score judges (reward model, sentiment): each side's mean score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_scores: Option<MeanScores>,
     /// Rule judge: each side's pass rate and their paired difference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pass_rates: Option<PairedRates>,
@@ -258,7 +274,7 @@ impl WinrateArgs {
     /// The judges, parsed.
     pub fn judges(&self) -> Result<Vec<Judge>> {
         if self.judges.is_empty() {
-            bail!("give at least one --judge (reward:DIR, rule:RULE or human)");
+            bail!("give at least one --judge (reward:DIR, rule:RULE, sentiment or human)");
         }
         self.judges
             .iter()
@@ -441,6 +457,19 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
                     .collect();
                 (outcomes, Vec::new())
             }
+            Judge::Sentiment => {
+                let vader = alignkit_ppo::reward::Sentiment::new();
+                let scores: Vec<(f64, f64)> = pol_texts
+                    .iter()
+                    .zip(&base_texts)
+                    .map(|(p, b)| (vader.score(p), vader.score(b)))
+                    .collect();
+                let outcomes = scores
+                    .iter()
+                    .map(|&(p, b)| Outcome::from_scores(p, b, args.tie_margin))
+                    .collect();
+                (outcomes, scores)
+            }
             Judge::Reward(dir) => {
                 let scores =
                     reward_scores::<B>(dir, &turns, &pol_texts, &base_texts, args, device)?;
@@ -477,6 +506,13 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
         judges.push(JudgeResult {
             judge: judge.to_string(),
             result: WinRate::compute(&judged, LEVEL).expect("prompts are not empty"),
+            mean_scores: (!scores.is_empty()).then(|| {
+                let n = scores.len() as f64;
+                MeanScores {
+                    policy: scores.iter().map(|s| s.0).sum::<f64>() / n,
+                    baseline: scores.iter().map(|s| s.1).sum::<f64>() / n,
+                }
+            }),
             outcomes,
             scores,
             pass_rates,
@@ -769,6 +805,7 @@ fn aggregate_human(args: &WinrateArgs) -> Result<WinrateReport> {
             result,
             scores: Vec::new(),
             pass_rates: None,
+            mean_scores: None,
             human: Some(human),
         }],
         cached: BTreeMap::new(),
@@ -863,6 +900,14 @@ impl WinrateReport {
                 s,
                 "  ties count half; sign test drops ties; mean length (characters): policy {:.1}, baseline {:.1}",
                 r.mean_policy_len, r.mean_baseline_len
+            );
+        }
+        for j in &self.judges {
+            let Some(m) = &j.mean_scores else { continue };
+            let _ = writeln!(
+                s,
+                "  {} mean score: policy {:.4}, baseline {:.4}",
+                j.judge, m.policy, m.baseline
             );
         }
         for j in &self.judges {
@@ -1312,6 +1357,8 @@ mod tests {
     #[test]
     fn judges_parse_and_print() {
         assert_eq!("human".parse::<Judge>().unwrap(), Judge::Human);
+        assert_eq!("sentiment".parse::<Judge>().unwrap(), Judge::Sentiment);
+        assert_eq!(Judge::Sentiment.to_string(), "sentiment");
         assert_eq!(
             "reward:runs/rm".parse::<Judge>().unwrap(),
             Judge::Reward("runs/rm".into())

@@ -349,6 +349,51 @@ fn winrate_caches_generations_and_judges_with_rules() {
     assert!(stderr.contains("policy: 6 responses generated"), "{stderr}");
 }
 
+/// `--judge sentiment` scores both sides with VADER: a policy whose cached
+/// responses are warm praise beats a random character model on every prompt.
+#[test]
+fn winrate_judges_sentiment() {
+    let root = tempfile::tempdir().unwrap();
+    let policy = tiny_model(&root.path().join("policy"));
+    let baseline = tiny_model(&root.path().join("baseline"));
+    let p = prompts(&root.path().join("p.jsonl"), 4);
+    let out = root.path().join("ev");
+    let args = [
+        "--policy",
+        s(&policy),
+        "--baseline",
+        s(&baseline),
+        "--prompts",
+        s(&p),
+        "--judge",
+        "sentiment",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        s(&out),
+        "--json",
+    ];
+    ok(&winrate(&args));
+    let cache = std::fs::read_dir(out.join("generations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| read_json(f)["model"] == s(&policy))
+        .unwrap();
+    let mut g = read_json(&cache);
+    for r in g["responses"].as_array_mut().unwrap() {
+        r["text"] = json!("What a wonderful, delightful film. I loved it!");
+    }
+    std::fs::write(&cache, g.to_string()).unwrap();
+    let (stdout, _) = ok(&winrate(&args));
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let judge = &report["judges"][0];
+    assert_eq!(judge["judge"], "sentiment");
+    assert_eq!(judge["result"]["wins"], 4, "{judge}");
+    let mean = &judge["mean_scores"];
+    assert!(mean["policy"].as_f64().unwrap() > 0.8, "{mean}");
+    assert!(mean["baseline"].as_f64().unwrap().abs() < 0.5, "{mean}");
+}
+
 #[test]
 fn winrate_allows_different_tokenizers_and_scores_with_a_reward_model() {
     let root = tempfile::tempdir().unwrap();

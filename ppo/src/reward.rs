@@ -199,11 +199,34 @@ fn same_tokenizer(policy: &Tokenizer, reward_dir: &Path) -> std::result::Result<
     ))
 }
 
+/// The VADER compound sentiment score of a text, in [−1, 1] (the
+/// `sentiment` reward, and `alignkit eval winrate --judge sentiment`).
+pub struct Sentiment(vader_sentiment::SentimentIntensityAnalyzer<'static>);
+
+impl Sentiment {
+    pub fn new() -> Self {
+        Self(vader_sentiment::SentimentIntensityAnalyzer::new())
+    }
+
+    pub fn score(&self, text: &str) -> f64 {
+        let scores = self.0.polarity_scores(text);
+        *scores
+            .get("compound")
+            .expect("VADER always reports a compound score")
+    }
+}
+
+impl Default for Sentiment {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A reward function ready to score.
 enum Scorer<B: Backend> {
     Model(Box<RewardModel<B>>),
     Rule(Rule),
-    Sentiment(vader_sentiment::SentimentIntensityAnalyzer<'static>),
+    Sentiment(Sentiment),
 }
 
 /// The reward functions of a run.
@@ -248,9 +271,7 @@ impl<B: Backend> Rewards<B> {
                     Scorer::Model(Box::new(load_reward_model::<B>(path, device)?.1))
                 }
                 RewardKind::Rule { rule, .. } => Scorer::Rule(rule.clone()),
-                RewardKind::Sentiment { .. } => {
-                    Scorer::Sentiment(vader_sentiment::SentimentIntensityAnalyzer::new())
-                }
+                RewardKind::Sentiment { .. } => Scorer::Sentiment(Sentiment::new()),
             });
         }
         Ok(Self {
@@ -308,16 +329,9 @@ impl<B: Backend> Rewards<B> {
                             .map_err(|e| error(c, e.to_string()))
                     })
                     .collect::<Result<_>>()?,
-                Scorer::Sentiment(vader) => completions
-                    .iter()
-                    .map(|c| {
-                        vader
-                            .polarity_scores(&c.text)
-                            .get("compound")
-                            .copied()
-                            .unwrap_or(0.0)
-                    })
-                    .collect(),
+                Scorer::Sentiment(vader) => {
+                    completions.iter().map(|c| vader.score(&c.text)).collect()
+                }
             };
             per_func.push(scores);
         }
