@@ -4,11 +4,10 @@
 //! one line and finishes the run with the same settings.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 mod common;
-use common::{metric_steps, tiny_model, write_qa_prefs};
+use common::{metric_steps, signal_at_checkpoint, tiny_model, write_qa_prefs};
 
 /// A tiny model, preference data and a DPO config in a temporary directory.
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -87,25 +86,7 @@ fn trains_plots_and_summarizes() {
 fn sigterm_saves_a_checkpoint_exits_130_and_resume_keeps_the_contract() {
     let (tmp, config) = setup();
     let run = tmp.path().join("run");
-    let child = dpo(&config, &["--max-steps", "300"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !run.join("checkpoints/step-2").is_dir() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = signal_at_checkpoint(&mut dpo(&config, &["--max-steps", "300"]), &run, 2, "-TERM");
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stdout.starts_with("interrupted: "), "{stdout}");

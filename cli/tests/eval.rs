@@ -44,6 +44,26 @@ fn s(p: &Path) -> &str {
 }
 
 /// Prompts with a reference `answer` field.
+/// Replace the text of `model`'s cached responses in `out/generations`
+/// (response i gets `text(i)`), so that a judge reads known responses.
+fn rewrite_cached_responses(out: &Path, model: &Path, text: impl Fn(usize) -> String) {
+    let cache = std::fs::read_dir(out.join("generations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| read_json(f)["model"] == s(model))
+        .unwrap();
+    let mut g = read_json(&cache);
+    for (i, r) in g["responses"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        r["text"] = json!(text(i));
+    }
+    std::fs::write(&cache, g.to_string()).unwrap();
+}
+
 fn prompts(path: &Path, n: usize) -> PathBuf {
     let lines: Vec<String> = (0..n)
         .map(|i| {
@@ -297,21 +317,7 @@ fn winrate_caches_generations_and_judges_with_rules() {
     assert_eq!(first["judges"], second["judges"]);
 
     // The judges read what the cache holds: give the policy the reference answers.
-    let cache = std::fs::read_dir(out.join("generations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|f| read_json(f)["model"] == s(&policy))
-        .unwrap();
-    let mut g = read_json(&cache);
-    for (i, r) in g["responses"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .enumerate()
-    {
-        r["text"] = json!((2 * i).to_string());
-    }
-    std::fs::write(&cache, g.to_string()).unwrap();
+    rewrite_cached_responses(&out, &policy, |i| (2 * i).to_string());
     let (stdout, _) = ok(&winrate(&args));
     let third: Value = serde_json::from_str(&stdout).unwrap();
     let exact = &third["judges"][0]["result"];
@@ -374,16 +380,9 @@ fn winrate_judges_sentiment() {
         "--json",
     ];
     ok(&winrate(&args));
-    let cache = std::fs::read_dir(out.join("generations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|f| read_json(f)["model"] == s(&policy))
-        .unwrap();
-    let mut g = read_json(&cache);
-    for r in g["responses"].as_array_mut().unwrap() {
-        r["text"] = json!("What a wonderful, delightful film. I loved it!");
-    }
-    std::fs::write(&cache, g.to_string()).unwrap();
+    rewrite_cached_responses(&out, &policy, |_| {
+        "What a wonderful, delightful film. I loved it!".to_string()
+    });
     let (stdout, _) = ok(&winrate(&args));
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let judge = &report["judges"][0];

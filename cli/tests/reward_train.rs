@@ -3,11 +3,10 @@
 //! line, and Ctrl-C saves a checkpoint (exit 130) that `--resume` continues.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 mod common;
-use common::{metric_steps, tiny_model, write_qa_prefs};
+use common::{metric_steps, signal_at_checkpoint, tiny_model, write_qa_prefs};
 
 /// A tiny model, preference data and a reward config in a temporary directory.
 fn setup(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
@@ -151,25 +150,12 @@ fn trains_plots_and_summarizes() {
 fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     let (tmp, config) = setup("");
     let run = tmp.path().join("run");
-    let child = reward_train(&config, &["--max-steps", "300"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !run.join("checkpoints/step-3").is_dir() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = signal_at_checkpoint(
+        &mut reward_train(&config, &["--max-steps", "300"]),
+        &run,
+        3,
+        "-INT",
+    );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(

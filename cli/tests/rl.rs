@@ -5,11 +5,10 @@
 //! refuses the other's config, and bad input is one line before any work.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 mod common;
-use common::{metric_steps, tiny_model};
+use common::{metric_steps, signal_at_checkpoint, tiny_model};
 use serde_json::json;
 
 /// A tiny model, prompts and a config holding `table` (`[grpo]` or `[rloo]`).
@@ -133,25 +132,12 @@ fn grpo_and_rloo_train_plot_and_summarize() {
 fn sigterm_saves_a_checkpoint_exits_130_and_resume_keeps_the_contract() {
     let (tmp, config) = setup("grpo");
     let run = tmp.path().join("run");
-    let child = alignkit("grpo", &config, &["--max-steps", "300"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !run.join("checkpoints/step-2").is_dir() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = signal_at_checkpoint(
+        &mut alignkit("grpo", &config, &["--max-steps", "300"]),
+        &run,
+        2,
+        "-TERM",
+    );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stdout.starts_with("interrupted: "), "{stdout}");

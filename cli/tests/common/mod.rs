@@ -46,6 +46,39 @@ pub fn metric_steps(run_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Spawn `cmd` with its output captured, wait until it has written
+/// `run_dir/checkpoints/step-{step}`, send it `signal` (`-INT`, `-TERM`) and
+/// return what it printed and how it exited.
+pub fn signal_at_checkpoint(
+    cmd: &mut std::process::Command,
+    run_dir: &Path,
+    step: usize,
+    signal: &str,
+) -> std::process::Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let checkpoint = run_dir.join(format!("checkpoints/step-{step}"));
+    let started = Instant::now();
+    while !checkpoint.is_dir() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
 /// A random tiny Llama with a character-level tokenizer and a ChatML template.
 pub fn tiny_model(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
