@@ -362,9 +362,14 @@ impl Encoder {
         let Ok(ids) = self.chat_ids(&turn, false) else {
             return Vec::new();
         };
+        self.after_last_end_of_turn(&ids).to_vec()
+    }
+
+    /// The tokens after the last end-of-turn token of `ids`; none without one.
+    fn after_last_end_of_turn<'a>(&self, ids: &'a [u32]) -> &'a [u32] {
         match ids.iter().rposition(|&i| self.tokenizer.is_end_of_turn(i)) {
-            Some(j) => ids[j + 1..].to_vec(),
-            None => Vec::new(),
+            Some(j) => &ids[j + 1..],
+            None => &[],
         }
     }
 
@@ -794,11 +799,7 @@ impl Encoder {
                 if ids.len() > room {
                     // What the template renders after the last end-of-turn
                     // token (ChatML's newline; nothing with `EndOfTurn`).
-                    let trailer = match ids.iter().rposition(|&i| self.tokenizer.is_end_of_turn(i))
-                    {
-                        Some(j) => ids[j + 1..].to_vec(),
-                        None => Vec::new(),
-                    };
+                    let trailer = self.after_last_end_of_turn(ids).to_vec();
                     let n = ids.len() - room;
                     let range = if keep_start { room..ids.len() } else { 0..n };
                     ids.drain(range);
