@@ -99,10 +99,14 @@ enum Command {
     /// an `[rloo]` table.
     #[command(after_help = examples::RLOO)]
     Rloo(rl::RlArgs),
+    /// PPO: online RL with a learned critic (GAE, clipped policy and value
+    /// losses, per-token KL penalty), from a TOML config with a `[ppo]` table.
+    #[command(after_help = examples::PPO)]
+    Ppo(rl::RlArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     #[command(after_help = examples::EXPORT)]
     Export(export::ExportArgs),
-    /// Run a staged pipeline (sft, reward, dpo, grpo, rloo, eval, export) from a
+    /// Run a staged pipeline (sft, reward, dpo, grpo, rloo, ppo, eval, export) from a
     /// TOML file, skipping finished stages and resuming interrupted ones.
     #[command(after_help = examples::RUN)]
     Run(pipeline::RunArgs),
@@ -221,6 +225,11 @@ Examples:
 Examples:
   alignkit rloo --config rloo.toml                 a config with an [rloo] table and [[rewards]]
   alignkit rloo --config rloo.toml --num-generations 4 --resume";
+    pub const PPO: &str = "\
+Examples:
+  alignkit ppo --config examples/sentiment/ppo.toml   sentiment reward, critic from the policy
+  alignkit ppo --config ppo.toml --beta 0.1 --max-steps 50   --beta sets ppo.kl_coef
+  alignkit ppo --config ppo.toml --resume";
     pub const EVAL: &str = "\
 Examples:
   alignkit eval winrate --policy runs/dpo/final --baseline runs/sft/final --prompts heldout.jsonl --judge rule:one-sentence
@@ -297,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Dpo(args) => dpo::run(args),
         Command::Grpo(args) => rl::run(rl::Algorithm::Grpo, args),
         Command::Rloo(args) => rl::run(rl::Algorithm::Rloo, args),
+        Command::Ppo(args) => rl::run(rl::Algorithm::Ppo, args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => pipeline::run(args),
         Command::Demo(args) => demo::run(args),

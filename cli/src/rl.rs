@@ -1,10 +1,10 @@
-//! `alignkit grpo` and `alignkit rloo`: glue over alignkit-ppo's critic-free
-//! online RL trainers — flags to config keys, a progress bar, Ctrl-C, a
-//! one-line summary and a loss plot (see `train_cli`). Both read one config
-//! type, told apart by its `[grpo]` or `[rloo]` table; each command checks
-//! that the file holds its algorithm.
+//! `alignkit grpo`, `alignkit rloo` and `alignkit ppo`: glue over
+//! alignkit-ppo's online RL trainers — flags to config keys, a progress bar,
+//! Ctrl-C, a one-line summary, loss and curve plots (see `train_cli`). All
+//! read one config type, told apart by its `[grpo]`, `[rloo]` or `[ppo]`
+//! table; each command checks that the file holds its algorithm.
 
-use alignkit_ppo::{Event, ReferenceKind, RlConfig, RlMetrics};
+use alignkit_ppo::{Event, PpoMetrics, ReferenceKind, RlConfig, RlMetrics};
 use alignkit_train::RunOptions;
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
@@ -17,6 +17,7 @@ use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
 pub enum Algorithm {
     Grpo,
     Rloo,
+    Ppo,
 }
 
 impl Algorithm {
@@ -24,6 +25,15 @@ impl Algorithm {
         match self {
             Algorithm::Grpo => "grpo",
             Algorithm::Rloo => "rloo",
+            Algorithm::Ppo => "ppo",
+        }
+    }
+
+    /// The KL weight's key in the algorithm's table.
+    fn beta_key(self) -> &'static str {
+        match self {
+            Algorithm::Grpo | Algorithm::Rloo => "beta",
+            Algorithm::Ppo => "kl_coef",
         }
     }
 }
@@ -32,10 +42,11 @@ impl Algorithm {
 pub struct RlArgs {
     #[command(flatten)]
     train: TrainArgs,
-    /// = <algorithm>.num_generations: completions sampled per prompt (G ≥ 2).
+    /// = <algorithm>.num_generations: completions sampled per prompt (G ≥ 2;
+    /// PPO: ≥ 1).
     #[arg(long)]
     num_generations: Option<usize>,
-    /// = <algorithm>.beta: weight of the KL to the reference.
+    /// = <algorithm>.beta (PPO: ppo.kl_coef): weight of the KL to the reference.
     #[arg(long, allow_negative_numbers = true)]
     beta: Option<f64>,
     /// = rollout.max_completion_length
@@ -53,7 +64,10 @@ pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
             format!("{t}.num_generations"),
             args.num_generations.map(|v| v.to_string()),
         ),
-        (format!("{t}.beta"), args.beta.map(|v| format!("{v:?}"))),
+        (
+            format!("{t}.{}", algorithm.beta_key()),
+            args.beta.map(|v| format!("{v:?}")),
+        ),
         (
             "rollout.max_completion_length".to_string(),
             args.max_completion_length.map(|v| v.to_string()),
@@ -70,6 +84,7 @@ pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
         let holds = match algorithm {
             Algorithm::Grpo => config.grpo.is_some(),
             Algorithm::Rloo => config.rloo.is_some(),
+            Algorithm::Ppo => config.ppo.is_some(),
         };
         if !holds {
             let origin = alignkit_train::config_origin(path);
@@ -90,6 +105,19 @@ impl Trainer for RlConfig {
         ("completions/mean_length", "completion length (tokens)"),
     ];
 
+    fn curves(&self) -> &'static [(&'static str, &'static str)] {
+        if self.ppo.is_some() {
+            &[
+                ("objective/scores", "score (mean)"),
+                ("objective/kl", "sequence KL to the reference"),
+                ("loss/value_avg", "value loss"),
+                ("completions/mean_length", "completion length (tokens)"),
+            ]
+        } else {
+            Self::CURVES
+        }
+    }
+
     fn model_mut(&mut self) -> &mut std::path::PathBuf {
         &mut self.model
     }
@@ -100,6 +128,10 @@ impl Trainer for RlConfig {
         options: RunOptions<'_>,
         bar: &StepBar,
     ) -> Result<Trained> {
+        if self.ppo.is_some() {
+            let o = alignkit_ppo::train_ppo::<B>(self, device, options, &mut |e| report(bar, e));
+            return train_cli::ended(o, describe_ppo);
+        }
         let o = alignkit_ppo::train::<B>(self, device, options, &mut |e| report(bar, e));
         train_cli::ended(o, describe)
     }
@@ -114,8 +146,12 @@ fn report(bar: &StepBar, event: Event<'_>) {
                 ReferenceKind::FrozenModel => "a frozen copy",
                 ReferenceKind::AdaptersDisabled => "the policy without its adapters",
             };
+            let critic = info
+                .critic
+                .as_ref()
+                .map_or(String::new(), |c| format!(", critic: {c}"));
             let what = format!(
-                "{}: {} prompts, {} per step × {} completions, rewards {}, {} trainable parameters, reference: {reference}",
+                "{}: {} prompts, {} per step × {} completions, rewards {}, {} trainable parameters, reference: {reference}{critic}",
                 info.algorithm.to_uppercase(),
                 info.prompts,
                 info.prompts_per_step,
@@ -139,8 +175,29 @@ fn report(bar: &StepBar, event: Event<'_>) {
             );
             bar.step(m.step, msg, m.skipped.as_ref());
         }
+        Event::PpoStep(m) => {
+            let msg = format!(
+                "score {:.3} kl {:.3} vf {:.3} ratio {:.3} len {:.0} gen {:.0}s opt {:.0}s",
+                m.scores,
+                m.kl,
+                m.value_loss,
+                m.ratio,
+                m.mean_length,
+                m.generation_time,
+                m.optimization_time
+            );
+            bar.step(m.step, msg, m.skipped.as_ref());
+        }
         Event::Checkpoint { .. } => {}
     }
+}
+
+/// The last PPO step's metrics in the summary line.
+fn describe_ppo(m: &PpoMetrics) -> String {
+    format!(
+        ", score {:.3}, kl {:.3}, value loss {:.4}, mean length {:.1}",
+        m.scores, m.kl, m.value_loss, m.mean_length
+    )
 }
 
 /// The last step's metrics in the summary line.

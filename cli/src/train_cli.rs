@@ -29,6 +29,11 @@ pub trait Trainer {
     /// label); none: no such plot.
     const CURVES: &'static [(&'static str, &'static str)] = &[];
 
+    /// The curves of this config (a trainer whose configs differ overrides it).
+    fn curves(&self) -> &'static [(&'static str, &'static str)] {
+        Self::CURVES
+    }
+
     /// The config's `model`: empty when neither the file nor a flag set it,
     /// and the command then takes the default model.
     fn model_mut(&mut self) -> &mut PathBuf;
@@ -71,9 +76,10 @@ pub fn train<B: AutodiffBackend, T: Trainer>(
     let trained = trained?;
     plot_run_loss(&trained.run_dir, &format!("{} loss", T::NAME))?;
     let metrics = trained.run_dir.join(alignkit_train::run::METRICS_FILE);
-    if !T::CURVES.is_empty() && metrics.is_file() {
+    let curves = trainer.curves();
+    if !curves.is_empty() && metrics.is_file() {
         let svg = trained.run_dir.join("curves.svg");
-        write_curves_plot(&metrics, &svg, T::NAME, T::CURVES)
+        write_curves_plot(&metrics, &svg, T::NAME, curves)
             .with_context(|| format!("writing {}", svg.display()))?;
     }
     Ok(trained)

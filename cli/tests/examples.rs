@@ -1,5 +1,5 @@
 //! Every TOML file under `examples/` works as README shows it: trainer configs
-//! (`sft*.toml`, `reward*.toml`, `dpo*.toml`, `grpo*.toml`, `rloo*.toml`) run one step of their command
+//! (`sft*.toml`, `reward*.toml`, `dpo*.toml`, `grpo*.toml`, `rloo*.toml`, `ppo*.toml`) run one step of their command
 //! from the repository root (on a tiny model instead of the default one), and
 //! pipelines (`pipeline*.toml`) plan with `alignkit run --dry-run`. A TOML
 //! file of any other name fails the test, so none goes unchecked.
@@ -51,6 +51,8 @@ fn every_example_config_runs_with_its_command() {
             &["grpo"]
         } else if stem.starts_with("rloo") {
             &["rloo"]
+        } else if stem.starts_with("ppo") {
+            &["ppo"]
         } else if stem.starts_with("pipeline") {
             &["run"]
         } else {

@@ -845,7 +845,7 @@ fn bad_model_references_fail_before_any_work() {
         ),
         (
             base.replace("grpo.num_generations", "rloo.num_generations"),
-            "stage `grpo`: [stage.config] holds an [rloo] table, but the stage is kind = \"grpo\"",
+            "stage `grpo`: [stage.config] holds a [rloo] table, but the stage is kind = \"grpo\"",
         ),
         (
             base.replace("\"reward:rm\"]", "\"human\"]"),

@@ -1,4 +1,4 @@
-//! `alignkit grpo` and `alignkit rloo` on a tiny random model: a run writes
+//! `alignkit grpo`, `alignkit rloo` and `alignkit ppo` on a tiny random model: a run writes
 //! `final/`, the loss plot and the reward/KL/length curves and prints one
 //! summary line; SIGTERM saves a checkpoint and exits 130; `--resume` refuses
 //! a changed β in one line and finishes with the same settings; each command
@@ -126,6 +126,53 @@ fn grpo_and_rloo_train_plot_and_summarize() {
         let logged = std::fs::read_to_string(run.join("completions.jsonl")).unwrap();
         assert!(logged.lines().count() >= 2, "{logged}");
     }
+}
+
+#[test]
+fn ppo_trains_a_policy_and_a_critic_plots_and_summarizes() {
+    let (tmp, config) = setup("ppo");
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_before.replace("beta = 0.05", "kl_coef = 0.05\nnum_mini_batches = 2"),
+    )
+    .unwrap();
+    let out = alignkit("ppo", &config, &["--max-steps", "2", "--beta", "0.1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("done: 2 steps")
+            && stdout.contains(", score ")
+            && stdout.contains(", kl ")
+            && stdout.contains(", value loss "),
+        "one summary line: {stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stderr.contains("PPO: 6 prompts"), "{stderr}");
+    assert!(
+        stderr.contains("critic: the policy's weights with a fresh value head"),
+        "{stderr}"
+    );
+    let run = tmp.path().join("run");
+    assert!(run.join("final/model.safetensors").is_file());
+    assert!(
+        run.join("checkpoints/step-2/critic/adapter_model.safetensors")
+            .is_file()
+    );
+    let curves = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    for label in ["score (mean)", "sequence KL", "value loss"] {
+        assert!(curves.contains(label), "curves.svg lacks {label}");
+    }
+    let written = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(written.contains("kl_coef = 0.1"), "--beta sets ppo.kl_coef");
+    let e = refused("grpo", &config, |c| c);
+    assert!(e.contains("no [grpo] table"), "{e}");
+    let e = refused("ppo", &config, |c| {
+        c.replace("num_mini_batches = 2", "num_mini_batches = 3")
+    });
+    assert!(e.contains("ppo.num_mini_batches"), "{e}");
 }
 
 #[test]

@@ -46,6 +46,7 @@ use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RlError};
+use crate::gae::KlEstimator;
 use crate::loss::{Clip, LossType, ScaleRewards};
 use crate::reward::{self, RewardKind};
 use crate::rollout::RolloutSettings;
@@ -117,11 +118,86 @@ impl Default for RlooParams {
     }
 }
 
+/// The `[ppo]` table: PPO with a learned critic (Schulman et al. 2017;
+/// Ouyang et al. 2022), with the defaults of TRL's last `PPOConfig` and the
+/// details of Huang et al. 2024, "The N+ Implementation Details of RLHF with
+/// PPO".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoParams {
+    /// Completions per prompt. TRL: 1.
+    pub num_generations: usize,
+    /// β of the per-token KL penalty in the reward (the adaptive controller's
+    /// starting value when `adaptive_kl` is set). TRL: 0.05.
+    pub kl_coef: f64,
+    /// k1 (TRL's default) or k3.
+    pub kl_estimator: KlEstimator,
+    /// Ziegler et al.'s controller: move `kl_coef` so that the mean
+    /// sequence KL approaches `target`; absent: `kl_coef` stays fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_kl: Option<AdaptiveKlConfig>,
+    /// The critic's starting weights: a reward or value model directory
+    /// (`*ForSequenceClassification`). Absent: the reward model of the
+    /// `kind = "model"` reward when there is exactly one, else the policy's
+    /// weights with a fresh value head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_model: Option<PathBuf>,
+    /// The critic's peak learning rate; absent: `learning_rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critic_learning_rate: Option<f64>,
+    /// Optimisation epochs over each rollout batch. TRL: 4.
+    pub num_ppo_epochs: usize,
+    /// Mini-batches (one optimizer update each) per epoch. TRL: 1.
+    pub num_mini_batches: usize,
+    /// ε of the clipped policy ratio. TRL: 0.2.
+    pub cliprange: f64,
+    /// How far a value may move from the rollout's value. TRL: 0.2.
+    pub cliprange_value: f64,
+    /// Weight of the value loss. TRL: 0.1.
+    pub vf_coef: f64,
+    /// GAE discount and λ. TRL: 1.0, 0.95.
+    pub gamma: f64,
+    pub lam: f64,
+    /// Standardise the token rewards (mean kept) before GAE. TRL: false.
+    pub whiten_rewards: bool,
+}
+
+impl Default for PpoParams {
+    fn default() -> Self {
+        Self {
+            num_generations: 1,
+            kl_coef: 0.05,
+            kl_estimator: KlEstimator::K1,
+            adaptive_kl: None,
+            value_model: None,
+            critic_learning_rate: None,
+            num_ppo_epochs: 4,
+            num_mini_batches: 1,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            gamma: 1.0,
+            lam: 0.95,
+            whiten_rewards: false,
+        }
+    }
+}
+
+/// `[ppo.adaptive_kl]`: the KL target and the horizon (in samples) over
+/// which the coefficient adapts. Ziegler et al. 2019: 6 and 10 000.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveKlConfig {
+    pub target: f64,
+    pub horizon: f64,
+}
+
 /// Which algorithm a config runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Algorithm<'a> {
     Grpo(&'a GrpoParams),
     Rloo(&'a RlooParams),
+    Ppo(&'a PpoParams),
 }
 
 impl Algorithm<'_> {
@@ -130,6 +206,7 @@ impl Algorithm<'_> {
         match self {
             Algorithm::Grpo(_) => "grpo",
             Algorithm::Rloo(_) => "rloo",
+            Algorithm::Ppo(_) => "ppo",
         }
     }
 
@@ -137,13 +214,16 @@ impl Algorithm<'_> {
         match self {
             Algorithm::Grpo(p) => p.num_generations,
             Algorithm::Rloo(p) => p.num_generations,
+            Algorithm::Ppo(p) => p.num_generations,
         }
     }
 
+    /// The KL weight (PPO: the starting `kl_coef`).
     pub fn beta(self) -> f64 {
         match self {
             Algorithm::Grpo(p) => p.beta,
             Algorithm::Rloo(p) => p.beta,
+            Algorithm::Ppo(p) => p.kl_coef,
         }
     }
 
@@ -151,6 +231,7 @@ impl Algorithm<'_> {
         match self {
             Algorithm::Grpo(p) => p.num_iterations,
             Algorithm::Rloo(p) => p.num_iterations,
+            Algorithm::Ppo(p) => p.num_ppo_epochs,
         }
     }
 
@@ -158,6 +239,7 @@ impl Algorithm<'_> {
         let (low, high) = match self {
             Algorithm::Grpo(p) => (p.epsilon, p.epsilon_high),
             Algorithm::Rloo(p) => (p.epsilon, p.epsilon_high),
+            Algorithm::Ppo(p) => (p.cliprange, None),
         };
         Clip {
             low,
@@ -251,6 +333,8 @@ pub struct RlConfig {
     pub grpo: Option<GrpoParams>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rloo: Option<RlooParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppo: Option<PpoParams>,
     pub data: DataConfig,
     pub rollout: RolloutConfig,
     pub rewards: Vec<RewardKind>,
@@ -274,6 +358,7 @@ impl Default for RlConfig {
             final_dtype: FinalDtype::F32,
             grpo: None,
             rloo: None,
+            ppo: None,
             data: DataConfig::default(),
             rollout: RolloutConfig::default(),
             rewards: Vec::new(),
@@ -302,21 +387,42 @@ impl RlConfig {
         }
     }
 
+    /// PPO with every default.
+    pub fn ppo() -> Self {
+        Self {
+            ppo: Some(PpoParams::default()),
+            ..Default::default()
+        }
+    }
+
     /// Read a TOML file, then apply `overrides` (`key=value`, as given by
     /// `--set` or the CLI's flags). Unknown keys are errors.
     pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
         Ok(alignkit_train::load_config(path, overrides)?)
     }
 
-    /// The algorithm of the `[grpo]` or `[rloo]` table.
+    /// The algorithm of the `[grpo]`, `[rloo]` or `[ppo]` table.
     pub fn algorithm(&self) -> Result<Algorithm<'_>> {
-        match (&self.grpo, &self.rloo) {
-            (Some(g), None) => Ok(Algorithm::Grpo(g)),
-            (None, Some(r)) => Ok(Algorithm::Rloo(r)),
-            (None, None) => {
-                Err(self.error("grpo", "no algorithm: add a [grpo] or an [rloo] table"))
+        let mut tables = Vec::new();
+        if let Some(g) = &self.grpo {
+            tables.push(("grpo", Algorithm::Grpo(g)));
+        }
+        if let Some(r) = &self.rloo {
+            tables.push(("rloo", Algorithm::Rloo(r)));
+        }
+        if let Some(p) = &self.ppo {
+            tables.push(("ppo", Algorithm::Ppo(p)));
+        }
+        match tables.as_slice() {
+            [(_, a)] => Ok(*a),
+            [] => Err(self.error(
+                "grpo",
+                "no algorithm: add a [grpo], an [rloo] or a [ppo] table",
+            )),
+            [.., (last, _)] => {
+                let names: Vec<String> = tables.iter().map(|(n, _)| format!("[{n}]")).collect();
+                Err(self.error(last, format!("{}: keep one", names.join(" and "))))
             }
-            (Some(_), Some(_)) => Err(self.error("rloo", "both [grpo] and [rloo]: keep one")),
         }
     }
 
@@ -350,7 +456,9 @@ impl RlConfig {
         let algorithm = self.algorithm()?;
         let table = algorithm.name();
         let g = algorithm.num_generations();
-        if g < 2 {
+        if let Algorithm::Ppo(p) = algorithm {
+            self.validate_ppo(p)?;
+        } else if g < 2 {
             return Err(self.error(
                 &format!("{table}.num_generations"),
                 format!("{g}: group-relative advantages need at least 2 completions per prompt"),
@@ -425,6 +533,76 @@ impl RlConfig {
         reward::validate(&self.rewards, Some(&tokenizer))
     }
 
+    /// PPO's own settings.
+    fn validate_ppo(&self, p: &PpoParams) -> Result<()> {
+        if p.num_generations == 0 {
+            return Err(self.error("ppo.num_generations", "must be at least 1"));
+        }
+        if !(p.kl_coef.is_finite() && p.kl_coef >= 0.0) {
+            return Err(self.error("ppo.kl_coef", "must be a non-negative number"));
+        }
+        if let Some(a) = &p.adaptive_kl {
+            if !(a.target.is_finite() && a.target > 0.0) {
+                return Err(self.error("ppo.adaptive_kl.target", "must be a positive number"));
+            }
+            if !(a.horizon.is_finite() && a.horizon > 0.0) {
+                return Err(self.error("ppo.adaptive_kl.horizon", "must be a positive number"));
+            }
+            if p.kl_coef == 0.0 {
+                return Err(self.error(
+                    "ppo.kl_coef",
+                    "the adaptive controller scales kl_coef, which must then be positive",
+                ));
+            }
+        }
+        if let Some(lr) = p.critic_learning_rate
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return Err(self.error("ppo.critic_learning_rate", "must be a positive number"));
+        }
+        if p.num_ppo_epochs == 0 {
+            return Err(self.error("ppo.num_ppo_epochs", "must be at least 1"));
+        }
+        let per_step = self.completions_per_step();
+        if p.num_mini_batches == 0 || !per_step.is_multiple_of(p.num_mini_batches) {
+            return Err(self.error(
+                "ppo.num_mini_batches",
+                format!(
+                    "{}: the {per_step} completions of a step (train.batch_size × train.grad_accum) do not split into that many equal mini-batches",
+                    p.num_mini_batches
+                ),
+            ));
+        }
+        let mini = per_step / p.num_mini_batches;
+        if !mini.is_multiple_of(self.train.batch_size) {
+            return Err(self.error(
+                "ppo.num_mini_batches",
+                format!(
+                    "{}: a mini-batch of {mini} completions is not a whole number of micro-batches of train.batch_size = {}",
+                    p.num_mini_batches, self.train.batch_size
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("ppo.cliprange", p.cliprange),
+            ("ppo.cliprange_value", p.cliprange_value),
+            ("ppo.vf_coef", p.vf_coef),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(self.error(key, "must be a positive number"));
+            }
+        }
+        if p.cliprange >= 1.0 {
+            return Err(self.error("ppo.cliprange", format!("{} is not in (0, 1)", p.cliprange)));
+        }
+        for (key, v) in [("ppo.gamma", p.gamma), ("ppo.lam", p.lam)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(self.error(key, format!("{v} is not in [0, 1]")));
+            }
+        }
+        Ok(())
+    }
+
     /// The same config with every path absolute (so a run resumes from any
     /// working directory).
     pub fn with_absolute_paths(&self) -> Result<Self> {
@@ -442,6 +620,11 @@ impl RlConfig {
             if let RewardKind::Model { path, .. } = r {
                 *path = abs(path)?;
             }
+        }
+        if let Some(p) = &mut c.ppo
+            && let Some(v) = &mut p.value_model
+        {
+            *v = abs(v)?;
         }
         Ok(c)
     }

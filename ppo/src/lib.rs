@@ -13,7 +13,9 @@
 //!   summed.
 //! - [`loss`]: advantages and the clipped policy losses, with golden tests.
 //! - [`metrics`]: [`RlMetrics`] under TRL's names; `completions.jsonl`.
-//! - [`train`]: [`train()`], the loop.
+//! - [`train`]: [`train()`], the GRPO/RLOO loop, and what every loop shares.
+//! - [`gae`], [`critic`], [`ppo_train`]: PPO with a learned critic
+//!   ([`train_ppo`]), as TRL's last `PPOTrainer` and Huang et al. 2024.
 
 pub mod config;
 pub mod critic;
@@ -21,15 +23,18 @@ pub mod error;
 pub mod gae;
 pub mod loss;
 pub mod metrics;
+pub mod ppo_train;
 pub mod reward;
 pub mod rollout;
 pub mod train;
 
 pub use config::{
-    Algorithm, DataConfig, FinalDtype, GrpoParams, RlConfig, RlooParams, RolloutConfig,
+    AdaptiveKlConfig, Algorithm, DataConfig, FinalDtype, GrpoParams, PpoParams, RlConfig,
+    RlooParams, RolloutConfig,
 };
 pub use error::RlError;
 pub use loss::{Clip, LossType, ScaleRewards};
-pub use metrics::{CompletionRecord, RlMetrics};
+pub use metrics::{CompletionRecord, PpoMetrics, RlMetrics};
+pub use ppo_train::{CriticInit, PpoOutcome, train_ppo};
 pub use reward::RewardKind;
 pub use train::{Event, ReferenceKind, RlOutcome, RunInfo, RunOptions, StopReason, train};

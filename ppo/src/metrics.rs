@@ -77,6 +77,145 @@ pub struct RlMetrics {
     pub skipped: Option<String>,
 }
 
+/// One PPO `metrics.jsonl` record, under the names of TRL's last
+/// `PPOTrainer`, plus the rollout's statistics under the GRPO names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PpoMetrics {
+    pub step: usize,
+    pub epoch: f64,
+    /// Completions sampled so far.
+    pub episode: usize,
+    pub learning_rate: f64,
+    pub critic_learning_rate: f64,
+    /// Mean over completions of Σ_t kl_t (the estimator of `ppo.kl_estimator`).
+    #[serde(rename = "objective/kl")]
+    pub kl: f64,
+    /// Mean over completions of Σ_t −logp_t (TRL's sequence entropy estimate).
+    #[serde(rename = "objective/entropy")]
+    pub entropy: f64,
+    /// Mean over completions of Σ_t −β·kl_t.
+    #[serde(rename = "objective/non_score_reward")]
+    pub non_score_reward: f64,
+    /// scores + non_score_reward.
+    #[serde(rename = "objective/rlhf_reward")]
+    pub rlhf_reward: f64,
+    /// Mean score (weighted rewards, EOS penalty included).
+    #[serde(rename = "objective/scores")]
+    pub scores: f64,
+    /// β used for this step's rewards.
+    pub kl_coef: f64,
+    /// Means over every micro-batch of every mini-batch update.
+    #[serde(rename = "policy/approxkl_avg")]
+    pub approxkl: f64,
+    #[serde(rename = "policy/clipfrac_avg")]
+    pub clipfrac: f64,
+    #[serde(rename = "policy/entropy_avg")]
+    pub policy_entropy: f64,
+    #[serde(rename = "loss/policy_avg")]
+    pub policy_loss: f64,
+    #[serde(rename = "loss/value_avg")]
+    pub value_loss: f64,
+    #[serde(rename = "val/clipfrac_avg")]
+    pub value_clipfrac: f64,
+    /// Mean and variance of the importance ratio π_θ/π_old over the updates.
+    #[serde(rename = "val/ratio")]
+    pub ratio: f64,
+    #[serde(rename = "val/ratio_var")]
+    pub ratio_var: f64,
+    /// Completions that ended with an end-of-turn token or a stop string.
+    #[serde(rename = "val/num_eos_tokens")]
+    pub num_eos_tokens: usize,
+    /// Global gradient norms before clipping, averaged over the updates.
+    pub grad_norm: f64,
+    pub critic_grad_norm: f64,
+    /// Mean and sample std of the scores, and of each reward function.
+    pub reward: f64,
+    pub reward_std: f64,
+    #[serde(flatten)]
+    pub rewards: BTreeMap<String, f64>,
+    #[serde(rename = "completions/mean_length")]
+    pub mean_length: f64,
+    #[serde(rename = "completions/min_length")]
+    pub min_length: f64,
+    #[serde(rename = "completions/max_length")]
+    pub max_length: f64,
+    #[serde(rename = "completions/clipped_ratio")]
+    pub clipped_ratio: f64,
+    pub num_tokens: u64,
+    pub step_time: f64,
+    #[serde(rename = "time/generation")]
+    pub generation_time: f64,
+    /// Rewards, no-grad passes of policy, reference and critic, advantages.
+    #[serde(rename = "time/scoring")]
+    pub scoring_time: f64,
+    #[serde(rename = "time/optimization")]
+    pub optimization_time: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// Length statistics of a rollout: mean, min, max and the fraction cut at
+/// the length limit.
+pub fn length_stats(completions: &[crate::rollout::Completion]) -> (f64, f64, f64, f64) {
+    let lengths: Vec<f64> = completions.iter().map(|c| c.tokens.len() as f64).collect();
+    (
+        mean_std(&lengths).0,
+        lengths.iter().copied().fold(f64::INFINITY, f64::min),
+        lengths.iter().copied().fold(0.0, f64::max),
+        completions.iter().filter(|c| !c.terminated()).count() as f64
+            / completions.len().max(1) as f64,
+    )
+}
+
+/// `rewards/{name}/mean` and `rewards/{name}/std` of each reward function.
+pub fn per_function(names: &[String], per_func: &[Vec<f64>]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (name, s) in names.iter().zip(per_func) {
+        let (m, sd) = mean_std(s);
+        out.insert(format!("rewards/{name}/mean"), m);
+        out.insert(format!("rewards/{name}/std"), sd);
+    }
+    out
+}
+
+/// The first `n` completions of a step as `completions.jsonl` records.
+#[allow(clippy::too_many_arguments)]
+pub fn completion_records(
+    step: usize,
+    prompts: &[crate::rollout::Prompt],
+    completions: &[crate::rollout::Completion],
+    total_rewards: &[f64],
+    names: &[String],
+    per_func: &[Vec<f64>],
+    advantages: &[f64],
+    n: usize,
+) -> Vec<CompletionRecord> {
+    completions
+        .iter()
+        .enumerate()
+        .take(n)
+        .map(|(i, comp)| CompletionRecord {
+            step,
+            at: prompts[comp.prompt].at.to_string(),
+            prompt: serde_json::to_value(&prompts[comp.prompt].prompt).unwrap_or_default(),
+            completion: comp.text.clone(),
+            reward: total_rewards[i],
+            rewards: names
+                .iter()
+                .zip(per_func)
+                .map(|(n, s)| (n.clone(), s[i]))
+                .collect(),
+            advantage: advantages[i],
+            finish: match comp.finish {
+                alignkit_model::FinishReason::Eos => "eos",
+                alignkit_model::FinishReason::Stop => "stop",
+                alignkit_model::FinishReason::Length => "length",
+            }
+            .into(),
+        })
+        .collect()
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_std(x: &[f64]) -> (f64, f64) {
     let mean = x.iter().sum::<f64>() / x.len().max(1) as f64;

@@ -175,7 +175,10 @@ pub fn check_records(specs: &[RewardKind], prompts: &[Prompt]) -> Result<()> {
 
 /// The reward model reads the policy's token ids: both tokenizers must map
 /// every token (special ones included) to the same id.
-fn same_tokenizer(policy: &Tokenizer, reward_dir: &Path) -> std::result::Result<(), String> {
+pub(crate) fn same_tokenizer(
+    policy: &Tokenizer,
+    reward_dir: &Path,
+) -> std::result::Result<(), String> {
     let theirs = Tokenizer::from_dir(reward_dir).map_err(|e| e.to_string())?;
     let (a, b) = (
         policy.inner().get_vocab(true),

@@ -20,10 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use alignkit_datasets::shuffled_batches;
-use alignkit_model::{FinishReason, LlamaConfig, LlamaForCausalLM, load_model, lora};
+use alignkit_datasets::{Encoder, shuffled_batches};
+use alignkit_model::{LlamaConfig, LlamaForCausalLM, load_model, lora};
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::export::{ModelCard, write_merged};
+use alignkit_train::run::MetricsLog;
+use alignkit_train::schedule::Schedule;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::weights::{load_trainable, save_trained};
 use alignkit_train::{
@@ -38,12 +40,13 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
 use crate::loss::{
-    Clip, GrpoInputs, LossType, PolicyLoss, ScaleRewards, eos_penalised, frac_zero_std,
-    grpo_advantages, grpo_loss, is_trained, k1_sequence, kl_penalised, rloo_advantages, rloo_loss,
-    token_weights,
+    GrpoInputs, LossType, PolicyLoss, ScaleRewards, eos_penalised, frac_zero_std, grpo_advantages,
+    grpo_loss, is_trained, k1_sequence, kl_penalised, rloo_advantages, rloo_loss, token_weights,
 };
-use crate::metrics::{CompletionRecord, CompletionsLog, RlMetrics, mean_std};
-use crate::reward::{self, Rewards};
+use crate::metrics::{
+    CompletionsLog, RlMetrics, completion_records, length_stats, mean_std, per_function,
+};
+use crate::reward::{self, Rewards, Scores};
 use crate::rollout::{
     Completion, Prompt, RolloutSettings, ScoredTokens, check_head, load_prompts, roll_out,
     scaled_token_logprobs,
@@ -66,7 +69,7 @@ pub enum ReferenceKind {
 #[derive(Debug, Clone)]
 pub struct RunInfo {
     pub run_dir: PathBuf,
-    /// `grpo` or `rloo`.
+    /// `grpo`, `rloo` or `ppo`.
     pub algorithm: &'static str,
     pub start_step: usize,
     pub total_steps: usize,
@@ -77,6 +80,8 @@ pub struct RunInfo {
     pub reference: ReferenceKind,
     /// The reward functions' names, as logged.
     pub rewards: Vec<String>,
+    /// PPO: where the critic starts from.
+    pub critic: Option<String>,
     /// Bookkeeping settings changed since the checkpoint resumed from.
     pub resumed_with: Vec<KeyChange>,
 }
@@ -86,7 +91,12 @@ pub struct RunInfo {
 pub enum Event<'a> {
     Started(&'a RunInfo),
     Step(&'a RlMetrics),
-    Checkpoint { step: usize, path: &'a Path },
+    /// A PPO step.
+    PpoStep(&'a crate::metrics::PpoMetrics),
+    Checkpoint {
+        step: usize,
+        path: &'a Path,
+    },
 }
 
 /// How the run ended.
@@ -104,59 +114,93 @@ enum Objective {
     },
 }
 
-enum Reference<IB: Backend> {
+pub(crate) enum Reference<IB: Backend> {
     None,
     Frozen(Box<LlamaForCausalLM<IB>>),
     AdaptersDisabled,
 }
 
-/// Everything a step needs that does not change during the run.
-struct Setup {
-    config: RlConfig,
-    trainer: &'static str,
-    objective: Objective,
-    group: usize,
-    beta: f64,
-    passes: usize,
-    clip: Clip,
-    settings: RolloutSettings,
-    run: RunDir,
-    prompts: Vec<Prompt>,
-    prompts_per_step: usize,
-    batches_per_epoch: usize,
-    total_steps: usize,
-    model_config: LlamaConfig,
+impl<IB: Backend> Reference<IB> {
+    fn kind(&self) -> ReferenceKind {
+        match self {
+            Reference::None => ReferenceKind::None,
+            Reference::Frozen(_) => ReferenceKind::FrozenModel,
+            Reference::AdaptersDisabled => ReferenceKind::AdaptersDisabled,
+        }
+    }
+
+    /// The reference's log-probs of each micro-batch's scored tokens; `None`
+    /// without a reference. `policy` is the policy's no-grad view (its
+    /// adapters are disabled for the LoRA reference).
+    pub(crate) fn logps(
+        &self,
+        policy: &LlamaForCausalLM<IB>,
+        batches: &[ScoredTokens],
+        temperature: f32,
+        device: &IB::Device,
+    ) -> Option<Vec<Vec<f32>>> {
+        match self {
+            Reference::None => None,
+            Reference::Frozen(m) => Some(reference_logps(m, batches, temperature, device)),
+            Reference::AdaptersDisabled => Some(reference_logps(
+                &lora::detach_all(policy.clone()),
+                batches,
+                temperature,
+                device,
+            )),
+        }
+    }
 }
 
-/// Train a policy with GRPO or RLOO (the config's `[grpo]` or `[rloo]`
-/// table). Every configuration, prompt and reward-model problem is reported
-/// before any rollout.
-pub fn train<B: AutodiffBackend>(
+/// Everything a step needs that does not change during the run.
+pub(crate) struct Setup {
+    pub config: RlConfig,
+    pub trainer: &'static str,
+    pub group: usize,
+    pub settings: RolloutSettings,
+    pub encoder: Encoder,
+    pub run: RunDir,
+    pub prompts: Vec<Prompt>,
+    pub prompts_per_step: usize,
+    pub batches_per_epoch: usize,
+    pub total_steps: usize,
+    pub model_config: LlamaConfig,
+}
+
+/// A run opened by [`open`]: the policy, its reference, rewards and optimizer,
+/// resumed from the latest checkpoint when asked.
+pub(crate) struct Opened<B: AutodiffBackend> {
+    pub setup: Setup,
+    pub model: LlamaForCausalLM<B>,
+    pub reference: Reference<B::InnerBackend>,
+    pub rewards: Rewards<B::InnerBackend>,
+    pub opt: AdamW<B::InnerBackend>,
+    pub schedule: Schedule,
+    pub guard: NanGuard,
+    pub state: TrainerState,
+    pub metrics: MetricsLog,
+    pub completions_log: CompletionsLog,
+    /// The checkpoint resumed from.
+    pub checkpoint: Option<PathBuf>,
+    pub info: RunInfo,
+}
+
+/// Setup shared by every online-RL loop: config, prompts, checkpoint, policy,
+/// reference (when `beta` > 0), rewards, optimizer. Every configuration,
+/// prompt and reward-model problem is reported here, before any rollout.
+pub(crate) fn open<B: AutodiffBackend>(
     config: &RlConfig,
     device: &B::Device,
-    options: RunOptions<'_>,
-    progress: &mut dyn FnMut(Event<'_>),
-) -> Result<RlOutcome> {
-    // 0. Setup: config, prompts, checkpoint, policy, reference, rewards, optimizer.
+    options: &RunOptions<'_>,
+) -> Result<Opened<B>> {
     config.validate()?;
     let config = config.with_absolute_paths()?;
     let algorithm = config.algorithm()?;
-    let (trainer, group, beta, passes, clip) = (
+    let (trainer, group, beta) = (
         algorithm.name(),
         algorithm.num_generations(),
         algorithm.beta(),
-        algorithm.num_iterations(),
-        algorithm.clip(),
     );
-    let objective = match algorithm {
-        Algorithm::Grpo(p) => Objective::Grpo {
-            loss_type: p.loss_type,
-            scale: p.scale_rewards,
-        },
-        Algorithm::Rloo(p) => Objective::Rloo {
-            normalize: p.normalize_advantages,
-        },
-    };
     let settings = config.rollout_settings()?;
     let encoder = config.encoder()?;
     let prompts = load_prompts(&config.data.train_file, &encoder)?;
@@ -176,7 +220,7 @@ pub fn train<B: AutodiffBackend>(
         path: config.data.train_file.clone(),
         sha256: sha256_file(&config.data.train_file)?,
     }];
-    let (run, mut state, resumed) = RunDir::open(
+    let (run, state, resumed) = RunDir::open(
         &config.output_dir,
         options.resume,
         &RunIdentity {
@@ -198,7 +242,7 @@ pub fn train<B: AutodiffBackend>(
     )?;
 
     let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
-    let (model_config, mut model) = load_trainable::<B>(
+    let (model_config, model) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
         ckpt_path.as_deref(),
@@ -231,7 +275,7 @@ pub fn train<B: AutodiffBackend>(
         device,
     )?;
 
-    let mut opt = match &ckpt_path {
+    let opt = match &ckpt_path {
         Some(dir) => AdamW::<B::InnerBackend>::load(
             config.optim.clone(),
             &dir.join(OPTIMIZER_FILE),
@@ -240,15 +284,15 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
-    let mut guard = NanGuard::resume(
+    let guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
         state.skipped_steps,
     );
     run.write_config(&config.to_toml())?;
     let resumed_step = ckpt_path.as_ref().map(|_| state.step);
-    let mut metrics = run.metrics(resumed_step)?;
-    let mut completions_log = CompletionsLog::open(run.root(), resumed_step)?;
+    let metrics = run.metrics(resumed_step)?;
+    let completions_log = CompletionsLog::open(run.root(), resumed_step)?;
     let info = RunInfo {
         run_dir: run.root().to_path_buf(),
         algorithm: trainer,
@@ -258,36 +302,196 @@ pub fn train<B: AutodiffBackend>(
         prompts_per_step,
         completions_per_step: config.completions_per_step(),
         trainable_params: trainable_count::<B, _>(&model),
-        reference: match reference {
-            Reference::None => ReferenceKind::None,
-            Reference::Frozen(_) => ReferenceKind::FrozenModel,
-            Reference::AdaptersDisabled => ReferenceKind::AdaptersDisabled,
-        },
+        reference: reference.kind(),
         rewards: rewards.names().to_vec(),
+        critic: None,
         resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
     };
-    progress(Event::Started(&info));
-    let setup = Setup {
-        config,
-        trainer,
-        objective,
-        group,
-        beta,
-        passes,
-        clip,
-        settings,
-        run,
-        prompts,
-        prompts_per_step,
-        batches_per_epoch,
-        total_steps,
-        model_config,
-    };
+    Ok(Opened {
+        setup: Setup {
+            config,
+            trainer,
+            group,
+            settings,
+            encoder,
+            run,
+            prompts,
+            prompts_per_step,
+            batches_per_epoch,
+            total_steps,
+            model_config,
+        },
+        model,
+        reference,
+        rewards,
+        opt,
+        schedule,
+        guard,
+        state,
+        metrics,
+        completions_log,
+        checkpoint: ckpt_path,
+        info,
+    })
+}
+
+/// One step's rollout, scored: G completions per prompt, their rewards
+/// (EOS-penalised), which are trained, and their micro-batches.
+pub(crate) struct Rollout {
+    pub completions: Vec<Completion>,
+    pub scores: Scores,
+    pub total_rewards: Vec<f64>,
+    /// False for a truncated completion left out of the loss.
+    pub trained: Vec<bool>,
+    /// `train.batch_size` completions per forward pass, fixed for the step.
+    pub micro: Vec<Range<usize>>,
+    pub batches: Vec<ScoredTokens>,
+    pub generation_time: f64,
+}
+
+/// The prompt order of the epochs, rebuilt when the epoch changes.
+#[derive(Default)]
+pub(crate) struct EpochOrder(Option<(usize, Vec<Vec<usize>>)>);
+
+impl EpochOrder {
+    fn prompts(&mut self, setup: &Setup, seed: u64, epoch: usize, batch: usize) -> Vec<usize> {
+        if self.0.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let epoch_seed = derive_seed(seed, Stream::DataOrder, epoch as u64, 0);
+            self.0 = Some((
+                epoch,
+                shuffled_batches(setup.prompts.len(), setup.prompts_per_step, epoch_seed),
+            ));
+        }
+        self.0.as_ref().expect("set above").1[batch].clone()
+    }
+}
+
+/// Roll out the prompts of the step at `state`'s cursor with the current
+/// policy (π_old, no gradients) and score them. Returns the cursor after the step.
+pub(crate) fn collect<B: AutodiffBackend>(
+    setup: &Setup,
+    state: &TrainerState,
+    order: &mut EpochOrder,
+    model: &LlamaForCausalLM<B>,
+    rewards: &Rewards<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<(Rollout, alignkit_train::DataCursor)> {
+    let started = Instant::now();
     let c = &setup.config;
+    let (epoch, range, next_cursor) = state.cursor.next_step(setup.batches_per_epoch, 1);
+    let indices = order.prompts(setup, state.seed, epoch, range.start);
+    let completions = {
+        let sampler = model.valid().for_decoding();
+        roll_out(
+            &sampler,
+            &setup.prompts,
+            &indices,
+            &setup.settings,
+            setup.encoder.tokenizer(),
+            state.seed,
+            state.step,
+            device,
+        )?
+    };
+    let generation_time = started.elapsed().as_secs_f64();
+    let scores = rewards.score(&setup.prompts, &completions, device)?;
+    let total_rewards: Vec<f64> = scores
+        .total
+        .iter()
+        .zip(&completions)
+        .map(|(&r, comp)| eos_penalised(r, comp.terminated(), c.rollout.missing_eos_penalty))
+        .collect();
+    let trained: Vec<bool> = completions
+        .iter()
+        .map(|comp| is_trained(comp.terminated(), c.rollout.mask_truncated_completions))
+        .collect();
+    let micro: Vec<Range<usize>> = (0..completions.len())
+        .step_by(c.train.batch_size)
+        .map(|s| s..(s + c.train.batch_size).min(completions.len()))
+        .collect();
+    let pad_id = setup.encoder.tokenizer().pad_id();
+    let batches = micro
+        .iter()
+        .map(|r| {
+            let rows: Vec<(&[u32], &[u32])> = completions[r.clone()]
+                .iter()
+                .map(|comp| {
+                    (
+                        setup.prompts[comp.prompt].ids.as_slice(),
+                        comp.tokens.as_slice(),
+                    )
+                })
+                .collect();
+            ScoredTokens::new(&rows, &trained[r.clone()], pad_id)
+        })
+        .collect();
+    Ok((
+        Rollout {
+            completions,
+            scores,
+            total_rewards,
+            trained,
+            micro,
+            batches,
+            generation_time,
+        },
+        next_cursor,
+    ))
+}
+
+/// Train a policy with GRPO or RLOO (the config's `[grpo]` or `[rloo]`
+/// table; `[ppo]` trains with [`crate::ppo_train::train_ppo`]). Every
+/// configuration, prompt and reward-model problem is reported before any
+/// rollout.
+pub fn train<B: AutodiffBackend>(
+    config: &RlConfig,
+    device: &B::Device,
+    options: RunOptions<'_>,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<RlOutcome> {
+    // 0. Setup: config, prompts, checkpoint, policy, reference, rewards, optimizer.
+    let Opened {
+        setup,
+        mut model,
+        reference,
+        rewards,
+        mut opt,
+        schedule,
+        mut guard,
+        mut state,
+        mut metrics,
+        mut completions_log,
+        checkpoint: ckpt_path,
+        info,
+    } = open::<B>(config, device, &options)?;
+    progress(Event::Started(&info));
+    let c = &setup.config;
+    let algorithm = c.algorithm()?;
+    let (beta, passes, clip) = (
+        algorithm.beta(),
+        algorithm.num_iterations(),
+        algorithm.clip(),
+    );
+    let objective = match algorithm {
+        Algorithm::Grpo(p) => Objective::Grpo {
+            loss_type: p.loss_type,
+            scale: p.scale_rewards,
+        },
+        Algorithm::Rloo(p) => Objective::Rloo {
+            normalize: p.normalize_advantages,
+        },
+        Algorithm::Ppo(_) => {
+            return Err(RlError::Config {
+                field: "ppo".into(),
+                message: "a [ppo] config trains with alignkit_ppo::train_ppo".into(),
+            });
+        }
+    };
+    let seed = state.seed;
     let temperature = setup.settings.temperature;
 
-    let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
-    let mut last_saved = resumed_step.zip(ckpt_path.clone());
+    let mut order = EpochOrder::default();
+    let mut last_saved = ckpt_path.clone().map(|p| (state.step, p));
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while state.step < setup.total_steps {
@@ -297,79 +501,25 @@ pub fn train<B: AutodiffBackend>(
         }
         let started = Instant::now();
 
-        // 1. Roll out: G completions for each prompt of this step, sampled by
-        //    the current policy (π_old) without gradients.
-        let (epoch, range, next_cursor) = state.cursor.next_step(setup.batches_per_epoch, 1);
-        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let epoch_seed = derive_seed(seed, Stream::DataOrder, epoch as u64, 0);
-            order = Some((
-                epoch,
-                shuffled_batches(setup.prompts.len(), setup.prompts_per_step, epoch_seed),
-            ));
-        }
-        let indices = order.as_ref().expect("set above").1[range.start].clone();
-        let completions = {
-            let sampler = model.valid().for_decoding();
-            roll_out(
-                &sampler,
-                &setup.prompts,
-                &indices,
-                &setup.settings,
-                tokenizer,
-                seed,
-                state.step,
-                device,
-            )?
-        };
-        let generation_time = started.elapsed().as_secs_f64();
-
-        // 2. Score: each reward function, their weighted sum, the EOS penalty.
+        // 1-2. Roll out G completions for each prompt of this step with the
+        //    current policy (π_old), and score them.
+        let (rollout, next_cursor) = collect(&setup, &state, &mut order, &model, &rewards, device)?;
+        let Rollout {
+            completions,
+            scores,
+            total_rewards,
+            trained,
+            micro,
+            batches,
+            generation_time,
+        } = rollout;
         let scoring_started = Instant::now();
-        let scores = rewards.score(&setup.prompts, &completions, device)?;
-        let total_rewards: Vec<f64> = scores
-            .total
-            .iter()
-            .zip(&completions)
-            .map(|(&r, comp)| eos_penalised(r, comp.terminated(), c.rollout.missing_eos_penalty))
-            .collect();
 
         // 3. Advantages, with the reference's log-probs where β > 0. The
         //    micro-batches are fixed here for all passes; a masked (truncated)
         //    completion is a row without scored tokens.
-        let trained: Vec<bool> = completions
-            .iter()
-            .map(|comp| is_trained(comp.terminated(), c.rollout.mask_truncated_completions))
-            .collect();
-        let micro: Vec<Range<usize>> = (0..completions.len())
-            .step_by(c.train.batch_size)
-            .map(|s| s..(s + c.train.batch_size).min(completions.len()))
-            .collect();
-        let batches: Vec<ScoredTokens> = micro
-            .iter()
-            .map(|r| {
-                let rows: Vec<(&[u32], &[u32])> = completions[r.clone()]
-                    .iter()
-                    .map(|comp| {
-                        (
-                            setup.prompts[comp.prompt].ids.as_slice(),
-                            comp.tokens.as_slice(),
-                        )
-                    })
-                    .collect();
-                ScoredTokens::new(&rows, &trained[r.clone()], pad_id)
-            })
-            .collect();
-        let ref_logps: Option<Vec<Vec<f32>>> = match &reference {
-            Reference::None => None,
-            Reference::Frozen(m) => Some(reference_logps(m, &batches, temperature, device)),
-            Reference::AdaptersDisabled => Some(reference_logps(
-                &lora::detach_all(model.valid()),
-                &batches,
-                temperature,
-                device,
-            )),
-        };
-        let (advantages, rloo_kl) = match setup.objective {
+        let ref_logps = reference.logps(&model.valid(), &batches, temperature, device);
+        let (advantages, rloo_kl) = match objective {
             Objective::Grpo { scale, .. } => {
                 (grpo_advantages(&total_rewards, setup.group, scale), None)
             }
@@ -379,7 +529,7 @@ pub fn train<B: AutodiffBackend>(
                     Some(r) => sequence_k1(&completions, &trained, &micro, &batches, r),
                     None => vec![0.0; completions.len()],
                 };
-                let penalised = kl_penalised(&total_rewards, &kl, setup.beta);
+                let penalised = kl_penalised(&total_rewards, &kl, beta);
                 let tokens: usize = batches.iter().map(ScoredTokens::len).sum();
                 let kl_mean = kl.iter().sum::<f64>() / tokens.max(1) as f64;
                 (
@@ -406,7 +556,7 @@ pub fn train<B: AutodiffBackend>(
                     .collect()
             })
             .collect();
-        let weights = match setup.objective {
+        let weights = match objective {
             Objective::Grpo { loss_type, .. } => {
                 token_weights(loss_type, &active, c.rollout.max_completion_length)
             }
@@ -421,14 +571,14 @@ pub fn train<B: AutodiffBackend>(
         let mut sums = PassSums::default();
         let mut verdict: std::result::Result<Verdict, TrainError> = Ok(Verdict::Update);
         let mut skipped = None;
-        for pass in 0..setup.passes {
+        for pass in 0..passes {
             let mut grads = Gradients::<B::InnerBackend>::new();
             let mut pass_loss = 0.0;
             for (k, tokens) in batches.iter().enumerate() {
                 let rows = micro[k].len();
                 if tokens.is_empty() {
                     // Every completion masked: no gradient, nothing clipped.
-                    sums.clip_items += match setup.objective {
+                    sums.clip_items += match objective {
                         Objective::Grpo { .. } => 0,
                         Objective::Rloo { .. } => rows,
                     };
@@ -439,7 +589,7 @@ pub fn train<B: AutodiffBackend>(
                 let logp = head.logp;
                 let n = tokens.len();
                 let old_values = (pass > 0).then(|| floats::<B>(&old[k], device));
-                let out: PolicyLoss<B> = match setup.objective {
+                let out: PolicyLoss<B> = match objective {
                     Objective::Grpo { .. } => {
                         let per_token = |f: &dyn Fn(usize) -> f64| -> Tensor<B, 1> {
                             let v: Vec<f32> = tokens.row.iter().map(|&r| f(r) as f32).collect();
@@ -456,8 +606,8 @@ pub fn train<B: AutodiffBackend>(
                                 advantage,
                                 weight,
                             },
-                            setup.clip,
-                            setup.beta,
+                            clip,
+                            beta,
                         )
                     }
                     Objective::Rloo { .. } => {
@@ -484,7 +634,7 @@ pub fn train<B: AutodiffBackend>(
                         if pass == 0 {
                             old[k] = host(logp_sum.clone().detach());
                         }
-                        rloo_loss(logp_sum, old_values, advantage, weights[k][0], setup.clip)
+                        rloo_loss(logp_sum, old_values, advantage, weights[k][0], clip)
                     }
                 };
                 pass_loss += host(out.loss.clone())[0] as f64;
@@ -504,7 +654,7 @@ pub fn train<B: AutodiffBackend>(
                     if let Some(kl) = &out.kl {
                         sums.kl += host(kl.clone().sum())[0] as f64;
                     }
-                    if matches!(setup.objective, Objective::Grpo { .. }) {
+                    if matches!(objective, Objective::Grpo { .. }) {
                         old[k] = values;
                     }
                 }
@@ -529,23 +679,10 @@ pub fn train<B: AutodiffBackend>(
         let optimization_time = optimization_started.elapsed().as_secs_f64();
 
         // 5. Metrics, and a sample of completions when due.
-        let prompt_tokens: usize = completions
-            .iter()
-            .map(|comp| setup.prompts[comp.prompt].ids.len())
-            .sum();
-        let lengths: Vec<f64> = completions
-            .iter()
-            .map(|comp| comp.tokens.len() as f64)
-            .collect();
-        state.num_tokens += (prompt_tokens + lengths.iter().sum::<f64>() as usize) as u64;
+        state.num_tokens += rollout_tokens(&setup.prompts, &completions);
         let (reward, reward_std) = mean_std(&total_rewards);
-        let mut per_func = std::collections::BTreeMap::new();
-        for (name, s) in rewards.names().iter().zip(&scores.per_func) {
-            let (m, sd) = mean_std(s);
-            per_func.insert(format!("rewards/{name}/mean"), m);
-            per_func.insert(format!("rewards/{name}/std"), sd);
-        }
-        let passes_run = setup.passes as f64;
+        let (mean_length, min_length, max_length, clipped_ratio) = length_stats(&completions);
+        let passes_run = passes as f64;
         let trained_tokens = sums.tokens.max(1) as f64;
         let clip_items = sums.clip_items.max(1) as f64;
         let m = RlMetrics {
@@ -557,15 +694,14 @@ pub fn train<B: AutodiffBackend>(
             grad_norm: sums.grad_norm / passes_run,
             reward,
             reward_std,
-            rewards: per_func,
+            rewards: per_function(rewards.names(), &scores.per_func),
             frac_reward_zero_std: frac_zero_std(&total_rewards, setup.group),
-            mean_length: mean_std(&lengths).0,
-            min_length: lengths.iter().copied().fold(f64::INFINITY, f64::min),
-            max_length: lengths.iter().copied().fold(0.0, f64::max),
-            clipped_ratio: completions.iter().filter(|x| !x.terminated()).count() as f64
-                / completions.len().max(1) as f64,
-            kl: match setup.objective {
-                Objective::Grpo { .. } => (setup.beta > 0.0).then(|| sums.kl / trained_tokens),
+            mean_length,
+            min_length,
+            max_length,
+            clipped_ratio,
+            kl: match objective {
+                Objective::Grpo { .. } => (beta > 0.0).then(|| sums.kl / trained_tokens),
                 Objective::Rloo { .. } => rloo_kl,
             },
             entropy: sums.entropy / trained_tokens,
@@ -584,32 +720,16 @@ pub fn train<B: AutodiffBackend>(
         metrics.append(&m)?;
         let every = c.rollout.log_completions_steps;
         if every > 0 && state.step.is_multiple_of(every) {
-            let records: Vec<CompletionRecord> = completions
-                .iter()
-                .enumerate()
-                .take(c.rollout.num_completions_to_log)
-                .map(|(i, comp)| CompletionRecord {
-                    step: state.step,
-                    at: setup.prompts[comp.prompt].at.to_string(),
-                    prompt: serde_json::to_value(&setup.prompts[comp.prompt].prompt)
-                        .unwrap_or_default(),
-                    completion: comp.text.clone(),
-                    reward: total_rewards[i],
-                    rewards: rewards
-                        .names()
-                        .iter()
-                        .zip(&scores.per_func)
-                        .map(|(n, s)| (n.clone(), s[i]))
-                        .collect(),
-                    advantage: advantages[i],
-                    finish: match comp.finish {
-                        FinishReason::Eos => "eos",
-                        FinishReason::Stop => "stop",
-                        FinishReason::Length => "length",
-                    }
-                    .into(),
-                })
-                .collect();
+            let records = completion_records(
+                state.step,
+                &setup.prompts,
+                &completions,
+                &total_rewards,
+                rewards.names(),
+                &scores.per_func,
+                &advantages,
+                c.rollout.num_completions_to_log,
+            );
             completions_log.append(&records)?;
         }
         progress(Event::Step(&m));
@@ -618,7 +738,7 @@ pub fn train<B: AutodiffBackend>(
 
         // 6. Checkpoint when due.
         if c.train.save_due(state.step) || state.step == setup.total_steps {
-            let saved = save(&setup, &state, &model, &opt)?;
+            let saved = save(&setup, &state, &model, &opt, |_| Ok(()))?;
             progress(Event::Checkpoint {
                 step: saved.step,
                 path: &saved.path,
@@ -627,16 +747,41 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
-    // Interrupted: checkpoint and return. Finished: write final/.
+    finish(
+        &setup,
+        &state,
+        stop,
+        last_saved,
+        last_metrics,
+        model,
+        |setup, state, model| save(setup, state, model, &opt, |_| Ok(())),
+        progress,
+    )
+}
+
+/// The end of a run: a checkpoint of the last step unless one exists (always
+/// when interrupted), and, unless interrupted, the merged policy in `final/`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish<B: AutodiffBackend, M>(
+    setup: &Setup,
+    state: &TrainerState,
+    stop: StopReason,
+    mut last_saved: Option<(usize, PathBuf)>,
+    last_metrics: Option<M>,
+    model: LlamaForCausalLM<B>,
+    save: impl FnOnce(&Setup, &TrainerState, &LlamaForCausalLM<B>) -> Result<CheckpointRef>,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<alignkit_train::Outcome<M>> {
     if stop == StopReason::Interrupted || last_saved.as_ref().is_none_or(|(s, _)| *s != state.step)
     {
-        let saved = save(&setup, &state, &model, &opt)?;
+        let saved = save(setup, state, &model)?;
         progress(Event::Checkpoint {
             step: saved.step,
             path: &saved.path,
         });
         last_saved = Some((saved.step, saved.path));
     }
+    let c = &setup.config;
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
         let dir = setup.run.final_dir();
@@ -660,7 +805,7 @@ pub fn train<B: AutodiffBackend>(
         )?;
         final_dir = Some(dir);
     }
-    Ok(RlOutcome {
+    Ok(alignkit_train::Outcome {
         run_dir: setup.run.root().to_path_buf(),
         stop,
         steps: state.step,
@@ -670,6 +815,14 @@ pub fn train<B: AutodiffBackend>(
         best: None,
         skipped_steps: state.skipped_steps,
     })
+}
+
+/// Prompt and completion tokens of a rollout.
+pub(crate) fn rollout_tokens(prompts: &[Prompt], completions: &[Completion]) -> u64 {
+    completions
+        .iter()
+        .map(|comp| (prompts[comp.prompt].ids.len() + comp.tokens.len()) as u64)
+        .sum()
 }
 
 /// Sums over the optimisation passes of a step (and, for the diagnostics of
@@ -753,22 +906,25 @@ fn sequence_k1(
     out
 }
 
-fn floats<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
+pub(crate) fn floats<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
     Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
-fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+pub(crate) fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("converted to f32 above")
 }
 
-fn save<B: AutodiffBackend>(
+/// Checkpoint the policy and its optimizer; `extra` writes what else the
+/// trainer keeps into the same directory (PPO: the critic).
+pub(crate) fn save<B: AutodiffBackend>(
     setup: &Setup,
     state: &TrainerState,
     model: &LlamaForCausalLM<B>,
     opt: &AdamW<B::InnerBackend>,
+    extra: impl FnOnce(&Path) -> std::result::Result<(), TrainError>,
 ) -> Result<CheckpointRef> {
     if let Some(name) = first_non_finite::<B, _>(model) {
         return Err(RlError::Train(TrainError::checkpoint(
@@ -784,7 +940,8 @@ fn save<B: AutodiffBackend>(
         None,
         |dir| {
             save_trained(model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
-            opt.save(&dir.join(OPTIMIZER_FILE))
+            opt.save(&dir.join(OPTIMIZER_FILE))?;
+            extra(dir)
         },
     )?)
 }

@@ -17,6 +17,8 @@ pub enum Stream {
     Dropout = 3,
     /// Token sampling of one rollout completion (online RL).
     Sampling = 4,
+    /// Mini-batch order of one PPO epoch over a rollout.
+    MiniBatchOrder = 5,
 }
 
 /// SplitMix64's finaliser (Steele et al. 2014): a bijective 64-bit mix.

@@ -10,7 +10,7 @@
 //!
 //! [[stage]]
 //! name = "sft"
-//! kind = "sft"                             # sft | reward | dpo | grpo | rloo | eval | export
+//! kind = "sft"                             # sft | reward | dpo | grpo | rloo | ppo | eval | export
 //! [stage.config]                           # the stage's own config (SftConfig here),
 //! learning_rate = 2e-4                     # without `model` and `output_dir`
 //! data.train_file = "sft.jsonl"
@@ -30,7 +30,7 @@
 //!
 //! [[stage]]
 //! name = "grpo"
-//! kind = "grpo"                            # or "rloo": RlConfig; no [grpo] table: its defaults
+//! kind = "grpo"                            # or "rloo", "ppo": RlConfig; no [grpo] table: its defaults
 //! [stage.config]
 //! data.train_file = "prompts.jsonl"
 //! [[stage.config.rewards]]

@@ -187,7 +187,7 @@ pub(super) fn model_refs(
     };
     let mut refs = Vec::new();
     match entry.kind {
-        StageKind::Grpo | StageKind::Rloo => {
+        StageKind::Grpo | StageKind::Rloo | StageKind::Ppo => {
             for (i, r) in array("rewards").iter().enumerate() {
                 let Some(r) = r.as_table() else { continue };
                 let role = format!("rewards[{i}]");
@@ -411,6 +411,7 @@ impl Plan {
                             | StageKind::Dpo
                             | StageKind::Grpo
                             | StageKind::Rloo
+                            | StageKind::Ppo
                             | StageKind::Eval => bail!(
                                 "{at}: takes its model from `{}`, a reward model, not a policy",
                                 up.name
@@ -502,7 +503,11 @@ impl Plan {
                 .filter(|u| {
                     matches!(
                         u.kind,
-                        StageKind::Sft | StageKind::Dpo | StageKind::Grpo | StageKind::Rloo
+                        StageKind::Sft
+                            | StageKind::Dpo
+                            | StageKind::Grpo
+                            | StageKind::Rloo
+                            | StageKind::Ppo
                     )
                 })
                 .map(|u| u.dir.clone());
@@ -611,16 +616,19 @@ pub(super) fn resolve_config(
             }
         }
     }
-    if let Some((own, other)) = match entry.kind {
-        StageKind::Grpo => Some(("grpo", "rloo")),
-        StageKind::Rloo => Some(("rloo", "grpo")),
+    if let Some(own) = match entry.kind {
+        StageKind::Grpo => Some("grpo"),
+        StageKind::Rloo => Some("rloo"),
+        StageKind::Ppo => Some("ppo"),
         _ => None,
     } {
         // The algorithm's table, as the command expects it; its defaults when absent.
-        if table.contains_key(other) {
-            bail!(
-                "[stage.config] holds an [{other}] table, but the stage is kind = \"{own}\": make it kind = \"{other}\", or the table [{own}]"
-            );
+        for other in ["grpo", "rloo", "ppo"] {
+            if other != own && table.contains_key(other) {
+                bail!(
+                    "[stage.config] holds a [{other}] table, but the stage is kind = \"{own}\": make it kind = \"{other}\", or the table [{own}]"
+                );
+            }
         }
         table
             .entry(own)
@@ -657,7 +665,7 @@ pub(super) fn resolve_config(
             });
             StageConfig::Dpo(Box::new(c))
         }
-        StageKind::Grpo | StageKind::Rloo => {
+        StageKind::Grpo | StageKind::Rloo | StageKind::Ppo => {
             StageConfig::Rl(Box::new(table.try_into().map_err(bad)?))
         }
         StageKind::Eval => {

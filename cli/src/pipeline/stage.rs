@@ -36,6 +36,7 @@ pub enum StageKind {
     Dpo,
     Grpo,
     Rloo,
+    Ppo,
     Eval,
     Export,
 }
@@ -48,6 +49,7 @@ impl StageKind {
             StageKind::Dpo => "dpo",
             StageKind::Grpo => "grpo",
             StageKind::Rloo => "rloo",
+            StageKind::Ppo => "ppo",
             StageKind::Eval => "eval",
             StageKind::Export => "export",
         }
