@@ -1,4 +1,4 @@
-//! `alignkit data validate|inspect` (glue over alignkit-datasets).
+//! `alignkit data validate|inspect|pairs` (glue over alignkit-datasets).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -23,6 +23,34 @@ pub enum DataCommand {
     /// Show one record as the model sees it: the rendered text and every
     /// token, marked when it is trained on.
     Inspect(InspectArgs),
+    /// Preference pairs from sampled candidates ranked by an automatic
+    /// judge: every two responses of a prompt with different scores make a
+    /// pair (4 samples → up to 6 pairs), the higher-scored one chosen.
+    #[command(after_help = "Examples:
+  alignkit generate --prompts examples/sentiment/train.jsonl --chat --num-samples 4 --out candidates.jsonl
+  alignkit data pairs candidates.jsonl --judge sentiment --out pairs.jsonl")]
+    Pairs(PairsArgs),
+}
+
+#[derive(Args)]
+pub struct PairsArgs {
+    /// A candidates file (`alignkit generate --num-samples N --out`).
+    candidates: PathBuf,
+    /// What scores each response: `sentiment` (VADER compound score).
+    #[arg(long, value_enum)]
+    judge: PairJudge,
+    /// The preference JSONL to write (`{"prompt","chosen","rejected"}`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PairJudge {
+    /// The VADER compound score of the response's text.
+    Sentiment,
 }
 
 #[derive(Args)]
@@ -142,7 +170,75 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Validate(args) => validate(args),
         DataCommand::Inspect(args) => inspect(args),
+        DataCommand::Pairs(args) => pairs(args),
     }
+}
+
+/// Every two responses of an item with different scores, the higher chosen;
+/// (items, pairs, equal-score pairs skipped).
+fn rank_pairs(
+    items: &[alignkit_labeler::candidates::Item],
+    score: impl Fn(&str) -> f64,
+) -> (Vec<serde_json::Value>, usize) {
+    let mut out = Vec::new();
+    let mut ties = 0;
+    for item in items {
+        let scores: Vec<f64> = item.responses.iter().map(|r| score(&r.text)).collect();
+        for i in 0..scores.len() {
+            for j in i + 1..scores.len() {
+                let (hi, lo) = match scores[i].partial_cmp(&scores[j]) {
+                    Some(std::cmp::Ordering::Greater) => (i, j),
+                    Some(std::cmp::Ordering::Less) => (j, i),
+                    _ => {
+                        ties += 1;
+                        continue;
+                    }
+                };
+                out.push(serde_json::json!({
+                    "prompt": item.prompt,
+                    "chosen": item.responses[hi].text,
+                    "rejected": item.responses[lo].text,
+                    "score_chosen": scores[hi],
+                    "score_rejected": scores[lo],
+                }));
+            }
+        }
+    }
+    (out, ties)
+}
+
+fn pairs(args: PairsArgs) -> Result<()> {
+    if args.out.exists() && !args.overwrite {
+        bail!(
+            "{} exists; pass --overwrite to replace it",
+            args.out.display()
+        );
+    }
+    let loaded = alignkit_labeler::candidates::load_candidates(&args.candidates)?;
+    if let Some(problem) = loaded.problems.first() {
+        bail!("{problem}");
+    }
+    if loaded.items.is_empty() {
+        bail!("{}: no candidates", args.candidates.display());
+    }
+    let vader = alignkit_ppo::reward::Sentiment::new();
+    let (pairs, ties) = match args.judge {
+        PairJudge::Sentiment => rank_pairs(&loaded.items, |t| vader.score(t)),
+    };
+    let mut text = String::new();
+    for p in &pairs {
+        text.push_str(&p.to_string());
+        text.push('\n');
+    }
+    alignkit_model::checkpoint::write_atomic(&args.out, text.as_bytes())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{} prompts → {} pairs ({ties} with equal scores skipped) → {}",
+        loaded.items.len(),
+        pairs.len(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn validate(args: ValidateArgs) -> Result<()> {
@@ -268,4 +364,50 @@ fn coloured(ins: &Inspection) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alignkit_labeler::candidates::{Item, Response};
+
+    /// Scores (0.5, −0.2, 0.5, 0.9): of the 6 pairs one is a tie; the rest
+    /// put the higher score first.
+    #[test]
+    fn pairs_rank_every_two_responses_and_skip_ties() {
+        let item = Item {
+            id: "1".into(),
+            prompt: alignkit_datasets::Turns::Text("p".into()),
+            responses: ["a", "b", "c", "d"]
+                .iter()
+                .map(|t| Response {
+                    text: (*t).into(),
+                    source: None,
+                })
+                .collect(),
+        };
+        let score = |t: &str| match t {
+            "a" | "c" => 0.5,
+            "b" => -0.2,
+            _ => 0.9,
+        };
+        let (pairs, ties) = rank_pairs(&[item], score);
+        assert_eq!(ties, 1);
+        let got: Vec<(String, String)> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    p["chosen"].as_str().unwrap().into(),
+                    p["rejected"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want = [("a", "b"), ("d", "a"), ("c", "b"), ("d", "b"), ("d", "c")];
+        assert_eq!(
+            got,
+            want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
+        );
+        assert_eq!(pairs[0]["prompt"], "p");
+        assert_eq!(pairs[1]["score_chosen"], 0.9);
+    }
 }

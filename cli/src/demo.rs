@@ -225,6 +225,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             chat: false,
             batch_size: args.batch_size.max(1),
             window: None,
+            score: None,
             json: false,
             device: args.device,
         },

@@ -61,6 +61,11 @@ Rules: one-sentence, json-keys=KEY[,KEY...], json-keys-from=FIELD (a list field 
   alignkit eval drift --policy run/dpo/final --reference base --prompts heldout.jsonl \\
       --text examples/general-text.txt")]
     Drift(DriftArgs),
+    /// The reward-versus-KL frontier of several runs, from their held-out
+    /// evaluations (RL `[eval]`: eval.jsonl; others: drift-step-N.json reports):
+    /// frontier.svg and a table of the best reward within each KL budget.
+    #[command(after_help = crate::examples::EVAL_FRONTIER)]
+    Frontier(crate::frontier::FrontierArgs),
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
@@ -74,6 +79,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             let report = dispatch(args.device, args)?;
             report.emit(&out, json)
         }
+        EvalCommand::Frontier(args) => crate::frontier::run(args),
         EvalCommand::Drift(args) => {
             let json = args.json;
             let report = dispatch(args.device, args)?;
@@ -1153,12 +1159,24 @@ pub struct DriftArgs {
     /// Tokens per NLL window (default: the context, at most 512).
     #[arg(long)]
     pub window: Option<usize>,
+    /// Also score the same sampled completions: `sentiment` (VADER compound,
+    /// in [−1, 1]) — with the KL, one point of a reward-versus-KL frontier.
+    #[arg(long, value_name = "sentiment")]
+    pub score: Option<DriftScore>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
     /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+}
+
+/// What `eval drift --score` scores the sampled completions with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftScore {
+    /// The VADER compound score of the completion's text.
+    Sentiment,
 }
 
 /// What `eval drift` measured.
@@ -1176,6 +1194,11 @@ pub struct DriftReport {
     /// NLL of each model on the general text, if one was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<TextDrift>,
+    /// `--score`: what scored the samples, and their mean score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scored_by: Option<DriftScore>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<MeanInterval>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1205,6 +1228,16 @@ impl DriftReport {
             self.max_new_tokens,
             self.kl_per_token
         );
+        if let (Some(by), Some(m)) = (&self.scored_by, &self.score) {
+            let by = match by {
+                DriftScore::Sentiment => "sentiment (VADER compound)",
+            };
+            let _ = writeln!(
+                s,
+                "{by} of the same samples: mean {:.4}, 95% CI [{:.4}, {:.4}]",
+                m.mean, m.low, m.high
+            );
+        }
         if let Some(t) = &self.text {
             let _ = writeln!(
                 s,
@@ -1304,6 +1337,17 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let score = match args.score {
+        None => None,
+        Some(DriftScore::Sentiment) => {
+            let vader = alignkit_ppo::reward::Sentiment::new();
+            let scores: Vec<f64> = pairs
+                .iter()
+                .map(|(_, c)| Ok(vader.score(&tokenizer.decode(c, true)?)))
+                .collect::<Result<_>>()?;
+            MeanInterval::of(&scores, LEVEL)
+        }
+    };
     let lp_policy = completion_logprobs(&policy.model, &pairs, args.batch_size, device)?;
     let lp_reference = completion_logprobs(&reference.model, &pairs, args.batch_size, device)?;
     let kl = sequence_kl(&lp_policy, &lp_reference, LEVEL).expect("prompts are not empty");
@@ -1346,6 +1390,8 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
         mean_completion_tokens: tokens as f64 / pairs.len() as f64,
         max_new_tokens,
         text,
+        scored_by: args.score,
+        score,
     })
 }
 

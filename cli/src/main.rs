@@ -11,6 +11,7 @@ mod demo;
 mod dpo;
 mod eval;
 mod export;
+mod frontier;
 mod generate;
 mod label;
 mod logprobs;
@@ -242,7 +243,12 @@ Examples:
     pub const EVAL_DRIFT: &str = "\
 Examples:
   alignkit eval drift --policy runs/dpo/final --reference runs/sft/final --prompts heldout.jsonl
-  alignkit eval drift --policy runs/dpo/final --reference runs/sft/final --prompts heldout.jsonl --text examples/general-text.txt";
+  alignkit eval drift --policy runs/dpo/final --reference runs/sft/final --prompts heldout.jsonl --text examples/general-text.txt
+  alignkit eval drift --policy runs/sentiment-ppo/final --reference BASE --prompts examples/sentiment/test.jsonl --chat --score sentiment";
+    pub const EVAL_FRONTIER: &str = "\
+Examples:
+  alignkit eval frontier runs/frontier/* --out runs/frontier   reward against KL of every run, frontier.svg + frontier.md
+  alignkit eval frontier runs/ppo runs/grpo --out report --budgets 1,2,5";
     pub const EXPORT: &str = "\
 Examples:
   alignkit export runs/sft --merged models/sft-merged

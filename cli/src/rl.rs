@@ -188,6 +188,17 @@ fn report(bar: &StepBar, event: Event<'_>) {
             );
             bar.step(m.step, msg, m.skipped.as_ref());
         }
+        Event::Eval(r) => bar.println(&format!(
+            "eval at step {}: reward {:.4} ± {:.4}, sequence KL {:.3} ± {:.3} ({} completions, mean length {:.1}, {:.0}s)",
+            r.step,
+            r.reward,
+            r.reward_std,
+            r.kl,
+            r.kl_sem,
+            r.completions,
+            r.mean_length,
+            r.time
+        )),
         Event::Checkpoint { .. } => {}
     }
 }

@@ -724,6 +724,32 @@ fn drift_is_zero_against_itself_and_needs_one_vocabulary() {
     // A random character-level model: near-uniform over 96 tokens.
     let ppl = t["policy_perplexity"].as_f64().unwrap();
     assert!(ppl > 30.0 && ppl < 300.0, "{ppl}");
+    assert!(
+        report.get("score").is_none(),
+        "no --score, no score: {report}"
+    );
+
+    // --score sentiment scores the same samples: one VADER score each.
+    let (stdout, _) = ok(&alignkit(&[
+        "eval",
+        "drift",
+        "--policy",
+        s(&policy),
+        "--reference",
+        s(&policy),
+        "--prompts",
+        s(&p),
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--score",
+        "sentiment",
+    ]));
+    assert!(
+        stdout.contains("sentiment (VADER compound) of the same samples: mean "),
+        "{stdout}"
+    );
 
     let other = other_tokenizer(&policy, &root.path().join("other"));
     let err = refused(&alignkit(&[

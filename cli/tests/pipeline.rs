@@ -827,6 +827,33 @@ fn rloo_stage_without_its_table_takes_the_defaults() {
     }
 }
 
+/// A `ppo` stage reads the reward stage's model twice: as its reward and as
+/// its critic's starting weights (the only model reward).
+#[test]
+fn ppo_stage_takes_the_reward_stage_as_reward_and_critic() {
+    let f = Fixture::new(
+        &rl_pipeline("1e-2")
+            .replace(
+                "name = \"grpo\"\nkind = \"grpo\"",
+                "name = \"ppo\"\nkind = \"ppo\"",
+            )
+            .replace("grpo.num_generations = 2\n", "ppo.num_ppo_epochs = 2\n"),
+    );
+    write_prompts(&f.dir);
+    f.ok(&[]);
+    let ppo = f.manifest("ppo");
+    assert_eq!(ppo["kind"], "ppo");
+    assert_eq!(ppo["config"]["ppo"]["num_ppo_epochs"], 2);
+    assert_eq!(ppo["inputs"]["models"]["rewards[0]"]["from"], "rm");
+    assert_eq!(f.steps("ppo"), vec![1, 2]);
+    let critic = f.dir.join("run/ppo/checkpoints/step-2/critic");
+    assert!(critic.join("adapter_model.safetensors").is_file());
+    assert!(critic.join("score.safetensors").is_file());
+    for stage in ["eval", "adapter"] {
+        assert_eq!(f.manifest(stage)["inputs"]["model"]["from"], "ppo");
+    }
+}
+
 #[test]
 fn bad_model_references_fail_before_any_work() {
     let base = rl_pipeline("1e-2");

@@ -317,7 +317,49 @@ impl Default for RolloutConfig {
     }
 }
 
-/// Online RL (GRPO or RLOO) configuration.
+/// The `[eval]` table: held-out prompts sampled by the policy at step 0 and
+/// every `steps` steps (and at the last), each completion scored by the run's
+/// rewards and its sequence KL to the reference estimated from the sample
+/// (Σ_t log π − log π_ref, at the rollout temperature): one reward-versus-KL
+/// point per evaluation in `RUN_DIR/eval.jsonl`. Changes no update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Prompts JSONL, as `data.train_file`; empty: no evaluation.
+    pub file: PathBuf,
+    /// Every this many steps; 0: no evaluation.
+    pub steps: usize,
+    /// Completions sampled per prompt.
+    pub num_samples: usize,
+    /// Absent: `rollout.max_completion_length`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_length: Option<usize>,
+    /// What scores the evaluations (`[[eval.rewards]]`, as `[[rewards]]`);
+    /// empty: the run's rewards. A run trained on a learned reward model is
+    /// judged here by the true reward.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<RewardKind>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::new(),
+            steps: 0,
+            num_samples: 1,
+            max_completion_length: None,
+            rewards: Vec::new(),
+        }
+    }
+}
+
+impl EvalConfig {
+    pub fn enabled(&self) -> bool {
+        self.steps > 0
+    }
+}
+
+/// Online RL (GRPO, RLOO or PPO) configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RlConfig {
@@ -338,6 +380,7 @@ pub struct RlConfig {
     pub data: DataConfig,
     pub rollout: RolloutConfig,
     pub rewards: Vec<RewardKind>,
+    pub eval: EvalConfig,
     /// `batch_size` counts completions per micro-batch; `batch_size ×
     /// grad_accum` completions (a multiple of G) make one step.
     pub train: LoopConfig,
@@ -362,6 +405,7 @@ impl Default for RlConfig {
             data: DataConfig::default(),
             rollout: RolloutConfig::default(),
             rewards: Vec::new(),
+            eval: EvalConfig::default(),
             train: LoopConfig::default(),
             optim: AdamWConfig::default(),
             schedule: ScheduleConfig::default(),
@@ -517,10 +561,34 @@ impl RlConfig {
         if r.generation_batch_size == 0 {
             return Err(self.error("rollout.generation_batch_size", "must be at least 1"));
         }
+        if self.eval.enabled() {
+            if !self.eval.file.is_file() {
+                return Err(self.error(
+                    "eval.file",
+                    format!("{}: no such file", self.eval.file.display()),
+                ));
+            }
+            if self.eval.num_samples == 0 {
+                return Err(self.error("eval.num_samples", "must be at least 1"));
+            }
+            if self.eval.max_completion_length == Some(0) {
+                return Err(self.error("eval.max_completion_length", "must be at least 1"));
+            }
+            if !self.eval.rewards.is_empty() {
+                let tokenizer = alignkit_datasets::Tokenizer::from_dir(&self.model)?;
+                reward::validate(&self.eval.rewards, Some(&tokenizer)).map_err(|e| match e {
+                    RlError::Config { field, message } => RlError::Config {
+                        field: format!("eval.{field}"),
+                        message,
+                    },
+                    other => other,
+                })?;
+            }
+        }
         if self.train.eval_steps > 0 {
             return Err(self.error(
                 "train.eval_steps",
-                "online RL has no validation loss; leave it 0 (evaluate with alignkit eval)",
+                "online RL has no validation loss; leave it 0 (held-out prompts: the [eval] table)",
             ));
         }
         self.train.validate()?;
@@ -616,6 +684,14 @@ impl RlConfig {
         c.model = abs(&self.model)?;
         c.output_dir = abs(&self.output_dir)?;
         c.data.train_file = abs(&self.data.train_file)?;
+        if self.eval.enabled() {
+            c.eval.file = abs(&self.eval.file)?;
+        }
+        for r in &mut c.eval.rewards {
+            if let RewardKind::Model { path, .. } = r {
+                *path = abs(path)?;
+            }
+        }
         for r in &mut c.rewards {
             if let RewardKind::Model { path, .. } = r {
                 *path = abs(path)?;

@@ -29,12 +29,14 @@ pub mod rollout;
 pub mod train;
 
 pub use config::{
-    AdaptiveKlConfig, Algorithm, DataConfig, FinalDtype, GrpoParams, PpoParams, RlConfig,
-    RlooParams, RolloutConfig,
+    AdaptiveKlConfig, Algorithm, DataConfig, EvalConfig, FinalDtype, GrpoParams, PpoParams,
+    RlConfig, RlooParams, RolloutConfig,
 };
 pub use error::RlError;
 pub use loss::{Clip, LossType, ScaleRewards};
 pub use metrics::{CompletionRecord, PpoMetrics, RlMetrics};
 pub use ppo_train::{CriticInit, PpoOutcome, train_ppo};
 pub use reward::RewardKind;
-pub use train::{Event, ReferenceKind, RlOutcome, RunInfo, RunOptions, StopReason, train};
+pub use train::{
+    EvalRecord, Event, ReferenceKind, RlOutcome, RunInfo, RunOptions, StopReason, train,
+};

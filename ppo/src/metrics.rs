@@ -238,20 +238,32 @@ pub struct CompletionRecord {
     pub finish: String,
 }
 
-/// `RUN_DIR/completions.jsonl`, appended and flushed per sample.
+/// A JSON Lines file of a run keyed by `step` (`completions.jsonl`,
+/// `eval.jsonl`), appended and flushed per record batch.
 #[derive(Debug)]
-pub struct CompletionsLog {
+pub struct StepLog {
     path: PathBuf,
 }
 
+/// The completions log's name; [`CompletionsLog`] is a [`StepLog`] of it.
 pub const COMPLETIONS_FILE: &str = "completions.jsonl";
+/// The held-out evaluations of an RL run (`[eval]`).
+pub const EVAL_FILE: &str = "eval.jsonl";
 
-impl CompletionsLog {
-    /// Open the log of `run_dir`. A fresh run starts it empty; on resume from
+/// `RUN_DIR/completions.jsonl`.
+pub type CompletionsLog = StepLog;
+
+impl StepLog {
+    /// Open `RUN_DIR/completions.jsonl` (see [`StepLog::open_file`]).
+    pub fn open(run_dir: &Path, resumed_step: Option<usize>) -> Result<Self> {
+        Self::open_file(&run_dir.join(COMPLETIONS_FILE), resumed_step)
+    }
+
+    /// Open the log at `path`. A fresh run starts it empty; on resume from
     /// `resumed_step`, records of later steps (written by the interrupted
     /// process after its checkpoint) are dropped.
-    pub fn open(run_dir: &Path, resumed_step: Option<usize>) -> Result<Self> {
-        let path = run_dir.join(COMPLETIONS_FILE);
+    pub fn open_file(path: &Path, resumed_step: Option<usize>) -> Result<Self> {
+        let path = path.to_path_buf();
         let io = |e| RlError::Io {
             path: path.clone(),
             source: e,
@@ -285,14 +297,14 @@ impl CompletionsLog {
         &self.path
     }
 
-    pub fn append(&mut self, records: &[CompletionRecord]) -> Result<()> {
+    pub fn append<T: Serialize>(&mut self, records: &[T]) -> Result<()> {
         let io = |e| RlError::Io {
             path: self.path.clone(),
             source: e,
         };
         let mut text = String::new();
         for r in records {
-            text.push_str(&serde_json::to_string(r).expect("a completion record serializes"));
+            text.push_str(&serde_json::to_string(r).expect("a log record serializes"));
             text.push('\n');
         }
         let mut f = OpenOptions::new()

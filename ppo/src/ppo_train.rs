@@ -50,7 +50,7 @@ use crate::reward::{RewardKind, same_tokenizer};
 use crate::rollout::{ScoredTokens, scaled_token_logprobs};
 use crate::train::{
     EpochOrder, Event, Opened, Rollout, Setup, collect, finish, floats, host, open, rollout_tokens,
-    save,
+    save, token_spans,
 };
 
 pub use alignkit_train::RunOptions;
@@ -181,6 +181,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         mut state,
         mut metrics,
         mut completions_log,
+        mut evaluator,
         checkpoint,
         mut info,
     } = open::<B>(config, device, &options)?;
@@ -214,6 +215,12 @@ pub fn train_ppo<B: AutodiffBackend>(
     };
     info.critic = Some(critic_init.describe());
     progress(Event::Started(&info));
+    if let Some(ev) = evaluator.as_mut()
+        && state.step == 0
+    {
+        let record = ev.run(&setup, 0, &model, &reference, &rewards, device)?;
+        progress(Event::Eval(&record));
+    }
     let temperature = setup.settings.temperature;
     let clip = Clip {
         low: params.cliprange,
@@ -283,31 +290,18 @@ pub fn train_ppo<B: AutodiffBackend>(
             let head = scaled_token_logprobs(&policy, tokens, temperature, false, device);
             let logp = host(head.logp);
             let values = host(token_values(&critic_now.reward, tokens, device));
-            let mut start = 0;
-            for i in micro[k].clone() {
-                if !trained[i] {
-                    continue;
-                }
-                let n = completions[i].tokens.len();
-                data[i].old_logp = logp[start..start + n].to_vec();
-                data[i].values = values[start..start + n].to_vec();
-                start += n;
+            for (i, span) in token_spans(micro[k].clone(), &trained, &completions) {
+                data[i].old_logp = logp[span.clone()].to_vec();
+                data[i].values = values[span].to_vec();
             }
-            // Split the reference's the same way, below.
         }
         let ref_per_completion: Vec<Vec<f32>> = match &ref_logps {
             None => data.iter().map(|d| d.old_logp.clone()).collect(),
             Some(r) => {
                 let mut out = vec![Vec::new(); completions.len()];
                 for (k, reference) in r.iter().enumerate() {
-                    let mut start = 0;
-                    for i in micro[k].clone() {
-                        if !trained[i] {
-                            continue;
-                        }
-                        let n = completions[i].tokens.len();
-                        out[i] = reference[start..start + n].to_vec();
-                        start += n;
+                    for (i, span) in token_spans(micro[k].clone(), &trained, &completions) {
+                        out[i] = reference[span].to_vec();
                     }
                 }
                 out
@@ -561,6 +555,12 @@ pub fn train_ppo<B: AutodiffBackend>(
         progress(Event::PpoStep(&m));
         last_metrics = Some(m);
         verdict?;
+        if let Some(ev) = evaluator.as_mut()
+            && ev.due(c, state.step, setup.total_steps)
+        {
+            let record = ev.run(&setup, state.step, &model, &reference, &rewards, device)?;
+            progress(Event::Eval(&record));
+        }
 
         // 7. Checkpoint when due.
         if c.train.save_due(state.step) || state.step == setup.total_steps {

@@ -44,13 +44,15 @@ use crate::loss::{
     grpo_loss, is_trained, k1_sequence, kl_penalised, rloo_advantages, rloo_loss, token_weights,
 };
 use crate::metrics::{
-    CompletionsLog, RlMetrics, completion_records, length_stats, mean_std, per_function,
+    CompletionsLog, EVAL_FILE, RlMetrics, StepLog, completion_records, length_stats, mean_std,
+    per_function,
 };
 use crate::reward::{self, Rewards, Scores};
 use crate::rollout::{
     Completion, Prompt, RolloutSettings, ScoredTokens, check_head, load_prompts, roll_out,
     scaled_token_logprobs,
 };
+use serde::Serialize;
 
 pub use alignkit_train::{RunOptions, StopReason};
 
@@ -93,6 +95,8 @@ pub enum Event<'a> {
     Step(&'a RlMetrics),
     /// A PPO step.
     PpoStep(&'a crate::metrics::PpoMetrics),
+    /// A held-out evaluation (`[eval]`), at step 0 and when due.
+    Eval(&'a EvalRecord),
     Checkpoint {
         step: usize,
         path: &'a Path,
@@ -180,6 +184,7 @@ pub(crate) struct Opened<B: AutodiffBackend> {
     pub state: TrainerState,
     pub metrics: MetricsLog,
     pub completions_log: CompletionsLog,
+    pub evaluator: Option<Evaluator<B::InnerBackend>>,
     /// The checkpoint resumed from.
     pub checkpoint: Option<PathBuf>,
     pub info: RunInfo,
@@ -235,6 +240,10 @@ pub(crate) fn open<B: AutodiffBackend>(
             bookkeeping: &[
                 "rollout.log_completions_steps",
                 "rollout.num_completions_to_log",
+                "eval.file",
+                "eval.steps",
+                "eval.num_samples",
+                "eval.max_completion_length",
             ],
         },
         total_steps,
@@ -260,13 +269,15 @@ pub(crate) fn open<B: AutodiffBackend>(
         });
     }
     check_head(&model)?;
-    let reference: Reference<B::InnerBackend> = match (beta > 0.0, &config.lora) {
-        (false, _) => Reference::None,
-        (true, Some(_)) => Reference::AdaptersDisabled,
-        (true, None) => Reference::Frozen(Box::new(
-            load_model::<B::InnerBackend>(&config.model, device)?.1,
-        )),
-    };
+    // The evaluations' KL needs a reference even when the objective does not.
+    let reference: Reference<B::InnerBackend> =
+        match (beta > 0.0 || config.eval.enabled(), &config.lora) {
+            (false, _) => Reference::None,
+            (true, Some(_)) => Reference::AdaptersDisabled,
+            (true, None) => Reference::Frozen(Box::new(
+                load_model::<B::InnerBackend>(&config.model, device)?.1,
+            )),
+        };
     let rewards = Rewards::<B::InnerBackend>::load(
         &config.rewards,
         pad_id,
@@ -293,6 +304,40 @@ pub(crate) fn open<B: AutodiffBackend>(
     let resumed_step = ckpt_path.as_ref().map(|_| state.step);
     let metrics = run.metrics(resumed_step)?;
     let completions_log = CompletionsLog::open(run.root(), resumed_step)?;
+    let evaluator = if config.eval.enabled() {
+        let prompts = load_prompts(&config.eval.file, &encoder)?;
+        let own = !config.eval.rewards.is_empty();
+        let specs = if own {
+            &config.eval.rewards
+        } else {
+            &config.rewards
+        };
+        reward::check_records(specs, &prompts)?;
+        let rewards = own
+            .then(|| {
+                Rewards::<B::InnerBackend>::load(
+                    specs,
+                    pad_id,
+                    encoder.turn_trailer(),
+                    config.train.batch_size,
+                    device,
+                )
+            })
+            .transpose()?;
+        let mut settings = settings.clone();
+        settings.num_generations = config.eval.num_samples;
+        if let Some(n) = config.eval.max_completion_length {
+            settings.max_completion_length = n;
+        }
+        Some(Evaluator {
+            prompts,
+            rewards,
+            settings,
+            log: StepLog::open_file(&run.root().join(EVAL_FILE), resumed_step)?,
+        })
+    } else {
+        None
+    };
     let info = RunInfo {
         run_dir: run.root().to_path_buf(),
         algorithm: trainer,
@@ -330,9 +375,123 @@ pub(crate) fn open<B: AutodiffBackend>(
         state,
         metrics,
         completions_log,
+        evaluator,
         checkpoint: ckpt_path,
         info,
     })
+}
+
+/// The held-out evaluations of a run (`[eval]`).
+pub(crate) struct Evaluator<IB: Backend> {
+    prompts: Vec<Prompt>,
+    /// `eval.rewards`; `None`: the run's.
+    rewards: Option<Rewards<IB>>,
+    settings: RolloutSettings,
+    log: StepLog,
+}
+
+/// One `eval.jsonl` record.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRecord {
+    pub step: usize,
+    /// Mean and sample std of the total reward of the sampled completions.
+    #[serde(rename = "eval/reward")]
+    pub reward: f64,
+    #[serde(rename = "eval/reward_std")]
+    pub reward_std: f64,
+    /// `eval/rewards/{name}/mean` and `.../std`.
+    #[serde(flatten)]
+    pub rewards: std::collections::BTreeMap<String, f64>,
+    /// Mean over completions of Σ_t (log π − log π_ref): the Monte-Carlo
+    /// estimate of the sequence KL(π ‖ π_ref), and its standard error.
+    #[serde(rename = "eval/kl")]
+    pub kl: f64,
+    #[serde(rename = "eval/kl_sem")]
+    pub kl_sem: f64,
+    #[serde(rename = "eval/mean_length")]
+    pub mean_length: f64,
+    #[serde(rename = "eval/completions")]
+    pub completions: usize,
+    #[serde(rename = "eval/time")]
+    pub time: f64,
+}
+
+impl<IB: Backend> Evaluator<IB> {
+    /// At step 0 and every `eval.steps` steps, and at the last step.
+    pub(crate) fn due(&self, config: &RlConfig, step: usize, total: usize) -> bool {
+        step == 0 || step.is_multiple_of(config.eval.steps) || step == total
+    }
+
+    /// Sample the held-out prompts with the policy (the same seeds every
+    /// time), score them and estimate their sequence KL; append the record.
+    pub(crate) fn run<B: AutodiffBackend<InnerBackend = IB>>(
+        &mut self,
+        setup: &Setup,
+        step: usize,
+        model: &LlamaForCausalLM<B>,
+        reference: &Reference<IB>,
+        rewards: &Rewards<IB>,
+        device: &IB::Device,
+    ) -> Result<EvalRecord> {
+        let rewards = self.rewards.as_ref().unwrap_or(rewards);
+        let started = Instant::now();
+        let policy = model.valid();
+        let seed = derive_seed(setup.config.train.seed, Stream::Evaluation, 0, 0);
+        let indices: Vec<usize> = (0..self.prompts.len()).collect();
+        let completions = roll_out(
+            &policy.clone().for_decoding(),
+            &self.prompts,
+            &indices,
+            &self.settings,
+            setup.encoder.tokenizer(),
+            seed,
+            0,
+            device,
+        )?;
+        let scores = rewards.score(&self.prompts, &completions, device)?;
+        let pad_id = setup.encoder.tokenizer().pad_id();
+        let chunk = setup.config.train.batch_size.max(1);
+        let batches: Vec<ScoredTokens> = completions
+            .chunks(chunk)
+            .map(|rows| {
+                let pairs: Vec<(&[u32], &[u32])> = rows
+                    .iter()
+                    .map(|c| (self.prompts[c.prompt].ids.as_slice(), c.tokens.as_slice()))
+                    .collect();
+                ScoredTokens::new(&pairs, &vec![true; rows.len()], pad_id)
+            })
+            .collect();
+        let temperature = self.settings.temperature;
+        let ref_logps = reference
+            .logps(&policy, &batches, temperature, device)
+            .expect("a run with [eval] has a reference");
+        let reference: Vec<f32> = ref_logps.into_iter().flatten().collect();
+        let mut kl = Vec::with_capacity(completions.len());
+        let mut at = 0;
+        for c in &completions {
+            let n = c.tokens.len();
+            kl.push(k1_sequence(&c.logprobs, &reference[at..at + n]));
+            at += n;
+        }
+        let (kl_mean, kl_std) = mean_std(&kl);
+        let (reward, reward_std) = mean_std(&scores.total);
+        let record = EvalRecord {
+            step,
+            reward,
+            reward_std,
+            rewards: per_function(rewards.names(), &scores.per_func)
+                .into_iter()
+                .map(|(k, v)| (format!("eval/{k}"), v))
+                .collect(),
+            kl: kl_mean,
+            kl_sem: kl_std / (kl.len().max(1) as f64).sqrt(),
+            mean_length: length_stats(&completions).0,
+            completions: completions.len(),
+            time: started.elapsed().as_secs_f64(),
+        };
+        self.log.append(std::slice::from_ref(&record))?;
+        Ok(record)
+    }
 }
 
 /// One step's rollout, scored: G completions per prompt, their rewards
@@ -461,10 +620,17 @@ pub fn train<B: AutodiffBackend>(
         mut state,
         mut metrics,
         mut completions_log,
+        mut evaluator,
         checkpoint: ckpt_path,
         info,
     } = open::<B>(config, device, &options)?;
     progress(Event::Started(&info));
+    if let Some(ev) = evaluator.as_mut()
+        && state.step == 0
+    {
+        let record = ev.run(&setup, 0, &model, &reference, &rewards, device)?;
+        progress(Event::Eval(&record));
+    }
     let c = &setup.config;
     let algorithm = c.algorithm()?;
     let (beta, passes, clip) = (
@@ -735,6 +901,12 @@ pub fn train<B: AutodiffBackend>(
         progress(Event::Step(&m));
         last_metrics = Some(m);
         verdict?;
+        if let Some(ev) = evaluator.as_mut()
+            && ev.due(c, state.step, setup.total_steps)
+        {
+            let record = ev.run(&setup, state.step, &model, &reference, &rewards, device)?;
+            progress(Event::Eval(&record));
+        }
 
         // 6. Checkpoint when due.
         if c.train.save_due(state.step) || state.step == setup.total_steps {
@@ -892,18 +1064,35 @@ fn sequence_k1(
 ) -> Vec<f64> {
     let mut out = vec![0.0; completions.len()];
     for ((range, tokens), reference) in micro.iter().zip(batches).zip(ref_logps) {
-        let mut start = 0;
-        for (r, i) in range.clone().enumerate() {
-            if !trained[i] {
-                continue;
-            }
-            let n = completions[i].tokens.len();
-            debug_assert!(tokens.row[start..start + n].iter().all(|&x| x == r));
-            out[i] = k1_sequence(&completions[i].logprobs, &reference[start..start + n]);
-            start += n;
+        for (i, span) in token_spans(range.clone(), trained, completions) {
+            debug_assert!(
+                tokens.row[span.clone()]
+                    .iter()
+                    .all(|&x| x == i - range.start)
+            );
+            out[i] = k1_sequence(&completions[i].logprobs, &reference[span]);
         }
     }
     out
+}
+
+/// The trained completions of a micro-batch (`range` of the step's
+/// completions), each with the span of its tokens in the micro-batch's
+/// scored tokens (row by row, masked rows holding none).
+pub(crate) fn token_spans(
+    range: Range<usize>,
+    trained: &[bool],
+    completions: &[Completion],
+) -> Vec<(usize, Range<usize>)> {
+    let mut start = 0;
+    range
+        .filter(|&i| trained[i])
+        .map(|i| {
+            let n = completions[i].tokens.len();
+            start += n;
+            (i, start - n..start)
+        })
+        .collect()
 }
 
 pub(crate) fn floats<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {

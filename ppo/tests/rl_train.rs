@@ -558,3 +558,93 @@ fn a_reward_model_reads_a_chat_reply_where_the_rendered_conversation_ends() {
         scored[1]
     );
 }
+
+/// `[eval]`: held-out prompts at step 0, every 2 steps and at the end; the
+/// KL of the untrained policy to itself is 0 up to rounding (the sampler's
+/// log-probs against the reference's forward pass), and grows as it trains;
+/// a resume drops the evaluations after its checkpoint and redoes them.
+#[test]
+fn held_out_evaluations_log_reward_and_kl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.grpo.as_mut().unwrap().beta = 0.0;
+    c.train.max_steps = 5;
+    c.train.save_steps = 2;
+    let held_out = tmp.path().join("held-out.jsonl");
+    write_prompts(&held_out, 3);
+    c.eval = alignkit_ppo::EvalConfig {
+        file: held_out,
+        steps: 2,
+        num_samples: 2,
+        max_completion_length: Some(6),
+        // The same rule under another name: the evaluation's own judge.
+        rewards: vec![RewardKind::Rule {
+            rule: "regex=a".parse().unwrap(),
+            name: Some("judge".into()),
+            weight: 1.0,
+        }],
+    };
+    let mut seen = Vec::new();
+    train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
+        if let Event::Eval(r) = e {
+            seen.push(r.step)
+        }
+    })
+    .unwrap();
+    assert_eq!(seen, [0, 2, 4, 5]);
+    let read = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("eval.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let records = read(&c.output_dir);
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        assert_eq!(r["eval/completions"], 6, "{r}");
+        assert!(r["eval/rewards/judge/mean"].is_number(), "{r}");
+        assert!(r.get("eval/rewards/regex/mean").is_none(), "{r}");
+        assert!(r["eval/mean_length"].as_f64().unwrap() <= 6.0, "{r}");
+    }
+    let kl: Vec<f64> = records
+        .iter()
+        .map(|r| r["eval/kl"].as_f64().unwrap())
+        .collect();
+    assert!(
+        kl[0].abs() < 1e-3,
+        "the start policy against itself: {kl:?}"
+    );
+    assert!(kl[3] > 0.05, "training moves the policy away: {kl:?}");
+    let rewards: Vec<f64> = records
+        .iter()
+        .map(|r| r["eval/reward"].as_f64().unwrap())
+        .collect();
+    assert!(rewards[3] > rewards[0], "{rewards:?}");
+
+    // Crash after step 3 (checkpoint at 2), resume: the same evaluations.
+    let first = c.output_dir.clone();
+    c.output_dir = tmp.path().join("crashed");
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
+            if let Event::Step(m) = e
+                && m.step == 3
+            {
+                panic!("simulated kill at step 3");
+            }
+        })
+    }));
+    assert!(crashed.is_err());
+    train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |_| {}).unwrap();
+    let text = |dir: &Path| std::fs::read_to_string(dir.join("eval.jsonl")).unwrap();
+    let strip_time = |t: String| -> Vec<serde_json::Value> {
+        t.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("eval/time");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip_time(text(&first)), strip_time(text(&c.output_dir)));
+}

@@ -19,6 +19,9 @@ pub enum Stream {
     Sampling = 4,
     /// Mini-batch order of one PPO epoch over a rollout.
     MiniBatchOrder = 5,
+    /// Sampling of the held-out evaluations of an RL run (the same seeds at
+    /// every evaluation: common random numbers across checkpoints).
+    Evaluation = 6,
 }
 
 /// SplitMix64's finaliser (Steele et al. 2014): a bijective 64-bit mix.
