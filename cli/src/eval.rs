@@ -198,6 +198,9 @@ pub struct WinrateArgs {
 pub struct MeanScores {
     pub policy: f64,
     pub baseline: f64,
+    /// Per prompt policy − baseline: its mean and Student-t interval (the
+    /// paired comparison of the scores, beside the win rate's sign test).
+    pub difference: MeanInterval,
 }
 
 /// One judge's verdicts and their summary.
@@ -514,9 +517,11 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
             result: WinRate::compute(&judged, LEVEL).expect("prompts are not empty"),
             mean_scores: (!scores.is_empty()).then(|| {
                 let n = scores.len() as f64;
+                let d: Vec<f64> = scores.iter().map(|s| s.0 - s.1).collect();
                 MeanScores {
                     policy: scores.iter().map(|s| s.0).sum::<f64>() / n,
                     baseline: scores.iter().map(|s| s.1).sum::<f64>() / n,
+                    difference: MeanInterval::of(&d, LEVEL).expect("scores are not empty"),
                 }
             }),
             outcomes,
@@ -910,10 +915,17 @@ impl WinrateReport {
         }
         for j in &self.judges {
             let Some(m) = &j.mean_scores else { continue };
+            let d = &m.difference;
             let _ = writeln!(
                 s,
-                "  {} mean score: policy {:.4}, baseline {:.4}",
-                j.judge, m.policy, m.baseline
+                "  {} mean score: policy {:.4}, baseline {:.4}; paired difference {:+.4}, {:.0}% CI [{:+.4}, {:+.4}]",
+                j.judge,
+                m.policy,
+                m.baseline,
+                d.mean,
+                d.level * 100.0,
+                d.low,
+                d.high
             );
         }
         for j in &self.judges {

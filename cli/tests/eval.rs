@@ -391,6 +391,13 @@ fn winrate_judges_sentiment() {
     let mean = &judge["mean_scores"];
     assert!(mean["policy"].as_f64().unwrap() > 0.8, "{mean}");
     assert!(mean["baseline"].as_f64().unwrap().abs() < 0.5, "{mean}");
+    // The paired difference: its mean is the difference of the means, and
+    // its interval lies above 0 when the policy wins on every prompt.
+    let d = &mean["difference"];
+    let gap = mean["policy"].as_f64().unwrap() - mean["baseline"].as_f64().unwrap();
+    assert!((d["mean"].as_f64().unwrap() - gap).abs() < 1e-12, "{d}");
+    assert_eq!(d["n"], 4);
+    assert!(d["low"].as_f64().unwrap() > 0.0, "{d}");
 }
 
 #[test]
