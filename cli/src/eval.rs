@@ -1211,6 +1211,9 @@ pub struct DriftReport {
     pub scored_by: Option<DriftScore>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<MeanInterval>,
+    /// With `--score`: signs of reward hacking in the samples' texts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_stats: Option<alignkit_eval::TextStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1349,15 +1352,19 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let score = match args.score {
-        None => None,
+    let (score, text_stats) = match args.score {
+        None => (None, None),
         Some(DriftScore::Sentiment) => {
             let vader = alignkit_ppo::reward::Sentiment::new();
-            let scores: Vec<f64> = pairs
+            let texts: Vec<String> = pairs
                 .iter()
-                .map(|(_, c)| Ok(vader.score(&tokenizer.decode(c, true)?)))
+                .map(|(_, c)| Ok(tokenizer.decode(c, true)?))
                 .collect::<Result<_>>()?;
-            MeanInterval::of(&scores, LEVEL)
+            let scores: Vec<f64> = texts.iter().map(|t| vader.score(t)).collect();
+            (
+                MeanInterval::of(&scores, LEVEL),
+                Some(alignkit_eval::TextStats::of(&texts)),
+            )
         }
     };
     let lp_policy = completion_logprobs(&policy.model, &pairs, args.batch_size, device)?;
@@ -1404,6 +1411,7 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
         text,
         scored_by: args.score,
         score,
+        text_stats,
     })
 }
 

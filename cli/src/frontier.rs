@@ -40,6 +40,8 @@ pub struct RunPoints {
     pub seed: u64,
     /// (step, KL, reward), in step order.
     pub points: Vec<(usize, f64, f64)>,
+    /// Text statistics of the last point's completions, when measured.
+    pub last_text: Option<alignkit_eval::TextStats>,
 }
 
 impl RunPoints {
@@ -92,6 +94,8 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
         .and_then(toml::Value::as_integer)
         .unwrap_or(0) as u64;
     let mut points = Vec::new();
+    // (step, the text statistics of that point)
+    let mut texts: Vec<(usize, alignkit_eval::TextStats)> = Vec::new();
     let eval = dir.join(alignkit_ppo::metrics::EVAL_FILE);
     if eval.is_file() {
         let text = std::fs::read_to_string(&eval)?;
@@ -107,7 +111,11 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
                     .and_then(Value::as_f64)
                     .with_context(|| format!("{}:{}: no `{k}`", eval.display(), i + 1))
             };
-            points.push((get("step")? as usize, get("eval/kl")?, get("eval/reward")?));
+            let step = get("step")? as usize;
+            points.push((step, get("eval/kl")?, get("eval/reward")?));
+            if let Some(t) = text_stats(v.get("eval/text")) {
+                texts.push((step, t));
+            }
         }
     }
     for entry in std::fs::read_dir(dir)? {
@@ -128,6 +136,9 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
             .with_context(|| path.display().to_string())?;
         let kl = v.pointer("/kl/mean").and_then(Value::as_f64);
         let score = v.pointer("/score/mean").and_then(Value::as_f64);
+        if let Some(t) = text_stats(v.get("text_stats")) {
+            texts.push((step, t));
+        }
         match (kl, score) {
             (Some(kl), Some(score)) => points.push((step, kl, score)),
             _ => bail!(
@@ -143,12 +154,26 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
         );
     }
     points.sort_by_key(|p| p.0);
+    let last = points.last().map(|p| p.0);
+    let last_text = texts.into_iter().find(|t| Some(t.0) == last).map(|t| t.1);
     Ok(RunPoints {
         dir: dir.to_path_buf(),
         method,
         knob,
         seed,
         points,
+        last_text,
+    })
+}
+
+fn text_stats(v: Option<&Value>) -> Option<alignkit_eval::TextStats> {
+    let v = v?;
+    let f = |k: &str| v.get(k).and_then(Value::as_f64);
+    Some(alignkit_eval::TextStats {
+        exclamation_share: f("exclamation_share")?,
+        caps_word_share: f("caps_word_share")?,
+        distinct_2: f("distinct_2")?,
+        mean_chars: f("mean_chars")?,
     })
 }
 
@@ -158,11 +183,13 @@ pub fn table(runs: &[RunPoints], budgets: &[f64]) -> String {
     for b in budgets {
         let _ = write!(s, "best reward at KL ≤ {b} | ");
     }
-    s.push_str("last KL | last reward |\n|---|---|---|---|");
+    s.push_str(
+        "last KL | last reward | ! share | CAPS words | distinct-2 | chars |\n|---|---|---|---|",
+    );
     for _ in budgets {
         s.push_str("---|");
     }
-    s.push_str("---|---|\n");
+    s.push_str("---|---|---|---|---|---|\n");
     for r in runs {
         let _ = write!(
             s,
@@ -184,7 +211,17 @@ pub fn table(runs: &[RunPoints], budgets: &[f64]) -> String {
             .points
             .last()
             .expect("read_run refuses runs without points");
-        let _ = writeln!(s, "{:.2} | {:.3} |", last.1, last.2);
+        let _ = write!(s, "{:.2} | {:.3} |", last.1, last.2);
+        match &r.last_text {
+            Some(t) => {
+                let _ = writeln!(
+                    s,
+                    " {:.4} | {:.4} | {:.3} | {:.0} |",
+                    t.exclamation_share, t.caps_word_share, t.distinct_2, t.mean_chars
+                );
+            }
+            None => s.push_str(" — | — | — | — |\n"),
+        }
     }
     s
 }
@@ -325,7 +362,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             dpo.join("drift-step-20.json"),
-            r#"{"kl": {"mean": 3.0}, "score": {"mean": 0.4}}"#,
+            r#"{"kl": {"mean": 3.0}, "score": {"mean": 0.4}, "text_stats": {"exclamation_share": 0.01, "caps_word_share": 0.05, "distinct_2": 0.9, "mean_chars": 80.0}}"#,
         )
         .unwrap();
         let runs: Vec<RunPoints> = [&ppo, &rm, &dpo]

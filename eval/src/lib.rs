@@ -8,12 +8,15 @@
 //!   ids and sampling settings.
 //! - [`drift`]: Monte-Carlo sequence KL to the reference and per-token NLL on
 //!   general text (forgetting).
+//! - [`hacking`]: signs of reward hacking in completions (`!`, capitals,
+//!   distinct-2, length).
 //! - [`winrate`]: policy-against-baseline win rates: ties as half, Wilson
 //!   interval, exact sign test, length-controlled win rate (AlpacaEval LC).
 
 pub mod drift;
 pub mod error;
 pub mod generations;
+pub mod hacking;
 pub mod rule;
 pub mod stats;
 pub mod winrate;
@@ -21,6 +24,7 @@ pub mod winrate;
 pub use drift::{MeanInterval, TextNll};
 pub use error::EvalError;
 pub use generations::{GenerationCache, GenerationSettings, Generations};
+pub use hacking::TextStats;
 pub use rule::{Pattern, Rule, RuleError};
 pub use stats::{Difference, PairedRates, Proportion, wilson};
 pub use winrate::{Judged, LengthControlled, Outcome, WinRate, sign_test};

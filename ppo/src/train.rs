@@ -410,6 +410,9 @@ pub struct EvalRecord {
     pub kl_sem: f64,
     #[serde(rename = "eval/mean_length")]
     pub mean_length: f64,
+    /// Signs of reward hacking in the completions' texts.
+    #[serde(rename = "eval/text")]
+    pub text: alignkit_eval::TextStats,
     #[serde(rename = "eval/completions")]
     pub completions: usize,
     #[serde(rename = "eval/time")]
@@ -486,6 +489,12 @@ impl<IB: Backend> Evaluator<IB> {
             kl: kl_mean,
             kl_sem: kl_std / (kl.len().max(1) as f64).sqrt(),
             mean_length: length_stats(&completions).0,
+            text: alignkit_eval::TextStats::of(
+                &completions
+                    .iter()
+                    .map(|c| c.text.as_str())
+                    .collect::<Vec<_>>(),
+            ),
             completions: completions.len(),
             time: started.elapsed().as_secs_f64(),
         };

@@ -606,6 +606,7 @@ fn held_out_evaluations_log_reward_and_kl() {
         assert!(r["eval/rewards/judge/mean"].is_number(), "{r}");
         assert!(r.get("eval/rewards/regex/mean").is_none(), "{r}");
         assert!(r["eval/mean_length"].as_f64().unwrap() <= 6.0, "{r}");
+        assert!(r["eval/text"]["distinct_2"].is_number(), "{r}");
     }
     let kl: Vec<f64> = records
         .iter()
