@@ -39,6 +39,35 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// Whether the NVIDIA driver library (`libcuda.so.1` or `libcuda.so`) can be
+/// loaded, as cudarc will try to.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn cuda_driver_present() -> bool {
+    [c"libcuda.so.1", c"libcuda.so"].iter().any(|name| {
+        // SAFETY: dlopen with a valid NUL-terminated name; the handle is
+        // closed at once and nothing from the library is called.
+        unsafe {
+            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if handle.is_null() {
+                false
+            } else {
+                libc::dlclose(handle);
+                true
+            }
+        }
+    })
+}
+
+/// A one-line error unless the NVIDIA driver is present.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn require_cuda_driver() -> Result<()> {
+    if cuda_driver_present() {
+        Ok(())
+    } else {
+        bail!("CUDA requested but no NVIDIA driver (libcuda.so) was found")
+    }
+}
+
 /// Work that runs on whichever backend `--device` selects. Inference code uses
 /// `B::InnerBackend`; training uses `B` itself.
 pub trait Task {
@@ -60,8 +89,14 @@ pub fn dispatch<T: Task>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         }
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
-            return task
-                .run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index));
+            {
+                // cudarc panics (twice, with backtraces) when it cannot load
+                // the driver: look for it first and say so in one line.
+                require_cuda_driver()?;
+                return task.run::<Autodiff<burn::backend::Cuda>>(
+                    burn::backend::cuda::CudaDevice::new(index),
+                );
+            }
             bail!("this alignkit was built without CUDA; rebuild with `--features cuda`")
         }
         DeviceSpec::Vulkan(index) => {
@@ -77,6 +112,29 @@ pub fn dispatch<T: Task>(spec: DeviceSpec, task: T) -> Result<T::Output> {
                 burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
             );
             bail!("this alignkit was built without wgpu; rebuild with `--features wgpu`")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a driver (CI, this machine) the probe fails in one line; with
+    /// one it passes. Either way it never panics.
+    #[test]
+    fn the_cuda_probe_is_one_line_and_matches_the_library() {
+        let found = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libcuda.so.1").exists()
+            || std::path::Path::new("/usr/lib64/libcuda.so.1").exists();
+        match require_cuda_driver() {
+            Ok(()) => assert!(cuda_driver_present()),
+            Err(e) => {
+                assert!(!found, "libcuda.so.1 is installed but did not load: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    "CUDA requested but no NVIDIA driver (libcuda.so) was found"
+                );
+            }
         }
     }
 }
