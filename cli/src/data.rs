@@ -194,10 +194,17 @@ fn rank_pairs(
                         continue;
                     }
                 };
+                // A conversational prompt takes assistant turns, a text one text.
+                let reply = |text: &str| match &item.prompt {
+                    alignkit_datasets::Turns::Messages(_) => {
+                        serde_json::json!([{"role": "assistant", "content": text}])
+                    }
+                    alignkit_datasets::Turns::Text(_) => serde_json::json!(text),
+                };
                 out.push(serde_json::json!({
                     "prompt": item.prompt,
-                    "chosen": item.responses[hi].text,
-                    "rejected": item.responses[lo].text,
+                    "chosen": reply(&item.responses[hi].text),
+                    "rejected": reply(&item.responses[lo].text),
                     "score_chosen": scores[hi],
                     "score_rejected": scores[lo],
                 }));
@@ -409,5 +416,27 @@ mod tests {
         );
         assert_eq!(pairs[0]["prompt"], "p");
         assert_eq!(pairs[1]["score_chosen"], 0.9);
+
+        // A chat prompt (generate --chat) gets assistant turns.
+        let chat = Item {
+            id: "2".into(),
+            prompt: alignkit_datasets::Turns::Messages(vec![alignkit_datasets::Message::new(
+                alignkit_datasets::Role::User,
+                "p",
+            )]),
+            responses: ["a", "b"]
+                .iter()
+                .map(|t| Response {
+                    text: (*t).into(),
+                    source: None,
+                })
+                .collect(),
+        };
+        let (pairs, _) = rank_pairs(&[chat], score);
+        assert_eq!(
+            pairs[0]["chosen"],
+            serde_json::json!([{"role": "assistant", "content": "a"}])
+        );
+        assert_eq!(pairs[0]["prompt"][0]["role"], "user");
     }
 }

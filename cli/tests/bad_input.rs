@@ -170,3 +170,35 @@ fn bad_sampling_flags() {
         &["--top-p"],
     );
 }
+
+/// `--device cuda:0` on a machine without the NVIDIA driver: one line, no
+/// panic (cudarc's own failure is two panics with backtraces). Built only
+/// with `--features cuda`; without it the command says it lacks CUDA.
+#[test]
+fn cuda_without_a_driver_is_one_line() {
+    let model = fixture_model();
+    let args = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cuda:0",
+    ];
+    if cfg!(feature = "cuda") {
+        let has_driver = [
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+            "/usr/lib64/libcuda.so.1",
+        ]
+        .iter()
+        .any(|p| Path::new(p).exists());
+        if !has_driver {
+            assert_clean_error(&args, &["CUDA requested but no NVIDIA driver (libcuda.so)"]);
+        }
+    } else {
+        assert_clean_error(&args, &["built without CUDA"]);
+    }
+}
