@@ -21,7 +21,12 @@ Same model directory, shapes and measurements as alignkit's bench:
                        no top-k/top-p and no EOS, --rollout-tokens new tokens per row;
                        reports {"rollout_s", "tokens_per_s", "rows", "generated_tokens"}
                        (tokens/s = generated tokens / seconds, prefill included)
-Each step section reports {"step_s", "tokens_per_s", "trainable_params"}.
+Each step section reports {"step_s", "tokens_per_s", "trainable_params", "peak_rss_mb"}
+(peak resident memory of the section, model load included; Linux).
+--model-config FILE: random weights for that config.json instead of --model (no pretrained
+weights needed; a 1B-class config for memory and speed).
+--gradient-checkpointing: `gradient_checkpointing_enable(use_reentrant=False)` on the SFT and
+DPO models (transformers' activation checkpointing per decoder layer).
 Medians over --steps timed repetitions after one warm-up. Prints one JSON line.
 """
 import argparse
@@ -39,9 +44,50 @@ SECTIONS = ["forward", "train_step", "decode", "sft_full", "sft_lora", "dpo_full
 ROLLOUT_GROUP = 8
 
 
+MODEL_CONFIG = None
+DEVICE = "cpu"
+
+
 def load(path):
+    if MODEL_CONFIG is not None:
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(MODEL_CONFIG)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                attn_implementation="sdpa").to(DEVICE)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                attn_implementation="sdpa")
+                                                attn_implementation="sdpa").to(DEVICE)
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak_rss():
+    """Start a new peak-memory measurement: host RSS (Linux: writing 5 to clear_refs
+    resets VmHWM), or the CUDA allocator's peak on a GPU."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb():
+    if DEVICE.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 def lora(model):
@@ -54,8 +100,10 @@ def timed(steps, fn):
     """Median seconds of `fn()` over `steps` runs after one warm-up."""
     times = []
     for i in range(steps + 1):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         if i:
             times.append(time.perf_counter() - t)
     return statistics.median(times)
@@ -75,7 +123,8 @@ def step_section(model, step, lr, steps, tokens):
 
     step_s = timed(steps, one)
     return {"step_s": step_s, "tokens_per_s": tokens / step_s,
-            "trainable_params": sum(p.numel() for p in trainable)}
+            "trainable_params": sum(p.numel() for p in trainable),
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def completion_logps(model, ids, loss_mask):
@@ -116,12 +165,16 @@ def rollout_batch(rows, prompt, vocab):
         p = prompts[r // ROLLOUT_GROUP]
         ids[r, width - len(p):] = p
         mask[r, width - len(p):] = 1
-    return ids, mask
+    return ids.to(DEVICE), mask.to(DEVICE)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model")
+    source.add_argument("--model-config")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
@@ -132,6 +185,9 @@ def main():
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help="comma-separated sections: " + ", ".join(SECTIONS))
     args = ap.parse_args()
+    global MODEL_CONFIG, DEVICE
+    MODEL_CONFIG = args.model_config
+    DEVICE = args.device
     only = set(args.only.split(","))
     unknown = only - set(SECTIONS)
     if unknown:
@@ -147,8 +203,8 @@ def main():
         vocab = model.config.vocab_size
     else:
         from transformers import AutoConfig
-        vocab = AutoConfig.from_pretrained(args.model).vocab_size
-    ids = torch.randint(0, vocab, (args.batch, args.seq))
+        vocab = AutoConfig.from_pretrained(args.model_config or args.model).vocab_size
+    ids = torch.randint(0, vocab, (args.batch, args.seq)).to(DEVICE)
     tokens = args.batch * args.seq
 
     def nll():
@@ -184,6 +240,7 @@ def main():
             gen = model.generate(prompt, max_new_tokens=args.decode_tokens, do_sample=False,
                                  min_new_tokens=args.decode_tokens, eos_token_id=None,
                                  pad_token_id=0, use_cache=True)
+            sync()
             dt = time.perf_counter() - t
         out["decode_tokens_per_s"] = (gen.shape[1] - prompt.shape[1]) / dt
     model = None
@@ -191,11 +248,19 @@ def main():
     def sft_loss(m):
         return m(input_ids=ids, labels=ids).loss
 
+    def checkpointing(m):
+        if args.gradient_checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            m.config.use_cache = False
+        return m
+
     for name in ["sft_full", "sft_lora"]:
         if name in only:
+            reset_peak_rss()
             m = load(args.model)
             if name == "sft_lora":
                 m = lora(m)
+            checkpointing(m)
             m.train()
             out[name] = step_section(m, sft_loss, 2e-5, args.steps, tokens)
             del m
@@ -210,15 +275,18 @@ def main():
         loss_mask = torch.zeros_like(pair_ids, dtype=torch.float32)
         loss_mask[:, p:] = 1.0
     if "dpo_full" in only:
+        reset_peak_rss()
         m = load(args.model)
         frozen = copy.deepcopy(m).eval().requires_grad_(False)
+        checkpointing(m)
         m.train()
         step = dpo_step(lambda _: completion_logps(frozen, pair_ids, loss_mask),
                         pair_ids, loss_mask)
         out["dpo_full"] = step_section(m, step, 1e-6, args.steps, tokens)
         del m, frozen
     if "dpo_lora" in only:
-        m = lora(load(args.model))
+        reset_peak_rss()
+        m = checkpointing(lora(load(args.model)))
         m.train()
 
         def adapters_off(model):

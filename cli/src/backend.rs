@@ -13,12 +13,17 @@ pub enum DeviceSpec {
     Cuda(usize),
     Vulkan(usize),
     Wgpu(usize),
+    /// wgpu on a CPU adapter (Mesa's lavapipe): the GPU code path without a GPU.
+    WgpuCpu,
 }
 
 impl FromStr for DeviceSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "wgpu:cpu" {
+            return Ok(DeviceSpec::WgpuCpu);
+        }
         let (kind, index) = match s.split_once(':') {
             Some((k, i)) => (
                 k,
@@ -33,7 +38,7 @@ impl FromStr for DeviceSpec {
             "vulkan" => Ok(DeviceSpec::Vulkan(index)),
             "wgpu" => Ok(DeviceSpec::Wgpu(index)),
             _ => Err(format!(
-                "unknown device `{s}` (expected cpu, cuda:N, vulkan:N or wgpu:N)"
+                "unknown device `{s}` (expected cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu)"
             )),
         }
     }
@@ -111,6 +116,11 @@ pub fn dispatch<T: Task>(spec: DeviceSpec, task: T) -> Result<T::Output> {
             return task.run::<Autodiff<burn::backend::Wgpu>>(
                 burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
             );
+            bail!("this alignkit was built without wgpu; rebuild with `--features wgpu`")
+        }
+        DeviceSpec::WgpuCpu => {
+            #[cfg(feature = "wgpu")]
+            return task.run::<Autodiff<burn::backend::Wgpu>>(burn::backend::wgpu::WgpuDevice::Cpu);
             bail!("this alignkit was built without wgpu; rebuild with `--features wgpu`")
         }
     }

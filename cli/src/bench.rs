@@ -21,7 +21,7 @@ use alignkit_sft::loss::{batch_loss, trained_positions};
 use alignkit_train::weights::load_trainable;
 use alignkit_train::{AdamW, Gradients, trainable_count};
 use anyhow::{Context, Result, bail};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Task, dispatch};
+use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::common::ModelArgs;
 
 #[derive(Args)]
@@ -67,6 +67,96 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Random weights for this config.json instead of a model directory (for
+    /// example Llama-3.2-1B's published config): speed and memory need no
+    /// pretrained weights. Token ids are random below its vocab_size.
+    #[arg(long, conflicts_with = "model")]
+    pub model_config: Option<PathBuf>,
+    /// Recompute each decoder layer in the backward pass of the SFT and DPO
+    /// steps (`train.gradient_checkpointing`); PyTorch's side calls
+    /// `gradient_checkpointing_enable()`.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+}
+
+/// Where the benchmarked weights come from.
+enum Source {
+    Dir(PathBuf),
+    /// Random weights (N(0, 0.02), as `LlamaForCausalLM::init`) for the
+    /// config.json `file`.
+    Random {
+        file: PathBuf,
+        config: LlamaConfig,
+    },
+}
+
+impl Source {
+    fn of(args: &BenchArgs) -> Result<Self> {
+        Ok(match &args.model_config {
+            Some(file) => Source::Random {
+                file: file.clone(),
+                config: LlamaConfig::load(file)?,
+            },
+            None => Source::Dir(args.model.dir()?),
+        })
+    }
+
+    fn config(&self) -> Result<LlamaConfig> {
+        match self {
+            Source::Dir(dir) => Ok(LlamaConfig::load(&dir.join("config.json"))?),
+            Source::Random { config, .. } => Ok(config.clone()),
+        }
+    }
+
+    fn model<B: Backend>(&self, device: &B::Device) -> Result<LlamaForCausalLM<B>> {
+        match self {
+            Source::Dir(dir) => Ok(load_model::<B>(dir, device)?.1),
+            Source::Random { config, .. } => Ok(LlamaForCausalLM::init(config, device)),
+        }
+    }
+
+    /// The model a trainer would train: fresh adapters on a frozen base under
+    /// LoRA, every weight otherwise; layers recomputed in the backward pass
+    /// when `checkpointing`.
+    fn trainable<B: AutodiffBackend>(
+        &self,
+        lora: Option<&LoraConfig>,
+        checkpointing: bool,
+        device: &B::Device,
+    ) -> Result<LlamaForCausalLM<B>> {
+        let mut model = match (self, lora) {
+            (Source::Dir(dir), lora) => load_trainable::<B>(dir, lora, None, 0, device)?.1,
+            (Source::Random { config, .. }, None) => LlamaForCausalLM::init(config, device),
+            (Source::Random { config, .. }, Some(lora)) => alignkit_model::lora::attach(
+                LlamaForCausalLM::init(config, device).no_grad(),
+                lora,
+                0,
+                device,
+            )?,
+        };
+        if checkpointing {
+            if let Some(why) = alignkit_model::recompute::unsupported(&model.model) {
+                bail!("--gradient-checkpointing {why}");
+            }
+            alignkit_model::recompute::enable::<B>();
+            model.model.gradient_checkpointing = true;
+        }
+        Ok(model)
+    }
+}
+
+/// Start a new peak-RSS measurement of this process (Linux: VmHWM is reset
+/// by writing 5 to clear_refs); elsewhere a no-op.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident memory since [`reset_peak_rss`], in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// One measurement of the bench; `--only` names them.
@@ -126,6 +216,9 @@ pub struct StepResult {
     /// Batch tokens (every row, prompt included) per second of step.
     pub tokens_per_s: f64,
     pub trainable_params: usize,
+    /// Peak resident memory of the section (model load included), MB.
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// One batch of sampled rollouts, prefill included.
@@ -232,14 +325,16 @@ fn dpo_batch(ids: &[i64], b: usize, t: usize) -> Batch {
 /// micro-batch): `batch_loss` over the trained tokens, `Gradients` of the
 /// trainable parameters, global-norm clip, `alignkit_train` AdamW.
 fn sft_steps<B: AutodiffBackend>(
-    dir: &Path,
+    source: &Source,
     lora: Option<&LoraConfig>,
+    checkpointing: bool,
     batch: &Batch,
     steps: usize,
     device: &B::Device,
 ) -> Result<StepResult> {
+    reset_peak_rss();
     let config = SftConfig::default();
-    let (_, mut model) = load_trainable::<B>(dir, lora, None, 0, device)?;
+    let mut model = source.trainable::<B>(lora, checkpointing, device)?;
     let trainable_params = trainable_count::<B, _>(&model);
     let mut opt = AdamW::<B::InnerBackend>::new(config.optim.clone());
     let norm = trained_positions(batch).0.len().max(1) as f64;
@@ -248,7 +343,7 @@ fn sft_steps<B: AutodiffBackend>(
         let start = Instant::now();
         let mut grads = Gradients::<B::InnerBackend>::new();
         let (loss, _) = batch_loss(&model, batch, false, norm, device);
-        grads.accumulate(&model, loss.backward());
+        grads.backward(&model, loss);
         grads.clip_global_norm(config.train.max_grad_norm);
         model = opt.step::<B, _>(model, grads, config.learning_rate);
         sync::<B>(device)?;
@@ -263,12 +358,14 @@ fn sft_steps<B: AutodiffBackend>(
 /// gradients (full: a frozen copy; LoRA: the policy with adapters removed),
 /// the sigmoid loss (β from `DpoConfig`'s defaults, 0.1), clip, AdamW.
 fn dpo_steps<B: AutodiffBackend>(
-    dir: &Path,
+    source: &Source,
     lora: Option<&LoraConfig>,
+    checkpointing: bool,
     batch: &Batch,
     steps: usize,
     device: &B::Device,
 ) -> Result<StepResult> {
+    reset_peak_rss();
     let config = DpoConfig::default();
     let objective = DpoObjective::new(
         config.loss_type,
@@ -276,9 +373,9 @@ fn dpo_steps<B: AutodiffBackend>(
         config.label_smoothing,
         config.rpo_alpha,
     )?;
-    let (_, mut model) = load_trainable::<B>(dir, lora, None, 0, device)?;
+    let mut model = source.trainable::<B>(lora, checkpointing, device)?;
     let frozen = match lora {
-        None => Some(load_model::<B::InnerBackend>(dir, device)?.1),
+        None => Some(source.model::<B::InnerBackend>(device)?),
         Some(_) => None,
     };
     let trainable_params = trainable_count::<B, _>(&model);
@@ -297,7 +394,7 @@ fn dpo_steps<B: AutodiffBackend>(
             Tensor::from_inner(reference.rejected),
         );
         let out = dpo_loss(&objective, &policy.logps, &reference, &policy.tokens);
-        grads.accumulate(&model, out.loss().backward());
+        grads.backward(&model, out.loss());
         grads.clip_global_norm(config.train.max_grad_norm);
         model = opt.step::<B, _>(model, grads, config.learning_rate);
         sync::<B>(device)?;
@@ -312,6 +409,7 @@ fn step_result(times: Vec<f64>, batch: &Batch, trainable_params: usize) -> StepR
         step_s,
         tokens_per_s: (batch.batch_size * batch.seq_len) as f64 / step_s,
         trainable_params,
+        peak_rss_mb: peak_rss_mb(),
     }
 }
 
@@ -341,14 +439,13 @@ fn rollout_prompts(rows: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
 /// token's log-prob recorded. No EOS and no stop condition, so every row
 /// generates `tokens`.
 fn rollout_steps<B: Backend>(
-    dir: &Path,
+    source: &Source,
     prompts: &[Vec<u32>],
     tokens: usize,
     steps: usize,
     device: &B::Device,
 ) -> Result<RolloutResult> {
-    let (_, model) = load_model::<B>(dir, device)?;
-    let model = model.for_decoding();
+    let model = source.model::<B>(device)?.for_decoding();
     let config = SamplingConfig {
         max_new_tokens: tokens,
         temperature: 1.0,
@@ -391,12 +488,12 @@ impl BenchArgs {
     /// The forward, burn-AdamW step and decode measurements on one model.
     fn core<B: AutodiffBackend>(
         &self,
-        dir: &Path,
+        source: &Source,
         ids: &[i64],
         device: &B::Device,
         out: &mut BenchResult,
     ) -> Result<()> {
-        let (_, model) = load_model::<B>(dir, device)?;
+        let model = source.model::<B>(device)?;
         let (b, t) = (self.batch, self.seq);
 
         // 1. forward (no autodiff)
@@ -459,8 +556,8 @@ impl Task for BenchArgs {
     type Output = BenchResult;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchResult> {
-        let dir = self.model.dir()?;
-        let config = LlamaConfig::load(&dir.join("config.json"))?;
+        let source = Source::of(&self)?;
+        let config = source.config()?;
         let (b, t) = (self.batch, self.seq);
         if b == 0 || t < 2 || self.steps == 0 {
             bail!("--batch and --steps must be positive and --seq at least 2");
@@ -485,17 +582,21 @@ impl Task for BenchArgs {
             .iter()
             .any(|&s| self.runs(s))
         {
-            self.core::<B>(&dir, &ids, &device, &mut out)?;
+            self.core::<B>(&source, &ids, &device, &mut out)?;
         }
         let lora = bench_lora();
         let sft = sft_batch(&ids, b, t);
+        let ckpt = self.gradient_checkpointing;
         if self.runs(Section::SftFull) {
-            out.sft_full = Some(sft_steps::<B>(&dir, None, &sft, self.steps, &device)?);
+            out.sft_full = Some(sft_steps::<B>(
+                &source, None, ckpt, &sft, self.steps, &device,
+            )?);
         }
         if self.runs(Section::SftLora) {
             out.sft_lora = Some(sft_steps::<B>(
-                &dir,
+                &source,
                 Some(&lora),
+                ckpt,
                 &sft,
                 self.steps,
                 &device,
@@ -504,12 +605,15 @@ impl Task for BenchArgs {
         if dpo {
             let pairs = dpo_batch(&ids, b, t);
             if self.runs(Section::DpoFull) {
-                out.dpo_full = Some(dpo_steps::<B>(&dir, None, &pairs, self.steps, &device)?);
+                out.dpo_full = Some(dpo_steps::<B>(
+                    &source, None, ckpt, &pairs, self.steps, &device,
+                )?);
             }
             if self.runs(Section::DpoLora) {
                 out.dpo_lora = Some(dpo_steps::<B>(
-                    &dir,
+                    &source,
                     Some(&lora),
+                    ckpt,
                     &pairs,
                     self.steps,
                     &device,
@@ -520,7 +624,7 @@ impl Task for BenchArgs {
             let prompts =
                 rollout_prompts(self.rollout_rows, self.rollout_prompt, config.vocab_size);
             out.rollout = Some(rollout_steps::<B::InnerBackend>(
-                &dir,
+                &source,
                 &prompts,
                 self.rollout_tokens,
                 self.steps,
@@ -532,10 +636,18 @@ impl Task for BenchArgs {
 }
 
 /// The arguments of the PyTorch script: same model, shapes and sections.
-fn torch_args(dir: &Path, args: &BenchArgs) -> Vec<String> {
-    let mut out = vec![
-        "--model".into(),
-        dir.display().to_string(),
+fn torch_args(source: &Source, args: &BenchArgs) -> Vec<String> {
+    let mut out: Vec<String> = match source {
+        Source::Dir(dir) => vec!["--model".into(), dir.display().to_string()],
+        Source::Random { file, .. } => vec!["--model-config".into(), file.display().to_string()],
+    };
+    if args.gradient_checkpointing {
+        out.push("--gradient-checkpointing".into());
+    }
+    if let DeviceSpec::Cuda(index) = args.model.device {
+        out.extend(["--device".into(), format!("cuda:{index}")]);
+    }
+    out.extend([
         "--batch".into(),
         args.batch.to_string(),
         "--seq".into(),
@@ -550,7 +662,7 @@ fn torch_args(dir: &Path, args: &BenchArgs) -> Vec<String> {
         args.rollout_prompt.to_string(),
         "--rollout-tokens".into(),
         args.rollout_tokens.to_string(),
-    ];
+    ]);
     if !args.only.is_empty() {
         let names: Vec<&str> = args.only.iter().map(|s| s.as_str()).collect();
         out.push("--only".into());
@@ -606,7 +718,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let torch = args
         .torch
         .clone()
-        .map(|script| Ok::<_, anyhow::Error>((script, torch_args(&args.model.dir()?, &args))))
+        .map(|script| Ok::<_, anyhow::Error>((script, torch_args(&Source::of(&args)?, &args))))
         .transpose()?;
     let ours = dispatch(device, args)?;
     let theirs = torch
@@ -674,6 +786,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             b.map(|s| s.tokens_per_s),
             false,
         );
+        row(
+            &format!("{name} peak RSS (MB)"),
+            a.and_then(|s| s.peak_rss_mb),
+            b.and_then(|s| s.peak_rss_mb),
+            true,
+        );
     }
     let (a, b) = (ours.rollout.as_ref(), pt.and_then(|r| r.rollout.as_ref()));
     row(
@@ -688,7 +806,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         b.map(|r| r.tokens_per_s),
         false,
     );
-    println!("ratio = alignkit time / pytorch time (≤ 1.0 means alignkit is as fast or faster)");
+    println!(
+        "ratio = alignkit time / pytorch time (≤ 1.0 means alignkit is as fast or faster); for peak RSS, alignkit MB / pytorch MB"
+    );
     for (name, get) in steps {
         if let Some(a) = get(&ours) {
             let b = pt.and_then(get).map(|s| s.trainable_params.to_string());

@@ -188,7 +188,7 @@ pub struct WinrateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }
@@ -1178,7 +1178,7 @@ pub struct DriftArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

@@ -38,7 +38,7 @@ pub struct GenerateArgs {
     /// Repeat with --prompts to sample from several models.
     #[arg(long)]
     pub model: Vec<PathBuf>,
-    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Prompt text; repeat for a batch (generated together, left-padded). With

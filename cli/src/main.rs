@@ -15,6 +15,7 @@ mod frontier;
 mod generate;
 mod label;
 mod logprobs;
+mod parity;
 mod pipeline;
 mod pull;
 mod reward;
@@ -69,6 +70,10 @@ enum Command {
     /// Measure forward, training-step and decode speed (optionally against PyTorch).
     #[command(after_help = examples::BENCH)]
     Bench(bench::BenchArgs),
+    /// Logits of the tiny fixture models on a device against transformers'
+    /// and the CPU backend's (the check of a GPU build).
+    #[command(after_help = examples::PARITY)]
+    Parity(parity::ParityArgs),
     /// Validate and inspect JSONL training data.
     #[command(subcommand, after_help = examples::DATA)]
     #[command(mut_subcommand("validate", |c| c.after_help(examples::DATA_VALIDATE)))]
@@ -164,7 +169,13 @@ Examples:
     pub const BENCH: &str = "\
 Examples:
   alignkit bench
-  alignkit bench --batch 8 --seq 512 --only forward,sft_full --json";
+  alignkit bench --batch 8 --seq 512 --only forward,sft_full --json
+  alignkit bench --model-config examples/bench/llama-3.2-1b-config.json --only sft_lora \\
+      --gradient-checkpointing --steps 1 --torch scripts/bench_torch.py";
+    pub const PARITY: &str = "\
+Examples:
+  alignkit parity model/tests/fixtures/llama model/tests/fixtures/qwen2 --device cuda:0
+  alignkit parity model/tests/fixtures/llama --device wgpu:cpu --tolerance 1e-4 --json";
     pub const DATA: &str = "\
 Examples:
   alignkit data validate prefs.jsonl --kind prefs
@@ -305,6 +316,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => generate::run_chat(args),
         Command::Logprobs(args) => logprobs::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Parity(args) => parity::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Label(args) => label::run(args),
         Command::Reward(cmd) => reward::run(cmd),

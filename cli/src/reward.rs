@@ -47,7 +47,7 @@ pub struct ScoreArgs {
     /// Where a conversation's sequence ends (the model's `data.completion_end`).
     #[arg(long, value_enum, default_value_t)]
     pub completion_end: CompletionEndArg,
-    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }

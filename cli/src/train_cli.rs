@@ -171,7 +171,7 @@ pub struct TrainArgs {
     /// `--set lora.target_modules=q_proj,v_proj` (repeatable; after --config).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Shortcuts for common keys (boxed: keeps the subcommand enums small).

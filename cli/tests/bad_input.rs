@@ -202,3 +202,35 @@ fn cuda_without_a_driver_is_one_line() {
         assert_clean_error(&args, &["built without CUDA"]);
     }
 }
+
+/// `alignkit parity` on the committed fixtures: within 1e-4 of transformers
+/// and equal to the CPU backend on the CPU; a directory without
+/// expected.json is one line naming the file.
+#[test]
+fn parity_checks_the_fixtures_and_names_a_missing_file() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .arg("parity")
+        .args(["llama", "qwen2"].map(|n| fixtures.join(n)))
+        .args(["--tolerance", "1e-4", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["fixtures"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert!(r["vs_transformers"].as_f64().unwrap() <= 1e-4, "{r}");
+        assert_eq!(r["vs_cpu"].as_f64().unwrap(), 0.0, "{r}");
+        assert_eq!(r["greedy_matches"], true, "{r}");
+    }
+    let dir = model_dir(|_| {});
+    assert_clean_error(
+        &["parity", dir.path().to_str().unwrap()],
+        &["expected.json"],
+    );
+}

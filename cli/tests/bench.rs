@@ -204,3 +204,73 @@ print(json.dumps({"rollout": {"rollout_s": 4.0, "tokens_per_s": 100.0, "rows": 1
     assert!(text.contains("rollout (s)"), "{text}");
     assert!(text.contains("10 rows (8 per prompt)"), "{text}");
 }
+
+/// `--model-config`: random weights for a config.json, no model directory;
+/// `--gradient-checkpointing` reaches both sides, lowers nothing but memory,
+/// and each step section reports its peak memory.
+#[test]
+fn model_config_and_gradient_checkpointing() {
+    let root = tempfile::tempdir().unwrap();
+    let model = tiny_model(&root.path().join("m"));
+    let config = model.join("config.json");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+            .args(["bench", "--model-config"])
+            .arg(&config)
+            .args(["--batch", "2", "--seq", "8", "--steps", "1", "--json"])
+            .args(["--only", "sft_full,dpo_lora"])
+            .args(extra)
+            .output()
+            .unwrap();
+        json(&out)
+    };
+    for extra in [&[][..], &["--gradient-checkpointing"][..]] {
+        let v = run(extra);
+        for name in ["sft_full", "dpo_lora"] {
+            let s = &v["alignkit"][name];
+            assert!(s["step_s"].as_f64().unwrap() > 0.0, "{name}: {s}");
+            if cfg!(target_os = "linux") {
+                assert!(s["peak_rss_mb"].as_f64().unwrap() > 1.0, "{name}: {s}");
+            }
+        }
+    }
+    // The full model's parameter count is the config's, as with the directory.
+    let from_dir = json(&bench(&model, &["--only", "sft_full"]));
+    let from_config = run(&[]);
+    assert_eq!(
+        from_dir["alignkit"]["sft_full"]["trainable_params"],
+        from_config["alignkit"]["sft_full"]["trainable_params"]
+    );
+
+    // The PyTorch script gets both flags.
+    if Command::new("python3").arg("--version").output().is_err() {
+        return;
+    }
+    let script = root.path().join("fake_torch.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+a = sys.argv[1:]
+assert "--model" not in a and a[a.index("--model-config") + 1].endswith("config.json"), a
+assert "--gradient-checkpointing" in a, a
+print(json.dumps({"sft_full": {"step_s": 1.0, "tokens_per_s": 16.0, "trainable_params": 1,
+      "peak_rss_mb": 10.0}}))
+"#,
+    )
+    .unwrap();
+    let v = run(&[
+        "--gradient-checkpointing",
+        "--torch",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(v["pytorch"]["sft_full"]["peak_rss_mb"], 10.0);
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["bench", "--model"])
+        .arg(&model)
+        .arg("--model-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

@@ -164,6 +164,7 @@ pub fn train<B: AutodiffBackend>(
         derive_seed(seed, Stream::AdapterInit, 0, 0),
         device,
     )?;
+    config.train.checkpointing(&mut model.model)?;
     let vocab = encoder.tokenizer().vocab_size();
     if vocab > model_config.vocab_size {
         return Err(DpoError::Config {
@@ -277,7 +278,7 @@ pub fn train<B: AutodiffBackend>(
             };
             let out = dpo_loss(&setup.objective, &policy.logps, &ref_logps, &policy.tokens);
             let loss = out.loss_normalized(step_pairs, step_chosen_tokens);
-            grads.accumulate(&model, loss.backward());
+            grads.backward(&model, loss);
             sums += DpoSums::of(&out, &policy);
             tokens += batch.attention_mask.iter().filter(|&&m| m).count();
         }

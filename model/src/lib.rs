@@ -18,6 +18,8 @@ pub mod heads;
 pub mod logprobs;
 pub mod lora;
 pub mod mask;
+pub mod parity;
+pub mod recompute;
 pub mod transformer;
 
 pub use cache::KvCache;

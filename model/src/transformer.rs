@@ -337,6 +337,34 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
+    /// The seven projections: q, k, v, o, gate, up, down.
+    pub fn linears(&self) -> [&Linear<B>; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    /// [`Self::linears`], mutable.
+    pub fn linears_mut(&mut self) -> [&mut Linear<B>; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -373,6 +401,10 @@ pub struct LlamaModel<B: Backend> {
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     pub rope: Rope,
+    /// Keep only each layer's input in training forward passes and recompute
+    /// the layer in the backward pass ([`crate::recompute`]).
+    #[module(skip)]
+    pub gradient_checkpointing: bool,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -387,6 +419,7 @@ impl<B: Backend> LlamaModel<B> {
                 .collect(),
             norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
             rope: Rope::new(config),
+            gradient_checkpointing: false,
         }
     }
 
@@ -398,6 +431,13 @@ impl<B: Backend> LlamaModel<B> {
         input: ForwardInput<B>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let input = match self.gradient_checkpointing && cache.is_none() {
+            true => match crate::recompute::forward(self, input) {
+                Ok(hidden) => return hidden,
+                Err(input) => input,
+            },
+            false => input,
+        };
         let Some(first) = self.layers.first() else {
             return self
                 .norm
@@ -468,19 +508,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             linear.decode_weight = Some(contiguous(linear.weight.val().transpose()));
         }
         for layer in self.model.layers.iter_mut() {
-            let attn = &mut layer.self_attn;
-            for l in [
-                &mut attn.q_proj,
-                &mut attn.k_proj,
-                &mut attn.v_proj,
-                &mut attn.o_proj,
-            ] {
-                prepare(l);
-            }
-            let mlp = &mut layer.mlp;
-            for l in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
-                prepare(l);
-            }
+            layer.linears_mut().into_iter().for_each(prepare);
         }
         match &mut self.lm_head {
             Some(head) => prepare(head),

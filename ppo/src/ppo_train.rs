@@ -200,6 +200,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         message: e.to_string(),
     })?;
     let mut critic = Trainee { reward: critic };
+    c.train.checkpointing(&mut critic.reward.model)?;
     let mut critic_opt = match &critic_ckpt {
         Some(dir) => AdamW::<B::InnerBackend>::load(
             c.optim.clone(),
@@ -446,8 +447,8 @@ pub fn train_ppo<B: AutodiffBackend>(
                     let vf_loss = host(vf.loss.clone())[0] as f64;
                     pg_total += pg_loss;
                     vf_total += vf_loss;
-                    grads.accumulate(&model, pg.loss.backward());
-                    critic_grads.accumulate(&critic, vf.loss.mul_scalar(params.vf_coef).backward());
+                    grads.backward(&model, pg.loss);
+                    critic_grads.backward(&critic, vf.loss.mul_scalar(params.vf_coef));
                 }
                 let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
                 let critic_grad_norm = critic_grads.clip_global_norm(c.train.max_grad_norm);

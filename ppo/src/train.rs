@@ -251,13 +251,14 @@ pub(crate) fn open<B: AutodiffBackend>(
     )?;
 
     let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
-    let (model_config, model) = load_trainable::<B>(
+    let (model_config, mut model) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
         ckpt_path.as_deref(),
         derive_seed(seed, Stream::AdapterInit, 0, 0),
         device,
     )?;
+    config.train.checkpointing(&mut model.model)?;
     let vocab = tokenizer.vocab_size();
     if vocab > model_config.vocab_size {
         return Err(RlError::Config {
@@ -833,7 +834,7 @@ pub fn train<B: AutodiffBackend>(
                         old[k] = values;
                     }
                 }
-                grads.accumulate(&model, out.loss.backward());
+                grads.backward(&model, out.loss);
             }
             let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
             sums.loss += pass_loss;

@@ -327,3 +327,50 @@ fn bad_inputs_fail_before_any_work() {
     c.ppo.as_mut().unwrap().lam = 1.5;
     fails(&c, "config: `ppo.lam`: 1.5 is not in [0, 1]");
 }
+
+/// `train.gradient_checkpointing` on the policy and the critic (their forward
+/// passes interleave before their backward passes): the same run, bit for bit.
+#[test]
+fn ppo_with_gradient_checkpointing_is_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.train.max_steps = 3;
+    let recomputed = alignkit_model::recompute::layers_recomputed;
+    let before = recomputed();
+    let plain = run(&c);
+    assert_eq!(recomputed(), before, "no checkpointing asked");
+    c.output_dir = tmp.path().join("checkpointed");
+    c.train.gradient_checkpointing = true;
+    let checkpointed = run(&c);
+    assert!(
+        recomputed() > before,
+        "the policy and critic layers were recomputed"
+    );
+    for key in [
+        "objective/scores",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/ratio",
+        "grad_norm",
+        "critic_grad_norm",
+    ] {
+        let (a, b) = (
+            series(&tmp.path().join("run"), key),
+            series(&c.output_dir, key),
+        );
+        assert_eq!(a.len(), 3, "{key}");
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b), "{key}: {a:?} vs {b:?}");
+    }
+    let policy = |dir: &Path| bits(&load_model::<B>(dir, &Default::default()).unwrap().1);
+    assert_eq!(
+        policy(&plain.final_dir.unwrap()),
+        policy(&checkpointed.final_dir.unwrap()),
+        "final policies differ"
+    );
+    assert_eq!(
+        critic_bits(&plain.last_checkpoint.unwrap()),
+        critic_bits(&checkpointed.last_checkpoint.unwrap()),
+        "final critics differ"
+    );
+}

@@ -123,13 +123,14 @@ pub fn train<B: AutodiffBackend>(
     )?;
 
     let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
-    let (model_config, reward) = load_trainable::<B>(
+    let (model_config, mut reward) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
         ckpt_path.as_deref(),
         derive_seed(seed, Stream::AdapterInit, 0, 0),
         device,
     )?;
+    config.train.checkpointing(&mut reward.model)?;
     let vocab = encoder.tokenizer().vocab_size();
     if vocab > model_config.vocab_size {
         return Err(RewardError::Config {
@@ -228,7 +229,7 @@ pub fn train<B: AutodiffBackend>(
                 margins::<B>(&batch_pairs, device),
             );
             let loss = out.loss_normalized(step_pairs);
-            grads.accumulate(&model, loss.backward());
+            grads.backward(&model, loss);
             sums += RewardSums::of(&out, chosen, rejected);
             tokens += batch.attention_mask.iter().filter(|&&m| m).count();
         }

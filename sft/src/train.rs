@@ -134,6 +134,7 @@ pub fn train<B: AutodiffBackend>(
         derive_seed(seed, Stream::AdapterInit, 0, 0),
         device,
     )?;
+    config.train.checkpointing(&mut model.model)?;
     let vocab = encoder.tokenizer().vocab_size();
     if vocab > model_config.vocab_size {
         return Err(SftError::Config {
@@ -224,7 +225,7 @@ pub fn train<B: AutodiffBackend>(
             seed_backend::<B>(device, seed, state.step, k);
             let (loss, s) = batch_loss(&model, batch, setup.rows.packed(), norm, device);
             if s.targets > 0 {
-                grads.accumulate(&model, loss.backward());
+                grads.backward(&model, loss);
             }
             sums += s;
         }

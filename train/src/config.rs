@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use alignkit_model::recompute;
+use alignkit_model::transformer::LlamaModel;
+use burn::tensor::backend::AutodiffBackend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +37,11 @@ pub struct LoopConfig {
     pub early_stopping_patience: usize,
     /// Stop after this many consecutive updates with a non-finite loss or gradient.
     pub max_bad_steps: usize,
+    /// Keep only each decoder layer's input in the forward pass and recompute
+    /// the layer in the backward pass (transformers' name): less memory, about
+    /// one more forward pass of time, identical gradients. Not with LoRA
+    /// dropout.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for LoopConfig {
@@ -50,6 +58,7 @@ impl Default for LoopConfig {
             eval_steps: 0,
             early_stopping_patience: 0,
             max_bad_steps: 5,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -80,6 +89,26 @@ impl LoopConfig {
                 "needs evaluations: set train.eval_steps",
             ));
         }
+        Ok(())
+    }
+
+    /// Turn on activation checkpointing in the backbone a run trains when
+    /// `gradient_checkpointing` asks for it; why it cannot, if it cannot.
+    pub fn checkpointing<B: AutodiffBackend>(
+        &self,
+        backbone: &mut LlamaModel<B>,
+    ) -> std::result::Result<(), ConfigIssue> {
+        if !self.gradient_checkpointing {
+            return Ok(());
+        }
+        if let Some(why) = recompute::unsupported(backbone) {
+            return Err(ConfigIssue {
+                field: "train.gradient_checkpointing",
+                message: why,
+            });
+        }
+        recompute::enable::<B>();
+        backbone.gradient_checkpointing = true;
         Ok(())
     }
 

@@ -52,6 +52,19 @@ impl<B: Backend> Gradients<B> {
         }
     }
 
+    /// Run the backward pass of `loss` (continued through the layers of any
+    /// checkpointed forward pass it depends on, see
+    /// [`alignkit_model::recompute`]) and add its gradients.
+    pub fn backward<AB, M>(&mut self, model: &M, loss: Tensor<AB, 1>)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Trainable<AB>,
+    {
+        for grads in alignkit_model::recompute::backward(loss) {
+            self.accumulate(model, grads);
+        }
+    }
+
     /// Add one flattened gradient by name.
     pub fn add(&mut self, name: String, grad: Tensor<B, 1>) {
         match self.tensors.remove(&name) {

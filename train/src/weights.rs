@@ -87,15 +87,7 @@ pub fn load_trainable<B: Backend>(
 
 fn set_dropout<B: Backend>(model: &mut LlamaForCausalLM<B>, dropout: f64) {
     for layer in &mut model.model.layers {
-        for lin in [
-            &mut layer.self_attn.q_proj,
-            &mut layer.self_attn.k_proj,
-            &mut layer.self_attn.v_proj,
-            &mut layer.self_attn.o_proj,
-            &mut layer.mlp.gate_proj,
-            &mut layer.mlp.up_proj,
-            &mut layer.mlp.down_proj,
-        ] {
+        for lin in layer.linears_mut() {
             if let Some(a) = &mut lin.lora {
                 a.dropout = dropout;
             }

@@ -100,7 +100,7 @@ pub struct RunArgs {
     /// Print the plan (run / skip / resume per stage, and why) and stop.
     #[arg(long)]
     pub dry_run: bool,
-    /// cpu, cuda:N, vulkan:N or wgpu:N (among the backends compiled in).
+    /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }
