@@ -73,6 +73,8 @@ for size in $SIZES; do
         --steps "$STEPS" --json "${TORCH[@]}"
 done
 
+# alignkit's peak_rss_mb is host memory (the GPU's own is not read yet);
+# PyTorch's, on a GPU, is torch.cuda.max_memory_allocated.
 # One JSON with MFU added: 6·N matmul FLOPs per token for a full SFT step,
 # 4·N under LoRA (no weight gradients of the frozen base), 2·N more for DPO's
 # reference forward; N = parameters in matmuls (the embedding lookup is none;

@@ -216,7 +216,11 @@ pub struct StepResult {
     /// Batch tokens (every row, prompt included) per second of step.
     pub tokens_per_s: f64,
     pub trainable_params: usize,
-    /// Peak resident memory of the section (model load included), MB.
+    /// Peak resident memory of the host process during the section (model
+    /// load included), MB. Sections of one run share the process, and freed
+    /// memory is not always returned to the system: measure memory with one
+    /// section per run (`--only`). On a GPU this is host memory, not the
+    /// device's.
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
 }
