@@ -43,6 +43,18 @@ pub struct ModelArgs {
     pub device: DeviceSpec,
 }
 
+/// Refuse to replace the existing output file `path` (given as `flag`)
+/// unless `--overwrite`: one wording for every command that writes one file.
+pub fn refuse_overwrite(flag: &str, path: &Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        bail!(
+            "{flag} {}: exists (pass --overwrite to replace it)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
         match &self.model {

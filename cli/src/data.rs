@@ -215,12 +215,7 @@ fn rank_pairs(
 }
 
 fn pairs(args: PairsArgs) -> Result<()> {
-    if args.out.exists() && !args.overwrite {
-        bail!(
-            "{} exists; pass --overwrite to replace it",
-            args.out.display()
-        );
-    }
+    crate::common::refuse_overwrite("--out", &args.out, args.overwrite)?;
     let loaded = alignkit_labeler::candidates::load_candidates(&args.candidates)?;
     if let Some(problem) = loaded.problems.first() {
         bail!("{problem}");

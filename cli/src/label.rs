@@ -203,12 +203,7 @@ fn run_export(args: ExportArgs) -> Result<()> {
     if args.to.is_dir() {
         bail!("--to {}: is a directory", args.to.display());
     }
-    if args.to.exists() && !args.overwrite {
-        bail!(
-            "--to {}: exists (pass --overwrite to replace it)",
-            args.to.display()
-        );
-    }
+    crate::common::refuse_overwrite("--to", &args.to, args.overwrite)?;
     let ledger = read(&args.judgments)?;
     let mut bytes = Vec::new();
     let summary = export(&ledger, &mut bytes).context("serialising the preference pairs")?;

@@ -117,3 +117,53 @@ fn identical_chosen_and_rejected_fail_validation_as_they_fail_training() {
         format!("error: {}: 1 of 2 records have errors\n", prefs.display())
     );
 }
+
+/// `alignkit data pairs`: VADER-ranked pairs from a candidates file; an
+/// existing --out is refused in one line (the wording `label export` uses)
+/// and replaced with --overwrite.
+#[test]
+fn data_pairs_writes_ranked_pairs_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidates = dir.path().join("candidates.jsonl");
+    let item = serde_json::json!({"id": "1", "prompt": "How was the film?", "responses": [
+        {"text": "It was wonderful, I loved it!"},
+        {"text": "It was terrible and boring."},
+    ]});
+    std::fs::write(&candidates, format!("{item}\n")).unwrap();
+    let out = dir.path().join("pairs.jsonl");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_alignkit"))
+            .args([
+                "data",
+                "pairs",
+                candidates.to_str().unwrap(),
+                "--judge",
+                "sentiment",
+            ])
+            .args(["--out", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let pair: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(pair["chosen"], "It was wonderful, I loved it!");
+    assert_eq!(pair["rejected"], "It was terrible and boring.");
+
+    let again = run(&[]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("exists (pass --overwrite to replace it)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text, "untouched");
+    assert!(run(&["--overwrite"]).status.success());
+}
