@@ -170,8 +170,7 @@ Examples:
 Examples:
   alignkit bench
   alignkit bench --batch 8 --seq 512 --only forward,sft_full --json
-  alignkit bench --model-config examples/bench/llama-3.2-1b-config.json --only sft_lora \\
-      --gradient-checkpointing --steps 1 --torch scripts/bench_torch.py";
+  alignkit bench --model-config examples/bench/llama-3.2-1b-config.json --only sft_lora --gradient-checkpointing";
     pub const PARITY: &str = "\
 Examples:
   alignkit parity model/tests/fixtures/llama model/tests/fixtures/qwen2 --device cuda:0

@@ -219,8 +219,7 @@ pub fn train_ppo<B: AutodiffBackend>(
     if let Some(ev) = evaluator.as_mut()
         && state.step == 0
     {
-        let record = ev.run(&setup, 0, &model, &reference, &rewards, device)?;
-        progress(Event::Eval(&record));
+        ev.after_step(&setup, 0, &model, &reference, &rewards, device, progress)?;
     }
     let temperature = setup.settings.temperature;
     let clip = Clip {
@@ -556,11 +555,10 @@ pub fn train_ppo<B: AutodiffBackend>(
         progress(Event::PpoStep(&m));
         last_metrics = Some(m);
         verdict?;
-        if let Some(ev) = evaluator.as_mut()
-            && ev.due(c, state.step, setup.total_steps)
-        {
-            let record = ev.run(&setup, state.step, &model, &reference, &rewards, device)?;
-            progress(Event::Eval(&record));
+        if let Some(ev) = evaluator.as_mut() {
+            ev.after_step(
+                &setup, state.step, &model, &reference, &rewards, device, progress,
+            )?;
         }
 
         // 7. Checkpoint when due.

@@ -421,9 +421,26 @@ pub struct EvalRecord {
 }
 
 impl<IB: Backend> Evaluator<IB> {
-    /// At step 0 and every `eval.steps` steps, and at the last step.
-    pub(crate) fn due(&self, config: &RlConfig, step: usize, total: usize) -> bool {
-        step == 0 || step.is_multiple_of(config.eval.steps) || step == total
+    /// Evaluate after update `step` (0: before training) when it is due — at
+    /// step 0, every `eval.steps` steps and at the last step — and report
+    /// the record.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn after_step<B: AutodiffBackend<InnerBackend = IB>>(
+        &mut self,
+        setup: &Setup,
+        step: usize,
+        model: &LlamaForCausalLM<B>,
+        reference: &Reference<IB>,
+        rewards: &Rewards<IB>,
+        device: &IB::Device,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<()> {
+        let every = setup.config.eval.steps;
+        if step == 0 || step.is_multiple_of(every) || step == setup.total_steps {
+            let record = self.run(setup, step, model, reference, rewards, device)?;
+            progress(Event::Eval(&record));
+        }
+        Ok(())
     }
 
     /// Sample the held-out prompts with the policy (the same seeds every
@@ -638,8 +655,7 @@ pub fn train<B: AutodiffBackend>(
     if let Some(ev) = evaluator.as_mut()
         && state.step == 0
     {
-        let record = ev.run(&setup, 0, &model, &reference, &rewards, device)?;
-        progress(Event::Eval(&record));
+        ev.after_step(&setup, 0, &model, &reference, &rewards, device, progress)?;
     }
     let c = &setup.config;
     let algorithm = c.algorithm()?;
@@ -911,11 +927,10 @@ pub fn train<B: AutodiffBackend>(
         progress(Event::Step(&m));
         last_metrics = Some(m);
         verdict?;
-        if let Some(ev) = evaluator.as_mut()
-            && ev.due(c, state.step, setup.total_steps)
-        {
-            let record = ev.run(&setup, state.step, &model, &reference, &rewards, device)?;
-            progress(Event::Eval(&record));
+        if let Some(ev) = evaluator.as_mut() {
+            ev.after_step(
+                &setup, state.step, &model, &reference, &rewards, device, progress,
+            )?;
         }
 
         // 6. Checkpoint when due.
