@@ -73,6 +73,42 @@ pub fn require_cuda_driver() -> Result<()> {
     }
 }
 
+/// How many discrete GPUs wgpu sees (any graphics API).
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn discrete_gpus() -> usize {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let mut adapters = std::pin::pin!(instance.enumerate_adapters(wgpu::Backends::all()));
+    let mut cx = Context::from_waker(Waker::noop());
+    // Ready at once on native platforms.
+    loop {
+        if let Poll::Ready(adapters) = adapters.as_mut().poll(&mut cx) {
+            return adapters
+                .iter()
+                .filter(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu)
+                .count();
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// A one-line error unless wgpu sees discrete GPU `index` (cubecl panics in
+/// its runtime thread otherwise).
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn require_discrete_gpu(spec: &str, index: usize) -> Result<()> {
+    let found = discrete_gpus();
+    if index >= found {
+        bail!(
+            "--device {spec}:{index}: wgpu sees {found} discrete GPU(s); --device wgpu:cpu runs on a CPU Vulkan device (Mesa's lavapipe)"
+        );
+    }
+    Ok(())
+}
+
 /// Work that runs on whichever backend `--device` selects. Inference code uses
 /// `B::InnerBackend`; training uses `B` itself.
 pub trait Task {
@@ -106,16 +142,22 @@ pub fn dispatch<T: Task>(spec: DeviceSpec, task: T) -> Result<T::Output> {
         }
         DeviceSpec::Vulkan(index) => {
             #[cfg(feature = "vulkan")]
-            return task.run::<Autodiff<burn::backend::Vulkan>>(
-                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
-            );
+            {
+                require_discrete_gpu("vulkan", index)?;
+                return task.run::<Autodiff<burn::backend::Vulkan>>(
+                    burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
+                );
+            }
             bail!("this alignkit was built without Vulkan; rebuild with `--features vulkan`")
         }
         DeviceSpec::Wgpu(index) => {
             #[cfg(feature = "wgpu")]
-            return task.run::<Autodiff<burn::backend::Wgpu>>(
-                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
-            );
+            {
+                require_discrete_gpu("wgpu", index)?;
+                return task.run::<Autodiff<burn::backend::Wgpu>>(
+                    burn::backend::wgpu::WgpuDevice::DiscreteGpu(index),
+                );
+            }
             bail!("this alignkit was built without wgpu; rebuild with `--features wgpu`")
         }
         DeviceSpec::WgpuCpu => {

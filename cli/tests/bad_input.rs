@@ -203,6 +203,26 @@ fn cuda_without_a_driver_is_one_line() {
     }
 }
 
+/// `--device wgpu:N` past the discrete GPUs wgpu sees is one line pointing at
+/// `wgpu:cpu` (cubecl panics in its runtime thread otherwise). Built only with
+/// `--features wgpu`; without it the command says it lacks wgpu.
+#[test]
+fn wgpu_without_that_gpu_is_one_line() {
+    let fixture = fixture_model();
+    let args = ["parity", fixture.to_str().unwrap(), "--device", "wgpu:7"];
+    if cfg!(feature = "wgpu") {
+        let (code, stderr) = alignkit(&args);
+        assert_ne!(code, 0);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // lavapipe may print an XDG_RUNTIME_DIR warning of its own.
+        let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("wgpu:7")).collect();
+        assert_eq!(ours.len(), 1, "{stderr}");
+        assert!(ours[0].contains("--device wgpu:cpu"), "{stderr}");
+    } else {
+        assert_clean_error(&args, &["built without wgpu"]);
+    }
+}
+
 /// `alignkit parity` on the committed fixtures: within 1e-4 of transformers
 /// and equal to the CPU backend on the CPU; a directory without
 /// expected.json is one line naming the file.
