@@ -135,11 +135,8 @@ impl Source {
             )?,
         };
         if checkpointing {
-            if let Some(why) = alignkit_model::recompute::unsupported(&model.model) {
-                bail!("--gradient-checkpointing {why}");
-            }
-            alignkit_model::recompute::enable::<B>();
-            model.model.gradient_checkpointing = true;
+            alignkit_model::recompute::turn_on(&mut model.model)
+                .map_err(|why| anyhow::anyhow!("--gradient-checkpointing {why}"))?;
         }
         Ok(model)
     }

@@ -86,6 +86,17 @@ pub fn unsupported<B: Backend>(model: &LlamaModel<B>) -> Option<String> {
     })
 }
 
+/// Turn checkpointing on for `model` on backend `B` ([`enable`] and the
+/// model's flag), or say why it cannot run ([`unsupported`]).
+pub fn turn_on<B: AutodiffBackend>(model: &mut LlamaModel<B>) -> Result<(), String> {
+    if let Some(why) = unsupported(model) {
+        return Err(why);
+    }
+    enable::<B>();
+    model.gradient_checkpointing = true;
+    Ok(())
+}
+
 /// The layer with every parameter (adapters included) detached: its forward
 /// pass records no graph and keeps no activations.
 fn detached<B: AutodiffBackend>(layer: &DecoderLayer<B>) -> DecoderLayer<B> {
@@ -236,15 +247,15 @@ pub fn backward<B: AutodiffBackend>(loss: Tensor<B, 1>) -> Vec<B::Gradients> {
             }
         }
     });
+    // Recomputing runs layers, not `LlamaModel::forward`: nothing was
+    // recorded meanwhile, so PENDING is still the empty vector taken above.
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        let later = std::mem::take(&mut *pending);
         pending.extend(others);
         pending.extend(
             keep.into_iter()
                 .map(|(_, c)| (id, Box::new(c) as Box<dyn Any>)),
         );
-        pending.extend(later);
     });
     out
 }
@@ -350,9 +361,8 @@ mod tests {
         assert_eq!(plain.len(), expect_params);
 
         let mut model = model;
-        assert_eq!(unsupported(&model.model), None);
-        enable::<Ad>();
-        model.model.gradient_checkpointing = true;
+        turn_on(&mut model.model).unwrap();
+        assert!(model.model.gradient_checkpointing);
         let (loss, sets) = loss_and_grads(&model);
         assert_eq!(pending(), 0);
         // The loss's set, one per layer, and the embedding's when it trains.
@@ -445,9 +455,10 @@ mod tests {
             dropout: 0.1,
             ..LoraConfig::default()
         };
-        let model = lora::attach(base.no_grad(), &lora_config, 3, &device).unwrap();
-        let why = unsupported(&model.model).unwrap();
+        let mut model = lora::attach(base.no_grad(), &lora_config, 3, &device).unwrap();
+        let why = turn_on(&mut model.model).unwrap_err();
         assert!(why.contains("lora.dropout"), "{why}");
+        assert!(!model.model.gradient_checkpointing);
 
         let mut inner =
             LlamaForCausalLM::<Flex>::init(&LlamaConfig::tiny(ModelType::Llama), &device);

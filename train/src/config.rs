@@ -101,15 +101,10 @@ impl LoopConfig {
         if !self.gradient_checkpointing {
             return Ok(());
         }
-        if let Some(why) = recompute::unsupported(backbone) {
-            return Err(ConfigIssue {
-                field: "train.gradient_checkpointing",
-                message: why,
-            });
-        }
-        recompute::enable::<B>();
-        backbone.gradient_checkpointing = true;
-        Ok(())
+        recompute::turn_on(backbone).map_err(|why| ConfigIssue {
+            field: "train.gradient_checkpointing",
+            message: why,
+        })
     }
 
     /// Whether a checkpoint is due after update `step` (counted from 1).
