@@ -202,13 +202,16 @@ pub fn rms_norm_backward(
                     acc
                 })
             })
-            .reduce(
-                || vec![0.0f32; c],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            )
+            // Partials in chunk order, summed left to right: rayon's `reduce`
+            // pairs them as work stealing splits the range, which varies
+            // from run to run and would make the sum (and exact resume)
+            // depend on the machine's load.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(vec![0.0f32; c], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
     });
     (gx, gw)
 }
