@@ -6,7 +6,10 @@
 //!
 //! Prompts of different lengths are left-padded so every row's next token is
 //! at the same column; padding is masked out and position ids skip it, so a row
-//! generates exactly what it would alone.
+//! generates exactly what it would alone. Rows with the same prompt (the G
+//! samples per prompt of GRPO and RLOO) are prefilled once.
+
+use std::collections::HashMap;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -14,6 +17,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::Distribution;
 use rand_distr::weighted::WeightedIndex;
+use rayon::prelude::*;
 
 use crate::cache::KvCache;
 use crate::error::{ModelError, Result};
@@ -96,23 +100,49 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Whether `config` samples from the whole tempered distribution (nothing
+/// cut by top-k, top-p or min-p).
+fn unfiltered(config: &SamplingConfig) -> bool {
+    config.temperature > 0.0 && config.top_k == 0 && config.top_p >= 1.0 && config.min_p <= 0.0
+}
+
+/// A draw from softmax(logits / t) without sorting the vocabulary, with
+/// the token's log-probability under it; `None` if the weights are not
+/// finite (then the caller takes the argmax).
+fn draw_unfiltered(logits: &[f32], temperature: f32, rng: &mut StdRng) -> Option<(u32, f32)> {
+    let inv_t = 1.0 / temperature as f64;
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let weights = logits.iter().map(|&x| ((x as f64 - max) * inv_t).exp());
+    let dist = WeightedIndex::new(weights).ok()?;
+    let token = dist.sample(rng);
+    let logprob = (logits[token] as f64 - max) * inv_t - dist.total_weight().ln();
+    Some((token as u32, logprob as f32))
+}
+
+/// The next token of one row and its log-probability under
+/// softmax(logits / temperature) before any filtering (temperature 1 when
+/// greedy), as [`Sampled`] records it. The unfiltered draw computes the
+/// exponentials once for both.
+fn choose(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -> (u32, f32) {
+    if unfiltered(config)
+        && let Some(drawn) = draw_unfiltered(logits, config.temperature, rng)
+    {
+        return drawn;
+    }
+    let token = sample_token(logits, config, rng);
+    (token, scaled_logprob(logits, token, config.temperature))
+}
+
 /// Choose the next token from one row of logits.
 pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -> u32 {
     if config.temperature == 0.0 {
         return argmax(logits);
     }
     let inv_t = 1.0 / config.temperature;
-    if config.top_k == 0 && config.top_p >= 1.0 && config.min_p <= 0.0 {
-        // Nothing is cut from the distribution: draw from it as it is,
-        // without sorting the vocabulary.
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-        let weights = logits
-            .iter()
-            .map(|&x| ((x as f64 - max) * inv_t as f64).exp());
-        return match WeightedIndex::new(weights) {
-            Ok(dist) => dist.sample(rng) as u32,
-            Err(_) => argmax(logits),
-        };
+    if unfiltered(config) {
+        // Nothing is cut from the distribution: draw from it as it is.
+        return draw_unfiltered(logits, config.temperature, rng)
+            .map_or_else(|| argmax(logits), |(token, _)| token);
     }
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
@@ -221,15 +251,6 @@ enum Rngs {
     PerRow(Vec<StdRng>),
 }
 
-impl Rngs {
-    fn row(&mut self, row: usize) -> &mut StdRng {
-        match self {
-            Rngs::Shared(r) => r,
-            Rngs::PerRow(r) => &mut r[row],
-        }
-    }
-}
-
 /// log softmax(logits / t)[token], in f64 for a stable sum over the vocabulary.
 pub fn scaled_logprob(logits: &[f32], token: u32, temperature: f32) -> f32 {
     let inv_t = if temperature > 0.0 {
@@ -265,28 +286,41 @@ fn decode<B: Backend>(
     }
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
-    let mut ids = Vec::with_capacity(b * width);
-    for p in prompts {
+    let left_padded = |p: &[u32]| {
         let pad = width - p.len();
-        ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        valid.push(
-            std::iter::repeat_n(false, pad)
-                .chain(std::iter::repeat_n(true, p.len()))
-                .collect(),
-        );
-    }
-    let positions: Vec<i64> = positions_from_mask(&valid).concat();
+        std::iter::repeat_n(false, pad)
+            .chain(std::iter::repeat_n(true, p.len()))
+            .collect::<Vec<bool>>()
+    };
+    let mut valid: Vec<Vec<bool>> = prompts.iter().map(|p| left_padded(p)).collect();
     let mut lengths: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
 
-    let mut cache = KvCache::new(model.model.layers.len());
+    // Rows that share a prompt (the G samples of one prompt that RL rollouts
+    // draw) share its prefill: only the distinct prompts run through the
+    // model; their cache and last logits are then copied to each row.
+    let (distinct, row_of) = distinct_prompts(prompts);
+    let u = distinct.len();
+    let prefill_valid: Vec<Vec<bool>> = distinct.iter().map(|p| left_padded(p)).collect();
+    let mut ids = Vec::with_capacity(u * width);
+    for p in &distinct {
+        ids.extend(std::iter::repeat_n(pad_id as i64, width - p.len()));
+        ids.extend(p.iter().map(|&t| t as i64));
+    }
+    let positions: Vec<i64> = positions_from_mask(&prefill_valid).concat();
+    let mut cache = KvCache::new(model.model.layers.len(), width + config.max_new_tokens);
     let input = ForwardInput {
-        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), device),
-        positions: Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [b, width]), device),
-        mask: attention_mask::<B>(&valid, width, None, device),
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [u, width]), device),
+        positions: Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [u, width]), device),
+        mask: attention_mask::<B>(&prefill_valid, width, None, device),
     };
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let mut logits = model.lm_logits(hidden.narrow(1, width - 1, 1));
+    if u < b {
+        let rows = row_of.iter().map(|&r| r as i64).collect::<Vec<_>>();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [b]), device);
+        cache.select_rows(&rows);
+        logits = logits.select(0, rows);
+    }
 
     let mut outputs: Vec<Sampled> = (0..b)
         .map(|_| Sampled {
@@ -306,17 +340,29 @@ fn decode<B: Backend>(
             .into_vec::<f32>()
             .map_err(|e| ModelError::Input(format!("{e:?}")))?;
         let mut next = vec![pad_id as i64; b];
-        for row in 0..b {
-            if done[row] {
+        let row_logits = |row: usize| &rows[row * v..(row + 1) * v];
+        // Rows with their own generators draw in parallel (each row's draw
+        // depends on its logits and generator only); a shared generator is
+        // drawn from row by row.
+        let chosen: Vec<Option<(u32, f32)>> = match &mut rngs {
+            Rngs::PerRow(rngs) => rngs
+                .par_iter_mut()
+                .enumerate()
+                .map(|(row, rng)| (!done[row]).then(|| choose(row_logits(row), config, rng)))
+                .collect(),
+            Rngs::Shared(rng) => (0..b)
+                .map(|row| (!done[row]).then(|| (sample_token(row_logits(row), config, rng), 0.0)))
+                .collect(),
+        };
+        let record_logprobs = matches!(rngs, Rngs::PerRow(_));
+        for (row, chosen) in chosen.into_iter().enumerate() {
+            let Some((token, logprob)) = chosen else {
                 continue;
-            }
-            let row_logits = &rows[row * v..(row + 1) * v];
-            let token = sample_token(row_logits, config, rngs.row(row));
+            };
             next[row] = token as i64;
             let out = &mut outputs[row];
-            if matches!(rngs, Rngs::PerRow(_)) {
-                out.logprobs
-                    .push(scaled_logprob(row_logits, token, config.temperature));
+            if record_logprobs {
+                out.logprobs.push(logprob);
             }
             let gen_out = &mut out.generation;
             gen_out.tokens.push(token);
@@ -348,9 +394,119 @@ fn decode<B: Backend>(
     Ok(outputs)
 }
 
+/// The distinct prompts in order of first appearance, and for each row the
+/// index of its prompt among them.
+fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<&[u32]>, Vec<usize>) {
+    let mut index: HashMap<&[u32], usize> = HashMap::new();
+    let mut distinct = Vec::new();
+    let row_of = prompts
+        .iter()
+        .map(|p| {
+            *index.entry(p.as_slice()).or_insert_with(|| {
+                distinct.push(p.as_slice());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, row_of)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{LlamaConfig, ModelType};
+    use burn::backend::Flex;
+
+    /// A row samples the same tokens, with the same log-probs, whether its
+    /// prompt is prefilled for it alone or shared with other rows of the batch
+    /// (rows 0, 2 and 3 share prompt A; row 1's B is shorter, so padded).
+    #[test]
+    fn rows_sharing_a_prompt_sample_as_they_would_alone() {
+        let device = Default::default();
+        let model = LlamaForCausalLM::<Flex>::init(&LlamaConfig::tiny(ModelType::Llama), &device);
+        let a = vec![1, 5, 9, 13, 2, 7];
+        let b = vec![1, 4, 4];
+        let prompts = vec![a.clone(), b, a.clone(), a];
+        let seeds = [11, 12, 13, 14];
+        let config = SamplingConfig {
+            max_new_tokens: 12,
+            temperature: 1.0,
+            ..SamplingConfig::default()
+        };
+        let batch = sample(
+            &model,
+            &prompts,
+            &[],
+            0,
+            &config,
+            &seeds,
+            |_, _| false,
+            &device,
+        )
+        .unwrap();
+        let tokens: Vec<&Vec<u32>> = batch.iter().map(|s| &s.generation.tokens).collect();
+        assert_ne!(
+            tokens[0], tokens[2],
+            "different seeds draw different samples"
+        );
+        for (row, prompt) in prompts.iter().enumerate() {
+            let alone = sample(
+                &model,
+                std::slice::from_ref(prompt),
+                &[],
+                0,
+                &config,
+                &seeds[row..=row],
+                |_, _| false,
+                &device,
+            )
+            .unwrap();
+            assert_eq!(alone[0].generation, batch[row].generation, "row {row}");
+            for (x, y) in alone[0].logprobs.iter().zip(&batch[row].logprobs) {
+                assert!((x - y).abs() < 1e-5, "row {row}: {x} vs {y}");
+            }
+        }
+    }
+
+    /// One draw gives the token `sample_token` draws with the same generator
+    /// and the log-prob `scaled_logprob` computes for it, filtered or not.
+    #[test]
+    fn choose_draws_as_sample_token_and_scores_as_scaled_logprob() {
+        let logits: Vec<f32> = (0..50)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+            .collect();
+        for config in [
+            SamplingConfig {
+                temperature: 0.7,
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                temperature: 1.0,
+                top_k: 5,
+                ..SamplingConfig::default()
+            },
+            SamplingConfig::default(),
+        ] {
+            for seed in 0..20 {
+                let (token, logprob) = choose(&logits, &config, &mut StdRng::seed_from_u64(seed));
+                let again = sample_token(&logits, &config, &mut StdRng::seed_from_u64(seed));
+                assert_eq!(token, again, "{config:?}, seed {seed}");
+                let want = scaled_logprob(&logits, token, config.temperature);
+                assert!(
+                    (logprob - want).abs() < 1e-6,
+                    "{config:?}: {logprob} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn distinct_prompts_keep_first_appearance_order() {
+        let prompts = vec![vec![3], vec![1, 2], vec![3], vec![1, 2], vec![4]];
+        let (distinct, row_of) = distinct_prompts(&prompts);
+        assert_eq!(distinct, vec![&[3][..], &[1, 2][..], &[4][..]]);
+        assert_eq!(row_of, vec![0, 1, 0, 1, 2]);
+    }
 
     /// Logits (0, ln 3): at T = 1, p = (1/4, 3/4) → log p₁ = ln ¾ = −0.2876821;
     /// at T = ½ the logits double to (0, ln 9), p₁ = 9/10 → ln 0.9 = −0.1053605.

@@ -5,6 +5,8 @@
 //! (cached + new), C hidden, H query heads, K key/value heads, G = H / K,
 //! D head dim, F MLP width, V vocabulary.
 
+use std::sync::Arc;
+
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
@@ -12,6 +14,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::LlamaConfig;
+use crate::fused::panels::Panels;
 use crate::fused::{self, dense};
 
 /// Standard deviation of the random init, as transformers' `initializer_range`.
@@ -43,11 +46,15 @@ pub struct Linear<B: Backend> {
     /// and [`crate::lora::map_adapters`] walk the adapters.
     #[module(skip)]
     pub lora: Option<crate::lora::LoraAdapter<B>>,
-    /// A contiguous [in, out] copy of `weight` for decoding (see
-    /// [`LlamaForCausalLM::for_decoding`]): a matrix-vector product against the
-    /// transposed view is ~10x slower on CPU than against contiguous memory.
+    /// A contiguous [in, out] copy of `weight` for decoding on backends
+    /// without the CPU kernels (see [`LlamaForCausalLM::for_decoding`]): a
+    /// matrix-vector product against the transposed view is ~10x slower than
+    /// against contiguous memory.
     #[module(skip)]
     pub decode_weight: Option<Tensor<B, 2>>,
+    /// On the CPU backend, `weight` as column panels for decoding.
+    #[module(skip)]
+    pub decode_panels: Option<Arc<Panels>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -57,19 +64,22 @@ impl<B: Backend> Linear<B> {
             bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
             lora: None,
             decode_weight: None,
+            decode_panels: None,
         }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        match &self.decode_weight {
-            Some(w) => {
-                let y = dense(x.clone(), w.clone(), bias);
-                match &self.lora {
-                    None => y,
-                    Some(adapter) => y + adapter.term(&x).apply(x),
-                }
-            }
+        let decoded = match (&self.decode_panels, &self.decode_weight) {
+            (Some(p), _) => fused::panels_forward(&x, p, bias.clone()),
+            (None, Some(w)) => Some(dense(x.clone(), w.clone(), bias.clone())),
+            (None, None) => None,
+        };
+        match decoded {
+            Some(y) => match &self.lora {
+                None => y,
+                Some(adapter) => y + adapter.term(&x).apply(x),
+            },
             None => {
                 let lora = self.lora.as_ref().map(|adapter| adapter.term(&x));
                 fused::linear(x, self.weight.val(), bias, lora)
@@ -241,12 +251,8 @@ impl<B: Backend> Attention<B> {
         let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = h / k;
         let q = rope.query(self.q_proj.forward(x.clone()).reshape([b, t, h, d]));
-        let mut key = rope.key(self.k_proj.forward(x.clone()).reshape([b, t, k, d]));
-        let mut value = self.v_proj.forward(x).reshape([b, t, k, d]);
-        if let Some(cache) = cache {
-            (key, value) = cache.append(key, value);
-        }
-        let s = key.dims()[1];
+        let key = rope.key(self.k_proj.forward(x.clone()).reshape([b, t, k, d]));
+        let value = self.v_proj.forward(x).reshape([b, t, k, d]);
 
         // Query head h = kv·G + r shares key/value head kv (transformers
         // `repeat_kv`): the G axis broadcasts in the batched matmuls, so
@@ -255,14 +261,16 @@ impl<B: Backend> Attention<B> {
         // make as a strided walk.
         let heads_first = [0, 2, 3, 1, 4];
         let q = fused::permute(q.reshape([b, t, k, g, d]), heads_first); // [B, K, G, T, D]
-        // With a cached prefix (decoding) the keys and values are read in
-        // place: copying the whole cache for each new token costs more.
-        let kv_heads_first = |x: Tensor<B, 5>| match s == t {
-            true => fused::permute(x, heads_first),
-            false => x.permute(heads_first),
-        };
-        let key = kv_heads_first(key.reshape([b, s, k, 1, d])); // [B, K, 1, S, D]
-        let value = kv_heads_first(value.reshape([b, s, k, 1, d])); // [B, K, 1, S, D]
+        let kv_heads_first =
+            |x: Tensor<B, 4>| fused::permute(x.reshape([b, t, k, 1, d]), heads_first);
+        let (key, value) = (kv_heads_first(key), kv_heads_first(value)); // [B, K, 1, T, D]
+        // With a cache, the keys and values of every position so far, read
+        // in place from its buffers.
+        let (key, value) = match cache {
+            Some(cache) => cache.append(key, value),
+            None => (key, value),
+        }; // [B, K, 1, S, D]
+        let s = key.dims()[3];
         let out = if s == t {
             let probs = fused::masked_softmax(q.matmul(key.swap_dims(3, 4)), mask);
             probs.matmul(value) // [B, K, G, T, D]
@@ -472,9 +480,13 @@ pub struct ForwardInput<B: Backend> {
 pub struct LlamaForCausalLM<B: Backend> {
     pub model: LlamaModel<B>,
     pub lm_head: Option<Linear<B>>,
-    /// Contiguous [C, V] copy of the tied embedding, set by [`Self::for_decoding`].
+    /// Contiguous [C, V] copy of the tied embedding, set by
+    /// [`Self::for_decoding`] on backends without the CPU kernels.
     #[module(skip)]
     pub decode_head: Option<Tensor<B, 2>>,
+    /// On the CPU backend, the tied embedding as column panels for decoding.
+    #[module(skip)]
+    pub decode_head_panels: Option<Arc<Panels>>,
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
@@ -492,29 +504,36 @@ impl<B: Backend> LlamaForCausalLM<B> {
             model,
             lm_head,
             decode_head: None,
+            decode_head_panels: None,
         }
     }
 
-    /// The same model with contiguous [in, out] copies of every projection and
-    /// of the tied LM head, for generation. Costs one copy of the weights; the
-    /// copies are not parameters, so use it for inference only and prepare
-    /// again after the weights change.
+    /// The same model with every projection and the LM head laid out for
+    /// generation: column panels for the CPU backend's few-rows kernel
+    /// ([`fused::panels`]), contiguous [in, out] copies elsewhere. Costs one
+    /// copy of the weights; the copies are not parameters, so use it for
+    /// inference only and prepare again after the weights change.
     pub fn for_decoding(mut self) -> Self {
         fn contiguous<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
             let device = t.device();
             Tensor::from_data(t.into_data(), &device)
         }
         fn prepare<B: Backend>(linear: &mut Linear<B>) {
-            linear.decode_weight = Some(contiguous(linear.weight.val().transpose()));
+            linear.decode_panels = fused::decode_panels(linear.weight.val());
+            if linear.decode_panels.is_none() {
+                linear.decode_weight = Some(contiguous(linear.weight.val().transpose()));
+            }
         }
         for layer in self.model.layers.iter_mut() {
             layer.linears_mut().into_iter().for_each(prepare);
         }
-        match &mut self.lm_head {
-            Some(head) => prepare(head),
-            None => {
-                self.decode_head =
-                    Some(contiguous(self.model.embed_tokens.weight.val().transpose()));
+        if let Some(head) = &mut self.lm_head {
+            prepare(head);
+        } else {
+            let embedding = self.model.embed_tokens.weight.val();
+            self.decode_head_panels = fused::decode_panels(embedding.clone());
+            if self.decode_head_panels.is_none() {
+                self.decode_head = Some(contiguous(embedding.transpose()));
             }
         }
         self
@@ -537,12 +556,18 @@ impl<B: Backend> LlamaForCausalLM<B> {
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match (&self.lm_head, &self.decode_head) {
             (Some(head), _) => head.forward(hidden),
-            (None, Some(head)) => dense(hidden, head.clone(), None),
-            (None, None) => dense(
-                hidden,
-                self.model.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            (None, head) => match (&self.decode_head_panels, head) {
+                (Some(p), _) => fused::panels_forward(&hidden, p, None),
+                (None, Some(w)) => Some(dense(hidden.clone(), w.clone(), None)),
+                (None, None) => None,
+            }
+            .unwrap_or_else(|| {
+                dense(
+                    hidden,
+                    self.model.embed_tokens.weight.val().transpose(),
+                    None,
+                )
+            }),
         }
     }
 

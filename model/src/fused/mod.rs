@@ -27,10 +27,12 @@
 pub(crate) mod cpu;
 mod gemm;
 mod linear;
+pub mod panels;
 mod tracked;
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::tensor::activation::{silu, softmax};
@@ -190,6 +192,88 @@ pub fn dense<B: Backend, const D: usize>(
     };
     dims[D - 1] = d_out;
     y.reshape(dims)
+}
+
+/// `weight` [out, in] (transformers' layout) as column panels for the CPU
+/// backend's few-rows kernel ([`panels`]), for decoding; `None` on other
+/// backends.
+pub fn decode_panels<B: Backend>(weight: Tensor<B, 2>) -> Option<Arc<panels::Panels>> {
+    if path::<B>(&[weight.dtype()]) != Some(Path::Plain) {
+        return None;
+    }
+    let [d_out, d_in] = weight.dims();
+    let w = tracked::contiguous(primitive::<B, FlexTensor, 2>(weight));
+    Some(Arc::new(panels::Panels::new(
+        tracked::f32s(&w),
+        d_out,
+        d_in,
+    )))
+}
+
+/// x·Wᵀ (+ b) over the last dimension with W laid out by [`decode_panels`],
+/// or `None` when x has too many rows for the few-rows kernel (a prefill:
+/// then use the layer's own weight).
+///
+/// Shapes: x [.., in], b [out] → [.., out].
+pub fn panels_forward<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    panels: &panels::Panels,
+    b: Option<Tensor<B, 1>>,
+) -> Option<Tensor<B, D>> {
+    let mut dims = x.dims();
+    let [d_out, d_in] = panels.dims();
+    assert_eq!(
+        dims[D - 1],
+        d_in,
+        "decoding: the input's last dimension is {}, the weight [out, in] is [{d_out}, {d_in}]",
+        dims[D - 1]
+    );
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut dtypes = vec![x.dtype()];
+    dtypes.extend(b.as_ref().map(|b| b.dtype()));
+    if rows > panels::MAX_ROWS || path::<B>(&dtypes) != Some(Path::Plain) {
+        return None;
+    }
+    let x = tracked::contiguous(primitive::<B, FlexTensor, 2>(
+        x.clone().reshape([rows, d_in]),
+    ));
+    let b = b.map(|b| tracked::contiguous(primitive::<B, FlexTensor, 1>(b)));
+    let y = panels.matmul(tracked::f32s(&x), rows, b.as_ref().map(tracked::f32s));
+    dims[D - 1] = d_out;
+    let y = tensor::<B, FlexTensor, 2>(tracked::flex(y, Shape::new([rows, d_out])));
+    Some(y.reshape(dims))
+}
+
+/// `buffer` [B, K, G, S, D] with positions `start..start + T` of axis 3
+/// replaced by `values` [B, K, G, T, D].
+///
+/// On the CPU backend the write happens in place when `buffer` is the only
+/// holder of its storage (burn-flex's `slice_assign` 0.21 always copies the
+/// whole tensor: it keeps the input alive beside its contiguous clone, so
+/// the copy-on-write sees two owners).
+pub fn assign_positions<B: Backend>(
+    buffer: Tensor<B, 5>,
+    start: usize,
+    values: Tensor<B, 5>,
+) -> Tensor<B, 5> {
+    let ([b, k, g, s, d], [vb, vk, vg, t, vd]) = (buffer.dims(), values.dims());
+    assert!(
+        [vb, vk, vg, vd] == [b, k, g, d] && start + t <= s,
+        "assign_positions: values {:?} at {start} into {:?}",
+        values.dims(),
+        buffer.dims()
+    );
+    if path::<B>(&[buffer.dtype(), values.dtype()]) != Some(Path::Plain) {
+        return buffer.slice_assign([0..b, 0..k, 0..g, start..start + t, 0..d], values);
+    }
+    let mut target = tracked::contiguous(primitive::<B, FlexTensor, 5>(buffer));
+    let values = tracked::contiguous(primitive::<B, FlexTensor, 5>(values));
+    let dst = target.storage_mut::<f32>();
+    for (i, src) in tracked::f32s(&values).chunks_exact(t * d).enumerate() {
+        let at = (i * s + start) * d;
+        dst[at..at + t * d].copy_from_slice(src);
+    }
+    tensor::<B, FlexTensor, 5>(target)
 }
 
 /// A LoRA adapter's term s·(x'·Aᵀ)·Bᵀ in [`linear`].
