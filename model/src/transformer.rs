@@ -70,11 +70,12 @@ impl<B: Backend> Linear<B> {
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        let decoded = match (&self.decode_panels, &self.decode_weight) {
-            (Some(p), _) => fused::panels_forward(&x, p, bias.clone()),
-            (None, Some(w)) => Some(dense(x.clone(), w.clone(), bias.clone())),
-            (None, None) => None,
-        };
+        let decoded = decoded_product(
+            &x,
+            self.decode_panels.as_deref(),
+            self.decode_weight.as_ref(),
+            bias.clone(),
+        );
         match decoded {
             Some(y) => match &self.lora {
                 None => y,
@@ -85,6 +86,35 @@ impl<B: Backend> Linear<B> {
                 fused::linear(x, self.weight.val(), bias, lora)
             }
         }
+    }
+}
+
+/// A weight [out, in] laid out for decoding: column panels on the CPU
+/// backend, else a contiguous [in, out] copy (see
+/// [`LlamaForCausalLM::for_decoding`]).
+fn decode_copies<B: Backend>(weight: Tensor<B, 2>) -> (Option<Arc<Panels>>, Option<Tensor<B, 2>>) {
+    match fused::decode_panels(weight.clone()) {
+        Some(panels) => (Some(panels), None),
+        None => {
+            let device = weight.device();
+            let copy = Tensor::from_data(weight.transpose().into_data(), &device);
+            (None, Some(copy))
+        }
+    }
+}
+
+/// x·Wᵀ (+ b) with the copies of [`decode_copies`]; `None` when there are
+/// none, or x has too many rows for the panels (then use the weight itself).
+fn decoded_product<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    panels: Option<&Panels>,
+    dense_copy: Option<&Tensor<B, 2>>,
+    bias: Option<Tensor<B, 1>>,
+) -> Option<Tensor<B, D>> {
+    match (panels, dense_copy) {
+        (Some(p), _) => fused::panels_forward(x, p, bias),
+        (None, Some(w)) => Some(dense(x.clone(), w.clone(), bias)),
+        (None, None) => None,
     }
 }
 
@@ -514,26 +544,17 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// copy of the weights; the copies are not parameters, so use it for
     /// inference only and prepare again after the weights change.
     pub fn for_decoding(mut self) -> Self {
-        fn contiguous<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
-            let device = t.device();
-            Tensor::from_data(t.into_data(), &device)
-        }
         fn prepare<B: Backend>(linear: &mut Linear<B>) {
-            linear.decode_panels = fused::decode_panels(linear.weight.val());
-            if linear.decode_panels.is_none() {
-                linear.decode_weight = Some(contiguous(linear.weight.val().transpose()));
-            }
+            (linear.decode_panels, linear.decode_weight) = decode_copies(linear.weight.val());
         }
         for layer in self.model.layers.iter_mut() {
             layer.linears_mut().into_iter().for_each(prepare);
         }
-        if let Some(head) = &mut self.lm_head {
-            prepare(head);
-        } else {
-            let embedding = self.model.embed_tokens.weight.val();
-            self.decode_head_panels = fused::decode_panels(embedding.clone());
-            if self.decode_head_panels.is_none() {
-                self.decode_head = Some(contiguous(embedding.transpose()));
+        match &mut self.lm_head {
+            Some(head) => prepare(head),
+            None => {
+                (self.decode_head_panels, self.decode_head) =
+                    decode_copies(self.model.embed_tokens.weight.val());
             }
         }
         self
@@ -554,13 +575,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
     ///
     /// Shapes: hidden [B, T, C] → [B, T, V].
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match (&self.lm_head, &self.decode_head) {
-            (Some(head), _) => head.forward(hidden),
-            (None, head) => match (&self.decode_head_panels, head) {
-                (Some(p), _) => fused::panels_forward(&hidden, p, None),
-                (None, Some(w)) => Some(dense(hidden.clone(), w.clone(), None)),
-                (None, None) => None,
-            }
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => decoded_product(
+                &hidden,
+                self.decode_head_panels.as_deref(),
+                self.decode_head.as_ref(),
+                None,
+            )
             .unwrap_or_else(|| {
                 dense(
                     hidden,
