@@ -119,3 +119,37 @@ impl<B: Backend> KvCache<B> {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+
+    /// Keys [1, 2, 1, t, 3] whose values count up from `first`.
+    fn positions(first: f32, t: usize) -> Tensor<Flex, 5> {
+        let values: Vec<f32> = (0..2 * t * 3).map(|i| first + i as f32).collect();
+        Tensor::from_data(
+            TensorData::new(values, [1, 2, 1, t, 3]),
+            &Default::default(),
+        )
+    }
+
+    /// Appends past the reserved room (1 position) grow the buffers and keep
+    /// what was cached: the views equal the concatenation of all appends.
+    #[test]
+    fn appends_past_the_capacity_keep_every_position() {
+        let mut cache = KvCache::<Flex>::new(1, 1);
+        let layer = cache.layer(0);
+        let parts = [positions(0.0, 2), positions(100.0, 1), positions(200.0, 3)];
+        for (i, part) in parts.iter().enumerate() {
+            let (keys, values) = layer.append(part.clone(), part.clone() * 2.0);
+            let want = Tensor::cat(parts[..=i].to_vec(), 3);
+            keys.into_data().assert_eq(&want.clone().into_data(), true);
+            values
+                .into_data()
+                .assert_eq(&(want * 2.0).into_data(), true);
+        }
+        assert_eq!(cache.len(), 6);
+    }
+}
