@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::fused::assign_positions;
+use crate::precision::to_dtype;
 
 /// Cached keys and values of one layer.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +40,12 @@ impl<B: Backend> LayerCache<B> {
                 // double, so a cache without a capacity hint grows in
                 // amortised constant time per position).
                 let room = end.max(self.capacity).max(2 * self.len);
-                let fresh = || Tensor::<B, 5>::zeros([b, k, g, room, d], &key.device());
+                let fresh = || {
+                    to_dtype(
+                        Tensor::<B, 5>::zeros([b, k, g, room, d], &key.device()),
+                        key.dtype(),
+                    )
+                };
                 let (mut keys, mut values) = (fresh(), fresh());
                 if let Some((old_k, old_v)) = old {
                     let filled = |x: Tensor<B, 5>| x.narrow(3, 0, self.len);

@@ -36,6 +36,7 @@ use crate::checkpoint::{
 };
 use crate::config::{LlamaConfig, ModelType};
 use crate::error::{ModelError, Result};
+use crate::precision::to_f32;
 use crate::transformer::{ForwardInput, Linear, LlamaForCausalLM, LlamaModel};
 
 /// Name of the head's weight in the checkpoint.
@@ -97,7 +98,7 @@ impl<B: Backend> RewardModel<B> {
     pub fn token_scores(&self, input: ForwardInput<B>) -> Tensor<B, 2> {
         let hidden = self.model.forward(input, None);
         let [b, t, _] = hidden.dims();
-        self.score.forward(hidden).reshape([b, t])
+        to_f32(self.score.forward(hidden).reshape([b, t]))
     }
 
     /// The score of each row read at `last[b]`, the index of its last real
@@ -128,7 +129,7 @@ impl<B: Backend> RewardModel<B> {
             .collect();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [b]), &hidden.device());
         let picked = hidden.reshape([b * t, c]).select(0, rows);
-        self.score.forward(picked).reshape([b])
+        to_f32(self.score.forward(picked).reshape([b]))
     }
 }
 

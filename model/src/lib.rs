@@ -19,6 +19,7 @@ pub mod logprobs;
 pub mod lora;
 pub mod mask;
 pub mod parity;
+pub mod precision;
 pub mod recompute;
 pub mod transformer;
 

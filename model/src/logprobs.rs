@@ -28,6 +28,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::fused;
+use crate::precision::{to_dtype, to_f32};
 use crate::transformer::{ForwardInput, LlamaForCausalLM};
 
 /// Sequence positions per LM-head chunk of [`token_logprobs`].
@@ -80,10 +81,12 @@ fn chunk_logprobs<B: Backend>(
     // through a generic head whose graph the log-softmax below keeps.
     let analytic = tracked && weight.is_some();
     let logits = match &weight {
-        Some(w) if analytic => hidden
-            .clone()
-            .detach()
-            .matmul(w.clone().detach().transpose()),
+        Some(w) if analytic => to_f32(
+            hidden
+                .clone()
+                .detach()
+                .matmul(w.clone().detach().transpose()),
+        ),
         _ => model
             .lm_logits(hidden.clone().unsqueeze_dim::<3>(0))
             .squeeze_dim::<2>(0),
@@ -151,6 +154,9 @@ fn chunk_logprobs<B: Backend>(
 /// log p(y) = value + s − stop_grad(s) with s = Σ_k h_k · (c·W)_k: the value
 /// of `logp`, the gradient c·W with respect to h and cᵀ·h with respect to W.
 ///
+/// The products run in the weights' dtype (c, f32, is cast to it), s is
+/// summed in f32.
+///
 /// Shapes: logp [n], hidden [n, C], coeff [n, V], weight [V, C] → [n].
 fn with_head_gradient<B: Backend>(
     logp: Tensor<B, 1>,
@@ -158,7 +164,8 @@ fn with_head_gradient<B: Backend>(
     coeff: Tensor<B, 2>,
     weight: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
-    let s = (hidden * coeff.matmul(weight))
+    let coeff = to_dtype(coeff, weight.dtype());
+    let s = to_f32(hidden * coeff.matmul(weight))
         .sum_dim(1)
         .squeeze_dim::<1>(1);
     logp.detach() + s.clone() - s.detach()

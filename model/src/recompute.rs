@@ -143,7 +143,7 @@ fn forward_erased<B: AutodiffBackend>(model: &dyn Any, input: Box<dyn Any>) -> B
 fn forward_on<B: AutodiffBackend>(model: &LlamaModel<B>, input: ForwardInput<B>) -> Tensor<B, 3> {
     let first = &model.layers[0];
     let (h, k) = (first.self_attn.num_heads, first.self_attn.num_kv_heads);
-    let angles = model.rope.angles(input.positions, h, k);
+    let angles = model.rope.angles(input.positions, h, k, model.dtype());
     let mask = input.mask.unsqueeze_dim::<5>(2);
     let mut x = model
         .embed_tokens

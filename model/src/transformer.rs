@@ -10,12 +10,13 @@ use std::sync::Arc;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::LlamaConfig;
 use crate::fused::panels::Panels;
 use crate::fused::{self, dense};
+use crate::precision::{to_dtype, to_f32};
 
 /// Standard deviation of the random init, as transformers' `initializer_range`.
 const INIT_STD: f64 = 0.02;
@@ -189,7 +190,8 @@ impl Rope {
         }
     }
 
-    /// Angles for `heads` query and `kv_heads` key heads.
+    /// Angles for `heads` query and `kv_heads` key heads, computed in f32
+    /// and stored in `dtype`, the activations' dtype.
     ///
     /// Shapes: positions [B, T] → [B, T, heads, D] each.
     pub fn angles<B: Backend>(
@@ -197,6 +199,7 @@ impl Rope {
         positions: Tensor<B, 2, Int>,
         heads: usize,
         kv_heads: usize,
+        dtype: DType,
     ) -> RopeAngles<B> {
         let device = positions.device();
         let [b, t] = positions.dims();
@@ -209,7 +212,10 @@ impl Rope {
         let (cos, sin) = (emb.clone().cos(), emb.sin());
         // Broadcasting once here instead of in every layer.
         let spread = |x: Tensor<B, 4>, n: usize, scale: f64| {
-            Tensor::zeros([b, t, n, d], &device) + x.mul_scalar(scale)
+            to_dtype(
+                Tensor::zeros([b, t, n, d], &device) + x.mul_scalar(scale),
+                dtype,
+            )
         };
         let scale = 1.0 / (d as f64).sqrt();
         RopeAngles {
@@ -461,6 +467,12 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
+    /// The dtype of the weights and activations (f32, or bf16/f16 in mixed
+    /// precision, see [`crate::precision`]).
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.weight.val().dtype()
+    }
+
     /// Final hidden states after the last norm.
     ///
     /// Shapes: → [B, T, C].
@@ -482,7 +494,7 @@ impl<B: Backend> LlamaModel<B> {
                 .forward(self.embed_tokens.forward(input.input_ids));
         };
         let (h, k) = (first.self_attn.num_heads, first.self_attn.num_kv_heads);
-        let angles = self.rope.angles(input.positions, h, k);
+        let angles = self.rope.angles(input.positions, h, k, self.dtype());
         // [B, 1, 1, T, S]: broadcast over the K × G heads by the softmax.
         let mask = input.mask.unsqueeze_dim::<5>(2);
         let mut x = self.embed_tokens.forward(input.input_ids);
@@ -571,10 +583,15 @@ impl<B: Backend> LlamaForCausalLM<B> {
         self.model.forward(input, cache)
     }
 
-    /// Logits of the LM head.
+    /// Logits of the LM head, in f32 whatever the weights' dtype.
     ///
     /// Shapes: hidden [B, T, C] → [B, T, V].
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        to_f32(self.head_product(hidden))
+    }
+
+    /// hidden · W_headᵀ in the weights' dtype.
+    fn head_product(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => decoded_product(

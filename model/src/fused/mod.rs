@@ -39,8 +39,11 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
+
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
+
+use crate::precision::{to_dtype, to_f32};
 
 /// The autodiff tensor of `Autodiff<Flex>`.
 type AdTensor = FloatTensor<Autodiff<Flex>>;
@@ -415,9 +418,13 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> 
     }
 }
 
+/// In f32 whatever the input's dtype, back to it before the weight
+/// multiplies (transformers' `LlamaRMSNorm`).
 fn rms_norm_ops<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = to_f32(x);
     let variance = x.clone().powi_scalar(2).mean_dim(2);
-    let x = x * (variance + eps).sqrt().recip();
+    let x = to_dtype(x * (variance + eps).sqrt().recip(), dtype);
     x * weight.unsqueeze::<3>()
 }
 
@@ -546,8 +553,11 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 5>, mask: Tensor<B, 5>) -> T
     }
 }
 
+/// In f32 whatever the scores' dtype, the probabilities back in it
+/// (transformers' eager attention).
 fn masked_softmax_ops<B: Backend>(scores: Tensor<B, 5>, mask: Tensor<B, 5>) -> Tensor<B, 5> {
-    softmax(scores + mask, 4)
+    let dtype = scores.dtype();
+    to_dtype(softmax(to_f32(scores) + to_f32(mask), 4), dtype)
 }
 
 /// [`log_softmax_rows`]' results.
