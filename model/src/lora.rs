@@ -31,6 +31,7 @@ use crate::checkpoint::SaveDtype;
 use crate::checkpoint::{safetensors_bytes, write_atomic};
 use crate::error::{ModelError, Result};
 use crate::fused::LoraTerm;
+use crate::precision::{to_dtype, to_f32};
 use crate::transformer::{Linear, LlamaForCausalLM};
 
 /// The projections an adapter can target, in the order they are walked.
@@ -398,10 +399,11 @@ pub fn merge<B: Backend>(mut model: LlamaForCausalLM<B>) -> LlamaForCausalLM<B> 
     for (i, _, module) in linear_paths(model.model.layers.len()) {
         let lin = linear_mut(&mut model, i, module);
         if let Some(adapter) = lin.lora.take() {
-            let delta = adapter.delta_weight().detach();
+            let delta = to_f32(adapter.delta_weight().detach());
             lin.weight = lin.weight.clone().map(|w| {
-                let require_grad = w.is_require_grad();
-                (w.detach() + delta).set_require_grad(require_grad)
+                let (require_grad, dtype) = (w.is_require_grad(), w.dtype());
+                // Summed in f32, stored in the weight's dtype.
+                to_dtype(to_f32(w.detach()) + delta, dtype).set_require_grad(require_grad)
             });
         }
     }

@@ -17,6 +17,7 @@ use alignkit_train::{
     skip_reason, trainable_count, trainable_params,
 };
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::DType;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::config::SftConfig;
@@ -154,6 +155,7 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
+    let mut model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -319,7 +321,8 @@ pub fn train<B: AutodiffBackend>(
                 let dir = setup.run.checkpoint_dir(best.step);
                 load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
             }
-            _ => model,
+            // The f32 masters of a mixed-precision run.
+            _ => opt.to_dtype::<B, _>(model, DType::F32),
         };
         let dir = setup.run.final_dir();
         let card = ModelCard {
@@ -391,7 +394,10 @@ fn save<B: AutodiffBackend>(
         c.train.keep_last,
         state.best.map(|b| b.step),
         |dir| {
-            save_trained(model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
+            // The f32 masters of a mixed-precision run (resuming rebuilds
+            // them from these weights).
+            let model = opt.f32_weights::<B, _>(model.clone());
+            save_trained(&model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
             opt.save(&dir.join(OPTIMIZER_FILE))
         },
     )?)

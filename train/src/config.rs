@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use alignkit_model::recompute;
 use alignkit_model::transformer::LlamaModel;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,29 @@ pub struct LoopConfig {
     /// one more forward pass of time, identical gradients. Not with LoRA
     /// dropout.
     pub gradient_checkpointing: bool,
+    /// Weight and activation dtype: `"f32"`, or `"bf16"` for mixed precision
+    /// on accelerators (bf16 weights and matmuls; f32 master weights and
+    /// AdamW moments, RMSNorm statistics, softmax, log-softmax and losses).
+    /// The command line trains in f32 on the CPU backend whatever this says.
+    pub dtype: TrainDtype,
+}
+
+/// [`LoopConfig::dtype`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl TrainDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            TrainDtype::F32 => DType::F32,
+            TrainDtype::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl Default for LoopConfig {
@@ -59,6 +83,7 @@ impl Default for LoopConfig {
             early_stopping_patience: 0,
             max_bad_steps: 5,
             gradient_checkpointing: false,
+            dtype: TrainDtype::F32,
         }
     }
 }

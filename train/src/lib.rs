@@ -42,7 +42,7 @@ pub use checkpoint::{
     list_checkpoints, model_fingerprint, save_checkpoint, sha256_file,
 };
 pub use config::{
-    ConfigIssue, FinalDtype, LoadError, LoopConfig, RunSettings, check_validation_set,
+    ConfigIssue, FinalDtype, LoadError, LoopConfig, RunSettings, TrainDtype, check_validation_set,
     config_origin, load_config, set_key, toml_error_position,
 };
 pub use error::TrainError;

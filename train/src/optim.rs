@@ -18,10 +18,11 @@ use std::path::Path;
 
 use burn::module::{ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use alignkit_model::fused::update_in_place;
+use alignkit_model::precision::{to_dtype, to_f32};
 
 use crate::error::{Result, TrainError};
 use crate::grads::Gradients;
@@ -105,11 +106,22 @@ struct Moments<B: Backend> {
 
 /// AdamW state: the update count and per-parameter moments (created on a
 /// parameter's first update, as in PyTorch).
+///
+/// # Mixed precision
+///
+/// [`AdamW::to_dtype`] stores a model's weights in bf16 (or f16) and keeps an
+/// f32 master copy of each trained one here: updates (moments, decay, step)
+/// run in f32 on the master, and the weight is the master rounded to its
+/// dtype. Steps far below a bf16 weight's resolution (lr·update ≪ 2⁻⁸·|w|)
+/// so accumulate instead of vanishing. Checkpoints store the masters as the
+/// weights ([`AdamW::f32_weights`]), so a resumed run rebuilds them exactly.
 #[derive(Debug)]
 pub struct AdamW<B: Backend> {
     config: AdamWConfig,
     step: u64,
     moments: BTreeMap<String, Moments<B>>,
+    /// f32 master copies of the trained weights stored in a lower precision.
+    masters: BTreeMap<String, Tensor<B, 1>>,
 }
 
 const FORMAT: &str = "alignkit-adamw-1";
@@ -120,7 +132,48 @@ impl<B: Backend> AdamW<B> {
             config,
             step: 0,
             moments: BTreeMap::new(),
+            masters: BTreeMap::new(),
         }
+    }
+
+    /// `model` with its weights stored in `dtype` (a float dtype) for
+    /// training: each trained weight's current value becomes its f32 master
+    /// copy (unless it has one) and the weight is that master rounded to
+    /// `dtype`; frozen weights are rounded. With `DType::F32`, trained
+    /// weights take their masters' values back and the masters are dropped.
+    pub fn to_dtype<AB, M>(&mut self, model: M, dtype: DType) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Trainable<AB>,
+    {
+        if dtype == DType::F32 && self.masters.is_empty() {
+            return model;
+        }
+        let mut mapper = PrecisionMapper::<AB> {
+            path: PathStack::default(),
+            masters: &mut self.masters,
+            dtype: Some(dtype),
+        };
+        model.map_trainable(&mut mapper)
+    }
+
+    /// `model` with each trained weight replaced by its f32 master copy (the
+    /// weights to save or export); frozen weights are left as they are.
+    pub fn f32_weights<AB, M>(&self, model: M) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Trainable<AB>,
+    {
+        if self.masters.is_empty() {
+            return model;
+        }
+        let mut masters = self.masters.clone();
+        let mut mapper = PrecisionMapper::<AB> {
+            path: PathStack::default(),
+            masters: &mut masters,
+            dtype: None,
+        };
+        model.map_trainable(&mut mapper)
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -148,6 +201,7 @@ impl<B: Backend> AdamW<B> {
             path: PathStack::default(),
             grads: &mut grads,
             moments: &mut self.moments,
+            masters: &mut self.masters,
             lr,
             step_size: lr / bias_correction1,
             bias_correction2_sqrt,
@@ -244,10 +298,13 @@ impl<B: Backend> AdamW<B> {
                 ),
             ));
         }
+        // Masters are rebuilt by `to_dtype` from the checkpoint's weights,
+        // which are the masters (see `f32_weights`).
         Ok(Self {
             config,
             step,
             moments,
+            masters: BTreeMap::new(),
         })
     }
 }
@@ -256,6 +313,7 @@ struct UpdateMapper<'a, AB: AutodiffBackend> {
     path: PathStack,
     grads: &'a mut Gradients<AB::InnerBackend>,
     moments: &'a mut BTreeMap<String, Moments<AB::InnerBackend>>,
+    masters: &'a mut BTreeMap<String, Tensor<AB::InnerBackend, 1>>,
     lr: f64,
     step_size: f64,
     bias_correction2_sqrt: f64,
@@ -280,8 +338,16 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB> {
         };
         let c = self.config;
         let dims = tensor.dims();
+        let dtype = tensor.dtype();
         let n = grad.dims()[0];
-        let p = tensor.inner().reshape([n]);
+        // In mixed precision the update runs on the f32 master copy.
+        let p = match dtype {
+            DType::F32 => tensor.inner().reshape([n]),
+            _ => self
+                .masters
+                .remove(&name)
+                .unwrap_or_else(|| to_f32(tensor.inner().reshape([n]))),
+        };
         let decay = if ParamGroup::of(&dims) == ParamGroup::Decay {
             1.0 - self.lr * c.weight_decay
         } else {
@@ -327,6 +393,13 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB> {
                     (p, exp_avg, exp_avg_sq)
                 }
             };
+        let p = match dtype {
+            DType::F32 => p,
+            _ => {
+                self.masters.insert(name.clone(), p.clone());
+                to_dtype(p, dtype)
+            }
+        };
         self.moments.insert(
             name,
             Moments {
@@ -336,6 +409,50 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB> {
         );
         let updated = Tensor::<AB, D>::from_inner(p.reshape(dims)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// [`AdamW::to_dtype`] (`dtype` given) and [`AdamW::f32_weights`] (`None`).
+struct PrecisionMapper<'a, AB: AutodiffBackend> {
+    path: PathStack,
+    masters: &'a mut BTreeMap<String, Tensor<AB::InnerBackend, 1>>,
+    dtype: Option<DType>,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for PrecisionMapper<'_, AB> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let trained = tensor.is_require_grad();
+        let value = match (trained, self.dtype) {
+            // Frozen: rounded to the run's dtype, or left alone.
+            (false, Some(dtype)) => to_dtype(tensor.inner(), dtype),
+            (false, None) => return Param::from_mapped_value(id, tensor, mapper),
+            (true, dtype) => {
+                let dims = tensor.dims();
+                let name = self.path.name();
+                let master = match self.masters.remove(&name) {
+                    Some(master) => master.reshape(dims),
+                    None => to_f32(tensor.inner()),
+                };
+                match dtype {
+                    None | Some(DType::F32) => master,
+                    Some(dtype) => {
+                        let n = master.shape().num_elements();
+                        self.masters.insert(name, master.clone().reshape([n]));
+                        to_dtype(master, dtype)
+                    }
+                }
+            }
+        };
+        let value = Tensor::<AB, D>::from_inner(value);
+        let value = if trained { value.require_grad() } else { value };
+        Param::from_mapped_value(id, value, mapper)
     }
 }
 
@@ -387,7 +504,7 @@ mod tests {
     }
 
     fn vals(t: Tensor<AB, 2>) -> Vec<f32> {
-        t.into_data().to_vec().unwrap()
+        t.into_data().convert::<f32>().to_vec().unwrap()
     }
 
     /// Golden values computed by hand with PyTorch's formula.
@@ -434,6 +551,54 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(opt.step_count(), 2);
+    }
+
+    /// bf16 weights with f32 masters: 100 steps of ≈1e-4 each, every one
+    /// far below bf16's spacing near 1 (2⁻⁷), move the master exactly as an
+    /// f32 run moves its weights, and the bf16 weight is the master rounded
+    /// (a bf16 weight updated in place would round each step away and stay
+    /// at 1.0).
+    #[test]
+    fn bf16_steps_accumulate_in_the_f32_masters() {
+        let config = AdamWConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let (mut full, mut mixed) = (
+            AdamW::<Inner>::new(config.clone()),
+            AdamW::<Inner>::new(config),
+        );
+        let mut reference = toy();
+        let mut model = mixed.to_dtype::<AB, _>(toy(), DType::BF16);
+        assert_eq!(model.w.val().dtype(), DType::BF16);
+        for step in 0..100 {
+            reference = full.step::<AB, _>(reference, grads([0.2, -0.4], 3.0), 1e-4);
+            model = mixed.step::<AB, _>(model, grads([0.2, -0.4], 3.0), 1e-4);
+            if step == 0 {
+                // One step: the bf16 weight cannot move yet.
+                assert_eq!(vals(model.w.val()), vec![1.0, -2.0]);
+            }
+        }
+        let bits = |v: Vec<f32>| -> Vec<u32> { v.into_iter().map(f32::to_bits).collect() };
+        let master = mixed.f32_weights::<AB, _>(model.clone());
+        assert_eq!(master.w.val().dtype(), DType::F32);
+        assert_eq!(bits(vals(master.w.val())), bits(vals(reference.w.val())));
+        let w = vals(reference.w.val());
+        assert!(
+            (w[0] - 0.99).abs() < 1e-5 && (w[1] + 1.99).abs() < 1e-5,
+            "{w:?}"
+        );
+        let rounded: Vec<f32> = w
+            .iter()
+            .map(|&x| burn::tensor::bf16::from_f32(x).to_f32())
+            .collect();
+        assert_eq!(vals(model.w.val()), rounded);
+        assert!(model.w.val().is_require_grad() && master.w.val().is_require_grad());
+
+        // Back to f32: the weights become the masters.
+        let back = mixed.to_dtype::<AB, _>(model, DType::F32);
+        assert_eq!(bits(vals(back.w.val())), bits(w));
+        assert!(mixed.masters.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use alignkit_model::LlamaForCausalLM;
 use alignkit_model::lora;
+use alignkit_model::precision::to_f32;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
@@ -203,8 +204,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_, B> {
             return;
         }
         if let Some(grad) = tensor.grad(self.grads) {
+            // Accumulated, clipped and applied in f32 whatever the weights'
+            // dtype (mixed precision, see `AdamW::to_dtype`).
             let n = grad.shape().num_elements();
-            self.out.push((self.path.name(), grad.reshape([n])));
+            self.out.push((self.path.name(), to_f32(grad.reshape([n]))));
         }
     }
 }
