@@ -752,7 +752,9 @@ mod tests {
         let merged = merge(adapted);
         assert_eq!(adapter_count(&merged), 0);
         let d = max_abs_diff(with_adapter, merged.forward(input(&device), None));
-        assert!(d < 1e-5, "merged vs adapter logits differ by {d}");
+        // f32 reassociation ((W + BA)x against Wx + B(Ax)): up to 1.6e-5
+        // seen over the (unseeded) random inits.
+        assert!(d < 5e-5, "merged vs adapter logits differ by {d}");
     }
 
     #[test]

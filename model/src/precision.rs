@@ -76,23 +76,41 @@ mod tests {
         };
         let base = LlamaForCausalLM::<A>::init(&config, &device).no_grad();
         let model = attach(base, &lora, 5, &device).expect("valid LoRA config");
-        // Adapters' B away from zero, so they change the outputs.
-        struct Nudge;
-        impl ModuleMapper<A> for Nudge {
+        // Every weight redrawn from a seeded generator (the backend's own
+        // initialiser is unseeded, and the bf16 gaps vary with the draw);
+        // adapters' B away from zero, so they change the outputs.
+        struct Seeded(rand::rngs::StdRng);
+        impl ModuleMapper<A> for Seeded {
             fn map_float<const D: usize>(
                 &mut self,
                 param: Param<Tensor<A, D>>,
             ) -> Param<Tensor<A, D>> {
+                use rand::Rng;
                 let (id, t, mapper) = param.consume();
-                let t = if t.is_require_grad() {
-                    (t + 0.05).detach().require_grad()
-                } else {
+                let old: Vec<f32> = t.to_data().convert::<f32>().into_vec().expect("f32");
+                let spread = 0.5 / (t.dims()[D - 1] as f32).sqrt();
+                let constant = old.iter().all(|&x| x == old[0]) && old[0] != 0.0;
+                let t = if constant {
                     t
+                } else {
+                    let new: Vec<f32> = (0..old.len())
+                        .map(|_| self.0.random_range(-spread..spread))
+                        .collect();
+                    let fresh =
+                        Tensor::<A, D>::from_data(TensorData::new(new, t.shape()), &t.device());
+                    if t.is_require_grad() {
+                        fresh.require_grad()
+                    } else {
+                        fresh
+                    }
                 };
                 Param::from_mapped_value(id, t, mapper)
             }
         }
-        let model = crate::lora::map_adapters(model, &mut Nudge);
+        use rand::SeedableRng;
+        let mut seeded = Seeded(rand::rngs::StdRng::seed_from_u64(7));
+        let model = model.map(&mut seeded);
+        let model = crate::lora::map_adapters(model, &mut seeded);
         let half = cast_model(model.clone(), DType::BF16);
         (model, half)
     }
@@ -159,9 +177,10 @@ mod tests {
         assert_eq!(lp16.dtype(), DType::F32);
         let (a, b) = (values(lp32.clone()), values(lp16.clone()));
         // Different (the weights really are bf16), within bf16's accuracy
-        // (measured: 2e-4 relative).
+        // (measured on these seeded weights: 2.2e-3 of the largest |log-prob|;
+        // one bf16 rounding is 2^-9 = 2e-3).
         let gap = relative_gap(&a, &b);
-        assert!(gap > 0.0 && gap < 1e-3, "{gap}: {a:?}\n{b:?}");
+        assert!(gap > 0.0 && gap < 1e-2, "{gap}: {a:?}\n{b:?}");
 
         let g32 = lp32.sum().backward();
         let g16 = lp16.sum().backward();
@@ -182,8 +201,11 @@ mod tests {
             t.into_data().convert::<f32>().into_vec().expect("f32")
         };
         let (a, b) = (to_vec(grad32), to_vec(grad16));
-        // Measured: 1e-2 relative, bf16's 8-bit mantissa.
-        assert!(relative_gap(&a, &b) < 0.03, "{a:?}\n{b:?}");
+        // bf16's 8-bit mantissa, compounded through the layers' backward
+        // products: relative L2 error measured 1.9e-2 on these weights.
+        let l2 = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+        let err = l2(&mut a.iter().zip(&b).map(|(x, y)| x - y)) / l2(&mut a.iter().copied());
+        assert!(err > 0.0 && err < 0.05, "{err}: {a:?}\n{b:?}");
     }
 
     /// Rollouts run on bf16 weights (KV cache in bf16, logits in f32).
