@@ -44,6 +44,27 @@ impl FromStr for DeviceSpec {
     }
 }
 
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Vulkan(i) => write!(f, "vulkan:{i}"),
+            DeviceSpec::Wgpu(i) => write!(f, "wgpu:{i}"),
+            DeviceSpec::WgpuCpu => f.write_str("wgpu:cpu"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Whether `train.dtype = "bf16"` trains in bf16 here: on CUDA only. The
+    /// CPU backend keeps f32 (no bf16 arithmetic units: bf16 would be
+    /// converted on every op, slower and less accurate), and WGSL has no bf16.
+    pub fn trains_bf16(self) -> bool {
+        matches!(self, DeviceSpec::Cuda(_))
+    }
+}
+
 /// Whether the NVIDIA driver library (`libcuda.so.1` or `libcuda.so`) can be
 /// loaded, as cudarc will try to.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

@@ -54,6 +54,10 @@ impl Trainer for DpoConfig {
         &mut self.model
     }
 
+    fn loop_mut(&mut self) -> &mut alignkit_train::LoopConfig {
+        &mut self.train
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         device: &B::Device,

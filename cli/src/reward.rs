@@ -104,6 +104,10 @@ impl Trainer for RewardConfig {
         &mut self.model
     }
 
+    fn loop_mut(&mut self) -> &mut alignkit_train::LoopConfig {
+        &mut self.train
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         device: &B::Device,

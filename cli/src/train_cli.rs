@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use alignkit_train::{KeyChange, Outcome, RunOptions, StopReason, list_checkpoints};
+use alignkit_train::{
+    KeyChange, LoopConfig, Outcome, RunOptions, StopReason, TrainDtype, list_checkpoints,
+};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
@@ -21,7 +23,7 @@ use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::pull::{KnownModel, ensure_model};
 
 /// A trainer as the training commands and pipeline stages drive it.
-pub trait Trainer {
+pub trait Trainer: Clone {
     /// What the loss plot is titled ("SFT", "DPO", ...).
     const NAME: &'static str;
 
@@ -37,6 +39,9 @@ pub trait Trainer {
     /// The config's `model`: empty when neither the file nor a flag set it,
     /// and the command then takes the default model.
     fn model_mut(&mut self) -> &mut PathBuf;
+
+    /// The config's training loop (`train.*`).
+    fn loop_mut(&mut self) -> &mut LoopConfig;
 
     /// Train, reporting progress on `bar`; `describe` the outcome with
     /// [`ended`].
@@ -57,16 +62,24 @@ pub struct Trained {
     pub summary: String,
 }
 
-/// Train with a [`StepBar`] (lines prefixed with `prefix`), then plot the
-/// loss into the run directory.
+/// Train with a [`StepBar`] (lines prefixed with `prefix`) on the backend
+/// `spec` names, then plot the loss into the run directory.
 pub fn train<B: AutodiffBackend, T: Trainer>(
     trainer: &T,
+    spec: DeviceSpec,
     device: &B::Device,
     resume: bool,
     stop: &AtomicBool,
     prefix: &str,
 ) -> Result<Trained> {
     let bar = StepBar::new(prefix);
+    let settled = settle_dtype(trainer, spec);
+    if settled.is_some() {
+        bar.println(&format!(
+            "train.dtype = \"bf16\" trains on CUDA only: this run (--device {spec}) trains in f32"
+        ));
+    }
+    let trainer = settled.as_ref().unwrap_or(trainer);
     let options = RunOptions {
         resume,
         stop: Some(stop),
@@ -83,6 +96,19 @@ pub fn train<B: AutodiffBackend, T: Trainer>(
             .with_context(|| format!("writing {}", svg.display()))?;
     }
     Ok(trained)
+}
+
+/// The trainer as it runs on `spec`: a bf16 config on a backend that does
+/// not train in bf16 ([`DeviceSpec::trains_bf16`]) becomes an f32 one (its
+/// run directory then records `train.dtype = "f32"`); `None`: unchanged.
+fn settle_dtype<T: Trainer>(trainer: &T, spec: DeviceSpec) -> Option<T> {
+    let mut settled = trainer.clone();
+    let dtype = &mut settled.loop_mut().dtype;
+    if *dtype == TrainDtype::F32 || spec.trains_bf16() {
+        return None;
+    }
+    *dtype = TrainDtype::F32;
+    Some(settled)
 }
 
 /// A trainer's result as [`Trained`]; `describe` says what the last step's
@@ -134,6 +160,7 @@ pub fn run<T: Trainer>(
     }
     let task = TrainTask {
         trainer,
+        spec: args.device,
         resume: args.resume,
         stop: stop_flag()?,
     };
@@ -147,6 +174,7 @@ pub fn run<T: Trainer>(
 
 struct TrainTask<T> {
     trainer: T,
+    spec: DeviceSpec,
     resume: bool,
     stop: Arc<AtomicBool>,
 }
@@ -154,7 +182,14 @@ struct TrainTask<T> {
 impl<T: Trainer> Task for TrainTask<T> {
     type Output = Trained;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Trained> {
-        train::<B, T>(&self.trainer, &device, self.resume, &self.stop, "")
+        train::<B, T>(
+            &self.trainer,
+            self.spec,
+            &device,
+            self.resume,
+            &self.stop,
+            "",
+        )
     }
 }
 
@@ -172,6 +207,8 @@ pub struct TrainArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// cpu, cuda:N, vulkan:N, wgpu:N or wgpu:cpu (wgpu on a CPU adapter such as Mesa's lavapipe), among the backends compiled in.
+    /// `train.dtype = "bf16"` (mixed precision, f32 masters) applies on cuda
+    /// only: the CPU and wgpu backends keep f32.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Shortcuts for common keys (boxed: keeps the subcommand enums small).

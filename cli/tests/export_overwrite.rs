@@ -5,10 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::json;
-
 mod common;
-use common::{QA, tiny_model};
+use common::{tiny_model, write_qa_sft};
 
 fn alignkit(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
@@ -70,11 +68,7 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
     std::fs::create_dir_all(&parent).unwrap();
     let model = tiny_model(&tmp.path().join("model"));
     let data = tmp.path().join("sft.jsonl");
-    let lines: Vec<String> = QA
-        .iter()
-        .map(|(q, a, _)| json!({"prompt": q, "completion": a}).to_string())
-        .collect();
-    std::fs::write(&data, lines.join("\n")).unwrap();
+    write_qa_sft(&data);
     let (run_a, run_b) = (parent.join("runA"), parent.join("runB"));
     train(&model, &data, &run_a);
     train(&model, &data, &run_b);

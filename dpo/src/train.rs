@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use alignkit_datasets::{Batch, PaddingSide, PreferenceExample, collate_pairs};
+use alignkit_model::precision::cast_model;
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, load_model};
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::export::{ModelCard, write_merged};
@@ -17,8 +18,8 @@ use alignkit_train::{
     sha256_file, skip_reason, trainable_count, trainable_params,
 };
 use burn::module::AutodiffModule;
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
 
 use crate::config::DpoConfig;
 use crate::data::{self, PairData};
@@ -175,8 +176,6 @@ pub fn train<B: AutodiffBackend>(
             ),
         });
     }
-    let reference = reference::<B>(&config, &model, &pairs, pad_id, device, progress)?;
-
     let mut opt = match &ckpt_path {
         Some(dir) => AdamW::<B::InnerBackend>::load(
             config.optim.clone(),
@@ -186,6 +185,8 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
+    let mut model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
+    let reference = reference::<B>(&config, &model, &pairs, pad_id, device, progress)?;
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -352,7 +353,8 @@ pub fn train<B: AutodiffBackend>(
                 let dir = setup.run.checkpoint_dir(best.step);
                 load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
             }
-            _ => model,
+            // The f32 masters of a mixed-precision run.
+            _ => opt.to_dtype::<B, _>(model, DType::F32),
         };
         let dir = setup.run.final_dir();
         let card = ModelCard {
@@ -406,9 +408,14 @@ fn reference<B: AutodiffBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<Reference<B::InnerBackend>> {
+    // In the run's dtype, as the policy.
+    let dtype = config.train.dtype.dtype();
     let frozen = || -> Result<LlamaForCausalLM<B::InnerBackend>> {
         let dir = config.ref_model.as_ref().unwrap_or(&config.model);
-        Ok(load_model::<B::InnerBackend>(dir, device)?.1)
+        Ok(cast_model(
+            load_model::<B::InnerBackend>(dir, device)?.1,
+            dtype,
+        ))
     };
     if !config.precompute_ref_log_probs {
         return Ok(match (&config.lora, &config.ref_model) {
@@ -422,8 +429,9 @@ fn reference<B: AutodiffBackend>(
     let weights = weights_digest(ref_dir)?;
     let tokenizer = tokenizer_digest(&config.model)?;
     let settings = format!(
-        "{} f32 lora-reference={}",
+        "{} {} lora-reference={}",
         <B::InnerBackend as Backend>::name(device),
+        format!("{dtype:?}").to_lowercase(),
         config.lora.is_some() && config.ref_model.is_none()
     );
     let cache = ReferenceCache::new(config.reference_cache_dir());
@@ -566,7 +574,9 @@ fn save<B: AutodiffBackend>(
         c.train.keep_last,
         state.best.map(|b| b.step),
         |dir| {
-            save_trained(model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
+            // The f32 masters of a mixed-precision run.
+            let model = opt.f32_weights::<B, _>(model.clone());
+            save_trained(&model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
             opt.save(&dir.join(OPTIMIZER_FILE))
         },
     )?)

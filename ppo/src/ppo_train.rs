@@ -34,6 +34,7 @@ use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::{AdamW, Gradients, TrainError, Verdict, skip_reason, trainable_params};
 use burn::module::AutodiffModule;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -210,6 +211,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         )?,
         None => AdamW::new(c.optim.clone()),
     };
+    let mut critic = critic_opt.to_dtype::<B, _>(critic, c.train.dtype.dtype());
     let mut kl_coef = match &checkpoint {
         Some(dir) => read_ppo_state(dir)?.kl_coef,
         None => params.kl_coef,
@@ -243,6 +245,8 @@ pub fn train_ppo<B: AutodiffBackend>(
         save(setup, state, model, opt, |dir| {
             let cdir = dir.join(CRITIC_DIR);
             std::fs::create_dir_all(&cdir).map_err(|e| TrainError::io(&cdir, e))?;
+            // The f32 masters of a mixed-precision run.
+            let critic = critic_opt.f32_weights::<B, _>(critic.clone());
             save_critic(
                 &critic.reward,
                 &critic_config,
@@ -571,6 +575,8 @@ pub fn train_ppo<B: AutodiffBackend>(
             last_saved = Some((saved.step, saved.path));
         }
     }
+    // The f32 masters of a mixed-precision run.
+    let model = opt.to_dtype::<B, _>(model, DType::F32);
     finish(
         &setup,
         &state,

@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use alignkit_datasets::{Encoder, shuffled_batches};
+use alignkit_model::precision::cast_model;
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, load_model, lora};
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::export::{ModelCard, write_merged};
@@ -35,7 +36,7 @@ use alignkit_train::{
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
@@ -275,9 +276,11 @@ pub(crate) fn open<B: AutodiffBackend>(
         match (beta > 0.0 || config.eval.enabled(), &config.lora) {
             (false, _) => Reference::None,
             (true, Some(_)) => Reference::AdaptersDisabled,
-            (true, None) => Reference::Frozen(Box::new(
+            // In the run's dtype, as the policy.
+            (true, None) => Reference::Frozen(Box::new(cast_model(
                 load_model::<B::InnerBackend>(&config.model, device)?.1,
-            )),
+                config.train.dtype.dtype(),
+            ))),
         };
     let rewards = Rewards::<B::InnerBackend>::load(
         &config.rewards,
@@ -287,7 +290,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         device,
     )?;
 
-    let opt = match &ckpt_path {
+    let mut opt = match &ckpt_path {
         Some(dir) => AdamW::<B::InnerBackend>::load(
             config.optim.clone(),
             &dir.join(OPTIMIZER_FILE),
@@ -296,6 +299,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
+    let model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
     let guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -944,6 +948,8 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
+    // The f32 masters of a mixed-precision run.
+    let model = opt.to_dtype::<B, _>(model, DType::F32);
     finish(
         &setup,
         &state,
@@ -1153,7 +1159,9 @@ pub(crate) fn save<B: AutodiffBackend>(
         c.train.keep_last,
         None,
         |dir| {
-            save_trained(model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
+            // The f32 masters of a mixed-precision run.
+            let model = opt.f32_weights::<B, _>(model.clone());
+            save_trained(&model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
             opt.save(&dir.join(OPTIMIZER_FILE))?;
             extra(dir)
         },

@@ -17,7 +17,7 @@ use alignkit_train::{
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::config::RewardConfig;
 use crate::data::{self, RewardData, RewardPair};
@@ -141,7 +141,7 @@ pub fn train<B: AutodiffBackend>(
             ),
         });
     }
-    let mut model = Trainee { reward };
+    let model = Trainee { reward };
     let mut opt = match &ckpt_path {
         Some(dir) => AdamW::<B::InnerBackend>::load(
             config.optim.clone(),
@@ -151,6 +151,7 @@ pub fn train<B: AutodiffBackend>(
         )?,
         None => AdamW::new(config.optim.clone()),
     };
+    let mut model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
     let mut guard = NanGuard::resume(
         config.train.max_bad_steps,
         state.consecutive_bad_steps,
@@ -310,7 +311,8 @@ pub fn train<B: AutodiffBackend>(
                 let dir = setup.run.checkpoint_dir(best.step);
                 load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
             }
-            _ => model.reward,
+            // The f32 masters of a mixed-precision run.
+            _ => opt.to_dtype::<B, _>(model, DType::F32).reward,
         };
         let dir = setup.run.final_dir();
         write_final(
@@ -387,6 +389,8 @@ fn save<B: AutodiffBackend>(
         c.train.keep_last,
         state.best.map(|b| b.step),
         |dir| {
+            // The f32 masters of a mixed-precision run.
+            let model = opt.f32_weights::<B, _>(model.clone());
             if let Err(e) = save_trained(
                 &model.reward,
                 &setup.model_config,

@@ -46,7 +46,7 @@ pub struct LoopConfig {
     /// Weight and activation dtype: `"f32"`, or `"bf16"` for mixed precision
     /// on accelerators (bf16 weights and matmuls; f32 master weights and
     /// AdamW moments, RMSNorm statistics, softmax, log-softmax and losses).
-    /// The command line trains in f32 on the CPU backend whatever this says.
+    /// The command line applies bf16 on CUDA only; other backends train in f32.
     pub dtype: TrainDtype,
 }
 

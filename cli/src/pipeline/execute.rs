@@ -135,12 +135,13 @@ impl Task for Execute<'_> {
 /// A training stage, through the same code as its command.
 fn train_stage<B: AutodiffBackend, T: Trainer>(
     trainer: &T,
+    spec: DeviceSpec,
     resume: bool,
     prefix: &str,
     stop: &AtomicBool,
     device: &B::Device,
 ) -> Result<Ran> {
-    let trained = crate::train_cli::train::<B, T>(trainer, device, resume, stop, prefix)?;
+    let trained = crate::train_cli::train::<B, T>(trainer, spec, device, resume, stop, prefix)?;
     Ok(Ran {
         interrupted: trained.stop == StopReason::Interrupted,
         steps: Some(trained.steps),
@@ -237,10 +238,12 @@ fn run_stage<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Ran> {
     match &stage.config {
-        StageConfig::Sft(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
-        StageConfig::Reward(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
-        StageConfig::Dpo(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
-        StageConfig::Rl(c) => train_stage::<B, _>(c.as_ref(), resume, prefix, stop, device),
+        StageConfig::Sft(c) => train_stage::<B, _>(c.as_ref(), spec, resume, prefix, stop, device),
+        StageConfig::Reward(c) => {
+            train_stage::<B, _>(c.as_ref(), spec, resume, prefix, stop, device)
+        }
+        StageConfig::Dpo(c) => train_stage::<B, _>(c.as_ref(), spec, resume, prefix, stop, device),
+        StageConfig::Rl(c) => train_stage::<B, _>(c.as_ref(), spec, resume, prefix, stop, device),
         StageConfig::Eval(c) => eval_stage::<B>(c, stage, spec, device),
         StageConfig::Export(config) => {
             let dtype = match config.dtype {

@@ -33,6 +33,15 @@ pub fn write_qa_prefs(path: &Path) {
     std::fs::write(path, prefs).unwrap();
 }
 
+/// [`QA`] as SFT examples (the one-sentence answer) at `path`.
+pub fn write_qa_sft(path: &Path) {
+    let lines: Vec<String> = QA
+        .iter()
+        .map(|(q, a, _)| json!({"prompt": q, "completion": a}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
 /// The `step` of every record of `RUN_DIR/metrics.jsonl`.
 pub fn metric_steps(run_dir: &Path) -> Vec<u64> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
