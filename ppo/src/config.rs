@@ -142,6 +142,14 @@ pub struct PpoParams {
     /// weights with a fresh value head.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_model: Option<PathBuf>,
+    /// The critic is a value head [1, C] on the policy's own backbone (TRL's
+    /// old `AutoModelForCausalLMWithValueHead`) instead of a separate model:
+    /// one forward pass gives log-probs and values, the backbone trains on
+    /// the policy loss plus `vf_coef` × the value loss, and the head has its
+    /// own AdamW at `critic_learning_rate`. Half the memory and compute of a
+    /// separate critic; the value loss then also moves the policy. Default:
+    /// false (a separate critic, as Huang et al. 2024 and OpenRLHF).
+    pub shared_backbone: bool,
     /// The critic's peak learning rate; absent: `learning_rate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub critic_learning_rate: Option<f64>,
@@ -170,6 +178,7 @@ impl Default for PpoParams {
             kl_estimator: KlEstimator::K1,
             adaptive_kl: None,
             value_model: None,
+            shared_backbone: false,
             critic_learning_rate: None,
             num_ppo_epochs: 4,
             num_mini_batches: 1,
@@ -622,6 +631,12 @@ impl RlConfig {
                     "the adaptive controller scales kl_coef, which must then be positive",
                 ));
             }
+        }
+        if p.shared_backbone && p.value_model.is_some() {
+            return Err(self.error(
+                "ppo.value_model",
+                "a critic on the policy's backbone (ppo.shared_backbone = true) starts from the policy with a fresh value head; leave ppo.value_model out",
+            ));
         }
         if let Some(lr) = p.critic_learning_rate
             && !(lr.is_finite() && lr > 0.0)

@@ -7,6 +7,9 @@
 //! `full_value[:, context_length − 1 : −1]`.
 
 use alignkit_model::heads::RewardModel;
+use alignkit_model::transformer::Linear;
+use alignkit_train::Trainable;
+use burn::module::{Module, ModuleMapper, ModuleVisitor};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -28,6 +31,24 @@ pub fn token_values<B: Backend>(
     let at =
         Tensor::<B, 1, Int>::from_data(TensorData::new(tokens.hidden_index.clone(), [n]), device);
     scores.select(0, at)
+}
+
+/// The critic of `ppo.shared_backbone`: a value head [1, C] over the
+/// policy's own final hidden states (see
+/// [`crate::rollout::logprobs_and_values`]), optimised on its own.
+#[derive(Module, Debug)]
+pub struct ValueHead<B: Backend> {
+    pub score: Linear<B>,
+}
+
+impl<B: Backend> Trainable<B> for ValueHead<B> {
+    fn visit_trainable<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
+        self.visit(visitor);
+    }
+
+    fn map_trainable<M: ModuleMapper<B>>(self, mapper: &mut M) -> Self {
+        self.map(mapper)
+    }
 }
 
 #[cfg(test)]

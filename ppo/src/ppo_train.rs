@@ -15,7 +15,11 @@
 //! al. 2024 ("The N+ Implementation Details of RLHF with PPO", details 5–6)
 //! and OpenRLHF do, or from the policy's weights with a fresh head. It trains
 //! fully or with LoRA (the policy's `[lora]`, its head fully), with its own
-//! AdamW. Dropout is off in the rollout and every no-grad pass (burn's inner
+//! AdamW. With `ppo.shared_backbone` the critic is instead a value head on the
+//! policy's own final hidden states: one forward pass gives log-probs and
+//! values, one backward pass of policy loss + `vf_coef` × value loss trains
+//! the backbone (or its adapters) with the policy's AdamW and the head with
+//! its own; a checkpoint's `critic/` then holds the head alone. Dropout is off in the rollout and every no-grad pass (burn's inner
 //! backend), on in the updates.
 //!
 //! Exact resume: policy, critic, both optimizers and the KL coefficient are in
@@ -29,7 +33,10 @@ use std::time::Instant;
 
 use alignkit_model::heads::is_sequence_classification;
 use alignkit_model::{LlamaConfig, LlamaForCausalLM};
-use alignkit_reward::model::{Trainee, load_trainable as load_critic, save_trained as save_critic};
+use alignkit_reward::model::{
+    Trainee, fresh_score, load_trainable as load_critic, read_score, save_trained as save_critic,
+    write_score,
+};
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
 use alignkit_train::{AdamW, Gradients, TrainError, Verdict, skip_reason, trainable_params};
@@ -42,13 +49,13 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{PpoParams, RlConfig};
-use crate::critic::token_values;
+use crate::critic::{ValueHead, token_values};
 use crate::error::{Result, RlError};
 use crate::gae::{AdaptiveKl, gae, token_rewards, whiten};
 use crate::loss::{Clip, GrpoInputs, grpo_loss, value_loss};
 use crate::metrics::{PpoMetrics, completion_records, length_stats, mean_std, per_function};
 use crate::reward::{RewardKind, same_tokenizer};
-use crate::rollout::{ScoredTokens, scaled_token_logprobs};
+use crate::rollout::{ScoredTokens, logprobs_and_values, scaled_token_logprobs};
 use crate::train::{
     EpochOrder, Event, Opened, Rollout, Setup, collect, finish, floats, host, open, rollout_tokens,
     save, token_spans,
@@ -70,11 +77,13 @@ struct PpoState {
 }
 
 /// Where the critic starts: a reward or value model, or the policy with a
-/// fresh value head.
+/// fresh value head (a copy of it, or the policy itself under
+/// `ppo.shared_backbone`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum CriticInit {
     RewardModel(PathBuf),
     Policy(PathBuf),
+    SharedBackbone,
 }
 
 impl CriticInit {
@@ -82,6 +91,9 @@ impl CriticInit {
     /// A directory that is not a reward/value model, or whose tokenizer differs
     /// from the policy's, is a one-line config error.
     pub fn resolve(config: &RlConfig, p: &PpoParams) -> Result<Self> {
+        if p.shared_backbone {
+            return Ok(CriticInit::SharedBackbone);
+        }
         let models: Vec<&PathBuf> = config
             .rewards
             .iter()
@@ -112,9 +124,11 @@ impl CriticInit {
         Ok(CriticInit::RewardModel(dir))
     }
 
-    pub fn dir(&self) -> &Path {
+    /// The model a separate critic starts from; none for a shared backbone.
+    pub fn dir(&self) -> Option<&Path> {
         match self {
-            CriticInit::RewardModel(d) | CriticInit::Policy(d) => d,
+            CriticInit::RewardModel(d) | CriticInit::Policy(d) => Some(d),
+            CriticInit::SharedBackbone => None,
         }
     }
 
@@ -122,7 +136,146 @@ impl CriticInit {
         match self {
             CriticInit::RewardModel(d) => format!("the reward model {}", d.display()),
             CriticInit::Policy(_) => "the policy's weights with a fresh value head".into(),
+            CriticInit::SharedBackbone => "a fresh value head on the policy's backbone".into(),
         }
+    }
+}
+
+/// The critic a run trains (one per run: the variants' sizes do not matter).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Critic<B: AutodiffBackend> {
+    /// A separate model: its own backbone and head (and adapters).
+    Separate {
+        model: Trainee<B>,
+        config: LlamaConfig,
+        start: PathBuf,
+    },
+    /// A value head on the policy's backbone.
+    Shared(ValueHead<B>),
+}
+
+/// The critic as the no-grad passes read it (dropout off).
+#[allow(clippy::large_enum_variant)]
+enum CriticNow<B: burn::tensor::backend::Backend> {
+    Separate(Trainee<B>),
+    Shared(ValueHead<B>),
+}
+
+impl<B: AutodiffBackend> Critic<B> {
+    /// The start of `init`, or the critic saved in checkpoint folder `saved`.
+    fn load(
+        init: &CriticInit,
+        config: &RlConfig,
+        hidden: usize,
+        saved: Option<&Path>,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let config_error = |e: String| RlError::Config {
+            field: "ppo.value_model".into(),
+            message: e,
+        };
+        let Some(start) = init.dir() else {
+            let score = match saved {
+                Some(dir) => read_score(dir, hidden, device),
+                None => Ok(fresh_score(hidden, seed, device)),
+            }
+            .map_err(|e| config_error(e.to_string()))?;
+            return Ok(Critic::Shared(ValueHead { score }));
+        };
+        let (critic_config, mut model) =
+            load_critic::<B>(start, config.lora.as_ref(), saved, seed, device)
+                .map_err(|e| config_error(e.to_string()))?;
+        config.train.checkpointing(&mut model.model)?;
+        Ok(Critic::Separate {
+            model: Trainee { reward: model },
+            config: critic_config,
+            start: start.to_path_buf(),
+        })
+    }
+
+    /// Its optimizer, fresh or as saved in `dir`.
+    fn optimizer(
+        &self,
+        config: &alignkit_train::AdamWConfig,
+        saved: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<AdamW<B::InnerBackend>> {
+        let Some(dir) = saved else {
+            return Ok(AdamW::new(config.clone()));
+        };
+        let params = match self {
+            Critic::Separate { model, .. } => trainable_params::<B, _>(model),
+            Critic::Shared(head) => trainable_params::<B, _>(head),
+        };
+        Ok(AdamW::load(
+            config.clone(),
+            &dir.join(OPTIMIZER_FILE),
+            &params,
+            device,
+        )?)
+    }
+
+    /// Its weights in `dtype` (f32 masters kept by `opt`).
+    fn into_dtype(self, opt: &mut AdamW<B::InnerBackend>, dtype: DType) -> Self {
+        match self {
+            Critic::Separate {
+                model,
+                config,
+                start,
+            } => Critic::Separate {
+                model: opt.to_dtype::<B, _>(model, dtype),
+                config,
+                start,
+            },
+            Critic::Shared(head) => Critic::Shared(opt.to_dtype::<B, _>(head, dtype)),
+        }
+    }
+
+    /// One optimizer step.
+    fn step(
+        self,
+        opt: &mut AdamW<B::InnerBackend>,
+        grads: Gradients<B::InnerBackend>,
+        lr: f64,
+    ) -> Self {
+        match self {
+            Critic::Separate {
+                model,
+                config,
+                start,
+            } => Critic::Separate {
+                model: opt.step::<B, _>(model, grads, lr),
+                config,
+                start,
+            },
+            Critic::Shared(head) => Critic::Shared(opt.step::<B, _>(head, grads, lr)),
+        }
+    }
+
+    /// Save into checkpoint folder `dir` (the f32 masters of a
+    /// mixed-precision run), with its optimizer.
+    fn save(
+        &self,
+        opt: &AdamW<B::InnerBackend>,
+        lora: Option<&alignkit_model::lora::LoraConfig>,
+        dir: &Path,
+    ) -> std::result::Result<(), TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        let saved = match self {
+            Critic::Separate {
+                model,
+                config,
+                start,
+            } => {
+                let model = opt.f32_weights::<B, _>(model.clone());
+                save_critic(&model.reward, config, lora, start, dir)
+            }
+            Critic::Shared(head) => write_score(&opt.f32_weights::<B, _>(head.clone()).score, dir),
+        };
+        saved.map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
+        opt.save(&dir.join(OPTIMIZER_FILE))
     }
 }
 
@@ -189,29 +342,16 @@ pub fn train_ppo<B: AutodiffBackend>(
     let c = &setup.config;
     let seed = state.seed;
     let critic_ckpt = checkpoint.as_ref().map(|d| d.join(CRITIC_DIR));
-    let (critic_config, critic) = load_critic::<B>(
-        critic_init.dir(),
-        c.lora.as_ref(),
+    let critic = Critic::<B>::load(
+        &critic_init,
+        c,
+        model.model.embed_tokens.weight.dims()[1],
         critic_ckpt.as_deref(),
         derive_seed(seed, Stream::AdapterInit, 1, 0),
         device,
-    )
-    .map_err(|e| RlError::Config {
-        field: "ppo.value_model".into(),
-        message: e.to_string(),
-    })?;
-    let mut critic = Trainee { reward: critic };
-    c.train.checkpointing(&mut critic.reward.model)?;
-    let mut critic_opt = match &critic_ckpt {
-        Some(dir) => AdamW::<B::InnerBackend>::load(
-            c.optim.clone(),
-            &dir.join(OPTIMIZER_FILE),
-            &trainable_params::<B, _>(&critic),
-            device,
-        )?,
-        None => AdamW::new(c.optim.clone()),
-    };
-    let mut critic = critic_opt.to_dtype::<B, _>(critic, c.train.dtype.dtype());
+    )?;
+    let mut critic_opt = critic.optimizer(&c.optim, critic_ckpt.as_deref(), device)?;
+    let mut critic = critic.into_dtype(&mut critic_opt, c.train.dtype.dtype());
     let mut kl_coef = match &checkpoint {
         Some(dir) => read_ppo_state(dir)?.kl_coef,
         None => params.kl_coef,
@@ -239,23 +379,15 @@ pub fn train_ppo<B: AutodiffBackend>(
                  state: &alignkit_train::TrainerState,
                  model: &LlamaForCausalLM<B>,
                  opt: &AdamW<B::InnerBackend>,
-                 critic: &Trainee<B>,
+                 critic: &Critic<B>,
                  critic_opt: &AdamW<B::InnerBackend>,
                  kl_coef: f64| {
         save(setup, state, model, opt, |dir| {
-            let cdir = dir.join(CRITIC_DIR);
-            std::fs::create_dir_all(&cdir).map_err(|e| TrainError::io(&cdir, e))?;
-            // The f32 masters of a mixed-precision run.
-            let critic = critic_opt.f32_weights::<B, _>(critic.clone());
-            save_critic(
-                &critic.reward,
-                &critic_config,
+            critic.save(
+                critic_opt,
                 setup.config.lora.as_ref(),
-                critic_init.dir(),
-                &cdir,
-            )
-            .map_err(|e| TrainError::checkpoint(&cdir, e.to_string()))?;
-            critic_opt.save(&cdir.join(OPTIMIZER_FILE))?;
+                &dir.join(CRITIC_DIR),
+            )?;
             let path = dir.join(PPO_STATE_FILE);
             let text = serde_json::to_string(&PpoState { kl_coef }).expect("serializes");
             std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
@@ -285,15 +417,25 @@ pub fn train_ppo<B: AutodiffBackend>(
         //    the critic's values — split back per completion.
         let policy = model.valid();
         let ref_logps = reference.logps(&policy, &batches, temperature, device);
-        let critic_now = critic.valid();
+        let critic_now = match &critic {
+            Critic::Separate { model, .. } => CriticNow::Separate(model.valid()),
+            Critic::Shared(h) => CriticNow::Shared(h.valid()),
+        };
         let mut data = vec![TokenData::default(); completions.len()];
         for (k, tokens) in batches.iter().enumerate() {
             if tokens.is_empty() {
                 continue;
             }
-            let head = scaled_token_logprobs(&policy, tokens, temperature, false, device);
-            let logp = host(head.logp);
-            let values = host(token_values(&critic_now.reward, tokens, device));
+            let (head, values) = match &critic_now {
+                CriticNow::Separate(separate) => (
+                    scaled_token_logprobs(&policy, tokens, temperature, false, device),
+                    token_values(&separate.reward, tokens, device),
+                ),
+                CriticNow::Shared(h) => {
+                    logprobs_and_values(&policy, &h.score, tokens, temperature, false, device)
+                }
+            };
+            let (logp, values) = (host(head.logp), host(values));
             for (i, span) in token_spans(micro[k].clone(), &trained, &completions) {
                 data[i].old_logp = logp[span.clone()].to_vec();
                 data[i].values = values[span].to_vec();
@@ -410,7 +552,20 @@ pub fn train_ppo<B: AutodiffBackend>(
                     let n = old.len();
                     let update = (epoch * params.num_mini_batches + mb) * per_mini + m;
                     seed_backend::<B>(device, seed, state.step, update);
-                    let head = scaled_token_logprobs(&model, &tokens, temperature, true, device);
+                    let (head, values) = match &critic {
+                        Critic::Separate { model: critic, .. } => (
+                            scaled_token_logprobs(&model, &tokens, temperature, true, device),
+                            token_values(&critic.reward, &tokens, device),
+                        ),
+                        Critic::Shared(h) => logprobs_and_values(
+                            &model,
+                            &h.score,
+                            &tokens,
+                            temperature,
+                            true,
+                            device,
+                        ),
+                    };
                     let pg = grpo_loss(
                         GrpoInputs {
                             logp: head.logp.clone(),
@@ -422,7 +577,6 @@ pub fn train_ppo<B: AutodiffBackend>(
                         clip,
                         0.0,
                     );
-                    let values = token_values(&critic.reward, &tokens, device);
                     let vf = value_loss(
                         values,
                         floats::<B>(&gather(&|d| &d.values), device),
@@ -450,8 +604,18 @@ pub fn train_ppo<B: AutodiffBackend>(
                     let vf_loss = host(vf.loss.clone())[0] as f64;
                     pg_total += pg_loss;
                     vf_total += vf_loss;
-                    grads.backward(&model, pg.loss);
-                    critic_grads.backward(&critic, vf.loss.mul_scalar(params.vf_coef));
+                    let vf_loss = vf.loss.mul_scalar(params.vf_coef);
+                    match &critic {
+                        Critic::Separate { model: critic, .. } => {
+                            grads.backward(&model, pg.loss);
+                            critic_grads.backward(critic, vf_loss);
+                        }
+                        // One backward pass: the backbone gets both losses'
+                        // gradients, the head the value loss's.
+                        Critic::Shared(h) => {
+                            grads.backward_shared(&model, &mut critic_grads, h, pg.loss + vf_loss)
+                        }
+                    }
                 }
                 let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
                 let critic_grad_norm = critic_grads.clip_global_norm(c.train.max_grad_norm);
@@ -467,7 +631,7 @@ pub fn train_ppo<B: AutodiffBackend>(
                 );
                 if let Ok(Verdict::Update) = verdict {
                     model = opt.step::<B, _>(model, grads, lr);
-                    critic = critic_opt.step::<B, _>(critic, critic_grads, critic_lr);
+                    critic = critic.step(&mut critic_opt, critic_grads, critic_lr);
                 }
                 skipped = skipped.or(skip_reason(&verdict));
                 if verdict.is_err() {

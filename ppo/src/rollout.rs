@@ -24,6 +24,8 @@ use alignkit_datasets::{
 };
 use alignkit_model::logprobs::{HeadLogprobs, head_logprobs};
 use alignkit_model::mask::attention_mask;
+use alignkit_model::precision::to_f32;
+use alignkit_model::transformer::Linear;
 use alignkit_model::{FinishReason, ForwardInput, LlamaForCausalLM, SamplingConfig, sample};
 use alignkit_train::seed::{Stream, derive_seed};
 use burn::tensor::backend::Backend;
@@ -308,16 +310,63 @@ pub fn scaled_token_logprobs<B: Backend>(
     want_stats: bool,
     device: &B::Device,
 ) -> HeadLogprobs<B> {
-    let n = tokens.len();
+    let hidden = scored_hidden(model, tokens, device);
+    scaled_head(model, hidden, tokens, temperature, want_stats, device)
+}
+
+/// [`scaled_token_logprobs`] and the value of each scored token from
+/// `value_head` ([1, C]) over the same hidden states, in one forward pass:
+/// the critic of `ppo.shared_backbone`. A token's value is read where it is
+/// predicted, as [`crate::critic::token_values`] reads a separate critic's.
+///
+/// Shapes: → ([N], [N]).
+pub fn logprobs_and_values<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    value_head: &Linear<B>,
+    tokens: &ScoredTokens,
+    temperature: f32,
+    want_stats: bool,
+    device: &B::Device,
+) -> (HeadLogprobs<B>, Tensor<B, 1>) {
+    let hidden = scored_hidden(model, tokens, device);
+    let values = to_f32(value_head.forward(hidden.clone())).reshape([tokens.len()]);
+    let head = scaled_head(model, hidden, tokens, temperature, want_stats, device);
+    (head, values)
+}
+
+/// The final hidden state that predicts each scored token. Shapes: → [N, C].
+fn scored_hidden<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    tokens: &ScoredTokens,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let hidden = model.forward_hidden(tokens.input(device), None);
     let [b, t, c] = hidden.dims();
-    let index =
-        |v: &[i64]| Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [n]), device);
-    let hidden = hidden
+    hidden
         .reshape([b * t, c])
-        .select(0, index(&tokens.hidden_index))
-        .div_scalar(temperature);
-    head_logprobs(model, hidden, index(&tokens.target), HEAD_CHUNK, want_stats)
+        .select(0, int_index(&tokens.hidden_index, device))
+}
+
+fn scaled_head<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    hidden: Tensor<B, 2>,
+    tokens: &ScoredTokens,
+    temperature: f32,
+    want_stats: bool,
+    device: &B::Device,
+) -> HeadLogprobs<B> {
+    let target = int_index(&tokens.target, device);
+    head_logprobs(
+        model,
+        hidden.div_scalar(temperature),
+        target,
+        HEAD_CHUNK,
+        want_stats,
+    )
+}
+
+fn int_index<B: Backend>(v: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
 /// Dividing the hidden states by T divides the logits by T only for a head

@@ -326,51 +326,175 @@ fn bad_inputs_fail_before_any_work() {
     let mut c = base.clone();
     c.ppo.as_mut().unwrap().lam = 1.5;
     fails(&c, "config: `ppo.lam`: 1.5 is not in [0, 1]");
+    // A shared-backbone critic has no model of its own to start from.
+    let mut c = base.clone();
+    let p = c.ppo.as_mut().unwrap();
+    p.shared_backbone = true;
+    p.value_model = Some(reward_model_dir(&tmp.path().join("rm-shared")));
+    fails(
+        &c,
+        "config: `ppo.value_model`: a critic on the policy's backbone",
+    );
+}
+
+/// `ppo.shared_backbone`: the critic is a value head on the policy's own
+/// backbone. The rule reward rises as with a separate critic, the ratio stays
+/// near 1, the head and the backbone both learn from the value loss, and a
+/// checkpoint's critic is the head alone.
+#[test]
+fn ppo_with_a_value_head_on_the_policy_backbone_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.ppo.as_mut().unwrap().shared_backbone = true;
+    c.train.save_steps = 10;
+    let out = run(&c);
+    let r = series(&c.output_dir, "objective/scores");
+    let (first, last) = (mean(&r[..5]), mean(&r[15..]));
+    assert!(
+        last > first + 0.25 && last > 0.5,
+        "score did not rise: {r:?}"
+    );
+    for (step, ratio) in series(&c.output_dir, "val/ratio").iter().enumerate() {
+        assert!(
+            (ratio - 1.0).abs() < 0.1,
+            "val/ratio {ratio} at step {step}"
+        );
+    }
+    let g = series(&c.output_dir, "critic_grad_norm");
+    assert!(g.iter().all(|&x| x > 0.0 && x.is_finite()), "{g:?}");
+    println!("scores {r:?}");
+    let critic = out.last_checkpoint.unwrap().join("critic");
+    let mut files: Vec<String> = std::fs::read_dir(&critic)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["optimizer.safetensors", "score.safetensors"]);
+    // The policy is exported without the value head.
+    load_model::<B>(&out.final_dir.unwrap(), &Default::default()).unwrap();
+}
+
+/// LoRA policy with a shared-backbone critic: the value loss reaches the
+/// adapters (the run differs from one with vf_coef near zero) and a crash +
+/// resume gives the same metrics, adapter and value head, bit for bit.
+#[test]
+fn ppo_shared_backbone_with_lora_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.ppo.as_mut().unwrap().shared_backbone = true;
+    c.lora = Some(alignkit_model::lora::LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..Default::default()
+    });
+    c.train.max_steps = 5;
+    c.train.save_steps = 2;
+    let reference = run(&c);
+    let keys = [
+        "loss/policy_avg",
+        "loss/value_avg",
+        "grad_norm",
+        "critic_grad_norm",
+    ];
+    let want: Vec<Vec<f64>> = keys.iter().map(|k| series(&c.output_dir, k)).collect();
+
+    let mut quiet = c.clone();
+    quiet.output_dir = tmp.path().join("quiet");
+    quiet.ppo.as_mut().unwrap().vf_coef = 1e-6;
+    run(&quiet);
+    assert_ne!(
+        series(&quiet.output_dir, "grad_norm")[0],
+        want[2][0],
+        "the value loss moves the shared backbone's adapters"
+    );
+
+    c.output_dir = tmp.path().join("crashed");
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        train_ppo::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
+            if let Event::PpoStep(m) = e
+                && m.step == 4
+            {
+                panic!("simulated kill at step 4");
+            }
+        })
+    }));
+    assert!(crashed.is_err());
+    let resumed =
+        train_ppo::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |_| {}).unwrap();
+    for (key, want) in keys.iter().zip(&want) {
+        let got = series(&c.output_dir, key);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(want), bits(&got), "{key}: {want:?} vs {got:?}");
+    }
+    let file = |dir: &Path, name: &str| std::fs::read(dir.join(name)).unwrap();
+    let (a, b) = (
+        reference.last_checkpoint.unwrap(),
+        resumed.last_checkpoint.unwrap(),
+    );
+    assert_eq!(
+        file(&a, "adapter_model.safetensors"),
+        file(&b, "adapter_model.safetensors")
+    );
+    assert_eq!(
+        file(&a, "critic/score.safetensors"),
+        file(&b, "critic/score.safetensors")
+    );
 }
 
 /// `train.gradient_checkpointing` on the policy and the critic (their forward
-/// passes interleave before their backward passes): the same run, bit for bit.
+/// passes interleave before their backward passes), and on a policy whose
+/// backbone carries the value head: the same run, bit for bit.
 #[test]
 fn ppo_with_gradient_checkpointing_is_the_same_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut c = config(tmp.path());
-    c.train.max_steps = 3;
-    let recomputed = alignkit_model::recompute::layers_recomputed;
-    let before = recomputed();
-    let plain = run(&c);
-    assert_eq!(recomputed(), before, "no checkpointing asked");
-    c.output_dir = tmp.path().join("checkpointed");
-    c.train.gradient_checkpointing = true;
-    let checkpointed = run(&c);
-    assert!(
-        recomputed() > before,
-        "the policy and critic layers were recomputed"
-    );
-    for key in [
-        "objective/scores",
-        "loss/policy_avg",
-        "loss/value_avg",
-        "val/ratio",
-        "grad_norm",
-        "critic_grad_norm",
-    ] {
-        let (a, b) = (
-            series(&tmp.path().join("run"), key),
-            series(&c.output_dir, key),
+    for shared in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.ppo.as_mut().unwrap().shared_backbone = shared;
+        c.train.max_steps = 3;
+        let recomputed = alignkit_model::recompute::layers_recomputed;
+        let before = recomputed();
+        let plain = run(&c);
+        assert_eq!(recomputed(), before, "no checkpointing asked");
+        c.output_dir = tmp.path().join("checkpointed");
+        c.train.gradient_checkpointing = true;
+        let checkpointed = run(&c);
+        assert!(recomputed() > before, "the layers were recomputed");
+        for key in [
+            "objective/scores",
+            "loss/policy_avg",
+            "loss/value_avg",
+            "val/ratio",
+            "grad_norm",
+            "critic_grad_norm",
+        ] {
+            let (a, b) = (
+                series(&tmp.path().join("run"), key),
+                series(&c.output_dir, key),
+            );
+            assert_eq!(a.len(), 3, "{key}");
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&a),
+                bits(&b),
+                "{key} (shared {shared}): {a:?} vs {b:?}"
+            );
+        }
+        let policy = |dir: &Path| bits(&load_model::<B>(dir, &Default::default()).unwrap().1);
+        assert_eq!(
+            policy(&plain.final_dir.unwrap()),
+            policy(&checkpointed.final_dir.unwrap()),
+            "final policies differ"
         );
-        assert_eq!(a.len(), 3, "{key}");
-        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a), bits(&b), "{key}: {a:?} vs {b:?}");
+        let (a, b) = (
+            plain.last_checkpoint.unwrap(),
+            checkpointed.last_checkpoint.unwrap(),
+        );
+        if shared {
+            let score = |dir: &Path| std::fs::read(dir.join("critic/score.safetensors")).unwrap();
+            assert_eq!(score(&a), score(&b), "final value heads differ");
+        } else {
+            assert_eq!(critic_bits(&a), critic_bits(&b), "final critics differ");
+        }
     }
-    let policy = |dir: &Path| bits(&load_model::<B>(dir, &Default::default()).unwrap().1);
-    assert_eq!(
-        policy(&plain.final_dir.unwrap()),
-        policy(&checkpointed.final_dir.unwrap()),
-        "final policies differ"
-    );
-    assert_eq!(
-        critic_bits(&plain.last_checkpoint.unwrap()),
-        critic_bits(&checkpointed.last_checkpoint.unwrap()),
-        "final critics differ"
-    );
 }

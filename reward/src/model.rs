@@ -162,7 +162,8 @@ fn set_dropout<B: Backend>(mut model: RewardModel<B>, dropout: f64) -> RewardMod
     model
 }
 
-fn read_score<B: Backend>(dir: &Path, hidden: usize, device: &B::Device) -> Result<Linear<B>> {
+/// The head [1, `hidden`] that [`write_score`] wrote into `dir`, trainable.
+pub fn read_score<B: Backend>(dir: &Path, hidden: usize, device: &B::Device) -> Result<Linear<B>> {
     let path = dir.join(SCORE_FILE);
     let (mut tensors, _) = read_f32_tensors(&path)?;
     let (shape, data) = tensors
@@ -202,20 +203,29 @@ pub fn save_trained<B: Backend>(
                 dir,
                 SaveDtype::F32,
             )?;
-            let w = model.score.weight.val();
-            let shape = w.dims().to_vec();
-            let data = w
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("converted to f32 above");
-            let tensors = [(SCORE_WEIGHT.to_string(), (shape, data))]
-                .into_iter()
-                .collect();
-            write_f32_tensors(&dir.join(SCORE_FILE), &tensors, HashMap::new())?;
+            write_score(&model.score, dir)?;
         }
     }
     Ok(())
+}
+
+/// Write a score (or value) head into `dir/score.safetensors` (f32, exact).
+pub fn write_score<B: Backend>(score: &Linear<B>, dir: &Path) -> Result<()> {
+    let w = score.weight.val();
+    let shape = w.dims().to_vec();
+    let data = w
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32 above");
+    let tensors = [(SCORE_WEIGHT.to_string(), (shape, data))]
+        .into_iter()
+        .collect();
+    Ok(write_f32_tensors(
+        &dir.join(SCORE_FILE),
+        &tensors,
+        HashMap::new(),
+    )?)
 }
 
 /// Write the merged reward model as an HF directory with the tokenizer of

@@ -41,9 +41,18 @@ impl<B: Backend> Gradients<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: Trainable<AB>,
     {
+        self.collect(model, &grads);
+    }
+
+    /// Add `model`'s gradients from `grads` (which may hold other modules').
+    fn collect<AB, M>(&mut self, model: &M, grads: &AB::Gradients)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Trainable<AB>,
+    {
         let mut collector = GradCollector::<AB> {
             path: PathStack::default(),
-            grads: &grads,
+            grads,
             out: Vec::new(),
         };
         model.visit_trainable(&mut collector);
@@ -62,6 +71,26 @@ impl<B: Backend> Gradients<B> {
     {
         for grads in alignkit_model::recompute::backward(loss) {
             self.accumulate(model, grads);
+        }
+    }
+
+    /// The backward pass of a loss that two separately optimised modules
+    /// share (a policy and a value head over its hidden states): `model`'s
+    /// gradients added here, `other_model`'s to `other`.
+    pub fn backward_shared<AB, M, N>(
+        &mut self,
+        model: &M,
+        other: &mut Self,
+        other_model: &N,
+        loss: Tensor<AB, 1>,
+    ) where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Trainable<AB>,
+        N: Trainable<AB>,
+    {
+        for grads in alignkit_model::recompute::backward(loss) {
+            self.collect(model, &grads);
+            other.collect(other_model, &grads);
         }
     }
 
