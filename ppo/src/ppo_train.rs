@@ -28,6 +28,7 @@
 //! RNG state.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -145,12 +146,9 @@ impl CriticInit {
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
 enum Critic<B: AutodiffBackend> {
-    /// A separate model: its own backbone and head (and adapters).
-    Separate {
-        model: Trainee<B>,
-        config: LlamaConfig,
-        start: PathBuf,
-    },
+    /// A separate model: its own backbone and head (and adapters), with its
+    /// config and the model it started from (for its checkpoints).
+    Separate(Trainee<B>, Arc<(LlamaConfig, PathBuf)>),
     /// A value head on the policy's backbone.
     Shared(ValueHead<B>),
 }
@@ -188,11 +186,10 @@ impl<B: AutodiffBackend> Critic<B> {
             load_critic::<B>(start, config.lora.as_ref(), saved, seed, device)
                 .map_err(|e| config_error(e.to_string()))?;
         config.train.checkpointing(&mut model.model)?;
-        Ok(Critic::Separate {
-            model: Trainee { reward: model },
-            config: critic_config,
-            start: start.to_path_buf(),
-        })
+        Ok(Critic::Separate(
+            Trainee { reward: model },
+            Arc::new((critic_config, start.to_path_buf())),
+        ))
     }
 
     /// Its optimizer, fresh or as saved in `dir`.
@@ -206,7 +203,7 @@ impl<B: AutodiffBackend> Critic<B> {
             return Ok(AdamW::new(config.clone()));
         };
         let params = match self {
-            Critic::Separate { model, .. } => trainable_params::<B, _>(model),
+            Critic::Separate(model, _) => trainable_params::<B, _>(model),
             Critic::Shared(head) => trainable_params::<B, _>(head),
         };
         Ok(AdamW::load(
@@ -220,15 +217,9 @@ impl<B: AutodiffBackend> Critic<B> {
     /// Its weights in `dtype` (f32 masters kept by `opt`).
     fn into_dtype(self, opt: &mut AdamW<B::InnerBackend>, dtype: DType) -> Self {
         match self {
-            Critic::Separate {
-                model,
-                config,
-                start,
-            } => Critic::Separate {
-                model: opt.to_dtype::<B, _>(model, dtype),
-                config,
-                start,
-            },
+            Critic::Separate(model, info) => {
+                Critic::Separate(opt.to_dtype::<B, _>(model, dtype), info)
+            }
             Critic::Shared(head) => Critic::Shared(opt.to_dtype::<B, _>(head, dtype)),
         }
     }
@@ -241,15 +232,9 @@ impl<B: AutodiffBackend> Critic<B> {
         lr: f64,
     ) -> Self {
         match self {
-            Critic::Separate {
-                model,
-                config,
-                start,
-            } => Critic::Separate {
-                model: opt.step::<B, _>(model, grads, lr),
-                config,
-                start,
-            },
+            Critic::Separate(model, info) => {
+                Critic::Separate(opt.step::<B, _>(model, grads, lr), info)
+            }
             Critic::Shared(head) => Critic::Shared(opt.step::<B, _>(head, grads, lr)),
         }
     }
@@ -264,13 +249,9 @@ impl<B: AutodiffBackend> Critic<B> {
     ) -> std::result::Result<(), TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let saved = match self {
-            Critic::Separate {
-                model,
-                config,
-                start,
-            } => {
+            Critic::Separate(model, info) => {
                 let model = opt.f32_weights::<B, _>(model.clone());
-                save_critic(&model.reward, config, lora, start, dir)
+                save_critic(&model.reward, &info.0, lora, &info.1, dir)
             }
             Critic::Shared(head) => write_score(&opt.f32_weights::<B, _>(head.clone()).score, dir),
         };
@@ -418,7 +399,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         let policy = model.valid();
         let ref_logps = reference.logps(&policy, &batches, temperature, device);
         let critic_now = match &critic {
-            Critic::Separate { model, .. } => CriticNow::Separate(model.valid()),
+            Critic::Separate(model, _) => CriticNow::Separate(model.valid()),
             Critic::Shared(h) => CriticNow::Shared(h.valid()),
         };
         let mut data = vec![TokenData::default(); completions.len()];
@@ -553,7 +534,7 @@ pub fn train_ppo<B: AutodiffBackend>(
                     let update = (epoch * params.num_mini_batches + mb) * per_mini + m;
                     seed_backend::<B>(device, seed, state.step, update);
                     let (head, values) = match &critic {
-                        Critic::Separate { model: critic, .. } => (
+                        Critic::Separate(critic, _) => (
                             scaled_token_logprobs(&model, &tokens, temperature, true, device),
                             token_values(&critic.reward, &tokens, device),
                         ),
@@ -606,7 +587,7 @@ pub fn train_ppo<B: AutodiffBackend>(
                     vf_total += vf_loss;
                     let vf_loss = vf.loss.mul_scalar(params.vf_coef);
                     match &critic {
-                        Critic::Separate { model: critic, .. } => {
+                        Critic::Separate(critic, _) => {
                             grads.backward(&model, pg.loss);
                             critic_grads.backward(critic, vf_loss);
                         }
