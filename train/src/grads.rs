@@ -128,7 +128,7 @@ impl<B: Backend> Gradients<B> {
         let squares: Vec<Tensor<B, 1>> = self
             .tensors
             .values()
-            .map(|g| g.clone().powi_scalar(2).sum())
+            .map(|g| ordered_sum(g.clone().powi_scalar(2)))
             .collect();
         if squares.is_empty() {
             return 0.0;
@@ -157,6 +157,36 @@ impl<B: Backend> Gradients<B> {
     }
 }
 
+/// Elements per row of [`ordered_sum`]'s partial sums.
+const SUM_ROW: usize = 1 << 16;
+
+/// The sum of a 1-D tensor, its terms always added in the same order. burn-flex
+/// sums a tensor of 4M elements or more in rayon tasks whose pairing follows
+/// work stealing, so the last bits of, say, the squared gradient of SmolLM2's
+/// 28M-element embedding would vary with the machine's load, and with them the
+/// clipping factor and every weight (exact resume would hold only on an idle
+/// machine). Rows of `SUM_ROW` elements are each summed by one task, then the
+/// row sums (fewer than 4M) and the tail.
+fn ordered_sum<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    let n = x.dims()[0];
+    let rows = n / SUM_ROW;
+    if rows < 2 {
+        return x.sum();
+    }
+    let body = x
+        .clone()
+        .slice(0..rows * SUM_ROW)
+        .reshape([rows, SUM_ROW])
+        .sum_dim(1)
+        .reshape([rows])
+        .sum();
+    if rows * SUM_ROW == n {
+        body
+    } else {
+        body + x.slice(rows * SUM_ROW..n).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +197,33 @@ mod tests {
 
     fn t(v: &[f32]) -> Tensor<B, 1> {
         Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+    }
+
+    /// Sums of large tensors: close to the f64 sum, with or without a tail,
+    /// and the same bits every time, even from threads competing for rayon's
+    /// workers (where burn-flex's own sum pairs its partials differently).
+    #[test]
+    fn ordered_sums_are_exact_enough_and_repeatable() {
+        for n in [1000, 2 * SUM_ROW, 3 * SUM_ROW + 5, 4_500_000] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+            let want: f64 = v.iter().map(|&x| x as f64).sum();
+            let got: f32 = ordered_sum(t(&v)).into_scalar();
+            assert!(
+                ((got as f64 - want) / want).abs() < 1e-5,
+                "{n}: {got} vs {want}"
+            );
+        }
+        let v: Vec<f32> = (0..4_500_000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bits = || ordered_sum(t(&v)).into_scalar().to_bits();
+        let first = bits();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..3).map(|_| bits()).collect::<Vec<_>>()))
+                .collect();
+            for h in handles {
+                assert!(h.join().unwrap().iter().all(|&b| b == first));
+            }
+        });
     }
 
     fn values(g: &Gradients<B>, name: &str) -> Vec<f32> {
