@@ -11,13 +11,15 @@
 # - ppo, grpo, rloo: examples/sentiment/frontier/*.toml on the true reward, the
 #   KL knob (ppo.kl_coef, grpo.beta, rloo.beta) swept over RL_KNOBS; each run's
 #   [eval] writes eval.jsonl: held-out reward and Monte-Carlo sequence KL to the
-#   starting policy at steps 0, 5 and 10.
-# - dpo: 4 continuations of 64 training openings sampled from the starting
+#   starting policy at steps 0, 10 and 20 (2 samples of each test opening).
+# - dpo: 4 continuations of 128 training openings sampled from the starting
 #   policy, every two with different VADER scores a pair (up to 6 per opening);
-#   DPO (examples/dpo.toml) for each β of DPO_BETAS; its checkpoints are
-#   measured by `alignkit eval drift --score sentiment` (drift-step-N.json).
+#   DPO (examples/dpo.toml) for each β of DPO_BETAS, DPO_STEPS steps; its
+#   checkpoints (every DPO_STEPS/2 steps) are measured by `alignkit eval drift
+#   --score sentiment` (drift-step-N.json) on the same held-out openings.
 # - ppo-rm: a reward model trained on those pairs (examples/reward.toml), then
-#   PPO on it, judged on the true reward ([[eval.rewards]]): the RLHF pipeline.
+#   PPO on it with a separate critic started from the reward model, judged on
+#   the true reward ([[eval.rewards]]): the RLHF pipeline proper.
 #
 # Finished runs are skipped, so an interrupted sweep continues where it was.
 # At the end `alignkit eval frontier` reads every run's measurements and writes
@@ -30,6 +32,7 @@ SEEDS=${SEEDS:-"1 2"}
 METHODS=${METHODS:-"ppo grpo rloo dpo ppo-rm"}
 RL_KNOBS=${RL_KNOBS:-"0.01 0.05 0.2"}
 DPO_BETAS=${DPO_BETAS:-"0.05 0.1 0.5"}
+DPO_STEPS=${DPO_STEPS:-60}
 F=examples/sentiment/frontier
 TEST=examples/sentiment/test.jsonl
 
@@ -55,38 +58,38 @@ rl() {
 # Sequence KL and VADER of a model's held-out samples, as eval.jsonl measures them.
 drift() {
     "$AK" eval drift --policy "$1" --reference "$BASE" --prompts "$TEST" --chat \
-        --num-samples 1 --max-new-tokens 24 --score sentiment --json > "$2.tmp"
+        --num-samples 2 --max-new-tokens 32 --score sentiment --json > "$2.tmp"
     mv "$2.tmp" "$2"
 }
 
 pairs() {
     [ -f "$OUT/pairs.jsonl" ] && return 0
-    head -n 64 examples/sentiment/train.jsonl > "$OUT/pair-prompts.jsonl"
+    head -n 128 examples/sentiment/train.jsonl > "$OUT/pair-prompts.jsonl"
     "$AK" generate --model "$BASE" --prompts "$OUT/pair-prompts.jsonl" --chat \
-        --num-samples 4 --max-new-tokens 24 --temperature 1 --seed 0 \
+        --num-samples 4 --max-new-tokens 32 --temperature 1 --seed 0 \
         --out "$OUT/candidates.jsonl"
     "$AK" data pairs "$OUT/candidates.jsonl" --judge sentiment --out "$OUT/pairs.jsonl"
 }
 
 dpo() {
     local beta=$1 seed=$2
-    local dir="$OUT/dpo-k$beta-s$seed"
+    local dir="$OUT/dpo-k$beta-s$seed" half=$((DPO_STEPS / 2))
     if [ ! -d "$dir/final" ]; then
         local resume=()
         [ -d "$dir/checkpoints" ] && resume=(--resume)
         "$AK" dpo --config examples/dpo.toml --model "$BASE" --output-dir "$dir" --beta "$beta" \
             --set "train.seed=$seed" --set "data.train_file=$OUT/pairs.jsonl" \
             --set data.text_as_chat=true --set data.validation_split=0 \
-            --set train.eval_steps=0 --set train.max_steps=20 --set train.save_steps=10 \
-            --set train.keep_last=0 "${resume[@]}"
+            --set train.eval_steps=0 --set "train.max_steps=$DPO_STEPS" \
+            --set "train.save_steps=$half" --set train.keep_last=0 "${resume[@]}"
     fi
     [ -f "$dir/drift-step-0.json" ] || cp "$OUT/base-drift.json" "$dir/drift-step-0.json"
-    if [ ! -f "$dir/drift-step-10.json" ]; then
-        "$AK" export "$dir/checkpoints/step-10" --merged "$dir/merged-10" --overwrite
-        drift "$dir/merged-10" "$dir/drift-step-10.json"
-        rm -rf "$dir/merged-10"
+    if [ ! -f "$dir/drift-step-$half.json" ]; then
+        "$AK" export "$dir/checkpoints/step-$half" --merged "$dir/merged-$half" --overwrite
+        drift "$dir/merged-$half" "$dir/drift-step-$half.json"
+        rm -rf "$dir/merged-$half"
     fi
-    [ -f "$dir/drift-step-20.json" ] || drift "$dir/final" "$dir/drift-step-20.json"
+    [ -f "$dir/drift-step-$DPO_STEPS.json" ] || drift "$dir/final" "$dir/drift-step-$DPO_STEPS.json"
 }
 
 ppo_rm() {
@@ -94,12 +97,13 @@ ppo_rm() {
     if [ ! -d "$OUT/rm/final" ]; then
         "$AK" reward train --config examples/reward.toml --model "$BASE" --output-dir "$OUT/rm" \
             --set "data.train_file=$OUT/pairs.jsonl" --set data.text_as_chat=true \
-            --set data.validation_split=0 --set train.eval_steps=0 --set train.max_steps=40
+            --set data.validation_split=0 --set train.eval_steps=0 --set train.max_steps=100
     fi
-    # PPO's config with the reward model as the reward (and the critic's start),
-    # judged on the true reward.
+    # PPO's config with the reward model as the reward and the start of a
+    # separate critic, judged on the true reward.
     {
-        sed -e '/^\[\[rewards\]\]/,/^$/d' -e 's|^output_dir = .*|output_dir = "runs/frontier/ppo-rm"|' "$F/ppo.toml"
+        sed -e '/^\[\[rewards\]\]/,/^$/d' -e 's|^output_dir = .*|output_dir = "runs/frontier/ppo-rm"|' \
+            -e 's|^shared_backbone = true.*|shared_backbone = false|' "$F/ppo.toml"
         printf '\n[[rewards]]\nkind = "model"\npath = "%s"\n\n[[eval.rewards]]\nkind = "sentiment"\n' "$OUT/rm/final"
     } > "$OUT/ppo-rm.toml"
     rl ppo-rm "$knob" "$seed" "$OUT/ppo-rm.toml"
