@@ -173,24 +173,26 @@ fn report(bar: &StepBar, event: Event<'_>) {
         }
         Event::Step(m) => {
             let kl = m.kl.map_or(String::new(), |k| format!(" kl {k:.4}"));
+            let r = &m.rollout;
             let msg = format!(
                 "reward {:.3}±{:.3}{kl} len {:.0} gen {:.0}s opt {:.0}s",
-                m.reward, m.reward_std, m.mean_length, m.generation_time, m.optimization_time
+                r.reward, r.reward_std, r.mean_length, r.generation_time, r.optimization_time
             );
-            bar.step(m.step, msg, m.skipped.as_ref());
+            bar.step(m.step, msg, r.skipped.as_ref());
         }
         Event::PpoStep(m) => {
+            let r = &m.rollout;
             let msg = format!(
                 "score {:.3} kl {:.3} vf {:.3} ratio {:.3} len {:.0} gen {:.0}s opt {:.0}s",
                 m.scores,
                 m.kl,
                 m.value_loss,
                 m.ratio,
-                m.mean_length,
-                m.generation_time,
-                m.optimization_time
+                r.mean_length,
+                r.generation_time,
+                r.optimization_time
             );
-            bar.step(m.step, msg, m.skipped.as_ref());
+            bar.step(m.step, msg, r.skipped.as_ref());
         }
         Event::Eval(r) => bar.println(&format!(
             "eval at step {}: reward {:.4} ± {:.4}, sequence KL {:.3} ± {:.3} ({} completions, mean length {:.1}, {:.0}s)",
@@ -211,7 +213,7 @@ fn report(bar: &StepBar, event: Event<'_>) {
 fn describe_ppo(m: &PpoMetrics) -> String {
     format!(
         ", score {:.3}, kl {:.3}, value loss {:.4}, mean length {:.1}",
-        m.scores, m.kl, m.value_loss, m.mean_length
+        m.scores, m.kl, m.value_loss, m.rollout.mean_length
     )
 }
 
@@ -220,6 +222,6 @@ fn describe(m: &RlMetrics) -> String {
     let kl = m.kl.map_or(String::new(), |k| format!(", kl {k:.4}"));
     format!(
         ", reward {:.3}{kl}, mean length {:.1}",
-        m.reward, m.mean_length
+        m.rollout.reward, m.rollout.mean_length
     )
 }

@@ -23,23 +23,11 @@ pub struct RlMetrics {
     pub learning_rate: f64,
     /// Global gradient norm before clipping, averaged over the passes.
     pub grad_norm: f64,
-    /// Mean and sample std of the total (weighted, penalised) reward.
-    pub reward: f64,
-    pub reward_std: f64,
-    /// `rewards/{name}/mean` and `rewards/{name}/std` of each reward function.
+    /// Rewards, lengths, tokens and times of the step's rollout.
     #[serde(flatten)]
-    pub rewards: BTreeMap<String, f64>,
+    pub rollout: RolloutStats,
     /// Fraction of prompts whose G rewards are all equal (no signal).
     pub frac_reward_zero_std: f64,
-    #[serde(rename = "completions/mean_length")]
-    pub mean_length: f64,
-    #[serde(rename = "completions/min_length")]
-    pub min_length: f64,
-    #[serde(rename = "completions/max_length")]
-    pub max_length: f64,
-    /// Fraction of completions cut at `max_completion_length`.
-    #[serde(rename = "completions/clipped_ratio")]
-    pub clipped_ratio: f64,
     /// Token mean of the KL estimate to the reference (k3 for GRPO, k1 for
     /// RLOO); absent when β = 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,20 +49,6 @@ pub struct RlMetrics {
     pub logp_diff_mean: f64,
     #[serde(rename = "sampling/sampling_logp_difference/max")]
     pub logp_diff_max: f64,
-    /// Prompt and completion tokens seen so far.
-    pub num_tokens: u64,
-    /// Seconds of the whole step, and of its parts.
-    pub step_time: f64,
-    #[serde(rename = "time/generation")]
-    pub generation_time: f64,
-    /// Rewards, reference log-probs and advantages.
-    #[serde(rename = "time/scoring")]
-    pub scoring_time: f64,
-    #[serde(rename = "time/optimization")]
-    pub optimization_time: f64,
-    /// Why an update was skipped (non-finite loss or gradient).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
 }
 
 /// One PPO `metrics.jsonl` record, under the names of TRL's last
@@ -128,9 +102,20 @@ pub struct PpoMetrics {
     /// Global gradient norms before clipping, averaged over the updates.
     pub grad_norm: f64,
     pub critic_grad_norm: f64,
-    /// Mean and sample std of the scores, and of each reward function.
+    /// The scores (`reward`), lengths, tokens and times of the step's rollout;
+    /// scoring time covers the no-grad passes of policy, reference and critic.
+    #[serde(flatten)]
+    pub rollout: RolloutStats,
+}
+
+/// What every RL step reports of its rollout, under GRPO's names: flattened
+/// into [`RlMetrics`] and [`PpoMetrics`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStats {
+    /// Mean and sample std of the total (weighted, penalised) reward.
     pub reward: f64,
     pub reward_std: f64,
+    /// `rewards/{name}/mean` and `rewards/{name}/std` of each reward function.
     #[serde(flatten)]
     pub rewards: BTreeMap<String, f64>,
     #[serde(rename = "completions/mean_length")]
@@ -139,19 +124,63 @@ pub struct PpoMetrics {
     pub min_length: f64,
     #[serde(rename = "completions/max_length")]
     pub max_length: f64,
+    /// Fraction of completions cut at `max_completion_length`.
     #[serde(rename = "completions/clipped_ratio")]
     pub clipped_ratio: f64,
+    /// Prompt and completion tokens seen so far.
     pub num_tokens: u64,
+    /// Seconds of the whole step, and of its parts.
     pub step_time: f64,
     #[serde(rename = "time/generation")]
     pub generation_time: f64,
-    /// Rewards, no-grad passes of policy, reference and critic, advantages.
+    /// Rewards, reference log-probs and advantages.
     #[serde(rename = "time/scoring")]
     pub scoring_time: f64,
     #[serde(rename = "time/optimization")]
     pub optimization_time: f64,
+    /// Why an update was skipped (non-finite loss or gradient).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+}
+
+/// Seconds of a step's parts, from its start.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTimes {
+    pub started: std::time::Instant,
+    pub generation: f64,
+    pub scoring: f64,
+    pub optimization: f64,
+}
+
+impl RolloutStats {
+    /// The statistics of `completions` with their total rewards and the
+    /// scores of each reward function (`names`, `per_func`).
+    pub fn new(
+        completions: &[crate::rollout::Completion],
+        total_rewards: &[f64],
+        (names, per_func): (&[String], &[Vec<f64>]),
+        num_tokens: u64,
+        times: StepTimes,
+        skipped: Option<String>,
+    ) -> Self {
+        let (reward, reward_std) = mean_std(total_rewards);
+        let (mean_length, min_length, max_length, clipped_ratio) = length_stats(completions);
+        Self {
+            reward,
+            reward_std,
+            rewards: per_function(names, per_func),
+            mean_length,
+            min_length,
+            max_length,
+            clipped_ratio,
+            num_tokens,
+            step_time: times.started.elapsed().as_secs_f64(),
+            generation_time: times.generation,
+            scoring_time: times.scoring,
+            optimization_time: times.optimization,
+            skipped,
+        }
+    }
 }
 
 /// Length statistics of a rollout: mean, min, max and the fraction cut at
@@ -326,20 +355,29 @@ mod tests {
     fn metric_names_are_trl_names() {
         let mut rewards = BTreeMap::new();
         rewards.insert("rewards/json_keys/mean".to_string(), 0.5);
-        let m = RlMetrics {
+        let rollout = RolloutStats {
+            reward: 0.5,
+            reward_std: 0.1,
+            rewards,
+            mean_length: 3.0,
+            min_length: 1.0,
+            max_length: 5.0,
+            clipped_ratio: 0.0,
+            num_tokens: 10,
+            step_time: 1.0,
+            generation_time: 0.5,
+            scoring_time: 0.1,
+            optimization_time: 0.4,
+            skipped: None,
+        };
+        let mut m = RlMetrics {
             step: 1,
             epoch: 0.5,
             loss: 0.0,
             learning_rate: 1e-6,
             grad_norm: 1.0,
-            reward: 0.5,
-            reward_std: 0.1,
-            rewards,
+            rollout,
             frac_reward_zero_std: 0.0,
-            mean_length: 3.0,
-            min_length: 1.0,
-            max_length: 5.0,
-            clipped_ratio: 0.0,
             kl: Some(0.01),
             entropy: 2.0,
             clip_low: 0.0,
@@ -347,12 +385,6 @@ mod tests {
             clip_region: 0.0,
             logp_diff_mean: 0.0,
             logp_diff_max: 0.0,
-            num_tokens: 10,
-            step_time: 1.0,
-            generation_time: 0.5,
-            scoring_time: 0.1,
-            optimization_time: 0.4,
-            skipped: None,
         };
         let v = serde_json::to_value(&m).unwrap();
         for key in [
@@ -376,6 +408,12 @@ mod tests {
         ] {
             assert!(v.get(key).is_some(), "no `{key}` in {v}");
         }
+        assert!(v.get("skipped").is_none(), "{v}");
+        // The flattened statistics (and their flattened map) read back.
+        m.rollout.skipped = Some("non-finite loss".into());
+        m.kl = None;
+        let line = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<RlMetrics>(&line).unwrap(), m);
         assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
     }
 

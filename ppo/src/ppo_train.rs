@@ -54,7 +54,7 @@ use crate::critic::{ValueHead, token_values};
 use crate::error::{Result, RlError};
 use crate::gae::{AdaptiveKl, gae, token_rewards, whiten};
 use crate::loss::{Clip, GrpoInputs, grpo_loss, value_loss};
-use crate::metrics::{PpoMetrics, completion_records, length_stats, mean_std, per_function};
+use crate::metrics::{PpoMetrics, RolloutStats, StepTimes, completion_records, mean_std};
 use crate::reward::{RewardKind, same_tokenizer};
 use crate::rollout::{ScoredTokens, logprobs_and_values, scaled_token_logprobs};
 use crate::train::{
@@ -509,17 +509,13 @@ pub fn train_ppo<B: AutodiffBackend>(
                 let mut critic_grads = Gradients::<B::InnerBackend>::new();
                 let (mut pg_total, mut vf_total) = (0.0, 0.0);
                 for (m, rows) in mini.chunks(c.train.batch_size).enumerate() {
-                    let pairs: Vec<(&[u32], &[u32])> = rows
-                        .iter()
-                        .map(|&i| {
-                            (
-                                setup.prompts[completions[i].prompt].ids.as_slice(),
-                                completions[i].tokens.as_slice(),
-                            )
-                        })
-                        .collect();
-                    let on: Vec<bool> = rows.iter().map(|&i| trained[i]).collect();
-                    let tokens = ScoredTokens::new(&pairs, &on, pad_id);
+                    let tokens = ScoredTokens::of(
+                        &setup.prompts,
+                        &completions,
+                        rows.iter().copied(),
+                        &trained,
+                        pad_id,
+                    );
                     if tokens.is_empty() {
                         continue;
                     }
@@ -639,8 +635,7 @@ pub fn train_ppo<B: AutodiffBackend>(
             kl_coef = ctl.value;
         }
         state.num_tokens += rollout_tokens(&setup.prompts, &completions);
-        let (reward, reward_std) = mean_std(&total_rewards);
-        let (mean_length, min_length, max_length, clipped_ratio) = length_stats(&completions);
+        let reward = mean_std(&total_rewards).0;
         let tokens = sums.tokens.max(1.0);
         let updates = sums.updates.max(1) as f64;
         let ratio_mean = sums.ratio / tokens;
@@ -669,19 +664,19 @@ pub fn train_ppo<B: AutodiffBackend>(
             num_eos_tokens: completions.iter().filter(|x| x.terminated()).count(),
             grad_norm: sums.grad_norm / updates,
             critic_grad_norm: sums.critic_grad_norm / updates,
-            reward,
-            reward_std,
-            rewards: per_function(rewards.names(), &scores.per_func),
-            mean_length,
-            min_length,
-            max_length,
-            clipped_ratio,
-            num_tokens: state.num_tokens,
-            step_time: started.elapsed().as_secs_f64(),
-            generation_time,
-            scoring_time,
-            optimization_time,
-            skipped,
+            rollout: RolloutStats::new(
+                &completions,
+                &total_rewards,
+                (rewards.names(), &scores.per_func),
+                state.num_tokens,
+                StepTimes {
+                    started,
+                    generation: generation_time,
+                    scoring: scoring_time,
+                    optimization: optimization_time,
+                },
+                skipped,
+            ),
         };
         metrics.append(&m)?;
         let every = c.rollout.log_completions_steps;

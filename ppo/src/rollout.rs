@@ -224,6 +224,27 @@ pub struct ScoredTokens {
 }
 
 impl ScoredTokens {
+    /// The completions `rows` (indices into `completions`) after their
+    /// prompts; completion `i`'s tokens are scored when `trained[i]`.
+    pub fn of(
+        prompts: &[Prompt],
+        completions: &[Completion],
+        rows: impl IntoIterator<Item = usize>,
+        trained: &[bool],
+        pad_id: u32,
+    ) -> Self {
+        let rows: Vec<usize> = rows.into_iter().collect();
+        let pairs: Vec<(&[u32], &[u32])> = rows
+            .iter()
+            .map(|&i| {
+                let c = &completions[i];
+                (prompts[c.prompt].ids.as_slice(), c.tokens.as_slice())
+            })
+            .collect();
+        let on: Vec<bool> = rows.iter().map(|&i| trained[i]).collect();
+        Self::new(&pairs, &on, pad_id)
+    }
+
     /// Rows `prompt ids ++ completion tokens`, right-padded; the completion
     /// tokens of rows with `scored[r]` are scored (a masked completion is
     /// still a row, with no scored token).

@@ -45,8 +45,8 @@ use crate::loss::{
     grpo_loss, is_trained, k1_sequence, kl_penalised, rloo_advantages, rloo_loss, token_weights,
 };
 use crate::metrics::{
-    CompletionsLog, EVAL_FILE, RlMetrics, StepLog, completion_records, length_stats, mean_std,
-    per_function,
+    CompletionsLog, EVAL_FILE, RlMetrics, RolloutStats, StepLog, StepTimes, completion_records,
+    length_stats, mean_std, per_function,
 };
 use crate::reward::{self, Rewards, Scores};
 use crate::rollout::{
@@ -476,14 +476,12 @@ impl<IB: Backend> Evaluator<IB> {
         let scores = rewards.score(&self.prompts, &completions, device)?;
         let pad_id = setup.encoder.tokenizer().pad_id();
         let chunk = setup.config.train.batch_size.max(1);
-        let batches: Vec<ScoredTokens> = completions
-            .chunks(chunk)
-            .map(|rows| {
-                let pairs: Vec<(&[u32], &[u32])> = rows
-                    .iter()
-                    .map(|c| (self.prompts[c.prompt].ids.as_slice(), c.tokens.as_slice()))
-                    .collect();
-                ScoredTokens::new(&pairs, &vec![true; rows.len()], pad_id)
+        let all = vec![true; completions.len()];
+        let batches: Vec<ScoredTokens> = (0..completions.len())
+            .step_by(chunk)
+            .map(|s| {
+                let rows = s..(s + chunk).min(completions.len());
+                ScoredTokens::of(&self.prompts, &completions, rows, &all, pad_id)
             })
             .collect();
         let temperature = self.settings.temperature;
@@ -602,18 +600,7 @@ pub(crate) fn collect<B: AutodiffBackend>(
     let pad_id = setup.encoder.tokenizer().pad_id();
     let batches = micro
         .iter()
-        .map(|r| {
-            let rows: Vec<(&[u32], &[u32])> = completions[r.clone()]
-                .iter()
-                .map(|comp| {
-                    (
-                        setup.prompts[comp.prompt].ids.as_slice(),
-                        comp.tokens.as_slice(),
-                    )
-                })
-                .collect();
-            ScoredTokens::new(&rows, &trained[r.clone()], pad_id)
-        })
+        .map(|r| ScoredTokens::of(&setup.prompts, &completions, r.clone(), &trained, pad_id))
         .collect();
     Ok((
         Rollout {
@@ -876,8 +863,6 @@ pub fn train<B: AutodiffBackend>(
 
         // 5. Metrics, and a sample of completions when due.
         state.num_tokens += rollout_tokens(&setup.prompts, &completions);
-        let (reward, reward_std) = mean_std(&total_rewards);
-        let (mean_length, min_length, max_length, clipped_ratio) = length_stats(&completions);
         let passes_run = passes as f64;
         let trained_tokens = sums.tokens.max(1) as f64;
         let clip_items = sums.clip_items.max(1) as f64;
@@ -888,14 +873,20 @@ pub fn train<B: AutodiffBackend>(
             loss: sums.loss / passes_run,
             learning_rate: lr,
             grad_norm: sums.grad_norm / passes_run,
-            reward,
-            reward_std,
-            rewards: per_function(rewards.names(), &scores.per_func),
+            rollout: RolloutStats::new(
+                &completions,
+                &total_rewards,
+                (rewards.names(), &scores.per_func),
+                state.num_tokens,
+                StepTimes {
+                    started,
+                    generation: generation_time,
+                    scoring: scoring_time,
+                    optimization: optimization_time,
+                },
+                skipped,
+            ),
             frac_reward_zero_std: frac_zero_std(&total_rewards, setup.group),
-            mean_length,
-            min_length,
-            max_length,
-            clipped_ratio,
             kl: match objective {
                 Objective::Grpo { .. } => (beta > 0.0).then(|| sums.kl / trained_tokens),
                 Objective::Rloo { .. } => rloo_kl,
@@ -906,12 +897,6 @@ pub fn train<B: AutodiffBackend>(
             clip_region: (sums.clip_low + sums.clip_high) / clip_items,
             logp_diff_mean: sums.logp_diff / trained_tokens,
             logp_diff_max: sums.logp_diff_max,
-            num_tokens: state.num_tokens,
-            step_time: started.elapsed().as_secs_f64(),
-            generation_time,
-            scoring_time,
-            optimization_time,
-            skipped,
         };
         metrics.append(&m)?;
         let every = c.rollout.log_completions_steps;
