@@ -10,7 +10,6 @@ use alignkit_model::heads::{RewardModel, save_reward_model};
 use alignkit_model::{SaveDtype, load_model};
 use alignkit_ppo::{Event, RewardKind, RlConfig, RunOptions, StopReason, train};
 use alignkit_train::testutil::*;
-use burn::tensor::backend::Backend;
 use serde_json::json;
 
 /// Chat prompts, with an `answer` field the rewards may read.
@@ -334,9 +333,10 @@ fn reward_model_dir(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut config = tiny_config();
     config.pad_token_id = Some(2);
-    B::seed(&Default::default(), 3);
-    let model = RewardModel::<B>::init(&config, &Default::default());
-    save_reward_model(&model, &config, dir, SaveDtype::F32).unwrap();
+    seeded(3, || {
+        let model = RewardModel::<B>::init(&config, &Default::default());
+        save_reward_model(&model, &config, dir, SaveDtype::F32).unwrap();
+    });
     write_tokenizer(dir);
     dir.to_path_buf()
 }

@@ -71,22 +71,31 @@ pub fn tiny_model_dir(dir: &Path) -> PathBuf {
 }
 
 /// Write a random tiny model directory at `dir`, its weights drawn from
-/// `seed` (the backend generator is seeded under a lock, as tests run in
-/// parallel).
+/// `seed`.
 pub fn tiny_model_dir_seeded(dir: &Path, seed: u64) -> PathBuf {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     std::fs::create_dir_all(dir).unwrap();
     let config = tiny_config();
-    let device = Default::default();
-    {
-        // Parameters are drawn lazily: saving materialises them under the lock.
-        let _lock = INIT.lock().unwrap();
-        B::seed(&device, seed);
-        let model = LlamaForCausalLM::<B>::init(&config, &device);
+    seeded(seed, || {
+        let model = LlamaForCausalLM::<B>::init(&config, &Default::default());
         save_model(&model, &config, dir, SaveDtype::F32).unwrap();
-    }
+    });
     write_tokenizer(dir);
     dir.to_path_buf()
+}
+
+/// Run `draw` with the backend generator seeded from `seed`, alone among the
+/// callers of this function. The generator is process-global and tests run
+/// in parallel: a test drawing from it while another seeds and draws its
+/// model changes that model's weights (a reward-model helper doing so made
+/// thresholds on the tiny model flaky under load). Parameters are drawn
+/// lazily, so `draw` must materialise them (save the model, say).
+pub fn seeded<R>(seed: u64, draw: impl FnOnce() -> R) -> R {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    B::seed(&Default::default(), seed);
+    draw()
 }
 
 /// Write `tokenizer.json` and `tokenizer_config.json` (with the chat template) into `dir`.
