@@ -174,7 +174,8 @@ Examples:
     pub const PARITY: &str = "\
 Examples:
   alignkit parity model/tests/fixtures/llama model/tests/fixtures/qwen2 --device cuda:0
-  alignkit parity model/tests/fixtures/llama --device wgpu:cpu --tolerance 1e-4 --json";
+  alignkit parity model/tests/fixtures/llama --device wgpu:cpu --tolerance 1e-4 --json
+  alignkit parity model/tests/fixtures/llama --dtype bf16 --tolerance 0.05";
     pub const DATA: &str = "\
 Examples:
   alignkit data validate prefs.jsonl --kind prefs

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 
 use alignkit_model::load_model;
 use alignkit_model::parity::{Fixture, max_abs_diff};
+use alignkit_model::precision::cast_model;
 use anyhow::{Result, bail};
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::backend::{DeviceSpec, Task, dispatch};
@@ -27,9 +29,21 @@ pub struct ParityArgs {
     /// Largest |Δlogit| allowed, against transformers and against the CPU backend.
     #[arg(long, default_value_t = 1e-3)]
     pub tolerance: f32,
+    /// Weights and activations on the device: f32, or bf16 (norm statistics,
+    /// softmax and logits stay f32, as `train.dtype = "bf16"` runs); the
+    /// references stay f32, and in bf16 greedy tokens are reported, not required.
+    #[arg(long, value_enum, default_value_t = ParityDtype::F32)]
+    pub dtype: ParityDtype,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParityDtype {
+    F32,
+    Bf16,
 }
 
 /// One fixture's result.
@@ -60,7 +74,10 @@ impl Task for ParityArgs {
         let mut out = Vec::new();
         for dir in &self.fixtures {
             let fixture = Fixture::read(dir)?;
-            let (_, model) = load_model::<I<B>>(dir, &device)?;
+            let (_, mut model) = load_model::<I<B>>(dir, &device)?;
+            if self.dtype == ParityDtype::Bf16 {
+                model = cast_model(model, DType::BF16);
+            }
             let logits = fixture.logits(&model, &device)?;
             out.push(FixtureParity {
                 fixture: dir.display().to_string(),
@@ -74,15 +91,17 @@ impl Task for ParityArgs {
 }
 
 pub fn run(args: ParityArgs) -> Result<()> {
-    let (json, tolerance, device) = (args.json, args.tolerance, args.device);
+    let (json, tolerance, device, dtype) = (args.json, args.tolerance, args.device, args.dtype);
     let results = dispatch(device, args)?;
     let ok = |r: &FixtureParity| {
-        r.vs_transformers <= tolerance && r.vs_cpu <= tolerance && r.greedy_matches
+        r.vs_transformers <= tolerance
+            && r.vs_cpu <= tolerance
+            && (r.greedy_matches || dtype == ParityDtype::Bf16)
     };
     if json {
         println!(
             "{}",
-            serde_json::json!({"device": format!("{device:?}"), "tolerance": tolerance, "fixtures": results})
+            serde_json::json!({"device": format!("{device:?}"), "dtype": dtype, "tolerance": tolerance, "fixtures": results})
         );
     } else {
         println!(
@@ -106,7 +125,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
         .collect();
     if !bad.is_empty() {
         bail!(
-            "logits differ by more than {tolerance:e} or greedy tokens differ on {device:?}: {}",
+            "logits differ by more than {tolerance:e} or greedy tokens differ on {device:?} ({dtype:?}): {}",
             bad.join(", ")
         );
     }

@@ -248,6 +248,25 @@ fn parity_checks_the_fixtures_and_names_a_missing_file() {
         assert_eq!(r["vs_cpu"].as_f64().unwrap(), 0.0, "{r}");
         assert_eq!(r["greedy_matches"], true, "{r}");
     }
+    // In bf16 the logits move by bf16's rounding (the largest logit is ≈ 4),
+    // not more; the references stay f32.
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .arg("parity")
+        .arg(fixtures.join("llama"))
+        .args(["--dtype", "bf16", "--tolerance", "0.15", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dtype"], "bf16");
+    let r = &v["fixtures"][0];
+    let gap = r["vs_transformers"].as_f64().unwrap();
+    assert!(gap > 1e-3 && gap <= 0.15, "{r}");
+    assert!((r["vs_cpu"].as_f64().unwrap() - gap).abs() < 1e-3, "{r}");
     let dir = model_dir(|_| {});
     assert_clean_error(
         &["parity", dir.path().to_str().unwrap()],
