@@ -28,4 +28,4 @@ pub use checkpoint::{SaveDtype, load_model, save_model};
 pub use config::{LlamaConfig, ModelType};
 pub use error::ModelError;
 pub use generate::{FinishReason, Generation, Sampled, SamplingConfig, generate, sample};
-pub use transformer::{ForwardInput, LlamaForCausalLM};
+pub use transformer::{DecodePanels, ForwardInput, LlamaForCausalLM};

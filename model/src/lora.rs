@@ -877,4 +877,29 @@ mod tests {
         let inner = model.valid();
         assert_eq!(adapter_count(&inner), 14);
     }
+
+    /// Sampling copies of two LoRA policies on one base: the second, laid
+    /// out with the first's kept panels, computes what it computes laid out
+    /// afresh (bit for bit): the adapters stay out of the panels.
+    #[test]
+    fn decoding_copies_reuse_the_frozen_base_panels() {
+        let device = Default::default();
+        let base = LlamaForCausalLM::<B>::init(&LlamaConfig::tiny(ModelType::Llama), &device);
+        let _ = base.forward(input(&device), None);
+        let lora = LoraConfig::default();
+        let first = randomize_b(attach(base.clone(), &lora, 1, &device).unwrap(), 2);
+        let second = randomize_b(attach(base, &lora, 3, &device).unwrap(), 4);
+        let kept = first.for_decoding().decode_panels();
+        assert!(!kept.is_empty());
+        let bits = |m: &LlamaForCausalLM<B>| -> Vec<u32> {
+            let y: Vec<f32> = m
+                .forward(input(&device), None)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            y.iter().map(|v| v.to_bits()).collect()
+        };
+        let fresh = second.clone().for_decoding();
+        assert_eq!(bits(&second.clone().for_decoding_with(&kept)), bits(&fresh));
+    }
 }

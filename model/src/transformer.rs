@@ -516,6 +516,19 @@ pub struct ForwardInput<B: Backend> {
     pub mask: Tensor<B, 4>,
 }
 
+/// The CPU backend's decoding panels of a model's weights, kept to prepare
+/// later copies with the same weights without laying them out again (about a
+/// second for SmolLM2): see [`LlamaForCausalLM::for_decoding_with`].
+#[derive(Debug, Clone, Default)]
+pub struct DecodePanels(Vec<Option<Arc<Panels>>>);
+
+impl DecodePanels {
+    /// Whether no weight has panels (backends without the CPU kernels).
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
 /// A causal language model: decoder + LM head (tied to the embedding when
 /// `tie_word_embeddings`, in which case there is no `lm_head` tensor).
 #[derive(Module, Debug)]
@@ -555,21 +568,49 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// ([`fused::panels`]), contiguous [in, out] copies elsewhere. Costs one
     /// copy of the weights; the copies are not parameters, so use it for
     /// inference only and prepare again after the weights change.
-    pub fn for_decoding(mut self) -> Self {
-        fn prepare<B: Backend>(linear: &mut Linear<B>) {
-            (linear.decode_panels, linear.decode_weight) = decode_copies(linear.weight.val());
-        }
+    pub fn for_decoding(self) -> Self {
+        self.for_decoding_with(&DecodePanels::default())
+    }
+
+    /// [`Self::for_decoding`], taking each weight's panels from `kept` (from
+    /// [`Self::decode_panels`] of an earlier copy) where it holds panels of
+    /// that weight's shape: the caller vouches that those weights have not
+    /// changed since, as LoRA's frozen base does not during a run.
+    pub fn for_decoding_with(mut self, kept: &DecodePanels) -> Self {
+        let mut kept = kept.0.iter();
+        let mut prepare = |weight: Tensor<B, 2>| match kept.next().cloned().flatten() {
+            Some(p) if p.dims() == weight.dims() => (Some(p), None),
+            _ => decode_copies(weight),
+        };
         for layer in self.model.layers.iter_mut() {
-            layer.linears_mut().into_iter().for_each(prepare);
+            for linear in layer.linears_mut() {
+                (linear.decode_panels, linear.decode_weight) = prepare(linear.weight.val());
+            }
         }
         match &mut self.lm_head {
-            Some(head) => prepare(head),
+            Some(head) => (head.decode_panels, head.decode_weight) = prepare(head.weight.val()),
             None => {
                 (self.decode_head_panels, self.decode_head) =
-                    decode_copies(self.model.embed_tokens.weight.val());
+                    prepare(self.model.embed_tokens.weight.val())
             }
         }
         self
+    }
+
+    /// The panels [`Self::for_decoding`] laid out (none on other backends),
+    /// in the order [`Self::for_decoding_with`] reads them.
+    pub fn decode_panels(&self) -> DecodePanels {
+        let mut out: Vec<Option<Arc<Panels>>> = self
+            .model
+            .layers
+            .iter()
+            .flat_map(|layer| layer.linears().map(|l| l.decode_panels.clone()))
+            .collect();
+        out.push(match &self.lm_head {
+            Some(head) => head.decode_panels.clone(),
+            None => self.decode_head_panels.clone(),
+        });
+        DecodePanels(out)
     }
 
     /// Final hidden states after the last norm.

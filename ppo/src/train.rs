@@ -18,11 +18,12 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use alignkit_datasets::{Encoder, shuffled_batches};
 use alignkit_model::precision::cast_model;
-use alignkit_model::{LlamaConfig, LlamaForCausalLM, load_model, lora};
+use alignkit_model::{DecodePanels, LlamaConfig, LlamaForCausalLM, load_model, lora};
 use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::export::{ModelCard, write_merged};
 use alignkit_train::run::MetricsLog;
@@ -170,6 +171,29 @@ pub(crate) struct Setup {
     pub batches_per_epoch: usize,
     pub total_steps: usize,
     pub model_config: LlamaConfig,
+    /// Under LoRA, the decoding panels of the frozen base, laid out by the
+    /// first rollout and kept for the run.
+    pub base_panels: Mutex<Option<DecodePanels>>,
+}
+
+impl Setup {
+    /// The policy laid out for sampling ([`LlamaForCausalLM::for_decoding`]).
+    /// Under LoRA the base weights do not change during the run, so their
+    /// panels are laid out once (about a second a step for SmolLM2).
+    pub fn sampler<B: Backend>(&self, policy: LlamaForCausalLM<B>) -> LlamaForCausalLM<B> {
+        if self.config.lora.is_none() {
+            return policy.for_decoding();
+        }
+        let mut kept = self
+            .base_panels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sampler = policy.for_decoding_with(kept.as_ref().unwrap_or(&DecodePanels::default()));
+        if kept.is_none() {
+            *kept = Some(sampler.decode_panels());
+        }
+        sampler
+    }
 }
 
 /// A run opened by [`open`]: the policy, its reference, rewards and optimizer,
@@ -370,6 +394,7 @@ pub(crate) fn open<B: AutodiffBackend>(
             batches_per_epoch,
             total_steps,
             model_config,
+            base_panels: Mutex::new(None),
         },
         model,
         reference,
@@ -464,7 +489,7 @@ impl<IB: Backend> Evaluator<IB> {
         let seed = derive_seed(setup.config.train.seed, Stream::Evaluation, 0, 0);
         let indices: Vec<usize> = (0..self.prompts.len()).collect();
         let completions = roll_out(
-            &policy.clone().for_decoding(),
+            &setup.sampler(policy.clone()),
             &self.prompts,
             &indices,
             &self.settings,
@@ -569,7 +594,7 @@ pub(crate) fn collect<B: AutodiffBackend>(
     let (epoch, range, next_cursor) = state.cursor.next_step(setup.batches_per_epoch, 1);
     let indices = order.prompts(setup, state.seed, epoch, range.start);
     let completions = {
-        let sampler = model.valid().for_decoding();
+        let sampler = setup.sampler(model.valid());
         roll_out(
             &sampler,
             &setup.prompts,
