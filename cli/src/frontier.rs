@@ -3,10 +3,11 @@
 //! with an `[eval]` table (one point per evaluation: the held-out reward and
 //! the Monte-Carlo sequence KL to the reference), or `drift-step-N.json`
 //! reports of `alignkit eval drift --score ... --json` for other runs (DPO).
-//! Writes `frontier.svg` (KL on x, reward on y, one colour per method, a line
-//! through each run's points in step order) and `frontier.md` (per run, the
-//! best reward among its points with KL within each budget), and prints the
-//! table.
+//! Writes `frontier.svg` (KL on x, reward on y with ±1 standard error bars,
+//! one colour per method: a thin line through each run's points in step order
+//! and a thick step line for the method's frontier, the best reward reached
+//! within each KL) and `frontier.md` (per method and seed, the best reward
+//! within each KL budget over the knobs; then per run), and prints the tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,6 +30,16 @@ pub struct FrontierArgs {
     pub budgets: Vec<f64>,
 }
 
+/// One measurement of a run: the held-out reward at a sequence KL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub step: usize,
+    pub kl: f64,
+    pub reward: f64,
+    /// Standard error of the reward (sample sd / √n; 0 when not recorded).
+    pub sem: f64,
+}
+
 /// One run: its method, KL knob, seed and measured points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunPoints {
@@ -38,20 +49,20 @@ pub struct RunPoints {
     /// β (GRPO, RLOO, DPO) or kl_coef (PPO).
     pub knob: f64,
     pub seed: u64,
-    /// (step, KL, reward), in step order.
-    pub points: Vec<(usize, f64, f64)>,
+    /// In step order.
+    pub points: Vec<Point>,
     /// Text statistics of the last point's completions, when measured.
     pub last_text: Option<alignkit_eval::TextStats>,
 }
 
 impl RunPoints {
-    /// The best reward among points with KL ≤ `budget`.
-    pub fn best_within(&self, budget: f64) -> Option<f64> {
+    /// The point of best reward among those with KL ≤ `budget`.
+    pub fn best_within(&self, budget: f64) -> Option<Point> {
         self.points
             .iter()
-            .filter(|p| p.1 <= budget)
-            .map(|p| p.2)
-            .max_by(f64::total_cmp)
+            .filter(|p| p.kl <= budget)
+            .copied()
+            .max_by(|a, b| a.reward.total_cmp(&b.reward))
     }
 }
 
@@ -112,7 +123,14 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
                     .with_context(|| format!("{}:{}: no `{k}`", eval.display(), i + 1))
             };
             let step = get("step")? as usize;
-            points.push((step, get("eval/kl")?, get("eval/reward")?));
+            let sd = v.get("eval/reward_std").and_then(Value::as_f64);
+            let n = v.get("eval/completions").and_then(Value::as_f64);
+            points.push(Point {
+                step,
+                kl: get("eval/kl")?,
+                reward: get("eval/reward")?,
+                sem: standard_error(sd, n),
+            });
             if let Some(t) = text_stats(v.get("eval/text")) {
                 texts.push((step, t));
             }
@@ -136,11 +154,20 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
             .with_context(|| path.display().to_string())?;
         let kl = v.pointer("/kl/mean").and_then(Value::as_f64);
         let score = v.pointer("/score/mean").and_then(Value::as_f64);
+        let sem = standard_error(
+            v.pointer("/score/sd").and_then(Value::as_f64),
+            v.pointer("/score/n").and_then(Value::as_f64),
+        );
         if let Some(t) = text_stats(v.get("text_stats")) {
             texts.push((step, t));
         }
         match (kl, score) {
-            (Some(kl), Some(score)) => points.push((step, kl, score)),
+            (Some(kl), Some(reward)) => points.push(Point {
+                step,
+                kl,
+                reward,
+                sem,
+            }),
             _ => bail!(
                 "{}: a drift report with a score (alignkit eval drift --score ... --json)",
                 path.display()
@@ -153,8 +180,8 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
             dir.display()
         );
     }
-    points.sort_by_key(|p| p.0);
-    let last = points.last().map(|p| p.0);
+    points.sort_by_key(|p| p.step);
+    let last = points.last().map(|p| p.step);
     let last_text = texts.into_iter().find(|t| Some(t.0) == last).map(|t| t.1);
     Ok(RunPoints {
         dir: dir.to_path_buf(),
@@ -164,6 +191,57 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
         points,
         last_text,
     })
+}
+
+/// sd / √n, or 0 when either is missing.
+fn standard_error(sd: Option<f64>, n: Option<f64>) -> f64 {
+    match (sd, n) {
+        (Some(sd), Some(n)) if n >= 1.0 => sd / n.sqrt(),
+        _ => 0.0,
+    }
+}
+
+/// A reward and its standard error, as the tables print them.
+fn cell(p: Option<Point>) -> String {
+    match p {
+        Some(p) => format!("{:.3} ± {:.3}", p.reward, p.sem),
+        None => "—".into(),
+    }
+}
+
+/// Per method and seed, the best reward within each KL budget over that
+/// method's knobs (which knob in brackets): the question the frontier answers.
+pub fn summary(runs: &[RunPoints], budgets: &[f64]) -> String {
+    let mut groups: BTreeMap<(&str, u64), Vec<&RunPoints>> = BTreeMap::new();
+    for r in runs {
+        groups.entry((&r.method, r.seed)).or_default().push(r);
+    }
+    let mut s = String::from("| method | seed | runs | ");
+    for b in budgets {
+        let _ = write!(s, "best reward at KL ≤ {b} | ");
+    }
+    s.push_str("\n|---|---|---|");
+    for _ in budgets {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for ((method, seed), group) in &groups {
+        let _ = write!(s, "| {method} | {seed} | {} | ", group.len());
+        for &b in budgets {
+            let best = group
+                .iter()
+                .filter_map(|r| r.best_within(b).map(|p| (p, r.knob)))
+                .max_by(|a, b| a.0.reward.total_cmp(&b.0.reward));
+            match best {
+                Some((p, knob)) => {
+                    let _ = write!(s, "{} (knob {knob}) | ", cell(Some(p)));
+                }
+                None => s.push_str("— | "),
+            }
+        }
+        s.push('\n');
+    }
+    s
 }
 
 fn text_stats(v: Option<&Value>) -> Option<alignkit_eval::TextStats> {
@@ -200,18 +278,13 @@ pub fn table(runs: &[RunPoints], budgets: &[f64]) -> String {
             r.points.len()
         );
         for &b in budgets {
-            match r.best_within(b) {
-                Some(v) => {
-                    let _ = write!(s, "{v:.3} | ");
-                }
-                None => s.push_str("— | "),
-            }
+            let _ = write!(s, "{} | ", cell(r.best_within(b)));
         }
         let last = r
             .points
             .last()
             .expect("read_run refuses runs without points");
-        let _ = write!(s, "{:.2} | {:.3} |", last.1, last.2);
+        let _ = write!(s, "{:.2} | {} |", last.kl, cell(Some(*last)));
         match &r.last_text {
             Some(t) => {
                 let _ = writeln!(
@@ -232,10 +305,10 @@ fn draw(runs: &[RunPoints], svg: &Path) -> Result<()> {
     let (mut x_hi, mut y_lo, mut y_hi) = (1e-3f64, f64::INFINITY, f64::NEG_INFINITY);
     let mut x_lo = 0f64;
     for p in all {
-        x_lo = x_lo.min(p.1);
-        x_hi = x_hi.max(p.1);
-        y_lo = y_lo.min(p.2);
-        y_hi = y_hi.max(p.2);
+        x_lo = x_lo.min(p.kl);
+        x_hi = x_hi.max(p.kl);
+        y_lo = y_lo.min(p.reward - p.sem);
+        y_hi = y_hi.max(p.reward + p.sem);
     }
     let pad = ((y_hi - y_lo) * 0.05).max(1e-3);
     let root = SVGBackend::new(svg, (900, 600)).into_drawing_area();
@@ -257,22 +330,46 @@ fn draw(runs: &[RunPoints], svg: &Path) -> Result<()> {
         m.dedup();
         m
     };
+    // Tableau's first six: distinct on white, and in grey scale.
+    const COLOURS: [RGBColor; 6] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ];
     let colour = |m: &str| -> RGBColor {
-        let c = Palette99::pick(methods.iter().position(|x| *x == m).unwrap_or(0)).to_rgba();
-        RGBColor(c.0, c.1, c.2)
+        let i = methods.iter().position(|x| *x == m).unwrap_or(0);
+        COLOURS[i % COLOURS.len()]
     };
-    let mut labelled = BTreeMap::new();
     for r in runs {
         let c = colour(&r.method);
-        let pts: Vec<(f64, f64)> = r.points.iter().map(|p| (p.1, p.2)).collect();
-        let line = chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(1)))?;
-        if labelled.insert(r.method.clone(), ()).is_none() {
-            let c2 = c;
-            line.label(r.method.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], c2.stroke_width(3))
-            });
-        }
+        let pts: Vec<(f64, f64)> = r.points.iter().map(|p| (p.kl, p.reward)).collect();
+        chart.draw_series(LineSeries::new(pts.clone(), c.mix(0.45).stroke_width(1)))?;
+        chart.draw_series(r.points.iter().map(|p| {
+            ErrorBar::new_vertical(
+                p.kl,
+                p.reward - p.sem,
+                p.reward,
+                p.reward + p.sem,
+                c.mix(0.45).stroke_width(1),
+                6,
+            )
+        }))?;
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+    }
+    for &method in &methods {
+        let c = colour(method);
+        let points: Vec<Point> = runs
+            .iter()
+            .filter(|r| r.method == method)
+            .flat_map(|r| r.points.iter().copied())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(envelope(&points), c.stroke_width(3)))?
+            .label(method)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
     }
     chart
         .configure_series_labels()
@@ -281,6 +378,31 @@ fn draw(runs: &[RunPoints], svg: &Path) -> Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The step line through the best reward reached at or below each KL: points
+/// sorted by KL, each new best a step up, flat to the largest KL measured.
+fn envelope(points: &[Point]) -> Vec<(f64, f64)> {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a.kl.total_cmp(&b.kl));
+    let mut line: Vec<(f64, f64)> = Vec::new();
+    for p in sorted {
+        match line.last() {
+            Some(&(_, best)) if p.reward <= best => {}
+            Some(&(_, best)) => line.extend([(p.kl, best), (p.kl, p.reward)]),
+            None => line.push((p.kl, p.reward)),
+        }
+    }
+    let widest = points
+        .iter()
+        .map(|p| p.kl)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if let Some(&(kl, best)) = line.last()
+        && widest > kl
+    {
+        line.push((widest, best));
+    }
+    line
 }
 
 pub fn run(args: FrontierArgs) -> Result<()> {
@@ -301,7 +423,11 @@ pub fn run(args: FrontierArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let svg = args.out.join("frontier.svg");
     draw(&runs, &svg).with_context(|| format!("writing {}", svg.display()))?;
-    let md = table(&runs, &args.budgets);
+    let md = format!(
+        "{}\n{}",
+        summary(&runs, &args.budgets),
+        table(&runs, &args.budgets)
+    );
     let md_path = args.out.join("frontier.md");
     alignkit_model::checkpoint::write_atomic(&md_path, md.as_bytes())
         .with_context(|| format!("writing {}", md_path.display()))?;
@@ -321,10 +447,9 @@ mod tests {
         let lines: String = eval
             .iter()
             .map(|(s, kl, r)| {
-                format!(
-                    "{}\n",
-                    serde_json::json!({"step": s, "eval/kl": kl, "eval/reward": r})
-                )
+                let v = serde_json::json!({"step": s, "eval/kl": kl, "eval/reward": r,
+                    "eval/reward_std": 0.5, "eval/completions": 100});
+                format!("{v}\n")
             })
             .collect();
         std::fs::write(dir.join("eval.jsonl"), lines).unwrap();
@@ -362,7 +487,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             dpo.join("drift-step-20.json"),
-            r#"{"kl": {"mean": 3.0}, "score": {"mean": 0.4}, "text_stats": {"exclamation_share": 0.01, "caps_word_share": 0.05, "distinct_2": 0.9, "mean_chars": 80.0}}"#,
+            r#"{"kl": {"mean": 3.0}, "score": {"mean": 0.4, "sd": 0.4, "n": 16}, "text_stats": {"exclamation_share": 0.01, "caps_word_share": 0.05, "distinct_2": 0.9, "mean_chars": 80.0}}"#,
         )
         .unwrap();
         let runs: Vec<RunPoints> = [&ppo, &rm, &dpo]
@@ -375,20 +500,66 @@ mod tests {
         );
         assert_eq!(runs[1].method, "ppo-rm");
         assert_eq!((runs[2].method.as_str(), runs[2].knob), ("dpo", 0.2));
-        assert_eq!(runs[2].points, [(20, 3.0, 0.4)]);
-        assert_eq!(runs[0].best_within(2.0), Some(0.3));
-        assert_eq!(runs[0].best_within(5.0), Some(0.5));
-        assert_eq!(runs[0].best_within(10.0), Some(0.5));
+        let dpo_point = Point {
+            step: 20,
+            kl: 3.0,
+            reward: 0.4,
+            sem: 0.1,
+        };
+        assert_eq!(runs[2].points, [dpo_point]);
+        let best = |b| runs[0].best_within(b).map(|p| p.reward);
+        assert_eq!(best(2.0), Some(0.3));
+        assert_eq!(best(5.0), Some(0.5));
+        assert_eq!(best(10.0), Some(0.5));
+        assert_eq!(runs[0].points[1].sem, 0.05);
         assert_eq!(runs[2].best_within(2.0), None);
         let t = table(&runs, &[2.0, 5.0, 10.0]);
         assert!(
-            t.contains("| ppo | 0.1 | 7 | 4 | 0.300 | 0.500 | 0.500 | 12.00 | 0.900 |"),
+            t.contains("| ppo | 0.1 | 7 | 4 | 0.300 ± 0.050 | 0.500 ± 0.050 | 0.500 ± 0.050 | 12.00 | 0.900 ± 0.050 |"),
             "{t}"
         );
         assert!(
-            t.contains("| dpo | 0.2 | 0 | 1 | — | 0.400 | 0.400 | 3.00 | 0.400 |"),
+            t.contains(
+                "| dpo | 0.2 | 0 | 1 | — | 0.400 ± 0.100 | 0.400 ± 0.100 | 3.00 | 0.400 ± 0.100 |"
+            ),
             "{t}"
         );
+        // Per method and seed, the best over knobs: a second PPO knob of seed 7
+        // that reaches more within KL 2 wins that column.
+        let ppo2 = run_dir(
+            tmp.path(),
+            "ppo2",
+            "[ppo]\nkl_coef = 0.3\n[train]\nseed = 7\n[[rewards]]\nkind = \"sentiment\"\n",
+            &[(0, 0.0, 0.1), (10, 1.0, 0.45)],
+        );
+        let mut with_second = runs.clone();
+        with_second.push(read_run(&ppo2).unwrap());
+        let s = summary(&with_second, &[2.0, 5.0]);
+        assert!(
+            s.contains("| ppo | 7 | 2 | 0.450 ± 0.050 (knob 0.3) | 0.500 ± 0.050 (knob 0.1) |"),
+            "{s}"
+        );
+        let line = envelope(&with_second[0].points);
+        assert_eq!(
+            line,
+            [
+                (0.0, 0.1),
+                (1.5, 0.1),
+                (1.5, 0.3),
+                (4.0, 0.3),
+                (4.0, 0.5),
+                (12.0, 0.5),
+                (12.0, 0.9)
+            ]
+        );
+        let at = |kl, reward| Point {
+            step: 0,
+            kl,
+            reward,
+            sem: 0.0,
+        };
+        let flat = envelope(&[at(5.0, 0.3), at(0.0, 0.1), at(2.0, 0.5)]);
+        assert_eq!(flat, [(0.0, 0.1), (2.0, 0.1), (2.0, 0.5), (5.0, 0.5)]);
         draw(&runs, &tmp.path().join("f.svg")).unwrap();
         let svg = std::fs::read_to_string(tmp.path().join("f.svg")).unwrap();
         assert!(svg.contains("ppo-rm") && svg.contains("dpo"), "legend");
