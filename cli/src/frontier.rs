@@ -209,6 +209,22 @@ fn cell(p: Option<Point>) -> String {
     }
 }
 
+/// A Markdown table's header and rule: `lead` columns, one "best reward at
+/// KL ≤ b" column per budget, then `trail` columns.
+fn header(lead: &[&str], budgets: &[f64], trail: &[&str]) -> String {
+    let columns: Vec<String> = lead
+        .iter()
+        .map(|c| c.to_string())
+        .chain(budgets.iter().map(|b| format!("best reward at KL ≤ {b}")))
+        .chain(trail.iter().map(|c| c.to_string()))
+        .collect();
+    format!(
+        "| {} |\n|{}\n",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    )
+}
+
 /// Per method and seed, the best reward within each KL budget over that
 /// method's knobs (which knob in brackets): the question the frontier answers.
 pub fn summary(runs: &[RunPoints], budgets: &[f64]) -> String {
@@ -216,15 +232,7 @@ pub fn summary(runs: &[RunPoints], budgets: &[f64]) -> String {
     for r in runs {
         groups.entry((&r.method, r.seed)).or_default().push(r);
     }
-    let mut s = String::from("| method | seed | runs | ");
-    for b in budgets {
-        let _ = write!(s, "best reward at KL ≤ {b} | ");
-    }
-    s.push_str("\n|---|---|---|");
-    for _ in budgets {
-        s.push_str("---|");
-    }
-    s.push('\n');
+    let mut s = header(&["method", "seed", "runs"], budgets, &[]);
     for ((method, seed), group) in &groups {
         let _ = write!(s, "| {method} | {seed} | {} | ", group.len());
         for &b in budgets {
@@ -257,17 +265,15 @@ fn text_stats(v: Option<&Value>) -> Option<alignkit_eval::TextStats> {
 
 /// The Markdown table: one row per run.
 pub fn table(runs: &[RunPoints], budgets: &[f64]) -> String {
-    let mut s = String::from("| method | KL knob | seed | points | ");
-    for b in budgets {
-        let _ = write!(s, "best reward at KL ≤ {b} | ");
-    }
-    s.push_str(
-        "last KL | last reward | ! share | CAPS words | distinct-2 | chars |\n|---|---|---|---|",
-    );
-    for _ in budgets {
-        s.push_str("---|");
-    }
-    s.push_str("---|---|---|---|---|---|\n");
+    let tail = [
+        "last KL",
+        "last reward",
+        "! share",
+        "CAPS words",
+        "distinct-2",
+        "chars",
+    ];
+    let mut s = header(&["method", "KL knob", "seed", "points"], budgets, &tail);
     for r in runs {
         let _ = write!(
             s,

@@ -229,18 +229,23 @@ fn wgpu_without_that_gpu_is_one_line() {
 #[test]
 fn parity_checks_the_fixtures_and_names_a_missing_file() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .arg("parity")
-        .args(["llama", "qwen2"].map(|n| fixtures.join(n)))
-        .args(["--tolerance", "1e-4", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `alignkit parity NAMES... FLAGS... --json`, which must pass.
+    let parity = |names: &[&str], flags: &[&str]| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+            .arg("parity")
+            .args(names.iter().map(|n| fixtures.join(n)))
+            .args(flags)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = parity(&["llama", "qwen2"], &["--tolerance", "1e-4"]);
     let results = v["fixtures"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     for r in results {
@@ -250,18 +255,7 @@ fn parity_checks_the_fixtures_and_names_a_missing_file() {
     }
     // In bf16 the logits move by bf16's rounding (the largest logit is ≈ 4),
     // not more; the references stay f32.
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .arg("parity")
-        .arg(fixtures.join("llama"))
-        .args(["--dtype", "bf16", "--tolerance", "0.15", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = parity(&["llama"], &["--dtype", "bf16", "--tolerance", "0.15"]);
     assert_eq!(v["dtype"], "bf16");
     let r = &v["fixtures"][0];
     let gap = r["vs_transformers"].as_f64().unwrap();

@@ -635,7 +635,19 @@ pub fn train_ppo<B: AutodiffBackend>(
             kl_coef = ctl.value;
         }
         state.num_tokens += rollout_tokens(&setup.prompts, &completions);
-        let reward = mean_std(&total_rewards).0;
+        let rollout = RolloutStats::new(
+            &completions,
+            &total_rewards,
+            (rewards.names(), &scores.per_func),
+            state.num_tokens,
+            StepTimes {
+                started,
+                generation: generation_time,
+                scoring: scoring_time,
+                optimization: optimization_time,
+            },
+            skipped,
+        );
         let tokens = sums.tokens.max(1.0);
         let updates = sums.updates.max(1) as f64;
         let ratio_mean = sums.ratio / tokens;
@@ -650,8 +662,8 @@ pub fn train_ppo<B: AutodiffBackend>(
             kl: mean_kl,
             entropy: mean_std(&seq_entropy).0,
             non_score_reward,
-            rlhf_reward: reward + non_score_reward,
-            scores: reward,
+            rlhf_reward: rollout.reward + non_score_reward,
+            scores: rollout.reward,
             kl_coef: step_kl_coef,
             approxkl: sums.approxkl / tokens,
             clipfrac: sums.clipped / tokens,
@@ -664,19 +676,7 @@ pub fn train_ppo<B: AutodiffBackend>(
             num_eos_tokens: completions.iter().filter(|x| x.terminated()).count(),
             grad_norm: sums.grad_norm / updates,
             critic_grad_norm: sums.critic_grad_norm / updates,
-            rollout: RolloutStats::new(
-                &completions,
-                &total_rewards,
-                (rewards.names(), &scores.per_func),
-                state.num_tokens,
-                StepTimes {
-                    started,
-                    generation: generation_time,
-                    scoring: scoring_time,
-                    optimization: optimization_time,
-                },
-                skipped,
-            ),
+            rollout,
         };
         metrics.append(&m)?;
         let every = c.rollout.log_completions_steps;

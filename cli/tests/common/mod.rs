@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, ModelType, SaveDtype, save_model};
-use burn::tensor::backend::Backend;
+use alignkit_train::testutil::seeded;
 use serde_json::json;
 
 const CHARS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?:;'-()";
@@ -95,27 +95,20 @@ pub fn signal_at_checkpoint(
 /// is process-global and tests run in parallel, so it is seeded and drawn
 /// from under a lock).
 pub fn tiny_model(dir: &Path) -> PathBuf {
-    static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
     std::fs::create_dir_all(dir).unwrap();
     let mut config = LlamaConfig::tiny(ModelType::Llama);
     config.bos_token_id = None;
     config.eos_token_ids = vec![2];
     config.pad_token_id = Some(2);
-    {
-        // Parameters are drawn lazily: saving draws them, under the lock.
-        let _lock = DRAW
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        type B = burn::backend::Flex;
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-        let seed = name
-            .unwrap_or_default()
-            .bytes()
-            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-        B::seed(&Default::default(), seed);
-        let model = LlamaForCausalLM::<B>::init(&config, &Default::default());
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let seed = name
+        .unwrap_or_default()
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    seeded(seed, || {
+        let model = LlamaForCausalLM::<burn::backend::Flex>::init(&config, &Default::default());
         save_model(&model, &config, dir, SaveDtype::F32).unwrap();
-    }
+    });
     let mut vocab = serde_json::Map::new();
     for (i, s) in SPECIALS.iter().enumerate() {
         vocab.insert(s.to_string(), json!(i));
