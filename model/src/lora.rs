@@ -900,6 +900,20 @@ mod tests {
             y.iter().map(|v| v.to_bits()).collect()
         };
         let fresh = second.clone().for_decoding();
-        assert_eq!(bits(&second.clone().for_decoding_with(&kept)), bits(&fresh));
+        let reused = second.clone().for_decoding_with(&kept);
+        assert_eq!(bits(&reused), bits(&fresh));
+        // Every weight's panels are the kept ones, not laid out again.
+        let (now, before) = (reused.decode_panels().0, kept.0);
+        assert_eq!(now.len(), before.len());
+        for (a, b) in now.iter().zip(&before) {
+            assert!(std::sync::Arc::ptr_eq(
+                a.as_ref().unwrap(),
+                b.as_ref().unwrap()
+            ));
+        }
+        assert!(!std::sync::Arc::ptr_eq(
+            fresh.decode_panels().0[0].as_ref().unwrap(),
+            before[0].as_ref().unwrap()
+        ));
     }
 }

@@ -520,7 +520,7 @@ pub struct ForwardInput<B: Backend> {
 /// later copies with the same weights without laying them out again (about a
 /// second for SmolLM2): see [`LlamaForCausalLM::for_decoding_with`].
 #[derive(Debug, Clone, Default)]
-pub struct DecodePanels(Vec<Option<Arc<Panels>>>);
+pub struct DecodePanels(pub(crate) Vec<Option<Arc<Panels>>>);
 
 impl DecodePanels {
     /// Whether no weight has panels (backends without the CPU kernels).
