@@ -2,36 +2,17 @@
 //! problem, a non-zero exit, and no panic.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn alignkit(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args(args)
-        .env(
-            "ALIGNKIT_CACHE",
-            std::env::temp_dir().join("alignkit-test-no-cache"),
-        )
-        .output()
-        .expect("run alignkit");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap_or(-1), stderr)
-}
+mod common;
+use common::{alignkit, ok, refused};
 
+/// `alignkit ARGS` fails with one line holding each of `must_contain`.
 fn assert_clean_error(args: &[&str], must_contain: &[&str]) {
-    let (code, stderr) = alignkit(args);
-    assert_ne!(code, 0, "{args:?} should fail");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one line, got:\n{stderr}"
-    );
+    let line = refused(&alignkit(args));
     for needle in must_contain {
         assert!(
-            lines[0].contains(needle),
-            "{args:?}: `{needle}` missing from: {}",
-            lines[0]
+            line.contains(needle),
+            "{args:?}: `{needle}` missing from: {line}"
         );
     }
 }
@@ -211,8 +192,9 @@ fn wgpu_without_that_gpu_is_one_line() {
     let fixture = fixture_model();
     let args = ["parity", fixture.to_str().unwrap(), "--device", "wgpu:7"];
     if cfg!(feature = "wgpu") {
-        let (code, stderr) = alignkit(&args);
-        assert_ne!(code, 0);
+        let out = alignkit(args);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{stderr}");
         // lavapipe may print an XDG_RUNTIME_DIR warning of its own.
         let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("wgpu:7")).collect();
@@ -231,19 +213,11 @@ fn parity_checks_the_fixtures_and_names_a_missing_file() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures");
     // `alignkit parity NAMES... FLAGS... --json`, which must pass.
     let parity = |names: &[&str], flags: &[&str]| -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-            .arg("parity")
-            .args(names.iter().map(|n| fixtures.join(n)))
-            .args(flags)
-            .arg("--json")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let mut args: Vec<std::ffi::OsString> = vec!["parity".into()];
+        args.extend(names.iter().map(|n| fixtures.join(n).into_os_string()));
+        args.extend(flags.iter().chain(&["--json"]).map(|f| f.into()));
+        let (stdout, _) = ok(&alignkit(args));
+        serde_json::from_str(&stdout).unwrap()
     };
     let v = parity(&["llama", "qwen2"], &["--tolerance", "1e-4"]);
     let results = v["fixtures"].as_array().unwrap();

@@ -3,18 +3,13 @@
 //! that already held its source would say it twice.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::alignkit;
 
 /// stderr of a failing `alignkit args`.
 fn error_of(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args(args)
-        .env(
-            "ALIGNKIT_CACHE",
-            std::env::temp_dir().join("alignkit-test-no-cache"),
-        )
-        .output()
-        .expect("run alignkit");
+    let out = alignkit(args);
     assert!(!out.status.success(), "{args:?} should fail");
     String::from_utf8_lossy(&out.stderr).to_string()
 }

@@ -4,7 +4,7 @@
 //! round trip through the labeler's judgment log, and one-line refusals.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use alignkit_labeler::{
     Decision, JudgeMode, Judgment, JudgmentLog, Record, Response, load_candidates,
@@ -15,29 +15,7 @@ use burn::backend::Flex;
 use serde_json::{Value, json};
 
 mod common;
-use common::tiny_model;
-
-fn alignkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    (stdout, stderr)
-}
-
-/// The one line a refused command prints.
-fn refused(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert!(!out.status.success(), "expected a refusal: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
-    stderr
-}
+use common::{alignkit, ok, refused, tiny_model};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -173,7 +151,7 @@ fn generate_writes_candidates_the_labeler_reads_and_resumes_without_duplicates()
     );
 
     // The labeler's limits and greedy duplicates are refused up front.
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "generate",
         "--prompts",
         s(&p),
@@ -183,7 +161,7 @@ fn generate_writes_candidates_the_labeler_reads_and_resumes_without_duplicates()
         s(&root.path().join("x.jsonl")),
     ]));
     assert!(err.contains("2 to 9 responses"), "{err}");
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "generate",
         "--prompts",
         s(&p),
@@ -202,7 +180,7 @@ fn generate_caps_at_the_context_and_checks_its_flags() {
     let root = tempfile::tempdir().unwrap();
     let a = tiny_model(&root.path().join("a"));
     // The tiny model's context is 256 tokens; "hi" is 2 (no BOS).
-    let out = alignkit(&[
+    let out = alignkit([
         "generate",
         "--model",
         s(&a),
@@ -221,7 +199,7 @@ fn generate_caps_at_the_context_and_checks_its_flags() {
     assert!(line["tokens"].as_array().unwrap().len() <= 254);
 
     // Interactive: the text streams to stdout and ends with a newline.
-    let (stdout, _) = ok(&alignkit(&[
+    let (stdout, _) = ok(&alignkit([
         "generate",
         "--model",
         s(&a),
@@ -233,7 +211,7 @@ fn generate_caps_at_the_context_and_checks_its_flags() {
     assert!(stdout.ends_with('\n'));
 
     let nowhere = "/nonexistent/model";
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "generate",
         "--model",
         nowhere,
@@ -243,15 +221,15 @@ fn generate_caps_at_the_context_and_checks_its_flags() {
         "-1",
     ]));
     assert!(err.contains("--temperature must be >= 0"), "{err}");
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "generate", "--model", nowhere, "--prompt", "x", "--system", "be brief",
     ]));
     assert!(err.contains("--system needs --chat"), "{err}");
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "generate", "--model", nowhere, "--prompt", "x", "--stop", "",
     ]));
     assert!(err.contains("--stop"), "{err}");
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "generate", "--model", nowhere, "--prompt", "x", "--top-p", "-0.5",
     ]));
     assert!(err.contains("--top-p"), "{err}");
@@ -705,7 +683,7 @@ fn drift_is_zero_against_itself_and_needs_one_vocabulary() {
     let policy = tiny_model(&root.path().join("policy"));
     let p = prompts(&root.path().join("p.jsonl"), 3);
     let text = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/general-text.txt");
-    let (stdout, _) = ok(&alignkit(&[
+    let (stdout, _) = ok(&alignkit([
         "eval",
         "drift",
         "--policy",
@@ -737,7 +715,7 @@ fn drift_is_zero_against_itself_and_needs_one_vocabulary() {
     );
 
     // --score sentiment scores the same samples: one VADER score each.
-    let (stdout, _) = ok(&alignkit(&[
+    let (stdout, _) = ok(&alignkit([
         "eval",
         "drift",
         "--policy",
@@ -759,7 +737,7 @@ fn drift_is_zero_against_itself_and_needs_one_vocabulary() {
     );
 
     let other = other_tokenizer(&policy, &root.path().join("other"));
-    let err = refused(&alignkit(&[
+    let err = refused(&alignkit([
         "eval",
         "drift",
         "--policy",

@@ -3,52 +3,23 @@
 //! a directory with unrelated files.
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
-use common::{tiny_model, write_qa_sft};
+use common::{alignkit, one_sft_step, tiny_model, write_qa_sft};
 
-fn alignkit(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args(args)
-        .env(
-            "ALIGNKIT_CACHE",
-            std::env::temp_dir().join("alignkit-test-no-cache"),
-        )
-        .output()
-        .expect("run alignkit");
+/// Whether `alignkit args` succeeded, and its stderr.
+fn status_and_stderr(args: &[&str]) -> (bool, String) {
+    let out = alignkit(args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
 
-/// A one-step LoRA SFT run of the tiny model in `run`.
-fn train(model: &Path, data: &Path, run: &Path) {
-    let (ok, stderr) = alignkit(&[
-        "sft",
-        "--model",
-        model.to_str().unwrap(),
-        "--train-file",
-        data.to_str().unwrap(),
-        "--output-dir",
-        run.to_str().unwrap(),
-        "--max-steps",
-        "1",
-        "--batch-size",
-        "2",
-        "--max-len",
-        "64",
-        "--lora-r",
-        "4",
-    ]);
-    assert!(ok, "training failed:\n{stderr}");
-}
-
 /// `alignkit export SOURCE --merged OUT --overwrite` fails with one line
 /// containing `why`.
 fn refused(source: &Path, out: &Path, why: &str) {
-    let (ok, stderr) = alignkit(&[
+    let (ok, stderr) = status_and_stderr(&[
         "export",
         source.to_str().unwrap(),
         "--merged",
@@ -70,8 +41,8 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
     let data = tmp.path().join("sft.jsonl");
     write_qa_sft(&data);
     let (run_a, run_b) = (parent.join("runA"), parent.join("runB"));
-    train(&model, &data, &run_a);
-    train(&model, &data, &run_b);
+    one_sft_step(&model, &data, &run_a, &["--lora-r", "4"]);
+    one_sft_step(&model, &data, &run_b, &["--lora-r", "4"]);
     std::fs::write(parent.join("notes.txt"), "keep me").unwrap();
 
     // The sweep's case: into the folder holding the run (and its sibling).
@@ -107,7 +78,7 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
         if overwrite {
             args.push("--overwrite");
         }
-        alignkit(&args)
+        status_and_stderr(&args)
     };
     assert!(export(false).0);
     let (ok, stderr) = export(false);

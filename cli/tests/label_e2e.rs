@@ -6,13 +6,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
+
+mod common;
+use common::alignkit;
 
 const BIN: &str = env!("CARGO_BIN_EXE_alignkit");
 /// A tokenizer and chat template for `alignkit data validate`.
@@ -234,10 +237,6 @@ fn judgments(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn alignkit(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
 fn label_command(candidates: &Path, judgments: &Path, extra: &str) -> String {
     format!(
         "{BIN} label '{}' --judgments '{}' --annotator tester {extra}",
@@ -353,7 +352,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_confirmed_judgment() {
 
     // The file exports to preference pairs and summarises.
     let prefs = dir.path("prefs.jsonl");
-    let out = alignkit(&[
+    let out = alignkit([
         "label",
         "export",
         jpath.to_str().unwrap(),
@@ -378,7 +377,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_confirmed_judgment() {
         assert_eq!(keys, ["chosen", "prompt", "rejected"]);
         assert!(v["chosen"].as_str().unwrap().contains("answer to question"));
     }
-    let out = alignkit(&["label", "stats", jpath.to_str().unwrap()]);
+    let out = alignkit(["label", "stats", jpath.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -405,7 +404,7 @@ fn bad_input_is_reported_before_the_ui_opens() {
     let c = cands.to_str().unwrap();
 
     // An unwritable judgments path fails at once (no terminal needed to get that far).
-    let out = alignkit(&[
+    let out = alignkit([
         "label",
         c,
         "--judgments",
@@ -426,7 +425,7 @@ fn bad_input_is_reported_before_the_ui_opens() {
 
     // --strict refuses malformed candidates, naming FILE:LINE.
     let j = dir.path("j.jsonl");
-    let out = alignkit(&[
+    let out = alignkit([
         "label",
         c,
         "--judgments",
@@ -522,7 +521,7 @@ fn exported_preferences_pass_data_validation() {
     tmux.type_text("q");
 
     let prefs = dir.path("prefs.jsonl");
-    let out = alignkit(&[
+    let out = alignkit([
         "label",
         "export",
         jpath.to_str().unwrap(),
@@ -541,7 +540,7 @@ fn exported_preferences_pass_data_validation() {
         .collect();
     assert_eq!(lines.len(), 6, "two rankings of three: 3 pairs each");
     assert_eq!(lines[3]["chosen"][0]["role"], "assistant");
-    let out = alignkit(&[
+    let out = alignkit([
         "data",
         "validate",
         prefs.to_str().unwrap(),
@@ -665,7 +664,7 @@ fn without_a_terminal_no_judgments_file_is_created_and_malformed_items_say_why()
     let (cands, jpath) = (dir.path("cands.jsonl"), dir.path("judgments.jsonl"));
     write_candidates(&cands, 2);
     let label = |c: &Path| {
-        alignkit(&[
+        alignkit([
             "label",
             c.to_str().unwrap(),
             "--judgments",

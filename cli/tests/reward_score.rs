@@ -2,7 +2,6 @@
 //! the same numbers as the library's `score`, and a clean error for bad input.
 
 use std::path::Path;
-use std::process::Command;
 
 use alignkit_datasets::CompletionEnd;
 use alignkit_model::SaveDtype;
@@ -11,7 +10,7 @@ use alignkit_reward::{Score, score};
 use burn::backend::Flex;
 
 mod common;
-use common::tiny_model;
+use common::{alignkit, ok, refused, tiny_model};
 
 fn reward_dir(root: &Path) -> std::path::PathBuf {
     let lm = tiny_model(&root.join("lm"));
@@ -41,16 +40,16 @@ fn scores_every_record_like_the_library() {
     )
     .unwrap();
     let out = root.path().join("scores.jsonl");
-    let status = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args(["reward", "score", "--model"])
-        .arg(&rm)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    ok(&alignkit([
+        "reward",
+        "score",
+        "--model",
+        rm.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
@@ -92,19 +91,13 @@ fn scores_every_record_like_the_library() {
 
 #[test]
 fn missing_reward_model_is_a_one_line_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args([
-            "reward",
-            "score",
-            "--model",
-            "/nonexistent/rm",
-            "--data",
-            "/nonexistent/d.jsonl",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let stderr = refused(&alignkit([
+        "reward",
+        "score",
+        "--model",
+        "/nonexistent/rm",
+        "--data",
+        "/nonexistent/d.jsonl",
+    ]));
     assert!(stderr.contains("/nonexistent/rm"), "{stderr}");
 }

@@ -2,10 +2,8 @@
 //! run says so in one line and records what it really did, so that the run
 //! directory's config and its checkpoints agree.
 
-use std::process::Command;
-
 mod common;
-use common::{tiny_model, write_qa_sft};
+use common::{one_sft_step, tiny_model, write_qa_sft};
 
 #[test]
 fn bf16_on_the_cpu_backend_trains_in_f32_and_says_so() {
@@ -14,20 +12,8 @@ fn bf16_on_the_cpu_backend_trains_in_f32_and_says_so() {
     let data = tmp.path().join("sft.jsonl");
     write_qa_sft(&data);
     let run = tmp.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
-        .args(["sft", "--model", model.to_str().unwrap()])
-        .args(["--train-file", data.to_str().unwrap()])
-        .args(["--output-dir", run.to_str().unwrap()])
-        .args(["--max-steps", "1", "--batch-size", "2", "--max-len", "64"])
-        .args(["--set", "train.dtype=bf16", "--device", "cpu"])
-        .env(
-            "ALIGNKIT_CACHE",
-            std::env::temp_dir().join("alignkit-test-no-cache"),
-        )
-        .output()
-        .expect("run alignkit");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "training failed:\n{stderr}");
+    let extra = ["--set", "train.dtype=bf16", "--device", "cpu"];
+    let stderr = one_sft_step(&model, &data, &run, &extra);
     let notes: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("train.dtype"))

@@ -4,7 +4,9 @@
 // Each test crate uses a part of this module.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, ModelType, SaveDtype, save_model};
 use alignkit_train::testutil::seeded;
@@ -23,6 +25,60 @@ pub const QA: [(&str, &str, &str); 6] = [
     ("sun?", "yellow.", "yellow. the sun is hot. so hot."),
     ("blood?", "red.", "red. blood is red. always red."),
 ];
+
+/// `alignkit ARGS` with its output captured, run against an empty model
+/// cache (no test reads the user's cache or fetches the default model by
+/// accident).
+pub fn alignkit<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(args)
+        .env(
+            "ALIGNKIT_CACHE",
+            std::env::temp_dir().join("alignkit-test-no-cache"),
+        )
+        .output()
+        .expect("run alignkit")
+}
+
+/// stdout and stderr of a command that must have succeeded.
+pub fn ok(out: &Output) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    (stdout, stderr)
+}
+
+/// The one line a refused command prints: it failed, did not panic, and
+/// said why in a single line.
+pub fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success(), "expected a refusal: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
+    stderr
+}
+
+/// One SFT step of `model` on `data` (batch 2, 64 tokens) into `run`, with
+/// `extra` flags; its stderr (it must succeed).
+pub fn one_sft_step(model: &Path, data: &Path, run: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--train-file",
+        data.to_str().unwrap(),
+        "--output-dir",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-len",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    ok(&alignkit(args)).1
+}
 
 /// [`QA`] as preference pairs (chosen: the one-sentence answer) at `path`.
 pub fn write_qa_prefs(path: &Path) {
