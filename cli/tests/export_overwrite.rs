@@ -5,31 +5,19 @@
 use std::path::Path;
 
 mod common;
-use common::{alignkit, one_sft_step, tiny_model, write_qa_sft};
-
-/// Whether `alignkit args` succeeded, and its stderr.
-fn status_and_stderr(args: &[&str]) -> (bool, String) {
-    let out = alignkit(args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use common::{alignkit, ok, one_sft_step, refused, tiny_model, write_qa_sft};
 
 /// `alignkit export SOURCE --merged OUT --overwrite` fails with one line
 /// containing `why`.
-fn refused(source: &Path, out: &Path, why: &str) {
-    let (ok, stderr) = status_and_stderr(&[
+fn refused_into(source: &Path, out: &Path, why: &str) {
+    let line = refused(&alignkit([
         "export",
         source.to_str().unwrap(),
         "--merged",
         out.to_str().unwrap(),
         "--overwrite",
-    ]);
-    assert!(!ok, "export into {} should be refused", out.display());
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
-    assert!(lines[0].contains(why), "`{why}` missing from: {}", lines[0]);
+    ]));
+    assert!(line.contains(why), "`{why}` missing from: {line}");
 }
 
 #[test]
@@ -46,11 +34,11 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
     std::fs::write(parent.join("notes.txt"), "keep me").unwrap();
 
     // The sweep's case: into the folder holding the run (and its sibling).
-    refused(&run_a, &parent, "contains the export's source");
+    refused_into(&run_a, &parent, "contains the export's source");
     // Into the run itself, into another run, and a run's final/ onto itself.
-    refused(&run_a, &run_a, "is the export's source");
-    refused(&run_a, &run_b, "is a training run or checkpoint");
-    refused(
+    refused_into(&run_a, &run_a, "is the export's source");
+    refused_into(&run_a, &run_b, "is a training run or checkpoint");
+    refused_into(
         &run_a.join("final"),
         &run_a.join("final"),
         "is the export's source",
@@ -78,17 +66,13 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
         if overwrite {
             args.push("--overwrite");
         }
-        status_and_stderr(&args)
+        alignkit(args)
     };
-    assert!(export(false).0);
-    let (ok, stderr) = export(false);
-    assert!(
-        !ok && stderr.contains("exists and is not empty"),
-        "{stderr}"
-    );
-    let (ok, stderr) = export(true);
-    assert!(ok, "re-export over a previous export failed:\n{stderr}");
+    ok(&export(false));
+    let err = refused(&export(false));
+    assert!(err.contains("exists and is not empty"), "{err}");
+    ok(&export(true));
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    refused(&run_a, &out, "holds `notes.txt`, which no export writes");
+    refused_into(&run_a, &out, "holds `notes.txt`, which no export writes");
     assert!(out.join("notes.txt").is_file());
 }

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 mod common;
-use common::alignkit;
+use common::{alignkit, ok};
 
 const BIN: &str = env!("CARGO_BIN_EXE_alignkit");
 /// A tokenizer and chat template for `alignkit data validate`.
@@ -359,11 +359,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_confirmed_judgment() {
         "--to",
         prefs.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let decisive = records
         .iter()
         .filter(|r| r["decision"] == "a" || r["decision"] == "b")
@@ -377,13 +373,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_confirmed_judgment() {
         assert_eq!(keys, ["chosen", "prompt", "rejected"]);
         assert!(v["chosen"].as_str().unwrap().contains("answer to question"));
     }
-    let out = alignkit(["label", "stats", jpath.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
+    let (table, _) = ok(&alignkit(["label", "stats", jpath.to_str().unwrap()]));
     assert!(
         table.contains("tester") && table.contains("position bias"),
         "{table}"
@@ -528,11 +518,7 @@ fn exported_preferences_pass_data_validation() {
         "--to",
         prefs.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let lines: Vec<Value> = std::fs::read_to_string(&prefs)
         .unwrap()
         .lines()
@@ -549,12 +535,7 @@ fn exported_preferences_pass_data_validation() {
         "--kind",
         "prefs",
     ]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 }
 
 #[test]
@@ -642,11 +623,7 @@ fn label_export_refuses_an_existing_file_unless_overwrite() {
     );
 
     let out = export(&["--overwrite"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert_eq!(
         std::fs::read_to_string(&prefs).unwrap(),
         "{\"prompt\":\"p\",\"chosen\":\"better\",\"rejected\":\"worse\"}\n"
