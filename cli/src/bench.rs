@@ -246,6 +246,10 @@ pub struct BenchResult {
     pub dpo_full: Option<StepResult>,
     pub dpo_lora: Option<StepResult>,
     pub rollout: Option<RolloutResult>,
+    /// alignkit on the CPU only: what runs the large f32 products (a system
+    /// OpenBLAS, or the `gemm` crate and why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_matmul: Option<String>,
     /// PyTorch side only: its version and intra-op threads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torch: Option<String>,
@@ -721,7 +725,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .clone()
         .map(|script| Ok::<_, anyhow::Error>((script, torch_args(&Source::of(&args)?, &args))))
         .transpose()?;
-    let ours = dispatch(device, args)?;
+    let mut ours = dispatch(device, args)?;
+    if device == DeviceSpec::Cpu {
+        ours.cpu_matmul = Some(alignkit_model::fused::blas::describe());
+    }
     let theirs = torch
         .map(|(script, a)| run_torch(&script, &a))
         .transpose()?;
@@ -733,6 +740,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!("{shape}, device {device:?}");
+    if let Some(matmul) = &ours.cpu_matmul {
+        println!("alignkit f32 products: {matmul}");
+    }
     if ours.rollout.is_some() {
         println!("{rollout_shape}");
     }

@@ -28,7 +28,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::fused;
-use crate::precision::{to_dtype, to_f32};
+use crate::precision::to_f32;
 use crate::transformer::{ForwardInput, LlamaForCausalLM};
 
 /// Sequence positions per LM-head chunk of [`token_logprobs`].
@@ -81,12 +81,12 @@ fn chunk_logprobs<B: Backend>(
     // through a generic head whose graph the log-softmax below keeps.
     let analytic = tracked && weight.is_some();
     let logits = match &weight {
-        Some(w) if analytic => to_f32(
-            hidden
-                .clone()
-                .detach()
-                .matmul(w.clone().detach().transpose()),
-        ),
+        Some(w) if analytic => to_f32(fused::linear(
+            hidden.clone().detach(),
+            w.clone().detach(),
+            None,
+            None,
+        )),
         _ => model
             .lm_logits(hidden.clone().unsqueeze_dim::<3>(0))
             .squeeze_dim::<2>(0),
@@ -164,10 +164,7 @@ fn with_head_gradient<B: Backend>(
     coeff: Tensor<B, 2>,
     weight: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
-    let coeff = to_dtype(coeff, weight.dtype());
-    let s = to_f32(hidden * coeff.matmul(weight))
-        .sum_dim(1)
-        .squeeze_dim::<1>(1);
+    let s = fused::head_term(hidden, coeff, weight);
     logp.detach() + s.clone() - s.detach()
 }
 

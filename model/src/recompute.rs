@@ -177,7 +177,8 @@ impl<B: AutodiffBackend> Chain<B> {
     fn backward(self, mut g: Tensor<B::InnerBackend, 3>, out: &mut Vec<B::Gradients>) {
         for (layer, input) in self.layers.into_iter().rev() {
             let x = input.require_grad();
-            let y = layer.forward(x.clone(), &self.angles, self.mask.clone(), None);
+            // Only the gradients of sum(y ⊙ g) are used, not y's value.
+            let y = layer.forward_gradient_only(x.clone(), &self.angles, self.mask.clone());
             let grads = (y * Tensor::from_inner(g)).sum().backward();
             g = x
                 .grad(&grads)

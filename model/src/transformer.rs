@@ -88,6 +88,15 @@ impl<B: Backend> Linear<B> {
             }
         }
     }
+
+    /// [`Self::forward`] for an output that is only differentiated through,
+    /// never read ([`fused::linear_gradient_only`]; activation
+    /// checkpointing's recomputed layers).
+    pub fn forward_gradient_only<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let lora = self.lora.as_ref().map(|adapter| adapter.term(&x));
+        let bias = self.bias.as_ref().map(|b| b.val());
+        fused::linear_gradient_only(x, self.weight.val(), bias, lora)
+    }
 }
 
 /// A weight [out, in] laid out for decoding: column panels on the CPU
@@ -350,9 +359,18 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(x, true)
+    }
+
+    /// [`Self::forward`]; without `value`, the down projection's output is
+    /// only differentiated through ([`Linear::forward_gradient_only`]).
+    fn forward_with(&self, x: Tensor<B, 3>, value: bool) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward(x.clone());
-        self.down_proj
-            .forward(fused::swiglu(gate, self.up_proj.forward(x)))
+        let hidden = fused::swiglu(gate, self.up_proj.forward(x));
+        match value {
+            true => self.down_proj.forward(hidden),
+            false => self.down_proj.forward_gradient_only(hidden),
+        }
     }
 }
 
@@ -416,11 +434,39 @@ impl<B: Backend> DecoderLayer<B> {
         mask: Tensor<B, 5>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
+        self.forward_with(x, rope, mask, cache, true)
+    }
+
+    /// The layer's output for a backward pass only, its value never read:
+    /// activation checkpointing differentiates sum(layer(x) ⊙ g) and uses
+    /// none of its value, so the MLP's down projection (a quarter of the
+    /// layer's products) is not formed ([`Linear::forward_gradient_only`]).
+    /// The gradients are [`Self::forward`]'s.
+    pub fn forward_gradient_only(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 5>,
+    ) -> Tensor<B, 3> {
+        self.forward_with(x, rope, mask, None, false)
+    }
+
+    fn forward_with(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 5>,
+        cache: Option<&mut LayerCache<B>>,
+        value: bool,
+    ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), rope, mask, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        x.clone()
+            + self
+                .mlp
+                .forward_with(self.post_attention_layernorm.forward(x), value)
     }
 }
 

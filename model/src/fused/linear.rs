@@ -48,23 +48,27 @@ struct Saved {
     adapter: Option<(Adapter<FlexTensor>, FlexTensor)>,
 }
 
-/// y [N, out] and, with an adapter, h = x'·Aᵀ [N, r].
+/// y [N, out] and, with an adapter, h = x'·Aᵀ [N, r]. Without `value`, y
+/// is zeros and only h is computed (see [`linear`]).
 fn forward(
     x: &FlexTensor,
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
     adapter: Option<&Adapter<FlexTensor>>,
+    value: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let ([n, d_in], [d_out, _]) = (dims2(x), dims2(w));
     let mut y = vec![0.0f32; n * d_out];
-    matmul(
-        &mut y,
-        Mat::rows(f32s(x), n, d_in),
-        Mat::rows(f32s(w), d_out, d_in).t(),
-        1.0,
-        false,
-    );
-    if let Some(bias) = bias {
+    if value {
+        matmul(
+            &mut y,
+            Mat::rows(f32s(x), n, d_in),
+            Mat::rows(f32s(w), d_out, d_in).t(),
+            1.0,
+            false,
+        );
+    }
+    if let (Some(bias), true) = (bias, value) {
         let bias = f32s(bias);
         y.par_chunks_mut(d_out)
             .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
@@ -80,13 +84,15 @@ fn forward(
             1.0,
             false,
         );
-        matmul(
-            &mut y,
-            Mat::rows(&h, n, r),
-            Mat::rows(f32s(&ad.b), d_out, r).t(),
-            ad.scale,
-            true,
-        );
+        if value {
+            matmul(
+                &mut y,
+                Mat::rows(&h, n, r),
+                Mat::rows(f32s(&ad.b), d_out, r).t(),
+                ad.scale,
+                true,
+            );
+        }
         flex(h, [n, r])
     });
     (flex(y, [n, d_out]), h)
@@ -111,6 +117,7 @@ pub(super) fn linear_plain(
         &contiguous(w),
         bias.as_ref(),
         adapter.as_ref(),
+        true,
     )
     .0
 }
@@ -214,12 +221,18 @@ fn placeholder() -> AdTensor {
 
 /// y = x·Wᵀ + b + s·(x'·Aᵀ)·Bᵀ as one `Autodiff<Flex>` node.
 ///
+/// Without `value` the node's output is zeros and its base product is never
+/// formed, while its backward pass is the layer's: for an output that only
+/// flows into a backward pass (the last product of a layer recomputed for
+/// activation checkpointing).
+///
 /// Shapes: x, x' [N, in], W [out, in], b [out], A [r, in], B [out, r] → [N, out].
 pub(super) fn linear(
     x: AdTensor,
     w: AdTensor,
     bias: Option<AdTensor>,
     adapter: Option<Adapter<AdTensor>>,
+    value: bool,
 ) -> AdTensor {
     let xp = contiguous(x.primitive.clone());
     let wp = contiguous(w.primitive.clone());
@@ -230,7 +243,7 @@ pub(super) fn linear(
         b: contiguous(ad.b.primitive.clone()),
         scale: ad.scale,
     });
-    let (y, h) = forward(&xp, &wp, bp.as_ref(), ap.as_ref());
+    let (y, h) = forward(&xp, &wp, bp.as_ref(), ap.as_ref(), value);
     let node = |t: Option<&AdTensor>| t.cloned().unwrap_or_else(placeholder).node;
     let parents = [
         x.node,

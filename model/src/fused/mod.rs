@@ -24,8 +24,10 @@
 //! wrong shape panics with the same message on every backend instead of
 //! reading the wrong rows.
 
+pub mod blas;
 pub(crate) mod cpu;
 mod gemm;
+mod head;
 mod linear;
 pub mod panels;
 mod tracked;
@@ -89,11 +91,12 @@ pub enum Op {
     Swiglu,
     MaskedSoftmax,
     LogSoftmaxRows,
+    HeadTerm,
     UpdateInPlace,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Linear,
         Op::RmsNorm,
         Op::Permute,
@@ -101,6 +104,7 @@ impl Op {
         Op::Swiglu,
         Op::MaskedSoftmax,
         Op::LogSoftmaxRows,
+        Op::HeadTerm,
         Op::UpdateInPlace,
     ];
 }
@@ -317,6 +321,31 @@ pub fn linear<B: Backend, const D: usize>(
     bias: Option<Tensor<B, 1>>,
     lora: Option<LoraTerm<B, D>>,
 ) -> Tensor<B, D> {
+    linear_with(x, weight, bias, lora, true)
+}
+
+/// [`linear`] for an output whose value is never read, only differentiated
+/// through (the last product of a layer recomputed for activation
+/// checkpointing): on `Autodiff<Flex>` the output is zeros and the base
+/// product x·Wᵀ is skipped, while the backward pass is [`linear`]'s. On
+/// other paths the same as [`linear`].
+pub fn linear_gradient_only<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    lora: Option<LoraTerm<B, D>>,
+) -> Tensor<B, D> {
+    linear_with(x, weight, bias, lora, false)
+}
+
+/// [`linear`]; `value` false: see [`linear_gradient_only`].
+fn linear_with<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    lora: Option<LoraTerm<B, D>>,
+    value: bool,
+) -> Tensor<B, D> {
     let ([d_out, d_in], x_in) = (weight.dims(), x.dims()[D - 1]);
     assert_eq!(
         x_in, d_in,
@@ -369,6 +398,7 @@ pub fn linear<B: Backend, const D: usize>(
             primitive::<B, AdTensor, 2>(weight),
             bias.map(primitive::<B, AdTensor, 1>),
             lora.map(|l| adapter::<B, AdTensor, D>(l, flat)),
+            value,
         )),
     };
     y.reshape(dims)
@@ -627,6 +657,41 @@ pub fn log_softmax_rows<B: Backend>(
         }),
         coeff: coeff.then(|| lift::<B, 2>(&path, flex)),
     })
+}
+
+/// The LM head's gradient term s_i = Σₖ h_ik (c·W)_ik, with the
+/// coefficients c read as a constant: ∂s/∂h = c·W, ∂s/∂W = cᵀ·h
+/// ([`crate::logprobs`] adds s − stop_grad(s) to the log-probs). On
+/// `Autodiff<Flex>` one node whose two products run on
+/// [`gemm::matmul`] (BLAS when loaded) and that forms W's gradient only when
+/// W is trained; elsewhere (and in bf16) burn's ops, products in W's dtype
+/// and the sum in f32.
+///
+/// Shapes: hidden [n, C], coeff [n, V], weight [V, C] → [n].
+pub fn head_term<B: Backend>(
+    hidden: Tensor<B, 2>,
+    coeff: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let ([n, width], [cn, vocab], [wv, wc]) = (hidden.dims(), coeff.dims(), weight.dims());
+    assert!(
+        cn == n && wv == vocab && wc == width,
+        "head_term: hidden [{n}, {width}], coeff [{cn}, {vocab}] and weight [{wv}, {wc}] do not fit"
+    );
+    let dtypes = [hidden.dtype(), coeff.dtype(), weight.dtype()];
+    match record(Op::HeadTerm, path::<B>(&dtypes)) {
+        Some(Path::Tracked) => tensor::<B, AdTensor, 1>(head::head_term(
+            primitive::<B, AdTensor, 2>(hidden),
+            primitive::<B, AdTensor, 2>(coeff.detach()),
+            primitive::<B, AdTensor, 2>(weight),
+        )),
+        _ => {
+            let coeff = to_dtype(coeff.detach(), weight.dtype());
+            to_f32(hidden * coeff.matmul(weight))
+                .sum_dim(1)
+                .squeeze_dim::<1>(1)
+        }
+    }
 }
 
 /// Elements per task of [`update_in_place`].

@@ -216,7 +216,11 @@ fn training_on_autodiff_flex_takes_every_fused_kernel() {
     take_tally();
     let logp = sequence_logprobs(&model, model_input(2, 9));
     let grads = logp.sum().backward();
-    assert_fused(&take_tally(), Path::Tracked);
+    let tally = take_tally();
+    assert_fused(&tally, Path::Tracked);
+    assert!(
+        tally.count(Op::HeadTerm, Some(Path::Tracked)) > 0 && tally.count(Op::HeadTerm, None) == 0
+    );
     let a = model.model.layers[0]
         .self_attn
         .q_proj
@@ -320,9 +324,18 @@ fn log_softmax_rows_match_ops_with_statistics_and_coefficient() {
     assert!(log_softmax_rows(logits, &bad, false, false).is_err());
 }
 
+/// How [`linear_case`] forms the layer.
+#[derive(Clone, Copy, PartialEq)]
+enum LinearPath {
+    Fused,
+    /// [`linear_gradient_only`]: zeros out, [`linear`]'s gradients.
+    GradientOnly,
+    Ops,
+}
+
 /// Value and gradients (x, W, bias, A, B, and the adapter input when given)
 /// of one linear layer, fused or composed.
-fn linear_case(fused_path: bool, adapter_input: bool) -> Vec<Vec<f32>> {
+fn linear_case(path: LinearPath, adapter_input: bool) -> Vec<Vec<f32>> {
     let (n, d_in, d_out, r) = (7, 12, 9, 3);
     let leaf = |shape: [usize; 2], seed| random(shape, seed).detach().require_grad();
     let x = random([1, n, d_in], 10).detach().require_grad();
@@ -337,10 +350,14 @@ fn linear_case(fused_path: bool, adapter_input: bool) -> Vec<Vec<f32>> {
         b: b.clone(),
         scale: 0.7,
     };
-    let y = if fused_path {
-        linear(x.clone(), w.clone(), Some(bias.clone()), Some(term))
-    } else {
-        dense(x.clone(), w.clone().transpose(), Some(bias.clone())) + term.apply(x.clone())
+    let y = match path {
+        LinearPath::Fused => linear(x.clone(), w.clone(), Some(bias.clone()), Some(term)),
+        LinearPath::GradientOnly => {
+            linear_gradient_only(x.clone(), w.clone(), Some(bias.clone()), Some(term))
+        }
+        LinearPath::Ops => {
+            dense(x.clone(), w.clone().transpose(), Some(bias.clone())) + term.apply(x.clone())
+        }
     };
     let grads = (y.clone() * random([1, n, d_out], 16)).sum().backward();
     let g2 = |t: &Tensor<AD, 2>| t.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
@@ -361,13 +378,59 @@ fn linear_case(fused_path: bool, adapter_input: bool) -> Vec<Vec<f32>> {
 #[test]
 fn linear_matches_ops_in_value_and_every_gradient() {
     for adapter_input in [false, true] {
-        let fused = linear_case(true, adapter_input);
-        let ops = linear_case(false, adapter_input);
+        let fused = linear_case(LinearPath::Fused, adapter_input);
+        let ops = linear_case(LinearPath::Ops, adapter_input);
         let names = ["y", "dx", "dW", "db", "dA", "dB", "dx'"];
         for ((f, o), name) in fused.iter().zip(&ops).zip(names) {
             assert_close(f, o, 1e-5, name);
         }
         assert_eq!(fused.len(), ops.len());
+        // Gradient-only: no output value, the very same gradients.
+        let only = linear_case(LinearPath::GradientOnly, adapter_input);
+        assert!(only[0].iter().all(|&y| y == 0.0), "no value is formed");
+        assert_eq!(only[1..], fused[1..]);
+    }
+}
+
+/// The LM head's gradient term against burn's ops: value, ∂h and ∂W, and no
+/// ∂W work for a frozen head.
+#[test]
+fn head_term_matches_ops_in_value_and_gradient() {
+    let (n, c, v) = (5, 12, 37);
+    let coeff = random([n, v], 20).detach();
+    let ops = |h: Tensor<AD, 2>, w: Tensor<AD, 2>| {
+        (h * coeff.clone().matmul(w)).sum_dim(1).squeeze_dim::<1>(1)
+    };
+    for train_head in [true, false] {
+        let h = random([n, c], 21).detach().require_grad();
+        let w = random([v, c], 22).detach();
+        let w = if train_head { w.require_grad() } else { w };
+        let r = random([n], 23);
+        let mut out = Vec::new();
+        for fused in [true, false] {
+            take_tally();
+            let s = if fused {
+                head_term(h.clone(), coeff.clone(), w.clone())
+            } else {
+                ops(h.clone(), w.clone())
+            };
+            if fused {
+                assert_eq!(take_tally().count(Op::HeadTerm, Some(Path::Tracked)), 1);
+            }
+            let grads = (s.clone() * r.clone()).sum().backward();
+            let gw = w
+                .grad(&grads)
+                .map(|g| g.into_data().to_vec::<f32>().unwrap());
+            let gh: Vec<f32> = h.grad(&grads).unwrap().into_data().to_vec().unwrap();
+            out.push((values(&s), gh, gw));
+        }
+        let (f, o) = (&out[0], &out[1]);
+        assert_close(&f.0, &o.0, 1e-5, "s");
+        assert_close(&f.1, &o.1, 1e-5, "dh");
+        assert_eq!(f.2.is_some(), train_head, "dW only for a trained head");
+        if let (Some(fw), Some(ow)) = (&f.2, &o.2) {
+            assert_close(fw, ow, 1e-5, "dW");
+        }
     }
 }
 
