@@ -27,6 +27,9 @@ Each step section reports {"step_s", "tokens_per_s", "trainable_params", "peak_r
 weights needed; a 1B-class config for memory and speed).
 --gradient-checkpointing: `gradient_checkpointing_enable(use_reentrant=False)` on the SFT and
 DPO models (transformers' activation checkpointing per decoder layer).
+--recompute-granularity selective: that checkpoint also keeps every matmul's output
+(torch.utils.checkpoint's `create_selective_checkpoint_contexts` on aten.mm/addmm), so
+the backward pass recomputes no projection: alignkit's `train.recompute_granularity`.
 Medians over --steps timed repetitions after one warm-up. Prints one JSON line.
 """
 import argparse
@@ -174,6 +177,7 @@ def main():
     source.add_argument("--model")
     source.add_argument("--model-config")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--recompute-granularity", choices=["full", "selective"], default="full")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
@@ -250,7 +254,14 @@ def main():
 
     def checkpointing(m):
         if args.gradient_checkpointing:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if args.recompute_granularity == "selective":
+                import functools
+                from torch.utils.checkpoint import create_selective_checkpoint_contexts
+                keep = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default]
+                kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts,
+                                                         keep)
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             m.config.use_cache = False
         return m
 

@@ -12,6 +12,7 @@ use alignkit_dpo::{DpoConfig, DpoObjective, Pair, completion_logps, dpo_loss, lo
 use alignkit_model::logprobs::sequence_logprobs;
 use alignkit_model::lora::{LoraConfig, TargetModules};
 use alignkit_model::mask::attention_mask;
+use alignkit_model::recompute::Granularity;
 use alignkit_model::{
     ForwardInput, LlamaConfig, LlamaForCausalLM, SamplingConfig, generate, load_model, sample,
 };
@@ -77,6 +78,33 @@ pub struct BenchArgs {
     /// `gradient_checkpointing_enable()`.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// With --gradient-checkpointing, what each layer keeps
+    /// (`train.recompute_granularity`): its input only, or also its
+    /// projections' outputs. PyTorch's side, selective: its checkpoint keeps
+    /// every matmul's output (`create_selective_checkpoint_contexts`).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "full",
+        requires = "gradient_checkpointing"
+    )]
+    pub recompute_granularity: Recompute,
+}
+
+/// [`BenchArgs::recompute_granularity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Recompute {
+    Full,
+    Selective,
+}
+
+impl Recompute {
+    fn granularity(self) -> Granularity {
+        match self {
+            Recompute::Full => Granularity::Full,
+            Recompute::Selective => Granularity::Selective,
+        }
+    }
 }
 
 /// Where the benchmarked weights come from.
@@ -117,11 +145,11 @@ impl Source {
 
     /// The model a trainer would train: fresh adapters on a frozen base under
     /// LoRA, every weight otherwise; layers recomputed in the backward pass
-    /// when `checkpointing`.
+    /// when `checkpointing` (keeping what it says).
     fn trainable<B: AutodiffBackend>(
         &self,
         lora: Option<&LoraConfig>,
-        checkpointing: bool,
+        checkpointing: Option<Granularity>,
         device: &B::Device,
     ) -> Result<LlamaForCausalLM<B>> {
         let mut model = match (self, lora) {
@@ -134,8 +162,8 @@ impl Source {
                 device,
             )?,
         };
-        if checkpointing {
-            alignkit_model::recompute::turn_on(&mut model.model)
+        if let Some(granularity) = checkpointing {
+            alignkit_model::recompute::turn_on(&mut model.model, granularity)
                 .map_err(|why| anyhow::anyhow!("--gradient-checkpointing {why}"))?;
         }
         Ok(model)
@@ -332,7 +360,7 @@ fn dpo_batch(ids: &[i64], b: usize, t: usize) -> Batch {
 fn sft_steps<B: AutodiffBackend>(
     source: &Source,
     lora: Option<&LoraConfig>,
-    checkpointing: bool,
+    checkpointing: Option<Granularity>,
     batch: &Batch,
     steps: usize,
     device: &B::Device,
@@ -365,7 +393,7 @@ fn sft_steps<B: AutodiffBackend>(
 fn dpo_steps<B: AutodiffBackend>(
     source: &Source,
     lora: Option<&LoraConfig>,
-    checkpointing: bool,
+    checkpointing: Option<Granularity>,
     batch: &Batch,
     steps: usize,
     device: &B::Device,
@@ -591,7 +619,9 @@ impl Task for BenchArgs {
         }
         let lora = bench_lora();
         let sft = sft_batch(&ids, b, t);
-        let ckpt = self.gradient_checkpointing;
+        let ckpt = self
+            .gradient_checkpointing
+            .then(|| self.recompute_granularity.granularity());
         if self.runs(Section::SftFull) {
             out.sft_full = Some(sft_steps::<B>(
                 &source, None, ckpt, &sft, self.steps, &device,
@@ -648,6 +678,9 @@ fn torch_args(source: &Source, args: &BenchArgs) -> Vec<String> {
     };
     if args.gradient_checkpointing {
         out.push("--gradient-checkpointing".into());
+        if args.recompute_granularity == Recompute::Selective {
+            out.extend(["--recompute-granularity".into(), "selective".into()]);
+        }
     }
     if let DeviceSpec::Cuda(index) = args.model.device {
         out.extend(["--device".into(), format!("cuda:{index}")]);

@@ -224,7 +224,12 @@ fn model_config_and_gradient_checkpointing() {
             .unwrap();
         json(&out)
     };
-    for extra in [&[][..], &["--gradient-checkpointing"][..]] {
+    let selective = [
+        "--gradient-checkpointing",
+        "--recompute-granularity",
+        "selective",
+    ];
+    for extra in [&[][..], &["--gradient-checkpointing"][..], &selective[..]] {
         let v = run(extra);
         for name in ["sft_full", "dpo_lora"] {
             let s = &v["alignkit"][name];
@@ -253,17 +258,24 @@ fn model_config_and_gradient_checkpointing() {
 a = sys.argv[1:]
 assert "--model" not in a and a[a.index("--model-config") + 1].endswith("config.json"), a
 assert "--gradient-checkpointing" in a, a
+assert a[a.index("--recompute-granularity") + 1] == "selective", a
 print(json.dumps({"sft_full": {"step_s": 1.0, "tokens_per_s": 16.0, "trainable_params": 1,
       "peak_rss_mb": 10.0}}))
 "#,
     )
     .unwrap();
-    let v = run(&[
-        "--gradient-checkpointing",
-        "--torch",
-        script.to_str().unwrap(),
-    ]);
+    let v = run(&[&selective[..], &["--torch", script.to_str().unwrap()]].concat());
     assert_eq!(v["pytorch"]["sft_full"]["peak_rss_mb"], 10.0);
+    // The granularity means nothing without checkpointing: refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(["bench", "--model-config"])
+        .arg(&config)
+        .args(["--recompute-granularity", "selective"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--gradient-checkpointing"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_alignkit"))
         .args(["bench", "--model"])
         .arg(&model)

@@ -1,16 +1,24 @@
 //! Activation checkpointing per decoder layer (transformers'
 //! `gradient_checkpointing`): the forward pass keeps only each layer's input,
-//! and the backward pass recomputes one layer at a time from it.
+//! and the backward pass recomputes one layer at a time from it. With
+//! [`Granularity::Selective`] the forward pass also keeps the outputs of the
+//! layer's projections, and the recomputation forms none of them again: only
+//! the attention core, the norms and the elementwise ops (Korthikanti et al.
+//! 2022, "Reducing Activation Recomputation in Large Transformer Models").
+//! The last layer is not recomputed in either case: its activations are kept
+//! as in the plain pass, since its backward pass follows the loss's at once
+//! (the peak is a recomputed layer's anyway).
 //!
 //! burn 0.21's autodiff runs a backward pass with its graph locked, so a node
 //! cannot run a second backward pass (the layer's) inside the first. The
 //! recomputation is therefore chained outside the graph:
 //!
-//! 1. [`forward`] runs every layer with its parameters detached (no graph,
-//!    nothing kept but the layer's input) and hands the last layer's output
-//!    on as a fresh leaf, `top`, so the loss's graph starts there.
+//! 1. [`forward`] runs every layer but the last with its parameters detached
+//!    (no graph, nothing kept but the layer's input and, if selective, its
+//!    projections' outputs) and hands the last layer's input on as a fresh
+//!    leaf, `top`, so the loss's graph starts there.
 //! 2. [`backward`] runs the loss's backward pass, which ends at `top` with
-//!    dL/d`top`; then, from the last layer down, recomputes the layer with
+//!    dL/d`top`; then, from the layer below `top` down, recomputes the layer with
 //!    graph from its saved input (a leaf) and runs the backward pass of
 //!    sum(layer(x) ⊙ g), whose gradients are the layer's parameter gradients
 //!    and the next g = dL/dx; last, the embedding's.
@@ -28,19 +36,53 @@ use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::transformer::{DecoderLayer, Embedding, ForwardInput, LlamaModel, RopeAngles};
+use crate::fused;
+use crate::transformer::{DecoderLayer, Embedding, ForwardInput, LlamaModel, Products, RopeAngles};
+
+/// What a checkpointed forward pass keeps of each layer (Megatron-LM's
+/// `recompute_granularity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// The layer's input only: the backward pass forms the layer's
+    /// projections again (all but the MLP's down projection, whose output is
+    /// never read), about one more forward pass of time.
+    #[default]
+    Full,
+    /// Also the outputs of the q, k, v, o, gate and up projections
+    /// (2·F + 2·C + 2·K·D values per token and layer, f32: 86 KB for
+    /// Llama-3.2-1B): the backward pass recomputes the attention core, the
+    /// norms and the elementwise ops, but no projection. Most of full
+    /// checkpointing's extra time goes, and about half of the plain pass's
+    /// activations are still not kept (the attention probabilities, the
+    /// norms' and SwiGLU's intermediates). On the CPU backend (f32); on
+    /// others it runs as `Full`, since their composed ops cannot take a
+    /// projection's output as given.
+    Selective,
+}
+
+/// One layer of a checkpointed forward pass: what its recomputation starts from.
+struct Saved<B: AutodiffBackend> {
+    /// The layer, with its live parameters.
+    layer: DecoderLayer<B>,
+    /// Its input, untracked.
+    input: Tensor<B, 3>,
+    /// Its projections' outputs ([`Products::Keep`]); empty: recompute them.
+    kept: Vec<Tensor<B, 3>>,
+}
 
 /// One checkpointed forward pass: what its backward pass recomputes from.
 struct Chain<B: AutodiffBackend> {
     embed: Embedding<B>,
     ids: Tensor<B, 2, Int>,
-    /// Each layer (with its live parameters) and its input, untracked.
-    layers: Vec<(DecoderLayer<B>, Tensor<B, 3>)>,
+    /// Every layer below the last one.
+    layers: Vec<Saved<B>>,
     angles: RopeAngles<B>,
     mask: Tensor<B, 5>,
-    /// The last layer's output as a leaf: where the loss's graph starts.
+    /// The last layer's input as a leaf: where the loss's graph starts.
     top: Tensor<B, 3>,
 }
 
@@ -86,14 +128,19 @@ pub fn unsupported<B: Backend>(model: &LlamaModel<B>) -> Option<String> {
     })
 }
 
-/// Turn checkpointing on for `model` on backend `B` ([`enable`] and the
-/// model's flag), or say why it cannot run ([`unsupported`]).
-pub fn turn_on<B: AutodiffBackend>(model: &mut LlamaModel<B>) -> Result<(), String> {
+/// Turn checkpointing of `granularity` on for `model` on backend `B`
+/// ([`enable`] and the model's flags), or say why it cannot run
+/// ([`unsupported`]).
+pub fn turn_on<B: AutodiffBackend>(
+    model: &mut LlamaModel<B>,
+    granularity: Granularity,
+) -> Result<(), String> {
     if let Some(why) = unsupported(model) {
         return Err(why);
     }
     enable::<B>();
     model.gradient_checkpointing = true;
+    model.recompute = granularity;
     Ok(())
 }
 
@@ -141,44 +188,67 @@ fn forward_erased<B: AutodiffBackend>(model: &dyn Any, input: Box<dyn Any>) -> B
 }
 
 fn forward_on<B: AutodiffBackend>(model: &LlamaModel<B>, input: ForwardInput<B>) -> Tensor<B, 3> {
-    let first = &model.layers[0];
-    let (h, k) = (first.self_attn.num_heads, first.self_attn.num_kv_heads);
+    let (last, below) = model.layers.split_last().expect("checked: not empty");
+    let (h, k) = (last.self_attn.num_heads, last.self_attn.num_kv_heads);
     let angles = model.rope.angles(input.positions, h, k, model.dtype());
     let mask = input.mask.unsqueeze_dim::<5>(2);
+    // Only the CPU kernels can take a projection's output as given; the
+    // composed ops of other backends would form it again anyway.
+    let keep = model.recompute == Granularity::Selective
+        && fused::path_for::<B>() == Some(fused::Path::Tracked)
+        && model.dtype() == DType::F32;
     let mut x = model
         .embed_tokens
         .clone()
         .no_grad()
         .forward(input.input_ids.clone());
-    let mut layers = Vec::with_capacity(model.layers.len());
-    for layer in &model.layers {
-        let next = detached(layer).forward(x.clone(), &angles, mask.clone(), None);
-        layers.push((layer.clone(), x));
+    let mut layers = Vec::with_capacity(below.len());
+    for layer in below {
+        let mut kept = Vec::new();
+        let mut products = match keep {
+            true => Products::Keep(&mut kept),
+            false => Products::Form,
+        };
+        let next =
+            detached(layer).forward_in(x.clone(), &angles, mask.clone(), None, &mut products);
+        layers.push(Saved {
+            layer: layer.clone(),
+            input: x,
+            kept,
+        });
         x = next;
     }
     let top = x.require_grad();
+    let out = last.forward(top.clone(), &angles, mask.clone(), None);
     let chain = Chain {
         embed: model.embed_tokens.clone(),
         ids: input.input_ids,
         layers,
         angles,
         mask,
-        top: top.clone(),
+        top,
     };
     PENDING.with(|p| {
         p.borrow_mut()
             .push((TypeId::of::<B>(), Box::new(chain) as Box<dyn Any>))
     });
-    model.norm.forward(top)
+    model.norm.forward(out)
 }
 
 impl<B: AutodiffBackend> Chain<B> {
     /// The backward passes below `top`, given dL/d`top`.
     fn backward(self, mut g: Tensor<B::InnerBackend, 3>, out: &mut Vec<B::Gradients>) {
-        for (layer, input) in self.layers.into_iter().rev() {
-            let x = input.require_grad();
+        for saved in self.layers.into_iter().rev() {
+            let x = saved.input.require_grad();
+            let kept = (!saved.kept.is_empty()).then(|| saved.kept.into_iter());
             // Only the gradients of sum(y ⊙ g) are used, not y's value.
-            let y = layer.forward_gradient_only(x.clone(), &self.angles, self.mask.clone());
+            let y = saved.layer.forward_in(
+                x.clone(),
+                &self.angles,
+                self.mask.clone(),
+                None,
+                &mut Products::Recompute(kept),
+            );
             let grads = (y * Tensor::from_inner(g)).sum().backward();
             g = x
                 .grad(&grads)
@@ -353,30 +423,49 @@ mod tests {
         c.out
     }
 
-    /// The plain and the checkpointed pass of `model`: same loss, same
-    /// gradients (bit for bit), and nothing left pending.
+    /// The plain and the checkpointed passes of `model`, at both
+    /// granularities: same loss, same gradients (bit for bit), nothing left
+    /// pending; full recomputation forms the 6 read projections of every layer
+    /// below the last again, selective none.
     fn assert_same(model: LlamaForCausalLM<Ad>, expect_params: usize) {
+        let formed = crate::fused::products_formed;
+        let before = formed();
         let (plain_loss, plain_sets) = loss_and_grads(&model);
+        let plain_products = formed() - before;
         assert_eq!(plain_sets.len(), 1);
         let plain = gradients(&model, &plain_sets);
         assert_eq!(plain.len(), expect_params);
 
-        let mut model = model;
-        turn_on(&mut model.model).unwrap();
-        assert!(model.model.gradient_checkpointing);
-        let (loss, sets) = loss_and_grads(&model);
-        assert_eq!(pending(), 0);
-        // The loss's set, one per layer, and the embedding's when it trains.
-        assert!(sets.len() > model.model.layers.len(), "{}", sets.len());
-        let checkpointed = gradients(&model, &sets);
-        assert_eq!(loss.to_bits(), plain_loss.to_bits());
-        assert_eq!(
-            checkpointed.keys().collect::<Vec<_>>(),
-            plain.keys().collect::<Vec<_>>()
-        );
-        for (name, g) in &plain {
-            assert!(g.iter().any(|v| *v != 0.0), "{name}: zero gradient");
-            assert_eq!(&checkpointed[name], g, "{name}");
+        let layers = model.model.layers.len();
+        for granularity in [Granularity::Full, Granularity::Selective] {
+            let mut model = model.clone();
+            turn_on(&mut model.model, granularity).unwrap();
+            assert!(model.model.gradient_checkpointing);
+            let before = formed();
+            let (loss, sets) = loss_and_grads(&model);
+            let recomputed = match granularity {
+                Granularity::Full => 6 * (layers as u64 - 1),
+                Granularity::Selective => 0,
+            };
+            assert_eq!(
+                formed() - before,
+                plain_products + recomputed,
+                "{granularity:?}"
+            );
+            assert_eq!(pending(), 0);
+            // The loss's set, one per layer below the last, and the
+            // embedding's when it trains.
+            assert!(sets.len() >= layers, "{}", sets.len());
+            let checkpointed = gradients(&model, &sets);
+            assert_eq!(loss.to_bits(), plain_loss.to_bits());
+            assert_eq!(
+                checkpointed.keys().collect::<Vec<_>>(),
+                plain.keys().collect::<Vec<_>>()
+            );
+            for (name, g) in &plain {
+                assert!(g.iter().any(|v| *v != 0.0), "{name}: zero gradient");
+                assert_eq!(&checkpointed[name], g, "{granularity:?} {name}");
+            }
         }
     }
 
@@ -384,22 +473,26 @@ mod tests {
     fn full_fine_tune_gradients_are_identical_with_tied_embeddings_and_biases() {
         let config = LlamaConfig {
             tie_word_embeddings: true,
+            num_hidden_layers: 3,
             ..LlamaConfig::tiny(ModelType::Qwen2)
         };
         let model = LlamaForCausalLM::<Ad>::init(&config, &Default::default());
         // Per layer: 2 norms, 7 weights, 3 q/k/v biases; the embedding; the final norm.
-        assert_same(model, 2 * 12 + 2);
+        assert_same(model, 3 * 12 + 2);
     }
 
     #[test]
     fn lora_gradients_are_identical_and_the_base_gets_none() {
-        let config = LlamaConfig::tiny(ModelType::Llama);
+        let config = LlamaConfig {
+            num_hidden_layers: 3,
+            ..LlamaConfig::tiny(ModelType::Llama)
+        };
         let device = Default::default();
         let base = LlamaForCausalLM::<Ad>::init(&config, &device).no_grad();
         let model = lora::attach(base, &LoraConfig::default(), 3, &device).unwrap();
         // B starts at zero, which gives A no gradient: move B off zero.
         let model = lora::map_adapters(model, &mut Nudge);
-        assert_same(model, 2 * 7 * 2);
+        assert_same(model, 3 * 7 * 2);
     }
 
     struct Nudge;
@@ -424,15 +517,16 @@ mod tests {
         let _unused = model.forward(input(), None);
         assert_eq!(pending(), 1);
         let (_, sets) = loss_and_grads(&model);
-        assert_eq!(sets.len(), 1 + 2 + 1);
+        // The loss's set (the last layer's included), the first layer's, the embedding's.
+        assert_eq!(sets.len(), 1 + 1 + 1);
         assert_eq!(pending(), 0);
         // Recorded after the differentiated pass: kept for its own loss
         // (PPO: policy and critic forward passes, then their backward passes).
         let (a, b) = (model.forward(input(), None), model.forward(input(), None));
         assert_eq!(pending(), 2);
-        assert_eq!(backward(a.sum()).len(), 4);
+        assert_eq!(backward(a.sum()).len(), 3);
         assert_eq!(pending(), 1);
-        assert_eq!(backward(b.sum()).len(), 4);
+        assert_eq!(backward(b.sum()).len(), 3);
         assert_eq!(pending(), 0);
     }
 
@@ -457,7 +551,7 @@ mod tests {
             ..LoraConfig::default()
         };
         let mut model = lora::attach(base.no_grad(), &lora_config, 3, &device).unwrap();
-        let why = turn_on(&mut model.model).unwrap_err();
+        let why = turn_on(&mut model.model, Granularity::Selective).unwrap_err();
         assert!(why.contains("lora.dropout"), "{why}");
         assert!(!model.model.gradient_checkpointing);
 

@@ -89,14 +89,48 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// [`Self::forward`] for an output that is only differentiated through,
-    /// never read ([`fused::linear_gradient_only`]; activation
-    /// checkpointing's recomputed layers).
-    pub fn forward_gradient_only<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// [`Self::forward`] with its output as `out` says
+    /// ([`fused::linear_as`]; activation checkpointing's recomputed layers).
+    pub fn forward_as<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        out: fused::LinearOutput<B, D>,
+    ) -> Tensor<B, D> {
         let lora = self.lora.as_ref().map(|adapter| adapter.term(&x));
         let bias = self.bias.as_ref().map(|b| b.val());
-        fused::linear_gradient_only(x, self.weight.val(), bias, lora)
+        fused::linear_as(x, self.weight.val(), bias, lora, out)
     }
+
+    /// [`Self::forward`] for a projection whose output the layer reads, as
+    /// `products` asks.
+    fn forward_in(&self, x: Tensor<B, 3>, products: &mut Products<B>) -> Tensor<B, 3> {
+        match products {
+            Products::Form | Products::Recompute(None) => self.forward(x),
+            Products::Keep(kept) => {
+                let y = self.forward(x);
+                kept.push(y.clone());
+                y
+            }
+            Products::Recompute(Some(kept)) => {
+                let value = kept.next().expect("one kept output per projection read");
+                self.forward_as(x, fused::LinearOutput::Given(value))
+            }
+        }
+    }
+}
+
+/// What a decoder layer's forward pass does about its projections' outputs
+/// (activation checkpointing, [`crate::recompute`]).
+pub(crate) enum Products<'a, B: Backend> {
+    /// Form every product (the plain pass).
+    Form,
+    /// Form every product and keep the outputs the layer reads (q, k, v, o,
+    /// gate, up, in that order; not down's, the layer's output).
+    Keep(&'a mut Vec<Tensor<B, 3>>),
+    /// Recompute the layer for its backward pass: the down projection's
+    /// output, never read, is not formed; with the outputs a [`Self::Keep`]
+    /// pass kept, the other six products are not formed either.
+    Recompute(Option<std::vec::IntoIter<Tensor<B, 3>>>),
 }
 
 /// A weight [out, in] laid out for decoding: column panels on the CPU
@@ -292,12 +326,27 @@ impl<B: Backend> Attention<B> {
         mask: Tensor<B, 5>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
+        self.forward_in(x, rope, mask, cache, &mut Products::Form)
+    }
+
+    /// [`Self::forward`], with the projections' outputs as `products` asks.
+    fn forward_in(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: Tensor<B, 5>,
+        cache: Option<&mut LayerCache<B>>,
+        products: &mut Products<B>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = h / k;
-        let q = rope.query(self.q_proj.forward(x.clone()).reshape([b, t, h, d]));
-        let key = rope.key(self.k_proj.forward(x.clone()).reshape([b, t, k, d]));
-        let value = self.v_proj.forward(x).reshape([b, t, k, d]);
+        let q = self.q_proj.forward_in(x.clone(), products);
+        let key = self.k_proj.forward_in(x.clone(), products);
+        let value = self.v_proj.forward_in(x, products);
+        let q = rope.query(q.reshape([b, t, h, d]));
+        let key = rope.key(key.reshape([b, t, k, d]));
+        let value = value.reshape([b, t, k, d]);
 
         // Query head h = kv·G + r shares key/value head kv (transformers
         // `repeat_kv`): the G axis broadcasts in the batched matmuls, so
@@ -330,7 +379,7 @@ impl<B: Backend> Attention<B> {
             probs.matmul(value).reshape([b, k, g, t, d])
         };
         let out = fused::permute(out, [0, 3, 1, 2, 4]); // [B, T, K, G, D]
-        self.o_proj.forward(out.reshape([b, t, h * d]))
+        self.o_proj.forward_in(out.reshape([b, t, h * d]), products)
     }
 }
 
@@ -359,17 +408,16 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_with(x, true)
+        self.forward_in(x, &mut Products::Form)
     }
 
-    /// [`Self::forward`]; without `value`, the down projection's output is
-    /// only differentiated through ([`Linear::forward_gradient_only`]).
-    fn forward_with(&self, x: Tensor<B, 3>, value: bool) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward(x.clone());
-        let hidden = fused::swiglu(gate, self.up_proj.forward(x));
-        match value {
-            true => self.down_proj.forward(hidden),
-            false => self.down_proj.forward_gradient_only(hidden),
+    /// [`Self::forward`], with the projections' outputs as `products` asks.
+    fn forward_in(&self, x: Tensor<B, 3>, products: &mut Products<B>) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward_in(x.clone(), products);
+        let hidden = fused::swiglu(gate, self.up_proj.forward_in(x, products));
+        match products {
+            Products::Recompute(_) => self.down_proj.forward_as(hidden, fused::LinearOutput::Skip),
+            _ => self.down_proj.forward(hidden),
         }
     }
 }
@@ -434,39 +482,27 @@ impl<B: Backend> DecoderLayer<B> {
         mask: Tensor<B, 5>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
-        self.forward_with(x, rope, mask, cache, true)
+        self.forward_in(x, rope, mask, cache, &mut Products::Form)
     }
 
-    /// The layer's output for a backward pass only, its value never read:
-    /// activation checkpointing differentiates sum(layer(x) ⊙ g) and uses
-    /// none of its value, so the MLP's down projection (a quarter of the
-    /// layer's products) is not formed ([`Linear::forward_gradient_only`]).
-    /// The gradients are [`Self::forward`]'s.
-    pub fn forward_gradient_only(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        mask: Tensor<B, 5>,
-    ) -> Tensor<B, 3> {
-        self.forward_with(x, rope, mask, None, false)
-    }
-
-    fn forward_with(
+    /// [`Self::forward`], with the projections' outputs as `products` asks
+    /// (activation checkpointing: a recomputing pass returns the layer's
+    /// output for differentiation only, its value not formed; its gradients
+    /// are [`Self::forward`]'s).
+    pub(crate) fn forward_in(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         mask: Tensor<B, 5>,
         cache: Option<&mut LayerCache<B>>,
-        value: bool,
+        products: &mut Products<B>,
     ) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask, cache);
-        x.clone()
-            + self
-                .mlp
-                .forward_with(self.post_attention_layernorm.forward(x), value)
+        let normed = self.input_layernorm.forward(x.clone());
+        let x = x + self
+            .self_attn
+            .forward_in(normed, rope, mask, cache, products);
+        let normed = self.post_attention_layernorm.forward(x.clone());
+        x + self.mlp.forward_in(normed, products)
     }
 }
 
@@ -495,6 +531,9 @@ pub struct LlamaModel<B: Backend> {
     /// the layer in the backward pass ([`crate::recompute`]).
     #[module(skip)]
     pub gradient_checkpointing: bool,
+    /// What checkpointing keeps of each layer.
+    #[module(skip)]
+    pub recompute: crate::recompute::Granularity,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -510,6 +549,7 @@ impl<B: Backend> LlamaModel<B> {
             norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
             rope: Rope::new(config),
             gradient_checkpointing: false,
+            recompute: Default::default(),
         }
     }
 

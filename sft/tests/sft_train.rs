@@ -458,10 +458,13 @@ fn an_empty_validation_split_is_an_error() {
     );
 }
 
-/// `train.gradient_checkpointing` recomputes each layer in the backward pass:
-/// the same losses, gradient norms and final weights, bit for bit.
+/// `train.gradient_checkpointing` recomputes each layer in the backward pass
+/// (keeping only its input, or also its projections' outputs with
+/// `recompute_granularity = "selective"`): the same losses, gradient norms
+/// and final weights, bit for bit.
 #[test]
 fn gradient_checkpointing_trains_the_same_run_bit_for_bit() {
+    use alignkit_model::recompute::Granularity;
     let (tmp, mut c) = setup();
     c.train.max_steps = 4;
     c.train.batch_size = 2;
@@ -470,26 +473,35 @@ fn gradient_checkpointing_trains_the_same_run_bit_for_bit() {
     let before = recomputed();
     let plain = run(&c);
     assert_eq!(recomputed(), before, "no checkpointing asked");
-    c.output_dir = tmp.path().join("checkpointed");
-    c.train.gradient_checkpointing = true;
-    let checkpointed = run(&c);
-    // 2 layers × 6 micro-batches: 6 examples in 3 micro-batches an epoch,
-    // accumulated 2 + 1, so 4 steps take 6.
-    assert_eq!(recomputed() - before, 12);
     let plain_dir = tmp.path().join("run");
-    for key in ["loss", "grad_norm"] {
-        let (a, b) = (series(&plain_dir, key), series(&c.output_dir, key));
-        assert_eq!(a.len(), 4);
-        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a), bits(&b), "{key}: {a:?} vs {b:?}");
+    let plain_weights = load_model::<B>(&plain.final_dir.unwrap(), &Default::default())
+        .unwrap()
+        .1;
+    for granularity in [Granularity::Full, Granularity::Selective] {
+        c.output_dir = tmp.path().join(format!("checkpointed-{granularity:?}"));
+        c.train.gradient_checkpointing = true;
+        c.train.recompute_granularity = granularity;
+        let before = recomputed();
+        let checkpointed = run(&c);
+        // The layer below the last (2 layers; the last one keeps its
+        // activations) × 6 micro-batches: 6 examples in 3 micro-batches an
+        // epoch, accumulated 2 + 1, so 4 steps take 6.
+        assert_eq!(recomputed() - before, 6);
+        for key in ["loss", "grad_norm"] {
+            let (a, b) = (series(&plain_dir, key), series(&c.output_dir, key));
+            assert_eq!(a.len(), 4);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{granularity:?} {key}: {a:?} vs {b:?}");
+        }
+        let b = load_model::<B>(&checkpointed.final_dir.unwrap(), &Default::default())
+            .unwrap()
+            .1;
+        assert_eq!(
+            bits(&plain_weights),
+            bits(&b),
+            "{granularity:?}: final weights differ"
+        );
     }
-    let a = load_model::<B>(&plain.final_dir.unwrap(), &Default::default())
-        .unwrap()
-        .1;
-    let b = load_model::<B>(&checkpointed.final_dir.unwrap(), &Default::default())
-        .unwrap()
-        .1;
-    assert_eq!(bits(&a), bits(&b), "final weights differ");
 }
 
 /// `train.dtype = "bf16"` (here on the CPU backend, which supports bf16

@@ -43,6 +43,13 @@ pub struct LoopConfig {
     /// one more forward pass of time, identical gradients. Not with LoRA
     /// dropout.
     pub gradient_checkpointing: bool,
+    /// What checkpointing keeps of each layer (Megatron-LM's name): `"full"`,
+    /// the layer's input only; `"selective"`, also its projections' outputs,
+    /// so the backward pass recomputes the attention core, norms and
+    /// elementwise ops but no projection (most of the extra time goes, for
+    /// 2·F + 2·C + 2·K·D values per token and layer). Needs
+    /// `gradient_checkpointing`; CPU backend only (elsewhere it runs as full).
+    pub recompute_granularity: recompute::Granularity,
     /// Weight and activation dtype: `"f32"`, or `"bf16"` for mixed precision
     /// on accelerators (bf16 weights and matmuls; f32 master weights and
     /// AdamW moments, RMSNorm statistics, softmax, log-softmax and losses).
@@ -83,6 +90,7 @@ impl Default for LoopConfig {
             early_stopping_patience: 0,
             max_bad_steps: 5,
             gradient_checkpointing: false,
+            recompute_granularity: recompute::Granularity::Full,
             dtype: TrainDtype::F32,
         }
     }
@@ -108,6 +116,14 @@ impl LoopConfig {
                 "must be non-negative (0 disables clipping)",
             ));
         }
+        if self.recompute_granularity != recompute::Granularity::Full
+            && !self.gradient_checkpointing
+        {
+            return Err(TrainError::config(
+                "train.recompute_granularity",
+                "applies to activation checkpointing: set train.gradient_checkpointing = true",
+            ));
+        }
         if self.early_stopping_patience > 0 && self.eval_steps == 0 {
             return Err(TrainError::config(
                 "train.early_stopping_patience",
@@ -126,7 +142,7 @@ impl LoopConfig {
         if !self.gradient_checkpointing {
             return Ok(());
         }
-        recompute::turn_on(backbone).map_err(|why| ConfigIssue {
+        recompute::turn_on(backbone, self.recompute_granularity).map_err(|why| ConfigIssue {
             field: "train.gradient_checkpointing",
             message: why,
         })
@@ -466,7 +482,6 @@ mod tests {
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields, default)]
     struct Run {
-        #[allow(dead_code)]
         train: LoopConfig,
         #[allow(dead_code)]
         name: String,
@@ -503,6 +518,40 @@ mod tests {
         let text = message(Some(&file), &[("train.batch_size", "4")]);
         assert!(
             text.starts_with(&format!("{}:3:8: ", file.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn recompute_granularity_parses_and_needs_checkpointing() {
+        let parse = |sets: &[(&str, &str)]| {
+            let sets: Vec<(String, String)> = sets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            load_config::<Run>(None, &sets)
+        };
+        let run = parse(&[
+            ("train.gradient_checkpointing", "true"),
+            ("train.recompute_granularity", "selective"),
+        ])
+        .unwrap();
+        assert_eq!(
+            run.train.recompute_granularity,
+            recompute::Granularity::Selective
+        );
+        assert!(run.train.validate().is_ok());
+        let alone = parse(&[("train.recompute_granularity", "selective")]).unwrap();
+        assert_eq!(
+            alone.train.validate().unwrap_err().to_string(),
+            "config: `train.recompute_granularity`: applies to activation checkpointing: \
+             set train.gradient_checkpointing = true"
+        );
+        let text = parse(&[("train.recompute_granularity", "some")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.starts_with("config: `train.recompute_granularity`: unknown variant `some`"),
             "{text}"
         );
     }

@@ -21,6 +21,17 @@ use super::AdTensor;
 use super::gemm::{Mat, matmul};
 use super::tracked::{self, contiguous, f32s};
 
+thread_local! {
+    /// Base products x·Wᵀ formed on this thread so far ([`products_formed`]).
+    static FORMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many base products x·Wᵀ this thread's fused layers have formed so far
+/// (for tests: what activation checkpointing recomputes).
+pub fn products_formed() -> u64 {
+    FORMED.with(|f| f.get())
+}
+
 fn flex(values: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
     tracked::flex(values, Shape::new(shape))
 }
@@ -48,31 +59,26 @@ struct Saved {
     adapter: Option<(Adapter<FlexTensor>, FlexTensor)>,
 }
 
-/// y [N, out] and, with an adapter, h = x'·Aᵀ [N, r]. Without `value`, y
-/// is zeros and only h is computed (see [`linear`]).
+/// Where the layer's output y comes from.
+#[derive(Debug)]
+pub(super) enum Output {
+    /// Formed: x·Wᵀ + b + s·h·Bᵀ.
+    Form,
+    /// Zeros, for an output that is only differentiated through.
+    Skip,
+    /// Given: the same layer's output on the same input from an earlier pass.
+    Given(FlexTensor),
+}
+
+/// y [N, out] (see [`Output`]) and, with an adapter, h = x'·Aᵀ [N, r].
 fn forward(
     x: &FlexTensor,
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
     adapter: Option<&Adapter<FlexTensor>>,
-    value: bool,
+    output: Output,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let ([n, d_in], [d_out, _]) = (dims2(x), dims2(w));
-    let mut y = vec![0.0f32; n * d_out];
-    if value {
-        matmul(
-            &mut y,
-            Mat::rows(f32s(x), n, d_in),
-            Mat::rows(f32s(w), d_out, d_in).t(),
-            1.0,
-            false,
-        );
-    }
-    if let (Some(bias), true) = (bias, value) {
-        let bias = f32s(bias);
-        y.par_chunks_mut(d_out)
-            .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
-    }
     let h = adapter.map(|ad| {
         let r = dims2(&ad.a)[0];
         let input = ad.input.as_ref().unwrap_or(x);
@@ -84,18 +90,42 @@ fn forward(
             1.0,
             false,
         );
-        if value {
+        (h, r)
+    });
+    let y = match output {
+        Output::Given(y) => {
+            assert_eq!(dims2(&y), [n, d_out], "linear: the given output's shape");
+            y
+        }
+        Output::Skip => flex(vec![0.0f32; n * d_out], [n, d_out]),
+        Output::Form => {
+            FORMED.with(|f| f.set(f.get() + 1));
+            let mut y = vec![0.0f32; n * d_out];
             matmul(
                 &mut y,
-                Mat::rows(&h, n, r),
-                Mat::rows(f32s(&ad.b), d_out, r).t(),
-                ad.scale,
-                true,
+                Mat::rows(f32s(x), n, d_in),
+                Mat::rows(f32s(w), d_out, d_in).t(),
+                1.0,
+                false,
             );
+            if let Some(bias) = bias {
+                let bias = f32s(bias);
+                y.par_chunks_mut(d_out)
+                    .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+            }
+            if let (Some(ad), Some((h, r))) = (adapter, &h) {
+                matmul(
+                    &mut y,
+                    Mat::rows(h, n, *r),
+                    Mat::rows(f32s(&ad.b), d_out, *r).t(),
+                    ad.scale,
+                    true,
+                );
+            }
+            flex(y, [n, d_out])
         }
-        flex(h, [n, r])
-    });
-    (flex(y, [n, d_out]), h)
+    };
+    (y, h.map(|(h, r)| flex(h, [n, r])))
 }
 
 /// y = x·Wᵀ + b + s·(x'·Aᵀ)·Bᵀ on `Flex` tensors (no graph).
@@ -117,7 +147,7 @@ pub(super) fn linear_plain(
         &contiguous(w),
         bias.as_ref(),
         adapter.as_ref(),
-        true,
+        Output::Form,
     )
     .0
 }
@@ -221,10 +251,12 @@ fn placeholder() -> AdTensor {
 
 /// y = x·Wᵀ + b + s·(x'·Aᵀ)·Bᵀ as one `Autodiff<Flex>` node.
 ///
-/// Without `value` the node's output is zeros and its base product is never
-/// formed, while its backward pass is the layer's: for an output that only
-/// flows into a backward pass (the last product of a layer recomputed for
-/// activation checkpointing).
+/// With [`Output::Skip`] the node's output is zeros and its base product is
+/// never formed, while its backward pass is the layer's: for an output that
+/// only flows into a backward pass (the last product of a layer recomputed
+/// for activation checkpointing). With [`Output::Given`] the output is the
+/// one given, again without the base product (a recomputed layer whose
+/// forward pass kept its projections' outputs).
 ///
 /// Shapes: x, x' [N, in], W [out, in], b [out], A [r, in], B [out, r] → [N, out].
 pub(super) fn linear(
@@ -232,7 +264,7 @@ pub(super) fn linear(
     w: AdTensor,
     bias: Option<AdTensor>,
     adapter: Option<Adapter<AdTensor>>,
-    value: bool,
+    output: Output,
 ) -> AdTensor {
     let xp = contiguous(x.primitive.clone());
     let wp = contiguous(w.primitive.clone());
@@ -243,7 +275,7 @@ pub(super) fn linear(
         b: contiguous(ad.b.primitive.clone()),
         scale: ad.scale,
     });
-    let (y, h) = forward(&xp, &wp, bp.as_ref(), ap.as_ref(), value);
+    let (y, h) = forward(&xp, &wp, bp.as_ref(), ap.as_ref(), output);
     let node = |t: Option<&AdTensor>| t.cloned().unwrap_or_else(placeholder).node;
     let parents = [
         x.node,

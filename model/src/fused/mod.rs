@@ -29,6 +29,7 @@ pub(crate) mod cpu;
 mod gemm;
 mod head;
 mod linear;
+pub use linear::products_formed;
 pub mod panels;
 mod tracked;
 
@@ -321,30 +322,51 @@ pub fn linear<B: Backend, const D: usize>(
     bias: Option<Tensor<B, 1>>,
     lora: Option<LoraTerm<B, D>>,
 ) -> Tensor<B, D> {
-    linear_with(x, weight, bias, lora, true)
+    linear_with(x, weight, bias, lora, LinearOutput::Form)
 }
 
-/// [`linear`] for an output whose value is never read, only differentiated
-/// through (the last product of a layer recomputed for activation
-/// checkpointing): on `Autodiff<Flex>` the output is zeros and the base
-/// product x·Wᵀ is skipped, while the backward pass is [`linear`]'s. On
-/// other paths the same as [`linear`].
-pub fn linear_gradient_only<B: Backend, const D: usize>(
+/// Where [`linear_as`]'s output comes from.
+pub enum LinearOutput<B: Backend, const D: usize> {
+    /// Formed, as [`linear`].
+    Form,
+    /// Zeros: for an output whose value is never read, only differentiated
+    /// through (the last product of a layer recomputed for activation
+    /// checkpointing). The base product x·Wᵀ is not formed.
+    Skip,
+    /// This tensor: the same layer's output on the same input, kept from an
+    /// earlier pass (a recomputed layer whose checkpointed forward pass kept
+    /// its projections' outputs). The base product is not formed; the
+    /// adapter's small product x'·Aᵀ, which the backward pass needs, is.
+    Given(Tensor<B, D>),
+}
+
+/// [`linear`] with its output as `out` says, its backward pass always
+/// [`linear`]'s. On `Autodiff<Flex>` only; on other paths the same as
+/// [`linear`] (the product is formed, a given value unused).
+pub fn linear_as<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     lora: Option<LoraTerm<B, D>>,
+    out: LinearOutput<B, D>,
 ) -> Tensor<B, D> {
-    linear_with(x, weight, bias, lora, false)
+    if let LinearOutput::Given(value) = &out {
+        assert_eq!(
+            value.dims()[..D - 1],
+            x.dims()[..D - 1],
+            "linear: the given output's rows differ from the input's"
+        );
+    }
+    linear_with(x, weight, bias, lora, out)
 }
 
-/// [`linear`]; `value` false: see [`linear_gradient_only`].
+/// [`linear_as`], unchecked.
 fn linear_with<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     lora: Option<LoraTerm<B, D>>,
-    value: bool,
+    out: LinearOutput<B, D>,
 ) -> Tensor<B, D> {
     let ([d_out, d_in], x_in) = (weight.dims(), x.dims()[D - 1]);
     assert_eq!(
@@ -393,13 +415,24 @@ fn linear_with<B: Backend, const D: usize>(
             bias.map(primitive::<B, FlexTensor, 1>),
             lora.map(|l| adapter::<B, FlexTensor, D>(l, flat)),
         )),
-        Path::Tracked => tensor::<B, AdTensor, 2>(linear::linear(
-            primitive::<B, AdTensor, 2>(flat(x)),
-            primitive::<B, AdTensor, 2>(weight),
-            bias.map(primitive::<B, AdTensor, 1>),
-            lora.map(|l| adapter::<B, AdTensor, D>(l, flat)),
-            value,
-        )),
+        Path::Tracked => {
+            let out = match out {
+                LinearOutput::Form => linear::Output::Form,
+                LinearOutput::Skip => linear::Output::Skip,
+                LinearOutput::Given(value) => {
+                    let value = value.reshape([rows, dims[D - 1]]);
+                    let value = primitive::<B, AdTensor, 2>(value).primitive;
+                    linear::Output::Given(tracked::contiguous(value))
+                }
+            };
+            tensor::<B, AdTensor, 2>(linear::linear(
+                primitive::<B, AdTensor, 2>(flat(x)),
+                primitive::<B, AdTensor, 2>(weight),
+                bias.map(primitive::<B, AdTensor, 1>),
+                lora.map(|l| adapter::<B, AdTensor, D>(l, flat)),
+                out,
+            ))
+        }
     };
     y.reshape(dims)
 }

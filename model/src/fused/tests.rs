@@ -328,8 +328,11 @@ fn log_softmax_rows_match_ops_with_statistics_and_coefficient() {
 #[derive(Clone, Copy, PartialEq)]
 enum LinearPath {
     Fused,
-    /// [`linear_gradient_only`]: zeros out, [`linear`]'s gradients.
+    /// [`LinearOutput::Skip`]: zeros out, [`linear`]'s gradients.
     GradientOnly,
+    /// [`LinearOutput::Given`] with a stand-in value: that value out,
+    /// [`linear`]'s gradients, no base product formed.
+    Given,
     Ops,
 }
 
@@ -352,8 +355,25 @@ fn linear_case(path: LinearPath, adapter_input: bool) -> Vec<Vec<f32>> {
     };
     let y = match path {
         LinearPath::Fused => linear(x.clone(), w.clone(), Some(bias.clone()), Some(term)),
-        LinearPath::GradientOnly => {
-            linear_gradient_only(x.clone(), w.clone(), Some(bias.clone()), Some(term))
+        LinearPath::GradientOnly => linear_as(
+            x.clone(),
+            w.clone(),
+            Some(bias.clone()),
+            Some(term),
+            LinearOutput::Skip,
+        ),
+        LinearPath::Given => {
+            let before = products_formed();
+            let given = random([1, n, d_out], 17).detach();
+            let y = linear_as(
+                x.clone(),
+                w.clone(),
+                Some(bias.clone()),
+                Some(term),
+                LinearOutput::Given(given),
+            );
+            assert_eq!(products_formed(), before, "no base product formed");
+            y
         }
         LinearPath::Ops => {
             dense(x.clone(), w.clone().transpose(), Some(bias.clone())) + term.apply(x.clone())
@@ -389,6 +409,10 @@ fn linear_matches_ops_in_value_and_every_gradient() {
         let only = linear_case(LinearPath::GradientOnly, adapter_input);
         assert!(only[0].iter().all(|&y| y == 0.0), "no value is formed");
         assert_eq!(only[1..], fused[1..]);
+        // Given: that value, the very same gradients.
+        let given = linear_case(LinearPath::Given, adapter_input);
+        assert_eq!(given[0], values(&random([1, 7, 9], 17)));
+        assert_eq!(given[1..], fused[1..]);
     }
 }
 
