@@ -26,7 +26,10 @@ use serde_json::Value;
 use crate::checkpoint::DataFile;
 
 /// Keys (dotted) any trainer's run may change on resume: they move the
-/// schedule's end or bookkeeping, never the data order or the objective.
+/// schedule's end or bookkeeping, or trade memory for time with gradients
+/// bit-identical (activation checkpointing; a checkpoint from before
+/// `recompute_granularity` existed lacks that key), never the data order or
+/// the objective.
 pub const BOOKKEEPING: &[&str] = &[
     "output_dir",
     "final_dtype",
@@ -38,6 +41,8 @@ pub const BOOKKEEPING: &[&str] = &[
     "train.early_stopping_patience",
     "train.max_bad_steps",
     "train.logging_steps",
+    "train.gradient_checkpointing",
+    "train.recompute_granularity",
 ];
 
 /// Keys whose value is a path compared by content instead (the model by its
@@ -226,6 +231,23 @@ mod tests {
         // Without the trainer's own key, the cache directory would refuse.
         let c = compare(&old, &new, &[], &[], &[], &[]);
         assert_eq!(c.refused.len(), 2);
+        // Checkpointing changes memory, not gradients: a run may turn it on
+        // to resume in less memory, and a checkpoint from before
+        // recompute_granularity existed resumes.
+        let old = json!({"train": {"gradient_checkpointing": false, "dtype": "f32"}});
+        let new = json!({"train": {"gradient_checkpointing": true,
+                                   "recompute_granularity": "selective", "dtype": "bf16"}});
+        let c = compare(&old, &new, &[], &[], &[], &[]);
+        let allowed: Vec<String> = c.allowed.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            allowed,
+            [
+                "train.gradient_checkpointing false → true",
+                "train.recompute_granularity absent → \"selective\""
+            ]
+        );
+        let refused: Vec<&str> = c.refused.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(refused, ["train.dtype"]);
     }
 
     #[test]
