@@ -78,7 +78,9 @@ fn loss_falls_on_a_memorisation_task() {
 }
 
 /// The losses of a run, interrupted by a crash and resumed, equal the
-/// uninterrupted run's bit for bit.
+/// uninterrupted run's bit for bit — here resumed with selective activation
+/// checkpointing turned on, which the contract allows (less memory, the same
+/// gradients).
 #[test]
 fn resume_after_a_crash_reproduces_the_losses_exactly() {
     let (tmp, mut c) = setup();
@@ -106,6 +108,9 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     // ... and a crash half-way through writing the checkpoint of step 8.
     let partial = leave_partial_checkpoint(&c.output_dir, 8);
 
+    c.train.gradient_checkpointing = true;
+    c.train.recompute_granularity = alignkit_model::recompute::Granularity::Selective;
+    let recomputed_before = alignkit_model::recompute::layers_recomputed();
     let mut steps = Vec::new();
     let resumed = train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
         if let Event::Step(m) = e {
@@ -114,6 +119,7 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     })
     .unwrap();
     assert_eq!(steps, (5..=10).collect::<Vec<_>>(), "resumed from step 4");
+    assert!(alignkit_model::recompute::layers_recomputed() > recomputed_before);
     let got = series(&c.output_dir, "loss");
     assert_eq!(got.len(), want.len());
     for (i, (a, b)) in want.iter().zip(&got).enumerate() {
