@@ -36,7 +36,7 @@ use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::fused;
@@ -192,11 +192,10 @@ fn forward_on<B: AutodiffBackend>(model: &LlamaModel<B>, input: ForwardInput<B>)
     let (h, k) = (last.self_attn.num_heads, last.self_attn.num_kv_heads);
     let angles = model.rope.angles(input.positions, h, k, model.dtype());
     let mask = input.mask.unsqueeze_dim::<5>(2);
-    // Only the CPU kernels can take a projection's output as given; the
-    // composed ops of other backends would form it again anyway.
-    let keep = model.recompute == Granularity::Selective
-        && fused::path_for::<B>() == Some(fused::Path::Tracked)
-        && model.dtype() == DType::F32;
+    // Where a projection's output cannot be taken as given, the layer
+    // would form it again anyway: keep nothing.
+    let keep =
+        model.recompute == Granularity::Selective && fused::linear_takes_given::<B>(model.dtype());
     let mut x = model
         .embed_tokens
         .clone()

@@ -351,13 +351,22 @@ pub fn linear_as<B: Backend, const D: usize>(
     out: LinearOutput<B, D>,
 ) -> Tensor<B, D> {
     if let LinearOutput::Given(value) = &out {
+        let mut want = x.dims();
+        want[D - 1] = weight.dims()[0];
         assert_eq!(
-            value.dims()[..D - 1],
-            x.dims()[..D - 1],
-            "linear: the given output's rows differ from the input's"
+            value.dims(),
+            want,
+            "linear: the given output's shape differs from the layer's"
         );
     }
     linear_with(x, weight, bias, lora, out)
+}
+
+/// Whether [`linear_as`] takes a [`LinearOutput::Given`] output for tensors
+/// of `dtype` on backend `B` instead of forming the product (the CPU kernels'
+/// tracked path): what selective activation checkpointing needs to save time.
+pub fn linear_takes_given<B: Backend>(dtype: DType) -> bool {
+    path::<B>(&[dtype]) == Some(Path::Tracked)
 }
 
 /// [`linear_as`], unchecked.
