@@ -302,6 +302,93 @@ fn a_change_reruns_that_stage_and_later_ones_only() {
     );
 }
 
+/// Finished stages are not re-run for what cannot change their result: an
+/// upgrade that adds config keys (at their defaults), a moved project, or
+/// activation checkpointing turned on. A removed key still re-runs.
+#[test]
+fn upgrades_moves_and_checkpointing_skip_finished_stages() {
+    let mut f = Fixture::new(&pipeline("1e-2", "0.1", 2));
+    f.ok(&[]);
+    let started = |f: &Fixture, s: &str| f.manifest(s)["started_at"].as_u64().unwrap();
+    let before: Vec<u64> = ["sft", "dpo", "export"]
+        .iter()
+        .map(|s| started(&f, s))
+        .collect();
+    let all_skipped = |f: &Fixture, why: &str| {
+        let dry = f.ok(&["--dry-run"]);
+        for stage in ["sft", "dpo", "export"] {
+            assert_eq!(
+                plan_line(&dry, stage),
+                ("skip".into(), "unchanged since it completed".into()),
+                "{why}:\n{dry}"
+            );
+        }
+    };
+
+    // The manifests an older alignkit wrote: without `recompute_granularity`
+    // (added since), so each stage's identity, and the chain, differ.
+    let rewrite = |f: &Fixture, edit: &dyn Fn(&str, &mut serde_json::Value)| {
+        for stage in ["sft", "dpo", "export"] {
+            let path = f.dir.join("run").join(stage).join("manifest.json");
+            let mut m = f.manifest(stage);
+            edit(stage, &mut m);
+            std::fs::write(path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+        }
+    };
+    rewrite(&f, &|stage, m| {
+        if let Some(train) = m["config"].get_mut("train").and_then(|t| t.as_object_mut()) {
+            train.remove("recompute_granularity");
+        }
+        m["sha256"] = json!(format!("older-{stage}"));
+        let upstream = match stage {
+            "dpo" => "older-sft",
+            "export" => "older-dpo",
+            _ => return,
+        };
+        m["inputs"]["model"]["sha256"] = json!(upstream);
+    });
+    all_skipped(&f, "after an upgrade");
+
+    // The project moved: every path in the configs differs.
+    let moved = tempfile::tempdir().unwrap();
+    let to = moved.path().join("project");
+    std::fs::rename(&f.dir, &to).unwrap();
+    f.dir = to;
+    all_skipped(&f, "after a move");
+
+    // Activation checkpointing turned on for SFT: how it computes, not what.
+    let toml = pipeline("1e-2", "0.1", 2).replace(
+        "train.max_steps = 4",
+        "train.max_steps = 4\ntrain.gradient_checkpointing = true\ntrain.recompute_granularity = \"selective\"",
+    );
+    std::fs::write(f.dir.join("pipeline.toml"), &toml).unwrap();
+    all_skipped(&f, "with checkpointing");
+    let text = f.ok(&[]);
+    assert!(text.contains("[1/3 sft] skip"), "{text}");
+    let after: Vec<u64> = ["sft", "dpo", "export"]
+        .iter()
+        .map(|s| started(&f, s))
+        .collect();
+    assert_eq!(after, before, "a finished stage re-ran");
+
+    // A key this version no longer knows: that stage and the later ones re-run.
+    rewrite(&f, &|stage, m| {
+        if stage == "sft" {
+            m["config"]["train"]["retired_option"] = json!(1);
+        }
+    });
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(
+        plan_line(&dry, "sft"),
+        (
+            "run".into(),
+            "config changed (`train.retired_option`)".into()
+        ),
+        "{dry}"
+    );
+    assert_eq!(plan_line(&dry, "dpo").0, "run", "{dry}");
+}
+
 #[test]
 fn bad_pipelines_fail_before_any_work() {
     let base = pipeline("1e-2", "0.1", 4);

@@ -152,6 +152,7 @@ pub fn train<B: AutodiffBackend>(
             data_files: &pairs.files,
             data_keys: DATA_KEYS,
             bookkeeping: &["ref_cache_dir"],
+            reread: alignkit_train::resume::reread::<DpoConfig>,
         },
         total_steps,
         seed,

@@ -270,6 +270,7 @@ pub(crate) fn open<B: AutodiffBackend>(
                 "eval.num_samples",
                 "eval.max_completion_length",
             ],
+            reread: alignkit_train::resume::reread::<RlConfig>,
         },
         total_steps,
         seed,

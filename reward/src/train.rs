@@ -117,6 +117,7 @@ pub fn train<B: AutodiffBackend>(
             data_files: &pairs.files,
             data_keys: DATA_KEYS,
             bookkeeping: &[],
+            reread: alignkit_train::resume::reread::<RewardConfig>,
         },
         total_steps,
         seed,

@@ -122,6 +122,7 @@ pub fn train<B: AutodiffBackend>(
             data_files: &sft_data.files,
             data_keys: DATA_KEYS,
             bookkeeping: &[],
+            reread: alignkit_train::resume::reread::<SftConfig>,
         },
         total_steps,
         seed,

@@ -137,7 +137,8 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
 
 /// The resume contract: the seed, the learning rate or the data's content
 /// refuse in one line naming each key; a moved run directory with a raised
-/// `max_steps` continues, and the change is recorded.
+/// `max_steps` continues, and the change is recorded; a key the checkpoint
+/// predates reads as its default.
 #[test]
 fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
     let (tmp, mut c) = setup();
@@ -169,6 +170,15 @@ fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
     let err = try_resume(&c).unwrap_err();
     assert!(err.contains("data.train_file content sha256 "), "{err}");
     std::fs::write(&c.data.train_file, original).unwrap();
+
+    // A checkpoint an older alignkit wrote, before `train.seed` existed: the
+    // key reads as its default (42, this run's), so it is no change at all.
+    let state = c.output_dir.join("checkpoints/step-2/trainer_state.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let train = json["config"]["train"].as_object_mut().unwrap();
+    assert_eq!(train.remove("seed"), Some(serde_json::json!(42)));
+    std::fs::write(&state, serde_json::to_string(&json).unwrap()).unwrap();
 
     let moved = tmp.path().join("moved");
     std::fs::rename(&c.output_dir, &moved).unwrap();

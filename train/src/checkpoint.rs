@@ -241,7 +241,11 @@ impl TrainerState {
                 ),
             ));
         }
-        let old_config = self.config.clone().or(fallback_config);
+        let old_config = self
+            .config
+            .clone()
+            .or(fallback_config)
+            .map(|c| (id.reread)(&c).unwrap_or(c));
         let comparison = resume::compare(
             old_config.as_ref().unwrap_or(&id.config),
             &id.config,
@@ -286,6 +290,10 @@ pub struct RunIdentity<'a> {
     /// The trainer's own keys that may change on resume, beyond
     /// [`resume::BOOKKEEPING`]; everything else refuses.
     pub bookkeeping: &'a [&'a str],
+    /// The checkpoint's config re-read with this version's config type
+    /// (`resume::reread::<Config>`): keys added since it was written take
+    /// their defaults instead of refusing as `absent → default`.
+    pub reread: fn(&serde_json::Value) -> Option<serde_json::Value>,
 }
 
 fn step_of(name: &str) -> Option<usize> {

@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,7 +48,16 @@ pub const BOOKKEEPING: &[&str] = &[
 
 /// Keys whose value is a path compared by content instead (the model by its
 /// fingerprint, data files by SHA-256; see [`compare`]).
-const CONTENT_PATHS: &[&str] = &["model", "data.train_file", "data.validation_file"];
+pub const CONTENT_PATHS: &[&str] = &["model", "data.train_file", "data.validation_file"];
+
+/// Keys that change how a run computes, not what it computes: a finished run
+/// redone with other values ends bit-identical (activation checkpointing
+/// recomputes the same values). A pipeline does not re-run a completed stage
+/// for them.
+pub const RESULT_NEUTRAL: &[&str] = &[
+    "train.gradient_checkpointing",
+    "train.recompute_granularity",
+];
 
 /// One config key that differs between the checkpoint's run and this one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +93,19 @@ pub struct Comparison {
 /// A resolved config as the JSON the contract compares.
 pub fn to_json<T: Serialize>(config: &T) -> Value {
     serde_json::to_value(config).expect("run configs serialize to JSON")
+}
+
+/// An older run's resolved config re-read with this version's config type
+/// `T`: keys added since it was written take their defaults, so upgrading
+/// alignkit does not by itself refuse a resume or re-run a finished pipeline
+/// stage. A new key's default is the behaviour from before the key existed
+/// (every new key is opt-in). `None` when the old config no longer parses (a
+/// key renamed or removed since); it is then compared as written, and the
+/// comparison names that key.
+pub fn reread<T: DeserializeOwned + Serialize>(old: &Value) -> Option<Value> {
+    serde_json::from_value::<T>(old.clone())
+        .ok()
+        .map(|c| to_json(&c))
 }
 
 /// Every leaf key (dotted) whose value differs between two JSON objects;
@@ -281,5 +304,41 @@ mod tests {
         let line = refusal_message(&c.refused);
         assert!(line.starts_with("cannot resume: 2 settings changed (data.train_file"));
         assert!(!line.contains('\n'));
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Config {
+        beta: f64,
+        granularity: String,
+    }
+
+    impl Default for Config {
+        fn default() -> Self {
+            Self {
+                beta: 0.1,
+                granularity: "full".into(),
+            }
+        }
+    }
+
+    #[test]
+    fn reread_fills_keys_added_since_and_refuses_removed_ones() {
+        // Written before `granularity` existed: it comes back at its default,
+        // and the comparison with this version's config finds nothing.
+        let older = json!({"beta": 0.5});
+        let new = json!({"beta": 0.5, "granularity": "full"});
+        let filled = reread::<Config>(&older).unwrap();
+        assert_eq!(filled, new);
+        let c = compare(&filled, &new, &[], &[], &[], &[]);
+        assert!(c.refused.is_empty() && c.allowed.is_empty(), "{c:?}");
+        // A new key set to something else is still a change.
+        let other = json!({"beta": 0.5, "granularity": "selective"});
+        assert_eq!(
+            compare(&filled, &other, &[], &[], &[], &[]).refused.len(),
+            1
+        );
+        // A key this version no longer has: compared as written, so named.
+        assert_eq!(reread::<Config>(&json!({"beta": 0.5, "gone": 1})), None);
     }
 }

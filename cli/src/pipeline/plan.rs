@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use alignkit_dpo::DpoConfig;
-use alignkit_train::{list_checkpoints, model_fingerprint, sha256_file};
+use alignkit_train::{list_checkpoints, model_fingerprint, resume, sha256_file};
 use anyhow::{Context, Result, bail};
 
 use super::manifest::{InputFile, InputModel, Inputs, Manifest, Status, sha256_hex};
@@ -535,6 +535,7 @@ impl Plan {
                 from_run,
                 action: Action::Run(String::new()),
             };
+            keep_equivalent_identity(&mut stage);
             stage.action = decide(&stage, upstream_runs);
             by_index.insert(i, stages.len());
             stages.push(stage);
@@ -690,6 +691,49 @@ pub(super) fn resolve_config(
     Ok((config, output))
 }
 
+/// Config keys that cannot change a stage's result: how it computes
+/// ([`resume::RESULT_NEUTRAL`]), and paths whose content the identity holds
+/// anyway (the input model, the data files) or that only locate the run (a
+/// project moved elsewhere).
+fn result_neutral(key: &str) -> bool {
+    resume::RESULT_NEUTRAL.contains(&key)
+        || resume::CONTENT_PATHS.contains(&key)
+        || ["output_dir", "ref_cache_dir"].contains(&key)
+}
+
+/// A stage whose previous run differs from it only in what cannot change its
+/// result keeps that run's identity, so neither it nor the stages after it
+/// re-run: config keys added to alignkit since that run (they take their
+/// defaults, see [`resume::reread`]) and the [`result_neutral`] keys. Its
+/// inputs must be the same by content.
+fn keep_equivalent_identity(stage: &mut Stage) {
+    let Some(m) = Manifest::read(&stage.dir) else {
+        return;
+    };
+    if m.sha256 == stage.sha256 || m.kind != stage.kind {
+        return;
+    }
+    let data = |d: &[InputFile]| d.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>();
+    let models = |m: &BTreeMap<String, InputModel>| {
+        m.iter()
+            .map(|(role, m)| (role.clone(), m.sha256.clone()))
+            .collect::<Vec<_>>()
+    };
+    if m.inputs.model.sha256 != stage.inputs.model.sha256
+        || data(&m.inputs.data) != data(&stage.inputs.data)
+        || models(&m.inputs.models) != models(&stage.inputs.models)
+    {
+        return;
+    }
+    let old = StageConfig::reread(stage.kind, &m.config).unwrap_or(m.config);
+    if resume::differences(&old, &stage.config.to_json())
+        .iter()
+        .all(|c| result_neutral(&c.key))
+    {
+        stage.sha256 = m.sha256;
+    }
+}
+
 /// Skip, resume or run, from the stage's manifest.
 pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
     let previous = Manifest::read(&stage.dir);
@@ -700,11 +744,18 @@ pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
         return Action::Run("no previous run".into());
     };
     if m.sha256 != stage.sha256 {
-        let why = if m.config_sha256 != stage.config_sha256 {
-            let key = alignkit_train::resume::differences(&m.config, &stage.config.to_json())
-                .first()
-                .map_or_else(|| "config".into(), |c| c.key.clone());
-            format!("config changed (`{key}`)")
+        let old = StageConfig::reread(stage.kind, &m.config).unwrap_or_else(|| m.config.clone());
+        let changed_key = resume::differences(&old, &stage.config.to_json())
+            .into_iter()
+            .find(|c| !result_neutral(&c.key));
+        let why = if m.kind != stage.kind {
+            format!(
+                "its kind changed ({} → {})",
+                m.kind.as_str(),
+                stage.kind.as_str()
+            )
+        } else if let Some(c) = changed_key {
+            format!("config changed (`{}`)", c.key)
         } else if m.inputs.model.sha256 != stage.inputs.model.sha256 {
             format!("input model {} changed", stage.inputs.model.path.display())
         } else if m.inputs.models != stage.inputs.models {
@@ -722,9 +773,14 @@ pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
                 .inputs
                 .data
                 .iter()
-                .find(|d| !m.inputs.data.contains(d))
-                .map_or("data".to_string(), |d| d.path.display().to_string());
-            format!("data file {changed} changed")
+                .find(|d| !m.inputs.data.iter().any(|o| o.sha256 == d.sha256));
+            match changed {
+                Some(d) => format!("data file {} changed", d.path.display()),
+                None if m.inputs.data.len() != stage.inputs.data.len() => {
+                    "its data files changed".into()
+                }
+                None => "its identity changed (written by another alignkit version)".into(),
+            }
         };
         return Action::Run(why);
     }

@@ -170,6 +170,20 @@ impl StageConfig {
         v.expect("stage configs serialize")
     }
 
+    /// A previous run's config (a manifest's) re-read with this version's
+    /// config type of `kind` (see [`alignkit_train::resume::reread`]).
+    pub(super) fn reread(kind: StageKind, old: &serde_json::Value) -> Option<serde_json::Value> {
+        use alignkit_train::resume::reread;
+        match kind {
+            StageKind::Sft => reread::<SftConfig>(old),
+            StageKind::Reward => reread::<RewardConfig>(old),
+            StageKind::Dpo => reread::<DpoConfig>(old),
+            StageKind::Grpo | StageKind::Rloo | StageKind::Ppo => reread::<RlConfig>(old),
+            StageKind::Eval => reread::<EvalConfig>(old),
+            StageKind::Export => reread::<ExportConfig>(old),
+        }
+    }
+
     pub(super) fn to_toml(&self) -> String {
         match self {
             StageConfig::Sft(c) => c.to_toml(),
@@ -199,9 +213,11 @@ impl StageConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::Parser;
 
-    use super::EvalConfig;
+    use super::{EvalConfig, StageConfig, StageKind};
     use crate::eval::EvalCommand;
     use crate::{Cli, Command};
 
@@ -250,5 +266,76 @@ mod tests {
             )
         );
         assert_eq!(d.stop, s.stop);
+    }
+
+    /// A config this version writes re-reads as itself, for every kind (its
+    /// JSON form round-trips through the config type): otherwise every resume
+    /// and every finished pipeline stage would look changed, or fall back to
+    /// comparing as written.
+    #[test]
+    fn configs_reread_as_themselves() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let read = |file: &str| -> toml::Value {
+            toml::from_str(&std::fs::read_to_string(examples.join(file)).unwrap()).unwrap()
+        };
+        let eval: toml::Value = toml::from_str(
+            "prompts = \"p.jsonl\"\njudges = [\"rule:one-sentence\", \"reward:rm\"]\nbaseline = \"sft\"",
+        )
+        .unwrap();
+        let configs = [
+            (
+                StageKind::Sft,
+                StageConfig::Sft(Box::new(read("sft.toml").try_into().unwrap())),
+            ),
+            (
+                StageKind::Reward,
+                StageConfig::Reward(Box::new(read("reward.toml").try_into().unwrap())),
+            ),
+            (
+                StageKind::Dpo,
+                StageConfig::Dpo(Box::new(read("dpo.toml").try_into().unwrap())),
+            ),
+            (
+                StageKind::Grpo,
+                StageConfig::Rl(Box::new(read("grpo/grpo.toml").try_into().unwrap())),
+            ),
+            (
+                StageKind::Rloo,
+                StageConfig::Rl(Box::new(read("grpo/rloo.toml").try_into().unwrap())),
+            ),
+            (
+                StageKind::Ppo,
+                StageConfig::Rl(Box::new(read("sentiment/ppo.toml").try_into().unwrap())),
+            ),
+            (
+                StageKind::Eval,
+                StageConfig::Eval(Box::new(eval.try_into().unwrap())),
+            ),
+            (
+                StageKind::Export,
+                StageConfig::Export(super::ExportConfig::default()),
+            ),
+        ];
+        for (kind, config) in configs {
+            let json = config.to_json();
+            assert_eq!(
+                StageConfig::reread(kind, &json).as_ref(),
+                Some(&json),
+                "{kind:?}"
+            );
+            // An older version's config, without a key added since: the key
+            // comes back at its default.
+            let mut older = json.clone();
+            let key = older
+                .as_object()
+                .unwrap()
+                .keys()
+                .next_back()
+                .unwrap()
+                .clone();
+            older.as_object_mut().unwrap().remove(&key);
+            let reread = StageConfig::reread(kind, &older).unwrap();
+            assert!(reread.get(&key).is_some(), "{kind:?}: {key}");
+        }
     }
 }
