@@ -68,7 +68,11 @@
 //! identity — the base model's fingerprint, or the upstream stage's identity —
 //! and those of the other models it reads (reward models, judges, baseline).
 //! The chain makes a change anywhere upstream reach every later stage; a stage
-//! runs after every stage whose model it reads.
+//! runs after every stage whose model it reads. A stage whose finished run
+//! differs from it only in what cannot change its result keeps that run's
+//! identity (`plan::keep_equivalent_identity`): config keys added to alignkit
+//! since (read at their defaults), activation checkpointing, and paths whose
+//! content the identity holds anyway (a moved project).
 
 mod execute;
 mod manifest;
