@@ -19,10 +19,12 @@ Same model directory, shapes and measurements as alignkit's bench:
                        L - (p % 4) * L // 8 random tokens, L = --rollout-prompt),
                        left-padded, one `generate` call with do_sample, temperature 1,
                        no top-k/top-p and no EOS, --rollout-tokens new tokens per row;
-                       reports {"rollout_s", "tokens_per_s", "rows", "generated_tokens"}
+                       reports {"rollout_s", "tokens_per_s", "rows", "generated_tokens",
+                       "device_memory_mb"}
                        (tokens/s = generated tokens / seconds, prefill included)
-Each step section reports {"step_s", "tokens_per_s", "trainable_params", "peak_rss_mb"}
-(peak resident memory of the section, model load included; Linux).
+Each step section reports {"step_s", "tokens_per_s", "trainable_params", "peak_rss_mb",
+"device_memory_mb"} (peak resident host memory of the section, model load included; Linux;
+and on a GPU the caching allocator's max_memory_reserved, else null).
 --model-config FILE: random weights for that config.json instead of --model (no pretrained
 weights needed; a 1B-class config for memory and speed).
 --gradient-checkpointing: `gradient_checkpointing_enable(use_reentrant=False)` on the SFT and
@@ -68,11 +70,10 @@ def sync():
 
 def reset_peak_rss():
     """Start a new peak-memory measurement: host RSS (Linux: writing 5 to clear_refs
-    resets VmHWM), or the CUDA allocator's peak on a GPU."""
+    resets VmHWM) and, on a GPU, the CUDA caching allocator's peak."""
     if DEVICE.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        return
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -80,9 +81,15 @@ def reset_peak_rss():
         pass
 
 
-def peak_rss_mb():
+def device_memory_mb():
+    """The most the CUDA caching allocator reserved since the reset (what other
+    users of the GPU cannot have; alignkit reports its pool's reserved pages)."""
     if DEVICE.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+        return torch.cuda.max_memory_reserved() / 2**20
+    return None
+
+
+def peak_rss_mb():
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -127,7 +134,7 @@ def step_section(model, step, lr, steps, tokens):
     step_s = timed(steps, one)
     return {"step_s": step_s, "tokens_per_s": tokens / step_s,
             "trainable_params": sum(p.numel() for p in trainable),
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "device_memory_mb": device_memory_mb()}
 
 
 def completion_logps(model, ids, loss_mask):
@@ -309,6 +316,7 @@ def main():
         del m
 
     if "rollout" in only:
+        reset_peak_rss()
         m = load(args.model).eval()
         ids_r, mask_r = rollout_batch(args.rollout_rows, args.rollout_prompt, vocab)
         n = args.rollout_tokens
@@ -325,7 +333,8 @@ def main():
         rollout_s = timed(args.steps, rollout)
         generated = gen.shape[0] * (gen.shape[1] - ids_r.shape[1])
         out["rollout"] = {"rollout_s": rollout_s, "tokens_per_s": generated / rollout_s,
-                          "rows": args.rollout_rows, "generated_tokens": generated}
+                          "rows": args.rollout_rows, "generated_tokens": generated,
+                          "device_memory_mb": device_memory_mb()}
         del m
 
     out["torch"] = torch.__version__

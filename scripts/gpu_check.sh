@@ -19,8 +19,8 @@
 #
 # Environment: ALIGNKIT (binary, default target/release/alignkit), DEVICE
 # (default cuda:0), OUT (default $OUT or gpu_check_out), STEPS (timed steps per
-# section, default 3), PEAK_TFLOPS (the MFU denominator, default 67: an H200's
-# dense FP32 peak; burn-cuda trains in f32), LIMIT (seconds per command, 240),
+# section, default 3), PEAK_TFLOPS (the MFU denominator, default 67: an H100 or
+# H200 SXM's dense FP32 peak; bench trains in f32), LIMIT (seconds per command, 240),
 # SIZES (configs in examples/bench/, default "smollm2-135m llama-3.2-1b").
 # Runs on a CPU too (DEVICE=cpu or wgpu:cpu) to check the script itself.
 set -uo pipefail
@@ -77,8 +77,8 @@ for size in $SIZES; do
         --steps "$STEPS" --json "${TORCH[@]}"
 done
 
-# alignkit's peak_rss_mb is host memory (the GPU's own is not read yet);
-# PyTorch's, on a GPU, is torch.cuda.max_memory_allocated.
+# peak_rss_mb is host memory on both sides; device_memory_mb is the GPU
+# allocator's peak reservation (cubecl's pool; torch.cuda.max_memory_reserved).
 # One JSON with MFU added: 6·N matmul FLOPs per token for a full SFT step,
 # 4·N under LoRA (no weight gradients of the frozen base), 2·N more for DPO's
 # reference forward; N = parameters in matmuls (the embedding lookup is none;

@@ -63,6 +63,14 @@ impl DeviceSpec {
     pub fn trains_bf16(self) -> bool {
         matches!(self, DeviceSpec::Cuda(_))
     }
+
+    /// Whether bf16 tensors can be computed with here at all (`parity
+    /// --dtype bf16`): on the CPU (converted per op) and CUDA. The wgpu and
+    /// Vulkan shader compilers have no bf16 type: cubecl panics in its
+    /// runtime thread.
+    pub fn computes_bf16(self) -> bool {
+        matches!(self, DeviceSpec::Cpu | DeviceSpec::Cuda(_))
+    }
 }
 
 /// Whether the NVIDIA driver library (`libcuda.so.1` or `libcuda.so`) can be
@@ -128,6 +136,33 @@ fn require_discrete_gpu(spec: &str, index: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The memory a GPU backend's allocator holds on `device` (its pool's
+/// reserved pages, what other users of the GPU cannot have), in MB; `None`
+/// on the CPU. Pages stay reserved once used until
+/// [`burn::tensor::backend::Backend::memory_cleanup`], so read after a step it
+/// is the step's peak reservation.
+#[allow(unused_variables)]
+pub fn device_memory_mb<D: 'static>(device: &D) -> Option<f64> {
+    #[cfg(any(feature = "cuda", feature = "wgpu", feature = "vulkan"))]
+    {
+        use burn_cubecl::cubecl::Runtime;
+        fn reserved<R: Runtime>(device: &R::Device) -> Option<f64> {
+            let usage = R::client(device).memory_usage().ok()?;
+            Some(usage.bytes_reserved as f64 / (1024.0 * 1024.0))
+        }
+        let any = device as &dyn std::any::Any;
+        #[cfg(feature = "cuda")]
+        if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+            return reserved::<burn_cubecl::cubecl::cuda::CudaRuntime>(d);
+        }
+        #[cfg(any(feature = "wgpu", feature = "vulkan"))]
+        if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+            return reserved::<burn::backend::wgpu::WgpuRuntime>(d);
+        }
+    }
+    None
 }
 
 /// Work that runs on whichever backend `--device` selects. Inference code uses

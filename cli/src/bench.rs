@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{DeviceSpec, Task, dispatch};
+use crate::backend::{DeviceSpec, Task, device_memory_mb, dispatch};
 use crate::common::ModelArgs;
 
 #[derive(Args)]
@@ -248,6 +248,11 @@ pub struct StepResult {
     /// device's.
     #[serde(default)]
     pub peak_rss_mb: Option<f64>,
+    /// On a GPU: the most memory the allocator held on the device after a
+    /// step of the section, MB (alignkit: the cubecl pool's reserved pages,
+    /// emptied at the section's start; PyTorch: `max_memory_reserved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_mb: Option<f64>,
 }
 
 /// One batch of sampled rollouts, prefill included.
@@ -260,6 +265,9 @@ pub struct RolloutResult {
     pub rows: usize,
     /// Tokens generated per batch, summed over its rows.
     pub generated_tokens: usize,
+    /// On a GPU: as [`StepResult::device_memory_mb`] (the KV cache included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_mb: Option<f64>,
 }
 
 /// The measurements that ran; the others are `null`. Seconds are medians.
@@ -366,6 +374,7 @@ fn sft_steps<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<StepResult> {
     reset_peak_rss();
+    let mut device_mb = DeviceMemory::start::<B>(device)?;
     let config = SftConfig::default();
     let mut model = source.trainable::<B>(lora, checkpointing, device)?;
     let trainable_params = trainable_count::<B, _>(&model);
@@ -381,8 +390,9 @@ fn sft_steps<B: AutodiffBackend>(
         model = opt.step::<B, _>(model, grads, config.learning_rate);
         sync::<B>(device)?;
         record(&mut times, i, start);
+        device_mb.sample(device);
     }
-    Ok(step_result(times, batch, trainable_params))
+    Ok(step_result(times, batch, trainable_params, device_mb))
 }
 
 /// The DPO trainer's step (`alignkit_dpo::train`, steps 2 and 3, one
@@ -399,6 +409,7 @@ fn dpo_steps<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<StepResult> {
     reset_peak_rss();
+    let mut device_mb = DeviceMemory::start::<B>(device)?;
     let config = DpoConfig::default();
     let objective = DpoObjective::new(
         config.loss_type,
@@ -432,17 +443,46 @@ fn dpo_steps<B: AutodiffBackend>(
         model = opt.step::<B, _>(model, grads, config.learning_rate);
         sync::<B>(device)?;
         record(&mut times, i, start);
+        device_mb.sample(device);
     }
-    Ok(step_result(times, batch, trainable_params))
+    Ok(step_result(times, batch, trainable_params, device_mb))
 }
 
-fn step_result(times: Vec<f64>, batch: &Batch, trainable_params: usize) -> StepResult {
+fn step_result(
+    times: Vec<f64>,
+    batch: &Batch,
+    trainable_params: usize,
+    device_mb: DeviceMemory,
+) -> StepResult {
     let step_s = median(times);
     StepResult {
         step_s,
         tokens_per_s: (batch.batch_size * batch.seq_len) as f64 / step_s,
         trainable_params,
         peak_rss_mb: peak_rss_mb(),
+        device_memory_mb: device_mb.peak,
+    }
+}
+
+/// The GPU allocator's peak over a section's steps ([`device_memory_mb`]).
+struct DeviceMemory {
+    peak: Option<f64>,
+}
+
+impl DeviceMemory {
+    /// Empty the pool of what earlier sections left, then read it.
+    fn start<B: Backend>(device: &B::Device) -> Result<Self> {
+        sync::<B>(device)?;
+        B::memory_cleanup(device);
+        Ok(Self {
+            peak: device_memory_mb(device),
+        })
+    }
+
+    fn sample<D: 'static>(&mut self, device: &D) {
+        if let Some(mb) = device_memory_mb(device) {
+            self.peak = Some(self.peak.map_or(mb, |p| p.max(mb)));
+        }
     }
 }
 
@@ -478,6 +518,7 @@ fn rollout_steps<B: Backend>(
     steps: usize,
     device: &B::Device,
 ) -> Result<RolloutResult> {
+    let mut device_mb = DeviceMemory::start::<B>(device)?;
     let model = source.model::<B>(device)?.for_decoding();
     let config = SamplingConfig {
         max_new_tokens: tokens,
@@ -502,6 +543,7 @@ fn rollout_steps<B: Backend>(
             device,
         )?;
         record(&mut times, i, start);
+        device_mb.sample(device);
         generated_tokens = out.iter().map(|s| s.generation.tokens.len()).sum();
     }
     let rollout_s = median(times);
@@ -510,6 +552,7 @@ fn rollout_steps<B: Backend>(
         tokens_per_s: generated_tokens as f64 / rollout_s,
         rows: prompts.len(),
         generated_tokens,
+        device_memory_mb: device_mb.peak,
     })
 }
 
@@ -836,6 +879,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             b.and_then(|s| s.peak_rss_mb),
             true,
         );
+        row(
+            &format!("{name} GPU memory (MB)"),
+            a.and_then(|s| s.device_memory_mb),
+            b.and_then(|s| s.device_memory_mb),
+            true,
+        );
     }
     let (a, b) = (ours.rollout.as_ref(), pt.and_then(|r| r.rollout.as_ref()));
     row(
@@ -850,8 +899,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         b.map(|r| r.tokens_per_s),
         false,
     );
+    row(
+        "rollout GPU memory (MB)",
+        a.and_then(|r| r.device_memory_mb),
+        b.and_then(|r| r.device_memory_mb),
+        true,
+    );
     println!(
-        "ratio = alignkit time / pytorch time (≤ 1.0 means alignkit is as fast or faster); for peak RSS, alignkit MB / pytorch MB"
+        "ratio = alignkit time / pytorch time (≤ 1.0 means alignkit is as fast or faster); for memory, alignkit MB / pytorch MB"
     );
     for (name, get) in steps {
         if let Some(a) = get(&ours) {

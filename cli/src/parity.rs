@@ -92,6 +92,9 @@ impl Task for ParityArgs {
 
 pub fn run(args: ParityArgs) -> Result<()> {
     let (json, tolerance, device, dtype) = (args.json, args.tolerance, args.device, args.dtype);
+    if dtype == ParityDtype::Bf16 && !device.computes_bf16() {
+        bail!("--dtype bf16 runs on cpu or cuda:N; {device} has no bf16 type in its shaders");
+    }
     let results = dispatch(device, args)?;
     let ok = |r: &FixtureParity| {
         r.vs_transformers <= tolerance

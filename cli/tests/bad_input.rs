@@ -205,6 +205,24 @@ fn wgpu_without_that_gpu_is_one_line() {
     }
 }
 
+/// bf16 on a wgpu or Vulkan device is one line (their shader compilers have
+/// no bf16 type; cubecl panicked in its runtime thread), whatever the build.
+#[test]
+fn bf16_on_wgpu_is_one_line() {
+    let fixture = fixture_model();
+    for device in ["wgpu:cpu", "wgpu:0", "vulkan:0"] {
+        let args = [
+            "parity",
+            fixture.to_str().unwrap(),
+            "--device",
+            device,
+            "--dtype",
+            "bf16",
+        ];
+        assert_clean_error(&args, &["--dtype bf16 runs on cpu or cuda:N", device]);
+    }
+}
+
 /// `alignkit parity` on the committed fixtures: within 1e-4 of transformers
 /// and equal to the CPU backend on the CPU; a directory without
 /// expected.json is one line naming the file.
