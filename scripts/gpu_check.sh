@@ -21,8 +21,13 @@
 # (default cuda:0), OUT (default $OUT or gpu_check_out), STEPS (timed steps per
 # section, default 3), PEAK_TFLOPS (the MFU denominator, default 67: an H100 or
 # H200 SXM's dense FP32 peak; bench trains in f32), LIMIT (seconds per command, 240),
-# SIZES (configs in examples/bench/, default "smollm2-135m llama-3.2-1b").
-# Runs on a CPU too (DEVICE=cpu or wgpu:cpu) to check the script itself.
+# SIZES (configs in examples/bench/, default "smollm2-135m llama-3.2-1b"),
+# BATCH and SEQ (the trainer steps' shape, default 4 × 256), ROLLOUT_ROWS and
+# ROLLOUT_TOKENS (default 64 rows, TRL GRPO's 8 prompts × 8 generations, of 64
+# sampled tokens each).
+# Runs on a CPU too to check the script itself, e.g. DEVICE=wgpu:cpu (Mesa's
+# lavapipe) BATCH=2 SEQ=32 ROLLOUT_ROWS=8 ROLLOUT_TOKENS=8 STEPS=1 with a
+# small config in SIZES.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +38,10 @@ STEPS=${STEPS:-3}
 PEAK_TFLOPS=${PEAK_TFLOPS:-67}
 LIMIT=${LIMIT:-240}
 SIZES=${SIZES:-smollm2-135m llama-3.2-1b}
+BATCH=${BATCH:-4}
+SEQ=${SEQ:-256}
+ROLLOUT_ROWS=${ROLLOUT_ROWS:-64}
+ROLLOUT_TOKENS=${ROLLOUT_TOKENS:-64}
 mkdir -p "$OUT"
 log="$OUT/gpu_check.log"
 : > "$log"
@@ -70,10 +79,11 @@ measure parity-bf16 "$BIN" parity model/tests/fixtures/{llama,llama-tied,llama3-
 for size in $SIZES; do
     config=examples/bench/$size-config.json
     measure "bench-$size" "$BIN" bench --model-config "$config" --device "$DEVICE" \
-        --only sft_full,sft_lora,dpo_full,dpo_lora,rollout --batch 4 --seq 256 \
+        --only sft_full,sft_lora,dpo_full,dpo_lora,rollout --batch "$BATCH" --seq "$SEQ" \
+        --rollout-rows "$ROLLOUT_ROWS" --rollout-tokens "$ROLLOUT_TOKENS" \
         --steps "$STEPS" --json "${TORCH[@]}"
     measure "bench-$size-checkpointed" "$BIN" bench --model-config "$config" --device "$DEVICE" \
-        --only sft_full,sft_lora --batch 4 --seq 256 --gradient-checkpointing \
+        --only sft_full,sft_lora --batch "$BATCH" --seq "$SEQ" --gradient-checkpointing \
         --steps "$STEPS" --json "${TORCH[@]}"
 done
 
