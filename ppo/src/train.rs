@@ -215,15 +215,15 @@ pub(crate) struct Opened<B: AutodiffBackend> {
     pub info: RunInfo,
 }
 
-/// Setup shared by every online-RL loop: config, prompts, checkpoint, policy,
-/// reference (when `beta` > 0), rewards, optimizer. Every configuration,
-/// prompt and reward-model problem is reported here, before any rollout.
+/// Setup shared by every online-RL loop: prompts, checkpoint, policy,
+/// reference (when `beta` > 0), rewards, optimizer, from a config the caller
+/// has validated ([`RlConfig::validate`]). Every prompt and reward-model
+/// problem is reported here, before any rollout.
 pub(crate) fn open<B: AutodiffBackend>(
     config: &RlConfig,
     device: &B::Device,
     options: &RunOptions<'_>,
 ) -> Result<Opened<B>> {
-    config.validate()?;
     let config = config.with_absolute_paths()?;
     let algorithm = config.algorithm()?;
     let (trainer, group, beta) = (
@@ -653,6 +653,7 @@ pub fn train<B: AutodiffBackend>(
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<RlOutcome> {
     // 0. Setup: config, prompts, checkpoint, policy, reference, rewards, optimizer.
+    config.validate()?;
     let Opened {
         setup,
         mut model,
