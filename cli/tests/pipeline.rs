@@ -884,6 +884,18 @@ fn grpo_rewarded_by_a_reward_stage_then_evaluated() {
         text.contains(&format!("baseline: {} responses from the cache", QA.len())),
         "{text}"
     );
+
+    // The project moved: nothing re-runs, the eval (its prompts, judges and
+    // baseline are paths) included.
+    let mut f = f;
+    let moved = tempfile::tempdir().unwrap();
+    let to = moved.path().join("project");
+    std::fs::rename(&f.dir, &to).unwrap();
+    f.dir = to;
+    let dry = f.ok(&["--dry-run"]);
+    for stage in RL_ORDER {
+        assert_eq!(plan_line(&dry, stage).0, "skip", "{dry}");
+    }
 }
 
 /// An RLOO stage without an `[rloo]` table trains with its defaults, and

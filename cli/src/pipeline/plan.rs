@@ -693,12 +693,60 @@ pub(super) fn resolve_config(
 
 /// Config keys that cannot change a stage's result: how it computes
 /// ([`resume::RESULT_NEUTRAL`]), and paths whose content the identity holds
-/// anyway (the input model, the data files) or that only locate the run (a
-/// project moved elsewhere).
-fn result_neutral(key: &str) -> bool {
+/// anyway (the input model, the stage's data files: an eval stage's prompts
+/// too) or that only locate the run (a project moved elsewhere).
+fn result_neutral(stage: &Stage, key: &str) -> bool {
     resume::RESULT_NEUTRAL.contains(&key)
         || resume::CONTENT_PATHS.contains(&key)
         || ["output_dir", "ref_cache_dir"].contains(&key)
+        || stage.config.data_files().iter().any(|(k, _)| *k == key)
+}
+
+/// The config keys that differ between a stage's previous run (its config
+/// re-read with this version's type, see [`resume::reread`]) and the stage,
+/// each side's input paths named by role first ([`name_input_paths`]).
+fn config_changes(stage: &Stage, m: &Manifest) -> Vec<resume::KeyChange> {
+    let old = StageConfig::reread(stage.kind, &m.config).unwrap_or_else(|| m.config.clone());
+    resume::differences(
+        &name_input_paths(&old, &m.inputs),
+        &name_input_paths(&stage.config.to_json(), &stage.inputs),
+    )
+}
+
+/// `config` with each path of the stage's inputs — its model, data files and
+/// the models it reads (a reward's `path`, a judge's `reward:DIR`, a
+/// baseline) — replaced by the input's role: the identity compares their
+/// content, so a moved project compares equal.
+fn name_input_paths(config: &serde_json::Value, inputs: &Inputs) -> serde_json::Value {
+    use serde_json::Value;
+    let mut names = vec![(
+        inputs.model.path.display().to_string(),
+        "<model>".to_string(),
+    )];
+    for (i, d) in inputs.data.iter().enumerate() {
+        names.push((d.path.display().to_string(), format!("<data {i}>")));
+    }
+    for (role, m) in &inputs.models {
+        names.push((m.path.display().to_string(), format!("<{role}>")));
+    }
+    names.retain(|(path, _)| !path.is_empty());
+    // Longest first: a path inside a longer one is not cut short.
+    names.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    fn walk(v: &Value, names: &[(String, String)]) -> Value {
+        match v {
+            Value::String(s) => Value::String(
+                names
+                    .iter()
+                    .fold(s.clone(), |s, (path, name)| s.replace(path.as_str(), name)),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, names)).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, x)| (k.clone(), walk(x, names))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    walk(config, &names)
 }
 
 /// A stage whose previous run differs from it only in what cannot change its
@@ -725,10 +773,9 @@ fn keep_equivalent_identity(stage: &mut Stage) {
     {
         return;
     }
-    let old = StageConfig::reread(stage.kind, &m.config).unwrap_or(m.config);
-    if resume::differences(&old, &stage.config.to_json())
+    if config_changes(stage, &m)
         .iter()
-        .all(|c| result_neutral(&c.key))
+        .all(|c| result_neutral(stage, &c.key))
     {
         stage.sha256 = m.sha256;
     }
@@ -744,10 +791,9 @@ pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
         return Action::Run("no previous run".into());
     };
     if m.sha256 != stage.sha256 {
-        let old = StageConfig::reread(stage.kind, &m.config).unwrap_or_else(|| m.config.clone());
-        let changed_key = resume::differences(&old, &stage.config.to_json())
+        let changed_key = config_changes(stage, &m)
             .into_iter()
-            .find(|c| !result_neutral(&c.key));
+            .find(|c| !result_neutral(stage, &c.key));
         let why = if m.kind != stage.kind {
             format!(
                 "its kind changed ({} → {})",
