@@ -48,7 +48,7 @@ pub const BOOKKEEPING: &[&str] = &[
 
 /// Keys whose value is a path compared by content instead (the model by its
 /// fingerprint, data files by SHA-256; see [`compare`]).
-pub const CONTENT_PATHS: &[&str] = &["model", "data.train_file", "data.validation_file"];
+const CONTENT_PATHS: &[&str] = &["model", "data.train_file", "data.validation_file"];
 
 /// Keys that change how a run computes, not what it computes: a finished run
 /// redone with other values ends bit-identical (activation checkpointing

@@ -535,8 +535,9 @@ impl Plan {
                 from_run,
                 action: Action::Run(String::new()),
             };
-            keep_equivalent_identity(&mut stage);
-            stage.action = decide(&stage, upstream_runs);
+            let previous = Manifest::read(&stage.dir);
+            keep_equivalent_identity(&mut stage, previous.as_ref());
+            stage.action = decide(&stage, previous, upstream_runs);
             by_index.insert(i, stages.len());
             stages.push(stage);
         }
@@ -692,14 +693,11 @@ pub(super) fn resolve_config(
 }
 
 /// Config keys that cannot change a stage's result: how it computes
-/// ([`resume::RESULT_NEUTRAL`]), and paths whose content the identity holds
-/// anyway (the input model, the stage's data files: an eval stage's prompts
-/// too) or that only locate the run (a project moved elsewhere).
-fn result_neutral(stage: &Stage, key: &str) -> bool {
-    resume::RESULT_NEUTRAL.contains(&key)
-        || resume::CONTENT_PATHS.contains(&key)
-        || ["output_dir", "ref_cache_dir"].contains(&key)
-        || stage.config.data_files().iter().any(|(k, _)| *k == key)
+/// ([`resume::RESULT_NEUTRAL`]), and the paths that only locate the run (a
+/// project moved elsewhere). Input paths are named by role before comparing
+/// ([`name_input_paths`]).
+fn result_neutral(key: &str) -> bool {
+    resume::RESULT_NEUTRAL.contains(&key) || ["output_dir", "ref_cache_dir"].contains(&key)
 }
 
 /// The config keys that differ between a stage's previous run (its config
@@ -749,41 +747,71 @@ fn name_input_paths(config: &serde_json::Value, inputs: &Inputs) -> serde_json::
     walk(config, &names)
 }
 
-/// A stage whose previous run differs from it only in what cannot change its
-/// result keeps that run's identity, so neither it nor the stages after it
-/// re-run: config keys added to alignkit since that run (they take their
-/// defaults, see [`resume::reread`]) and the [`result_neutral`] keys. Its
-/// inputs must be the same by content.
-fn keep_equivalent_identity(stage: &mut Stage) {
-    let Some(m) = Manifest::read(&stage.dir) else {
-        return;
-    };
-    if m.sha256 == stage.sha256 || m.kind != stage.kind {
-        return;
+/// What differs between a stage and its previous run `m`, by content, as the
+/// reason the stage re-runs; `None` when only what cannot change its result
+/// does: config keys added to alignkit since that run (they take their
+/// defaults, see [`resume::reread`]), the [`result_neutral`] keys and the
+/// paths of inputs whose content is the same.
+fn change_since(stage: &Stage, m: &Manifest) -> Option<String> {
+    if m.kind != stage.kind {
+        return Some(format!(
+            "its kind changed ({} → {})",
+            m.kind.as_str(),
+            stage.kind.as_str()
+        ));
     }
-    let data = |d: &[InputFile]| d.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>();
-    let models = |m: &BTreeMap<String, InputModel>| {
-        m.iter()
-            .map(|(role, m)| (role.clone(), m.sha256.clone()))
-            .collect::<Vec<_>>()
-    };
-    if m.inputs.model.sha256 != stage.inputs.model.sha256
-        || data(&m.inputs.data) != data(&stage.inputs.data)
-        || models(&m.inputs.models) != models(&stage.inputs.models)
+    if let Some(c) = config_changes(stage, m)
+        .into_iter()
+        .find(|c| !result_neutral(&c.key))
     {
-        return;
+        return Some(format!("config changed (`{}`)", c.key));
     }
-    if config_changes(stage, &m)
+    let (old, new) = (&m.inputs, &stage.inputs);
+    if old.model.sha256 != new.model.sha256 {
+        return Some(format!("input model {} changed", new.model.path.display()));
+    }
+    if let Some((role, model)) = new
+        .models
         .iter()
-        .all(|c| result_neutral(stage, &c.key))
+        .find(|&(role, model)| old.models.get(role).map(|o| &o.sha256) != Some(&model.sha256))
     {
-        stage.sha256 = m.sha256;
+        return Some(format!("`{role}` model {} changed", model.path.display()));
+    }
+    if old.models.len() != new.models.len() {
+        return Some("the models it reads changed".into());
+    }
+    if let Some((d, _)) = new
+        .data
+        .iter()
+        .zip(&old.data)
+        .find(|(d, o)| d.sha256 != o.sha256)
+    {
+        return Some(format!("data file {} changed", d.path.display()));
+    }
+    if old.data.len() != new.data.len() {
+        return Some("its data files changed".into());
+    }
+    None
+}
+
+/// A stage whose previous run differs from it in nothing that can change its
+/// result ([`change_since`]) keeps that run's identity, so neither it nor the
+/// stages after it re-run.
+fn keep_equivalent_identity(stage: &mut Stage, previous: Option<&Manifest>) {
+    if let Some(m) = previous
+        && m.sha256 != stage.sha256
+        && change_since(stage, m).is_none()
+    {
+        stage.sha256 = m.sha256.clone();
     }
 }
 
-/// Skip, resume or run, from the stage's manifest.
-pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
-    let previous = Manifest::read(&stage.dir);
+/// Skip, resume or run, from the stage's previous manifest.
+pub(super) fn decide(
+    stage: &Stage,
+    previous: Option<Manifest>,
+    upstream_runs: Option<String>,
+) -> Action {
     if let Some(up) = upstream_runs {
         return Action::Run(format!("upstream stage `{up}` runs"));
     }
@@ -791,44 +819,9 @@ pub(super) fn decide(stage: &Stage, upstream_runs: Option<String>) -> Action {
         return Action::Run("no previous run".into());
     };
     if m.sha256 != stage.sha256 {
-        let changed_key = config_changes(stage, &m)
-            .into_iter()
-            .find(|c| !result_neutral(stage, &c.key));
-        let why = if m.kind != stage.kind {
-            format!(
-                "its kind changed ({} → {})",
-                m.kind.as_str(),
-                stage.kind.as_str()
-            )
-        } else if let Some(c) = changed_key {
-            format!("config changed (`{}`)", c.key)
-        } else if m.inputs.model.sha256 != stage.inputs.model.sha256 {
-            format!("input model {} changed", stage.inputs.model.path.display())
-        } else if m.inputs.models != stage.inputs.models {
-            stage
-                .inputs
-                .models
-                .iter()
-                .find(|&(role, model)| m.inputs.models.get(role) != Some(model))
-                .map_or_else(
-                    || "the models it reads changed".into(),
-                    |(role, model)| format!("`{role}` model {} changed", model.path.display()),
-                )
-        } else {
-            let changed = stage
-                .inputs
-                .data
-                .iter()
-                .find(|d| !m.inputs.data.iter().any(|o| o.sha256 == d.sha256));
-            match changed {
-                Some(d) => format!("data file {} changed", d.path.display()),
-                None if m.inputs.data.len() != stage.inputs.data.len() => {
-                    "its data files changed".into()
-                }
-                None => "its identity changed (written by another alignkit version)".into(),
-            }
-        };
-        return Action::Run(why);
+        return Action::Run(change_since(stage, &m).unwrap_or_else(|| {
+            "its identity changed (written by another alignkit version)".into()
+        }));
     }
     match m.status {
         Status::Completed if stage.output.exists() => {
