@@ -24,7 +24,8 @@
 # SIZES (configs in examples/bench/, default "smollm2-135m llama-3.2-1b"),
 # BATCH and SEQ (the trainer steps' shape, default 4 × 256), ROLLOUT_ROWS and
 # ROLLOUT_TOKENS (default 64 rows, TRL GRPO's 8 prompts × 8 generations, of 64
-# sampled tokens each).
+# sampled tokens each), GRANULARITIES (the activation-checkpointing runs, default
+# "full selective": bench-SIZE-checkpointed and bench-SIZE-checkpointed-selective).
 # Runs on a CPU too to check the script itself, e.g. DEVICE=wgpu:cpu (Mesa's
 # lavapipe) BATCH=2 SEQ=32 ROLLOUT_ROWS=8 ROLLOUT_TOKENS=8 STEPS=1 with a
 # small config in SIZES.
@@ -42,6 +43,7 @@ BATCH=${BATCH:-4}
 SEQ=${SEQ:-256}
 ROLLOUT_ROWS=${ROLLOUT_ROWS:-64}
 ROLLOUT_TOKENS=${ROLLOUT_TOKENS:-64}
+GRANULARITIES=${GRANULARITIES:-full selective}
 mkdir -p "$OUT"
 log="$OUT/gpu_check.log"
 : > "$log"
@@ -82,9 +84,12 @@ for size in $SIZES; do
         --only sft_full,sft_lora,dpo_full,dpo_lora,rollout --batch "$BATCH" --seq "$SEQ" \
         --rollout-rows "$ROLLOUT_ROWS" --rollout-tokens "$ROLLOUT_TOKENS" \
         --steps "$STEPS" --json "${TORCH[@]}"
-    measure "bench-$size-checkpointed" "$BIN" bench --model-config "$config" --device "$DEVICE" \
-        --only sft_full,sft_lora --batch "$BATCH" --seq "$SEQ" --gradient-checkpointing \
-        --steps "$STEPS" --json "${TORCH[@]}"
+    for granularity in $GRANULARITIES; do
+        suffix=checkpointed; [ "$granularity" = full ] || suffix=checkpointed-$granularity
+        measure "bench-$size-$suffix" "$BIN" bench --model-config "$config" --device "$DEVICE" \
+            --only sft_full,sft_lora --batch "$BATCH" --seq "$SEQ" --gradient-checkpointing \
+            --recompute-granularity "$granularity" --steps "$STEPS" --json "${TORCH[@]}"
+    done
 done
 
 # peak_rss_mb is host memory on both sides; device_memory_mb is the GPU
@@ -115,7 +120,7 @@ for name in sorted(os.listdir(out)):
     except ValueError:
         data = {"error": "not JSON"}
     if key.startswith("bench-"):
-        size = key[len("bench-"):].removesuffix("-checkpointed")
+        size = key[len("bench-"):].split("-checkpointed")[0]
         n = params(f"examples/bench/{size}-config.json")
         data["matmul_params"] = n
         for side in ("alignkit", "pytorch"):

@@ -58,9 +58,10 @@ pub enum Granularity {
     /// norms and the elementwise ops, but no projection. Most of full
     /// checkpointing's extra time goes, and about half of the plain pass's
     /// activations are still not kept (the attention probabilities, the
-    /// norms' and SwiGLU's intermediates). On the CPU backend (f32); on
-    /// others it runs as `Full`, since their composed ops cannot take a
-    /// projection's output as given.
+    /// norms' and SwiGLU's intermediates). On the CPU backend's kernels,
+    /// and on burn's other autodiff backends (CUDA, wgpu, ndarray) through
+    /// [`fused::given`]'s node; on a backend neither covers it runs as
+    /// `Full`.
     Selective,
 }
 
@@ -109,6 +110,9 @@ const REMEMBER_DROPPED: usize = 4;
 /// Make checkpointed forward passes possible on backend `B` (a model's
 /// `gradient_checkpointing` flag then takes effect on it).
 pub fn enable<B: AutodiffBackend>() {
+    // Recomputed layers take their kept (or unread) projection outputs as
+    // given on composed-op backends too.
+    fused::given::enable::<B>();
     let mut enabled = ENABLED.lock().unwrap_or_else(|e| e.into_inner());
     if !enabled.iter().any(|(id, _)| *id == TypeId::of::<B>()) {
         enabled.push((TypeId::of::<B>(), forward_erased::<B>));
@@ -355,7 +359,9 @@ mod tests {
     use crate::config::{LlamaConfig, ModelType};
     use crate::lora::{self, LoraConfig};
     use crate::mask::attention_mask;
+    use crate::precision::cast_model;
     use crate::transformer::LlamaForCausalLM;
+    use burn::tensor::DType;
 
     type Ad = Autodiff<Flex>;
     type Grads = <Ad as AutodiffBackend>::Gradients;
@@ -382,8 +388,8 @@ mod tests {
         let logp = log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2));
         let w: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
         let w = Tensor::<Ad, 3>::from_data(TensorData::new(w, [2, 8, 1]), &Default::default());
-        let loss = (logp * w).sum();
-        let value = loss.clone().into_scalar();
+        let loss = (logp.clone() * w.cast(logp.dtype())).sum();
+        let value = loss.clone().cast(DType::F32).into_scalar();
         (value, backward(loss))
     }
 
@@ -407,7 +413,8 @@ mod tests {
             }
             if let Some(s) = sum {
                 let name = format!("{}{:?}", param.id, s.shape());
-                self.out.insert(name, s.into_data().to_vec().unwrap());
+                let s = s.cast(DType::F32).into_data().to_vec().unwrap();
+                self.out.insert(name, s);
             }
         }
     }
@@ -423,34 +430,56 @@ mod tests {
     }
 
     /// The plain and the checkpointed passes of `model`, at both
-    /// granularities: same loss, same gradients (bit for bit), nothing left
-    /// pending; full recomputation forms the 6 read projections of every layer
-    /// below the last again, selective none.
+    /// granularities, in f32 (the CPU kernels) and in f64 (burn's ops, as
+    /// on CUDA or wgpu): same loss, same gradients (bit for bit), nothing
+    /// left pending; full recomputation forms the 6 read projections of every
+    /// layer below the last again, selective none, and neither forms the
+    /// down projection's.
     fn assert_same(model: LlamaForCausalLM<Ad>, expect_params: usize) {
-        let formed = crate::fused::products_formed;
-        let before = formed();
+        assert_same_in(model.clone(), expect_params, DType::F32);
+        assert_same_in(cast_model(model, DType::F64), expect_params, DType::F64);
+    }
+
+    fn assert_same_in(model: LlamaForCausalLM<Ad>, expect_params: usize, dtype: DType) {
+        assert_eq!(model.model.dtype(), dtype);
+        // Products the CPU kernels formed, and products burn's ops took as
+        // given ([`crate::fused::given`]).
+        let counts = || {
+            (
+                crate::fused::products_formed(),
+                crate::fused::given::products_taken_as_given(),
+            )
+        };
+        let before = counts();
         let (plain_loss, plain_sets) = loss_and_grads(&model);
-        let plain_products = formed() - before;
+        let plain_products = counts().0 - before.0;
         assert_eq!(plain_sets.len(), 1);
         let plain = gradients(&model, &plain_sets);
         assert_eq!(plain.len(), expect_params);
 
         let layers = model.model.layers.len();
+        let below = layers as u64 - 1;
         for granularity in [Granularity::Full, Granularity::Selective] {
             let mut model = model.clone();
             turn_on(&mut model.model, granularity).unwrap();
             assert!(model.model.gradient_checkpointing);
-            let before = formed();
+            let before = counts();
             let (loss, sets) = loss_and_grads(&model);
-            let recomputed = match granularity {
-                Granularity::Full => 6 * (layers as u64 - 1),
-                Granularity::Selective => 0,
+            let after = counts();
+            let (formed, given) = (after.0 - before.0, after.1 - before.1);
+            // What the recomputation forms again, and takes as given.
+            let (again, taken) = match granularity {
+                Granularity::Full => (6 * below, below),
+                Granularity::Selective => (0, 7 * below),
             };
-            assert_eq!(
-                formed() - before,
-                plain_products + recomputed,
-                "{granularity:?}"
-            );
+            match dtype {
+                DType::F32 => assert_eq!(
+                    (formed, given),
+                    (plain_products + again, 0),
+                    "{granularity:?}"
+                ),
+                _ => assert_eq!((formed, given), (0, taken), "{granularity:?} {dtype:?}"),
+            }
             assert_eq!(pending(), 0);
             // The loss's set, one per layer below the last, and the
             // embedding's when it trains.
@@ -463,7 +492,7 @@ mod tests {
             );
             for (name, g) in &plain {
                 assert!(g.iter().any(|v| *v != 0.0), "{name}: zero gradient");
-                assert_eq!(&checkpointed[name], g, "{granularity:?} {name}");
+                assert_eq!(&checkpointed[name], g, "{granularity:?} {dtype:?} {name}");
             }
         }
     }

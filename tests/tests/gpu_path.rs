@@ -133,25 +133,48 @@ fn sft_full_and_lora_steps_match_the_cpu_path() {
     c.train.max_steps = 3;
     c.train.save_steps = 0;
     c.optim.weight_decay = 0.0;
-    // Full, LoRA, and full with activation checkpointing (the recomputing
-    // backward pass on wgpu).
-    for (lora, checkpointing) in [(false, false), (true, false), (false, true)] {
+    // Full, LoRA, full with full activation checkpointing (the recomputing
+    // backward pass on wgpu) and LoRA with selective checkpointing (kept
+    // projections taken as given: `alignkit_model::fused::given`).
+    use alignkit_model::recompute::Granularity::{self, Full, Selective};
+    let cases: [(bool, Option<Granularity>); 4] = [
+        (false, None),
+        (true, None),
+        (false, Some(Full)),
+        (true, Some(Selective)),
+    ];
+    let taken_as_given = alignkit_model::fused::given::products_taken_as_given;
+    // Products the wgpu side's recomputation took as given, by case.
+    let mut taken = Vec::new();
+    for (lora, checkpointing) in cases {
         c.lora = lora.then(alignkit_model::lora::LoraConfig::default);
-        c.train.gradient_checkpointing = checkpointing;
-        let what = format!("sft-lora-{lora}-checkpointing-{checkpointing}");
+        c.train.gradient_checkpointing = checkpointing.is_some();
+        c.train.recompute_granularity = checkpointing.unwrap_or_default();
+        let what = format!("sft-lora-{lora}-checkpointing-{checkpointing:?}");
+        let wgpu_taken = std::cell::Cell::new(0);
         compare(tmp.path(), &what, &["loss", "grad_norm"], |side, dir| {
             let c = alignkit_sft::SftConfig {
                 output_dir: dir,
                 ..c.clone()
             };
+            let before = taken_as_given();
             on!(
                 side,
                 alignkit_sft::train,
                 &c,
                 alignkit_sft::RunOptions::default()
             );
+            if let Side::Wgpu = side {
+                wgpu_taken.set(taken_as_given() - before);
+            }
         });
+        taken.push(wgpu_taken.get());
     }
+    // Full recomputation skips each recomputed layer's down projection;
+    // selective takes all seven of its projections as given.
+    assert_eq!(taken[..2], [0, 0]);
+    assert!(taken[2] > 0, "{taken:?}");
+    assert_eq!(taken[3], 7 * taken[2], "{taken:?}");
 }
 
 #[test]

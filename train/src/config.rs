@@ -48,7 +48,8 @@ pub struct LoopConfig {
     /// so the backward pass recomputes the attention core, norms and
     /// elementwise ops but no projection (most of the extra time goes, for
     /// 2·F + 2·C + 2·K·D values per token and layer). Needs
-    /// `gradient_checkpointing`; CPU backend only (elsewhere it runs as full).
+    /// `gradient_checkpointing`. On every backend the command line offers
+    /// (the CPU kernels' own node; burn's ops elsewhere, CUDA and wgpu).
     pub recompute_granularity: recompute::Granularity,
     /// Weight and activation dtype: `"f32"`, or `"bf16"` for mixed precision
     /// on accelerators (bf16 weights and matmuls; f32 master weights and

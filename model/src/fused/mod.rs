@@ -27,6 +27,7 @@
 pub mod blas;
 pub(crate) mod cpu;
 mod gemm;
+pub mod given;
 mod head;
 mod linear;
 pub use linear::products_formed;
@@ -341,8 +342,10 @@ pub enum LinearOutput<B: Backend, const D: usize> {
 }
 
 /// [`linear`] with its output as `out` says, its backward pass always
-/// [`linear`]'s. On `Autodiff<Flex>` only; on other paths the same as
-/// [`linear`] (the product is formed, a given value unused).
+/// [`linear`]'s. On `Autodiff<Flex>` in f32 the CPU kernels' node; on other
+/// autodiff backends [`given::linear`]'s, once activation checkpointing
+/// enabled it for the backend; elsewhere the same as [`linear`] (the product
+/// is formed, a given value unused).
 pub fn linear_as<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
@@ -364,9 +367,10 @@ pub fn linear_as<B: Backend, const D: usize>(
 
 /// Whether [`linear_as`] takes a [`LinearOutput::Given`] output for tensors
 /// of `dtype` on backend `B` instead of forming the product (the CPU kernels'
-/// tracked path): what selective activation checkpointing needs to save time.
+/// tracked path, or [`given::linear`] where enabled): what selective
+/// activation checkpointing needs to save time.
 pub fn linear_takes_given<B: Backend>(dtype: DType) -> bool {
-    path::<B>(&[dtype]) == Some(Path::Tracked)
+    path::<B>(&[dtype]) == Some(Path::Tracked) || given::enabled::<B>()
 }
 
 /// [`linear_as`], unchecked.
@@ -406,11 +410,7 @@ fn linear_with<B: Backend, const D: usize>(
         dtypes.extend(l.input.as_ref().map(|i| i.dtype()));
     }
     let Some(path) = record(Op::Linear, path::<B>(&dtypes)) else {
-        let base = dense(x.clone(), weight.transpose(), bias);
-        return match lora {
-            None => base,
-            Some(l) => base + l.apply(x),
-        };
+        return composed_linear(x, weight, bias, lora, out);
     };
     let mut dims = x.dims();
     let d_in = dims[D - 1];
@@ -444,6 +444,55 @@ fn linear_with<B: Backend, const D: usize>(
         }
     };
     y.reshape(dims)
+}
+
+/// [`linear_with`] from burn's ops. A given or skipped output becomes
+/// [`given::linear`]'s node where it is enabled for `B`, the adapter's term
+/// then entering as t − detach(t): zero in value, its gradients in the graph.
+fn composed_linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    lora: Option<LoraTerm<B, D>>,
+    out: LinearOutput<B, D>,
+) -> Tensor<B, D> {
+    let value = match out {
+        LinearOutput::Form => None,
+        LinearOutput::Skip if given::enabled::<B>() => {
+            let mut dims = x.dims();
+            dims[D - 1] = weight.dims()[0];
+            Some(Tensor::zeros(dims, (&x.device(), x.dtype())))
+        }
+        LinearOutput::Skip => None,
+        LinearOutput::Given(value) => Some(value),
+    };
+    let taken = value.and_then(|value| {
+        let (mut dims, d_in) = (value.dims(), weight.dims()[1]);
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let d_out = dims[D - 1];
+        let y = given::linear(
+            x.clone().reshape([rows, d_in]),
+            weight.clone(),
+            bias.clone(),
+            value.reshape([rows, d_out]),
+        )?;
+        dims[D - 1] = d_out;
+        Some(y.reshape(dims))
+    });
+    match (taken, lora) {
+        (Some(y), None) => y,
+        (Some(y), Some(l)) => {
+            let term = l.apply(x);
+            y + (term.clone() - term.detach())
+        }
+        (None, lora) => {
+            let base = dense(x.clone(), weight.transpose(), bias);
+            match lora {
+                None => base,
+                Some(l) => base + l.apply(x),
+            }
+        }
+    }
 }
 
 /// A LoRA term's tensors as the primitives `T` of the fused layer, its

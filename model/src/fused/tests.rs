@@ -337,22 +337,26 @@ enum LinearPath {
 }
 
 /// Value and gradients (x, W, bias, A, B, and the adapter input when given)
-/// of one linear layer, fused or composed.
-fn linear_case(path: LinearPath, adapter_input: bool) -> Vec<Vec<f32>> {
+/// of one linear layer, fused or composed, its tensors in `dtype` (f32: the
+/// CPU kernels; any other: burn's ops, and [`given::linear`]'s node for a
+/// given or skipped output).
+fn linear_case(path: LinearPath, adapter_input: bool, dtype: DType) -> Vec<Vec<f32>> {
     let (n, d_in, d_out, r) = (7, 12, 9, 3);
-    let leaf = |shape: [usize; 2], seed| random(shape, seed).detach().require_grad();
-    let x = random([1, n, d_in], 10).detach().require_grad();
+    let typed = |t: Tensor<AD, 3>| t.cast(dtype).detach();
+    let leaf = |shape: [usize; 2], seed| random(shape, seed).cast(dtype).detach().require_grad();
+    let x = typed(random([1, n, d_in], 10)).require_grad();
     let w = leaf([d_out, d_in], 11);
-    let bias = random([d_out], 12).detach().require_grad();
+    let bias = random([d_out], 12).cast(dtype).detach().require_grad();
     let a = leaf([r, d_in], 13);
     let b = leaf([d_out, r], 14);
-    let input = adapter_input.then(|| random([1, n, d_in], 15).detach().require_grad());
+    let input = adapter_input.then(|| typed(random([1, n, d_in], 15)).require_grad());
     let term = LoraTerm {
         input: input.clone(),
         a: a.clone(),
         b: b.clone(),
         scale: 0.7,
     };
+    let not_formed = || (products_formed(), given::products_taken_as_given());
     let y = match path {
         LinearPath::Fused => linear(x.clone(), w.clone(), Some(bias.clone()), Some(term)),
         LinearPath::GradientOnly => linear_as(
@@ -363,8 +367,8 @@ fn linear_case(path: LinearPath, adapter_input: bool) -> Vec<Vec<f32>> {
             LinearOutput::Skip,
         ),
         LinearPath::Given => {
-            let before = products_formed();
-            let given = random([1, n, d_out], 17).detach();
+            let before = not_formed();
+            let given = typed(random([1, n, d_out], 17));
             let y = linear_as(
                 x.clone(),
                 w.clone(),
@@ -372,25 +376,31 @@ fn linear_case(path: LinearPath, adapter_input: bool) -> Vec<Vec<f32>> {
                 Some(term),
                 LinearOutput::Given(given),
             );
-            assert_eq!(products_formed(), before, "no base product formed");
+            let after = not_formed();
+            assert_eq!(after.0, before.0, "no base product formed");
+            let taken = (dtype != DType::F32) as u64;
+            assert_eq!(after.1, before.1 + taken, "taken as given");
             y
         }
         LinearPath::Ops => {
             dense(x.clone(), w.clone().transpose(), Some(bias.clone())) + term.apply(x.clone())
         }
     };
-    let grads = (y.clone() * random([1, n, d_out], 16)).sum().backward();
-    let g2 = |t: &Tensor<AD, 2>| t.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    let r = typed(random([1, n, d_out], 16));
+    let grads = (y.clone() * r).sum().backward();
+    let read = |t: Tensor<Flex, 2>| t.cast(DType::F32).into_data().to_vec::<f32>().unwrap();
+    let g2 = |t: &Tensor<AD, 2>| read(t.grad(&grads).unwrap());
+    let g3 = |t: &Tensor<AD, 3>| read(t.grad(&grads).unwrap().reshape([n, d_in]));
     let mut out = vec![
-        values(&y),
-        x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        values(&y.clone().cast(DType::F32)),
+        g3(&x),
         g2(&w),
-        bias.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        read(bias.grad(&grads).unwrap().unsqueeze()),
         g2(&a),
         g2(&b),
     ];
     if let Some(i) = input {
-        out.push(i.grad(&grads).unwrap().into_data().to_vec().unwrap());
+        out.push(g3(&i));
     }
     out
 }
@@ -398,21 +408,43 @@ fn linear_case(path: LinearPath, adapter_input: bool) -> Vec<Vec<f32>> {
 #[test]
 fn linear_matches_ops_in_value_and_every_gradient() {
     for adapter_input in [false, true] {
-        let fused = linear_case(LinearPath::Fused, adapter_input);
-        let ops = linear_case(LinearPath::Ops, adapter_input);
+        let fused = linear_case(LinearPath::Fused, adapter_input, DType::F32);
+        let ops = linear_case(LinearPath::Ops, adapter_input, DType::F32);
         let names = ["y", "dx", "dW", "db", "dA", "dB", "dx'"];
         for ((f, o), name) in fused.iter().zip(&ops).zip(names) {
             assert_close(f, o, 1e-5, name);
         }
         assert_eq!(fused.len(), ops.len());
         // Gradient-only: no output value, the very same gradients.
-        let only = linear_case(LinearPath::GradientOnly, adapter_input);
+        let only = linear_case(LinearPath::GradientOnly, adapter_input, DType::F32);
         assert!(only[0].iter().all(|&y| y == 0.0), "no value is formed");
         assert_eq!(only[1..], fused[1..]);
         // Given: that value, the very same gradients.
-        let given = linear_case(LinearPath::Given, adapter_input);
+        let given = linear_case(LinearPath::Given, adapter_input, DType::F32);
         assert_eq!(given[0], values(&random([1, 7, 9], 17)));
         assert_eq!(given[1..], fused[1..]);
+    }
+}
+
+/// Off the CPU kernels (here: f64 tensors, which burn's ops compute), a
+/// given or skipped output is [`given::linear`]'s node once enabled: that
+/// value, and bit for bit the composed layer's gradients.
+#[test]
+fn composed_given_and_skipped_outputs_keep_the_composed_gradients() {
+    given::enable::<AD>();
+    for adapter_input in [false, true] {
+        let ops = linear_case(LinearPath::Ops, adapter_input, DType::F64);
+        let fused = linear_case(LinearPath::Fused, adapter_input, DType::F64);
+        assert_eq!(fused, ops, "f64 takes burn's ops");
+        let before = given::products_taken_as_given();
+        let only = linear_case(LinearPath::GradientOnly, adapter_input, DType::F64);
+        assert_eq!(given::products_taken_as_given(), before + 1);
+        assert!(only[0].iter().all(|&y| y == 0.0), "no value is formed");
+        assert_eq!(only[1..], ops[1..]);
+        let given = linear_case(LinearPath::Given, adapter_input, DType::F64);
+        let want = random([1, 7, 9], 17).cast(DType::F64).cast(DType::F32);
+        assert_eq!(given[0], values(&want));
+        assert_eq!(given[1..], ops[1..]);
     }
 }
 
