@@ -7,6 +7,7 @@
 //! H query heads, K key/value heads, G = H / K, D head dim, F MLP width,
 //! V vocabulary size.
 
+mod by_type;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

@@ -32,13 +32,13 @@
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::by_type::ByType;
 use crate::fused;
 use crate::transformer::{DecoderLayer, Embedding, ForwardInput, LlamaModel, Products, RopeAngles};
 
@@ -91,7 +91,7 @@ struct Chain<B: AutodiffBackend> {
 type ErasedForward = fn(&dyn Any, Box<dyn Any>) -> Box<dyn Any>;
 
 /// The backends [`enable`] was called for.
-static ENABLED: Mutex<Vec<(TypeId, ErasedForward)>> = Mutex::new(Vec::new());
+static ENABLED: ByType<ErasedForward> = ByType::new();
 
 thread_local! {
     /// Checkpointed forward passes whose backward pass has not run yet
@@ -113,10 +113,7 @@ pub fn enable<B: AutodiffBackend>() {
     // Recomputed layers take their kept (or unread) projection outputs as
     // given on composed-op backends too.
     fused::given::enable::<B>();
-    let mut enabled = ENABLED.lock().unwrap_or_else(|e| e.into_inner());
-    if !enabled.iter().any(|(id, _)| *id == TypeId::of::<B>()) {
-        enabled.push((TypeId::of::<B>(), forward_erased::<B>));
-    }
+    ENABLED.insert::<B>(forward_erased::<B>);
 }
 
 /// Why checkpointing cannot run for this model; `None`: it can.
@@ -165,14 +162,7 @@ pub(crate) fn forward<B: Backend>(
     model: &LlamaModel<B>,
     input: ForwardInput<B>,
 ) -> Result<Tensor<B, 3>, ForwardInput<B>> {
-    let erased = {
-        let enabled = ENABLED.lock().unwrap_or_else(|e| e.into_inner());
-        enabled
-            .iter()
-            .find(|(id, _)| *id == TypeId::of::<B>())
-            .map(|(_, f)| *f)
-    };
-    match (erased, model.layers.is_empty()) {
+    match (ENABLED.get::<B>(), model.layers.is_empty()) {
         (Some(f), false) => {
             let out = f(model as &dyn Any, Box::new(input));
             Ok(*out.downcast::<Tensor<B, 3>>().expect("registered for B"))

@@ -18,7 +18,6 @@
 
 use std::any::{Any, TypeId};
 use std::cell::Cell;
-use std::sync::Mutex;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -29,11 +28,13 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 
+use crate::by_type::ByType;
+
 /// The node for one backend, type-erased: [`Operands<B>`] → `Tensor<B, 2>`.
 type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
 
 /// The backends [`enable`] registered the node for.
-static ENABLED: Mutex<Vec<(TypeId, Erased)>> = Mutex::new(Vec::new());
+static ENABLED: ByType<Erased> = ByType::new();
 
 thread_local! {
     /// Base products this thread's composed layers took as given.
@@ -53,24 +54,12 @@ pub(crate) fn enable<B: AutodiffBackend>() {
     if TypeId::of::<B>() != TypeId::of::<Autodiff<B::InnerBackend>>() {
         return;
     }
-    let mut enabled = ENABLED.lock().unwrap_or_else(|e| e.into_inner());
-    if !enabled.iter().any(|(id, _)| *id == TypeId::of::<B>()) {
-        enabled.push((TypeId::of::<B>(), erased::<B::InnerBackend>));
-    }
-}
-
-/// The node registered for `B`, if [`enable`] was called for it.
-fn registered<B: Backend>() -> Option<Erased> {
-    let enabled = ENABLED.lock().unwrap_or_else(|e| e.into_inner());
-    enabled
-        .iter()
-        .find(|(id, _)| *id == TypeId::of::<B>())
-        .map(|(_, f)| *f)
+    ENABLED.insert::<B>(erased::<B::InnerBackend>);
 }
 
 /// Whether [`linear`] runs on backend `B`.
 pub(crate) fn enabled<B: Backend>() -> bool {
-    registered::<B>().is_some()
+    ENABLED.get::<B>().is_some()
 }
 
 /// The node's operands.
@@ -92,7 +81,7 @@ pub(crate) fn linear<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     value: Tensor<B, 2>,
 ) -> Option<Tensor<B, 2>> {
-    let node = registered::<B>()?;
+    let node = ENABLED.get::<B>()?;
     let operands = Operands {
         x,
         weight,
