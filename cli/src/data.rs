@@ -223,7 +223,7 @@ fn pairs(args: PairsArgs) -> Result<()> {
     if loaded.items.is_empty() {
         bail!("{}: no candidates", args.candidates.display());
     }
-    let vader = alignkit_ppo::reward::Sentiment::new();
+    let vader = alignkit_eval::Sentiment::new();
     let (pairs, ties) = match args.judge {
         PairJudge::Sentiment => rank_pairs(&loaded.items, |t| vader.score(t)),
     };

@@ -467,7 +467,7 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
                 (outcomes, Vec::new())
             }
             Judge::Sentiment => {
-                let vader = alignkit_ppo::reward::Sentiment::new();
+                let vader = alignkit_eval::Sentiment::new();
                 let scores: Vec<(f64, f64)> = pol_texts
                     .iter()
                     .zip(&base_texts)
@@ -1355,7 +1355,7 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
     let (score, text_stats) = match args.score {
         None => (None, None),
         Some(DriftScore::Sentiment) => {
-            let vader = alignkit_ppo::reward::Sentiment::new();
+            let vader = alignkit_eval::Sentiment::new();
             let texts: Vec<String> = pairs
                 .iter()
                 .map(|(_, c)| Ok(tokenizer.decode(c, true)?))

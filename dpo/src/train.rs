@@ -2,24 +2,21 @@
 //! log-probs → loss → backward → clip → step → metrics → eval/checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use alignkit_datasets::{Batch, PaddingSide, PreferenceExample, collate_pairs};
 use alignkit_model::precision::cast_model;
-use alignkit_model::{LlamaConfig, LlamaForCausalLM, load_model};
-use alignkit_train::checkpoint::OPTIMIZER_FILE;
-use alignkit_train::export::{ModelCard, write_merged};
+use alignkit_model::{LlamaForCausalLM, load_model};
+use alignkit_train::export::write_merged;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::weights::{load_trainable, save_trained};
+use alignkit_train::skeleton::{self, Run, Start, Weights};
+use alignkit_train::weights::load_trainable;
 use alignkit_train::{
-    AdamW, CheckpointRef, Gradients, KeyChange, NanGuard, RunDir, RunIdentity, TrainError,
-    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
-    sha256_file, skip_reason, trainable_count, trainable_params,
+    Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, sha256_file, trainable_count,
 };
 use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
 
 use crate::config::DpoConfig;
 use crate::data::{self, PairData};
@@ -101,18 +98,6 @@ enum Reference<IB: Backend> {
     AdaptersDisabled,
 }
 
-/// Everything a step needs that does not change during the run.
-struct Setup {
-    config: DpoConfig,
-    run: RunDir,
-    data: PairData,
-    objective: DpoObjective,
-    pad_id: u32,
-    model_config: LlamaConfig,
-    micro_per_epoch: usize,
-    total_steps: usize,
-}
-
 /// Train a policy with DPO. Every configuration, data and checkpoint problem
 /// (identical chosen/rejected included) is reported before the first step.
 pub fn train<B: AutodiffBackend>(
@@ -121,34 +106,33 @@ pub fn train<B: AutodiffBackend>(
     options: RunOptions<'_>,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<DpoOutcome> {
-    // 0. Setup: config, checkpoint, data, model, reference, optimizer.
+    // 0. Setup: config, data, run directory, model, optimizer, reference.
     config.validate()?;
-    let config = config.with_absolute_paths()?;
-    let objective = config.objective()?;
-    let fingerprint = model_fingerprint(&config.model)?;
+    let c = &config.with_absolute_paths()?;
+    let objective = c.objective()?;
+    let fingerprint = model_fingerprint(&c.model)?;
     // Data first: a bad pair is reported before the run directory exists.
-    let encoder = data::encoder(&config)?;
-    let pairs = data::load(&config, &encoder)?;
+    let encoder = data::encoder(c)?;
+    let pairs = data::load(c, &encoder)?;
     if pairs.train.is_empty() {
         return Err(DpoError::Config {
             field: "data.train_file".into(),
-            message: format!("{}: no training pair", config.data.train_file.display()),
+            message: format!("{}: no training pair", c.data.train_file.display()),
         });
     }
     let pad_id = encoder.tokenizer().pad_id();
-    let micro_per_epoch = pairs.train.len().div_ceil(config.train.batch_size);
-    let total_steps = config.train.total_steps(micro_per_epoch);
-    let schedule = config.schedule.build(config.learning_rate, total_steps);
-    let seed = config.train.seed;
-    let (run, mut state, resumed) = RunDir::open(
-        &config.output_dir,
-        options.resume,
+    let micro_per_epoch = pairs.train.len().div_ceil(c.train.batch_size);
+    let total_steps = c.train.total_steps(micro_per_epoch);
+    let seed = c.train.seed;
+    let opening = skeleton::open(
+        &c.output_dir,
+        &options,
         &RunIdentity {
             trainer: TRAINER,
-            base_model: &config.model,
+            base_model: &c.model,
             base_fingerprint: &fingerprint,
-            weights: WeightsKind::of(config.lora.as_ref()),
-            config: alignkit_train::resume::to_json(&config),
+            weights: WeightsKind::of(c.lora.as_ref()),
+            config: alignkit_train::resume::to_json(c),
             data_files: &pairs.files,
             data_keys: DATA_KEYS,
             bookkeeping: &["ref_cache_dir"],
@@ -157,80 +141,60 @@ pub fn train<B: AutodiffBackend>(
         total_steps,
         seed,
     )?;
-
-    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
     let (model_config, mut model) = load_trainable::<B>(
-        &config.model,
-        config.lora.as_ref(),
-        ckpt_path.as_deref(),
+        &c.model,
+        c.lora.as_ref(),
+        opening.checkpoint(),
         derive_seed(seed, Stream::AdapterInit, 0, 0),
         device,
     )?;
-    config.train.checkpointing(&mut model.model)?;
-    let vocab = encoder.tokenizer().vocab_size();
-    if vocab > model_config.vocab_size {
-        return Err(DpoError::Config {
-            field: "model".into(),
-            message: format!(
-                "the tokenizer has {vocab} tokens but the model's embedding has {} rows",
-                model_config.vocab_size
-            ),
-        });
-    }
-    let mut opt = match &ckpt_path {
-        Some(dir) => AdamW::<B::InnerBackend>::load(
-            config.optim.clone(),
-            &dir.join(OPTIMIZER_FILE),
-            &trainable_params::<B, _>(&model),
-            device,
-        )?,
-        None => AdamW::new(config.optim.clone()),
+    c.train.checkpointing(&mut model.model)?;
+    let (mut run, mut model) = opening.start(
+        model,
+        Start {
+            train: &c.train,
+            optim: &c.optim,
+            schedule: c.schedule.build(c.learning_rate, total_steps),
+            tokenizer_vocab: encoder.tokenizer().vocab_size(),
+            model_vocab: model_config.vocab_size,
+            config_toml: c.to_toml(),
+        },
+        device,
+    )?;
+    let weights = Weights {
+        model_config: &model_config,
+        lora: c.lora.as_ref(),
+        base: &c.model,
     };
-    let mut model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
-    let reference = reference::<B>(&config, &model, &pairs, pad_id, device, progress)?;
-    let mut guard = NanGuard::resume(
-        config.train.max_bad_steps,
-        state.consecutive_bad_steps,
-        state.skipped_steps,
-    );
-    run.write_config(&config.to_toml())?;
-    let resumed_step = ckpt_path.as_ref().map(|_| state.step);
-    let mut metrics = run.metrics(resumed_step)?;
-    let info = RunInfo {
+    let reference = reference::<B>(c, &model, &pairs, pad_id, device, progress)?;
+    progress(Event::Started(&RunInfo {
         run_dir: run.root().to_path_buf(),
-        start_step: state.step,
+        start_step: run.start_step(),
         total_steps,
         train_pairs: pairs.train.len(),
         validation_pairs: pairs.validation.len(),
         micro_batches_per_epoch: micro_per_epoch,
         trainable_params: trainable_count::<B, _>(&model),
         truncated: pairs.truncated,
-        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
+        resumed_with: run.resumed_with.clone(),
         reference: match reference {
             Reference::Precomputed { .. } => ReferenceKind::Precomputed,
             Reference::Frozen(_) => ReferenceKind::FrozenModel,
             Reference::AdaptersDisabled => ReferenceKind::AdaptersDisabled,
         },
-    };
-    progress(Event::Started(&info));
-    let setup = Setup {
-        config,
-        run,
-        data: pairs,
-        objective,
+    }));
+    let eval_setup = EvalSetup {
+        pairs: &pairs.validation,
+        objective: &objective,
+        batch_size: c.train.batch_size,
         pad_id,
-        model_config,
-        micro_per_epoch,
-        total_steps,
     };
-    let c = &setup.config;
 
     let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
-    let mut last_saved = resumed_step.zip(ckpt_path.clone());
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
-    while state.step < setup.total_steps {
-        if options.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+    while run.running() {
+        if Run::<B>::stop_requested(&options) {
             stop = StopReason::Interrupted;
             break;
         }
@@ -238,18 +202,19 @@ pub fn train<B: AutodiffBackend>(
 
         // 1. The pair micro-batches of this update, in the epoch's seeded order;
         //    chosen rows first, then rejected, in one batch each.
-        let (epoch, range, next_cursor) = state
+        let (epoch, range, next_cursor) = run
+            .state
             .cursor
-            .next_step(setup.micro_per_epoch, c.train.grad_accum);
+            .next_step(micro_per_epoch, c.train.grad_accum);
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let n = setup.data.train.len();
+            let n = pairs.train.len();
             order = Some((epoch, data::epoch_order(n, c.train.batch_size, seed, epoch)));
         }
         let (_, epoch_order) = order.as_ref().expect("set above");
         let micro: Vec<(&[usize], Batch)> = range
             .map(|i| {
                 let idx = epoch_order[i].as_slice();
-                (idx, pair_batch(&setup.data.train, idx, setup.pad_id))
+                (idx, pair_batch(&pairs.train, idx, pad_id))
             })
             .collect();
         // The step's loss is the mean over all its pairs (and, for RPO, over all
@@ -269,7 +234,7 @@ pub fn train<B: AutodiffBackend>(
         let mut sums = DpoSums::default();
         let mut tokens = 0;
         for (k, (idx, batch)) in micro.iter().enumerate() {
-            seed_backend::<B>(device, seed, state.step, k);
+            seed_backend::<B>(device, seed, run.state.step, k);
             let policy = completion_logps(&model, batch, device);
             let ref_logps = match &reference {
                 Reference::Precomputed { train, .. } => train.batch::<B>(idx, device),
@@ -278,7 +243,7 @@ pub fn train<B: AutodiffBackend>(
                     to_autodiff::<B>(completion_logps(&lora_reference(&model), batch, device).logps)
                 }
             };
-            let out = dpo_loss(&setup.objective, &policy.logps, &ref_logps, &policy.tokens);
+            let out = dpo_loss(&objective, &policy.logps, &ref_logps, &policy.tokens);
             let loss = out.loss_normalized(step_pairs, step_chosen_tokens);
             grads.backward(&model, loss);
             sums += DpoSums::of(&out, &policy);
@@ -287,47 +252,49 @@ pub fn train<B: AutodiffBackend>(
         let step_metrics = PairMetrics::from(&sums);
 
         // 3. Clip, guard, update.
-        let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
-        let lr = schedule.lr_at(state.step);
-        state.step += 1;
-        state.cursor = next_cursor;
-        state.num_tokens += tokens as u64;
-        let verdict = guard.check(state.step, step_metrics.loss, grad_norm);
-        if let Ok(Verdict::Update) = verdict {
-            model = opt.step::<B, _>(model, grads, lr);
-        }
-        let skipped = skip_reason(&verdict);
-        state.skipped_steps = guard.skipped();
-        state.consecutive_bad_steps = guard.consecutive();
+        let update;
+        (model, update) = run.update(model, grads, step_metrics.loss);
+        run.state.cursor = next_cursor;
+        run.state.num_tokens += tokens as u64;
 
         // 4. Metrics, and evaluation when due.
-        let epoch_f = state.cursor.epoch as f64
-            + state.cursor.micro_batch as f64 / setup.micro_per_epoch as f64;
-        let mut m = DpoMetrics::new(state.step, epoch_f, lr, grad_norm, &step_metrics);
+        let state = &run.state;
+        let epoch_f =
+            state.cursor.epoch as f64 + state.cursor.micro_batch as f64 / micro_per_epoch as f64;
+        let mut m = DpoMetrics::new(
+            state.step,
+            epoch_f,
+            update.learning_rate,
+            update.grad_norm,
+            &step_metrics,
+        );
         m.num_tokens = state.num_tokens;
         m.tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        m.skipped = skipped;
+        m.skipped = update.skipped.clone();
         let mut new_best = false;
-        if verdict.is_ok() && c.train.eval_due(state.step) {
-            let e = PairMetrics::from(&evaluate_model::<B>(&setup, &model, &reference, device));
+        if update.ok() && c.train.eval_due(state.step) {
+            let e = PairMetrics::from(&evaluate_model::<B>(
+                &eval_setup,
+                &model,
+                &reference,
+                device,
+            ));
             m.set_eval(&e);
-            new_best = state.record_eval(e.loss);
+            new_best = run.state.record_eval(e.loss);
         }
-        metrics.append(&m)?;
+        run.log(&m)?;
         progress(Event::Step(&m));
         last_metrics = Some(m);
-        verdict?;
+        update.verdict()?;
 
-        // 5. Checkpoint when due (and the best model, which keep-last never deletes).
-        let early_stop = c.train.patience_exhausted(state.evals_without_improvement);
-        let due = c.train.save_due(state.step);
-        if due || new_best || early_stop || state.step == setup.total_steps {
-            let saved = save(&setup, &state, &model, &opt)?;
+        // 5. Checkpoint when due.
+        let early_stop = run.early_stop();
+        if run.checkpoint_due(new_best, early_stop) {
+            let saved = run.save(&model, &weights)?;
             progress(Event::Checkpoint {
                 step: saved.step,
                 path: &saved.path,
             });
-            last_saved = Some((saved.step, saved.path));
         }
         if early_stop {
             stop = StopReason::EarlyStopped;
@@ -335,41 +302,24 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
-    // 6. Interrupted: checkpoint and return. Finished: write final/.
-    if stop == StopReason::Interrupted || last_saved.as_ref().is_none_or(|(s, _)| *s != state.step)
-    {
-        let saved = save(&setup, &state, &model, &opt)?;
+    // 6. The last checkpoint; unless interrupted, final/.
+    if let Some(saved) = run.save_last(&model, &weights, stop)? {
         progress(Event::Checkpoint {
             step: saved.step,
             path: &saved.path,
         });
-        last_saved = Some((saved.step, saved.path));
     }
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
-        let model = match (stop, state.best) {
-            // Early stopping keeps the best model, as transformers'
-            // `load_best_model_at_end`.
-            (StopReason::EarlyStopped, Some(best)) if best.step != state.step => {
-                let dir = setup.run.checkpoint_dir(best.step);
-                load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
-            }
-            // The f32 masters of a mixed-precision run.
-            _ => opt.to_dtype::<B, _>(model, DType::F32),
+        let model = match run.best_checkpoint(stop) {
+            Some(best) => load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&best), 0, device)?.1,
+            None => run.final_weights(model),
         };
-        let dir = setup.run.final_dir();
-        let card = ModelCard {
-            base_model: c.model.clone(),
-            trainer: TRAINER.into(),
-            lora: c.lora.clone(),
-            data_files: state.data_files.clone(),
-            config_toml: Some(c.to_toml()),
-            final_metrics: alignkit_train::run::read_metrics(&setup.run.metrics_path())?.pop(),
-            step: state.step,
-        };
+        let dir = run.dir.final_dir();
+        let card = run.card(TRAINER, &c.model, c.lora.as_ref(), c.to_toml())?;
         write_merged(
             model,
-            &setup.model_config,
+            &model_config,
             &c.model,
             &dir,
             c.final_dtype.into(),
@@ -378,16 +328,7 @@ pub fn train<B: AutodiffBackend>(
         )?;
         final_dir = Some(dir);
     }
-    Ok(DpoOutcome {
-        run_dir: setup.run.root().to_path_buf(),
-        stop,
-        steps: state.step,
-        last_checkpoint: last_saved.map(|(_, p)| p),
-        final_dir,
-        last_metrics,
-        best: state.best,
-        skipped_steps: state.skipped_steps,
-    })
+    Ok(run.outcome(stop, final_dir, last_metrics))
 }
 
 /// Chosen rows then rejected rows of the pairs `idx`, right-padded.
@@ -529,9 +470,17 @@ fn tokenizer_digest(dir: &Path) -> Result<String> {
     Ok(parts.join(","))
 }
 
+/// What an evaluation over the validation pairs needs.
+struct EvalSetup<'a> {
+    pairs: &'a [PreferenceExample],
+    objective: &'a DpoObjective,
+    batch_size: usize,
+    pad_id: u32,
+}
+
 /// Loss and metrics over the validation pairs (no dropout, no gradients).
 fn evaluate_model<B: AutodiffBackend>(
-    setup: &Setup,
+    setup: &EvalSetup<'_>,
     model: &LlamaForCausalLM<B>,
     reference: &Reference<B::InnerBackend>,
     device: &B::Device,
@@ -539,10 +488,9 @@ fn evaluate_model<B: AutodiffBackend>(
     let policy = model.valid();
     let adapters_off =
         matches!(reference, Reference::AdaptersDisabled).then(|| lora_reference(model));
-    let batch_size = setup.config.train.batch_size;
     let mut sums = DpoSums::default();
-    for idx in data::in_order(setup.data.validation.len(), batch_size) {
-        let batch = pair_batch(&setup.data.validation, &idx, setup.pad_id);
+    for idx in data::in_order(setup.pairs.len(), setup.batch_size) {
+        let batch = pair_batch(setup.pairs, &idx, setup.pad_id);
         let pol = completion_logps(&policy, &batch, device);
         let ref_logps = match (reference, &adapters_off) {
             (Reference::Precomputed { validation, .. }, _) => validation.batch(&idx, device),
@@ -550,35 +498,8 @@ fn evaluate_model<B: AutodiffBackend>(
             (Reference::AdaptersDisabled, Some(m)) => completion_logps(m, &batch, device).logps,
             (Reference::AdaptersDisabled, None) => unreachable!("built above"),
         };
-        let out = dpo_loss(&setup.objective, &pol.logps, &ref_logps, &pol.tokens);
+        let out = dpo_loss(setup.objective, &pol.logps, &ref_logps, &pol.tokens);
         sums += DpoSums::of(&out, &pol);
     }
     sums
-}
-
-fn save<B: AutodiffBackend>(
-    setup: &Setup,
-    state: &TrainerState,
-    model: &LlamaForCausalLM<B>,
-    opt: &AdamW<B::InnerBackend>,
-) -> Result<CheckpointRef> {
-    if let Some(name) = first_non_finite::<B, _>(model) {
-        return Err(DpoError::Train(TrainError::checkpoint(
-            setup.run.checkpoints_dir(),
-            format!("refusing to save: parameter `{name}` is not finite"),
-        )));
-    }
-    let c = &setup.config;
-    Ok(save_checkpoint(
-        &setup.run.checkpoints_dir(),
-        state,
-        c.train.keep_last,
-        state.best.map(|b| b.step),
-        |dir| {
-            // The f32 masters of a mixed-precision run.
-            let model = opt.f32_weights::<B, _>(model.clone());
-            save_trained(&model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
-            opt.save(&dir.join(OPTIMIZER_FILE))
-        },
-    )?)
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`rule`]: rule judges (exactly one sentence, JSON with given keys, a
 //!   regular expression, an exact match against a field of the prompt record).
+//! - [`sentiment`]: the VADER compound score (the sentiment reward and judge).
 //! - [`stats`]: proportions with Wilson score intervals and the Newcombe
 //!   interval for a difference of two proportions.
 //! - [`generations`]: responses cached on disk by model fingerprint, prompt
@@ -18,6 +19,7 @@ pub mod error;
 pub mod generations;
 pub mod hacking;
 pub mod rule;
+pub mod sentiment;
 pub mod stats;
 pub mod winrate;
 
@@ -26,5 +28,6 @@ pub use error::EvalError;
 pub use generations::{GenerationCache, GenerationSettings, Generations};
 pub use hacking::TextStats;
 pub use rule::{Pattern, Rule, RuleError};
+pub use sentiment::Sentiment;
 pub use stats::{Difference, PairedRates, Proportion, wilson};
 pub use winrate::{Judged, LengthControlled, Outcome, WinRate, sign_test};

@@ -286,6 +286,8 @@ pub fn named_tensors<B: Backend, M: Module<B>>(
 }
 
 /// Serialize named f32 tensors as safetensors bytes in the requested dtype.
+/// The whole file is built in memory: for small files (an adapter's
+/// metadata, a head) only; weights go through [`write_safetensors`].
 pub fn safetensors_bytes(
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     dtype: SaveDtype,
@@ -293,25 +295,12 @@ pub fn safetensors_bytes(
 ) -> Result<Vec<u8>> {
     let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(name, (shape, data))| {
-            let bytes = match dtype {
-                SaveDtype::F32 => bytemuck::cast_slice::<f32, u8>(data).to_vec(),
-                SaveDtype::Bf16 => data
-                    .iter()
-                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                    .collect(),
-            };
-            (name.clone(), shape.clone(), bytes)
-        })
+        .map(|(name, (shape, data))| (name.clone(), shape.clone(), encode(data, dtype)))
         .collect();
-    let st_dtype = match dtype {
-        SaveDtype::F32 => Dtype::F32,
-        SaveDtype::Bf16 => Dtype::BF16,
-    };
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = encoded
         .iter()
         .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
+            safetensors::tensor::TensorView::new(dtype.safetensors(), shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| ModelError::Input(format!("tensor {name}: {e}")))
         })
@@ -319,12 +308,143 @@ pub fn safetensors_bytes(
     safetensors::tensor::serialize(views, metadata).map_err(|e| ModelError::Input(e.to_string()))
 }
 
+impl SaveDtype {
+    fn safetensors(self) -> Dtype {
+        match self {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+        }
+    }
+}
+
+/// Little-endian bytes of `data` in `dtype`.
+fn encode(data: &[f32], dtype: SaveDtype) -> Vec<u8> {
+    match dtype {
+        SaveDtype::F32 => bytemuck::cast_slice::<f32, u8>(data).to_vec(),
+        SaveDtype::Bf16 => data
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// One tensor of a file being written, read from its device only when its
+/// turn comes, so that a save holds one tensor's bytes at a time and never a
+/// second copy of the model (a 1B model's save must not double its memory).
+pub struct PendingTensor<'a> {
+    shape: Vec<usize>,
+    dtype: SaveDtype,
+    fetch: Box<dyn Fn() -> TensorData + 'a>,
+}
+
+impl<'a> PendingTensor<'a> {
+    /// `tensor`, to be written in `dtype`. Holds a handle, not a copy.
+    pub fn of<B: Backend + 'a, const D: usize>(tensor: Tensor<B, D>, dtype: SaveDtype) -> Self {
+        Self {
+            shape: tensor.dims().to_vec(),
+            dtype,
+            fetch: Box::new(move || tensor.clone().into_data()),
+        }
+    }
+}
+
+impl safetensors::View for PendingTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype.safetensors()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let data = (self.fetch)().convert::<f32>();
+        let bytes = match self.dtype {
+            SaveDtype::F32 => data.as_bytes().to_vec(),
+            SaveDtype::Bf16 => encode(
+                data.as_slice::<f32>().expect("converted to f32 above"),
+                SaveDtype::Bf16,
+            ),
+        };
+        bytes.into()
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.safetensors().bitsize() / 8
+    }
+}
+
+/// Write a safetensors file atomically (temporary file, fsync, rename),
+/// streaming one tensor at a time: the bytes equal `safetensors::serialize`'s.
+pub fn write_safetensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (String, PendingTensor<'a>)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let tmp = temp_path(path);
+    let write = || -> std::result::Result<(), String> {
+        safetensors::tensor::serialize_to_file(tensors, metadata, &tmp)
+            .map_err(|e| e.to_string())?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| e.to_string())
+    };
+    write().map_err(|message| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, std::io::Error::other(message))
+    })
+}
+
+/// Collects a handle to every float parameter by its dotted path.
+struct PendingCollector<'a, B: Backend> {
+    path: PathStack,
+    dtype: SaveDtype,
+    out: Vec<(String, PendingTensor<'a>)>,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<'a, B: Backend + 'a> ModuleVisitor<B> for PendingCollector<'a, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out
+            .push((self.path.name(), PendingTensor::of(param.val(), self.dtype)));
+    }
+}
+
+/// Every float parameter of a module by its checkpoint name, to be written
+/// in `dtype` by [`write_safetensors`].
+pub fn pending_tensors<'a, B: Backend + 'a, M: Module<B>>(
+    module: &M,
+    dtype: SaveDtype,
+) -> Vec<(String, PendingTensor<'a>)> {
+    let mut collector = PendingCollector::<B> {
+        path: PathStack::default(),
+        dtype,
+        out: Vec::new(),
+        _backend: std::marker::PhantomData,
+    };
+    module.visit(&mut collector);
+    collector.out
+}
+
+/// `format = pt`, the metadata transformers writes and expects.
+pub fn pt_metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dir.join(format!(".{file_name}.tmp-{}", std::process::id()))
+}
+
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsynced, then renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = temp_path(path);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -347,11 +467,11 @@ pub fn save_model<B: Backend>(
     dtype: SaveDtype,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let tensors = named_tensors::<B, _>(model);
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors_bytes(&tensors, dtype, Some(metadata))?;
-    write_atomic(&dir.join("model.safetensors"), &bytes)?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        pending_tensors::<B, _>(model, dtype),
+        pt_metadata(),
+    )?;
     let mut json = config.to_json();
     json["torch_dtype"] = match dtype {
         SaveDtype::F32 => "float32",

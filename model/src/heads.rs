@@ -24,7 +24,6 @@
 //! the embedding gradient is the true one for every token, so a full
 //! fine-tune's gradient (and `grad_norm`) differs from TRL's by that row.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Module;
@@ -32,7 +31,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::checkpoint::{
-    SaveDtype, load_model, load_module, named_tensors, safetensors_bytes, write_atomic,
+    SaveDtype, load_model, load_module, pending_tensors, pt_metadata, write_atomic,
+    write_safetensors,
 };
 use crate::config::{LlamaConfig, ModelType};
 use crate::error::{ModelError, Result};
@@ -211,11 +211,11 @@ pub fn save_reward_model<B: Backend>(
     dtype: SaveDtype,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let tensors = named_tensors::<B, _>(model);
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors_bytes(&tensors, dtype, Some(metadata))?;
-    write_atomic(&dir.join("model.safetensors"), &bytes)?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        pending_tensors::<B, _>(model, dtype),
+        pt_metadata(),
+    )?;
 
     let mut json = config.to_json();
     json["architectures"] =
@@ -237,6 +237,7 @@ mod tests {
     use burn::backend::Flex;
 
     use super::*;
+    use crate::checkpoint::named_tensors;
     use crate::mask::{attention_mask, positions_from_mask};
 
     type B = Flex;

@@ -28,7 +28,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::SaveDtype;
-use crate::checkpoint::{safetensors_bytes, write_atomic};
+use crate::checkpoint::{PendingTensor, pt_metadata, write_atomic, write_safetensors};
 use crate::error::{ModelError, Result};
 use crate::fused::LoraTerm;
 use crate::precision::{to_dtype, to_f32};
@@ -422,27 +422,35 @@ pub fn detach_all<B: Backend>(mut model: LlamaForCausalLM<B>) -> LlamaForCausalL
 pub fn peft_tensors<B: Backend>(
     model: &LlamaForCausalLM<B>,
 ) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let host = |t: Tensor<B, 2>| -> (Vec<usize>, Vec<f32>) {
-        let shape = t.dims().to_vec();
-        let data = t
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("converted to f32 above");
-        (shape, data)
-    };
-    let mut out = BTreeMap::new();
+    adapter_tensors(model)
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = t.dims().to_vec();
+            let data = t
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted to f32 above");
+            (name, (shape, data))
+        })
+        .collect()
+}
+
+/// Handles to the adapter tensors under PEFT's names
+/// (`base_model.model.<path>.lora_A.weight` / `lora_B.weight`).
+fn adapter_tensors<B: Backend>(model: &LlamaForCausalLM<B>) -> Vec<(String, Tensor<B, 2>)> {
+    let mut out = Vec::new();
     for (i, block, module) in linear_paths(model.model.layers.len()) {
         if let Some(adapter) = &linear_ref(model, i, module).lora {
             let path = module_path(i, block, module);
-            out.insert(
+            out.push((
                 format!("base_model.model.{path}.lora_A.weight"),
-                host(adapter.lora_a.val()),
-            );
-            out.insert(
+                adapter.lora_a.val(),
+            ));
+            out.push((
                 format!("base_model.model.{path}.lora_B.weight"),
-                host(adapter.lora_b.val()),
-            );
+                adapter.lora_b.val(),
+            ));
         }
     }
     out
@@ -482,16 +490,19 @@ pub fn save_adapter<B: Backend>(
     dtype: SaveDtype,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let tensors = peft_tensors(model);
+    let tensors = adapter_tensors(model);
     if tensors.is_empty() {
         return Err(ModelError::Input(
             "the model has no LoRA adapter to save".into(),
         ));
     }
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors_bytes(&tensors, dtype, Some(metadata))?;
-    write_atomic(&dir.join(ADAPTER_WEIGHTS), &bytes)?;
+    write_safetensors(
+        &dir.join(ADAPTER_WEIGHTS),
+        tensors
+            .into_iter()
+            .map(|(name, t)| (name, PendingTensor::of(t, dtype))),
+        pt_metadata(),
+    )?;
     let json = peft_config_json(config, base_model);
     let text = serde_json::to_string_pretty(&json).map_err(|e| ModelError::Input(e.to_string()))?;
     write_atomic(&dir.join(ADAPTER_CONFIG), text.as_bytes())

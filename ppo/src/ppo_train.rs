@@ -29,17 +29,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use alignkit_model::LlamaConfig;
 use alignkit_model::heads::is_sequence_classification;
-use alignkit_model::{LlamaConfig, LlamaForCausalLM};
-use alignkit_reward::model::{
+use alignkit_train::checkpoint::OPTIMIZER_FILE;
+use alignkit_train::reward_model::{
     Trainee, fresh_score, load_trainable as load_critic, read_score, save_trained as save_critic,
     write_score,
 };
-use alignkit_train::checkpoint::OPTIMIZER_FILE;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
+use alignkit_train::skeleton::Run;
 use alignkit_train::{AdamW, Gradients, TrainError, Verdict, skip_reason, trainable_params};
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
@@ -58,8 +58,8 @@ use crate::metrics::{PpoMetrics, RolloutStats, StepTimes, completion_records, me
 use crate::reward::{RewardKind, same_tokenizer};
 use crate::rollout::{ScoredTokens, logprobs_and_values, scaled_token_logprobs};
 use crate::train::{
-    EpochOrder, Event, Opened, Rollout, Setup, collect, finish, floats, host, open, rollout_tokens,
-    save, token_spans,
+    EpochOrder, Event, Opened, Rollout, collect, finish, floats, host, open, rollout_tokens,
+    token_spans,
 };
 
 pub use alignkit_train::RunOptions;
@@ -310,18 +310,14 @@ pub fn train_ppo<B: AutodiffBackend>(
         mut model,
         reference,
         rewards,
-        mut opt,
-        schedule,
-        mut guard,
-        mut state,
-        mut metrics,
+        mut run,
         mut completions_log,
         mut evaluator,
         checkpoint,
         mut info,
     } = open::<B>(config, device, &options)?;
     let c = &setup.config;
-    let seed = state.seed;
+    let seed = run.state.seed;
     let critic_ckpt = checkpoint.as_ref().map(|d| d.join(CRITIC_DIR));
     let critic = Critic::<B>::load(
         &critic_init,
@@ -340,7 +336,7 @@ pub fn train_ppo<B: AutodiffBackend>(
     info.critic = Some(critic_init.describe());
     progress(Event::Started(&info));
     if let Some(ev) = evaluator.as_mut()
-        && state.step == 0
+        && run.state.step == 0
     {
         ev.after_step(&setup, 0, &model, &reference, &rewards, device, progress)?;
     }
@@ -353,36 +349,18 @@ pub fn train_ppo<B: AutodiffBackend>(
     let per_mini = c.completions_per_step() / params.num_mini_batches;
 
     let mut order = EpochOrder::default();
-    let mut last_saved = checkpoint.clone().map(|p| (state.step, p));
     let mut last_metrics = None;
     let mut stop = alignkit_train::StopReason::Completed;
-    let saver = |setup: &Setup,
-                 state: &alignkit_train::TrainerState,
-                 model: &LlamaForCausalLM<B>,
-                 opt: &AdamW<B::InnerBackend>,
-                 critic: &Critic<B>,
-                 critic_opt: &AdamW<B::InnerBackend>,
-                 kl_coef: f64| {
-        save(setup, state, model, opt, |dir| {
-            critic.save(
-                critic_opt,
-                setup.config.lora.as_ref(),
-                &dir.join(CRITIC_DIR),
-            )?;
-            let path = dir.join(PPO_STATE_FILE);
-            let text = serde_json::to_string(&PpoState { kl_coef }).expect("serializes");
-            std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
-        })
-    };
-    while state.step < setup.total_steps {
-        if options.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+    while run.running() {
+        if Run::<B>::stop_requested(&options) {
             stop = alignkit_train::StopReason::Interrupted;
             break;
         }
         let started = Instant::now();
 
         // 1-2. Roll out with π_old and score.
-        let (rollout, next_cursor) = collect(&setup, &state, &mut order, &model, &rewards, device)?;
+        let (rollout, next_cursor) =
+            collect(&setup, &run.state, &mut order, &model, &rewards, device)?;
         let Rollout {
             completions,
             scores,
@@ -481,7 +459,7 @@ pub fn train_ppo<B: AutodiffBackend>(
 
         // 5. num_ppo_epochs × num_mini_batches updates of policy and critic.
         let optimization_started = Instant::now();
-        let lr = schedule.lr_at(state.step);
+        let lr = run.learning_rate();
         let critic_lr = lr * critic_lr_scale;
         let pad_id = setup.encoder.tokenizer().pad_id();
         let mut sums = UpdateSums::default();
@@ -492,7 +470,7 @@ pub fn train_ppo<B: AutodiffBackend>(
             perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(
                 seed,
                 Stream::MiniBatchOrder,
-                state.step as u64,
+                run.state.step as u64,
                 epoch as u64,
             )));
             for (mb, mini) in perm.chunks(per_mini).enumerate() {
@@ -528,7 +506,7 @@ pub fn train_ppo<B: AutodiffBackend>(
                     let old = gather(&|d| &d.old_logp);
                     let n = old.len();
                     let update = (epoch * params.num_mini_batches + mb) * per_mini + m;
-                    seed_backend::<B>(device, seed, state.step, update);
+                    seed_backend::<B>(device, seed, run.state.step, update);
                     let (head, values) = match &critic {
                         Critic::Separate(critic, _) => (
                             scaled_token_logprobs(&model, &tokens, temperature, true, device),
@@ -601,13 +579,12 @@ pub fn train_ppo<B: AutodiffBackend>(
                 sums.grad_norm += grad_norm;
                 sums.critic_grad_norm += critic_grad_norm;
                 sums.updates += 1;
-                verdict = guard.check(
-                    state.step + 1,
+                verdict = run.check(
                     pg_total + params.vf_coef * vf_total,
                     grad_norm.hypot(critic_grad_norm),
                 );
                 if let Ok(Verdict::Update) = verdict {
-                    model = opt.step::<B, _>(model, grads, lr);
+                    model = run.opt.step::<B, _>(model, grads, lr);
                     critic = critic.step(&mut critic_opt, critic_grads, critic_lr);
                 }
                 skipped = skipped.or(skip_reason(&verdict));
@@ -616,10 +593,8 @@ pub fn train_ppo<B: AutodiffBackend>(
                 }
             }
         }
-        state.step += 1;
-        state.cursor = next_cursor;
-        state.skipped_steps = guard.skipped();
-        state.consecutive_bad_steps = guard.consecutive();
+        run.end_step();
+        run.state.cursor = next_cursor;
         let optimization_time = optimization_started.elapsed().as_secs_f64();
 
         // 6. The KL controller, metrics, a sample of completions.
@@ -634,12 +609,12 @@ pub fn train_ppo<B: AutodiffBackend>(
             ctl.update(mean_kl, completions.len());
             kl_coef = ctl.value;
         }
-        state.num_tokens += rollout_tokens(&setup.prompts, &completions);
+        run.state.num_tokens += rollout_tokens(&setup.prompts, &completions);
         let rollout = RolloutStats::new(
             &completions,
             &total_rewards,
             (rewards.names(), &scores.per_func),
-            state.num_tokens,
+            run.state.num_tokens,
             StepTimes {
                 started,
                 generation: generation_time,
@@ -653,10 +628,10 @@ pub fn train_ppo<B: AutodiffBackend>(
         let ratio_mean = sums.ratio / tokens;
         let non_score_reward = mean_std(&non_score).0;
         let m = PpoMetrics {
-            step: state.step,
-            epoch: state.cursor.epoch as f64
-                + state.cursor.micro_batch as f64 / setup.batches_per_epoch as f64,
-            episode: state.step * c.completions_per_step(),
+            step: run.state.step,
+            epoch: run.state.cursor.epoch as f64
+                + run.state.cursor.micro_batch as f64 / setup.batches_per_epoch as f64,
+            episode: run.state.step * c.completions_per_step(),
             learning_rate: lr,
             critic_learning_rate: critic_lr,
             kl: mean_kl,
@@ -678,15 +653,15 @@ pub fn train_ppo<B: AutodiffBackend>(
             critic_grad_norm: sums.critic_grad_norm / updates,
             rollout,
         };
-        metrics.append(&m)?;
+        run.log(&m)?;
         let every = c.rollout.log_completions_steps;
-        if every > 0 && state.step.is_multiple_of(every) {
+        if every > 0 && run.state.step.is_multiple_of(every) {
             let mean_advantage: Vec<f64> = advantages
                 .iter()
                 .map(|a| a.iter().sum::<f64>() / a.len().max(1) as f64)
                 .collect();
             completions_log.append(&completion_records(
-                state.step,
+                run.state.step,
                 &setup.prompts,
                 &completions,
                 &total_rewards,
@@ -701,32 +676,44 @@ pub fn train_ppo<B: AutodiffBackend>(
         verdict?;
         if let Some(ev) = evaluator.as_mut() {
             ev.after_step(
-                &setup, state.step, &model, &reference, &rewards, device, progress,
+                &setup,
+                run.state.step,
+                &model,
+                &reference,
+                &rewards,
+                device,
+                progress,
             )?;
         }
 
         // 7. Checkpoint when due.
-        if c.train.save_due(state.step) || state.step == setup.total_steps {
-            let saved = saver(&setup, &state, &model, &opt, &critic, &critic_opt, kl_coef)?;
+        if run.checkpoint_due(false, false) {
+            let extra = critic_and_kl(&critic, &critic_opt, c.lora.as_ref(), kl_coef);
+            let saved = run.save_with(&model, &setup.weights(), extra)?;
             progress(Event::Checkpoint {
                 step: saved.step,
                 path: &saved.path,
             });
-            last_saved = Some((saved.step, saved.path));
         }
     }
-    // The f32 masters of a mixed-precision run.
-    let model = opt.to_dtype::<B, _>(model, DType::F32);
-    finish(
-        &setup,
-        &state,
-        stop,
-        last_saved,
-        last_metrics,
-        model,
-        |setup, state, model| saver(setup, state, model, &opt, &critic, &critic_opt, kl_coef),
-        progress,
-    )
+    let extra = critic_and_kl(&critic, &critic_opt, c.lora.as_ref(), kl_coef);
+    finish(&setup, run, stop, last_metrics, model, extra, progress)
+}
+
+/// What a checkpoint holds besides the policy: the critic and the KL
+/// controller's state.
+fn critic_and_kl<'a, B: AutodiffBackend>(
+    critic: &'a Critic<B>,
+    critic_opt: &'a AdamW<B::InnerBackend>,
+    lora: Option<&'a alignkit_model::lora::LoraConfig>,
+    kl_coef: f64,
+) -> impl FnOnce(&Path) -> std::result::Result<(), TrainError> + 'a {
+    move |dir| {
+        critic.save(critic_opt, lora, &dir.join(CRITIC_DIR))?;
+        let path = dir.join(PPO_STATE_FILE);
+        let text = serde_json::to_string(&PpoState { kl_coef }).expect("serializes");
+        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+    }
 }
 
 fn read_ppo_state(checkpoint: &Path) -> Result<PpoState> {

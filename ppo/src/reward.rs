@@ -13,9 +13,9 @@
 //!   of the prompt record): 1 when it passes, 0 otherwise.
 //! - [`RewardKind::Sentiment`]: the VADER compound score in [−1, 1] (Hutto &
 //!   Gilbert 2014, "VADER: A Parsimonious Rule-based Model for Sentiment
-//!   Analysis of Social Media Text"), from the `vader_sentiment` crate and its
-//!   lexicon. The offline stand-in for the sentiment classifier of Rafailov et
-//!   al. 2023 §6.1.
+//!   Analysis of Social Media Text"), computed by `alignkit_eval::Sentiment`.
+//!   The offline stand-in for the sentiment classifier of Rafailov et al.
+//!   2023 §6.1.
 //!
 //! A reward that cannot be computed (a missing record field, a non-finite
 //! score) is an error naming the prompt's FILE:LINE, never a silent 0.
@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 
 use alignkit_datasets::Tokenizer;
-use alignkit_eval::Rule;
+use alignkit_eval::{Rule, Sentiment};
 use alignkit_model::FinishReason;
 use alignkit_model::heads::{RewardModel, load_reward_model};
 use burn::tensor::backend::Backend;
@@ -200,29 +200,6 @@ pub(crate) fn same_tokenizer(
         b.len(),
         a.len()
     ))
-}
-
-/// The VADER compound sentiment score of a text, in [−1, 1] (the
-/// `sentiment` reward, and `alignkit eval winrate --judge sentiment`).
-pub struct Sentiment(vader_sentiment::SentimentIntensityAnalyzer<'static>);
-
-impl Sentiment {
-    pub fn new() -> Self {
-        Self(vader_sentiment::SentimentIntensityAnalyzer::new())
-    }
-
-    pub fn score(&self, text: &str) -> f64 {
-        let scores = self.0.polarity_scores(text);
-        *scores
-            .get("compound")
-            .expect("VADER always reports a compound score")
-    }
-}
-
-impl Default for Sentiment {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// A reward function ready to score.

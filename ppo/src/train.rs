@@ -17,27 +17,23 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use alignkit_datasets::{Encoder, shuffled_batches};
 use alignkit_model::precision::cast_model;
 use alignkit_model::{DecodePanels, LlamaConfig, LlamaForCausalLM, load_model, lora};
-use alignkit_train::checkpoint::OPTIMIZER_FILE;
-use alignkit_train::export::{ModelCard, write_merged};
-use alignkit_train::run::MetricsLog;
-use alignkit_train::schedule::Schedule;
+use alignkit_train::export::write_merged;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::weights::{load_trainable, save_trained};
+use alignkit_train::skeleton::{self, Run, Start, Weights};
+use alignkit_train::weights::load_trainable;
 use alignkit_train::{
-    AdamW, CheckpointRef, DataFile, Gradients, KeyChange, NanGuard, RunDir, RunIdentity,
-    TrainError, TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint,
-    save_checkpoint, sha256_file, skip_reason, trainable_count, trainable_params,
+    DataFile, Gradients, KeyChange, RunIdentity, TrainError, TrainerState, WeightsKind,
+    model_fingerprint, sha256_file, trainable_count,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
@@ -165,7 +161,6 @@ pub(crate) struct Setup {
     pub group: usize,
     pub settings: RolloutSettings,
     pub encoder: Encoder,
-    pub run: RunDir,
     pub prompts: Vec<Prompt>,
     pub prompts_per_step: usize,
     pub batches_per_epoch: usize,
@@ -177,6 +172,15 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// What a checkpoint of the policy holds ([`Run::save`]).
+    pub fn weights(&self) -> Weights<'_> {
+        Weights {
+            model_config: &self.model_config,
+            lora: self.config.lora.as_ref(),
+            base: &self.config.model,
+        }
+    }
+
     /// The policy laid out for sampling ([`LlamaForCausalLM::for_decoding`]).
     /// Under LoRA the base weights do not change during the run, so their
     /// panels are laid out once (about a second a step for SmolLM2).
@@ -203,11 +207,8 @@ pub(crate) struct Opened<B: AutodiffBackend> {
     pub model: LlamaForCausalLM<B>,
     pub reference: Reference<B::InnerBackend>,
     pub rewards: Rewards<B::InnerBackend>,
-    pub opt: AdamW<B::InnerBackend>,
-    pub schedule: Schedule,
-    pub guard: NanGuard,
-    pub state: TrainerState,
-    pub metrics: MetricsLog,
+    /// The run directory, state, optimizer and metrics ([`skeleton::Run`]).
+    pub run: Run<B>,
     pub completions_log: CompletionsLog,
     pub evaluator: Option<Evaluator<B::InnerBackend>>,
     /// The checkpoint resumed from.
@@ -244,15 +245,14 @@ pub(crate) fn open<B: AutodiffBackend>(
         0 => config.train.epochs * batches_per_epoch,
         n => n,
     };
-    let schedule = config.schedule.build(config.learning_rate, total_steps);
     let seed = config.train.seed;
     let data_files = [DataFile {
         path: config.data.train_file.clone(),
         sha256: sha256_file(&config.data.train_file)?,
     }];
-    let (run, state, resumed) = RunDir::open(
+    let opening = skeleton::open(
         &config.output_dir,
-        options.resume,
+        options,
         &RunIdentity {
             trainer,
             base_model: &config.model,
@@ -276,7 +276,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         seed,
     )?;
 
-    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
+    let ckpt_path = opening.checkpoint().map(Path::to_path_buf);
     let (model_config, mut model) = load_trainable::<B>(
         &config.model,
         config.lora.as_ref(),
@@ -285,16 +285,6 @@ pub(crate) fn open<B: AutodiffBackend>(
         device,
     )?;
     config.train.checkpointing(&mut model.model)?;
-    let vocab = tokenizer.vocab_size();
-    if vocab > model_config.vocab_size {
-        return Err(RlError::Config {
-            field: "model".into(),
-            message: format!(
-                "the tokenizer has {vocab} tokens but the model's embedding has {} rows",
-                model_config.vocab_size
-            ),
-        });
-    }
     check_head(&model)?;
     // The evaluations' KL needs a reference even when the objective does not.
     let reference: Reference<B::InnerBackend> =
@@ -315,24 +305,19 @@ pub(crate) fn open<B: AutodiffBackend>(
         device,
     )?;
 
-    let mut opt = match &ckpt_path {
-        Some(dir) => AdamW::<B::InnerBackend>::load(
-            config.optim.clone(),
-            &dir.join(OPTIMIZER_FILE),
-            &trainable_params::<B, _>(&model),
-            device,
-        )?,
-        None => AdamW::new(config.optim.clone()),
-    };
-    let model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
-    let guard = NanGuard::resume(
-        config.train.max_bad_steps,
-        state.consecutive_bad_steps,
-        state.skipped_steps,
-    );
-    run.write_config(&config.to_toml())?;
-    let resumed_step = ckpt_path.as_ref().map(|_| state.step);
-    let metrics = run.metrics(resumed_step)?;
+    let (run, model) = opening.start(
+        model,
+        Start {
+            train: &config.train,
+            optim: &config.optim,
+            schedule: config.schedule.build(config.learning_rate, total_steps),
+            tokenizer_vocab: tokenizer.vocab_size(),
+            model_vocab: model_config.vocab_size,
+            config_toml: config.to_toml(),
+        },
+        device,
+    )?;
+    let resumed_step = ckpt_path.as_ref().map(|_| run.state.step);
     let completions_log = CompletionsLog::open(run.root(), resumed_step)?;
     let evaluator = if config.eval.enabled() {
         let prompts = load_prompts(&config.eval.file, &encoder)?;
@@ -371,7 +356,7 @@ pub(crate) fn open<B: AutodiffBackend>(
     let info = RunInfo {
         run_dir: run.root().to_path_buf(),
         algorithm: trainer,
-        start_step: state.step,
+        start_step: run.start_step(),
         total_steps,
         prompts: prompts.len(),
         prompts_per_step,
@@ -380,7 +365,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         reference: reference.kind(),
         rewards: rewards.names().to_vec(),
         critic: None,
-        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
+        resumed_with: run.resumed_with.clone(),
     };
     Ok(Opened {
         setup: Setup {
@@ -389,7 +374,6 @@ pub(crate) fn open<B: AutodiffBackend>(
             group,
             settings,
             encoder,
-            run,
             prompts,
             prompts_per_step,
             batches_per_epoch,
@@ -400,11 +384,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         model,
         reference,
         rewards,
-        opt,
-        schedule,
-        guard,
-        state,
-        metrics,
+        run,
         completions_log,
         evaluator,
         checkpoint: ckpt_path,
@@ -659,19 +639,15 @@ pub fn train<B: AutodiffBackend>(
         mut model,
         reference,
         rewards,
-        mut opt,
-        schedule,
-        mut guard,
-        mut state,
-        mut metrics,
+        mut run,
         mut completions_log,
         mut evaluator,
-        checkpoint: ckpt_path,
+        checkpoint: _,
         info,
     } = open::<B>(config, device, &options)?;
     progress(Event::Started(&info));
     if let Some(ev) = evaluator.as_mut()
-        && state.step == 0
+        && run.state.step == 0
     {
         ev.after_step(&setup, 0, &model, &reference, &rewards, device, progress)?;
     }
@@ -697,15 +673,14 @@ pub fn train<B: AutodiffBackend>(
             });
         }
     };
-    let seed = state.seed;
+    let seed = run.state.seed;
     let temperature = setup.settings.temperature;
 
     let mut order = EpochOrder::default();
-    let mut last_saved = ckpt_path.clone().map(|p| (state.step, p));
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
-    while state.step < setup.total_steps {
-        if options.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+    while run.running() {
+        if Run::<B>::stop_requested(&options) {
             stop = StopReason::Interrupted;
             break;
         }
@@ -713,7 +688,8 @@ pub fn train<B: AutodiffBackend>(
 
         // 1-2. Roll out G completions for each prompt of this step with the
         //    current policy (π_old), and score them.
-        let (rollout, next_cursor) = collect(&setup, &state, &mut order, &model, &rewards, device)?;
+        let (rollout, next_cursor) =
+            collect(&setup, &run.state, &mut order, &model, &rewards, device)?;
         let Rollout {
             completions,
             scores,
@@ -775,11 +751,11 @@ pub fn train<B: AutodiffBackend>(
                 active.iter().map(|m| vec![w; m.len()]).collect()
             }
         };
-        let lr = schedule.lr_at(state.step);
+        let lr = run.learning_rate();
         // π_old's values from the first pass: per token (GRPO) or per sequence (RLOO).
         let mut old: Vec<Vec<f32>> = vec![Vec::new(); batches.len()];
         let mut sums = PassSums::default();
-        let mut verdict: std::result::Result<Verdict, TrainError> = Ok(Verdict::Update);
+        let mut verdict: std::result::Result<(), TrainError> = Ok(());
         let mut skipped = None;
         for pass in 0..passes {
             let mut grads = Gradients::<B::InnerBackend>::new();
@@ -794,7 +770,7 @@ pub fn train<B: AutodiffBackend>(
                     };
                     continue;
                 }
-                seed_backend::<B>(device, seed, state.step, pass * batches.len() + k);
+                seed_backend::<B>(device, seed, run.state.step, pass * batches.len() + k);
                 let head = scaled_token_logprobs(&model, tokens, temperature, pass == 0, device);
                 let logp = head.logp;
                 let n = tokens.len();
@@ -870,26 +846,23 @@ pub fn train<B: AutodiffBackend>(
                 }
                 grads.backward(&model, out.loss);
             }
-            let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
+            let update;
+            (model, update) = run.apply(model, grads, pass_loss);
             sums.loss += pass_loss;
-            sums.grad_norm += grad_norm;
-            verdict = guard.check(state.step + 1, pass_loss, grad_norm);
-            if let Ok(Verdict::Update) = verdict {
-                model = opt.step::<B, _>(model, grads, lr);
-            }
-            skipped = skipped.or(skip_reason(&verdict));
+            sums.grad_norm += update.grad_norm;
+            skipped = skipped.or(update.skipped.clone());
+            verdict = update.verdict();
             if verdict.is_err() {
                 break;
             }
         }
-        state.step += 1;
-        state.cursor = next_cursor;
-        state.skipped_steps = guard.skipped();
-        state.consecutive_bad_steps = guard.consecutive();
+        run.end_step();
+        run.state.cursor = next_cursor;
         let optimization_time = optimization_started.elapsed().as_secs_f64();
 
         // 5. Metrics, and a sample of completions when due.
-        state.num_tokens += rollout_tokens(&setup.prompts, &completions);
+        run.state.num_tokens += rollout_tokens(&setup.prompts, &completions);
+        let state = &run.state;
         let passes_run = passes as f64;
         let trained_tokens = sums.tokens.max(1) as f64;
         let clip_items = sums.clip_items.max(1) as f64;
@@ -925,11 +898,11 @@ pub fn train<B: AutodiffBackend>(
             logp_diff_mean: sums.logp_diff / trained_tokens,
             logp_diff_max: sums.logp_diff_max,
         };
-        metrics.append(&m)?;
+        run.log(&m)?;
         let every = c.rollout.log_completions_steps;
-        if every > 0 && state.step.is_multiple_of(every) {
+        if every > 0 && run.state.step.is_multiple_of(every) {
             let records = completion_records(
-                state.step,
+                run.state.step,
                 &setup.prompts,
                 &completions,
                 &total_rewards,
@@ -945,70 +918,52 @@ pub fn train<B: AutodiffBackend>(
         verdict?;
         if let Some(ev) = evaluator.as_mut() {
             ev.after_step(
-                &setup, state.step, &model, &reference, &rewards, device, progress,
+                &setup,
+                run.state.step,
+                &model,
+                &reference,
+                &rewards,
+                device,
+                progress,
             )?;
         }
 
         // 6. Checkpoint when due.
-        if c.train.save_due(state.step) || state.step == setup.total_steps {
-            let saved = save(&setup, &state, &model, &opt, |_| Ok(()))?;
+        if run.checkpoint_due(false, false) {
+            let saved = run.save(&model, &setup.weights())?;
             progress(Event::Checkpoint {
                 step: saved.step,
                 path: &saved.path,
             });
-            last_saved = Some((saved.step, saved.path));
         }
     }
-
-    // The f32 masters of a mixed-precision run.
-    let model = opt.to_dtype::<B, _>(model, DType::F32);
-    finish(
-        &setup,
-        &state,
-        stop,
-        last_saved,
-        last_metrics,
-        model,
-        |setup, state, model| save(setup, state, model, &opt, |_| Ok(())),
-        progress,
-    )
+    finish(&setup, run, stop, last_metrics, model, |_| Ok(()), progress)
 }
 
 /// The end of a run: a checkpoint of the last step unless one exists (always
-/// when interrupted), and, unless interrupted, the merged policy in `final/`.
-#[allow(clippy::too_many_arguments)]
+/// when interrupted; `extra` writes what else the trainer keeps, as in
+/// [`Run::save_with`]), and, unless interrupted, the merged policy in `final/`.
 pub(crate) fn finish<B: AutodiffBackend, M>(
     setup: &Setup,
-    state: &TrainerState,
+    mut run: Run<B>,
     stop: StopReason,
-    mut last_saved: Option<(usize, PathBuf)>,
     last_metrics: Option<M>,
     model: LlamaForCausalLM<B>,
-    save: impl FnOnce(&Setup, &TrainerState, &LlamaForCausalLM<B>) -> Result<CheckpointRef>,
+    extra: impl FnOnce(&Path) -> std::result::Result<(), TrainError>,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<alignkit_train::Outcome<M>> {
-    if stop == StopReason::Interrupted || last_saved.as_ref().is_none_or(|(s, _)| *s != state.step)
-    {
-        let saved = save(setup, state, &model)?;
+    if let Some(saved) = run.save_last_with(&model, &setup.weights(), stop, extra)? {
         progress(Event::Checkpoint {
             step: saved.step,
             path: &saved.path,
         });
-        last_saved = Some((saved.step, saved.path));
     }
     let c = &setup.config;
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
-        let dir = setup.run.final_dir();
-        let card = ModelCard {
-            base_model: c.model.clone(),
-            trainer: setup.trainer.into(),
-            lora: c.lora.clone(),
-            data_files: state.data_files.clone(),
-            config_toml: Some(c.to_toml()),
-            final_metrics: alignkit_train::run::read_metrics(&setup.run.metrics_path())?.pop(),
-            step: state.step,
-        };
+        let model = run.final_weights(model);
+        let dir = run.dir.final_dir();
+        let card = run.card(setup.trainer, &c.model, c.lora.as_ref(), c.to_toml())?;
         write_merged(
             model,
             &setup.model_config,
@@ -1020,16 +975,7 @@ pub(crate) fn finish<B: AutodiffBackend, M>(
         )?;
         final_dir = Some(dir);
     }
-    Ok(alignkit_train::Outcome {
-        run_dir: setup.run.root().to_path_buf(),
-        stop,
-        steps: state.step,
-        last_checkpoint: last_saved.map(|(_, p)| p),
-        final_dir,
-        last_metrics,
-        best: None,
-        skipped_steps: state.skipped_steps,
-    })
+    Ok(run.outcome(stop, final_dir, last_metrics))
 }
 
 /// Prompt and completion tokens of a rollout.
@@ -1147,35 +1093,4 @@ pub(crate) fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("converted to f32 above")
-}
-
-/// Checkpoint the policy and its optimizer; `extra` writes what else the
-/// trainer keeps into the same directory (PPO: the critic).
-pub(crate) fn save<B: AutodiffBackend>(
-    setup: &Setup,
-    state: &TrainerState,
-    model: &LlamaForCausalLM<B>,
-    opt: &AdamW<B::InnerBackend>,
-    extra: impl FnOnce(&Path) -> std::result::Result<(), TrainError>,
-) -> Result<CheckpointRef> {
-    if let Some(name) = first_non_finite::<B, _>(model) {
-        return Err(RlError::Train(TrainError::checkpoint(
-            setup.run.checkpoints_dir(),
-            format!("refusing to save: parameter `{name}` is not finite"),
-        )));
-    }
-    let c = &setup.config;
-    Ok(save_checkpoint(
-        &setup.run.checkpoints_dir(),
-        state,
-        c.train.keep_last,
-        None,
-        |dir| {
-            // The f32 masters of a mixed-precision run.
-            let model = opt.f32_weights::<B, _>(model.clone());
-            save_trained(&model, &setup.model_config, c.lora.as_ref(), &c.model, dir)?;
-            opt.save(&dir.join(OPTIMIZER_FILE))?;
-            extra(dir)
-        },
-    )?)
 }

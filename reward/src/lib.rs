@@ -8,9 +8,11 @@
 //! - [`data`]: preference JSONL → token pairs with optional margins; identical
 //!   pairs rejected.
 //! - [`loss`]: the Bradley–Terry loss with margin and centring, golden-tested.
-//! - [`model`]: full or LoRA training of the reward model, checkpoints, `final/`.
 //! - [`score`]: [`score`] / [`score_sequences`] — each sample's reward.
 //! - [`train`]: [`train()`], the loop, and [`RewardMetrics`] per step.
+//!
+//! The reward model as a run trains, checkpoints and exports it (full or
+//! LoRA, `final/`) is `alignkit_train::reward_model`, shared with PPO's critic.
 //!
 //! Where the score is read is one rule for training, scoring and export: the
 //! sequence's last token that is not the pad token, as transformers'
@@ -27,7 +29,6 @@ pub mod data;
 pub mod error;
 pub mod loss;
 pub mod metrics;
-pub mod model;
 pub mod score;
 pub mod train;
 

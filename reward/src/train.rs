@@ -3,28 +3,24 @@
 //! eval/checkpoint.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use alignkit_model::LlamaConfig;
 use alignkit_model::heads::RewardModel;
-use alignkit_train::checkpoint::OPTIMIZER_FILE;
+use alignkit_train::reward_model::{Trainee, load_trainable, write_final};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
+use alignkit_train::skeleton::{self, Run, Start, Weights};
 use alignkit_train::{
-    AdamW, CheckpointRef, Gradients, KeyChange, NanGuard, RunDir, RunIdentity, TrainError,
-    TrainerState, Verdict, WeightsKind, first_non_finite, model_fingerprint, save_checkpoint,
-    skip_reason, trainable_count, trainable_params,
+    Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, trainable_count,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use crate::config::RewardConfig;
-use crate::data::{self, RewardData, RewardPair};
+use crate::data::{self, RewardPair};
 use crate::error::{Result, RewardError};
 use crate::loss::{RewardObjective, RewardSums, bradley_terry_loss};
 use crate::metrics::RewardMetrics;
-use crate::model::{Trainee, load_trainable, save_trained, write_final};
 use crate::score::pair_rewards;
 
 pub use alignkit_train::{RunOptions, StopReason};
@@ -62,17 +58,6 @@ pub enum Event<'a> {
 /// How the run ended. `final/` is a `*ForSequenceClassification` HF directory.
 pub type RewardOutcome = alignkit_train::Outcome<RewardMetrics>;
 
-struct Setup {
-    config: RewardConfig,
-    run: RunDir,
-    data: RewardData,
-    objective: RewardObjective,
-    pad_id: u32,
-    model_config: LlamaConfig,
-    micro_per_epoch: usize,
-    total_steps: usize,
-}
-
 /// Train a reward model. Every configuration, data and checkpoint problem
 /// (identical chosen/rejected included) is reported before the first step.
 pub fn train<B: AutodiffBackend>(
@@ -81,39 +66,38 @@ pub fn train<B: AutodiffBackend>(
     options: RunOptions<'_>,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<RewardOutcome> {
-    // 0. Setup: config, data, checkpoint, model, optimizer.
+    // 0. Setup: config, data, run directory, model, optimizer.
     config.validate()?;
-    let config = config.with_absolute_paths()?;
-    let objective = config.objective()?;
-    let fingerprint = model_fingerprint(&config.model)?;
+    let c = &config.with_absolute_paths()?;
+    let objective = c.objective()?;
+    let fingerprint = model_fingerprint(&c.model)?;
     // Data first: a bad pair is reported before the run directory exists.
     let encoder = data::encoder(
-        &config.model,
-        config.data.max_len,
-        config.data.text_as_chat,
-        config.data.completion_end,
+        &c.model,
+        c.data.max_len,
+        c.data.text_as_chat,
+        c.data.completion_end,
     )?;
-    let pairs = data::load(&config, &encoder)?;
+    let pairs = data::load(c, &encoder)?;
     if pairs.train.is_empty() {
         return Err(RewardError::Config {
             field: "data.train_file".into(),
-            message: format!("{}: no training pair", config.data.train_file.display()),
+            message: format!("{}: no training pair", c.data.train_file.display()),
         });
     }
     let pad_id = encoder.tokenizer().pad_id();
-    let micro_per_epoch = pairs.train.len().div_ceil(config.train.batch_size);
-    let total_steps = config.train.total_steps(micro_per_epoch);
-    let schedule = config.schedule.build(config.learning_rate, total_steps);
-    let seed = config.train.seed;
-    let (run, mut state, resumed) = RunDir::open(
-        &config.output_dir,
-        options.resume,
+    let micro_per_epoch = pairs.train.len().div_ceil(c.train.batch_size);
+    let total_steps = c.train.total_steps(micro_per_epoch);
+    let seed = c.train.seed;
+    let opening = skeleton::open(
+        &c.output_dir,
+        &options,
         &RunIdentity {
             trainer: TRAINER,
-            base_model: &config.model,
+            base_model: &c.model,
             base_fingerprint: &fingerprint,
-            weights: WeightsKind::of(config.lora.as_ref()),
-            config: alignkit_train::resume::to_json(&config),
+            weights: WeightsKind::of(c.lora.as_ref()),
+            config: alignkit_train::resume::to_json(c),
             data_files: &pairs.files,
             data_keys: DATA_KEYS,
             bookkeeping: &[],
@@ -122,86 +106,60 @@ pub fn train<B: AutodiffBackend>(
         total_steps,
         seed,
     )?;
-
-    let ckpt_path = resumed.as_ref().map(|r| r.checkpoint.path.clone());
     let (model_config, mut reward) = load_trainable::<B>(
-        &config.model,
-        config.lora.as_ref(),
-        ckpt_path.as_deref(),
+        &c.model,
+        c.lora.as_ref(),
+        opening.checkpoint(),
         derive_seed(seed, Stream::AdapterInit, 0, 0),
         device,
     )?;
-    config.train.checkpointing(&mut reward.model)?;
-    let vocab = encoder.tokenizer().vocab_size();
-    if vocab > model_config.vocab_size {
-        return Err(RewardError::Config {
-            field: "model".into(),
-            message: format!(
-                "the tokenizer has {vocab} tokens but the model's embedding has {} rows",
-                model_config.vocab_size
-            ),
-        });
-    }
-    let model = Trainee { reward };
-    let mut opt = match &ckpt_path {
-        Some(dir) => AdamW::<B::InnerBackend>::load(
-            config.optim.clone(),
-            &dir.join(OPTIMIZER_FILE),
-            &trainable_params::<B, _>(&model),
-            device,
-        )?,
-        None => AdamW::new(config.optim.clone()),
+    c.train.checkpointing(&mut reward.model)?;
+    let (mut run, mut model) = opening.start(
+        Trainee { reward },
+        Start {
+            train: &c.train,
+            optim: &c.optim,
+            schedule: c.schedule.build(c.learning_rate, total_steps),
+            tokenizer_vocab: encoder.tokenizer().vocab_size(),
+            model_vocab: model_config.vocab_size,
+            config_toml: c.to_toml(),
+        },
+        device,
+    )?;
+    let weights = Weights {
+        model_config: &model_config,
+        lora: c.lora.as_ref(),
+        base: &c.model,
     };
-    let mut model = opt.to_dtype::<B, _>(model, config.train.dtype.dtype());
-    let mut guard = NanGuard::resume(
-        config.train.max_bad_steps,
-        state.consecutive_bad_steps,
-        state.skipped_steps,
-    );
-    run.write_config(&config.to_toml())?;
-    let resumed_step = ckpt_path.as_ref().map(|_| state.step);
-    let mut metrics = run.metrics(resumed_step)?;
-    let info = RunInfo {
+    progress(Event::Started(&RunInfo {
         run_dir: run.root().to_path_buf(),
-        start_step: state.step,
+        start_step: run.start_step(),
         total_steps,
         train_pairs: pairs.train.len(),
         validation_pairs: pairs.validation.len(),
         micro_batches_per_epoch: micro_per_epoch,
         trainable_params: trainable_count::<B, _>(&model),
         truncated: pairs.truncated,
-        resumed_with: resumed.map(|r| r.changes).unwrap_or_default(),
-    };
-    progress(Event::Started(&info));
-    let setup = Setup {
-        config,
-        run,
-        data: pairs,
-        objective,
-        pad_id,
-        model_config,
-        micro_per_epoch,
-        total_steps,
-    };
-    let c = &setup.config;
+        resumed_with: run.resumed_with.clone(),
+    }));
 
     let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
-    let mut last_saved = resumed_step.zip(ckpt_path.clone());
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
-    while state.step < setup.total_steps {
-        if options.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+    while run.running() {
+        if Run::<B>::stop_requested(&options) {
             stop = StopReason::Interrupted;
             break;
         }
         let started = Instant::now();
 
         // 1. The pair micro-batches of this update, in the epoch's seeded order.
-        let (epoch, range, next_cursor) = state
+        let (epoch, range, next_cursor) = run
+            .state
             .cursor
-            .next_step(setup.micro_per_epoch, c.train.grad_accum);
+            .next_step(micro_per_epoch, c.train.grad_accum);
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let n = setup.data.train.len();
+            let n = pairs.train.len();
             order = Some((
                 epoch,
                 alignkit_datasets::shuffled_batches(
@@ -220,12 +178,12 @@ pub fn train<B: AutodiffBackend>(
         let mut sums = RewardSums::default();
         let mut tokens = 0;
         for (k, idx) in micro.iter().enumerate() {
-            seed_backend::<B>(device, seed, state.step, k);
-            let batch_pairs: Vec<&RewardPair> = idx.iter().map(|&i| &setup.data.train[i]).collect();
+            seed_backend::<B>(device, seed, run.state.step, k);
+            let batch_pairs: Vec<&RewardPair> = idx.iter().map(|&i| &pairs.train[i]).collect();
             let (chosen, rejected, batch) =
-                pair_rewards(&model.reward, &batch_pairs, setup.pad_id, device);
+                pair_rewards(&model.reward, &batch_pairs, pad_id, device);
             let out = bradley_terry_loss(
-                &setup.objective,
+                &objective,
                 chosen.clone(),
                 rejected.clone(),
                 margins::<B>(&batch_pairs, device),
@@ -237,55 +195,51 @@ pub fn train<B: AutodiffBackend>(
         }
 
         // 3. Clip, guard, update.
-        let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
-        let lr = schedule.lr_at(state.step);
-        state.step += 1;
-        state.cursor = next_cursor;
-        state.num_tokens += tokens as u64;
-        let verdict = guard.check(state.step, sums.loss(), grad_norm);
-        if let Ok(Verdict::Update) = verdict {
-            model = opt.step::<B, _>(model, grads, lr);
-        }
-        let skipped = skip_reason(&verdict);
-        state.skipped_steps = guard.skipped();
-        state.consecutive_bad_steps = guard.consecutive();
+        let update;
+        (model, update) = run.update(model, grads, sums.loss());
+        run.state.cursor = next_cursor;
+        run.state.num_tokens += tokens as u64;
 
         // 4. Metrics, and evaluation when due.
-        let epoch_f = state.cursor.epoch as f64
-            + state.cursor.micro_batch as f64 / setup.micro_per_epoch as f64;
-        let mut m = RewardMetrics::new(state.step, epoch_f, lr, grad_norm, &sums);
+        let state = &run.state;
+        let epoch_f =
+            state.cursor.epoch as f64 + state.cursor.micro_batch as f64 / micro_per_epoch as f64;
+        let mut m = RewardMetrics::new(
+            state.step,
+            epoch_f,
+            update.learning_rate,
+            update.grad_norm,
+            &sums,
+        );
         m.num_tokens = state.num_tokens;
         m.tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        m.skipped = skipped;
+        m.skipped = update.skipped.clone();
         let mut new_best = false;
-        if verdict.is_ok() && c.train.eval_due(state.step) {
+        if update.ok() && c.train.eval_due(state.step) {
             let e = evaluate(
                 &model.reward.valid(),
-                &setup.objective,
-                &setup.data.validation,
+                &objective,
+                &pairs.validation,
                 c.train.batch_size,
-                setup.pad_id,
+                pad_id,
                 device,
             );
             m.set_eval(&e);
-            let eval_loss = e.loss();
-            new_best = state.record_eval(eval_loss);
+            new_best = run.state.record_eval(e.loss());
         }
-        metrics.append(&m)?;
+        run.log(&m)?;
         progress(Event::Step(&m));
         last_metrics = Some(m);
-        verdict?;
+        update.verdict()?;
 
-        // 5. Checkpoint when due (and the best model, which keep-last never deletes).
-        let early_stop = c.train.patience_exhausted(state.evals_without_improvement);
-        let due = c.train.save_due(state.step);
-        if due || new_best || early_stop || state.step == setup.total_steps {
-            let saved = save(&setup, &state, &model, &opt)?;
+        // 5. Checkpoint when due.
+        let early_stop = run.early_stop();
+        if run.checkpoint_due(new_best, early_stop) {
+            let saved = run.save(&model, &weights)?;
             progress(Event::Checkpoint {
                 step: saved.step,
                 path: &saved.path,
             });
-            last_saved = Some((saved.step, saved.path));
         }
         if early_stop {
             stop = StopReason::EarlyStopped;
@@ -293,49 +247,31 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
-    // 6. Interrupted: checkpoint and return. Finished: write final/.
-    if stop == StopReason::Interrupted || last_saved.as_ref().is_none_or(|(s, _)| *s != state.step)
-    {
-        let saved = save(&setup, &state, &model, &opt)?;
+    // 6. The last checkpoint; unless interrupted, final/.
+    if let Some(saved) = run.save_last(&model, &weights, stop)? {
         progress(Event::Checkpoint {
             step: saved.step,
             path: &saved.path,
         });
-        last_saved = Some((saved.step, saved.path));
     }
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
-        let reward = match (stop, state.best) {
-            // Early stopping keeps the best model, as transformers'
-            // `load_best_model_at_end`.
-            (StopReason::EarlyStopped, Some(best)) if best.step != state.step => {
-                let dir = setup.run.checkpoint_dir(best.step);
-                load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&dir), 0, device)?.1
-            }
-            // The f32 masters of a mixed-precision run.
-            _ => opt.to_dtype::<B, _>(model, DType::F32).reward,
+        let reward = match run.best_checkpoint(stop) {
+            Some(best) => load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&best), 0, device)?.1,
+            None => run.final_weights(model).reward,
         };
-        let dir = setup.run.final_dir();
+        let dir = run.dir.final_dir();
         write_final(
             reward,
-            &setup.model_config,
-            setup.pad_id,
+            &model_config,
+            pad_id,
             &c.model,
             &dir,
             c.final_dtype.into(),
         )?;
         final_dir = Some(dir);
     }
-    Ok(RewardOutcome {
-        run_dir: setup.run.root().to_path_buf(),
-        stop,
-        steps: state.step,
-        last_checkpoint: last_saved.map(|(_, p)| p),
-        final_dir,
-        last_metrics,
-        best: state.best,
-        skipped_steps: state.skipped_steps,
-    })
+    Ok(run.outcome(stop, final_dir, last_metrics))
 }
 
 /// The pairs' margins (0 where a pair has none), or `None` when no pair has one.
@@ -368,45 +304,4 @@ pub fn evaluate<B: Backend>(
         sums += RewardSums::of(&out, chosen, rejected);
     }
     sums
-}
-
-fn save<B: AutodiffBackend>(
-    setup: &Setup,
-    state: &TrainerState,
-    model: &Trainee<B>,
-    opt: &AdamW<B::InnerBackend>,
-) -> Result<CheckpointRef> {
-    if let Some(name) = first_non_finite::<B, _>(model) {
-        return Err(RewardError::Train(TrainError::checkpoint(
-            setup.run.checkpoints_dir(),
-            format!("refusing to save: parameter `{name}` is not finite"),
-        )));
-    }
-    let c = &setup.config;
-    let mut result = Ok(());
-    let saved = save_checkpoint(
-        &setup.run.checkpoints_dir(),
-        state,
-        c.train.keep_last,
-        state.best.map(|b| b.step),
-        |dir| {
-            // The f32 masters of a mixed-precision run.
-            let model = opt.f32_weights::<B, _>(model.clone());
-            if let Err(e) = save_trained(
-                &model.reward,
-                &setup.model_config,
-                c.lora.as_ref(),
-                &c.model,
-                dir,
-            ) {
-                // save_checkpoint wants a TrainError; keep ours and fail the write.
-                let msg = e.to_string();
-                result = Err(e);
-                return Err(TrainError::checkpoint(dir, msg));
-            }
-            opt.save(&dir.join(OPTIMIZER_FILE))
-        },
-    );
-    result?;
-    Ok(saved?)
 }

@@ -14,7 +14,11 @@
 //!   checkpoints with keep-last-K and exact resume.
 //! - [`resume`]: the resume contract — which config changes a resumed run
 //!   accepts, and the one-line refusal naming the others.
+//! - [`skeleton`]: the run skeleton every trainer's loop calls: open, start,
+//!   update (clip, guard, step), guarded save, the end of a run.
 //! - [`seed`]: every random stream derived from the run seed and a position.
+//! - [`reward_model`]: a reward model (or PPO critic) as a run trains,
+//!   checkpoints and exports it.
 //! - [`weights`]: saving and loading what a run trains (full weights or an adapter).
 //! - [`export`]: merged HF directories and PEFT adapters with a model card.
 //! - `testutil` (feature `test-support`): tiny-model and data helpers for the
@@ -29,9 +33,11 @@ pub mod guard;
 pub mod optim;
 pub mod params;
 pub mod resume;
+pub mod reward_model;
 pub mod run;
 pub mod schedule;
 pub mod seed;
+pub mod skeleton;
 pub mod tensors;
 #[cfg(feature = "test-support")]
 pub mod testutil;

@@ -27,7 +27,9 @@ use alignkit_model::precision::{to_dtype, to_f32};
 use crate::error::{Result, TrainError};
 use crate::grads::Gradients;
 use crate::params::{ParamInfo, PathStack, Trainable};
-use crate::tensors::{read_f32_tensors, write_f32_tensors};
+use crate::tensors::read_f32_tensors;
+use alignkit_model::SaveDtype;
+use alignkit_model::checkpoint::{PendingTensor, write_safetensors};
 
 /// AdamW hyper-parameters other than the learning rate (which the schedule
 /// drives). Defaults are `torch.optim.AdamW`'s.
@@ -213,22 +215,21 @@ impl<B: Backend> AdamW<B> {
     /// Write the state as `optimizer.safetensors`: tensors `exp_avg.<param>`
     /// and `exp_avg_sq.<param>` in f32, the update count in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = BTreeMap::new();
+        // One tensor at a time: the moments are twice the trained weights.
+        let mut tensors = Vec::new();
         for (name, m) in &self.moments {
             for (kind, t) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
-                let data = t
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .expect("converted to f32 above");
-                tensors.insert(format!("{kind}.{name}"), (vec![data.len()], data));
+                tensors.push((
+                    format!("{kind}.{name}"),
+                    PendingTensor::of(t.clone(), SaveDtype::F32),
+                ));
             }
         }
-        let mut metadata = HashMap::new();
-        metadata.insert("format".to_string(), FORMAT.to_string());
-        metadata.insert("step".to_string(), self.step.to_string());
-        write_f32_tensors(path, &tensors, metadata)
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("step".to_string(), self.step.to_string()),
+        ]);
+        Ok(write_safetensors(path, tensors, Some(metadata))?)
     }
 
     /// Restore the state written by [`AdamW::save`]. Every moment must belong

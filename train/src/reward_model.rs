@@ -16,24 +16,25 @@ use alignkit_model::heads::{
 use alignkit_model::lora::{self, LoraConfig};
 use alignkit_model::transformer::Linear;
 use alignkit_model::{LlamaConfig, ModelError, SaveDtype, load_model};
-use alignkit_train::tensors::{read_f32_tensors, write_f32_tensors};
-use alignkit_train::{TrainError, Trainable};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
-use crate::error::{Result, RewardError};
+use crate::error::{Result, TrainError};
+use crate::params::Trainable;
+use crate::skeleton::{Checkpointed, Weights};
+use crate::tensors::{read_f32_tensors, write_f32_tensors};
 
 /// The score head of a LoRA checkpoint.
 pub const SCORE_FILE: &str = "score.safetensors";
 
 /// The reward model as the optimizer sees it.
 ///
-/// `alignkit_train::Trainable` cannot be implemented for `RewardModel` here
-/// (both are foreign: the orphan rule), so this one-field wrapper carries it.
+/// `Trainable` cannot be implemented for `RewardModel` outside alignkit-model
+/// (the orphan rule), so this one-field wrapper carries it.
 /// Its field name prefixes parameter names in the optimizer state only
 /// (`reward.model.layers.0...`); weights are saved from the inner model.
 #[derive(Module, Debug)]
@@ -43,6 +44,12 @@ pub struct Trainee<B: Backend> {
 
 const FIELD: &str = "reward";
 const CONTAINER: &str = "Struct:Trainee";
+
+impl<B: AutodiffBackend> Checkpointed<B> for Trainee<B> {
+    fn write_trained(&self, w: &Weights<'_>, dir: &Path) -> Result<()> {
+        save_trained(&self.reward, w.model_config, w.lora, w.base, dir)
+    }
+}
 
 impl<B: Backend> Trainable<B> for Trainee<B> {
     fn visit_trainable<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
@@ -133,10 +140,10 @@ pub fn load_trainable<B: Backend>(
                         || saved.rslora != lc.rslora
                         || saved.target_modules.names() != lc.target_modules.names()
                     {
-                        return Err(RewardError::Train(TrainError::checkpoint(
+                        return Err(TrainError::checkpoint(
                             ckpt,
                             "the adapter in this checkpoint has a different LoRA config (r, alpha, rslora or target_modules) than the run",
-                        )));
+                        ));
                     }
                     let model = frozen
                         .map_backbone(|lm| lora::load_adapter(lm, ckpt, device).map(|(_, m)| m))?;
@@ -221,11 +228,7 @@ pub fn write_score<B: Backend>(score: &Linear<B>, dir: &Path) -> Result<()> {
     let tensors = [(SCORE_WEIGHT.to_string(), (shape, data))]
         .into_iter()
         .collect();
-    Ok(write_f32_tensors(
-        &dir.join(SCORE_FILE),
-        &tensors,
-        HashMap::new(),
-    )?)
+    write_f32_tensors(&dir.join(SCORE_FILE), &tensors, HashMap::new())
 }
 
 /// Write the merged reward model as an HF directory with the tokenizer of
@@ -256,7 +259,7 @@ pub fn write_final<B: Backend>(
         let from = tokenizer_dir.join(name);
         if from.is_file() {
             let to = out.join(name);
-            std::fs::copy(&from, &to).map_err(|source| RewardError::Io { path: to, source })?;
+            std::fs::copy(&from, &to).map_err(|source| TrainError::io(to, source))?;
         }
     }
     Ok(())

@@ -1,0 +1,442 @@
+//! The run skeleton: the plain functions every trainer calls from its
+//! written-out loop, so that a run is opened, updated, saved and finished the
+//! same way everywhere (and a distributed run changes these, not the
+//! trainers). No callbacks: the trainer holds the loop and calls in.
+//!
+//! ```text
+//! 0. open        run dir, resume check, RNG seed        -> Opening
+//!    (the trainer loads its model from Opening::checkpoint)
+//!    start       vocabulary check, optimizer load-or-new, dtype, NaN guard,
+//!                config.toml, metrics.jsonl             -> Run
+//! 1-2. the trainer's batches, loss and backward
+//! 3. update      clip, guard, optimizer step, step count
+//! 4. the trainer's metrics and evaluation (Run::log)
+//! 5. save        guarded checkpoint (never a non-finite weight)
+//! 6. save_last, keep, outcome: the last checkpoint, the model to keep, the result
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use alignkit_model::lora::LoraConfig;
+use alignkit_model::{LlamaConfig, LlamaForCausalLM};
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+
+use crate::checkpoint::{
+    CheckpointRef, OPTIMIZER_FILE, RunIdentity, TrainerState, save_checkpoint,
+};
+use crate::config::LoopConfig;
+use crate::error::{Result, TrainError};
+use crate::export::ModelCard;
+use crate::grads::Gradients;
+use crate::guard::{NanGuard, Verdict, skip_reason};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::params::{Trainable, first_non_finite, trainable_params};
+use crate::resume::KeyChange;
+use crate::run::{MetricsLog, Outcome, Resumed, RunDir, RunOptions, StopReason};
+use crate::schedule::Schedule;
+
+/// What a run trains, as a checkpoint holds it.
+pub trait Checkpointed<B: AutodiffBackend>: Trainable<B> + Clone {
+    /// Write the trained weights into checkpoint directory `dir`, in f32 so
+    /// that a resume restores the exact values.
+    fn write_trained(&self, weights: &Weights<'_>, dir: &Path) -> Result<()>;
+}
+
+/// Where a run's weights come from and what kind they are.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    pub model_config: &'a LlamaConfig,
+    pub lora: Option<&'a LoraConfig>,
+    /// The base model directory (named in a PEFT adapter's config).
+    pub base: &'a Path,
+}
+
+impl<B: AutodiffBackend> Checkpointed<B> for LlamaForCausalLM<B> {
+    fn write_trained(&self, w: &Weights<'_>, dir: &Path) -> Result<()> {
+        crate::weights::save_trained(self, w.model_config, w.lora, w.base, dir)
+    }
+}
+
+/// A run directory opened (or resumed), before its model is loaded.
+#[derive(Debug)]
+pub struct Opening {
+    run: RunDir,
+    state: TrainerState,
+    resumed: Option<Resumed>,
+}
+
+/// Step 0: open the run at `root`: a fresh directory, or with
+/// [`RunOptions::resume`] the newest checkpoint after the resume contract's
+/// check ([`crate::resume`]).
+pub fn open(
+    root: &Path,
+    options: &RunOptions<'_>,
+    id: &RunIdentity<'_>,
+    total_steps: usize,
+    seed: u64,
+) -> Result<Opening> {
+    let (run, state, resumed) = RunDir::open(root, options.resume, id, total_steps, seed)?;
+    Ok(Opening {
+        run,
+        state,
+        resumed,
+    })
+}
+
+/// What [`Opening::start`] needs besides the model.
+#[derive(Debug)]
+pub struct Start<'a> {
+    pub train: &'a LoopConfig,
+    pub optim: &'a AdamWConfig,
+    pub schedule: Schedule,
+    /// Tokens the tokenizer can produce, and rows of the model's embedding.
+    pub tokenizer_vocab: usize,
+    pub model_vocab: usize,
+    /// The resolved config, every default written out (`config.toml`).
+    pub config_toml: String,
+}
+
+impl Opening {
+    /// The checkpoint to load the model from (`None`: a fresh run).
+    pub fn checkpoint(&self) -> Option<&Path> {
+        self.resumed.as_ref().map(|r| r.checkpoint.path.as_path())
+    }
+
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+
+    /// The rest of step 0, with the model loaded: the vocabulary check, the
+    /// optimizer (restored on resume), the model in the run's dtype, the NaN
+    /// guard where it stopped, `config.toml` and `metrics.jsonl`.
+    pub fn start<B, M>(self, model: M, s: Start<'_>, device: &B::Device) -> Result<(Run<B>, M)>
+    where
+        B: AutodiffBackend,
+        M: Trainable<B>,
+    {
+        if s.tokenizer_vocab > s.model_vocab {
+            return Err(TrainError::config(
+                "model",
+                format!(
+                    "the tokenizer has {} tokens but the model's embedding has {} rows",
+                    s.tokenizer_vocab, s.model_vocab
+                ),
+            ));
+        }
+        let checkpoint = self.checkpoint().map(Path::to_path_buf);
+        let mut opt = match &checkpoint {
+            Some(dir) => AdamW::<B::InnerBackend>::load(
+                s.optim.clone(),
+                &dir.join(OPTIMIZER_FILE),
+                &trainable_params::<B, _>(&model),
+                device,
+            )?,
+            None => AdamW::new(s.optim.clone()),
+        };
+        let model = opt.to_dtype::<B, _>(model, s.train.dtype.dtype());
+        let state = self.state;
+        let guard = NanGuard::resume(
+            s.train.max_bad_steps,
+            state.consecutive_bad_steps,
+            state.skipped_steps,
+        );
+        self.run.write_config(&s.config_toml)?;
+        let resumed_step = checkpoint.as_ref().map(|_| state.step);
+        let metrics = self.run.metrics(resumed_step)?;
+        let last_saved = checkpoint.map(|path| CheckpointRef {
+            step: state.step,
+            path,
+        });
+        let resumed_with = self.resumed.map(|r| r.changes).unwrap_or_default();
+        let run = Run {
+            dir: self.run,
+            start_step: state.step,
+            state,
+            opt,
+            schedule: s.schedule,
+            guard,
+            metrics,
+            train: s.train.clone(),
+            resumed_with,
+            last_saved,
+        };
+        Ok((run, model))
+    }
+}
+
+/// A started run: its directory, state, optimizer and logs.
+pub struct Run<B: AutodiffBackend> {
+    pub dir: RunDir,
+    pub state: TrainerState,
+    pub opt: AdamW<B::InnerBackend>,
+    /// Bookkeeping settings changed since the checkpoint resumed from.
+    pub resumed_with: Vec<KeyChange>,
+    start_step: usize,
+    schedule: Schedule,
+    guard: NanGuard,
+    metrics: MetricsLog,
+    train: LoopConfig,
+    last_saved: Option<CheckpointRef>,
+}
+
+/// What step 3 did.
+#[derive(Debug)]
+pub struct Update {
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    /// Why the update was skipped (a non-finite loss or gradient).
+    pub skipped: Option<String>,
+    /// An error once the NaN guard gives up (after the step's metrics are
+    /// logged, see [`Update::verdict`]).
+    verdict: Result<Verdict>,
+}
+
+impl Update {
+    /// Whether the step's weights changed.
+    pub fn applied(&self) -> bool {
+        matches!(self.verdict, Ok(Verdict::Update))
+    }
+
+    /// Whether the weights are good to evaluate and save.
+    pub fn ok(&self) -> bool {
+        self.verdict.is_ok()
+    }
+
+    /// The NaN guard's verdict: an error stops the run (its last checkpoint
+    /// holds the last good weights).
+    pub fn verdict(self) -> Result<()> {
+        self.verdict.map(|_| ())
+    }
+}
+
+impl<B: AutodiffBackend> Run<B> {
+    pub fn root(&self) -> &Path {
+        self.dir.root()
+    }
+
+    /// The step the run started (or resumed) at.
+    pub fn start_step(&self) -> usize {
+        self.start_step
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.state.total_steps
+    }
+
+    /// Whether updates remain.
+    pub fn running(&self) -> bool {
+        self.state.step < self.state.total_steps
+    }
+
+    /// Whether the stop flag asks the run to save and return.
+    pub fn stop_requested(options: &RunOptions<'_>) -> bool {
+        options.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Step 3: clip the summed gradients to the global norm, ask the NaN guard,
+    /// apply the optimizer unless it says skip, and count the step. `loss`
+    /// is the step's loss (only its finiteness matters here).
+    pub fn update<M: Trainable<B>>(
+        &mut self,
+        model: M,
+        grads: Gradients<B::InnerBackend>,
+        loss: f64,
+    ) -> (M, Update) {
+        let out = self.apply(model, grads, loss);
+        self.end_step();
+        out
+    }
+
+    /// One optimizer update within the current step (online RL takes
+    /// several per rollout): [`Run::update`] without counting the step.
+    pub fn apply<M: Trainable<B>>(
+        &mut self,
+        model: M,
+        mut grads: Gradients<B::InnerBackend>,
+        loss: f64,
+    ) -> (M, Update) {
+        let grad_norm = grads.clip_global_norm(self.train.max_grad_norm);
+        let verdict = self.check(loss, grad_norm);
+        let learning_rate = self.learning_rate();
+        let model = match verdict {
+            Ok(Verdict::Update) => self.opt.step::<B, _>(model, grads, learning_rate),
+            _ => model,
+        };
+        let update = Update {
+            learning_rate,
+            grad_norm,
+            skipped: skip_reason(&verdict),
+            verdict,
+        };
+        (model, update)
+    }
+
+    /// The NaN guard's verdict on an update of the current step, for a
+    /// trainer that clips and steps more than one model (PPO's critic).
+    pub fn check(&mut self, loss: f64, grad_norm: f64) -> Result<Verdict> {
+        let verdict = self.guard.check(self.state.step + 1, loss, grad_norm);
+        self.state.skipped_steps = self.guard.skipped();
+        self.state.consecutive_bad_steps = self.guard.consecutive();
+        verdict
+    }
+
+    /// The learning rate of the current step.
+    pub fn learning_rate(&self) -> f64 {
+        self.schedule.lr_at(self.state.step)
+    }
+
+    /// Count the step as done.
+    pub fn end_step(&mut self) {
+        self.state.step += 1;
+    }
+
+    /// Step 4: append the step's metrics to `metrics.jsonl` (flushed).
+    pub fn log<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        self.metrics.append(record)
+    }
+
+    /// Whether step 5 saves now: when due, at a new best evaluation (which
+    /// keep-last never deletes), before an early stop, and after the last step.
+    pub fn checkpoint_due(&self, new_best: bool, early_stop: bool) -> bool {
+        self.train.save_due(self.state.step)
+            || new_best
+            || early_stop
+            || self.state.step == self.state.total_steps
+    }
+
+    /// Whether the validation loss stopped improving for good.
+    pub fn early_stop(&self) -> bool {
+        self.train
+            .patience_exhausted(self.state.evals_without_improvement)
+    }
+
+    /// Step 5: save checkpoint `step-N`: the trained weights (the f32 masters of a
+    /// mixed-precision run), the optimizer and the state, atomically and one
+    /// tensor at a time. Refuses a non-finite weight.
+    pub fn save<M: Checkpointed<B>>(
+        &mut self,
+        model: &M,
+        w: &Weights<'_>,
+    ) -> Result<CheckpointRef> {
+        self.save_with(model, w, |_| Ok(()))
+    }
+
+    /// [`Run::save`], and `extra` writes what else the trainer keeps into the
+    /// same directory (PPO: its critic).
+    pub fn save_with<M: Checkpointed<B>>(
+        &mut self,
+        model: &M,
+        w: &Weights<'_>,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<CheckpointRef> {
+        if let Some(name) = first_non_finite::<B, _>(model) {
+            return Err(TrainError::checkpoint(
+                self.dir.checkpoints_dir(),
+                format!("refusing to save: parameter `{name}` is not finite"),
+            ));
+        }
+        let opt = &self.opt;
+        let saved = save_checkpoint(
+            &self.dir.checkpoints_dir(),
+            &self.state,
+            self.train.keep_last,
+            self.state.best.map(|b| b.step),
+            |dir| {
+                opt.f32_weights::<B, _>(model.clone())
+                    .write_trained(w, dir)?;
+                opt.save(&dir.join(OPTIMIZER_FILE))?;
+                extra(dir)
+            },
+        )?;
+        self.last_saved = Some(saved.clone());
+        Ok(saved)
+    }
+
+    /// Step 6: the checkpoint of the last step, unless it was just saved (always
+    /// saved when interrupted, so that `--resume` continues there). `Some`
+    /// when this call wrote one.
+    pub fn save_last<M: Checkpointed<B>>(
+        &mut self,
+        model: &M,
+        w: &Weights<'_>,
+        stop: StopReason,
+    ) -> Result<Option<CheckpointRef>> {
+        self.save_last_with(model, w, stop, |_| Ok(()))
+    }
+
+    /// [`Run::save_last`] with [`Run::save_with`]'s `extra`.
+    pub fn save_last_with<M: Checkpointed<B>>(
+        &mut self,
+        model: &M,
+        w: &Weights<'_>,
+        stop: StopReason,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Option<CheckpointRef>> {
+        let saved_now = self
+            .last_saved
+            .as_ref()
+            .is_some_and(|c| c.step == self.state.step);
+        if stop == StopReason::Interrupted || !saved_now {
+            return self.save_with(model, w, extra).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The checkpoint whose model the run keeps instead of its last one: the
+    /// best evaluation's after early stopping, as transformers'
+    /// `load_best_model_at_end`.
+    pub fn best_checkpoint(&self, stop: StopReason) -> Option<PathBuf> {
+        match (stop, self.state.best) {
+            (StopReason::EarlyStopped, Some(best)) if best.step != self.state.step => {
+                Some(self.dir.checkpoint_dir(best.step))
+            }
+            _ => None,
+        }
+    }
+
+    /// The model to write as `final/`: its f32 masters.
+    pub fn final_weights<M: Trainable<B>>(&mut self, model: M) -> M {
+        self.opt.to_dtype::<B, _>(model, DType::F32)
+    }
+
+    /// The model card of `final/`, with the last metrics record.
+    pub fn card(
+        &self,
+        trainer: &str,
+        base_model: &Path,
+        lora: Option<&LoraConfig>,
+        config_toml: String,
+    ) -> Result<ModelCard> {
+        Ok(ModelCard {
+            base_model: base_model.to_path_buf(),
+            trainer: trainer.into(),
+            lora: lora.cloned(),
+            data_files: self.state.data_files.clone(),
+            config_toml: Some(config_toml),
+            final_metrics: crate::run::read_metrics(&self.dir.metrics_path())?.pop(),
+            step: self.state.step,
+        })
+    }
+
+    /// How the run ended.
+    pub fn outcome<M>(
+        self,
+        stop: StopReason,
+        final_dir: Option<PathBuf>,
+        last_metrics: Option<M>,
+    ) -> Outcome<M> {
+        Outcome {
+            run_dir: self.dir.root().to_path_buf(),
+            stop,
+            steps: self.state.step,
+            last_checkpoint: self.last_saved.map(|c| c.path),
+            final_dir,
+            last_metrics,
+            best: self.state.best,
+            skipped_steps: self.state.skipped_steps,
+        }
+    }
+}
