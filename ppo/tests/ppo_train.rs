@@ -3,7 +3,6 @@
 //! optimizers and the adaptive KL coefficient, and one-line errors before any
 //! work.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use alignkit_model::heads::{RewardModel, load_reward_model, save_reward_model};
@@ -161,7 +160,6 @@ fn ppo_resume_after_a_crash_is_exact() {
     });
     p.critic_learning_rate = Some(1e-3);
     c.rollout.missing_eos_penalty = Some(0.5);
-    let reference = run(&c);
     let keys = [
         "objective/scores",
         "objective/kl",
@@ -172,55 +170,43 @@ fn ppo_resume_after_a_crash_is_exact() {
         "critic_grad_norm",
         "kl_coef",
     ];
-    let want: Vec<Vec<f64>> = keys.iter().map(|k| series(&c.output_dir, k)).collect();
-    let coef = &want[7];
+    let kill = KilledRun {
+        kill_at: 5,
+        resumed_from: 4,
+        partial_at: None,
+        keys: &keys,
+    };
+    // The final policy, and the critic in the last checkpoint, compared too.
+    let (whole, _) = assert_resumes_bit_for_bit(tmp.path(), kill, &mut resumable(&c));
+    let coef = series(&whole, "kl_coef");
     assert!(
         coef.windows(2).any(|w| w[0] != w[1]),
         "kl_coef adapts: {coef:?}"
     );
+}
 
-    c.output_dir = tmp.path().join("crashed");
-    let crashed = catch_unwind(AssertUnwindSafe(|| {
-        train_ppo::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
-            if let Event::PpoStep(m) = e
-                && m.step == 5
-            {
-                panic!("simulated kill at step 5");
+/// [`assert_resumes_bit_for_bit`]'s trainer: PPO with `c`, into `out`.
+fn resumable(
+    c: &RlConfig,
+) -> impl FnMut(&Path, bool, Option<usize>) -> (Vec<usize>, alignkit_ppo::PpoOutcome) {
+    move |out, resume, kill_at| {
+        let mut c = c.clone();
+        c.output_dir = out.to_path_buf();
+        let options = if resume {
+            RunOptions::RESUME
+        } else {
+            RunOptions::default()
+        };
+        let mut steps = Vec::new();
+        let o = train_ppo::<AB>(&c, &Default::default(), options, &mut |e| {
+            if let Event::PpoStep(m) = e {
+                assert_ne!(Some(m.step), kill_at, "simulated kill");
+                steps.push(m.step);
             }
         })
-    }));
-    assert!(crashed.is_err());
-    let mut steps = Vec::new();
-    let resumed = train_ppo::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
-        if let Event::PpoStep(m) = e {
-            steps.push(m.step)
-        }
-    })
-    .unwrap();
-    assert_eq!(steps, (5..=7).collect::<Vec<_>>(), "resumed from step 4");
-    for (key, want) in keys.iter().zip(&want) {
-        let got = series(&c.output_dir, key);
-        assert_eq!(got.len(), want.len(), "{key}");
-        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(
-                a.to_bits(),
-                b.to_bits(),
-                "{key} at step {}: {a} vs {b}",
-                i + 1
-            );
-        }
+        .unwrap();
+        (steps, o)
     }
-    let policy = |dir: &Path| bits(&load_model::<B>(dir, &Default::default()).unwrap().1);
-    assert_eq!(
-        policy(&reference.final_dir.unwrap()),
-        policy(&resumed.final_dir.unwrap()),
-        "final policies differ"
-    );
-    assert_eq!(
-        critic_bits(&reference.last_checkpoint.unwrap()),
-        critic_bits(&resumed.last_checkpoint.unwrap()),
-        "final critics differ"
-    );
 }
 
 /// A LoRA policy and critic (the critic from a reward model, which is also
@@ -243,34 +229,14 @@ fn ppo_lora_critic_from_a_reward_model_resumes_exactly() {
     });
     c.train.max_steps = 4;
     c.train.save_steps = 2;
-    let reference = run(&c);
-    let want = series(&c.output_dir, "loss/value_avg");
-    c.output_dir = tmp.path().join("crashed");
-    let crashed = catch_unwind(AssertUnwindSafe(|| {
-        train_ppo::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
-            if let Event::PpoStep(m) = e
-                && m.step == 3
-            {
-                panic!("simulated kill at step 3");
-            }
-        })
-    }));
-    assert!(crashed.is_err());
-    let resumed =
-        train_ppo::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |_| {}).unwrap();
-    let got = series(&c.output_dir, "loss/value_avg");
-    assert_eq!(
-        want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
-    let adapter = |dir: &Path| std::fs::read(dir.join("critic/adapter_model.safetensors")).unwrap();
-    let score = |dir: &Path| std::fs::read(dir.join("critic/score.safetensors")).unwrap();
-    let (a, b) = (
-        reference.last_checkpoint.unwrap(),
-        resumed.last_checkpoint.unwrap(),
-    );
-    assert_eq!(adapter(&a), adapter(&b));
-    assert_eq!(score(&a), score(&b));
+    // The last checkpoints' critic/ (adapter and score head) compared too.
+    let kill = KilledRun {
+        kill_at: 3,
+        resumed_from: 2,
+        partial_at: None,
+        keys: &["loss/value_avg", "loss/policy_avg"],
+    };
+    assert_resumes_bit_for_bit(tmp.path(), kill, &mut resumable(&c));
 }
 
 /// A reward model directory with the tiny tokenizer.
@@ -390,14 +356,20 @@ fn ppo_shared_backbone_with_lora_resumes_exactly() {
     });
     c.train.max_steps = 5;
     c.train.save_steps = 2;
-    let reference = run(&c);
     let keys = [
         "loss/policy_avg",
         "loss/value_avg",
         "grad_norm",
         "critic_grad_norm",
     ];
-    let want: Vec<Vec<f64>> = keys.iter().map(|k| series(&c.output_dir, k)).collect();
+    let kill = KilledRun {
+        kill_at: 4,
+        resumed_from: 2,
+        partial_at: None,
+        keys: &keys,
+    };
+    let (whole, _) =
+        assert_resumes_bit_for_bit(&tmp.path().join("resume"), kill, &mut resumable(&c));
 
     let mut quiet = c.clone();
     quiet.output_dir = tmp.path().join("quiet");
@@ -405,40 +377,8 @@ fn ppo_shared_backbone_with_lora_resumes_exactly() {
     run(&quiet);
     assert_ne!(
         series(&quiet.output_dir, "grad_norm")[0],
-        want[2][0],
+        series(&whole, "grad_norm")[0],
         "the value loss moves the shared backbone's adapters"
-    );
-
-    c.output_dir = tmp.path().join("crashed");
-    let crashed = catch_unwind(AssertUnwindSafe(|| {
-        train_ppo::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
-            if let Event::PpoStep(m) = e
-                && m.step == 4
-            {
-                panic!("simulated kill at step 4");
-            }
-        })
-    }));
-    assert!(crashed.is_err());
-    let resumed =
-        train_ppo::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |_| {}).unwrap();
-    for (key, want) in keys.iter().zip(&want) {
-        let got = series(&c.output_dir, key);
-        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(want), bits(&got), "{key}: {want:?} vs {got:?}");
-    }
-    let file = |dir: &Path, name: &str| std::fs::read(dir.join(name)).unwrap();
-    let (a, b) = (
-        reference.last_checkpoint.unwrap(),
-        resumed.last_checkpoint.unwrap(),
-    );
-    assert_eq!(
-        file(&a, "adapter_model.safetensors"),
-        file(&b, "adapter_model.safetensors")
-    );
-    assert_eq!(
-        file(&a, "critic/score.safetensors"),
-        file(&b, "critic/score.safetensors")
     );
 }
 

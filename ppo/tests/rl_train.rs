@@ -269,63 +269,45 @@ fn rloo_lora_resume_after_a_crash_is_exact() {
     exact_resume(tmp.path(), c);
 }
 
-fn exact_resume(tmp: &Path, mut c: RlConfig) {
-    let reference = run(&c);
-    let keys = [
-        "reward",
-        "loss",
-        "kl",
-        "entropy",
-        "grad_norm",
-        "clip_ratio/region_mean",
-    ];
-    let want: Vec<Vec<f64>> = keys.iter().map(|k| series(&c.output_dir, k)).collect();
-    assert!(
-        want[2].iter().all(|k| k.is_finite()),
-        "kl is logged: {:?}",
-        want[2]
+fn exact_resume(tmp: &Path, c: RlConfig) {
+    let (whole, resumed) = assert_resumes_bit_for_bit(
+        tmp,
+        KilledRun {
+            kill_at: 5,
+            resumed_from: 4,
+            partial_at: None,
+            keys: &[
+                "reward",
+                "loss",
+                "kl",
+                "entropy",
+                "grad_norm",
+                "clip_ratio/region_mean",
+            ],
+        },
+        &mut |out, resume, kill_at| {
+            let mut c = c.clone();
+            c.output_dir = out.to_path_buf();
+            let options = if resume {
+                RunOptions::RESUME
+            } else {
+                RunOptions::default()
+            };
+            let mut steps = Vec::new();
+            let o = train::<AB>(&c, &Default::default(), options, &mut |e| {
+                if let Event::Step(m) = e {
+                    assert_ne!(Some(m.step), kill_at, "simulated kill");
+                    steps.push(m.step);
+                }
+            })
+            .unwrap();
+            (steps, o)
+        },
     );
-
-    c.output_dir = tmp.join("crashed");
-    let crashed = catch_unwind(AssertUnwindSafe(|| {
-        train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
-            if let Event::Step(m) = e
-                && m.step == 5
-            {
-                panic!("simulated kill at step 5");
-            }
-        })
-    }));
-    assert!(crashed.is_err());
-    let mut steps = Vec::new();
-    let resumed = train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
-        if let Event::Step(m) = e {
-            steps.push(m.step)
-        }
-    })
-    .unwrap();
-    assert_eq!(steps, (5..=7).collect::<Vec<_>>(), "resumed from step 4");
-    for (key, want) in keys.iter().zip(&want) {
-        let got = series(&c.output_dir, key);
-        assert_eq!(got.len(), want.len(), "{key}");
-        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(
-                a.to_bits(),
-                b.to_bits(),
-                "{key} at step {}: {a} vs {b}",
-                i + 1
-            );
-        }
-    }
-    let a = load_model::<B>(&reference.final_dir.unwrap(), &Default::default())
-        .unwrap()
-        .1;
-    let b = load_model::<B>(&resumed.final_dir.unwrap(), &Default::default())
-        .unwrap()
-        .1;
-    assert_eq!(bits(&a), bits(&b), "final weights differ");
+    let kl = series(&whole, "kl");
+    assert!(kl.iter().all(|k| k.is_finite()), "kl is logged: {kl:?}");
     let log = |dir: &Path| std::fs::read_to_string(dir.join("completions.jsonl")).unwrap();
-    assert_eq!(log(&tmp.join("run")), log(&c.output_dir));
+    assert_eq!(log(&whole), log(&resumed));
 }
 
 /// A reward model directory with the tiny tokenizer.

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use alignkit_datasets::CompletionEnd;
 use alignkit_model::heads::load_reward_model;
 use alignkit_model::lora::LoraConfig;
@@ -188,44 +186,32 @@ fn a_killed_run_resumes_bit_for_bit() {
                 ..LoraConfig::default()
             });
         }
-        let whole_out = run(&c);
-        let whole = series(&c.output_dir, "loss");
-
-        let mut c2 = c.clone();
-        c2.output_dir = tmp.path().join("killed");
-        let killed = catch_unwind(AssertUnwindSafe(|| {
-            train::<AB>(&c2, &Default::default(), RunOptions::default(), &mut |e| {
-                if let Event::Step(m) = e
-                    && m.step == 3
-                {
-                    panic!("simulated kill at step 3");
-                }
-            })
-        }));
-        assert!(killed.is_err());
-        let partial = leave_partial_checkpoint(&c2.output_dir, 4);
-        let mut steps = Vec::new();
-        let out = train::<AB>(&c2, &Default::default(), RunOptions::RESUME, &mut |e| {
-            if let Event::Step(m) = e {
-                steps.push(m.step);
-            }
-        })
-        .unwrap();
-        assert_eq!(steps, [3, 4, 5, 6], "lora={lora}: resumed from step 2");
-        assert_eq!((out.stop, out.steps), (StopReason::Completed, 6));
-        assert!(!partial.exists(), "the partial checkpoint is cleaned up");
-        let resumed = series(&c2.output_dir, "loss");
-        let as_bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(as_bits(&whole), as_bits(&resumed), "lora={lora}");
-        let load = |o: &RewardOutcome| {
-            load_reward_model::<B>(o.final_dir.as_ref().unwrap(), &Default::default())
-                .unwrap()
-                .1
-        };
-        assert_eq!(
-            bits(&load(&whole_out)),
-            bits(&load(&out)),
-            "lora={lora}: final weights differ"
+        assert_resumes_bit_for_bit(
+            tmp.path(),
+            KilledRun {
+                kill_at: 3,
+                resumed_from: 2,
+                partial_at: Some(4),
+                keys: &["loss", "grad_norm", "margin", "mean_reward"],
+            },
+            &mut |out, resume, kill_at| {
+                let mut c = c.clone();
+                c.output_dir = out.to_path_buf();
+                let options = if resume {
+                    RunOptions::RESUME
+                } else {
+                    RunOptions::default()
+                };
+                let mut steps = Vec::new();
+                let o = train::<AB>(&c, &Default::default(), options, &mut |e| {
+                    if let Event::Step(m) = e {
+                        assert_ne!(Some(m.step), kill_at, "simulated kill");
+                        steps.push(m.step);
+                    }
+                })
+                .unwrap();
+                (steps, o)
+            },
         );
     }
 }

@@ -90,49 +90,41 @@ fn resume_after_a_crash_reproduces_the_losses_exactly() {
     c.schedule.kind = alignkit_train::ScheduleKind::Cosine;
     c.schedule.warmup_steps = 2;
     c.optim.weight_decay = 0.1;
-    let reference = run(&c);
-    let want = series(&c.output_dir, "loss");
-
-    // A crash (kill -9: nothing saved) at step 6, after the checkpoint at step 4.
-    c.output_dir = tmp.path().join("crashed");
-    let crashed = catch_unwind(AssertUnwindSafe(|| {
-        train::<AB>(&c, &Default::default(), RunOptions::default(), &mut |e| {
-            if let Event::Step(m) = e
-                && m.step == 6
-            {
-                panic!("simulated kill at step 6");
-            }
-        })
-    }));
-    assert!(crashed.is_err());
-    // ... and a crash half-way through writing the checkpoint of step 8.
-    let partial = leave_partial_checkpoint(&c.output_dir, 8);
-
-    c.train.gradient_checkpointing = true;
-    c.train.recompute_granularity = alignkit_model::recompute::Granularity::Selective;
     let recomputed_before = alignkit_model::recompute::layers_recomputed();
-    let mut steps = Vec::new();
-    let resumed = train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
-        if let Event::Step(m) = e {
-            steps.push(m.step)
-        }
-    })
-    .unwrap();
-    assert_eq!(steps, (5..=10).collect::<Vec<_>>(), "resumed from step 4");
+    // A crash (kill -9: nothing saved) at step 6, after the checkpoint at
+    // step 4, and one half-way through writing the checkpoint of step 8.
+    assert_resumes_bit_for_bit(
+        tmp.path(),
+        KilledRun {
+            kill_at: 6,
+            resumed_from: 4,
+            partial_at: Some(8),
+            keys: &["loss", "grad_norm", "mean_token_accuracy"],
+        },
+        &mut |out, resume, kill_at| {
+            let mut c = c.clone();
+            c.output_dir = out.to_path_buf();
+            if resume {
+                c.train.gradient_checkpointing = true;
+                c.train.recompute_granularity = alignkit_model::recompute::Granularity::Selective;
+            }
+            let mut steps = Vec::new();
+            let options = if resume {
+                RunOptions::RESUME
+            } else {
+                RunOptions::default()
+            };
+            let o = train::<AB>(&c, &Default::default(), options, &mut |e| {
+                if let Event::Step(m) = e {
+                    assert_ne!(Some(m.step), kill_at, "simulated kill");
+                    steps.push(m.step);
+                }
+            })
+            .unwrap();
+            (steps, o)
+        },
+    );
     assert!(alignkit_model::recompute::layers_recomputed() > recomputed_before);
-    let got = series(&c.output_dir, "loss");
-    assert_eq!(got.len(), want.len());
-    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-        assert_eq!(a.to_bits(), b.to_bits(), "step {}: {a} vs {b}", i + 1);
-    }
-    assert!(!partial.exists(), "the partial checkpoint is cleaned up");
-    let a = load_model::<B>(&reference.final_dir.unwrap(), &Default::default())
-        .unwrap()
-        .1;
-    let b = load_model::<B>(&resumed.final_dir.unwrap(), &Default::default())
-        .unwrap()
-        .1;
-    assert_eq!(bits(&a), bits(&b), "final weights differ");
 }
 
 /// The resume contract: the seed, the learning rate or the data's content

@@ -215,3 +215,129 @@ pub fn recorded_resume_keys(run: &Path, step: usize) -> Vec<String> {
         .flat_map(|r| r.changes.iter().map(|c| c.key.clone()))
         .collect()
 }
+
+/// A trainer as [`assert_resumes_bit_for_bit`] drives it: train into `out`
+/// (resuming its newest checkpoint when `resume`), panic as a kill -9 would
+/// when step `kill_at` is reported, and return the steps reported and the
+/// run's outcome.
+pub type TrainFn<'a, M> =
+    dyn FnMut(&Path, bool, Option<usize>) -> (Vec<usize>, crate::Outcome<M>) + 'a;
+
+/// What [`assert_resumes_bit_for_bit`] kills and compares.
+pub struct KilledRun<'a> {
+    /// The step whose report kills the run (after the checkpoint it resumes from).
+    pub kill_at: usize,
+    /// The checkpoint the resumed run starts from.
+    pub resumed_from: usize,
+    /// A checkpoint whose write the kill cut short (its temporary directory is
+    /// left behind, and the resume must clean it up).
+    pub partial_at: Option<usize>,
+    /// The metrics whose every value must be equal bit for bit.
+    pub keys: &'a [&'a str],
+}
+
+/// The one test of exact resume every trainer runs: a run killed at
+/// `kill_at` and resumed reports the steps after `resumed_from`, and its
+/// metrics, final weights (`final/`) and last checkpoint's weight files equal
+/// the uninterrupted run's bit for bit. Returns the two run directories
+/// (uninterrupted, resumed) for the caller's own checks.
+pub fn assert_resumes_bit_for_bit<M>(
+    tmp: &Path,
+    kill: KilledRun<'_>,
+    train: &mut TrainFn<'_, M>,
+) -> (PathBuf, PathBuf) {
+    let whole_dir = tmp.join("whole");
+    let killed_dir = tmp.join("killed");
+    let (_, whole) = train(&whole_dir, false, None);
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train(&killed_dir, false, Some(kill.kill_at))
+    }));
+    assert!(
+        crashed.is_err(),
+        "the run was not killed at step {}",
+        kill.kill_at
+    );
+    let partial = kill
+        .partial_at
+        .map(|step| leave_partial_checkpoint(&killed_dir, step));
+    let (steps, resumed) = train(&killed_dir, true, None);
+    assert_eq!(
+        steps,
+        (kill.resumed_from + 1..=whole.steps).collect::<Vec<_>>(),
+        "resumed from step {}",
+        kill.resumed_from
+    );
+    assert_eq!((resumed.stop, resumed.steps), (whole.stop, whole.steps));
+    if let Some(partial) = partial {
+        assert!(!partial.exists(), "the partial checkpoint is cleaned up");
+    }
+    let as_bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+    for key in kill.keys {
+        let (want, got) = (series(&whole_dir, key), series(&killed_dir, key));
+        assert!(!want.is_empty(), "no `{key}` in the metrics");
+        assert_eq!(as_bits(want), as_bits(got), "metric `{key}` differs");
+    }
+    let dirs = [
+        (whole.final_dir, resumed.final_dir),
+        (whole.last_checkpoint, resumed.last_checkpoint),
+    ];
+    for (a, b) in dirs {
+        let (a, b) = (a.expect("a final/ or checkpoint"), b.expect("the same"));
+        let (fa, fb) = (weight_files(&a), weight_files(&b));
+        assert_eq!(
+            fa.keys().collect::<Vec<_>>(),
+            fb.keys().collect::<Vec<_>>(),
+            "{}",
+            b.display()
+        );
+        for (name, bytes) in &fa {
+            assert!(bytes == &fb[name], "{} differs", b.join(name).display());
+        }
+    }
+    (whole_dir, killed_dir)
+}
+
+/// What one safetensors file holds: its metadata, and each tensor's dtype,
+/// shape and bytes.
+type FileContent = (
+    BTreeMap<String, String>,
+    BTreeMap<String, (String, Vec<usize>, Vec<u8>)>,
+);
+
+/// Every safetensors file under `dir` (a checkpoint: weights, optimizer,
+/// critic), by relative path, with its content. Saving is deterministic, so
+/// equal content is equal weights. (The metadata's key order in the header
+/// is a hash map's, which differs between runs: compared as a map.)
+fn weight_files(dir: &Path) -> BTreeMap<PathBuf, FileContent> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "safetensors") {
+                let bytes = std::fs::read(&path).unwrap();
+                let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+                let metadata = meta.metadata().clone().unwrap_or_default();
+                let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+                let tensors = st
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, v)| {
+                        let t = (
+                            format!("{:?}", v.dtype()),
+                            v.shape().to_vec(),
+                            v.data().to_vec(),
+                        );
+                        (name, t)
+                    })
+                    .collect();
+                let content = (metadata.into_iter().collect(), tensors);
+                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), content);
+            }
+        }
+    }
+    assert!(!out.is_empty(), "{}: no safetensors file", dir.display());
+    out
+}
