@@ -13,19 +13,25 @@
 //!   summed.
 //! - [`loss`]: advantages and the clipped policy losses, with golden tests.
 //! - [`metrics`]: [`RlMetrics`] under TRL's names; `completions.jsonl`.
-//! - [`train`]: [`train()`], the GRPO/RLOO loop, and what every loop shares.
+//! - [`collect`]: one step's rollout: prompts in order, completions, scores.
+//! - [`run`]: what every online-RL loop shares: `open`, `finish`, events.
+//! - [`evaluator`]: held-out evaluations (`[eval]`, `eval.jsonl`).
+//! - [`train`]: [`train()`], the GRPO/RLOO loop.
 //! - [`gae`], [`critic`], [`ppo_train`]: PPO with a learned critic
 //!   ([`train_ppo`]), as TRL's last `PPOTrainer` and Huang et al. 2024.
 
+pub mod collect;
 pub mod config;
 pub mod critic;
 pub mod error;
+pub mod evaluator;
 pub mod gae;
 pub mod loss;
 pub mod metrics;
 pub mod ppo_train;
 pub mod reward;
 pub mod rollout;
+pub mod run;
 pub mod train;
 
 pub use config::{

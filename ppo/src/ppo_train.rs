@@ -49,6 +49,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::collect::{EpochOrder, Rollout, collect, rollout_tokens, token_spans};
 use crate::config::{PpoParams, RlConfig};
 use crate::critic::{ValueHead, token_values};
 use crate::error::{Result, RlError};
@@ -57,10 +58,7 @@ use crate::loss::{Clip, GrpoInputs, grpo_loss, value_loss};
 use crate::metrics::{PpoMetrics, RolloutStats, StepTimes, completion_records, mean_std};
 use crate::reward::{RewardKind, same_tokenizer};
 use crate::rollout::{ScoredTokens, logprobs_and_values, scaled_token_logprobs};
-use crate::train::{
-    EpochOrder, Event, Opened, Rollout, collect, finish, floats, host, open, rollout_tokens,
-    token_spans,
-};
+use crate::run::{Event, Opened, finish, floats, host, open};
 
 pub use alignkit_train::RunOptions;
 
