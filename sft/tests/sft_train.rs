@@ -4,6 +4,7 @@
 mod common_sft;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use alignkit_model::load_model;
@@ -576,5 +577,64 @@ fn bf16_mixed_precision_learns_and_resumes_exactly() {
             weights(&resumed),
             "lora {lora}: final weights"
         );
+    }
+}
+
+/// A checkpoint written before the run skeleton and streaming saves (commit
+/// d7ea082: `alignkit sft` on the tiny model and data of `setup`, 2 steps,
+/// `save_steps = 1`, a constant learning rate; `tests/fixtures/
+/// checkpoint-d7ea082`) resumes under this version, and its continuation
+/// equals an uninterrupted run of this version bit for bit.
+#[test]
+fn a_checkpoint_from_an_older_version_resumes_bit_for_bit() {
+    let (tmp, mut c) = setup();
+    c.train.max_steps = 4;
+    c.train.save_steps = 1;
+    let whole = run(&c);
+
+    let old = tmp.path().join("old");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoint-d7ea082"),
+        &old,
+    );
+    c.output_dir = old.clone();
+    let mut steps = Vec::new();
+    let resumed = train::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |e| {
+        if let Event::Step(m) = e {
+            steps.push(m.step);
+        }
+    })
+    .unwrap();
+    assert_eq!(steps, [3, 4], "resumed from the old checkpoint of step 2");
+    let as_bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+    for key in ["loss", "grad_norm"] {
+        assert_eq!(
+            as_bits(series(&whole.run_dir, key)),
+            as_bits(series(&old, key)),
+            "{key}"
+        );
+    }
+    let load = |o: &SftOutcome| {
+        load_model::<B>(o.final_dir.as_ref().unwrap(), &Default::default())
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        bits(&load(&whole)),
+        bits(&load(&resumed)),
+        "final weights differ"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
