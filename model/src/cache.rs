@@ -10,8 +10,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::dtype::to_dtype;
 use crate::fused::assign_positions;
-use crate::precision::to_dtype;
 
 /// Cached keys and values of one layer.
 #[derive(Debug, Clone, Default)]

@@ -35,8 +35,8 @@ use crate::checkpoint::{
     write_safetensors,
 };
 use crate::config::{LlamaConfig, ModelType};
+use crate::dtype::to_f32;
 use crate::error::{ModelError, Result};
-use crate::precision::to_f32;
 use crate::transformer::{ForwardInput, Linear, LlamaForCausalLM, LlamaModel};
 
 /// Name of the head's weight in the checkpoint.

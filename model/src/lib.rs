@@ -11,6 +11,7 @@ mod by_type;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod fused;
 pub mod generate;

@@ -27,8 +27,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::dtype::to_f32;
 use crate::fused;
-use crate::precision::to_f32;
 use crate::transformer::{ForwardInput, LlamaForCausalLM};
 
 /// Sequence positions per LM-head chunk of [`token_logprobs`].

@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::SaveDtype;
 use crate::checkpoint::{PendingTensor, pt_metadata, write_atomic, write_safetensors};
+use crate::dtype::{to_dtype, to_f32};
 use crate::error::{ModelError, Result};
 use crate::fused::LoraTerm;
-use crate::precision::{to_dtype, to_f32};
 use crate::transformer::{Linear, LlamaForCausalLM};
 
 /// The projections an adapter can target, in the order they are walked.

@@ -14,9 +14,9 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::LlamaConfig;
+use crate::dtype::{to_dtype, to_f32};
 use crate::fused::panels::Panels;
 use crate::fused::{self, dense};
-use crate::precision::{to_dtype, to_f32};
 
 /// Standard deviation of the random init, as transformers' `initializer_range`.
 const INIT_STD: f64 = 0.02;

@@ -47,7 +47,7 @@ use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::precision::{to_dtype, to_f32};
+use crate::dtype::{to_dtype, to_f32};
 
 /// The autodiff tensor of `Autodiff<Flex>`.
 type AdTensor = FloatTensor<Autodiff<Flex>>;
