@@ -6,7 +6,6 @@
 //! saving walk the module with burn's visitor/mapper and need no remap table.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -378,18 +377,9 @@ pub fn write_safetensors<'a>(
     tensors: impl IntoIterator<Item = (String, PendingTensor<'a>)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let tmp = temp_path(path);
-    let write = || -> std::result::Result<(), String> {
-        safetensors::tensor::serialize_to_file(tensors, metadata, &tmp)
-            .map_err(|e| e.to_string())?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| e.to_string())
-    };
-    write().map_err(|message| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, std::io::Error::other(message))
+    replace_atomically(path, |tmp| {
+        safetensors::tensor::serialize_to_file(tensors, metadata, tmp)
+            .map_err(std::io::Error::other)
     })
 }
 
@@ -435,27 +425,26 @@ pub fn pt_metadata() -> Option<HashMap<String, String>> {
     Some(HashMap::from([("format".to_string(), "pt".to_string())]))
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// Replace `path` with what `write` puts into a temporary file beside it,
+/// fsynced, then renamed over the target; on failure the temporary file is
+/// removed and `path` is untouched.
+fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    dir.join(format!(".{file_name}.tmp-{}", std::process::id()))
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let replaced = write(&tmp)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    replaced.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
 }
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsynced, then renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(path, e)
-    })
+    replace_atomically(path, |tmp| std::fs::write(tmp, bytes))
 }
 
 /// Save a model as an HF directory (`config.json` + `model.safetensors`).
