@@ -9,7 +9,7 @@ use alignkit_model::precision::cast_model;
 use alignkit_model::{LlamaForCausalLM, load_model};
 use alignkit_train::export::write_merged;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::skeleton::{self, Run, Start, Weights};
+use alignkit_train::skeleton::{self, Start, Weights};
 use alignkit_train::weights::load_trainable;
 use alignkit_train::{
     Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, sha256_file, trainable_count,
@@ -194,7 +194,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
-        if Run::<B>::stop_requested(&options) {
+        if options.stop_requested() {
             stop = StopReason::Interrupted;
             break;
         }

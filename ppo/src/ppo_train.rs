@@ -39,7 +39,6 @@ use alignkit_train::reward_model::{
     write_score,
 };
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::skeleton::Run;
 use alignkit_train::{AdamW, Gradients, TrainError, Verdict, skip_reason, trainable_params};
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
@@ -350,7 +349,7 @@ pub fn train_ppo<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = alignkit_train::StopReason::Completed;
     while run.running() {
-        if Run::<B>::stop_requested(&options) {
+        if options.stop_requested() {
             stop = alignkit_train::StopReason::Interrupted;
             break;
         }

@@ -19,7 +19,6 @@ use std::ops::Range;
 use std::time::Instant;
 
 use alignkit_train::seed::seed_backend;
-use alignkit_train::skeleton::Run;
 use alignkit_train::{Gradients, TrainError};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -109,7 +108,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
-        if Run::<B>::stop_requested(&options) {
+        if options.stop_requested() {
             stop = StopReason::Interrupted;
             break;
         }

@@ -188,24 +188,16 @@ fn ppo_resume_after_a_crash_is_exact() {
 /// [`assert_resumes_bit_for_bit`]'s trainer: PPO with `c`, into `out`.
 fn resumable(
     c: &RlConfig,
-) -> impl FnMut(&Path, bool, Option<usize>) -> (Vec<usize>, alignkit_ppo::PpoOutcome) {
-    move |out, resume, kill_at| {
+) -> impl FnMut(&Path, RunOptions<'static>, &mut dyn FnMut(usize)) -> alignkit_ppo::PpoOutcome {
+    move |out, options, step| {
         let mut c = c.clone();
         c.output_dir = out.to_path_buf();
-        let options = if resume {
-            RunOptions::RESUME
-        } else {
-            RunOptions::default()
-        };
-        let mut steps = Vec::new();
-        let o = train_ppo::<AB>(&c, &Default::default(), options, &mut |e| {
+        train_ppo::<AB>(&c, &Default::default(), options, &mut |e| {
             if let Event::PpoStep(m) = e {
-                assert_ne!(Some(m.step), kill_at, "simulated kill");
-                steps.push(m.step);
+                step(m.step);
             }
         })
-        .unwrap();
-        (steps, o)
+        .unwrap()
     }
 }
 

@@ -8,7 +8,7 @@ use alignkit_datasets::Batch;
 use alignkit_model::LlamaForCausalLM;
 use alignkit_train::export::write_merged;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::skeleton::{self, Run, Start, Weights};
+use alignkit_train::skeleton::{self, Start, Weights};
 use alignkit_train::weights::load_trainable;
 use alignkit_train::{
     Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, trainable_count,
@@ -149,7 +149,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
-        if Run::<B>::stop_requested(&options) {
+        if options.stop_requested() {
             stop = StopReason::Interrupted;
             break;
         }

@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use alignkit_model::checkpoint::write_atomic;
 use serde::Serialize;
@@ -33,6 +33,13 @@ pub struct RunOptions<'a> {
     pub resume: bool,
     /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and return.
     pub stop: Option<&'a AtomicBool>,
+}
+
+impl RunOptions<'_> {
+    /// Whether the stop flag asks the run to save and return.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
 }
 
 impl RunOptions<'static> {

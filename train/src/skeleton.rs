@@ -16,7 +16,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use alignkit_model::lora::LoraConfig;
 use alignkit_model::{LlamaConfig, LlamaForCausalLM};
@@ -105,10 +104,6 @@ impl Opening {
         self.resumed.as_ref().map(|r| r.checkpoint.path.as_path())
     }
 
-    pub fn run_dir(&self) -> &RunDir {
-        &self.run
-    }
-
     /// The rest of step 0, with the model loaded: the vocabulary check, the
     /// optimizer (restored on resume), the model in the run's dtype, the NaN
     /// guard where it stopped, `config.toml` and `metrics.jsonl`.
@@ -195,11 +190,6 @@ pub struct Update {
 }
 
 impl Update {
-    /// Whether the step's weights changed.
-    pub fn applied(&self) -> bool {
-        matches!(self.verdict, Ok(Verdict::Update))
-    }
-
     /// Whether the weights are good to evaluate and save.
     pub fn ok(&self) -> bool {
         self.verdict.is_ok()
@@ -222,18 +212,9 @@ impl<B: AutodiffBackend> Run<B> {
         self.start_step
     }
 
-    pub fn total_steps(&self) -> usize {
-        self.state.total_steps
-    }
-
     /// Whether updates remain.
     pub fn running(&self) -> bool {
         self.state.step < self.state.total_steps
-    }
-
-    /// Whether the stop flag asks the run to save and return.
-    pub fn stop_requested(options: &RunOptions<'_>) -> bool {
-        options.stop.is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
     /// Step 3: clip the summed gradients to the global norm, ask the NaN guard,

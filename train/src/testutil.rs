@@ -217,11 +217,10 @@ pub fn recorded_resume_keys(run: &Path, step: usize) -> Vec<String> {
 }
 
 /// A trainer as [`assert_resumes_bit_for_bit`] drives it: train into `out`
-/// (resuming its newest checkpoint when `resume`), panic as a kill -9 would
-/// when step `kill_at` is reported, and return the steps reported and the
-/// run's outcome.
+/// with `options` (fresh or resuming), calling `step` with every step the run
+/// reports, and return the run's outcome.
 pub type TrainFn<'a, M> =
-    dyn FnMut(&Path, bool, Option<usize>) -> (Vec<usize>, crate::Outcome<M>) + 'a;
+    dyn FnMut(&Path, crate::RunOptions<'static>, &mut dyn FnMut(usize)) -> crate::Outcome<M> + 'a;
 
 /// What [`assert_resumes_bit_for_bit`] kills and compares.
 pub struct KilledRun<'a> {
@@ -248,9 +247,13 @@ pub fn assert_resumes_bit_for_bit<M>(
 ) -> (PathBuf, PathBuf) {
     let whole_dir = tmp.join("whole");
     let killed_dir = tmp.join("killed");
-    let (_, whole) = train(&whole_dir, false, None);
+    let fresh = crate::RunOptions::default();
+    let whole = train(&whole_dir, fresh, &mut |_| {});
+    // A kill -9: the run stops where it is, nothing more is saved.
     let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train(&killed_dir, false, Some(kill.kill_at))
+        train(&killed_dir, fresh, &mut |step| {
+            assert_ne!(step, kill.kill_at, "simulated kill");
+        })
     }));
     assert!(
         crashed.is_err(),
@@ -260,7 +263,10 @@ pub fn assert_resumes_bit_for_bit<M>(
     let partial = kill
         .partial_at
         .map(|step| leave_partial_checkpoint(&killed_dir, step));
-    let (steps, resumed) = train(&killed_dir, true, None);
+    let mut steps = Vec::new();
+    let resumed = train(&killed_dir, crate::RunOptions::RESUME, &mut |step| {
+        steps.push(step)
+    });
     assert_eq!(
         steps,
         (kill.resumed_from + 1..=whole.steps).collect::<Vec<_>>(),
