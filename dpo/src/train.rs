@@ -7,12 +7,11 @@ use std::time::Instant;
 use alignkit_datasets::{Batch, PaddingSide, PreferenceExample, collate_pairs};
 use alignkit_model::precision::cast_model;
 use alignkit_model::{LlamaForCausalLM, load_model};
-use alignkit_train::export::write_merged;
-use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::skeleton::{self, Start, Weights};
-use alignkit_train::weights::load_trainable;
+use alignkit_train::seed::seed_backend;
+use alignkit_train::skeleton::{self, EpochOrder, Start, Weights};
 use alignkit_train::{
-    Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, sha256_file, trainable_count,
+    CheckpointRef, Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, sha256_file,
+    trainable_count,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
@@ -79,10 +78,7 @@ pub enum Event<'a> {
     },
     Started(&'a RunInfo),
     Step(&'a DpoMetrics),
-    Checkpoint {
-        step: usize,
-        path: &'a Path,
-    },
+    Checkpoint(&'a CheckpointRef),
 }
 
 /// How the run ended.
@@ -141,14 +137,8 @@ pub fn train<B: AutodiffBackend>(
         total_steps,
         seed,
     )?;
-    let (model_config, mut model) = load_trainable::<B>(
-        &c.model,
-        c.lora.as_ref(),
-        opening.checkpoint(),
-        derive_seed(seed, Stream::AdapterInit, 0, 0),
-        device,
-    )?;
-    c.train.checkpointing(&mut model.model)?;
+    let (model_config, model) =
+        opening.load::<B, LlamaForCausalLM<B>>(&c.model, c.lora.as_ref(), &c.train, device)?;
     let (mut run, mut model) = opening.start(
         model,
         Start {
@@ -190,7 +180,7 @@ pub fn train<B: AutodiffBackend>(
         pad_id,
     };
 
-    let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut order = EpochOrder::default();
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
@@ -202,20 +192,12 @@ pub fn train<B: AutodiffBackend>(
 
         // 1. The pair micro-batches of this update, in the epoch's seeded order;
         //    chosen rows first, then rejected, in one batch each.
-        let (epoch, range, next_cursor) = run
-            .state
-            .cursor
-            .next_step(micro_per_epoch, c.train.grad_accum);
-        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let n = pairs.train.len();
-            order = Some((epoch, data::epoch_order(n, c.train.batch_size, seed, epoch)));
-        }
-        let (_, epoch_order) = order.as_ref().expect("set above");
-        let micro: Vec<(&[usize], Batch)> = range
-            .map(|i| {
-                let idx = epoch_order[i].as_slice();
-                (idx, pair_batch(&pairs.train, idx, pad_id))
-            })
+        let (micro, next_cursor) = run.micro_batches(&mut order, micro_per_epoch, |epoch| {
+            data::epoch_order(pairs.train.len(), c.train.batch_size, seed, epoch)
+        });
+        let micro: Vec<(&[usize], Batch)> = micro
+            .iter()
+            .map(|idx| (idx.as_slice(), pair_batch(&pairs.train, idx, pad_id)))
             .collect();
         // The step's loss is the mean over all its pairs (and, for RPO, over all
         // its chosen tokens), whatever the micro-batch split.
@@ -258,21 +240,14 @@ pub fn train<B: AutodiffBackend>(
         run.state.num_tokens += tokens as u64;
 
         // 4. Metrics, and evaluation when due.
-        let state = &run.state;
-        let epoch_f =
-            state.cursor.epoch as f64 + state.cursor.micro_batch as f64 / micro_per_epoch as f64;
-        let mut m = DpoMetrics::new(
-            state.step,
-            epoch_f,
-            update.learning_rate,
-            update.grad_norm,
-            &step_metrics,
-        );
-        m.num_tokens = state.num_tokens;
+        let epoch = run.epoch(micro_per_epoch);
+        let (lr, norm) = (update.learning_rate, update.grad_norm);
+        let mut m = DpoMetrics::new(run.state.step, epoch, lr, norm, &step_metrics);
+        m.num_tokens = run.state.num_tokens;
         m.tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
         m.skipped = update.skipped.clone();
         let mut new_best = false;
-        if update.ok() && c.train.eval_due(state.step) {
+        if update.ok() && c.train.eval_due(run.state.step) {
             let e = PairMetrics::from(&evaluate_model::<B>(
                 &eval_setup,
                 &model,
@@ -288,15 +263,11 @@ pub fn train<B: AutodiffBackend>(
         update.verdict()?;
 
         // 5. Checkpoint when due.
-        let early_stop = run.early_stop();
-        if run.checkpoint_due(new_best, early_stop) {
-            let saved = run.save(&model, &weights)?;
-            progress(Event::Checkpoint {
-                step: saved.step,
-                path: &saved.path,
-            });
+        let due = run.save_when_due(&model, &weights, new_best)?;
+        if let Some(saved) = &due.saved {
+            progress(Event::Checkpoint(saved));
         }
-        if early_stop {
+        if due.early_stop {
             stop = StopReason::EarlyStopped;
             break;
         }
@@ -304,29 +275,13 @@ pub fn train<B: AutodiffBackend>(
 
     // 6. The last checkpoint; unless interrupted, final/.
     if let Some(saved) = run.save_last(&model, &weights, stop)? {
-        progress(Event::Checkpoint {
-            step: saved.step,
-            path: &saved.path,
-        });
+        progress(Event::Checkpoint(&saved));
     }
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
-        let model = match run.best_checkpoint(stop) {
-            Some(best) => load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&best), 0, device)?.1,
-            None => run.final_weights(model),
-        };
-        let dir = run.dir.final_dir();
-        let card = run.card(TRAINER, &c.model, c.lora.as_ref(), c.to_toml())?;
-        write_merged(
-            model,
-            &model_config,
-            &c.model,
-            &dir,
-            c.final_dtype.into(),
-            &card,
-            true,
-        )?;
-        final_dir = Some(dir);
+        let model = run.kept(model, stop, &weights, device)?;
+        let dtype = c.final_dtype.into();
+        final_dir = Some(run.write_final(model, &weights, TRAINER, dtype, c.to_toml())?);
     }
     Ok(run.outcome(stop, final_dir, last_metrics))
 }

@@ -7,6 +7,7 @@
 //! H query heads, K key/value heads, G = H / K, D head dim, F MLP width,
 //! V vocabulary size.
 
+mod adapter;
 mod by_type;
 pub mod cache;
 pub mod checkpoint;
@@ -22,7 +23,6 @@ pub mod lora;
 pub mod mask;
 pub mod parity;
 pub mod precision;
-pub mod recompute;
 pub mod transformer;
 
 pub use cache::KvCache;
@@ -30,4 +30,5 @@ pub use checkpoint::{SaveDtype, load_model, save_model};
 pub use config::{LlamaConfig, ModelType};
 pub use error::ModelError;
 pub use generate::{FinishReason, Generation, Sampled, SamplingConfig, generate, sample};
+pub use transformer::recompute;
 pub use transformer::{DecodePanels, ForwardInput, LlamaForCausalLM};

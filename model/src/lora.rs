@@ -21,17 +21,17 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+pub use crate::adapter::LoraAdapter;
 use crate::checkpoint::SaveDtype;
 use crate::checkpoint::{PendingTensor, pt_metadata, write_atomic, write_safetensors};
 use crate::dtype::{to_dtype, to_f32};
 use crate::error::{ModelError, Result};
-use crate::fused::LoraTerm;
 use crate::transformer::{Linear, LlamaForCausalLM};
 
 /// The projections an adapter can target, in the order they are walked.
@@ -184,47 +184,6 @@ impl LoraConfig {
         } else {
             self.alpha / self.r as f64
         }
-    }
-}
-
-/// One adapter: y_lora = s·(dropout(x)·Aᵀ)·Bᵀ.
-///
-/// Shapes: x [.., in] → [.., out].
-#[derive(Module, Debug)]
-pub struct LoraAdapter<B: Backend> {
-    /// A [r, in] (PEFT's `lora_A.weight`).
-    pub lora_a: Param<Tensor<B, 2>>,
-    /// B [out, r] (PEFT's `lora_B.weight`), zero at init so training starts
-    /// from the base model.
-    pub lora_b: Param<Tensor<B, 2>>,
-    pub scale: f64,
-    pub dropout: f64,
-}
-
-impl<B: Backend> LoraAdapter<B> {
-    /// The adapter's term of its layer, on the layer's input x: dropout
-    /// (only while gradients are recorded, as burn's `Dropout`) gives the
-    /// adapter its own input.
-    pub fn term<const D: usize>(&self, x: &Tensor<B, D>) -> LoraTerm<B, D> {
-        let input = (self.dropout > 0.0 && B::ad_enabled(&x.device())).then(|| {
-            let keep = 1.0 - self.dropout;
-            let mask = x.random_like(Distribution::Bernoulli(keep));
-            x.clone() * mask.div_scalar(keep)
-        });
-        LoraTerm {
-            input,
-            a: self.lora_a.val(),
-            b: self.lora_b.val(),
-            scale: self.scale,
-        }
-    }
-
-    /// ΔW = s·B·A [out, in].
-    pub fn delta_weight(&self) -> Tensor<B, 2> {
-        self.lora_b
-            .val()
-            .matmul(self.lora_a.val())
-            .mul_scalar(self.scale)
     }
 }
 

@@ -18,6 +18,8 @@ use crate::dtype::{to_dtype, to_f32};
 use crate::fused::panels::Panels;
 use crate::fused::{self, dense};
 
+pub mod recompute;
+
 /// Standard deviation of the random init, as transformers' `initializer_range`.
 const INIT_STD: f64 = 0.02;
 
@@ -46,7 +48,7 @@ pub struct Linear<B: Backend> {
     /// `named_tensors` see base weights only; [`crate::lora::visit_adapters`]
     /// and [`crate::lora::map_adapters`] walk the adapters.
     #[module(skip)]
-    pub lora: Option<crate::lora::LoraAdapter<B>>,
+    pub lora: Option<crate::adapter::LoraAdapter<B>>,
     /// A contiguous [in, out] copy of `weight` for decoding on backends
     /// without the CPU kernels (see [`LlamaForCausalLM::for_decoding`]): a
     /// matrix-vector product against the transposed view is ~10x slower than
@@ -120,7 +122,7 @@ impl<B: Backend> Linear<B> {
 }
 
 /// What a decoder layer's forward pass does about its projections' outputs
-/// (activation checkpointing, [`crate::recompute`]).
+/// (activation checkpointing, [`recompute`]).
 pub(crate) enum Products<'a, B: Backend> {
     /// Form every product (the plain pass).
     Form,
@@ -528,12 +530,12 @@ pub struct LlamaModel<B: Backend> {
     pub norm: RmsNorm<B>,
     pub rope: Rope,
     /// Keep only each layer's input in training forward passes and recompute
-    /// the layer in the backward pass ([`crate::recompute`]).
+    /// the layer in the backward pass ([`recompute`]).
     #[module(skip)]
     pub gradient_checkpointing: bool,
     /// What checkpointing keeps of each layer.
     #[module(skip)]
-    pub recompute: crate::recompute::Granularity,
+    pub recompute: recompute::Granularity,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -568,7 +570,7 @@ impl<B: Backend> LlamaModel<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let input = match self.gradient_checkpointing && cache.is_none() {
-            true => match crate::recompute::forward(self, input) {
+            true => match recompute::forward(self, input) {
                 Ok(hidden) => return hidden,
                 Err(input) => input,
             },

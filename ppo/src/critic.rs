@@ -5,14 +5,31 @@
 //! V_t is read at the hidden state that predicts token t — the state after
 //! the context the token was sampled from — as TRL's `PPOTrainer` reads
 //! `full_value[:, context_length − 1 : −1]`.
+//!
+//! [`Critic`] is the critic a PPO run trains: a separate model, or a value
+//! head on the policy's backbone ([`ValueHead`]); [`CriticInit`] says where it
+//! starts.
 
-use alignkit_model::heads::RewardModel;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alignkit_model::LlamaConfig;
+use alignkit_model::heads::{RewardModel, is_sequence_classification};
 use alignkit_model::transformer::Linear;
-use alignkit_train::Trainable;
+use alignkit_train::checkpoint::OPTIMIZER_FILE;
+use alignkit_train::reward_model::{
+    Trainee, fresh_score, load_trainable as load_critic, read_score, save_trained as save_critic,
+    write_score,
+};
+use alignkit_train::{AdamW, Gradients, TrainError, Trainable, trainable_params};
 use burn::module::{Module, ModuleMapper, ModuleVisitor};
-use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::config::{PpoParams, RlConfig};
+use crate::error::{Result, RlError};
+use crate::reward::{RewardKind, same_tokenizer};
 use crate::rollout::ScoredTokens;
 
 /// The critic's value of each scored token of `tokens`, in their order
@@ -48,6 +65,189 @@ impl<B: Backend> Trainable<B> for ValueHead<B> {
 
     fn map_trainable<M: ModuleMapper<B>>(self, mapper: &mut M) -> Self {
         self.map(mapper)
+    }
+}
+
+/// Where the critic starts: a reward or value model, or the policy with a
+/// fresh value head (a copy of it, or the policy itself under
+/// `ppo.shared_backbone`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CriticInit {
+    RewardModel(PathBuf),
+    Policy(PathBuf),
+    SharedBackbone,
+}
+
+impl CriticInit {
+    /// `ppo.value_model`, else the one `kind = "model"` reward, else the policy.
+    /// A directory that is not a reward/value model, or whose tokenizer differs
+    /// from the policy's, is a one-line config error.
+    pub fn resolve(config: &RlConfig, p: &PpoParams) -> Result<Self> {
+        if p.shared_backbone {
+            return Ok(CriticInit::SharedBackbone);
+        }
+        let models: Vec<&PathBuf> = config
+            .rewards
+            .iter()
+            .filter_map(|r| match r {
+                RewardKind::Model { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect();
+        let (field, dir) = match (&p.value_model, models.as_slice()) {
+            (Some(dir), _) => ("ppo.value_model", dir.clone()),
+            (None, [one]) => ("rewards.path", (*one).clone()),
+            (None, _) => return Ok(CriticInit::Policy(config.model.clone())),
+        };
+        let error = |message: String| RlError::Config {
+            field: field.into(),
+            message,
+        };
+        let model_config = LlamaConfig::load(&dir.join("config.json"))
+            .map_err(|e| error(format!("{}: {e}", dir.display())))?;
+        if !is_sequence_classification(&model_config) {
+            return Err(error(format!(
+                "{} is not a reward or value model (no *ForSequenceClassification architecture); the critic starts from one — leave ppo.value_model out to start it from the policy with a fresh value head",
+                dir.display()
+            )));
+        }
+        let policy = alignkit_datasets::Tokenizer::from_dir(&config.model)?;
+        same_tokenizer(&policy, &dir).map_err(error)?;
+        Ok(CriticInit::RewardModel(dir))
+    }
+
+    /// The model a separate critic starts from; none for a shared backbone.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            CriticInit::RewardModel(d) | CriticInit::Policy(d) => Some(d),
+            CriticInit::SharedBackbone => None,
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            CriticInit::RewardModel(d) => format!("the reward model {}", d.display()),
+            CriticInit::Policy(_) => "the policy's weights with a fresh value head".into(),
+            CriticInit::SharedBackbone => "a fresh value head on the policy's backbone".into(),
+        }
+    }
+}
+
+/// The critic a run trains (one per run: the variants' sizes do not matter).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Critic<B: AutodiffBackend> {
+    /// A separate model: its own backbone and head (and adapters), with its
+    /// config and the model it started from (for its checkpoints).
+    Separate(Trainee<B>, Arc<(LlamaConfig, PathBuf)>),
+    /// A value head on the policy's backbone.
+    Shared(ValueHead<B>),
+}
+
+/// The critic as the no-grad passes read it (dropout off).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum CriticNow<B: burn::tensor::backend::Backend> {
+    Separate(Trainee<B>),
+    Shared(ValueHead<B>),
+}
+
+impl<B: AutodiffBackend> Critic<B> {
+    /// The start of `init`, or the critic saved in checkpoint folder `saved`.
+    pub(crate) fn load(
+        init: &CriticInit,
+        config: &RlConfig,
+        hidden: usize,
+        saved: Option<&Path>,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let config_error = |e: String| RlError::Config {
+            field: "ppo.value_model".into(),
+            message: e,
+        };
+        let Some(start) = init.dir() else {
+            let score = match saved {
+                Some(dir) => read_score(dir, hidden, device),
+                None => Ok(fresh_score(hidden, seed, device)),
+            }
+            .map_err(|e| config_error(e.to_string()))?;
+            return Ok(Critic::Shared(ValueHead { score }));
+        };
+        let (critic_config, mut model) =
+            load_critic::<B>(start, config.lora.as_ref(), saved, seed, device)
+                .map_err(|e| config_error(e.to_string()))?;
+        config.train.checkpointing(&mut model.model)?;
+        Ok(Critic::Separate(
+            Trainee { reward: model },
+            Arc::new((critic_config, start.to_path_buf())),
+        ))
+    }
+
+    /// Its optimizer, fresh or as saved in `dir`.
+    pub(crate) fn optimizer(
+        &self,
+        config: &alignkit_train::AdamWConfig,
+        saved: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<AdamW<B::InnerBackend>> {
+        let Some(dir) = saved else {
+            return Ok(AdamW::new(config.clone()));
+        };
+        let params = match self {
+            Critic::Separate(model, _) => trainable_params::<B, _>(model),
+            Critic::Shared(head) => trainable_params::<B, _>(head),
+        };
+        Ok(AdamW::load(
+            config.clone(),
+            &dir.join(OPTIMIZER_FILE),
+            &params,
+            device,
+        )?)
+    }
+
+    /// Its weights in `dtype` (f32 masters kept by `opt`).
+    pub(crate) fn into_dtype(self, opt: &mut AdamW<B::InnerBackend>, dtype: DType) -> Self {
+        match self {
+            Critic::Separate(model, info) => {
+                Critic::Separate(opt.to_dtype::<B, _>(model, dtype), info)
+            }
+            Critic::Shared(head) => Critic::Shared(opt.to_dtype::<B, _>(head, dtype)),
+        }
+    }
+
+    /// One optimizer step.
+    pub(crate) fn step(
+        self,
+        opt: &mut AdamW<B::InnerBackend>,
+        grads: Gradients<B::InnerBackend>,
+        lr: f64,
+    ) -> Self {
+        match self {
+            Critic::Separate(model, info) => {
+                Critic::Separate(opt.step::<B, _>(model, grads, lr), info)
+            }
+            Critic::Shared(head) => Critic::Shared(opt.step::<B, _>(head, grads, lr)),
+        }
+    }
+
+    /// Save into checkpoint folder `dir` (the f32 masters of a
+    /// mixed-precision run), with its optimizer.
+    pub(crate) fn save(
+        &self,
+        opt: &AdamW<B::InnerBackend>,
+        lora: Option<&alignkit_model::lora::LoraConfig>,
+        dir: &Path,
+    ) -> std::result::Result<(), TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        let saved = match self {
+            Critic::Separate(model, info) => {
+                let model = opt.f32_weights::<B, _>(model.clone());
+                save_critic(&model.reward, &info.0, lora, &info.1, dir)
+            }
+            Critic::Shared(head) => write_score(&opt.f32_weights::<B, _>(head.clone()).score, dir),
+        };
+        saved.map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
+        opt.save(&dir.join(OPTIMIZER_FILE))
     }
 }
 

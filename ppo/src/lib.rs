@@ -38,10 +38,11 @@ pub use config::{
     AdaptiveKlConfig, Algorithm, DataConfig, EvalConfig, FinalDtype, GrpoParams, PpoParams,
     RlConfig, RlooParams, RolloutConfig,
 };
+pub use critic::CriticInit;
 pub use error::RlError;
 pub use loss::{Clip, LossType, ScaleRewards};
 pub use metrics::{CompletionRecord, PpoMetrics, RlMetrics};
-pub use ppo_train::{CriticInit, PpoOutcome, train_ppo};
+pub use ppo_train::{PpoOutcome, train_ppo};
 pub use reward::RewardKind;
 pub use train::{
     EvalRecord, Event, ReferenceKind, RlOutcome, RunInfo, RunOptions, StopReason, train,

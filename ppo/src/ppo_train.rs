@@ -1,7 +1,8 @@
-//! PPO with a learned critic, written out in numbered steps: 1. roll out,
-//! 2. score, 3. no-grad passes (policy, reference, critic), 4. token rewards,
-//! GAE, whitening, 5. `num_ppo_epochs` × `num_mini_batches` updates of policy
-//! and critic, 6. KL controller and metrics, 7. checkpoint.
+//! PPO with a learned critic, written out in the numbered steps of every
+//! trainer: 1. the rollout (sample, score, no-grad passes of policy,
+//! reference and critic, token rewards, GAE, whitening) 2-3. `num_ppo_epochs`
+//! × `num_mini_batches` updates of policy and critic 4. KL controller and
+//! metrics 5. checkpoint 6. final/.
 //!
 //! Per completion of T tokens (see [`crate::gae`]): r_t = −β·kl_t, plus the
 //! score at the last token; δ_t = r_t + γ·V_{t+1} − V_t; A_t = δ_t + γλ·A_{t+1};
@@ -27,21 +28,14 @@
 //! and dropout are seeded by (seed, step, epoch), so seed + step is the whole
 //! RNG state.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Instant;
 
-use alignkit_model::LlamaConfig;
-use alignkit_model::heads::is_sequence_classification;
-use alignkit_train::checkpoint::OPTIMIZER_FILE;
-use alignkit_train::reward_model::{
-    Trainee, fresh_score, load_trainable as load_critic, read_score, save_trained as save_critic,
-    write_score,
-};
+use alignkit_model::LlamaForCausalLM;
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::{AdamW, Gradients, TrainError, Verdict, skip_reason, trainable_params};
+use alignkit_train::skeleton::Run;
+use alignkit_train::{AdamW, Gradients, TrainError, Verdict, skip_reason};
 use burn::module::AutodiffModule;
-use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -50,14 +44,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::collect::{EpochOrder, Rollout, collect, rollout_tokens, token_spans};
 use crate::config::{PpoParams, RlConfig};
-use crate::critic::{ValueHead, token_values};
+use crate::critic::{Critic, CriticInit, CriticNow, token_values};
 use crate::error::{Result, RlError};
 use crate::gae::{AdaptiveKl, gae, token_rewards, whiten};
 use crate::loss::{Clip, GrpoInputs, grpo_loss, value_loss};
 use crate::metrics::{PpoMetrics, RolloutStats, StepTimes, completion_records, mean_std};
-use crate::reward::{RewardKind, same_tokenizer};
 use crate::rollout::{ScoredTokens, logprobs_and_values, scaled_token_logprobs};
-use crate::run::{Event, Opened, finish, floats, host, open};
+use crate::run::{Event, Opened, Reference, Setup, finish, floats, host, open};
 
 pub use alignkit_train::RunOptions;
 
@@ -72,189 +65,6 @@ pub const PPO_STATE_FILE: &str = "ppo_state.json";
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct PpoState {
     kl_coef: f64,
-}
-
-/// Where the critic starts: a reward or value model, or the policy with a
-/// fresh value head (a copy of it, or the policy itself under
-/// `ppo.shared_backbone`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum CriticInit {
-    RewardModel(PathBuf),
-    Policy(PathBuf),
-    SharedBackbone,
-}
-
-impl CriticInit {
-    /// `ppo.value_model`, else the one `kind = "model"` reward, else the policy.
-    /// A directory that is not a reward/value model, or whose tokenizer differs
-    /// from the policy's, is a one-line config error.
-    pub fn resolve(config: &RlConfig, p: &PpoParams) -> Result<Self> {
-        if p.shared_backbone {
-            return Ok(CriticInit::SharedBackbone);
-        }
-        let models: Vec<&PathBuf> = config
-            .rewards
-            .iter()
-            .filter_map(|r| match r {
-                RewardKind::Model { path, .. } => Some(path),
-                _ => None,
-            })
-            .collect();
-        let (field, dir) = match (&p.value_model, models.as_slice()) {
-            (Some(dir), _) => ("ppo.value_model", dir.clone()),
-            (None, [one]) => ("rewards.path", (*one).clone()),
-            (None, _) => return Ok(CriticInit::Policy(config.model.clone())),
-        };
-        let error = |message: String| RlError::Config {
-            field: field.into(),
-            message,
-        };
-        let model_config = LlamaConfig::load(&dir.join("config.json"))
-            .map_err(|e| error(format!("{}: {e}", dir.display())))?;
-        if !is_sequence_classification(&model_config) {
-            return Err(error(format!(
-                "{} is not a reward or value model (no *ForSequenceClassification architecture); the critic starts from one — leave ppo.value_model out to start it from the policy with a fresh value head",
-                dir.display()
-            )));
-        }
-        let policy = alignkit_datasets::Tokenizer::from_dir(&config.model)?;
-        same_tokenizer(&policy, &dir).map_err(error)?;
-        Ok(CriticInit::RewardModel(dir))
-    }
-
-    /// The model a separate critic starts from; none for a shared backbone.
-    pub fn dir(&self) -> Option<&Path> {
-        match self {
-            CriticInit::RewardModel(d) | CriticInit::Policy(d) => Some(d),
-            CriticInit::SharedBackbone => None,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            CriticInit::RewardModel(d) => format!("the reward model {}", d.display()),
-            CriticInit::Policy(_) => "the policy's weights with a fresh value head".into(),
-            CriticInit::SharedBackbone => "a fresh value head on the policy's backbone".into(),
-        }
-    }
-}
-
-/// The critic a run trains (one per run: the variants' sizes do not matter).
-#[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)]
-enum Critic<B: AutodiffBackend> {
-    /// A separate model: its own backbone and head (and adapters), with its
-    /// config and the model it started from (for its checkpoints).
-    Separate(Trainee<B>, Arc<(LlamaConfig, PathBuf)>),
-    /// A value head on the policy's backbone.
-    Shared(ValueHead<B>),
-}
-
-/// The critic as the no-grad passes read it (dropout off).
-#[allow(clippy::large_enum_variant)]
-enum CriticNow<B: burn::tensor::backend::Backend> {
-    Separate(Trainee<B>),
-    Shared(ValueHead<B>),
-}
-
-impl<B: AutodiffBackend> Critic<B> {
-    /// The start of `init`, or the critic saved in checkpoint folder `saved`.
-    fn load(
-        init: &CriticInit,
-        config: &RlConfig,
-        hidden: usize,
-        saved: Option<&Path>,
-        seed: u64,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let config_error = |e: String| RlError::Config {
-            field: "ppo.value_model".into(),
-            message: e,
-        };
-        let Some(start) = init.dir() else {
-            let score = match saved {
-                Some(dir) => read_score(dir, hidden, device),
-                None => Ok(fresh_score(hidden, seed, device)),
-            }
-            .map_err(|e| config_error(e.to_string()))?;
-            return Ok(Critic::Shared(ValueHead { score }));
-        };
-        let (critic_config, mut model) =
-            load_critic::<B>(start, config.lora.as_ref(), saved, seed, device)
-                .map_err(|e| config_error(e.to_string()))?;
-        config.train.checkpointing(&mut model.model)?;
-        Ok(Critic::Separate(
-            Trainee { reward: model },
-            Arc::new((critic_config, start.to_path_buf())),
-        ))
-    }
-
-    /// Its optimizer, fresh or as saved in `dir`.
-    fn optimizer(
-        &self,
-        config: &alignkit_train::AdamWConfig,
-        saved: Option<&Path>,
-        device: &B::Device,
-    ) -> Result<AdamW<B::InnerBackend>> {
-        let Some(dir) = saved else {
-            return Ok(AdamW::new(config.clone()));
-        };
-        let params = match self {
-            Critic::Separate(model, _) => trainable_params::<B, _>(model),
-            Critic::Shared(head) => trainable_params::<B, _>(head),
-        };
-        Ok(AdamW::load(
-            config.clone(),
-            &dir.join(OPTIMIZER_FILE),
-            &params,
-            device,
-        )?)
-    }
-
-    /// Its weights in `dtype` (f32 masters kept by `opt`).
-    fn into_dtype(self, opt: &mut AdamW<B::InnerBackend>, dtype: DType) -> Self {
-        match self {
-            Critic::Separate(model, info) => {
-                Critic::Separate(opt.to_dtype::<B, _>(model, dtype), info)
-            }
-            Critic::Shared(head) => Critic::Shared(opt.to_dtype::<B, _>(head, dtype)),
-        }
-    }
-
-    /// One optimizer step.
-    fn step(
-        self,
-        opt: &mut AdamW<B::InnerBackend>,
-        grads: Gradients<B::InnerBackend>,
-        lr: f64,
-    ) -> Self {
-        match self {
-            Critic::Separate(model, info) => {
-                Critic::Separate(opt.step::<B, _>(model, grads, lr), info)
-            }
-            Critic::Shared(head) => Critic::Shared(opt.step::<B, _>(head, grads, lr)),
-        }
-    }
-
-    /// Save into checkpoint folder `dir` (the f32 masters of a
-    /// mixed-precision run), with its optimizer.
-    fn save(
-        &self,
-        opt: &AdamW<B::InnerBackend>,
-        lora: Option<&alignkit_model::lora::LoraConfig>,
-        dir: &Path,
-    ) -> std::result::Result<(), TrainError> {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        let saved = match self {
-            Critic::Separate(model, info) => {
-                let model = opt.f32_weights::<B, _>(model.clone());
-                save_critic(&model.reward, &info.0, lora, &info.1, dir)
-            }
-            Critic::Shared(head) => write_score(&opt.f32_weights::<B, _>(head.clone()).score, dir),
-        };
-        saved.map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
-        opt.save(&dir.join(OPTIMIZER_FILE))
-    }
 }
 
 /// One completion's per-token numbers from the no-grad passes and GAE.
@@ -315,21 +125,15 @@ pub fn train_ppo<B: AutodiffBackend>(
     } = open::<B>(config, device, &options)?;
     let c = &setup.config;
     let seed = run.state.seed;
-    let critic_ckpt = checkpoint.as_ref().map(|d| d.join(CRITIC_DIR));
-    let critic = Critic::<B>::load(
+    let (mut critic, mut critic_opt, mut kl_coef) = open_critic(
         &critic_init,
-        c,
-        model.model.embed_tokens.weight.dims()[1],
-        critic_ckpt.as_deref(),
-        derive_seed(seed, Stream::AdapterInit, 1, 0),
+        &setup,
+        &model,
+        checkpoint.as_deref(),
+        &params,
+        seed,
         device,
     )?;
-    let mut critic_opt = critic.optimizer(&c.optim, critic_ckpt.as_deref(), device)?;
-    let mut critic = critic.into_dtype(&mut critic_opt, c.train.dtype.dtype());
-    let mut kl_coef = match &checkpoint {
-        Some(dir) => read_ppo_state(dir)?.kl_coef,
-        None => params.kl_coef,
-    };
     info.critic = Some(critic_init.describe());
     progress(Event::Started(&info));
     if let Some(ev) = evaluator.as_mut()
@@ -337,13 +141,17 @@ pub fn train_ppo<B: AutodiffBackend>(
     {
         ev.after_step(&setup, 0, &model, &reference, &rewards, device, progress)?;
     }
-    let temperature = setup.settings.temperature;
-    let clip = Clip {
-        low: params.cliprange,
-        high: params.cliprange,
+    let step_settings = StepSettings {
+        params: &params,
+        clip: Clip {
+            low: params.cliprange,
+            high: params.cliprange,
+        },
+        temperature: setup.settings.temperature,
+        seed,
+        per_mini: c.completions_per_step() / params.num_mini_batches,
+        critic_lr_scale: params.critic_learning_rate.unwrap_or(c.learning_rate) / c.learning_rate,
     };
-    let critic_lr_scale = params.critic_learning_rate.unwrap_or(c.learning_rate) / c.learning_rate;
-    let per_mini = c.completions_per_step() / params.num_mini_batches;
 
     let mut order = EpochOrder::default();
     let mut last_metrics = None;
@@ -355,315 +163,89 @@ pub fn train_ppo<B: AutodiffBackend>(
         }
         let started = Instant::now();
 
-        // 1-2. Roll out with π_old and score.
+        // 1. The rollout of this update: completions from π_old, scored; the
+        //    no-grad passes (π_old's log-probs, the reference's, the critic's
+        //    values); token rewards (−β·kl + score at the end), optional
+        //    reward whitening, GAE, advantage whitening over trained tokens.
         let (rollout, next_cursor) =
             collect(&setup, &run.state, &mut order, &model, &rewards, device)?;
-        let Rollout {
-            completions,
-            scores,
-            total_rewards,
-            trained,
-            micro,
-            batches,
-            generation_time,
-        } = rollout;
         let scoring_started = Instant::now();
-
-        // 3. No-grad passes: π_old's log-probs (and entropy), the reference's,
-        //    the critic's values — split back per completion.
-        let policy = model.valid();
-        let ref_logps = reference.logps(&policy, &batches, temperature, device);
-        let critic_now = match &critic {
-            Critic::Separate(model, _) => CriticNow::Separate(model.valid()),
-            Critic::Shared(h) => CriticNow::Shared(h.valid()),
-        };
-        let mut data = vec![TokenData::default(); completions.len()];
-        for (k, tokens) in batches.iter().enumerate() {
-            if tokens.is_empty() {
-                continue;
-            }
-            let (head, values) = match &critic_now {
-                CriticNow::Separate(separate) => (
-                    scaled_token_logprobs(&policy, tokens, temperature, false, device),
-                    token_values(&separate.reward, tokens, device),
-                ),
-                CriticNow::Shared(h) => {
-                    logprobs_and_values(&policy, &h.score, tokens, temperature, false, device)
-                }
-            };
-            let (logp, values) = (host(head.logp), host(values));
-            for (i, span) in token_spans(micro[k].clone(), &trained, &completions) {
-                data[i].old_logp = logp[span.clone()].to_vec();
-                data[i].values = values[span].to_vec();
-            }
-        }
-        let ref_per_completion: Vec<Vec<f32>> = match &ref_logps {
-            None => data.iter().map(|d| d.old_logp.clone()).collect(),
-            Some(r) => {
-                let mut out = vec![Vec::new(); completions.len()];
-                for (k, reference) in r.iter().enumerate() {
-                    for (i, span) in token_spans(micro[k].clone(), &trained, &completions) {
-                        out[i] = reference[span].to_vec();
-                    }
-                }
-                out
-            }
-        };
-
-        // 4. Token rewards (−β·kl + score at the end), optional reward
-        //    whitening, GAE, advantage whitening over all trained tokens.
-        let mut token_r: Vec<Vec<f64>> = Vec::with_capacity(completions.len());
-        let (mut seq_kl, mut seq_entropy, mut non_score) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, d) in data.iter().enumerate() {
-            let logp: Vec<f64> = d.old_logp.iter().map(|&x| x as f64).collect();
-            let reference: Vec<f64> = ref_per_completion[i].iter().map(|&x| x as f64).collect();
-            let r = token_rewards(
-                &logp,
-                &reference,
-                params.kl_estimator,
-                kl_coef,
-                total_rewards[i],
-            );
-            if trained[i] {
-                let kl: f64 = logp
-                    .iter()
-                    .zip(&reference)
-                    .map(|(&l, &q)| params.kl_estimator.at(l, q))
-                    .sum();
-                seq_kl.push(kl);
-                non_score.push(-kl_coef * kl);
-                seq_entropy.push(-logp.iter().sum::<f64>());
-            }
-            token_r.push(r);
-        }
-        if params.whiten_rewards {
-            whiten_ragged(&mut token_r, false);
-        }
-        let mut advantages: Vec<Vec<f64>> = Vec::with_capacity(completions.len());
-        let mut returns: Vec<Vec<f64>> = Vec::with_capacity(completions.len());
-        for (i, d) in data.iter().enumerate() {
-            let values: Vec<f64> = d.values.iter().map(|&x| x as f64).collect();
-            let (a, r) = gae(&token_r[i], &values, params.gamma, params.lam);
-            advantages.push(a);
-            returns.push(r);
-        }
-        whiten_ragged(&mut advantages, true);
-        for (i, d) in data.iter_mut().enumerate() {
-            d.advantages = advantages[i].iter().map(|&x| x as f32).collect();
-            d.returns = returns[i].iter().map(|&x| x as f32).collect();
-        }
+        let temperature = step_settings.temperature;
+        let (mut data, ref_logps) =
+            no_grad_passes(&model, &critic, &reference, &rollout, temperature, device);
+        let scored = advantages(&mut data, &ref_logps, &rollout, &params, kl_coef);
         let scoring_time = scoring_started.elapsed().as_secs_f64();
 
-        // 5. num_ppo_epochs × num_mini_batches updates of policy and critic.
+        // 2-3. num_ppo_epochs × num_mini_batches updates of policy and critic:
+        //    forward, losses, backward; clip, guard, update.
         let optimization_started = Instant::now();
         let lr = run.learning_rate();
-        let critic_lr = lr * critic_lr_scale;
-        let pad_id = setup.encoder.tokenizer().pad_id();
-        let mut sums = UpdateSums::default();
-        let mut verdict: std::result::Result<Verdict, TrainError> = Ok(Verdict::Update);
-        let mut skipped = None;
-        'epochs: for epoch in 0..params.num_ppo_epochs {
-            let mut perm: Vec<usize> = (0..completions.len()).collect();
-            perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(
-                seed,
-                Stream::MiniBatchOrder,
-                run.state.step as u64,
-                epoch as u64,
-            )));
-            for (mb, mini) in perm.chunks(per_mini).enumerate() {
-                let mb_tokens: usize = mini
-                    .iter()
-                    .filter(|&&i| trained[i])
-                    .map(|&i| completions[i].tokens.len())
-                    .sum();
-                if mb_tokens == 0 {
-                    continue;
-                }
-                let weight = 1.0 / mb_tokens as f32;
-                let mut grads = Gradients::<B::InnerBackend>::new();
-                let mut critic_grads = Gradients::<B::InnerBackend>::new();
-                let (mut pg_total, mut vf_total) = (0.0, 0.0);
-                for (m, rows) in mini.chunks(c.train.batch_size).enumerate() {
-                    let tokens = ScoredTokens::of(
-                        &setup.prompts,
-                        &completions,
-                        rows.iter().copied(),
-                        &trained,
-                        pad_id,
-                    );
-                    if tokens.is_empty() {
-                        continue;
-                    }
-                    let gather = |f: &dyn Fn(&TokenData) -> &Vec<f32>| -> Vec<f32> {
-                        rows.iter()
-                            .filter(|&&i| trained[i])
-                            .flat_map(|&i| f(&data[i]).iter().copied())
-                            .collect()
-                    };
-                    let old = gather(&|d| &d.old_logp);
-                    let n = old.len();
-                    let update = (epoch * params.num_mini_batches + mb) * per_mini + m;
-                    seed_backend::<B>(device, seed, run.state.step, update);
-                    let (head, values) = match &critic {
-                        Critic::Separate(critic, _) => (
-                            scaled_token_logprobs(&model, &tokens, temperature, true, device),
-                            token_values(&critic.reward, &tokens, device),
-                        ),
-                        Critic::Shared(h) => logprobs_and_values(
-                            &model,
-                            &h.score,
-                            &tokens,
-                            temperature,
-                            true,
-                            device,
-                        ),
-                    };
-                    let pg = grpo_loss(
-                        GrpoInputs {
-                            logp: head.logp.clone(),
-                            old_logp: Some(floats::<B>(&old, device)),
-                            ref_logp: None,
-                            advantage: floats::<B>(&gather(&|d| &d.advantages), device),
-                            weight: floats::<B>(&vec![weight; n], device),
-                        },
-                        clip,
-                        0.0,
-                    );
-                    let vf = value_loss(
-                        values,
-                        floats::<B>(&gather(&|d| &d.values), device),
-                        floats::<B>(&gather(&|d| &d.returns), device),
-                        floats::<B>(&vec![weight; n], device),
-                        params.cliprange_value,
-                    );
-                    let logp = host(head.logp.detach());
-                    let ratio = host(pg.ratio.clone());
-                    sums.tokens += n as f64;
-                    sums.approxkl += logp
-                        .iter()
-                        .zip(&old)
-                        .map(|(&a, &b)| 0.5 * ((a - b) as f64).powi(2))
-                        .sum::<f64>();
-                    sums.clipped += host(pg.low_clipped.clone().sum())[0] as f64
-                        + host(pg.high_clipped.clone().sum())[0] as f64;
-                    sums.ratio += ratio.iter().map(|&r| r as f64).sum::<f64>();
-                    sums.ratio_sq += ratio.iter().map(|&r| (r as f64).powi(2)).sum::<f64>();
-                    sums.value_clipped += host(vf.clipped.clone().sum())[0] as f64;
-                    if let Some(stats) = head.stats {
-                        sums.entropy += host(stats.entropy.sum())[0] as f64;
-                    }
-                    let pg_loss = host(pg.loss.clone())[0] as f64;
-                    let vf_loss = host(vf.loss.clone())[0] as f64;
-                    pg_total += pg_loss;
-                    vf_total += vf_loss;
-                    let vf_loss = vf.loss.mul_scalar(params.vf_coef);
-                    match &critic {
-                        Critic::Separate(critic, _) => {
-                            grads.backward(&model, pg.loss);
-                            critic_grads.backward(critic, vf_loss);
-                        }
-                        // One backward pass: the backbone gets both losses'
-                        // gradients, the head the value loss's.
-                        Critic::Shared(h) => {
-                            grads.backward_shared(&model, &mut critic_grads, h, pg.loss + vf_loss)
-                        }
-                    }
-                }
-                let grad_norm = grads.clip_global_norm(c.train.max_grad_norm);
-                let critic_grad_norm = critic_grads.clip_global_norm(c.train.max_grad_norm);
-                sums.policy_loss += pg_total;
-                sums.value_loss += vf_total;
-                sums.grad_norm += grad_norm;
-                sums.critic_grad_norm += critic_grad_norm;
-                sums.updates += 1;
-                verdict = run.check(
-                    pg_total + params.vf_coef * vf_total,
-                    grad_norm.hypot(critic_grad_norm),
-                );
-                if let Ok(Verdict::Update) = verdict {
-                    model = run.opt.step::<B, _>(model, grads, lr);
-                    critic = critic.step(&mut critic_opt, critic_grads, critic_lr);
-                }
-                skipped = skipped.or(skip_reason(&verdict));
-                if verdict.is_err() {
-                    break 'epochs;
-                }
-            }
-        }
+        let lrs = (lr, lr * step_settings.critic_lr_scale);
+        let updates = Updates {
+            setup: &setup,
+            s: &step_settings,
+            rollout: &rollout,
+            data: &data,
+        };
+        let (sums, skipped, verdict);
+        (model, critic, sums, skipped, verdict) =
+            updates.run(&mut run, model, critic, &mut critic_opt, lrs, device);
         run.end_step();
         run.state.cursor = next_cursor;
         let optimization_time = optimization_started.elapsed().as_secs_f64();
 
-        // 6. The KL controller, metrics, a sample of completions.
+        // 4. The KL controller, metrics, a sample of completions, and the
+        //    held-out evaluation when due.
         let step_kl_coef = kl_coef;
-        let mean_kl = mean_std(&seq_kl).0;
+        let mean_kl = mean_std(&scored.seq_kl).0;
         if let Some(a) = &params.adaptive_kl {
             let mut ctl = AdaptiveKl {
                 value: kl_coef,
                 target: a.target,
                 horizon: a.horizon,
             };
-            ctl.update(mean_kl, completions.len());
+            ctl.update(mean_kl, rollout.completions.len());
             kl_coef = ctl.value;
         }
-        run.state.num_tokens += rollout_tokens(&setup.prompts, &completions);
-        let rollout = RolloutStats::new(
-            &completions,
-            &total_rewards,
-            (rewards.names(), &scores.per_func),
+        run.state.num_tokens += rollout_tokens(&setup.prompts, &rollout.completions);
+        let times = StepTimes {
+            started,
+            generation: rollout.generation_time,
+            scoring: scoring_time,
+            optimization: optimization_time,
+        };
+        let stats = RolloutStats::new(
+            &rollout.completions,
+            &rollout.total_rewards,
+            (rewards.names(), &rollout.scores.per_func),
             run.state.num_tokens,
-            StepTimes {
-                started,
-                generation: generation_time,
-                scoring: scoring_time,
-                optimization: optimization_time,
-            },
+            times,
             skipped,
         );
-        let tokens = sums.tokens.max(1.0);
-        let updates = sums.updates.max(1) as f64;
-        let ratio_mean = sums.ratio / tokens;
-        let non_score_reward = mean_std(&non_score).0;
-        let m = PpoMetrics {
-            step: run.state.step,
-            epoch: run.state.cursor.epoch as f64
-                + run.state.cursor.micro_batch as f64 / setup.batches_per_epoch as f64,
-            episode: run.state.step * c.completions_per_step(),
-            learning_rate: lr,
-            critic_learning_rate: critic_lr,
-            kl: mean_kl,
-            entropy: mean_std(&seq_entropy).0,
-            non_score_reward,
-            rlhf_reward: rollout.reward + non_score_reward,
-            scores: rollout.reward,
-            kl_coef: step_kl_coef,
-            approxkl: sums.approxkl / tokens,
-            clipfrac: sums.clipped / tokens,
-            policy_entropy: sums.entropy / tokens,
-            policy_loss: sums.policy_loss / updates,
-            value_loss: sums.value_loss / updates,
-            value_clipfrac: sums.value_clipped / tokens,
-            ratio: ratio_mean,
-            ratio_var: (sums.ratio_sq / tokens - ratio_mean * ratio_mean).max(0.0),
-            num_eos_tokens: completions.iter().filter(|x| x.terminated()).count(),
-            grad_norm: sums.grad_norm / updates,
-            critic_grad_norm: sums.critic_grad_norm / updates,
-            rollout,
-        };
+        let m = metrics(
+            &run,
+            &setup,
+            (&rollout, stats),
+            &scored,
+            &sums,
+            lrs,
+            step_kl_coef,
+        );
         run.log(&m)?;
         let every = c.rollout.log_completions_steps;
         if every > 0 && run.state.step.is_multiple_of(every) {
-            let mean_advantage: Vec<f64> = advantages
+            let mean_advantage: Vec<f64> = scored
+                .advantages
                 .iter()
                 .map(|a| a.iter().sum::<f64>() / a.len().max(1) as f64)
                 .collect();
             completions_log.append(&completion_records(
                 run.state.step,
                 &setup.prompts,
-                &completions,
-                &total_rewards,
+                &rollout.completions,
+                &rollout.total_rewards,
                 rewards.names(),
-                &scores.per_func,
+                &rollout.scores.per_func,
                 &mean_advantage,
                 c.rollout.num_completions_to_log,
             ))?;
@@ -672,29 +254,421 @@ pub fn train_ppo<B: AutodiffBackend>(
         last_metrics = Some(m);
         verdict?;
         if let Some(ev) = evaluator.as_mut() {
-            ev.after_step(
-                &setup,
-                run.state.step,
-                &model,
-                &reference,
-                &rewards,
-                device,
-                progress,
-            )?;
+            let step = run.state.step;
+            ev.after_step(&setup, step, &model, &reference, &rewards, device, progress)?;
         }
 
-        // 7. Checkpoint when due.
-        if run.checkpoint_due(false, false) {
-            let extra = critic_and_kl(&critic, &critic_opt, c.lora.as_ref(), kl_coef);
-            let saved = run.save_with(&model, &setup.weights(), extra)?;
-            progress(Event::Checkpoint {
-                step: saved.step,
-                path: &saved.path,
-            });
+        // 5. Checkpoint when due (with the critic and the KL coefficient).
+        let extra = critic_and_kl(&critic, &critic_opt, c.lora.as_ref(), kl_coef);
+        let due = run.save_when_due_with(&model, &setup.weights(), false, extra)?;
+        if let Some(saved) = &due.saved {
+            progress(Event::Checkpoint(saved));
         }
     }
+
+    // 6. The last checkpoint; unless interrupted, final/.
     let extra = critic_and_kl(&critic, &critic_opt, c.lora.as_ref(), kl_coef);
     finish(&setup, run, stop, last_metrics, model, extra, progress)
+}
+
+/// The critic, its optimizer (both from the checkpoint on resume) and the KL
+/// coefficient where the run stands.
+fn open_critic<B: AutodiffBackend>(
+    init: &CriticInit,
+    setup: &Setup,
+    model: &LlamaForCausalLM<B>,
+    checkpoint: Option<&Path>,
+    params: &PpoParams,
+    seed: u64,
+    device: &B::Device,
+) -> Result<(Critic<B>, AdamW<B::InnerBackend>, f64)> {
+    let c = &setup.config;
+    let critic_ckpt = checkpoint.map(|d| d.join(CRITIC_DIR));
+    let critic = Critic::<B>::load(
+        init,
+        c,
+        model.model.embed_tokens.weight.dims()[1],
+        critic_ckpt.as_deref(),
+        derive_seed(seed, Stream::AdapterInit, 1, 0),
+        device,
+    )?;
+    let mut critic_opt = critic.optimizer(&c.optim, critic_ckpt.as_deref(), device)?;
+    let critic = critic.into_dtype(&mut critic_opt, c.train.dtype.dtype());
+    let kl_coef = match checkpoint {
+        Some(dir) => read_ppo_state(dir)?.kl_coef,
+        None => params.kl_coef,
+    };
+    Ok((critic, critic_opt, kl_coef))
+}
+
+/// The PPO settings every step uses.
+struct StepSettings<'a> {
+    params: &'a PpoParams,
+    clip: Clip,
+    temperature: f32,
+    seed: u64,
+    /// Completions per mini-batch.
+    per_mini: usize,
+    /// The critic's learning rate over the policy's.
+    critic_lr_scale: f64,
+}
+
+/// Step 1's no-grad passes, split back per completion: π_old's log-probs and
+/// the critic's values (in the token data), and the reference's log-probs
+/// (π_old's own without a reference).
+fn no_grad_passes<B: AutodiffBackend>(
+    model: &LlamaForCausalLM<B>,
+    critic: &Critic<B>,
+    reference: &Reference<B::InnerBackend>,
+    rollout: &Rollout,
+    temperature: f32,
+    device: &B::Device,
+) -> (Vec<TokenData>, Vec<Vec<f32>>) {
+    let Rollout {
+        completions,
+        trained,
+        micro,
+        batches,
+        ..
+    } = rollout;
+    let policy = model.valid();
+    let ref_logps = reference.logps(&policy, batches, temperature, device);
+    let critic_now = match critic {
+        Critic::Separate(model, _) => CriticNow::Separate(model.valid()),
+        Critic::Shared(h) => CriticNow::Shared(h.valid()),
+    };
+    let mut data = vec![TokenData::default(); completions.len()];
+    for (k, tokens) in batches.iter().enumerate() {
+        if tokens.is_empty() {
+            continue;
+        }
+        let (head, values) = match &critic_now {
+            CriticNow::Separate(separate) => (
+                scaled_token_logprobs(&policy, tokens, temperature, false, device),
+                token_values(&separate.reward, tokens, device),
+            ),
+            CriticNow::Shared(h) => {
+                logprobs_and_values(&policy, &h.score, tokens, temperature, false, device)
+            }
+        };
+        let (logp, values) = (host(head.logp), host(values));
+        for (i, span) in token_spans(micro[k].clone(), trained, completions) {
+            data[i].old_logp = logp[span.clone()].to_vec();
+            data[i].values = values[span].to_vec();
+        }
+    }
+    let ref_per_completion: Vec<Vec<f32>> = match &ref_logps {
+        None => data.iter().map(|d| d.old_logp.clone()).collect(),
+        Some(r) => {
+            let mut out = vec![Vec::new(); completions.len()];
+            for (k, reference) in r.iter().enumerate() {
+                for (i, span) in token_spans(micro[k].clone(), trained, completions) {
+                    out[i] = reference[span].to_vec();
+                }
+            }
+            out
+        }
+    };
+    (data, ref_per_completion)
+}
+
+/// Step 1's advantages and what the metrics need of the token rewards.
+struct Scored {
+    /// Per completion, per token, whitened.
+    advantages: Vec<Vec<f64>>,
+    /// Per trained completion: its KL to the reference, −log-prob sum, and −β·KL.
+    seq_kl: Vec<f64>,
+    seq_entropy: Vec<f64>,
+    non_score: Vec<f64>,
+}
+
+/// Step 1's token rewards, GAE and whitening: fills each completion's
+/// advantages and returns into `data`.
+fn advantages(
+    data: &mut [TokenData],
+    ref_logps: &[Vec<f32>],
+    rollout: &Rollout,
+    params: &PpoParams,
+    kl_coef: f64,
+) -> Scored {
+    let n = data.len();
+    let mut token_r: Vec<Vec<f64>> = Vec::with_capacity(n);
+    let (mut seq_kl, mut seq_entropy, mut non_score) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, d) in data.iter().enumerate() {
+        let logp: Vec<f64> = d.old_logp.iter().map(|&x| x as f64).collect();
+        let reference: Vec<f64> = ref_logps[i].iter().map(|&x| x as f64).collect();
+        let score = rollout.total_rewards[i];
+        let r = token_rewards(&logp, &reference, params.kl_estimator, kl_coef, score);
+        if rollout.trained[i] {
+            let kl: f64 = logp
+                .iter()
+                .zip(&reference)
+                .map(|(&l, &q)| params.kl_estimator.at(l, q))
+                .sum();
+            seq_kl.push(kl);
+            non_score.push(-kl_coef * kl);
+            seq_entropy.push(-logp.iter().sum::<f64>());
+        }
+        token_r.push(r);
+    }
+    if params.whiten_rewards {
+        whiten_ragged(&mut token_r, false);
+    }
+    let mut advantages: Vec<Vec<f64>> = Vec::with_capacity(n);
+    let mut returns: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for (i, d) in data.iter().enumerate() {
+        let values: Vec<f64> = d.values.iter().map(|&x| x as f64).collect();
+        let (a, r) = gae(&token_r[i], &values, params.gamma, params.lam);
+        advantages.push(a);
+        returns.push(r);
+    }
+    whiten_ragged(&mut advantages, true);
+    for (i, d) in data.iter_mut().enumerate() {
+        d.advantages = advantages[i].iter().map(|&x| x as f32).collect();
+        d.returns = returns[i].iter().map(|&x| x as f32).collect();
+    }
+    Scored {
+        advantages,
+        seq_kl,
+        seq_entropy,
+        non_score,
+    }
+}
+
+/// Steps 2-3 of one PPO step: what the updates train on.
+struct Updates<'a> {
+    setup: &'a Setup,
+    s: &'a StepSettings<'a>,
+    rollout: &'a Rollout,
+    data: &'a [TokenData],
+}
+
+/// What one mini-batch's forward and backward passes give.
+struct MiniBatch<B: AutodiffBackend> {
+    grads: Gradients<B::InnerBackend>,
+    critic_grads: Gradients<B::InnerBackend>,
+    policy_loss: f64,
+    value_loss: f64,
+}
+
+impl Updates<'_> {
+    /// `num_ppo_epochs` × `num_mini_batches` updates of policy and critic (they
+    /// stop at the NaN guard's error), at learning rates `(lr, critic_lr)`:
+    /// both models, the updates' sums, why an update was skipped, the verdict.
+    #[allow(clippy::type_complexity)]
+    fn run<B: AutodiffBackend>(
+        &self,
+        run: &mut Run<B>,
+        mut model: LlamaForCausalLM<B>,
+        mut critic: Critic<B>,
+        critic_opt: &mut AdamW<B::InnerBackend>,
+        (lr, critic_lr): (f64, f64),
+        device: &B::Device,
+    ) -> (
+        LlamaForCausalLM<B>,
+        Critic<B>,
+        UpdateSums,
+        Option<String>,
+        std::result::Result<Verdict, TrainError>,
+    ) {
+        let (params, rollout) = (self.s.params, self.rollout);
+        let max_grad_norm = self.setup.config.train.max_grad_norm;
+        let mut sums = UpdateSums::default();
+        let mut verdict = Ok(Verdict::Update);
+        let mut skipped = None;
+        'epochs: for epoch in 0..params.num_ppo_epochs {
+            let mut perm: Vec<usize> = (0..rollout.completions.len()).collect();
+            let step = run.state.step as u64;
+            let order_seed = derive_seed(self.s.seed, Stream::MiniBatchOrder, step, epoch as u64);
+            perm.shuffle(&mut StdRng::seed_from_u64(order_seed));
+            for (mb, mini) in perm.chunks(self.s.per_mini).enumerate() {
+                let first = (epoch * params.num_mini_batches + mb) * self.s.per_mini;
+                let Some(mut out) =
+                    self.mini_batch(run, &model, &critic, mini, first, &mut sums, device)
+                else {
+                    continue;
+                };
+                let grad_norm = out.grads.clip_global_norm(max_grad_norm);
+                let critic_grad_norm = out.critic_grads.clip_global_norm(max_grad_norm);
+                sums.policy_loss += out.policy_loss;
+                sums.value_loss += out.value_loss;
+                sums.grad_norm += grad_norm;
+                sums.critic_grad_norm += critic_grad_norm;
+                sums.updates += 1;
+                verdict = run.check(
+                    out.policy_loss + params.vf_coef * out.value_loss,
+                    grad_norm.hypot(critic_grad_norm),
+                );
+                if let Ok(Verdict::Update) = verdict {
+                    model = run.opt.step::<B, _>(model, out.grads, lr);
+                    critic = critic.step(critic_opt, out.critic_grads, critic_lr);
+                }
+                skipped = skipped.or(skip_reason(&verdict));
+                if verdict.is_err() {
+                    break 'epochs;
+                }
+            }
+        }
+        (model, critic, sums, skipped, verdict)
+    }
+
+    /// The gradients and losses of mini-batch `mini` (completion indices),
+    /// in forward passes of `train.batch_size` completions numbered from
+    /// `first` (for the dropout seed); `None` when it has no trained token.
+    #[allow(clippy::too_many_arguments)]
+    fn mini_batch<B: AutodiffBackend>(
+        &self,
+        run: &Run<B>,
+        model: &LlamaForCausalLM<B>,
+        critic: &Critic<B>,
+        mini: &[usize],
+        first: usize,
+        sums: &mut UpdateSums,
+        device: &B::Device,
+    ) -> Option<MiniBatch<B>> {
+        let (params, rollout, data) = (self.s.params, self.rollout, self.data);
+        let (completions, trained) = (&rollout.completions, &rollout.trained);
+        let mb_tokens: usize = mini
+            .iter()
+            .filter(|&&i| trained[i])
+            .map(|&i| completions[i].tokens.len())
+            .sum();
+        if mb_tokens == 0 {
+            return None;
+        }
+        let weight = 1.0 / mb_tokens as f32;
+        let pad_id = self.setup.encoder.tokenizer().pad_id();
+        let mut out = MiniBatch {
+            grads: Gradients::<B::InnerBackend>::new(),
+            critic_grads: Gradients::<B::InnerBackend>::new(),
+            policy_loss: 0.0,
+            value_loss: 0.0,
+        };
+        let batch_size = self.setup.config.train.batch_size;
+        for (m, rows) in mini.chunks(batch_size).enumerate() {
+            let prompts = &self.setup.prompts;
+            let tokens =
+                ScoredTokens::of(prompts, completions, rows.iter().copied(), trained, pad_id);
+            if tokens.is_empty() {
+                continue;
+            }
+            let gather = |f: &dyn Fn(&TokenData) -> &Vec<f32>| -> Vec<f32> {
+                rows.iter()
+                    .filter(|&&i| trained[i])
+                    .flat_map(|&i| f(&data[i]).iter().copied())
+                    .collect()
+            };
+            let old = gather(&|d| &d.old_logp);
+            let n = old.len();
+            seed_backend::<B>(device, self.s.seed, run.state.step, first + m);
+            let temperature = self.s.temperature;
+            let (head, values) = match critic {
+                Critic::Separate(critic, _) => (
+                    scaled_token_logprobs(model, &tokens, temperature, true, device),
+                    token_values(&critic.reward, &tokens, device),
+                ),
+                Critic::Shared(h) => {
+                    logprobs_and_values(model, &h.score, &tokens, temperature, true, device)
+                }
+            };
+            let pg = grpo_loss(
+                GrpoInputs {
+                    logp: head.logp.clone(),
+                    old_logp: Some(floats::<B>(&old, device)),
+                    ref_logp: None,
+                    advantage: floats::<B>(&gather(&|d| &d.advantages), device),
+                    weight: floats::<B>(&vec![weight; n], device),
+                },
+                self.s.clip,
+                0.0,
+            );
+            let vf = value_loss(
+                values,
+                floats::<B>(&gather(&|d| &d.values), device),
+                floats::<B>(&gather(&|d| &d.returns), device),
+                floats::<B>(&vec![weight; n], device),
+                params.cliprange_value,
+            );
+            let logp = host(head.logp.detach());
+            let ratio = host(pg.ratio.clone());
+            sums.tokens += n as f64;
+            sums.approxkl += logp
+                .iter()
+                .zip(&old)
+                .map(|(&a, &b)| 0.5 * ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            sums.clipped += host(pg.low_clipped.clone().sum())[0] as f64
+                + host(pg.high_clipped.clone().sum())[0] as f64;
+            sums.ratio += ratio.iter().map(|&r| r as f64).sum::<f64>();
+            sums.ratio_sq += ratio.iter().map(|&r| (r as f64).powi(2)).sum::<f64>();
+            sums.value_clipped += host(vf.clipped.clone().sum())[0] as f64;
+            if let Some(stats) = head.stats {
+                sums.entropy += host(stats.entropy.sum())[0] as f64;
+            }
+            out.policy_loss += host(pg.loss.clone())[0] as f64;
+            out.value_loss += host(vf.loss.clone())[0] as f64;
+            let vf_loss = vf.loss.mul_scalar(params.vf_coef);
+            match critic {
+                Critic::Separate(critic, _) => {
+                    out.grads.backward(model, pg.loss);
+                    out.critic_grads.backward(critic, vf_loss);
+                }
+                // One backward pass: the backbone gets both losses'
+                // gradients, the head the value loss's.
+                Critic::Shared(h) => {
+                    out.grads
+                        .backward_shared(model, &mut out.critic_grads, h, pg.loss + vf_loss)
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Step 4's record: the updates' means, the KL and rewards of the rollout,
+/// TRL's PPO diagnostics.
+fn metrics<B: AutodiffBackend>(
+    run: &Run<B>,
+    setup: &Setup,
+    (rollout, stats): (&Rollout, RolloutStats),
+    scored: &Scored,
+    sums: &UpdateSums,
+    (lr, critic_lr): (f64, f64),
+    kl_coef: f64,
+) -> PpoMetrics {
+    let tokens = sums.tokens.max(1.0);
+    let updates = sums.updates.max(1) as f64;
+    let ratio_mean = sums.ratio / tokens;
+    let non_score_reward = mean_std(&scored.non_score).0;
+    PpoMetrics {
+        step: run.state.step,
+        epoch: run.epoch(setup.batches_per_epoch),
+        episode: run.state.step * setup.config.completions_per_step(),
+        learning_rate: lr,
+        critic_learning_rate: critic_lr,
+        kl: mean_std(&scored.seq_kl).0,
+        entropy: mean_std(&scored.seq_entropy).0,
+        non_score_reward,
+        rlhf_reward: stats.reward + non_score_reward,
+        scores: stats.reward,
+        kl_coef,
+        approxkl: sums.approxkl / tokens,
+        clipfrac: sums.clipped / tokens,
+        policy_entropy: sums.entropy / tokens,
+        policy_loss: sums.policy_loss / updates,
+        value_loss: sums.value_loss / updates,
+        value_clipfrac: sums.value_clipped / tokens,
+        ratio: ratio_mean,
+        ratio_var: (sums.ratio_sq / tokens - ratio_mean * ratio_mean).max(0.0),
+        num_eos_tokens: rollout
+            .completions
+            .iter()
+            .filter(|x| x.terminated())
+            .count(),
+        grad_norm: sums.grad_norm / updates,
+        critic_grad_norm: sums.critic_grad_norm / updates,
+        rollout: stats,
+    }
 }
 
 /// What a checkpoint holds besides the policy: the critic and the KL

@@ -9,13 +9,10 @@ use std::sync::{Mutex, PoisonError};
 use alignkit_datasets::Encoder;
 use alignkit_model::precision::cast_model;
 use alignkit_model::{DecodePanels, LlamaConfig, LlamaForCausalLM, load_model, lora};
-use alignkit_train::export::write_merged;
-use alignkit_train::seed::{Stream, derive_seed};
 use alignkit_train::skeleton::{self, Run, Start, Weights};
-use alignkit_train::weights::load_trainable;
 use alignkit_train::{
-    DataFile, KeyChange, RunIdentity, TrainError, WeightsKind, model_fingerprint, sha256_file,
-    trainable_count,
+    CheckpointRef, DataFile, KeyChange, RunIdentity, TrainError, WeightsKind, model_fingerprint,
+    sha256_file, trainable_count,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
@@ -72,10 +69,7 @@ pub enum Event<'a> {
     PpoStep(&'a crate::metrics::PpoMetrics),
     /// A held-out evaluation (`[eval]`), at step 0 and when due.
     Eval(&'a EvalRecord),
-    Checkpoint {
-        step: usize,
-        path: &'a Path,
-    },
+    Checkpoint(&'a CheckpointRef),
 }
 
 /// How the run ended.
@@ -242,14 +236,12 @@ pub(crate) fn open<B: AutodiffBackend>(
     )?;
 
     let ckpt_path = opening.checkpoint().map(Path::to_path_buf);
-    let (model_config, mut model) = load_trainable::<B>(
+    let (model_config, model) = opening.load::<B, LlamaForCausalLM<B>>(
         &config.model,
         config.lora.as_ref(),
-        ckpt_path.as_deref(),
-        derive_seed(seed, Stream::AdapterInit, 0, 0),
+        &config.train,
         device,
     )?;
-    config.train.checkpointing(&mut model.model)?;
     check_head(&model)?;
     // The evaluations' KL needs a reference even when the objective does not.
     let reference: Reference<B::InnerBackend> =
@@ -369,28 +361,16 @@ pub(crate) fn finish<B: AutodiffBackend, M>(
     extra: impl FnOnce(&Path) -> std::result::Result<(), TrainError>,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<alignkit_train::Outcome<M>> {
-    if let Some(saved) = run.save_last_with(&model, &setup.weights(), stop, extra)? {
-        progress(Event::Checkpoint {
-            step: saved.step,
-            path: &saved.path,
-        });
+    let weights = setup.weights();
+    if let Some(saved) = run.save_last_with(&model, &weights, stop, extra)? {
+        progress(Event::Checkpoint(&saved));
     }
     let c = &setup.config;
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
         let model = run.final_weights(model);
-        let dir = run.dir.final_dir();
-        let card = run.card(setup.trainer, &c.model, c.lora.as_ref(), c.to_toml())?;
-        write_merged(
-            model,
-            &setup.model_config,
-            &c.model,
-            &dir,
-            c.final_dtype.into(),
-            &card,
-            true,
-        )?;
-        final_dir = Some(dir);
+        let dtype = c.final_dtype.into();
+        final_dir = Some(run.write_final(model, &weights, setup.trainer, dtype, c.to_toml())?);
     }
     Ok(run.outcome(stop, final_dir, last_metrics))
 }

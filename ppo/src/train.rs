@@ -1,6 +1,6 @@
-//! The online-RL loop (GRPO and RLOO), written out in numbered steps:
-//! 1. roll out  2. score  3. advantages  4. μ optimisation passes
-//! 5. metrics  6. checkpoint.
+//! The online-RL loop (GRPO and RLOO), written out in the numbered steps of
+//! every trainer: 1. the rollout (sample, score, advantages) 2-3. μ passes of
+//! forward, loss, backward and update 4. metrics 5. checkpoint 6. final/.
 //!
 //! One step samples G completions for each of its prompts with the current
 //! policy π_old, scores them, and then makes μ optimizer updates on that
@@ -18,7 +18,9 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use alignkit_model::LlamaForCausalLM;
 use alignkit_train::seed::seed_backend;
+use alignkit_train::skeleton::Run;
 use alignkit_train::{Gradients, TrainError};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -33,7 +35,7 @@ use crate::loss::{
 };
 use crate::metrics::{RlMetrics, RolloutStats, StepTimes, completion_records};
 use crate::rollout::{Completion, ScoredTokens, scaled_token_logprobs};
-use crate::run::{Opened, finish, floats, host, open};
+use crate::run::{Opened, Setup, finish, floats, host, open};
 
 pub use crate::evaluator::EvalRecord;
 pub use crate::run::{Event, ReferenceKind, RlOutcome, RunInfo, RunOptions, StopReason};
@@ -101,8 +103,14 @@ pub fn train<B: AutodiffBackend>(
             });
         }
     };
-    let seed = run.state.seed;
-    let temperature = setup.settings.temperature;
+    let pass_settings = Passes {
+        objective,
+        passes,
+        clip,
+        beta,
+        temperature: setup.settings.temperature,
+        seed: run.state.seed,
+    };
 
     let mut order = EpochOrder::default();
     let mut last_metrics = None;
@@ -114,207 +122,63 @@ pub fn train<B: AutodiffBackend>(
         }
         let started = Instant::now();
 
-        // 1-2. Roll out G completions for each prompt of this step with the
-        //    current policy (π_old), and score them.
+        // 1. The rollout of this update: G completions for each of its prompts
+        //    from the current policy (π_old), scored, and their advantages (with
+        //    the reference's log-probs where β > 0). The micro-batches are fixed
+        //    here for all passes; a masked (truncated) completion is a row
+        //    without scored tokens.
         let (rollout, next_cursor) =
             collect(&setup, &run.state, &mut order, &model, &rewards, device)?;
-        let Rollout {
-            completions,
-            scores,
-            total_rewards,
-            trained,
-            micro,
-            batches,
-            generation_time,
-        } = rollout;
         let scoring_started = Instant::now();
-
-        // 3. Advantages, with the reference's log-probs where β > 0. The
-        //    micro-batches are fixed here for all passes; a masked (truncated)
-        //    completion is a row without scored tokens.
-        let ref_logps = reference.logps(&model.valid(), &batches, temperature, device);
-        let (advantages, rloo_kl) = match objective {
-            Objective::Grpo { scale, .. } => {
-                (grpo_advantages(&total_rewards, setup.group, scale), None)
-            }
-            Objective::Rloo { normalize } => {
-                // k1 from the sampling log-probs, which are π_old's.
-                let kl = match &ref_logps {
-                    Some(r) => sequence_k1(&completions, &trained, &micro, &batches, r),
-                    None => vec![0.0; completions.len()],
-                };
-                let penalised = kl_penalised(&total_rewards, &kl, beta);
-                let tokens: usize = batches.iter().map(ScoredTokens::len).sum();
-                let kl_mean = kl.iter().sum::<f64>() / tokens.max(1) as f64;
-                (
-                    rloo_advantages(&penalised, setup.group, normalize),
-                    ref_logps.is_some().then_some(kl_mean),
-                )
-            }
-        };
+        let temperature = pass_settings.temperature;
+        let ref_logps = reference.logps(&model.valid(), &rollout.batches, temperature, device);
+        let (advantages, rloo_kl) =
+            advantages(objective, &rollout, ref_logps.as_deref(), setup.group, beta);
         let scoring_time = scoring_started.elapsed().as_secs_f64();
 
-        // 4. μ optimisation passes over the rollout, one optimizer update each.
+        // 2-3. μ passes over the rollout: forward, loss, backward; then clip,
+        //    guard and update after each pass.
         let optimization_started = Instant::now();
-        let active: Vec<Vec<usize>> = micro
-            .iter()
-            .map(|r| {
-                r.clone()
-                    .map(|i| {
-                        if trained[i] {
-                            completions[i].tokens.len()
-                        } else {
-                            0
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        let weights = match objective {
-            Objective::Grpo { loss_type, .. } => {
-                token_weights(loss_type, &active, c.rollout.max_completion_length)
-            }
-            Objective::Rloo { .. } => {
-                let w = 1.0 / completions.len().max(1) as f64;
-                active.iter().map(|m| vec![w; m.len()]).collect()
-            }
-        };
         let lr = run.learning_rate();
-        // π_old's values from the first pass: per token (GRPO) or per sequence (RLOO).
-        let mut old: Vec<Vec<f32>> = vec![Vec::new(); batches.len()];
-        let mut sums = PassSums::default();
-        let mut verdict: std::result::Result<(), TrainError> = Ok(());
-        let mut skipped = None;
-        for pass in 0..passes {
-            let mut grads = Gradients::<B::InnerBackend>::new();
-            let mut pass_loss = 0.0;
-            for (k, tokens) in batches.iter().enumerate() {
-                let rows = micro[k].len();
-                if tokens.is_empty() {
-                    // Every completion masked: no gradient, nothing clipped.
-                    sums.clip_items += match objective {
-                        Objective::Grpo { .. } => 0,
-                        Objective::Rloo { .. } => rows,
-                    };
-                    continue;
-                }
-                seed_backend::<B>(device, seed, run.state.step, pass * batches.len() + k);
-                let head = scaled_token_logprobs(&model, tokens, temperature, pass == 0, device);
-                let logp = head.logp;
-                let old_values = (pass > 0).then(|| floats::<B>(&old[k], device));
-                let out: PolicyLoss<B> = match objective {
-                    Objective::Grpo { .. } => grpo_pass(
-                        tokens,
-                        logp.clone(),
-                        old_values,
-                        &advantages[micro[k].clone()],
-                        &weights[k],
-                        ref_logps.as_ref().map(|v| v[k].as_slice()),
-                        (clip, beta),
-                        device,
-                    ),
-                    Objective::Rloo { .. } => {
-                        let (out, logp_sum) = rloo_pass(
-                            tokens,
-                            rows,
-                            logp.clone(),
-                            old_values,
-                            &advantages[micro[k].clone()],
-                            weights[k][0],
-                            clip,
-                            device,
-                        );
-                        if pass == 0 {
-                            old[k] = logp_sum;
-                        }
-                        out
-                    }
-                };
-                pass_loss += host(out.loss.clone())[0] as f64;
-                sums.clip_low += host(out.low_clipped.clone().sum())[0] as f64;
-                sums.clip_high += host(out.high_clipped.clone().sum())[0] as f64;
-                sums.clip_items += out.ratio.dims()[0];
-                if pass == 0 {
-                    let values = host(logp.clone().detach());
-                    sums.first_pass(
-                        &values,
-                        &completions[micro[k].clone()],
-                        &trained[micro[k].clone()],
-                    );
-                    if let Some(stats) = head.stats {
-                        sums.entropy += host(stats.entropy.sum())[0] as f64;
-                    }
-                    if let Some(kl) = &out.kl {
-                        sums.kl += host(kl.clone().sum())[0] as f64;
-                    }
-                    if matches!(objective, Objective::Grpo { .. }) {
-                        old[k] = values;
-                    }
-                }
-                grads.backward(&model, out.loss);
-            }
-            let update;
-            (model, update) = run.apply(model, grads, pass_loss);
-            sums.loss += pass_loss;
-            sums.grad_norm += update.grad_norm;
-            skipped = skipped.or(update.skipped.clone());
-            verdict = update.verdict();
-            if verdict.is_err() {
-                break;
-            }
-        }
+        let input = PassInput {
+            rollout: &rollout,
+            advantages: &advantages,
+            ref_logps: ref_logps.as_deref(),
+            weights: loss_weights(objective, &rollout, c.rollout.max_completion_length),
+        };
+        let (sums, skipped, verdict);
+        (model, sums, skipped, verdict) = optimise(&mut run, model, &pass_settings, &input, device);
         run.end_step();
         run.state.cursor = next_cursor;
         let optimization_time = optimization_started.elapsed().as_secs_f64();
 
-        // 5. Metrics, and a sample of completions when due.
-        run.state.num_tokens += rollout_tokens(&setup.prompts, &completions);
-        let state = &run.state;
-        let passes_run = passes as f64;
-        let trained_tokens = sums.tokens.max(1) as f64;
-        let clip_items = sums.clip_items.max(1) as f64;
-        let m = RlMetrics {
-            step: state.step,
-            epoch: state.cursor.epoch as f64
-                + state.cursor.micro_batch as f64 / setup.batches_per_epoch as f64,
-            loss: sums.loss / passes_run,
-            learning_rate: lr,
-            grad_norm: sums.grad_norm / passes_run,
-            rollout: RolloutStats::new(
-                &completions,
-                &total_rewards,
-                (rewards.names(), &scores.per_func),
-                state.num_tokens,
-                StepTimes {
-                    started,
-                    generation: generation_time,
-                    scoring: scoring_time,
-                    optimization: optimization_time,
-                },
-                skipped,
-            ),
-            frac_reward_zero_std: frac_zero_std(&total_rewards, setup.group),
-            kl: match objective {
-                Objective::Grpo { .. } => (beta > 0.0).then(|| sums.kl / trained_tokens),
-                Objective::Rloo { .. } => rloo_kl,
-            },
-            entropy: sums.entropy / trained_tokens,
-            clip_low: sums.clip_low / clip_items,
-            clip_high: sums.clip_high / clip_items,
-            clip_region: (sums.clip_low + sums.clip_high) / clip_items,
-            logp_diff_mean: sums.logp_diff / trained_tokens,
-            logp_diff_max: sums.logp_diff_max,
+        // 4. Metrics, a sample of completions, and the held-out evaluation when due.
+        run.state.num_tokens += rollout_tokens(&setup.prompts, &rollout.completions);
+        let times = StepTimes {
+            started,
+            generation: rollout.generation_time,
+            scoring: scoring_time,
+            optimization: optimization_time,
         };
+        let step = StepRecord {
+            rollout: &rollout,
+            sums: &sums,
+            rloo_kl,
+            lr,
+            times,
+            skipped,
+        };
+        let m = metrics(&run, &setup, &pass_settings, rewards.names(), step);
         run.log(&m)?;
         let every = c.rollout.log_completions_steps;
         if every > 0 && run.state.step.is_multiple_of(every) {
             let records = completion_records(
                 run.state.step,
                 &setup.prompts,
-                &completions,
-                &total_rewards,
+                &rollout.completions,
+                &rollout.total_rewards,
                 rewards.names(),
-                &scores.per_func,
+                &rollout.scores.per_func,
                 &advantages,
                 c.rollout.num_completions_to_log,
             );
@@ -324,27 +188,268 @@ pub fn train<B: AutodiffBackend>(
         last_metrics = Some(m);
         verdict?;
         if let Some(ev) = evaluator.as_mut() {
-            ev.after_step(
-                &setup,
-                run.state.step,
-                &model,
-                &reference,
-                &rewards,
-                device,
-                progress,
-            )?;
+            let step = run.state.step;
+            ev.after_step(&setup, step, &model, &reference, &rewards, device, progress)?;
         }
 
-        // 6. Checkpoint when due.
-        if run.checkpoint_due(false, false) {
-            let saved = run.save(&model, &setup.weights())?;
-            progress(Event::Checkpoint {
-                step: saved.step,
-                path: &saved.path,
-            });
+        // 5. Checkpoint when due.
+        if let Some(saved) = run.save_when_due(&model, &setup.weights(), false)?.saved {
+            progress(Event::Checkpoint(&saved));
         }
     }
+
+    // 6. The last checkpoint; unless interrupted, final/.
     finish(&setup, run, stop, last_metrics, model, |_| Ok(()), progress)
+}
+
+/// The settings of a step's optimisation passes.
+struct Passes {
+    objective: Objective,
+    /// μ.
+    passes: usize,
+    clip: Clip,
+    beta: f64,
+    temperature: f32,
+    seed: u64,
+}
+
+/// What the passes over one rollout train on.
+struct PassInput<'a> {
+    rollout: &'a Rollout,
+    advantages: &'a [f64],
+    ref_logps: Option<&'a [Vec<f32>]>,
+    /// Each micro-batch's per-row loss weights.
+    weights: Vec<Vec<f64>>,
+}
+
+/// Step 1's advantages: GRPO's group-normalised rewards, or RLOO's
+/// leave-one-out baselines on KL-penalised rewards (k1 from the sampling
+/// log-probs, which are π_old's), with RLOO's mean KL per token.
+fn advantages(
+    objective: Objective,
+    rollout: &Rollout,
+    ref_logps: Option<&[Vec<f32>]>,
+    group: usize,
+    beta: f64,
+) -> (Vec<f64>, Option<f64>) {
+    let rewards = &rollout.total_rewards;
+    match objective {
+        Objective::Grpo { scale, .. } => (grpo_advantages(rewards, group, scale), None),
+        Objective::Rloo { normalize } => {
+            let r = rollout;
+            let kl = match ref_logps {
+                Some(logps) => sequence_k1(&r.completions, &r.trained, &r.micro, &r.batches, logps),
+                None => vec![0.0; r.completions.len()],
+            };
+            let penalised = kl_penalised(rewards, &kl, beta);
+            let tokens: usize = r.batches.iter().map(ScoredTokens::len).sum();
+            let kl_mean = kl.iter().sum::<f64>() / tokens.max(1) as f64;
+            (
+                rloo_advantages(&penalised, group, normalize),
+                ref_logps.is_some().then_some(kl_mean),
+            )
+        }
+    }
+}
+
+/// Each micro-batch's per-row loss weights: GRPO's loss normaliser over the
+/// rows' trained tokens, or RLOO's mean over the rollout's completions.
+fn loss_weights(objective: Objective, rollout: &Rollout, max_len: usize) -> Vec<Vec<f64>> {
+    let active: Vec<Vec<usize>> = rollout
+        .micro
+        .iter()
+        .map(|rows| {
+            rows.clone()
+                .map(|i| match rollout.trained[i] {
+                    true => rollout.completions[i].tokens.len(),
+                    false => 0,
+                })
+                .collect()
+        })
+        .collect();
+    match objective {
+        Objective::Grpo { loss_type, .. } => token_weights(loss_type, &active, max_len),
+        Objective::Rloo { .. } => {
+            let w = 1.0 / rollout.completions.len().max(1) as f64;
+            active.iter().map(|m| vec![w; m.len()]).collect()
+        }
+    }
+}
+
+/// Steps 2-3: the μ passes over a rollout, one optimizer update each (they
+/// stop at the NaN guard's error): the model, the passes' sums, why an update
+/// was skipped, and the guard's verdict.
+fn optimise<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    mut model: LlamaForCausalLM<B>,
+    p: &Passes,
+    input: &PassInput<'_>,
+    device: &B::Device,
+) -> (
+    LlamaForCausalLM<B>,
+    PassSums,
+    Option<String>,
+    std::result::Result<(), TrainError>,
+) {
+    let batches = &input.rollout.batches;
+    // π_old's values from the first pass: per token (GRPO) or per sequence (RLOO).
+    let mut old: Vec<Vec<f32>> = vec![Vec::new(); batches.len()];
+    let mut sums = PassSums::default();
+    let mut verdict = Ok(());
+    let mut skipped = None;
+    for pass in 0..p.passes {
+        let mut grads = Gradients::<B::InnerBackend>::new();
+        let mut pass_loss = 0.0;
+        for k in 0..batches.len() {
+            seed_backend::<B>(device, p.seed, run.state.step, pass * batches.len() + k);
+            let Some(loss) =
+                micro_batch_loss(&model, p, input, (pass, k), &mut old, &mut sums, device)
+            else {
+                continue;
+            };
+            pass_loss += host(loss.clone())[0] as f64;
+            grads.backward(&model, loss);
+        }
+        let update;
+        (model, update) = run.apply(model, grads, pass_loss);
+        sums.loss += pass_loss;
+        sums.grad_norm += update.grad_norm;
+        skipped = skipped.or(update.skipped.clone());
+        verdict = update.verdict();
+        if verdict.is_err() {
+            break;
+        }
+    }
+    (model, sums, skipped, verdict)
+}
+
+/// The loss of micro-batch `k` in pass `pass` (`None` when every completion
+/// in it is masked: no gradient, nothing clipped), its clip counts added to
+/// `sums`; the first pass records π_old's values in `old` and the
+/// diagnostics of π_old.
+fn micro_batch_loss<B: AutodiffBackend>(
+    model: &LlamaForCausalLM<B>,
+    p: &Passes,
+    input: &PassInput<'_>,
+    (pass, k): (usize, usize),
+    old: &mut [Vec<f32>],
+    sums: &mut PassSums,
+    device: &B::Device,
+) -> Option<Tensor<B, 1>> {
+    let rollout = input.rollout;
+    let (tokens, rows) = (&rollout.batches[k], rollout.micro[k].clone());
+    if tokens.is_empty() {
+        sums.clip_items += match p.objective {
+            Objective::Grpo { .. } => 0,
+            Objective::Rloo { .. } => rows.len(),
+        };
+        return None;
+    }
+    let head = scaled_token_logprobs(model, tokens, p.temperature, pass == 0, device);
+    let logp = head.logp;
+    let old_values = (pass > 0).then(|| floats::<B>(&old[k], device));
+    let advantages = &input.advantages[rows.clone()];
+    let out: PolicyLoss<B> = match p.objective {
+        Objective::Grpo { .. } => grpo_pass(
+            tokens,
+            logp.clone(),
+            old_values,
+            advantages,
+            &input.weights[k],
+            input.ref_logps.map(|v| v[k].as_slice()),
+            (p.clip, p.beta),
+            device,
+        ),
+        Objective::Rloo { .. } => {
+            let weight = input.weights[k][0];
+            let (out, logp_sum) = rloo_pass(
+                tokens,
+                rows.len(),
+                logp.clone(),
+                old_values,
+                advantages,
+                weight,
+                p.clip,
+                device,
+            );
+            if pass == 0 {
+                old[k] = logp_sum;
+            }
+            out
+        }
+    };
+    sums.clip_low += host(out.low_clipped.clone().sum())[0] as f64;
+    sums.clip_high += host(out.high_clipped.clone().sum())[0] as f64;
+    sums.clip_items += out.ratio.dims()[0];
+    if pass == 0 {
+        let values = host(logp.detach());
+        sums.first_pass(
+            &values,
+            &rollout.completions[rows.clone()],
+            &rollout.trained[rows],
+        );
+        if let Some(stats) = head.stats {
+            sums.entropy += host(stats.entropy.sum())[0] as f64;
+        }
+        if let Some(kl) = &out.kl {
+            sums.kl += host(kl.clone().sum())[0] as f64;
+        }
+        if matches!(p.objective, Objective::Grpo { .. }) {
+            old[k] = values;
+        }
+    }
+    Some(out.loss)
+}
+
+/// What step 4 reports of a step besides the run's state.
+struct StepRecord<'a> {
+    rollout: &'a Rollout,
+    sums: &'a PassSums,
+    rloo_kl: Option<f64>,
+    lr: f64,
+    times: StepTimes,
+    skipped: Option<String>,
+}
+
+/// Step 4's record: the passes' means, the rollout's statistics and TRL's
+/// diagnostics.
+fn metrics<B: AutodiffBackend>(
+    run: &Run<B>,
+    setup: &Setup,
+    p: &Passes,
+    reward_names: &[String],
+    step: StepRecord<'_>,
+) -> RlMetrics {
+    let (rollout, sums) = (step.rollout, step.sums);
+    let passes_run = p.passes as f64;
+    let trained_tokens = sums.tokens.max(1) as f64;
+    let clip_items = sums.clip_items.max(1) as f64;
+    RlMetrics {
+        step: run.state.step,
+        epoch: run.epoch(setup.batches_per_epoch),
+        loss: sums.loss / passes_run,
+        learning_rate: step.lr,
+        grad_norm: sums.grad_norm / passes_run,
+        rollout: RolloutStats::new(
+            &rollout.completions,
+            &rollout.total_rewards,
+            (reward_names, &rollout.scores.per_func),
+            run.state.num_tokens,
+            step.times,
+            step.skipped,
+        ),
+        frac_reward_zero_std: frac_zero_std(&rollout.total_rewards, setup.group),
+        kl: match p.objective {
+            Objective::Grpo { .. } => (p.beta > 0.0).then(|| sums.kl / trained_tokens),
+            Objective::Rloo { .. } => step.rloo_kl,
+        },
+        entropy: sums.entropy / trained_tokens,
+        clip_low: sums.clip_low / clip_items,
+        clip_high: sums.clip_high / clip_items,
+        clip_region: (sums.clip_low + sums.clip_high) / clip_items,
+        logp_diff_mean: sums.logp_diff / trained_tokens,
+        logp_diff_max: sums.logp_diff_max,
+    }
 }
 
 /// GRPO's loss on one micro-batch of a pass: per-token advantages (each

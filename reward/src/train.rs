@@ -5,12 +5,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use alignkit_datasets::shuffled_batches;
 use alignkit_model::heads::RewardModel;
-use alignkit_train::reward_model::{Trainee, load_trainable, write_final};
+use alignkit_train::reward_model::{Trainee, write_final};
 use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::skeleton::{self, Start, Weights};
+use alignkit_train::skeleton::{self, EpochOrder, Start, Weights};
 use alignkit_train::{
-    Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, trainable_count,
+    CheckpointRef, Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint,
+    trainable_count,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -49,10 +51,7 @@ pub struct RunInfo {
 pub enum Event<'a> {
     Started(&'a RunInfo),
     Step(&'a RewardMetrics),
-    Checkpoint {
-        step: usize,
-        path: &'a std::path::Path,
-    },
+    Checkpoint(&'a CheckpointRef),
 }
 
 /// How the run ended. `final/` is a `*ForSequenceClassification` HF directory.
@@ -106,16 +105,10 @@ pub fn train<B: AutodiffBackend>(
         total_steps,
         seed,
     )?;
-    let (model_config, mut reward) = load_trainable::<B>(
-        &c.model,
-        c.lora.as_ref(),
-        opening.checkpoint(),
-        derive_seed(seed, Stream::AdapterInit, 0, 0),
-        device,
-    )?;
-    c.train.checkpointing(&mut reward.model)?;
+    let (model_config, model) =
+        opening.load::<B, Trainee<B>>(&c.model, c.lora.as_ref(), &c.train, device)?;
     let (mut run, mut model) = opening.start(
-        Trainee { reward },
+        model,
         Start {
             train: &c.train,
             optim: &c.optim,
@@ -143,7 +136,7 @@ pub fn train<B: AutodiffBackend>(
         resumed_with: run.resumed_with.clone(),
     }));
 
-    let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut order = EpochOrder::default();
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
@@ -154,23 +147,10 @@ pub fn train<B: AutodiffBackend>(
         let started = Instant::now();
 
         // 1. The pair micro-batches of this update, in the epoch's seeded order.
-        let (epoch, range, next_cursor) = run
-            .state
-            .cursor
-            .next_step(micro_per_epoch, c.train.grad_accum);
-        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let n = pairs.train.len();
-            order = Some((
-                epoch,
-                alignkit_datasets::shuffled_batches(
-                    n,
-                    c.train.batch_size,
-                    derive_seed(seed, Stream::DataOrder, epoch as u64, 0),
-                ),
-            ));
-        }
-        let (_, epoch_order) = order.as_ref().expect("set above");
-        let micro: Vec<&[usize]> = range.map(|i| epoch_order[i].as_slice()).collect();
+        let (micro, next_cursor) = run.micro_batches(&mut order, micro_per_epoch, |epoch| {
+            let order_seed = derive_seed(seed, Stream::DataOrder, epoch as u64, 0);
+            shuffled_batches(pairs.train.len(), c.train.batch_size, order_seed)
+        });
         let step_pairs = micro.iter().map(|idx| idx.len()).sum::<usize>() as f64;
 
         // 2. Forward (chosen and rejected rows together), loss, backward.
@@ -201,21 +181,14 @@ pub fn train<B: AutodiffBackend>(
         run.state.num_tokens += tokens as u64;
 
         // 4. Metrics, and evaluation when due.
-        let state = &run.state;
-        let epoch_f =
-            state.cursor.epoch as f64 + state.cursor.micro_batch as f64 / micro_per_epoch as f64;
-        let mut m = RewardMetrics::new(
-            state.step,
-            epoch_f,
-            update.learning_rate,
-            update.grad_norm,
-            &sums,
-        );
-        m.num_tokens = state.num_tokens;
+        let epoch = run.epoch(micro_per_epoch);
+        let (lr, norm) = (update.learning_rate, update.grad_norm);
+        let mut m = RewardMetrics::new(run.state.step, epoch, lr, norm, &sums);
+        m.num_tokens = run.state.num_tokens;
         m.tokens_per_second = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
         m.skipped = update.skipped.clone();
         let mut new_best = false;
-        if update.ok() && c.train.eval_due(state.step) {
+        if update.ok() && c.train.eval_due(run.state.step) {
             let e = evaluate(
                 &model.reward.valid(),
                 &objective,
@@ -233,15 +206,11 @@ pub fn train<B: AutodiffBackend>(
         update.verdict()?;
 
         // 5. Checkpoint when due.
-        let early_stop = run.early_stop();
-        if run.checkpoint_due(new_best, early_stop) {
-            let saved = run.save(&model, &weights)?;
-            progress(Event::Checkpoint {
-                step: saved.step,
-                path: &saved.path,
-            });
+        let due = run.save_when_due(&model, &weights, new_best)?;
+        if let Some(saved) = &due.saved {
+            progress(Event::Checkpoint(saved));
         }
-        if early_stop {
+        if due.early_stop {
             stop = StopReason::EarlyStopped;
             break;
         }
@@ -249,17 +218,11 @@ pub fn train<B: AutodiffBackend>(
 
     // 6. The last checkpoint; unless interrupted, final/.
     if let Some(saved) = run.save_last(&model, &weights, stop)? {
-        progress(Event::Checkpoint {
-            step: saved.step,
-            path: &saved.path,
-        });
+        progress(Event::Checkpoint(&saved));
     }
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
-        let reward = match run.best_checkpoint(stop) {
-            Some(best) => load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&best), 0, device)?.1,
-            None => run.final_weights(model).reward,
-        };
+        let reward = run.kept(model, stop, &weights, device)?.reward;
         let dir = run.dir.final_dir();
         write_final(
             reward,

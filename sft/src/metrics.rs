@@ -1,4 +1,7 @@
+use alignkit_train::skeleton::Update;
 use serde::{Deserialize, Serialize};
+
+use crate::loss::BatchSums;
 
 /// One `metrics.jsonl` record: an optimizer step, with TRL's metric names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,4 +32,36 @@ pub struct SftMetrics {
     pub eval_mean_token_accuracy: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_entropy: Option<f64>,
+}
+
+impl SftMetrics {
+    /// The record of step `step`: `loss` and the update's rate, norm and skip
+    /// reason, with `sums`' diagnostics per trained token (the caller sets
+    /// the token counts and the evaluation).
+    pub fn new(step: usize, epoch: f64, loss: f64, update: &Update, sums: &BatchSums) -> Self {
+        let targets = sums.targets.max(1) as f64;
+        SftMetrics {
+            step,
+            epoch,
+            loss,
+            learning_rate: update.learning_rate,
+            grad_norm: update.grad_norm,
+            num_tokens: 0,
+            mean_token_accuracy: sums.correct / targets,
+            entropy: sums.entropy / targets,
+            tokens_per_second: 0.0,
+            skipped: update.skipped.clone(),
+            eval_loss: None,
+            eval_mean_token_accuracy: None,
+            eval_entropy: None,
+        }
+    }
+
+    /// The evaluation's means over its trained tokens.
+    pub fn set_eval(&mut self, e: &BatchSums) {
+        let targets = e.targets.max(1) as f64;
+        self.eval_loss = Some(e.nll / targets);
+        self.eval_mean_token_accuracy = Some(e.correct / targets);
+        self.eval_entropy = Some(e.entropy / targets);
+    }
 }

@@ -1,17 +1,16 @@
 //! The SFT loop, written out: batch → forward → loss → backward → clip → step
 //! → metrics → eval/checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use alignkit_datasets::Batch;
 use alignkit_model::LlamaForCausalLM;
-use alignkit_train::export::write_merged;
-use alignkit_train::seed::{Stream, derive_seed, seed_backend};
-use alignkit_train::skeleton::{self, Start, Weights};
-use alignkit_train::weights::load_trainable;
+use alignkit_train::seed::seed_backend;
+use alignkit_train::skeleton::{self, EpochOrder, Start, Weights};
 use alignkit_train::{
-    Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, trainable_count,
+    CheckpointRef, Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint,
+    trainable_count,
 };
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -52,7 +51,7 @@ pub struct RunInfo {
 pub enum Event<'a> {
     Started(&'a RunInfo),
     Step(&'a SftMetrics),
-    Checkpoint { step: usize, path: &'a Path },
+    Checkpoint(&'a CheckpointRef),
 }
 
 /// How the run ended.
@@ -105,14 +104,8 @@ pub fn train<B: AutodiffBackend>(
         total_steps,
         seed,
     )?;
-    let (model_config, mut model) = load_trainable::<B>(
-        &c.model,
-        c.lora.as_ref(),
-        opening.checkpoint(),
-        derive_seed(seed, Stream::AdapterInit, 0, 0),
-        device,
-    )?;
-    c.train.checkpointing(&mut model.model)?;
+    let (model_config, model) =
+        opening.load::<B, LlamaForCausalLM<B>>(&c.model, c.lora.as_ref(), &c.train, device)?;
     let (mut run, mut model) = opening.start(
         model,
         Start {
@@ -145,7 +138,7 @@ pub fn train<B: AutodiffBackend>(
         resumed_with: run.resumed_with.clone(),
     }));
 
-    let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut order = EpochOrder::default();
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
@@ -156,17 +149,10 @@ pub fn train<B: AutodiffBackend>(
         let started = Instant::now();
 
         // 1. The micro-batches of this update, in the epoch's seeded order.
-        let (epoch, range, next_cursor) = run
-            .state
-            .cursor
-            .next_step(micro_per_epoch, c.train.grad_accum);
-        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            order = Some((epoch, rows.epoch_order(c.train.batch_size, seed, epoch)));
-        }
-        let (_, epoch_order) = order.as_ref().expect("set above");
-        let batches: Vec<Batch> = range
-            .map(|i| rows.collate(&epoch_order[i], pad_id))
-            .collect();
+        let (micro, next_cursor) = run.micro_batches(&mut order, micro_per_epoch, |epoch| {
+            rows.epoch_order(c.train.batch_size, seed, epoch)
+        });
+        let batches: Vec<Batch> = micro.iter().map(|idx| rows.collate(idx, pad_id)).collect();
         let norm = batches.iter().map(count_targets).sum::<usize>().max(1) as f64;
 
         // 2. Forward, loss, backward; gradients summed over micro-batches.
@@ -189,26 +175,12 @@ pub fn train<B: AutodiffBackend>(
         run.state.num_tokens += sums.tokens as u64;
 
         // 4. Metrics, and evaluation when due.
-        let state = &run.state;
-        let targets = sums.targets.max(1) as f64;
-        let mut m = SftMetrics {
-            step: state.step,
-            epoch: state.cursor.epoch as f64
-                + state.cursor.micro_batch as f64 / micro_per_epoch as f64,
-            loss,
-            learning_rate: update.learning_rate,
-            grad_norm: update.grad_norm,
-            num_tokens: state.num_tokens,
-            mean_token_accuracy: sums.correct / targets,
-            entropy: sums.entropy / targets,
-            tokens_per_second: sums.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            skipped: update.skipped.clone(),
-            eval_loss: None,
-            eval_mean_token_accuracy: None,
-            eval_entropy: None,
-        };
+        let epoch = run.epoch(micro_per_epoch);
+        let mut m = SftMetrics::new(run.state.step, epoch, loss, &update, &sums);
+        m.num_tokens = run.state.num_tokens;
+        m.tokens_per_second = sums.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let mut new_best = false;
-        if update.ok() && c.train.eval_due(state.step) {
+        if update.ok() && c.train.eval_due(run.state.step) {
             let e = evaluate(
                 &model.valid(),
                 &eval_rows,
@@ -216,9 +188,7 @@ pub fn train<B: AutodiffBackend>(
                 pad_id,
                 device,
             );
-            m.eval_loss = Some(e.nll / e.targets.max(1) as f64);
-            m.eval_mean_token_accuracy = Some(e.correct / e.targets.max(1) as f64);
-            m.eval_entropy = Some(e.entropy / e.targets.max(1) as f64);
+            m.set_eval(&e);
             new_best = run.state.record_eval(m.eval_loss.unwrap_or(f64::NAN));
         }
         run.log(&m)?;
@@ -227,15 +197,11 @@ pub fn train<B: AutodiffBackend>(
         update.verdict()?;
 
         // 5. Checkpoint when due.
-        let early_stop = run.early_stop();
-        if run.checkpoint_due(new_best, early_stop) {
-            let saved = run.save(&model, &weights)?;
-            progress(Event::Checkpoint {
-                step: saved.step,
-                path: &saved.path,
-            });
+        let due = run.save_when_due(&model, &weights, new_best)?;
+        if let Some(saved) = &due.saved {
+            progress(Event::Checkpoint(saved));
         }
-        if early_stop {
+        if due.early_stop {
             stop = StopReason::EarlyStopped;
             break;
         }
@@ -243,29 +209,13 @@ pub fn train<B: AutodiffBackend>(
 
     // 6. The last checkpoint; unless interrupted, final/.
     if let Some(saved) = run.save_last(&model, &weights, stop)? {
-        progress(Event::Checkpoint {
-            step: saved.step,
-            path: &saved.path,
-        });
+        progress(Event::Checkpoint(&saved));
     }
     let mut final_dir = None;
     if stop != StopReason::Interrupted {
-        let model = match run.best_checkpoint(stop) {
-            Some(best) => load_trainable::<B>(&c.model, c.lora.as_ref(), Some(&best), 0, device)?.1,
-            None => run.final_weights(model),
-        };
-        let dir = run.dir.final_dir();
-        let card = run.card(TRAINER, &c.model, c.lora.as_ref(), c.to_toml())?;
-        write_merged(
-            model,
-            &model_config,
-            &c.model,
-            &dir,
-            c.final_dtype.into(),
-            &card,
-            true,
-        )?;
-        final_dir = Some(dir);
+        let model = run.kept(model, stop, &weights, device)?;
+        let dtype = c.final_dtype.into();
+        final_dir = Some(run.write_final(model, &weights, TRAINER, dtype, c.to_toml())?);
     }
     Ok(run.outcome(stop, final_dir, last_metrics))
 }

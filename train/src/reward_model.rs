@@ -14,7 +14,7 @@ use alignkit_model::heads::{
     sequence_classification_architecture,
 };
 use alignkit_model::lora::{self, LoraConfig};
-use alignkit_model::transformer::Linear;
+use alignkit_model::transformer::{Linear, LlamaModel};
 use alignkit_model::{LlamaConfig, ModelError, SaveDtype, load_model};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -48,6 +48,21 @@ const CONTAINER: &str = "Struct:Trainee";
 impl<B: AutodiffBackend> Checkpointed<B> for Trainee<B> {
     fn write_trained(&self, w: &Weights<'_>, dir: &Path) -> Result<()> {
         save_trained(&self.reward, w.model_config, w.lora, w.base, dir)
+    }
+
+    fn load(
+        base: &Path,
+        lora: Option<&LoraConfig>,
+        checkpoint: Option<&Path>,
+        adapter_seed: u64,
+        device: &B::Device,
+    ) -> Result<(LlamaConfig, Self)> {
+        let (config, reward) = load_trainable(base, lora, checkpoint, adapter_seed, device)?;
+        Ok((config, Trainee { reward }))
+    }
+
+    fn backbone_mut(&mut self) -> &mut LlamaModel<B> {
+        &mut self.reward.model
     }
 }
 

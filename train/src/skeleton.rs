@@ -18,17 +18,18 @@
 use std::path::{Path, PathBuf};
 
 use alignkit_model::lora::LoraConfig;
-use alignkit_model::{LlamaConfig, LlamaForCausalLM};
+use alignkit_model::transformer::LlamaModel;
+use alignkit_model::{LlamaConfig, LlamaForCausalLM, SaveDtype};
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use crate::checkpoint::{
-    CheckpointRef, OPTIMIZER_FILE, RunIdentity, TrainerState, save_checkpoint,
+    CheckpointRef, DataCursor, OPTIMIZER_FILE, RunIdentity, TrainerState, save_checkpoint,
 };
 use crate::config::LoopConfig;
 use crate::error::{Result, TrainError};
-use crate::export::ModelCard;
+use crate::export::{ModelCard, write_merged};
 use crate::grads::Gradients;
 use crate::guard::{NanGuard, Verdict, skip_reason};
 use crate::optim::{AdamW, AdamWConfig};
@@ -36,12 +37,31 @@ use crate::params::{Trainable, first_non_finite, trainable_params};
 use crate::resume::KeyChange;
 use crate::run::{MetricsLog, Outcome, Resumed, RunDir, RunOptions, StopReason};
 use crate::schedule::Schedule;
+use crate::seed::{Stream, derive_seed};
 
 /// What a run trains, as a checkpoint holds it.
 pub trait Checkpointed<B: AutodiffBackend>: Trainable<B> + Clone {
     /// Write the trained weights into checkpoint directory `dir`, in f32 so
     /// that a resume restores the exact values.
     fn write_trained(&self, weights: &Weights<'_>, dir: &Path) -> Result<()>;
+
+    /// The model to train: `base` (with fresh adapters seeded by
+    /// `adapter_seed` under LoRA), or a checkpoint's weights.
+    fn load(
+        base: &Path,
+        lora: Option<&LoraConfig>,
+        checkpoint: Option<&Path>,
+        adapter_seed: u64,
+        device: &B::Device,
+    ) -> Result<(LlamaConfig, Self)>;
+
+    /// The decoder whose layers activation checkpointing recomputes.
+    fn backbone_mut(&mut self) -> &mut LlamaModel<B>;
+
+    /// Read back what [`Checkpointed::write_trained`] wrote into `dir`.
+    fn read_trained(w: &Weights<'_>, dir: &Path, device: &B::Device) -> Result<Self> {
+        Ok(Self::load(w.base, w.lora, Some(dir), 0, device)?.1)
+    }
 }
 
 /// Where a run's weights come from and what kind they are.
@@ -56,6 +76,20 @@ pub struct Weights<'a> {
 impl<B: AutodiffBackend> Checkpointed<B> for LlamaForCausalLM<B> {
     fn write_trained(&self, w: &Weights<'_>, dir: &Path) -> Result<()> {
         crate::weights::save_trained(self, w.model_config, w.lora, w.base, dir)
+    }
+
+    fn load(
+        base: &Path,
+        lora: Option<&LoraConfig>,
+        checkpoint: Option<&Path>,
+        adapter_seed: u64,
+        device: &B::Device,
+    ) -> Result<(LlamaConfig, Self)> {
+        crate::weights::load_trainable(base, lora, checkpoint, adapter_seed, device)
+    }
+
+    fn backbone_mut(&mut self) -> &mut LlamaModel<B> {
+        &mut self.model
     }
 }
 
@@ -102,6 +136,28 @@ impl Opening {
     /// The checkpoint to load the model from (`None`: a fresh run).
     pub fn checkpoint(&self) -> Option<&Path> {
         self.resumed.as_ref().map(|r| r.checkpoint.path.as_path())
+    }
+
+    /// The model to train, from the checkpoint on resume: `base` (with fresh
+    /// adapters under LoRA, seeded by the run's seed), with activation
+    /// checkpointing as `train` asks.
+    pub fn load<B, M>(
+        &self,
+        base: &Path,
+        lora: Option<&LoraConfig>,
+        train: &LoopConfig,
+        device: &B::Device,
+    ) -> Result<(LlamaConfig, M)>
+    where
+        B: AutodiffBackend,
+        M: Checkpointed<B>,
+    {
+        let adapter_seed = derive_seed(self.state.seed, Stream::AdapterInit, 0, 0);
+        let (config, mut model) = M::load(base, lora, self.checkpoint(), adapter_seed, device)?;
+        train
+            .checkpointing(model.backbone_mut())
+            .map_err(|i| TrainError::config(i.field, i.message))?;
+        Ok((config, model))
     }
 
     /// The rest of step 0, with the model loaded: the vocabulary check, the
@@ -202,6 +258,22 @@ impl Update {
     }
 }
 
+/// What step 5 did.
+#[derive(Debug)]
+pub struct Due {
+    /// The checkpoint written, if one was due.
+    pub saved: Option<CheckpointRef>,
+    /// The validation loss stopped improving for good: stop now.
+    pub early_stop: bool,
+}
+
+/// The micro-batches of one update: step 1's schedule.
+#[derive(Debug, Default)]
+pub struct EpochOrder {
+    epoch: Option<usize>,
+    order: Vec<Vec<usize>>,
+}
+
 impl<B: AutodiffBackend> Run<B> {
     pub fn root(&self) -> &Path {
         self.dir.root()
@@ -269,6 +341,32 @@ impl<B: AutodiffBackend> Run<B> {
         self.schedule.lr_at(self.state.step)
     }
 
+    /// Step 1: the example indices of this update's micro-batches, in the
+    /// epoch's seeded order (`order_of(epoch)`, computed once per epoch), and
+    /// the data cursor after them (set it once the update is done).
+    pub fn micro_batches(
+        &self,
+        order: &mut EpochOrder,
+        micro_per_epoch: usize,
+        order_of: impl FnOnce(usize) -> Vec<Vec<usize>>,
+    ) -> (Vec<Vec<usize>>, DataCursor) {
+        let (epoch, range, next) = self
+            .state
+            .cursor
+            .next_step(micro_per_epoch, self.train.grad_accum);
+        if order.epoch != Some(epoch) {
+            order.order = order_of(epoch);
+            order.epoch = Some(epoch);
+        }
+        (range.map(|i| order.order[i].clone()).collect(), next)
+    }
+
+    /// Epochs done so far, fractional (the `epoch` metric).
+    pub fn epoch(&self, micro_per_epoch: usize) -> f64 {
+        let cursor = &self.state.cursor;
+        cursor.epoch as f64 + cursor.micro_batch as f64 / micro_per_epoch as f64
+    }
+
     /// Count the step as done.
     pub fn end_step(&mut self) {
         self.state.step += 1;
@@ -294,7 +392,33 @@ impl<B: AutodiffBackend> Run<B> {
             .patience_exhausted(self.state.evals_without_improvement)
     }
 
-    /// Step 5: save checkpoint `step-N`: the trained weights (the f32 masters of a
+    /// Step 5: a checkpoint when [`Run::checkpoint_due`], and whether to stop early.
+    pub fn save_when_due<M: Checkpointed<B>>(
+        &mut self,
+        model: &M,
+        w: &Weights<'_>,
+        new_best: bool,
+    ) -> Result<Due> {
+        self.save_when_due_with(model, w, new_best, |_| Ok(()))
+    }
+
+    /// [`Run::save_when_due`] with [`Run::save_with`]'s `extra`.
+    pub fn save_when_due_with<M: Checkpointed<B>>(
+        &mut self,
+        model: &M,
+        w: &Weights<'_>,
+        new_best: bool,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Due> {
+        let early_stop = self.early_stop();
+        let saved = match self.checkpoint_due(new_best, early_stop) {
+            true => Some(self.save_with(model, w, extra)?),
+            false => None,
+        };
+        Ok(Due { saved, early_stop })
+    }
+
+    /// Save checkpoint `step-N`: the trained weights (the f32 masters of a
     /// mixed-precision run), the optimizer and the state, atomically and one
     /// tensor at a time. Refuses a non-finite weight.
     pub fn save<M: Checkpointed<B>>(
@@ -376,6 +500,38 @@ impl<B: AutodiffBackend> Run<B> {
             }
             _ => None,
         }
+    }
+
+    /// Step 6: the model to keep as `final/`: the best evaluation's checkpoint
+    /// after an early stop ([`Run::best_checkpoint`]), else the f32 masters
+    /// of `model`.
+    pub fn kept<M: Checkpointed<B>>(
+        &mut self,
+        model: M,
+        stop: StopReason,
+        w: &Weights<'_>,
+        device: &B::Device,
+    ) -> Result<M> {
+        match self.best_checkpoint(stop) {
+            Some(best) => M::read_trained(w, &best, device),
+            None => Ok(self.final_weights(model)),
+        }
+    }
+
+    /// Step 6 for a policy: `model` (adapters merged) as the HF directory
+    /// `final/`, with its model card.
+    pub fn write_final(
+        &self,
+        model: LlamaForCausalLM<B>,
+        w: &Weights<'_>,
+        trainer: &str,
+        dtype: SaveDtype,
+        config_toml: String,
+    ) -> Result<PathBuf> {
+        let dir = self.dir.final_dir();
+        let card = self.card(trainer, w.base, w.lora, config_toml)?;
+        write_merged(model, w.model_config, w.base, &dir, dtype, &card, true)?;
+        Ok(dir)
     }
 
     /// The model to write as `final/`: its f32 masters.

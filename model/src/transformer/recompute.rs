@@ -38,9 +38,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::{DecoderLayer, Embedding, ForwardInput, LlamaModel, Products, RopeAngles};
 use crate::by_type::ByType;
 use crate::fused;
-use crate::transformer::{DecoderLayer, Embedding, ForwardInput, LlamaModel, Products, RopeAngles};
 
 /// What a checkpointed forward pass keeps of each layer (Megatron-LM's
 /// `recompute_granularity`).
