@@ -13,11 +13,14 @@
 //!   distinct-2, length).
 //! - [`winrate`]: policy-against-baseline win rates: ties as half, Wilson
 //!   interval, exact sign test, length-controlled win rate (AlpacaEval LC).
+//! - [`human`]: people's judgments of a blind candidates file, mapped back to
+//!   policy and baseline: one verdict per item, each annotator's win rate.
 
 pub mod drift;
 pub mod error;
 pub mod generations;
 pub mod hacking;
+pub mod human;
 pub mod rule;
 pub mod sentiment;
 pub mod stats;
