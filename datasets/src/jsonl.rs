@@ -29,12 +29,19 @@ pub struct JsonlReader<R> {
 }
 
 impl JsonlReader<BufReader<File>> {
+    /// Every data file of every command is opened here.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|error| DataError::Io {
+        let io = |error| DataError::Io {
             path: path.to_owned(),
             error,
-        })?;
+        };
+        // Opening a directory succeeds on Unix; reading it then fails with
+        // an error that does not say what was given.
+        if path.is_dir() {
+            return Err(io(std::io::Error::other("is a directory, not a file")));
+        }
+        let file = File::open(path).map_err(io)?;
         Ok(Self::new(BufReader::with_capacity(1 << 16, file), path))
     }
 }

@@ -227,18 +227,12 @@ impl RunSettings<'_> {
         if self.train_file.as_os_str().is_empty() {
             return issue("data.train_file", "required: a JSONL file".into());
         }
-        if !self.train_file.is_file() {
-            return issue(
-                "data.train_file",
-                format!("{} does not exist", self.train_file.display()),
-            );
+        if let Some(why) = not_a_file(self.train_file) {
+            return issue("data.train_file", why);
         }
         if let Some(v) = self.validation_file {
-            if !v.is_file() {
-                return issue(
-                    "data.validation_file",
-                    format!("{} does not exist", v.display()),
-                );
+            if let Some(why) = not_a_file(v) {
+                return issue("data.validation_file", why);
             }
             if self.validation_split > 0.0 {
                 return issue(
@@ -280,6 +274,18 @@ impl RunSettings<'_> {
             );
         }
         Ok(())
+    }
+}
+
+/// Why `path` cannot be read as a data file, if it cannot: it does not
+/// exist, or it is a directory.
+fn not_a_file(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        Some(format!("{} is a directory, not a file", path.display()))
+    } else if !path.is_file() {
+        Some(format!("{} does not exist", path.display()))
+    } else {
+        None
     }
 }
 
