@@ -8,12 +8,12 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
+use crate::train_cli::{self, StepBar, SupervisedArgs, Trained, Trainer};
 
 #[derive(Args)]
 pub struct DpoArgs {
     #[command(flatten)]
-    train: TrainArgs,
+    train: SupervisedArgs,
     /// = beta: inverse temperature of the implicit reward.
     #[arg(long)]
     beta: Option<f64>,
@@ -42,9 +42,8 @@ pub fn run(args: DpoArgs) -> Result<()> {
             args.precompute_ref_log_probs.map(|v| v.to_string()),
         ),
     ];
-    train_cli::run(&args.train, &extra, |path, keys| {
-        Ok(DpoConfig::load(path, keys)?)
-    })
+    args.train
+        .run(&extra, |path, keys| Ok(DpoConfig::load(path, keys)?))
 }
 
 impl Trainer for DpoConfig {
@@ -104,6 +103,7 @@ fn report(bar: &StepBar, event: Event<'_>) {
                 info.start_step,
                 info.total_steps,
                 &info.resumed_with,
+                info.lock_taken_over.as_ref(),
                 &what,
             );
         }

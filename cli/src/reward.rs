@@ -15,13 +15,13 @@ use clap::{Args, Subcommand};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::common::CompletionEndArg;
-use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
+use crate::train_cli::{self, StepBar, SupervisedArgs, Trained, Trainer};
 
 #[derive(Subcommand)]
 pub enum RewardCommand {
     /// Train a reward model on preference pairs (Bradley–Terry), full or
     /// LoRA, from a TOML config (keys of alignkit_reward::RewardConfig) and flags.
-    Train(TrainArgs),
+    Train(SupervisedArgs),
     /// Score every record of a JSONL file (completions, conversations or
     /// preference pairs); prints or writes one JSON object per record.
     Score(ScoreArgs),
@@ -91,7 +91,7 @@ impl Task for ScoreArgs {
 pub fn run(cmd: RewardCommand) -> Result<()> {
     match cmd {
         RewardCommand::Train(args) => {
-            train_cli::run(&args, &[], |path, keys| Ok(RewardConfig::load(path, keys)?))
+            args.run(&[], |path, keys| Ok(RewardConfig::load(path, keys)?))
         }
         RewardCommand::Score(args) => dispatch(args.device, args),
     }

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
+use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer, unsigned};
 
 /// Which table the command expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +44,14 @@ pub struct RlArgs {
     train: TrainArgs,
     /// = <algorithm>.num_generations: completions sampled per prompt (G ≥ 2;
     /// PPO: ≥ 1).
-    #[arg(long)]
-    num_generations: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    num_generations: Option<i128>,
     /// = <algorithm>.beta (PPO: ppo.kl_coef): weight of the KL to the reference.
     #[arg(long, allow_negative_numbers = true)]
     beta: Option<f64>,
     /// = rollout.max_completion_length
-    #[arg(long)]
-    max_completion_length: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    max_completion_length: Option<i128>,
     /// = rollout.temperature
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f64>,
@@ -62,7 +62,7 @@ pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
     let extra = [
         (
             format!("{t}.num_generations"),
-            args.num_generations.map(|v| v.to_string()),
+            unsigned("--num-generations", args.num_generations)?,
         ),
         (
             format!("{t}.{}", algorithm.beta_key()),
@@ -70,7 +70,7 @@ pub fn run(algorithm: Algorithm, args: RlArgs) -> Result<()> {
         ),
         (
             "rollout.max_completion_length".to_string(),
-            args.max_completion_length.map(|v| v.to_string()),
+            unsigned("--max-completion-length", args.max_completion_length)?,
         ),
         (
             "rollout.temperature".to_string(),

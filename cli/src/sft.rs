@@ -7,12 +7,12 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::train_cli::{self, StepBar, TrainArgs, Trained, Trainer};
+use crate::train_cli::{self, StepBar, SupervisedArgs, Trained, Trainer};
 
 #[derive(Args)]
 pub struct SftArgs {
     #[command(flatten)]
-    train: TrainArgs,
+    train: SupervisedArgs,
     /// = data.packing
     #[arg(long)]
     packing: Option<bool>,
@@ -20,7 +20,7 @@ pub struct SftArgs {
 
 pub fn run(args: SftArgs) -> Result<()> {
     let packing = args.packing.map(|v| v.to_string());
-    train_cli::run(&args.train, &[("data.packing", packing)], |path, keys| {
+    args.train.run(&[("data.packing", packing)], |path, keys| {
         Ok(SftConfig::load(path, keys)?)
     })
 }
@@ -55,6 +55,7 @@ fn report(bar: &StepBar, event: Event<'_>) {
             info.start_step,
             info.total_steps,
             &info.resumed_with,
+            info.lock_taken_over.as_ref(),
             &format!(
                 "{} examples ({} validation, {} truncated, {} without trained tokens), {} trainable of {} parameters",
                 info.train_examples,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use alignkit_train::{
     KeyChange, LoopConfig, Outcome, RunOptions, StopReason, TrainDtype, list_checkpoints,
 };
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -216,7 +216,10 @@ pub struct TrainArgs {
     pub keys: Box<KeyFlags>,
 }
 
-/// Flags for the most used config keys; `--set` reaches every other one.
+/// Flags for the most used config keys every trainer has; `--set` reaches
+/// every other one. Numbers are read even when negative (`--max-steps -1`,
+/// `--learning-rate -1e-4`: clap takes only the former for a number), so
+/// that the refusal names the flag or key rather than an unknown argument.
 #[derive(Args)]
 pub struct KeyFlags {
     /// = model: Hugging Face model directory (default: SmolLM2-135M-Instruct,
@@ -229,58 +232,119 @@ pub struct KeyFlags {
     /// = data.train_file
     #[arg(long)]
     train_file: Option<PathBuf>,
-    /// = data.validation_file
-    #[arg(long)]
-    validation_file: Option<PathBuf>,
-    /// = data.validation_split
-    #[arg(long)]
-    validation_split: Option<f64>,
-    /// = data.max_len
-    #[arg(long)]
-    max_len: Option<usize>,
     /// = learning_rate
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     learning_rate: Option<f64>,
     /// = train.batch_size
-    #[arg(long)]
-    batch_size: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    batch_size: Option<i128>,
     /// = train.grad_accum
-    #[arg(long)]
-    grad_accum: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    grad_accum: Option<i128>,
     /// = train.epochs
-    #[arg(long)]
-    epochs: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    epochs: Option<i128>,
     /// = train.max_steps
-    #[arg(long)]
-    max_steps: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    max_steps: Option<i128>,
     /// = train.seed
-    #[arg(long)]
-    seed: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<i128>,
     /// = train.save_steps
-    #[arg(long)]
-    save_steps: Option<usize>,
-    /// = train.eval_steps
-    #[arg(long)]
-    eval_steps: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    save_steps: Option<i128>,
     /// = lora.r (any lora.* key turns LoRA on)
-    #[arg(long)]
-    lora_r: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    lora_r: Option<i128>,
     /// = lora.alpha
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     lora_alpha: Option<f64>,
     /// = lora.dropout
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     lora_dropout: Option<f64>,
     /// = lora.target_modules: `all-linear` or names, comma-separated.
     #[arg(long)]
     lora_target_modules: Option<String>,
 }
 
+/// The flags of the trainers that learn from fixed examples (SFT, reward,
+/// DPO): a validation set, the sequence length and evaluations. The online-RL
+/// commands have none of these keys and do not offer them.
+#[derive(Args)]
+pub struct SupervisedFlags {
+    /// = data.validation_file
+    #[arg(long)]
+    validation_file: Option<PathBuf>,
+    /// = data.validation_split
+    #[arg(long, allow_hyphen_values = true)]
+    validation_split: Option<f64>,
+    /// = data.max_len
+    #[arg(long, allow_negative_numbers = true)]
+    max_len: Option<i128>,
+    /// = train.eval_steps
+    #[arg(long, allow_negative_numbers = true)]
+    eval_steps: Option<i128>,
+}
+
+/// [`TrainArgs`] and [`SupervisedFlags`]: `alignkit sft`, `alignkit reward
+/// train` and `alignkit dpo`.
+#[derive(Args)]
+pub struct SupervisedArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Boxed: keeps the subcommand enums small.
+    #[command(flatten)]
+    pub data: Box<SupervisedFlags>,
+}
+
+impl SupervisedArgs {
+    /// [`train_cli::run`](run) with the supervised flags before the command's
+    /// own `extra` ones.
+    pub fn run<T: Trainer>(
+        &self,
+        extra: &[(&str, Option<String>)],
+        load: impl FnOnce(Option<&Path>, &[(String, String)]) -> Result<T>,
+    ) -> Result<()> {
+        let mut keys: Vec<(&str, Option<String>)> = self.data.overrides()?;
+        keys.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        run(&self.train, &keys, load)
+    }
+}
+
+impl SupervisedFlags {
+    fn overrides(&self) -> Result<Vec<(&'static str, Option<String>)>> {
+        let quote = |p: &Path| format!("{:?}", p.display().to_string());
+        Ok(vec![
+            (
+                "data.validation_file",
+                self.validation_file.as_deref().map(quote),
+            ),
+            (
+                "data.validation_split",
+                self.validation_split.map(|v| v.to_string()),
+            ),
+            ("data.max_len", unsigned("--max-len", self.max_len)?),
+            (
+                "train.eval_steps",
+                unsigned("--eval-steps", self.eval_steps)?,
+            ),
+        ])
+    }
+}
+
+/// An integer flag's value for a key that holds a non-negative integer.
+pub fn unsigned(flag: &str, value: Option<i128>) -> Result<Option<String>> {
+    match value {
+        Some(v) if v < 0 => bail!("{flag} must be a non-negative integer, got {v}"),
+        v => Ok(v.map(|v| v.to_string())),
+    }
+}
+
 impl TrainArgs {
     /// The flags as `key=value` overrides, in the order they apply: the
     /// shortcuts, then the command's own `extra` ones, then `--set`.
     pub fn overrides(&self, extra: &[(&str, Option<String>)]) -> Result<Vec<(String, String)>> {
-        let mut out = self.keys.overrides();
+        let mut out = self.keys.overrides()?;
         for (k, v) in extra {
             if let Some(v) = v {
                 out.push((k.to_string(), v.clone()));
@@ -297,7 +361,7 @@ impl TrainArgs {
 }
 
 impl KeyFlags {
-    fn overrides(&self) -> Vec<(String, String)> {
+    fn overrides(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         let quote = |p: &Path| format!("{:?}", p.display().to_string());
         let mut push = |k: &str, v: Option<String>| {
@@ -309,33 +373,32 @@ impl KeyFlags {
         push("output_dir", self.output_dir.as_deref().map(quote));
         push("data.train_file", self.train_file.as_deref().map(quote));
         push(
-            "data.validation_file",
-            self.validation_file.as_deref().map(quote),
-        );
-        push(
-            "data.validation_split",
-            self.validation_split.map(|v| v.to_string()),
-        );
-        push("data.max_len", self.max_len.map(|v| v.to_string()));
-        push(
             "learning_rate",
             self.learning_rate.map(|v| format!("{v:e}")),
         );
-        push("train.batch_size", self.batch_size.map(|v| v.to_string()));
-        push("train.grad_accum", self.grad_accum.map(|v| v.to_string()));
-        push("train.epochs", self.epochs.map(|v| v.to_string()));
-        push("train.max_steps", self.max_steps.map(|v| v.to_string()));
-        push("train.seed", self.seed.map(|v| v.to_string()));
-        push("train.save_steps", self.save_steps.map(|v| v.to_string()));
-        push("train.eval_steps", self.eval_steps.map(|v| v.to_string()));
-        push("lora.r", self.lora_r.map(|v| v.to_string()));
+        push(
+            "train.batch_size",
+            unsigned("--batch-size", self.batch_size)?,
+        );
+        push(
+            "train.grad_accum",
+            unsigned("--grad-accum", self.grad_accum)?,
+        );
+        push("train.epochs", unsigned("--epochs", self.epochs)?);
+        push("train.max_steps", unsigned("--max-steps", self.max_steps)?);
+        push("train.seed", unsigned("--seed", self.seed)?);
+        push(
+            "train.save_steps",
+            unsigned("--save-steps", self.save_steps)?,
+        );
+        push("lora.r", unsigned("--lora-r", self.lora_r)?);
         push("lora.alpha", self.lora_alpha.map(|v| format!("{v:?}")));
         push("lora.dropout", self.lora_dropout.map(|v| format!("{v:?}")));
         push(
             "lora.target_modules",
             self.lora_target_modules.as_ref().map(|v| format!("{v:?}")),
         );
-        out
+        Ok(out)
     }
 }
 
