@@ -155,9 +155,10 @@ fn report(bar: &StepBar, event: Event<'_>) {
                 .as_ref()
                 .map_or(String::new(), |c| format!(", critic: {c}"));
             let what = format!(
-                "{}: {} prompts, {} per step × {} completions, rewards {}, {} trainable parameters, reference: {reference}{critic}",
+                "{}: {} prompts ({} truncated), {} per step × {} completions, rewards {}, {} trainable parameters, reference: {reference}{critic}",
                 info.algorithm.to_uppercase(),
                 info.prompts,
+                info.truncated_prompts,
                 info.prompts_per_step,
                 info.completions_per_step / info.prompts_per_step.max(1),
                 info.rewards.join(" + "),

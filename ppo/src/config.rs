@@ -45,6 +45,7 @@ pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::critic::CriticInit;
 use crate::error::{Result, RlError};
 use crate::gae::KlEstimator;
 use crate::loss::{Clip, LossType, ScaleRewards};
@@ -492,8 +493,15 @@ impl RlConfig {
     }
 
     /// Check every setting that can be checked without reading data or
-    /// weights (a reward model's tokenizer is read); paths must exist.
+    /// weights (the tokenizers and `config.json` of reward and value models
+    /// are read: each must be a sequence classifier with the policy's
+    /// tokenizer); paths must exist.
     pub fn validate(&self) -> Result<()> {
+        // Before the shared checks, which would blame data.max_prompt_len
+        // for the room a zero-length completion leaves.
+        if self.rollout.max_completion_length == 0 {
+            return Err(self.error("rollout.max_completion_length", "must be at least 1"));
+        }
         RunSettings {
             model_dirs: &[("model", Some(self.model.as_path()))],
             output_dir: &self.output_dir,
@@ -546,9 +554,6 @@ impl RlConfig {
             return Err(self.error(&format!("{table}.num_iterations"), "must be at least 1"));
         }
         let r = &self.rollout;
-        if r.max_completion_length == 0 {
-            return Err(self.error("rollout.max_completion_length", "must be at least 1"));
-        }
         if !(r.temperature.is_finite() && r.temperature > 0.0) {
             return Err(self.error(
                 "rollout.temperature",
@@ -607,7 +612,12 @@ impl RlConfig {
             lora.validate()?;
         }
         let tokenizer = alignkit_datasets::Tokenizer::from_dir(&self.model)?;
-        reward::validate(&self.rewards, Some(&tokenizer))
+        reward::validate(&self.rewards, Some(&tokenizer))?;
+        if let Algorithm::Ppo(p) = algorithm {
+            // The critic's model: a reward or value model with the policy's tokenizer.
+            CriticInit::resolve(self, p)?;
+        }
+        Ok(())
     }
 
     /// PPO's own settings.

@@ -103,6 +103,9 @@ impl CriticInit {
             field: field.into(),
             message,
         };
+        if !dir.exists() {
+            return Err(error(format!("{} does not exist", dir.display())));
+        }
         let model_config = LlamaConfig::load(&dir.join("config.json"))
             .map_err(|e| error(format!("{}: {e}", dir.display())))?;
         if !is_sequence_classification(&model_config) {

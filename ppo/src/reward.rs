@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use alignkit_datasets::Tokenizer;
 use alignkit_eval::{Rule, Sentiment};
-use alignkit_model::FinishReason;
-use alignkit_model::heads::{RewardModel, load_reward_model};
+use alignkit_model::heads::{RewardModel, is_sequence_classification, load_reward_model};
+use alignkit_model::{FinishReason, LlamaConfig};
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
@@ -106,8 +106,9 @@ impl RewardKind {
 }
 
 /// Check the reward functions of a config: at least one, distinct names,
-/// finite weights, valid rules, and reward models with the policy's tokenizer
-/// (`policy_tokenizer`). Reads no weights.
+/// finite weights, valid rules, and reward models (`*ForSequenceClassification`
+/// directories) with the policy's tokenizer (`policy_tokenizer`). Reads no
+/// weights.
 pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> Result<()> {
     if specs.is_empty() {
         return Err(RlError::Config {
@@ -139,6 +140,18 @@ pub fn validate(specs: &[RewardKind], policy_tokenizer: Option<&Tokenizer>) -> R
                     return Err(RlError::Config {
                         field: field("path"),
                         message: format!("{} has no config.json", path.display()),
+                    });
+                }
+                // A causal LM has no score head: say so now, not as a
+                // missing `score.weight` when the weights load.
+                let config = LlamaConfig::load(&path.join("config.json"))?;
+                if !is_sequence_classification(&config) {
+                    return Err(RlError::Config {
+                        field: field("path"),
+                        message: format!(
+                            "{} is not a reward model (no *ForSequenceClassification architecture)",
+                            path.display()
+                        ),
                     });
                 }
                 if let Some(policy) = policy_tokenizer {

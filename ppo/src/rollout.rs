@@ -52,10 +52,17 @@ pub struct Prompt {
 /// Read and tokenize every prompt of `path`. A record without `prompt`, a
 /// malformed line or an empty file is an error naming FILE:LINE.
 pub fn load_prompts(path: &Path, encoder: &Encoder) -> Result<Vec<Prompt>> {
+    Ok(read_prompts(path, encoder)?.0)
+}
+
+/// [`load_prompts`], and how many prompts were cut to `data.max_prompt_len`.
+pub(crate) fn read_prompts(path: &Path, encoder: &Encoder) -> Result<(Vec<Prompt>, usize)> {
     let mut out = Vec::new();
+    let mut truncated = 0;
     for rec in alignkit_datasets::read::<PromptRecord>(path, &FieldMap::default())? {
         let rec = rec?;
         let ex = encoder.prompt(&rec.value).map_err(|e| e.at(&rec.at))?;
+        truncated += usize::from(ex.truncation.any());
         if ex.prompt_ids.is_empty() {
             return Err(RlError::Prompt {
                 at: rec.at,
@@ -76,7 +83,7 @@ pub fn load_prompts(path: &Path, encoder: &Encoder) -> Result<Vec<Prompt>> {
             message: format!("{}: no prompts", path.display()),
         });
     }
-    Ok(out)
+    Ok((out, truncated))
 }
 
 /// How completions are sampled.

@@ -23,7 +23,8 @@ use crate::evaluator::{EvalRecord, Evaluator};
 use crate::metrics::{CompletionsLog, EVAL_FILE, RlMetrics, StepLog};
 use crate::reward::{self, Rewards};
 use crate::rollout::{
-    Prompt, RolloutSettings, ScoredTokens, check_head, load_prompts, scaled_token_logprobs,
+    Prompt, RolloutSettings, ScoredTokens, check_head, load_prompts, read_prompts,
+    scaled_token_logprobs,
 };
 
 pub use alignkit_train::{RunOptions, StopReason};
@@ -48,6 +49,8 @@ pub struct RunInfo {
     pub start_step: usize,
     pub total_steps: usize,
     pub prompts: usize,
+    /// Prompts cut to `data.max_prompt_len` (their end is kept).
+    pub truncated_prompts: usize,
     pub prompts_per_step: usize,
     pub completions_per_step: usize,
     pub trainable_params: usize,
@@ -193,7 +196,7 @@ pub(crate) fn open<B: AutodiffBackend>(
     );
     let settings = config.rollout_settings()?;
     let encoder = config.encoder()?;
-    let prompts = load_prompts(&config.data.train_file, &encoder)?;
+    let (prompts, truncated_prompts) = read_prompts(&config.data.train_file, &encoder)?;
     reward::check_records(&config.rewards, &prompts)?;
     let tokenizer = encoder.tokenizer();
     let pad_id = tokenizer.pad_id();
@@ -316,6 +319,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         start_step: run.start_step(),
         total_steps,
         prompts: prompts.len(),
+        truncated_prompts,
         prompts_per_step,
         completions_per_step: config.completions_per_step(),
         trainable_params: trainable_count::<B, _>(&model),
