@@ -109,7 +109,8 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
     let mut texts: Vec<(usize, alignkit_eval::TextStats)> = Vec::new();
     let eval = dir.join(alignkit_ppo::metrics::EVAL_FILE);
     if eval.is_file() {
-        let text = std::fs::read_to_string(&eval)?;
+        let text = std::fs::read_to_string(&eval)
+            .with_context(|| format!("reading {}", eval.display()))?;
         for (i, line) in text
             .lines()
             .enumerate()
@@ -150,8 +151,9 @@ pub fn read_run(dir: &Path) -> Result<RunPoints> {
         else {
             continue;
         };
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| path.display().to_string())?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
         let kl = v.pointer("/kl/mean").and_then(Value::as_f64);
         let score = v.pointer("/score/mean").and_then(Value::as_f64);
         let sem = standard_error(

@@ -674,7 +674,10 @@ fn bad_winrate_input_is_one_line() {
         "--out",
         s(&root.path().join("none")),
     ]));
-    assert!(err.contains("--candidates"), "{err}");
+    assert!(
+        err.contains("--judgments") && err.contains("j.jsonl: the file does not exist"),
+        "{err}"
+    );
 }
 
 #[test]

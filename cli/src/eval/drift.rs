@@ -163,6 +163,29 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
         bail!("--num-samples, --batch-size and --max-new-tokens must be at least 1");
     }
     let records = read_prompts(&args.prompts)?;
+    // The general text and its window are checked before any model loads or
+    // samples: the context is in the models' config.json.
+    let mut context = usize::MAX;
+    for (side, dir) in [("policy", &args.policy), ("reference", &args.reference)] {
+        let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))
+            .with_context(|| format!("the {side} {}", dir.display()))?;
+        context = context.min(config.max_position_embeddings);
+    }
+    let general_text = match &args.text {
+        None => None,
+        Some(path) => {
+            let content = std::fs::read_to_string(path)
+                .with_context(|| format!("--text {}", path.display()))?;
+            if content.trim().is_empty() {
+                bail!("--text {}: no text", path.display());
+            }
+            let window = args.window.unwrap_or(context.min(512));
+            if window < 2 || window > context {
+                bail!("--window must be in 2..={context} (the models' context), got {window}");
+            }
+            Some((path, content, window))
+        }
+    };
     let policy = Loaded::<B>::load(&args.policy, device)
         .with_context(|| format!("loading the policy {}", args.policy.display()))?;
     let reference = Loaded::<B>::load(&args.reference, device)
@@ -188,10 +211,6 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
         })
         .collect::<Result<_>>()?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-    let context = policy
-        .config
-        .max_position_embeddings
-        .min(reference.config.max_position_embeddings);
     let (max_new_tokens, note) = cap_to_context(args.max_new_tokens, longest, context)?;
     if let Some(note) = note {
         eprintln!("note: {note}");
@@ -250,18 +269,9 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
     let lp_reference = completion_logprobs(&reference.model, &pairs, args.batch_size, device)?;
     let kl = sequence_kl(&lp_policy, &lp_reference, LEVEL).expect("prompts are not empty");
     let tokens: usize = pairs.iter().map(|(_, c)| c.len()).sum();
-    let text = match &args.text {
+    let text = match general_text {
         None => None,
-        Some(path) => {
-            let content = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if content.trim().is_empty() {
-                bail!("{}: no text", path.display());
-            }
-            let window = args.window.unwrap_or(context.min(512));
-            if window < 2 || window > context {
-                bail!("--window must be in 2..={context} (the models' context), got {window}");
-            }
+        Some((path, content, window)) => {
             let nll = |l: &Loaded<B>| -> Result<TextNll> {
                 let ids = l.tokenizer().encode(&content, true)?;
                 Ok(text_nll(&l.model, &ids, window, args.batch_size, device)?)

@@ -17,6 +17,16 @@ use super::{BASELINE, LEVEL, POLICY, WinrateArgs};
 /// `eval winrate --judgments`: what people decided, mapped from shown
 /// positions back to policy and baseline.
 pub(super) fn aggregate_human(args: &WinrateArgs) -> Result<WinrateReport> {
+    // The files given first: a mistyped one is named, not the candidates
+    // file that its absence would otherwise be blamed on.
+    for path in &args.judgments {
+        if path.is_dir() {
+            bail!("--judgments {}: a directory, not a file", path.display());
+        }
+        if !path.is_file() {
+            bail!("--judgments {}: the file does not exist", path.display());
+        }
+    }
     let candidates = args
         .candidates
         .clone()

@@ -130,11 +130,61 @@ impl Task for WinrateArgs {
     }
 }
 
-/// One side's responses: from the cache when the model, prompt ids and
-/// settings are unchanged, sampled (and cached) otherwise.
+/// `--judge reward:DIR` names a reward model: a directory whose config is a
+/// sequence classifier's (read without its weights).
+pub(crate) fn check_reward_judge(dir: &Path) -> Result<()> {
+    if !dir.join("config.json").is_file() {
+        bail!(
+            "--judge reward:{}: no config.json there (expected a reward model directory)",
+            dir.display()
+        );
+    }
+    let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))?;
+    if !alignkit_model::heads::is_sequence_classification(&config) {
+        bail!(
+            "--judge reward:{0}: {0} is not a reward model (no *ForSequenceClassification architecture)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Policy and baseline are two different policies (causal LMs, read
+/// without their weights); their fingerprints (policy, baseline). A model
+/// compared with itself ties on every prompt, so that is refused.
+fn check_sides(policy: &Path, baseline: &Path) -> Result<(String, String)> {
+    for (side, dir) in [(POLICY, policy), (BASELINE, baseline)] {
+        let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))
+            .with_context(|| format!("the {side} {}", dir.display()))?;
+        if alignkit_model::heads::is_sequence_classification(&config) {
+            bail!(
+                "--{side} {}: a reward model (*ForSequenceClassification), not a policy",
+                dir.display()
+            );
+        }
+    }
+    let same = |why: &str| {
+        anyhow::anyhow!(
+            "--policy {} and --baseline {} are {why}: every prompt would tie; compare two different models",
+            policy.display(),
+            baseline.display()
+        )
+    };
+    if std::fs::canonicalize(policy)? == std::fs::canonicalize(baseline)? {
+        return Err(same("the same directory"));
+    }
+    let fingerprints = (model_fingerprint(policy)?, model_fingerprint(baseline)?);
+    if fingerprints.0 == fingerprints.1 {
+        return Err(same("the same model (identical files)"));
+    }
+    Ok(fingerprints)
+}
+
+/// One side's responses (`side`: its name, directory and fingerprint): from
+/// the cache when the model, prompt ids and settings are unchanged, sampled
+/// (and cached) otherwise.
 fn side_responses<B: Backend>(
-    side: &str,
-    dir: &Path,
+    (side, dir, fingerprint): (&str, &Path, &str),
     turns: &[Turns],
     records: &[Record<PromptRecord>],
     sampling: &SamplingConfig,
@@ -171,8 +221,7 @@ fn side_responses<B: Backend>(
         stop: args.sampling.stop.clone(),
         batch_size: args.batch_size,
     };
-    let fingerprint = model_fingerprint(dir)?;
-    let key = cache_key(&fingerprint, &ids, &settings);
+    let key = cache_key(fingerprint, &ids, &settings);
     let cache = GenerationCache::new(args.out_dir().join("generations"));
     if let Some(cached) = cache.load(&key, ids.len())? {
         eprintln!(
@@ -190,7 +239,7 @@ fn side_responses<B: Backend>(
     let generations = Generations {
         key,
         model: dir.display().to_string(),
-        fingerprint,
+        fingerprint: fingerprint.to_string(),
         settings,
         responses,
     };
@@ -212,7 +261,8 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
     };
     let judge_list = args.judges()?;
     let records = read_prompts(prompts_path)?;
-    // Refuse a missing reference field before generating anything.
+    // Refuse a missing reference field or a model that cannot take its part
+    // before generating anything.
     for judge in &judge_list {
         if let Judge::Rule(rule) = judge {
             for r in &records {
@@ -220,15 +270,11 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
                     .map_err(|e| anyhow::anyhow!("{}: {e}", r.at))?;
             }
         }
-        if let Judge::Reward(dir) = judge
-            && !dir.join("config.json").is_file()
-        {
-            bail!(
-                "--judge reward:{}: no config.json there (expected a reward model directory)",
-                dir.display()
-            );
+        if let Judge::Reward(dir) = judge {
+            check_reward_judge(dir)?;
         }
     }
+    let fingerprints = check_sides(policy, baseline)?;
     let turns: Vec<Turns> = records
         .iter()
         .map(|r| chat_prompt(&r.value.prompt, args.chat, None))
@@ -236,10 +282,21 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
     let out = args.out_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let (pol, pol_cached) =
-        side_responses::<B>(POLICY, policy, &turns, &records, &sampling, args, device)?;
+    let (pol, pol_cached) = side_responses::<B>(
+        (POLICY, policy, &fingerprints.0),
+        &turns,
+        &records,
+        &sampling,
+        args,
+        device,
+    )?;
     let (base, base_cached) = side_responses::<B>(
-        BASELINE, baseline, &turns, &records, &sampling, args, device,
+        (BASELINE, baseline, &fingerprints.1),
+        &turns,
+        &records,
+        &sampling,
+        args,
+        device,
     )?;
     let texts = |g: &Generations| -> Vec<String> {
         g.responses
