@@ -135,6 +135,7 @@ impl RunDir {
         total_steps: usize,
         seed: u64,
     ) -> Result<(Self, TrainerState, Option<Resumed>)> {
+        remove_stale_temps(root);
         if !resume {
             return Ok((
                 Self::create(root)?,
@@ -209,6 +210,45 @@ impl RunDir {
             .map_err(|e| TrainError::io(&path, e))?;
         Ok(MetricsLog { file, path })
     }
+}
+
+/// Remove what atomic writes killed mid-way left in the run directory
+/// `root`: `.NAME.tmp-PID` files and directories (`final/` is written as
+/// `.final.tmp-PID`, see `export::write_dir`; files through
+/// `alignkit_model::checkpoint::write_atomic`) whose process no longer runs.
+/// Best effort: a leftover that cannot be removed stays, harmless, and is
+/// tried again at the next open.
+fn remove_stale_temps(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if process_running(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
+/// Whether process `pid` runs on this machine (this process does); without
+/// `/proc` nothing tells, and it is taken to run.
+fn process_running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid == std::process::id() || !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 /// Keep the records whose `step` is at most `step` (and any line that does
