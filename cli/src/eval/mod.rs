@@ -30,7 +30,7 @@ use crate::backend::dispatch;
 pub use drift::DriftArgs;
 pub use report::WinrateReport;
 pub use winrate::WinrateArgs;
-pub(crate) use winrate::winrate;
+pub(crate) use winrate::{check_reward_judge, winrate};
 
 /// Confidence level of every interval printed.
 const LEVEL: f64 = 0.95;

@@ -78,6 +78,7 @@ mod execute;
 mod manifest;
 mod plan;
 mod stage;
+mod validate;
 
 use std::path::PathBuf;
 

@@ -541,12 +541,14 @@ impl Plan {
             by_index.insert(i, stages.len());
             stages.push(stage);
         }
-        Ok(Self {
+        let plan = Self {
             file: file.to_path_buf(),
             out,
             base_model,
             stages,
-        })
+        };
+        plan.validate()?;
+        Ok(plan)
     }
 
     /// The plan as text: one line per stage.
