@@ -10,8 +10,8 @@ use alignkit_model::{LlamaForCausalLM, load_model};
 use alignkit_train::seed::seed_backend;
 use alignkit_train::skeleton::{self, EpochOrder, Start, Weights};
 use alignkit_train::{
-    CheckpointRef, Gradients, KeyChange, RunIdentity, WeightsKind, model_fingerprint, sha256_file,
-    trainable_count,
+    CheckpointRef, Gradients, KeyChange, ModelInput, RunIdentity, WeightsKind, model_fingerprint,
+    sha256_file, trainable_count,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
@@ -107,6 +107,10 @@ pub fn train<B: AutodiffBackend>(
     let c = &config.with_absolute_paths()?;
     let objective = c.objective()?;
     let fingerprint = model_fingerprint(&c.model)?;
+    let models = match &c.ref_model {
+        Some(dir) => vec![ModelInput::read("ref_model", dir)?],
+        None => Vec::new(),
+    };
     // Data first: a bad pair is reported before the run directory exists.
     let encoder = data::encoder(c)?;
     let pairs = data::load(c, &encoder)?;
@@ -131,6 +135,7 @@ pub fn train<B: AutodiffBackend>(
             config: alignkit_train::resume::to_json(c),
             data_files: &pairs.files,
             data_keys: DATA_KEYS,
+            models: &models,
             bookkeeping: &["ref_cache_dir"],
             reread: alignkit_train::resume::reread::<DpoConfig>,
         },

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use alignkit_dpo::{
     CacheStatus, DpoConfig, DpoOutcome, Event, ReferenceKind, RunOptions, StopReason, train,
 };
@@ -198,17 +200,24 @@ fn a_killed_run_resumes_bit_for_bit() {
                 partial_at: Some(4),
                 keys: &["loss", "grad_norm", "rewards/margins", "nll_loss"],
             },
-            &mut |out, options, step| {
-                let mut c = c.clone();
-                c.output_dir = out.to_path_buf();
-                train::<AB>(&c, &Default::default(), options, &mut |e| {
-                    if let Event::Step(m) = e {
-                        step(m.step);
-                    }
-                })
-                .unwrap()
-            },
+            &mut resumable(&c),
         );
+    }
+}
+
+/// [`assert_resumes_bit_for_bit`]'s trainer: DPO with `c`, into `out`.
+fn resumable(
+    c: &DpoConfig,
+) -> impl FnMut(&Path, RunOptions<'static>, &mut dyn FnMut(usize)) -> DpoOutcome {
+    move |out, options, step| {
+        let mut c = c.clone();
+        c.output_dir = out.to_path_buf();
+        train::<AB>(&c, &Default::default(), options, &mut |e| {
+            if let Event::Step(m) = e {
+                step(m.step);
+            }
+        })
+        .unwrap()
     }
 }
 
@@ -252,6 +261,35 @@ fn resume_refuses_what_changes_the_run_and_accepts_bookkeeping() {
         recorded_resume_keys(&c.output_dir, 4),
         ["output_dir", "train.max_steps"]
     );
+}
+
+/// A reference model given through a symlink that is re-pointed at another
+/// model between an interrupt and the resume refuses the resume in one line
+/// naming `ref_model` and its path (issue 33); the same model named by its
+/// own directory resumes.
+#[test]
+fn a_re_pointed_reference_model_refuses_the_resume() {
+    let (tmp, mut c) = setup();
+    let first = tiny_model_dir_seeded(&tmp.path().join("ref-a"), 11);
+    let other = tiny_model_dir_seeded(&tmp.path().join("ref-b"), 12);
+    let link = tmp.path().join("ref");
+    std::os::unix::fs::symlink(&first, &link).unwrap();
+    c.ref_model = Some(link.clone());
+    c.train.max_steps = 4;
+    stop_at(&c.output_dir, 2, &mut resumable(&c));
+
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    let resume = |c: &DpoConfig| {
+        train::<AB>(c, &Default::default(), RunOptions::RESUME, &mut |_| {})
+            .map(|o| o.steps)
+            .map_err(|e| e.to_string())
+    };
+    assert_model_replaced(&resume(&c).unwrap_err(), "ref_model", &link);
+
+    c.ref_model = Some(first);
+    assert_eq!(resume(&c), Ok(4));
+    assert_eq!(recorded_resume_keys(&c.output_dir, 4), ["ref_model"]);
 }
 
 #[test]

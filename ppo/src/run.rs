@@ -11,8 +11,8 @@ use alignkit_model::precision::cast_model;
 use alignkit_model::{DecodePanels, LlamaConfig, LlamaForCausalLM, load_model, lora};
 use alignkit_train::skeleton::{self, Run, Start, Weights};
 use alignkit_train::{
-    CheckpointRef, DataFile, KeyChange, RunIdentity, TrainError, WeightsKind, model_fingerprint,
-    sha256_file, trainable_count,
+    CheckpointRef, DataFile, KeyChange, ModelInput, RunIdentity, TrainError, WeightsKind,
+    model_fingerprint, sha256_file, trainable_count,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
@@ -21,7 +21,7 @@ use crate::config::RlConfig;
 use crate::error::Result;
 use crate::evaluator::{EvalRecord, Evaluator};
 use crate::metrics::{CompletionsLog, EVAL_FILE, RlMetrics, StepLog};
-use crate::reward::{self, Rewards};
+use crate::reward::{self, RewardKind, Rewards};
 use crate::rollout::{
     Prompt, RolloutSettings, ScoredTokens, check_head, load_prompts, read_prompts,
     scaled_token_logprobs,
@@ -212,6 +212,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         path: config.data.train_file.clone(),
         sha256: sha256_file(&config.data.train_file)?,
     }];
+    let models = models_read(&config)?;
     let opening = skeleton::open(
         &config.output_dir,
         options,
@@ -223,6 +224,7 @@ pub(crate) fn open<B: AutodiffBackend>(
             config: alignkit_train::resume::to_json(&config),
             data_files: &data_files,
             data_keys: &["data.train_file"],
+            models: &models,
             // How often completions are logged changes no update.
             bookkeeping: &[
                 "rollout.log_completions_steps",
@@ -351,6 +353,35 @@ pub(crate) fn open<B: AutodiffBackend>(
         checkpoint: ckpt_path,
         info,
     })
+}
+
+/// Every model the run reads besides its policy, under the key naming it:
+/// the reward models (of training and of the evaluations, when on) and the critic's
+/// starting model (`ppo.value_model`; without it the critic starts from the
+/// one reward model or the policy, both checked already). A resume compares
+/// them by content.
+fn models_read(config: &RlConfig) -> Result<Vec<ModelInput>> {
+    let rewards = |key: &'static str, specs: &[RewardKind]| {
+        specs
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, r)| match r {
+                RewardKind::Model { path, .. } => Some((format!("{key}[{i}].path"), path.clone())),
+                RewardKind::Rule { .. } | RewardKind::Sentiment { .. } => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut dirs = rewards("rewards", &config.rewards);
+    if config.eval.enabled() {
+        dirs.extend(rewards("eval.rewards", &config.eval.rewards));
+    }
+    if let Some(dir) = config.ppo.as_ref().and_then(|p| p.value_model.as_ref()) {
+        dirs.push(("ppo.value_model".into(), dir.clone()));
+    }
+    Ok(dirs
+        .iter()
+        .map(|(key, dir)| ModelInput::read(key, dir))
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 /// The end of a run: a checkpoint of the last step unless one exists (always

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use alignkit_model::heads::{RewardModel, load_reward_model, save_reward_model};
-use alignkit_model::{SaveDtype, load_model};
+use alignkit_model::heads::load_reward_model;
+use alignkit_model::load_model;
 use alignkit_ppo::{
     AdaptiveKlConfig, Event, PpoParams, RewardKind, RlConfig, RunOptions, StopReason, train_ppo,
 };
@@ -231,17 +231,29 @@ fn ppo_lora_critic_from_a_reward_model_resumes_exactly() {
     assert_resumes_bit_for_bit(tmp.path(), kill, &mut resumable(&c));
 }
 
+/// The critic's starting model (`ppo.value_model`) replaced between an
+/// interrupt and the resume refuses the resume in one line naming its key and
+/// path (issue 33).
+#[test]
+fn a_replaced_value_model_refuses_the_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    let vm = reward_model_dir(&tmp.path().join("vm"));
+    c.ppo.as_mut().unwrap().value_model = Some(vm.clone());
+    c.train.max_steps = 4;
+    stop_at(&c.output_dir, 2, &mut resumable(&c));
+
+    std::fs::remove_dir_all(&vm).unwrap();
+    tiny_reward_model_dir_seeded(&vm, 4);
+    let err = train_ppo::<AB>(&c, &Default::default(), RunOptions::RESUME, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert_model_replaced(&err, "ppo.value_model", &vm);
+}
+
 /// A reward model directory with the tiny tokenizer.
 fn reward_model_dir(dir: &Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut config = tiny_config();
-    config.pad_token_id = Some(2);
-    seeded(3, || {
-        let model = RewardModel::<B>::init(&config, &Default::default());
-        save_reward_model(&model, &config, dir, SaveDtype::F32).unwrap();
-    });
-    write_tokenizer(dir);
-    dir.to_path_buf()
+    tiny_reward_model_dir_seeded(dir, 3)
 }
 
 #[test]

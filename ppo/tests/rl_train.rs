@@ -6,8 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use alignkit_eval::Rule;
-use alignkit_model::heads::{RewardModel, save_reward_model};
-use alignkit_model::{SaveDtype, load_model};
+use alignkit_model::load_model;
 use alignkit_ppo::{Event, RewardKind, RlConfig, RunOptions, StopReason, train};
 use alignkit_train::testutil::*;
 use serde_json::json;
@@ -285,16 +284,7 @@ fn exact_resume(tmp: &Path, c: RlConfig) {
                 "clip_ratio/region_mean",
             ],
         },
-        &mut |out, options, step| {
-            let mut c = c.clone();
-            c.output_dir = out.to_path_buf();
-            train::<AB>(&c, &Default::default(), options, &mut |e| {
-                if let Event::Step(m) = e {
-                    step(m.step);
-                }
-            })
-            .unwrap()
-        },
+        &mut resumable(&c),
     );
     let kl = series(&whole, "kl");
     assert!(kl.iter().all(|k| k.is_finite()), "kl is logged: {kl:?}");
@@ -302,17 +292,61 @@ fn exact_resume(tmp: &Path, c: RlConfig) {
     assert_eq!(log(&whole), log(&resumed));
 }
 
+/// [`assert_resumes_bit_for_bit`]'s trainer: GRPO or RLOO with `c`, into `out`.
+fn resumable(
+    c: &RlConfig,
+) -> impl FnMut(&Path, RunOptions<'static>, &mut dyn FnMut(usize)) -> alignkit_ppo::RlOutcome {
+    move |out, options, step| {
+        let mut c = c.clone();
+        c.output_dir = out.to_path_buf();
+        train::<AB>(&c, &Default::default(), options, &mut |e| {
+            if let Event::Step(m) = e {
+                step(m.step);
+            }
+        })
+        .unwrap()
+    }
+}
+
 /// A reward model directory with the tiny tokenizer.
 fn reward_model_dir(dir: &Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut config = tiny_config();
-    config.pad_token_id = Some(2);
-    seeded(3, || {
-        let model = RewardModel::<B>::init(&config, &Default::default());
-        save_reward_model(&model, &config, dir, SaveDtype::F32).unwrap();
-    });
-    write_tokenizer(dir);
-    dir.to_path_buf()
+    tiny_reward_model_dir_seeded(dir, 3)
+}
+
+/// A reward model replaced between an interrupt and the resume (issue 33:
+/// the training reward jumped from about 0.1 to 1.75 without a word) refuses
+/// the resume in one line naming its key and path; the same model moved
+/// elsewhere resumes.
+#[test]
+fn a_replaced_reward_model_refuses_the_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    let rm = reward_model_dir(&tmp.path().join("rmcopy"));
+    c.rewards = vec![RewardKind::Model {
+        path: rm.clone(),
+        name: None,
+        weight: 1.0,
+    }];
+    c.train.max_steps = 4;
+    stop_at(&c.output_dir, 2, &mut resumable(&c));
+
+    let moved = tmp.path().join("rm-moved");
+    std::fs::rename(&rm, &moved).unwrap();
+    tiny_reward_model_dir_seeded(&rm, 4);
+    let resume = |c: &RlConfig| {
+        train::<AB>(c, &Default::default(), RunOptions::RESUME, &mut |_| {})
+            .map(|o| o.steps)
+            .map_err(|e| e.to_string())
+    };
+    assert_model_replaced(&resume(&c).unwrap_err(), "rewards[0].path", &rm);
+
+    c.rewards[0] = RewardKind::Model {
+        path: moved,
+        name: None,
+        weight: 1.0,
+    };
+    assert_eq!(resume(&c), Ok(4));
+    assert_eq!(recorded_resume_keys(&c.output_dir, 4), ["rewards[0].path"]);
 }
 
 #[test]

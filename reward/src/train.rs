@@ -99,6 +99,7 @@ pub fn train<B: AutodiffBackend>(
             config: alignkit_train::resume::to_json(c),
             data_files: &pairs.files,
             data_keys: DATA_KEYS,
+            models: &[],
             bookkeeping: &[],
             reread: alignkit_train::resume::reread::<RewardConfig>,
         },

@@ -98,6 +98,7 @@ pub fn train<B: AutodiffBackend>(
             config: alignkit_train::resume::to_json(c),
             data_files: &sft_data.files,
             data_keys: DATA_KEYS,
+            models: &[],
             bookkeeping: &[],
             reread: alignkit_train::resume::reread::<SftConfig>,
         },

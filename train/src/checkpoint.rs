@@ -6,7 +6,8 @@
 //!                   optimizer.safetensors                   AdamW moments + update count
 //!                   trainer_state.json                      step, scheduler position, RNG seed,
 //!                                                           data cursor, guard and eval counters,
-//!                                                           base-model fingerprint
+//!                                                           fingerprints of the base model and
+//!                                                           of every other model the run reads
 //! ```
 //!
 //! A checkpoint is written into `checkpoints/.tmp-step-N/`, every file
@@ -79,6 +80,37 @@ pub struct DataFile {
     pub sha256: String,
 }
 
+/// A model a run reads besides its base model — a reward model, the model
+/// its critic starts from, the DPO reference — under the config key that
+/// names it, with its [`model_fingerprint`]. Compared on resume by content,
+/// as data files are by SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInput {
+    /// Dotted, arrays indexed: `rewards[0].path`, `ppo.value_model`, `ref_model`.
+    pub key: String,
+    pub path: PathBuf,
+    pub fingerprint: String,
+}
+
+impl ModelInput {
+    /// The model at `path` (a directory, or a symlink to one) as it is now;
+    /// one that cannot be read is an error naming `key` and the file.
+    pub fn read(key: &str, path: &Path) -> Result<Self> {
+        let fingerprint = model_fingerprint(path).map_err(|e| {
+            let chain: Vec<String> =
+                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                    .map(ToString::to_string)
+                    .collect();
+            TrainError::config(key, chain.join(": "))
+        })?;
+        Ok(Self {
+            key: key.into(),
+            path: path.to_path_buf(),
+            fingerprint,
+        })
+    }
+}
+
 /// The best validation loss so far.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BestEval {
@@ -122,6 +154,10 @@ pub struct TrainerState {
     pub base_model: PathBuf,
     pub base_fingerprint: String,
     pub data_files: Vec<DataFile>,
+    /// The other models the run reads; absent in checkpoints of older
+    /// versions, which then resume unchecked (they recorded nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelInput>,
     /// The resolved config the run was trained under (JSON), compared on
     /// resume (see [`crate::resume`]); absent in checkpoints of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +190,7 @@ impl TrainerState {
             base_model: id.base_model.to_path_buf(),
             base_fingerprint: id.base_fingerprint.to_string(),
             data_files: id.data_files.to_vec(),
+            models: id.models.to_vec(),
             config: Some(id.config.clone()),
             resumes: Vec::new(),
         }
@@ -202,11 +239,13 @@ impl TrainerState {
     }
 
     /// Refuse to resume a checkpoint of another trainer, base model or kind
-    /// of weights, or one whose config or data differ from `id`'s in a way
-    /// that changes the run (see [`crate::resume`]); `fallback_config` is the
-    /// run directory's `config.toml`, for checkpoints that predate the config
-    /// in the state. On success the state takes `id`'s config and data, and
-    /// the allowed changes are recorded and returned.
+    /// of weights, one whose other models hold different weights now, or one
+    /// whose config or data differ from `id`'s in a way that changes the run
+    /// (see [`crate::resume`]); `fallback_config` is the run directory's
+    /// `config.toml`, for checkpoints that predate the config in the state.
+    /// On success the state takes `id`'s config, data and models, and the
+    /// allowed changes (a model moved elsewhere among them) are recorded and
+    /// returned.
     pub fn resume_as(
         &mut self,
         checkpoint: &Path,
@@ -241,13 +280,26 @@ impl TrainerState {
                 ),
             ));
         }
+        let replaced = resume::replaced_models(&self.models, id.models);
+        if !replaced.is_empty() {
+            return Err(TrainError::checkpoint(
+                checkpoint,
+                resume::replaced_message(&replaced),
+            ));
+        }
         let old_config = self
             .config
             .clone()
             .or(fallback_config)
             .map(|c| (id.reread)(&c).unwrap_or(c));
-        let comparison = resume::compare(
+        let (old_config, moved) = resume::follow_moved_models(
             old_config.as_ref().unwrap_or(&id.config),
+            &id.config,
+            &self.models,
+            id.models,
+        );
+        let mut comparison = resume::compare(
+            &old_config,
             &id.config,
             &self.data_files,
             id.data_files,
@@ -260,9 +312,12 @@ impl TrainerState {
                 resume::refusal_message(&comparison.refused),
             ));
         }
+        comparison.allowed.extend(moved);
+        comparison.allowed.sort_by(|a, b| a.key.cmp(&b.key));
         self.config = Some(id.config.clone());
         self.base_model = id.base_model.to_path_buf();
         self.data_files = id.data_files.to_vec();
+        self.models = id.models.to_vec();
         if !comparison.allowed.is_empty() {
             self.resumes.push(ResumeRecord {
                 step: self.step,
@@ -287,6 +342,9 @@ pub struct RunIdentity<'a> {
     pub data_files: &'a [DataFile],
     /// ... and the config keys that name them, in the same order.
     pub data_keys: &'a [&'a str],
+    /// Every other model the run reads (reward models, the critic's start,
+    /// the reference), each under its config key.
+    pub models: &'a [ModelInput],
     /// The trainer's own keys that may change on resume, beyond
     /// [`resume::BOOKKEEPING`]; everything else refuses.
     pub bookkeeping: &'a [&'a str],
@@ -433,10 +491,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Identifies a base model directory cheaply: SHA-256 over `config.json`'s
+/// Identifies a model directory cheaply: SHA-256 over `config.json`'s
 /// architecture, each weight file's safetensors header and length, and 16
-/// evenly spaced 4 KiB samples of its data. Two different checkpoints of one
-/// architecture differ in the samples; the same files moved elsewhere do not.
+/// evenly spaced 4 KiB samples of its data — under 100 KiB read per weight
+/// file, whatever the model's size, where hashing every byte of a 16 GB
+/// model would take a minute on each run and resume. Two different
+/// checkpoints of one architecture differ in the samples (trained weights
+/// change everywhere); the same files moved elsewhere do not. Symlinks are
+/// followed: a link to a directory, or to weight files (the Hugging Face
+/// cache's layout), is fingerprinted by what it points at.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     use std::io::{Seek, SeekFrom};
     let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))?;
@@ -516,9 +579,82 @@ mod tests {
             base_model: "m".into(),
             base_fingerprint: "f".into(),
             data_files: vec![],
+            models: vec![],
             config: None,
             resumes: Vec::new(),
         }
+    }
+
+    fn reward_model(path: &str, fingerprint: &str) -> ModelInput {
+        ModelInput {
+            key: "rewards[0].path".into(),
+            path: path.into(),
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    /// Resume `state` as a run reading `models`, its config naming the
+    /// reward model's path.
+    fn resume(state: &mut TrainerState, models: &[ModelInput]) -> Result<Vec<KeyChange>> {
+        let config = serde_json::json!({
+            "rewards": [{"kind": "model", "path": models[0].path, "weight": 1.0}]
+        });
+        let id = RunIdentity {
+            trainer: "sft",
+            base_model: Path::new("m"),
+            base_fingerprint: "f",
+            weights: WeightsKind::Full,
+            config,
+            data_files: &[],
+            data_keys: &[],
+            models,
+            bookkeeping: &[],
+            reread: |c| Some(c.clone()),
+        };
+        state.resume_as(Path::new("ckpt"), &id, None)
+    }
+
+    /// A model replaced under its key refuses in one line naming the key and
+    /// path; the same model moved elsewhere resumes, the move recorded; a
+    /// checkpoint of an older version, which recorded no models, resumes as
+    /// before and records them from then on.
+    #[test]
+    fn a_resume_compares_the_other_models_by_content() {
+        let started = [reward_model("/a/rm", "f1")];
+        let mut s = state(2);
+        s.models = started.to_vec();
+        s.config = Some(serde_json::json!({
+            "rewards": [{"kind": "model", "path": "/a/rm", "weight": 1.0}]
+        }));
+
+        let err = resume(&mut s.clone(), &[reward_model("/a/rm", "f2")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "ckpt: rewards[0].path /a/rm holds a different model than when the run started (fingerprint changed); start a fresh run or restore it"
+        );
+
+        let mut moved = s.clone();
+        let changes = resume(&mut moved, &[reward_model("/b/rm", "f1")]).unwrap();
+        let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(changes, ["rewards[0].path \"/a/rm\" → \"/b/rm\""]);
+        assert_eq!(moved.models, [reward_model("/b/rm", "f1")]);
+        // Another model at another path is a config change too.
+        let err = resume(&mut s.clone(), &[reward_model("/b/rm", "f2")]).unwrap_err();
+        assert!(err.to_string().contains("/b/rm holds a different model"));
+
+        // Written before models were recorded: no `models` in its JSON.
+        let mut old = state(2);
+        old.config = s.config.clone();
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("\"models\""), "{json}");
+        let mut old: TrainerState = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            resume(&mut old, &[reward_model("/a/rm", "f2")]).unwrap(),
+            []
+        );
+        assert_eq!(old.models, [reward_model("/a/rm", "f2")]);
     }
 
     fn write_marker(text: &'static str) -> impl FnOnce(&Path) -> Result<()> {

@@ -44,8 +44,8 @@ pub mod testutil;
 pub mod weights;
 
 pub use checkpoint::{
-    BestEval, CheckpointRef, DataCursor, DataFile, RunIdentity, TrainerState, WeightsKind,
-    list_checkpoints, model_fingerprint, save_checkpoint, sha256_file,
+    BestEval, CheckpointRef, DataCursor, DataFile, ModelInput, RunIdentity, TrainerState,
+    WeightsKind, list_checkpoints, model_fingerprint, save_checkpoint, sha256_file,
 };
 pub use config::{
     ConfigIssue, FinalDtype, LoadError, LoopConfig, RunSettings, TrainDtype, check_validation_set,

@@ -11,7 +11,11 @@
 //! its objective keys (β, the loss type, a reward weight): a key nobody
 //! thought about refuses rather than silently changing the run. Paths of the
 //! model and data files are compared by content (the model fingerprint and
-//! SHA-256), so a project moved elsewhere with its run directory resumes.
+//! SHA-256), so a project moved elsewhere with its run directory resumes; so
+//! are those of every other model the run reads ([`ModelInput`]: reward
+//! models, the critic's start, the reference), and one that holds different
+//! weights than when the run started refuses by its key and path
+//! ([`replaced_models`]) — the run would go on under another objective.
 //!
 //! A refusal names every differing key, old → new, in one line; the allowed
 //! changes are returned so the trainer can report them and are recorded in
@@ -24,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::checkpoint::DataFile;
+use crate::checkpoint::{DataFile, ModelInput};
 
 /// Keys (dotted) any trainer's run may change on resume: they move the
 /// schedule's end or bookkeeping, or trade memory for time with gradients
@@ -186,6 +190,95 @@ pub fn compare(
         }
     }
     c
+}
+
+/// The models of `new` whose fingerprint differs from the one `old` recorded
+/// under the same key. A key only one side has is a config change, compared
+/// with the config; a checkpoint of an older version recorded none.
+pub fn replaced_models<'a>(old: &[ModelInput], new: &'a [ModelInput]) -> Vec<&'a ModelInput> {
+    new.iter()
+        .filter(|n| {
+            old.iter()
+                .any(|o| o.key == n.key && o.fingerprint != n.fingerprint)
+        })
+        .collect()
+}
+
+/// The one line a resume refused by [`replaced_models`] prints after the
+/// checkpoint's path.
+pub fn replaced_message(replaced: &[&ModelInput]) -> String {
+    let list: Vec<String> = replaced
+        .iter()
+        .map(|m| format!("{} {}", m.key, m.path.display()))
+        .collect();
+    let (verb, what, them) = match replaced {
+        [_] => ("holds", "a different model", "it"),
+        _ => ("hold", "different models", "them"),
+    };
+    format!(
+        "{} {verb} {what} than when the run started (fingerprint changed); start a fresh run or restore {them}",
+        list.join(", ")
+    )
+}
+
+/// `old_config` with the value at the key of each model that moved — the
+/// same fingerprint under the same key in `old` and `new`, another path —
+/// taken from `new_config`, and those moves as bookkeeping changes: a model
+/// is compared by content, as the base model and the data files are.
+pub fn follow_moved_models(
+    old_config: &Value,
+    new_config: &Value,
+    old: &[ModelInput],
+    new: &[ModelInput],
+) -> (Value, Vec<KeyChange>) {
+    let mut config = old_config.clone();
+    let mut moved = Vec::new();
+    for n in new {
+        if !old
+            .iter()
+            .any(|o| o.key == n.key && o.fingerprint == n.fingerprint)
+        {
+            continue;
+        }
+        let Some(to) = at_key(new_config, &n.key) else {
+            continue;
+        };
+        let Some(from) = at_key_mut(&mut config, &n.key) else {
+            continue;
+        };
+        if from != to {
+            moved.push(KeyChange {
+                key: n.key.clone(),
+                old: from.to_string(),
+                new: to.to_string(),
+            });
+            *from = to.clone();
+        }
+    }
+    (config, moved)
+}
+
+/// The value at a dotted key whose parts may index an array (`rewards[0].path`).
+fn at_key<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    key.split('.').try_fold(v, |v, part| match index(part)? {
+        (name, Some(i)) => v.get(name)?.get(i),
+        (name, None) => v.get(name),
+    })
+}
+
+fn at_key_mut<'v>(v: &'v mut Value, key: &str) -> Option<&'v mut Value> {
+    key.split('.').try_fold(v, |v, part| match index(part)? {
+        (name, Some(i)) => v.get_mut(name)?.get_mut(i),
+        (name, None) => v.get_mut(name),
+    })
+}
+
+/// `rewards[0]` → (`rewards`, 0); `model` → (`model`, none).
+fn index(part: &str) -> Option<(&str, Option<usize>)> {
+    match part.split_once('[') {
+        Some((name, i)) => Some((name, Some(i.strip_suffix(']')?.parse().ok()?))),
+        None => Some((part, None)),
+    }
 }
 
 fn short_hash(h: &str) -> &str {

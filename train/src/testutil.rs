@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use alignkit_model::heads::{RewardModel, save_reward_model};
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, ModelType, SaveDtype, save_model};
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
@@ -78,6 +80,20 @@ pub fn tiny_model_dir_seeded(dir: &Path, seed: u64) -> PathBuf {
     seeded(seed, || {
         let model = LlamaForCausalLM::<B>::init(&config, &Default::default());
         save_model(&model, &config, dir, SaveDtype::F32).unwrap();
+    });
+    write_tokenizer(dir);
+    dir.to_path_buf()
+}
+
+/// Write a random tiny reward model directory at `dir` (the tiny model with
+/// a score head, `LlamaForSequenceClassification`, and the tiny tokenizer),
+/// its weights drawn from `seed`.
+pub fn tiny_reward_model_dir_seeded(dir: &Path, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = tiny_config();
+    seeded(seed, || {
+        let model = RewardModel::<B>::init(&config, &Default::default());
+        save_reward_model(&model, &config, dir, SaveDtype::F32).unwrap();
     });
     write_tokenizer(dir);
     dir.to_path_buf()
@@ -221,6 +237,36 @@ pub fn recorded_resume_keys(run: &Path, step: usize) -> Vec<String> {
 /// reports, and return the run's outcome.
 pub type TrainFn<'a, M> =
     dyn FnMut(&Path, crate::RunOptions<'static>, &mut dyn FnMut(usize)) -> crate::Outcome<M> + 'a;
+
+/// Run a trainer into `out` until it reports step `step`, then stop it as
+/// Ctrl-C does: it saves that step's checkpoint and returns, interrupted.
+pub fn stop_at<M>(out: &Path, step: usize, train: &mut TrainFn<'_, M>) {
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let options = crate::RunOptions {
+        resume: false,
+        stop: Some(stop),
+    };
+    let outcome = train(out, options, &mut |s| {
+        if s == step {
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    assert_eq!(
+        (outcome.stop, outcome.steps),
+        (crate::StopReason::Interrupted, step)
+    );
+}
+
+/// `err` is the one line of a resume refused because the model at config
+/// key `key` (`path`) holds other weights than when the run started.
+pub fn assert_model_replaced(err: &str, key: &str, path: &Path) {
+    let want = format!(
+        "{key} {} holds a different model than when the run started",
+        path.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
 
 /// What [`assert_resumes_bit_for_bit`] kills and compares.
 pub struct KilledRun<'a> {
