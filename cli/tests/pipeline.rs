@@ -898,6 +898,58 @@ fn grpo_rewarded_by_a_reward_stage_then_evaluated() {
     }
 }
 
+/// A finished pipeline whose reward stage's `final/model.safetensors` is
+/// replaced by another model (issue 33): the GRPO stage, which reads it,
+/// runs again, and the stages after it; the reward stage, whose own inputs
+/// did not change, is skipped. Once done, nothing runs.
+#[test]
+fn a_replaced_stage_output_reruns_the_stages_that_read_it() {
+    use alignkit_model::heads::{RewardModel, load_reward_model, save_reward_model};
+    use alignkit_train::testutil::{B, seeded};
+
+    let f = Fixture::new(&rl_pipeline("1e-2"));
+    write_prompts(&f.dir);
+    f.ok(&[]);
+    let rm_final = f.dir.join("run/rm/final");
+    let (config, _) = load_reward_model::<B>(&rm_final, &Default::default()).unwrap();
+    let other = f.dir.join("other-rm");
+    seeded(99, || {
+        let model = RewardModel::<B>::init(&config, &Default::default());
+        save_reward_model(&model, &config, &other, alignkit_model::SaveDtype::F32).unwrap();
+    });
+    std::fs::copy(
+        other.join("model.safetensors"),
+        rm_final.join("model.safetensors"),
+    )
+    .unwrap();
+
+    let dry = f.ok(&["--dry-run"]);
+    assert_eq!(plan_line(&dry, "rm").0, "skip", "{dry}");
+    assert_eq!(
+        plan_line(&dry, "grpo"),
+        (
+            "run".into(),
+            format!(
+                "`rewards[0]` model {} holds a different model than when the stage ran",
+                rm_final.display()
+            )
+        ),
+        "{dry}"
+    );
+    let text = f.ok(&[]);
+    assert!(text.contains("[1/4 rm] skip"), "{text}");
+    for (k, stage) in RL_ORDER.iter().enumerate().skip(1) {
+        assert!(
+            text.contains(&format!("[{}/4 {stage}] run", k + 1)),
+            "{text}"
+        );
+    }
+    let dry = f.ok(&["--dry-run"]);
+    for stage in RL_ORDER {
+        assert_eq!(plan_line(&dry, stage).0, "skip", "{dry}");
+    }
+}
+
 /// An RLOO stage without an `[rloo]` table trains with its defaults, and
 /// the stages after it take its policy.
 #[test]

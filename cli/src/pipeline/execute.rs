@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::manifest::{Manifest, Outputs, Status, now};
+use super::manifest::{Inputs, Manifest, Outputs, Status, now};
 use super::plan::{Action, Plan, Stage};
 use super::stage::{EvalConfig, ExportDtype, ExportFormat, StageConfig, StageKind};
 use crate::backend::{DeviceSpec, Task, dispatch};
@@ -82,7 +82,11 @@ impl Task for Execute<'_> {
                 sha256: stage.sha256.clone(),
                 config_sha256: stage.config_sha256.clone(),
                 config: stage.config.to_json(),
-                inputs: stage.inputs.clone(),
+                inputs: Inputs {
+                    // Read now: the stages before it have written their models.
+                    fingerprints: stage.fingerprints(),
+                    ..stage.inputs.clone()
+                },
                 outputs: None,
                 final_metrics: None,
                 error: None,

@@ -47,6 +47,14 @@ pub struct Inputs {
     /// its `baseline`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, InputModel>,
+    /// The content of every model the stage read when it ran
+    /// ([`alignkit_train::model_fingerprint`]), by role: `model` (its input),
+    /// those of `models`, a DPO stage's `ref_model`, a PPO stage's
+    /// `ppo.value_model`. Another stage's output is known above by that
+    /// stage's identity; this catches its files replaced since. Absent in
+    /// manifests of older versions, which are then not compared.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fingerprints: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

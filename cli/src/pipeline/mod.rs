@@ -68,7 +68,11 @@
 //! identity — the base model's fingerprint, or the upstream stage's identity —
 //! and those of the other models it reads (reward models, judges, baseline).
 //! The chain makes a change anywhere upstream reach every later stage; a stage
-//! runs after every stage whose model it reads. A stage whose finished run
+//! runs after every stage whose model it reads. The manifest also records the
+//! content fingerprint of every model the stage read (its input, those
+//! models, a DPO `ref_model`, a PPO `ppo.value_model`): one that holds other
+//! weights now (another stage's `final/` replaced, say) re-runs the stage, and
+//! so the stages after it. A stage whose finished run
 //! differs from it only in what cannot change its result keeps that run's
 //! identity (`plan::keep_equivalent_identity`): config keys added to alignkit
 //! since (read at their defaults), activation checkpointing, and paths whose

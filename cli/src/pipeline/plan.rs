@@ -55,6 +55,41 @@ pub struct Stage {
     pub action: Action,
 }
 
+impl Stage {
+    /// Every model the stage reads, by role: its input (`model`), the models
+    /// of [`model_refs`], and those its config names besides (a DPO stage's
+    /// `ref_model`, a PPO stage's `ppo.value_model`).
+    pub(super) fn models_read(&self) -> Vec<(String, PathBuf)> {
+        let mut out = vec![("model".to_string(), self.inputs.model.path.clone())];
+        out.extend(
+            self.inputs
+                .models
+                .iter()
+                .map(|(role, m)| (role.clone(), m.path.clone())),
+        );
+        let named = match &self.config {
+            StageConfig::Dpo(c) => c.ref_model.clone().map(|p| ("ref_model", p)),
+            StageConfig::Rl(c) => c
+                .ppo
+                .as_ref()
+                .and_then(|p| p.value_model.clone())
+                .map(|p| ("ppo.value_model", p)),
+            _ => None,
+        };
+        out.extend(named.map(|(role, p)| (role.to_string(), p)));
+        out
+    }
+
+    /// The content of the models it reads as they are now, by role
+    /// ([`Inputs::fingerprints`]); one that cannot be read is left out.
+    pub(super) fn fingerprints(&self) -> BTreeMap<String, String> {
+        self.models_read()
+            .into_iter()
+            .filter_map(|(role, path)| Some((role, model_fingerprint(&path).ok()?)))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub file: PathBuf,
@@ -515,6 +550,7 @@ impl Plan {
                 model: input,
                 data,
                 models,
+                fingerprints: BTreeMap::new(),
             };
             // The first stage this one reads a model of that runs.
             let upstream_runs = from[i]
@@ -808,6 +844,28 @@ fn keep_equivalent_identity(stage: &mut Stage, previous: Option<&Manifest>) {
     }
 }
 
+/// A model the stage reads whose content differs from what its previous run
+/// `m` recorded ([`Inputs::fingerprints`]) — another stage's `final/`
+/// replaced, a symlink re-pointed: that run's result came from other
+/// weights.
+fn replaced_model(stage: &Stage, m: &Manifest) -> Option<String> {
+    stage.models_read().into_iter().find_map(|(role, path)| {
+        let recorded = m.inputs.fingerprints.get(&role)?;
+        let what = match role.as_str() {
+            "model" => "input model".to_string(),
+            _ => format!("`{role}` model"),
+        };
+        match model_fingerprint(&path) {
+            Ok(now) if &now == recorded => None,
+            Ok(_) => Some(format!(
+                "{what} {} holds a different model than when the stage ran",
+                path.display()
+            )),
+            Err(_) => Some(format!("{what} {} cannot be read", path.display())),
+        }
+    })
+}
+
 /// Skip, resume or run, from the stage's previous manifest.
 pub(super) fn decide(
     stage: &Stage,
@@ -824,6 +882,9 @@ pub(super) fn decide(
         return Action::Run(change_since(stage, &m).unwrap_or_else(|| {
             "its identity changed (written by another alignkit version)".into()
         }));
+    }
+    if let Some(why) = replaced_model(stage, &m) {
+        return Action::Run(why);
     }
     match m.status {
         Status::Completed if stage.output.exists() => {
