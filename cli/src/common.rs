@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use alignkit_datasets::{CompletionEnd, EncodeConfig, Encoder, Message, Role, Tokenizer};
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, SamplingConfig};
+use alignkit_train::output::{Holder, Lock};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
@@ -53,6 +54,50 @@ pub fn refuse_overwrite(flag: &str, path: &Path, overwrite: bool) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// The note on a lock taken over from a process that ended without removing
+/// it (killed, crashed): what it was doing there may be unfinished.
+pub fn taken_over_note(place: &Path, holder: &Holder) -> String {
+    format!(
+        "note: {}: took over the lock left by {holder}, which is no longer running",
+        place.display()
+    )
+}
+
+/// Lock the file `path` this command appends to (`annotator`: for one of the
+/// annotators sharing it), with a note when taking over a stale lock.
+pub fn lock_file(path: &Path, annotator: Option<&str>) -> Result<Lock> {
+    let lock = match annotator {
+        Some(name) => Lock::file_for(path, name)?,
+        None => Lock::file(path)?,
+    };
+    if let Some(holder) = lock.taken_over() {
+        eprintln!("{}", taken_over_note(path, holder));
+    }
+    Ok(lock)
+}
+
+/// Lock the directory `dir` this command writes (creating it), with a note
+/// when taking over a stale lock.
+pub fn lock_dir(dir: &Path) -> Result<Lock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = Lock::dir(dir)?;
+    if let Some(holder) = lock.taken_over() {
+        eprintln!("{}", taken_over_note(dir, holder));
+    }
+    Ok(lock)
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP end the process at once, with status 130 (as
+/// an interrupted training), removing its lock files first: for a command
+/// whose output survives an interruption and resumes when run again.
+pub fn exit_on_interrupt() -> Result<()> {
+    ctrlc::set_handler(|| {
+        alignkit_train::output::remove_held();
+        std::process::exit(crate::train_cli::EXIT_INTERRUPTED);
+    })
+    .context("installing the Ctrl-C/SIGTERM handler")
 }
 
 impl ModelArgs {

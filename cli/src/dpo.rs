@@ -103,6 +103,7 @@ fn report(bar: &StepBar, event: Event<'_>) {
                 info.start_step,
                 info.total_steps,
                 &info.resumed_with,
+                info.lock_taken_over.as_ref(),
                 &what,
             );
         }

@@ -24,7 +24,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
-use crate::common::{Loaded, ModelArgs, SamplingArgs, cap_to_context, cut_at_stop};
+use crate::common::{
+    Loaded, ModelArgs, SamplingArgs, cap_to_context, cut_at_stop, exit_on_interrupt, lock_file,
+};
 use crate::pull::{KnownModel, ensure_model};
 
 #[derive(Args)]
@@ -484,6 +486,9 @@ fn write_candidates<B: Backend>(
             args.num_samples
         );
     }
+    // One process appends to `out` at a time; an interrupted one resumes.
+    let _lock = lock_file(out, None)?;
+    exit_on_interrupt()?;
     let records: Vec<_> =
         alignkit_datasets::read::<PromptRecord>(prompts_path, &FieldMap::default())?
             .collect::<Result<_, _>>()?;

@@ -18,6 +18,8 @@ use alignkit_model::checkpoint::write_atomic;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::common::lock_file;
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LabelArgs {
@@ -125,6 +127,14 @@ fn run_labeler(args: LabelArgs) -> Result<()> {
     };
     let (Some(judgments), Some(annotator)) = (args.judgments, args.annotator) else {
         bail!("--judgments and --annotator are required");
+    };
+    // Annotators may share a judgments file; one annotator judges in one
+    // process at a time. Where the file cannot be created, opening the
+    // session says so.
+    let parent = judgments.parent().filter(|p| !p.as_os_str().is_empty());
+    let _lock = match parent.is_none_or(Path::is_dir) {
+        true => Some(lock_file(&judgments, Some(&annotator))?),
+        false => None,
     };
     let session = Session::open(LabelOptions {
         input,

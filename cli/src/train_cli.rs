@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use alignkit_train::output::Holder;
 use alignkit_train::{
     KeyChange, LoopConfig, Outcome, RunOptions, StopReason, TrainDtype, list_checkpoints,
 };
@@ -425,6 +426,7 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::SeqCst) > 0 {
             eprintln!("\ninterrupted again: exiting now; {}", kept_checkpoint());
+            alignkit_train::output::remove_held();
             std::process::exit(EXIT_INTERRUPTED);
         }
         eprintln!(
@@ -503,7 +505,8 @@ impl StepBar {
     }
 
     /// The run in `run_dir` starts (or resumes, with the bookkeeping
-    /// `changes` since its checkpoint) at `start_step` of `total_steps`;
+    /// `changes` since its checkpoint) at `start_step` of `total_steps`,
+    /// having taken over the lock a process that ended left (`taken_over`);
     /// `what` describes it (data, parameters) on a line above the bar.
     pub fn start(
         &self,
@@ -511,10 +514,14 @@ impl StepBar {
         start_step: usize,
         total_steps: usize,
         changes: &[KeyChange],
+        taken_over: Option<&Holder>,
         what: &str,
     ) {
         if let Ok(mut run) = current_run().lock() {
             *run = Some(run_dir.to_path_buf());
+        }
+        if let Some(holder) = taken_over {
+            self.println(&crate::common::taken_over_note(run_dir, holder));
         }
         self.show("step ");
         self.bar.set_length(total_steps as u64);

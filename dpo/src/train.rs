@@ -57,6 +57,9 @@ pub struct RunInfo {
     pub truncated: usize,
     /// Bookkeeping settings changed since the checkpoint resumed from.
     pub resumed_with: Vec<KeyChange>,
+    /// The process whose lock on the run directory this run took over: it
+    /// ended without removing it.
+    pub lock_taken_over: Option<alignkit_train::output::Holder>,
     pub reference: ReferenceKind,
 }
 
@@ -172,6 +175,7 @@ pub fn train<B: AutodiffBackend>(
         trainable_params: trainable_count::<B, _>(&model),
         truncated: pairs.truncated,
         resumed_with: run.resumed_with.clone(),
+        lock_taken_over: run.dir.lock_taken_over().cloned(),
         reference: match reference {
             Reference::Precomputed { .. } => ReferenceKind::Precomputed,
             Reference::Frozen(_) => ReferenceKind::FrozenModel,

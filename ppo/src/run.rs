@@ -61,6 +61,9 @@ pub struct RunInfo {
     pub critic: Option<String>,
     /// Bookkeeping settings changed since the checkpoint resumed from.
     pub resumed_with: Vec<KeyChange>,
+    /// The process whose lock on the run directory this run took over: it
+    /// ended without removing it.
+    pub lock_taken_over: Option<alignkit_train::output::Holder>,
 }
 
 /// Progress reports; the library never prints.
@@ -329,6 +332,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         rewards: rewards.names().to_vec(),
         critic: None,
         resumed_with: run.resumed_with.clone(),
+        lock_taken_over: run.dir.lock_taken_over().cloned(),
     };
     Ok(Opened {
         setup: Setup {

@@ -44,6 +44,9 @@ pub struct RunInfo {
     pub without_targets: usize,
     /// Bookkeeping settings changed since the checkpoint resumed from.
     pub resumed_with: Vec<KeyChange>,
+    /// The process whose lock on the run directory this run took over: it
+    /// ended without removing it.
+    pub lock_taken_over: Option<alignkit_train::output::Holder>,
 }
 
 /// Progress reports; the library never prints.
@@ -137,6 +140,7 @@ pub fn train<B: AutodiffBackend>(
         truncated: sft_data.truncated,
         without_targets: sft_data.without_targets,
         resumed_with: run.resumed_with.clone(),
+        lock_taken_over: run.dir.lock_taken_over().cloned(),
     }));
 
     let mut order = EpochOrder::default();

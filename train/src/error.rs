@@ -46,6 +46,9 @@ pub enum TrainError {
     /// An export's output directory that must not be replaced.
     #[error("{path}: {why}")]
     OutputInUse { path: PathBuf, why: String },
+    /// The run directory is another process's, or an output is an input.
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error(transparent)]
     Model(#[from] ModelError),
 }

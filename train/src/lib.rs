@@ -14,6 +14,8 @@
 //!   checkpoints with keep-last-K and exact resume.
 //! - [`resume`]: the resume contract — which config changes a resumed run
 //!   accepts, and the one-line refusal naming the others.
+//! - [`output`]: where a command writes: an advisory lock per run directory
+//!   or appended file, and the rule that an output is none of its inputs.
 //! - [`skeleton`]: the run skeleton every trainer's loop calls: open, start,
 //!   update (clip, guard, step), guarded save, the end of a run.
 //! - [`seed`]: every random stream derived from the run seed and a position.
@@ -31,6 +33,7 @@ pub mod export;
 pub mod grads;
 pub mod guard;
 pub mod optim;
+pub mod output;
 pub mod params;
 pub mod resume;
 pub mod reward_model;

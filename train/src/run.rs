@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{BestEval, CheckpointRef, RunIdentity, TrainerState, list_checkpoints};
 use crate::error::{Result, TrainError};
+use crate::output::{Holder, Lock};
 use crate::resume::KeyChange;
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -81,9 +82,12 @@ pub struct Resumed {
     pub changes: Vec<KeyChange>,
 }
 
-#[derive(Debug, Clone)]
+/// A run directory, locked against other processes while this value lives
+/// ([`crate::output::Lock`]).
+#[derive(Debug)]
 pub struct RunDir {
     root: PathBuf,
+    lock: Lock,
 }
 
 impl RunDir {
@@ -92,15 +96,16 @@ impl RunDir {
     /// `checkpoints/` appears with the first checkpoint, so a run that fails
     /// before it leaves none behind.
     pub fn create(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
         let run = Self {
             root: root.to_path_buf(),
+            lock: Lock::dir(root)?,
         };
         if !list_checkpoints(&run.checkpoints_dir())?.is_empty() {
             return Err(TrainError::RunExists {
                 dir: root.to_path_buf(),
             });
         }
-        std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
         let metrics = run.metrics_path();
         if metrics.exists() {
             // Left by a run that stopped before its first checkpoint.
@@ -112,14 +117,19 @@ impl RunDir {
     /// The run directory of an interrupted run and its newest complete
     /// checkpoint.
     pub fn open_for_resume(root: &Path) -> Result<(Self, CheckpointRef)> {
+        let none = || TrainError::NoCheckpoint {
+            dir: root.to_path_buf(),
+        };
+        if !root.is_dir() {
+            return Err(none());
+        }
         let run = Self {
             root: root.to_path_buf(),
+            lock: Lock::dir(root)?,
         };
         let latest = list_checkpoints(&run.checkpoints_dir())?
             .pop()
-            .ok_or_else(|| TrainError::NoCheckpoint {
-                dir: root.to_path_buf(),
-            })?;
+            .ok_or_else(none)?;
         Ok((run, latest))
     }
 
@@ -166,6 +176,12 @@ impl RunDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Who held the lock of this directory before, having ended without
+    /// removing it (killed, crashed): worth a note.
+    pub fn lock_taken_over(&self) -> Option<&Holder> {
+        self.lock.taken_over()
     }
 
     pub fn checkpoints_dir(&self) -> PathBuf {

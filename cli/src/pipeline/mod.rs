@@ -115,11 +115,27 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let plan = Plan::load(&args.pipeline, args.out.as_deref(), args.model.as_deref())?;
-    print!("{}", plan.describe());
+    let load = || Plan::load(&args.pipeline, args.out.as_deref(), args.model.as_deref());
     if args.dry_run {
+        print!("{}", load()?.describe());
         return Ok(());
     }
+    // One pipeline at a time plans and runs in a run directory.
+    let out = Plan::out_dir(&args.pipeline, args.out.as_deref())?;
+    let created = !out.exists();
+    let lock = crate::common::lock_dir(&out)?;
+    let plan = match load() {
+        Ok(plan) => plan,
+        Err(e) => {
+            // Bad input does no work, not even an empty run directory.
+            drop(lock);
+            if created {
+                let _ = std::fs::remove_dir(&out);
+            }
+            return Err(e);
+        }
+    };
+    print!("{}", plan.describe());
     plan.execute(args.device)?;
     Ok(())
 }

@@ -331,27 +331,50 @@ pub(super) fn check_preference_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A pipeline file, parsed, and the directory its relative paths start from.
+fn read_pipeline(file: &Path) -> Result<(PipelineFile, PathBuf)> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the pipeline file {}", file.display()))?;
+    let parsed: PipelineFile = toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
+    let base = std::path::absolute(file)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok((parsed, base))
+}
+
+/// The pipeline's run directory: `out` (relative to the working directory),
+/// else the file's `output_dir` (relative to the file).
+fn resolve_out(
+    file: &Path,
+    parsed: &PipelineFile,
+    base: &Path,
+    out: Option<&Path>,
+) -> Result<PathBuf> {
+    match (out, &parsed.output_dir) {
+        (Some(o), _) => absolute(&std::env::current_dir()?, o),
+        (None, Some(o)) => absolute(base, o),
+        (None, None) => bail!(
+            "{}: no output_dir: set it in the file or pass --out DIR",
+            file.display()
+        ),
+    }
+}
+
 impl Plan {
+    /// The run directory [`Plan::load`] plans in, from the file alone: what
+    /// `alignkit run` locks before it reads the stages' state.
+    pub fn out_dir(file: &Path, out: Option<&Path>) -> Result<PathBuf> {
+        let (parsed, base) = read_pipeline(file)?;
+        resolve_out(file, &parsed, &base, out)
+    }
+
     /// Read and check a pipeline file and decide what each stage does. Every
     /// problem that can be found without training is reported here.
     pub fn load(file: &Path, out: Option<&Path>, model: Option<&Path>) -> Result<Self> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the pipeline file {}", file.display()))?;
-        let parsed: PipelineFile =
-            toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
-        let base = std::path::absolute(file)?
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let (parsed, base) = read_pipeline(file)?;
         let cwd = std::env::current_dir()?;
-        let out = match (out, &parsed.output_dir) {
-            (Some(o), _) => absolute(&cwd, o)?,
-            (None, Some(o)) => absolute(&base, o)?,
-            (None, None) => bail!(
-                "{}: no output_dir: set it in the file or pass --out DIR",
-                file.display()
-            ),
-        };
+        let out = resolve_out(file, &parsed, &base, out)?;
         let base_model = match (model, &parsed.model) {
             (Some(m), _) => absolute(&cwd, m)?,
             (None, Some(m)) => absolute(&base, m)?,
