@@ -7,6 +7,7 @@ use alignkit_datasets::{
     DataKind, EncodeConfig, Encoder, FieldMap, Inspection, PlainText, TrainOn, TruncationSide,
     ValidateOptions,
 };
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 
 use crate::common::CompletionEndArg;
@@ -215,6 +216,7 @@ fn rank_pairs(
 }
 
 fn pairs(args: PairsArgs) -> Result<()> {
+    ensure_distinct(&args.out, Writes::Path, &[&args.candidates])?;
     crate::common::refuse_overwrite("--out", &args.out, args.overwrite)?;
     let loaded = alignkit_labeler::candidates::load_candidates(&args.candidates)?;
     if let Some(problem) = loaded.problems.first() {

@@ -413,14 +413,31 @@ fn envelope(points: &[Point]) -> Vec<(f64, f64)> {
     line
 }
 
+/// The run directories, each once: one given again (another spelling, a
+/// symlink) would count its points twice, so it is left out with a warning.
+fn distinct_runs(dirs: &[PathBuf]) -> Vec<&Path> {
+    let mut seen: Vec<(PathBuf, &Path)> = Vec::new();
+    for dir in dirs {
+        let resolved = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        match seen.iter().find(|(r, _)| *r == resolved) {
+            Some((_, first)) => eprintln!(
+                "warning: {} is {} again; counted once",
+                dir.display(),
+                first.display()
+            ),
+            None => seen.push((resolved, dir)),
+        }
+    }
+    seen.into_iter().map(|(_, dir)| dir).collect()
+}
+
 pub fn run(args: FrontierArgs) -> Result<()> {
     if args.budgets.iter().any(|b| !(b.is_finite() && *b >= 0.0)) {
         bail!("--budgets: non-negative numbers, e.g. 2,5,10");
     }
-    let mut runs = args
-        .runs
-        .iter()
-        .map(|d| read_run(d))
+    let mut runs = distinct_runs(&args.runs)
+        .into_iter()
+        .map(read_run)
         .collect::<Result<Vec<_>>>()?;
     runs.sort_by(|a, b| {
         (a.method.as_str(), a.seed)

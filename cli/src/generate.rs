@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use alignkit_datasets::{Encoder, FieldMap, Message, PromptRecord, Role, Turns};
-use alignkit_eval::generations::{GenerationSettings, Response};
+use alignkit_eval::generations::{GenerationSettings, Response, model_fingerprint};
 use alignkit_model::{SamplingConfig, generate};
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
@@ -89,6 +90,11 @@ impl GenerateArgs {
         if self.prompts.is_none() && self.model.len() > 1 {
             bail!(
                 "several --model need --prompts FILE.jsonl --out FILE (a candidates file); --prompt takes one model"
+            );
+        }
+        if self.prompts.is_none() && self.out.is_some() {
+            bail!(
+                "--out writes a candidates file from --prompts FILE.jsonl; to keep the output of --prompt, print it with --json and redirect it (--json > FILE)"
             );
         }
         if self.prompts.is_none() && self.num_samples != 1 {
@@ -350,11 +356,16 @@ fn safe_prefix(text: &str, stops: &[String]) -> usize {
     end
 }
 
-/// The generation settings recorded in every candidates item; a resumed run
-/// must match them.
+/// The key of [`recorded_settings`] holding each model's content fingerprint
+/// (`alignkit_eval::generations::model_fingerprint`), in `models` order.
+const MODEL_SHA256: &str = "model_sha256";
+
+/// The generation settings recorded in every candidates item, with each
+/// model's fingerprint; a resumed run must match them.
 fn recorded_settings(
     args: &GenerateArgs,
     models: &[PathBuf],
+    fingerprints: &[String],
     settings: &GenerationSettings,
 ) -> serde_json::Value {
     let mut v = serde_json::to_value(settings).expect("settings serialise");
@@ -368,14 +379,15 @@ fn recorded_settings(
             .collect::<Vec<_>>()
             .into(),
     );
+    obj.insert(MODEL_SHA256.into(), fingerprints.to_vec().into());
     obj.insert("chat".into(), args.chat.into());
     obj.insert("system".into(), args.system.clone().into());
     v
 }
 
 /// Ids of the items already in `out` (none if it does not exist). A torn last
-/// line (an interrupted write) is cut off; items written with other settings
-/// or for other prompts are refused.
+/// line (an interrupted write) is cut off; items written with other settings,
+/// by a model whose files changed since, or for other prompts are refused.
 fn resume(
     out: &Path,
     settings: &serde_json::Value,
@@ -414,6 +426,25 @@ fn resume(
         };
         match item.get("generation") {
             Some(g) if g == settings => {}
+            Some(g)
+                if g.get("models") == settings.get("models")
+                    && g.get(MODEL_SHA256).is_some()
+                    && g.get(MODEL_SHA256) != settings.get(MODEL_SHA256) =>
+            {
+                let (was, now) = (&g[MODEL_SHA256], &settings[MODEL_SHA256]);
+                let i = (0..).find(|&i| was.get(i) != now.get(i)).unwrap_or(0);
+                let short = |v: &serde_json::Value| {
+                    v.get(i)
+                        .and_then(|s| s.as_str())
+                        .map_or(String::from("none"), |s| s.chars().take(12).collect())
+                };
+                bail!(
+                    "{at}: written by the model at {} before its files changed (sha256 {} there, {} now); restore that model or use another --out",
+                    settings["models"][i].as_str().unwrap_or_default(),
+                    short(was),
+                    short(now)
+                );
+            }
             Some(g) => {
                 let key = first_difference(g, settings);
                 bail!(
@@ -470,6 +501,10 @@ fn write_candidates<B: Backend>(
     device: &B::Device,
 ) -> Result<()> {
     let models = model_dirs(&args.model)?;
+    let inputs: Vec<&Path> = std::iter::once(prompts_path)
+        .chain(models.iter().map(PathBuf::as_path))
+        .collect();
+    ensure_distinct(out, Writes::Path, &inputs)?;
     let per_item = models.len() * args.num_samples;
     if !(2..=alignkit_labeler::candidates::MAX_RESPONSES).contains(&per_item) {
         bail!(
@@ -530,7 +565,11 @@ fn write_candidates<B: Backend>(
         stop: args.sampling.stop.clone(),
         batch_size: args.batch_size,
     };
-    let recorded = recorded_settings(args, &models, &settings);
+    let fingerprints = models
+        .iter()
+        .map(|m| model_fingerprint(m).with_context(|| format!("--model {}", m.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let recorded = recorded_settings(args, &models, &fingerprints, &settings);
     let done = resume(out, &recorded, &ids.iter().map(String::as_str).collect())?;
     if !done.is_empty() {
         eprintln!(

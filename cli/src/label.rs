@@ -15,6 +15,7 @@ use alignkit_labeler::{
     Input, JudgeMode, LabelOptions, Ledger, Session, compute_stats, export, read_logs,
 };
 use alignkit_model::checkpoint::write_atomic;
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -128,6 +129,13 @@ fn run_labeler(args: LabelArgs) -> Result<()> {
     let (Some(judgments), Some(annotator)) = (args.judgments, args.annotator) else {
         bail!("--judgments and --annotator are required");
     };
+    let read = match &input {
+        Input::Candidates(p) | Input::Prefs(p) => p,
+    };
+    let inputs: Vec<&Path> = std::iter::once(read.as_path())
+        .chain(args.guidelines.as_deref())
+        .collect();
+    ensure_distinct(&judgments, Writes::Path, &inputs)?;
     // Annotators may share a judgments file; one annotator judges in one
     // process at a time. Where the file cannot be created, opening the
     // session says so.
@@ -195,21 +203,9 @@ fn read(paths: &[PathBuf]) -> Result<Ledger> {
     Ok(Ledger::from_records(read.records))
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 fn run_export(args: ExportArgs) -> Result<()> {
-    if let Some(j) = args.judgments.iter().find(|j| same_file(j, &args.to)) {
-        bail!(
-            "--to {} would overwrite the judgments file {}",
-            args.to.display(),
-            j.display()
-        );
-    }
+    let inputs: Vec<&Path> = args.judgments.iter().map(PathBuf::as_path).collect();
+    ensure_distinct(&args.to, Writes::Path, &inputs)?;
     if args.to.is_dir() {
         bail!("--to {}: is a directory", args.to.display());
     }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
@@ -152,6 +153,7 @@ pub fn run_pull(args: PullArgs) -> Result<()> {
 }
 
 pub fn run_import(args: ImportArgs) -> Result<()> {
+    ensure_distinct(&args.out_dir, Writes::Path, &[&args.gguf])?;
     let report = alignkit_model::gguf::import_gguf(&args.gguf, &args.out_dir)?;
     for warning in &report.warnings {
         eprintln!("warning: {warning}");

@@ -9,6 +9,7 @@ use alignkit_model::checkpoint::write_atomic;
 use alignkit_model::heads::load_reward_model;
 use alignkit_reward::{Event, RewardConfig, RewardMetrics, Score, score};
 use alignkit_train::RunOptions;
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
@@ -56,6 +57,9 @@ impl Task for ScoreArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        if let Some(out) = &self.out {
+            ensure_distinct(out, Writes::Path, &[&self.data, &self.model])?;
+        }
         let (_config, model) = load_reward_model::<B::InnerBackend>(&self.model, &device)?;
         let scored = score(
             &model,

@@ -34,14 +34,14 @@ fn overwrite_never_replaces_the_source_its_parent_or_unrelated_files() {
     std::fs::write(parent.join("notes.txt"), "keep me").unwrap();
 
     // The sweep's case: into the folder holding the run (and its sibling).
-    refused_into(&run_a, &parent, "contains the export's source");
+    refused_into(&run_a, &parent, "contains the input");
     // Into the run itself, into another run, and a run's final/ onto itself.
-    refused_into(&run_a, &run_a, "is the export's source");
+    refused_into(&run_a, &run_a, "is also an input");
     refused_into(&run_a, &run_b, "is a training run or checkpoint");
     refused_into(
         &run_a.join("final"),
         &run_a.join("final"),
-        "is the export's source",
+        "is also an input",
     );
     for kept in [
         parent.join("notes.txt"),

@@ -18,6 +18,7 @@ use burn::tensor::backend::Backend;
 
 use crate::checkpoint::{DataFile, TrainerState, WeightsKind, list_checkpoints};
 use crate::error::{Result, TrainError};
+use crate::output::{Writes, ensure_distinct};
 use crate::run::{CONFIG_FILE, METRICS_FILE, read_metrics};
 use crate::tensors::write_synced;
 use crate::weights::load_trainable;
@@ -159,24 +160,10 @@ impl Target<'_> {
         if !out.is_dir() {
             return refuse("is a file, not a directory".into());
         }
-        if let Some(source) = self.source {
-            // A source that cannot be resolved cannot be inside `out`;
-            // loading it reports the problem.
-            let canonical = |p: &Path| p.canonicalize().ok();
-            if let (Some(out_c), Some(source_c)) = (canonical(out), canonical(source))
-                && out_c == source_c
-            {
-                return refuse("is the export's source; choose another output directory".into());
-            }
-            if let (Some(out_c), Some(source_c)) = (canonical(out), canonical(source))
-                && source_c.starts_with(&out_c)
-            {
-                return refuse(format!(
-                    "contains the export's source {}; choose another output directory",
-                    source.display()
-                ));
-            }
-        }
+        // A source that cannot be resolved cannot be inside `out`; loading
+        // it reports the problem.
+        let sources: Vec<&Path> = self.source.into_iter().collect();
+        ensure_distinct(out, Writes::Tree, &sources)?;
         let mut names = Vec::new();
         for entry in std::fs::read_dir(out).map_err(|e| TrainError::io(out, e))? {
             let entry = entry.map_err(|e| TrainError::io(out, e))?;
@@ -567,6 +554,7 @@ mod tests {
         match t.check() {
             Ok(()) => "ok".into(),
             Err(TrainError::OutputInUse { why, .. }) => why,
+            Err(TrainError::Output(e)) => e.to_string(),
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
@@ -604,12 +592,16 @@ mod tests {
         // The source itself, or a folder holding it (issue 12.1).
         assert_eq!(
             verdict(target(&run, Some(&run))),
-            "is the export's source; choose another output directory"
+            format!(
+                "{0}: is also an input ({0}); choose another output",
+                run.display()
+            )
         );
         assert_eq!(
             verdict(target(root.path(), Some(&run.join("checkpoints/step-2")))),
             format!(
-                "contains the export's source {}; choose another output directory",
+                "{}: contains the input {}, which replacing it would delete; choose another output",
+                root.path().display(),
                 run.join("checkpoints/step-2").display()
             )
         );

@@ -14,6 +14,7 @@ use alignkit_eval::generations::{
 use alignkit_eval::{Judged, MeanInterval, Outcome, PairedRates, WinRate};
 use alignkit_model::SamplingConfig;
 use alignkit_model::checkpoint::write_atomic;
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
@@ -280,6 +281,15 @@ pub(crate) fn winrate<B: Backend>(args: &WinrateArgs, device: &B::Device) -> Res
         .map(|r| chat_prompt(&r.value.prompt, args.chat, None))
         .collect();
     let out = args.out_dir();
+    let judges = judge_list.iter().filter_map(|j| match j {
+        Judge::Reward(dir) => Some(dir.as_path()),
+        _ => None,
+    });
+    let inputs: Vec<&Path> = [policy.as_path(), baseline.as_path(), prompts_path.as_path()]
+        .into_iter()
+        .chain(judges)
+        .collect();
+    ensure_distinct(&out, Writes::Path, &inputs)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let (pol, pol_cached) = side_responses::<B>(

@@ -2,12 +2,14 @@
 //! after, training stages through the same [`Trainer`] code as their commands
 //! and eval stages through `alignkit eval winrate`'s.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use alignkit_train::StopReason;
 use alignkit_train::export::ExportKind;
+use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +25,7 @@ use crate::train_cli::{Interrupted, Trainer, stop_flag};
 impl Plan {
     /// Run the plan's stages in order on the backend `device` names.
     pub fn execute(&self, device: DeviceSpec) -> Result<()> {
+        self.check_cleared()?;
         let stop = stop_flag()?;
         dispatch(
             device,
@@ -32,6 +35,31 @@ impl Plan {
                 device,
             },
         )
+    }
+}
+
+impl Plan {
+    /// No stage directory that a fresh run clears holds one of the
+    /// pipeline's inputs: its file, data, or a model no stage produces.
+    fn check_cleared(&self) -> Result<()> {
+        let mut inputs: Vec<&Path> = vec![&self.file, &self.base_model];
+        for stage in &self.stages {
+            let i = &stage.inputs;
+            inputs.extend(i.data.iter().map(|d| d.path.as_path()));
+            let models = std::iter::once(&i.model).chain(i.models.values());
+            inputs.extend(
+                models
+                    .filter(|m| m.from.is_none())
+                    .map(|m| m.path.as_path()),
+            );
+        }
+        for stage in &self.stages {
+            if let Action::Run(_) = stage.action {
+                ensure_distinct(&stage.dir, Writes::Tree, &inputs)
+                    .with_context(|| format!("stage `{}`", stage.name))?;
+            }
+        }
+        Ok(())
     }
 }
 
