@@ -255,11 +255,7 @@ fn holder_of(file: &mut File) -> Option<Holder> {
 /// Whether the open `file` is still the file at `path`.
 #[cfg(unix)]
 fn is_at(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
+    same_inode(file.metadata(), std::fs::metadata(path))
 }
 
 #[cfg(not(unix))]
@@ -321,8 +317,17 @@ fn resolve(path: &Path) -> Option<PathBuf> {
 /// Whether two existing paths are one file (hard links included).
 #[cfg(unix)]
 fn same_file(a: &Path, b: &Path) -> bool {
+    same_inode(std::fs::metadata(a), std::fs::metadata(b))
+}
+
+/// Whether two files, as far as both could be read, are one inode.
+#[cfg(unix)]
+fn same_inode(
+    a: std::io::Result<std::fs::Metadata>,
+    b: std::io::Result<std::fs::Metadata>,
+) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
+    match (a, b) {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     }
