@@ -17,6 +17,15 @@ pub enum DeviceSpec {
     WgpuCpu,
 }
 
+/// `LOCAL_RANK` of a process started by `alignkit launch` (or torchrun-style
+/// schedulers).
+fn local_rank() -> Option<usize> {
+    std::env::var(alignkit_train::dist::ENV_LOCAL_RANK)
+        .ok()?
+        .parse()
+        .ok()
+}
+
 impl FromStr for DeviceSpec {
     type Err = String;
 
@@ -30,7 +39,9 @@ impl FromStr for DeviceSpec {
                 i.parse::<usize>()
                     .map_err(|_| format!("bad device index in `{s}`"))?,
             ),
-            None => (s, 0),
+            // Under `alignkit launch` (torchrun's convention), plain `cuda`
+            // is the rank's own GPU: cuda:LOCAL_RANK.
+            None => (s, local_rank().unwrap_or(0)),
         };
         match kind {
             "cpu" => Ok(DeviceSpec::Cpu),

@@ -14,6 +14,7 @@ mod export;
 mod frontier;
 mod generate;
 mod label;
+mod launch;
 mod logprobs;
 mod parity;
 mod pipeline;
@@ -109,6 +110,10 @@ enum Command {
     /// losses, per-token KL penalty), from a TOML config with a `[ppo]` table.
     #[command(after_help = examples::PPO)]
     Ppo(rl::RlArgs),
+    /// Data-parallel training: start the ranks of a trainer command on this
+    /// machine (and, with --nnodes, others), torchrun's conventions.
+    #[command(after_help = examples::LAUNCH)]
+    Launch(launch::LaunchArgs),
     /// Export a run or checkpoint as a merged HF directory or a PEFT adapter.
     #[command(after_help = examples::EXPORT)]
     Export(export::ExportArgs),
@@ -217,6 +222,12 @@ Examples:
 Examples:
   alignkit reward score --model runs/reward/final --data prefs.jsonl
   alignkit reward score --model runs/reward/final --data samples.jsonl --out scores.jsonl";
+    pub const LAUNCH: &str = "\
+Examples:
+  alignkit launch --nproc-per-node 2 -- sft --config sft.toml
+  alignkit launch --nproc-per-node 8 -- dpo --config dpo.toml --device cuda
+  alignkit launch --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8 -- sft --config sft.toml
+  alignkit launch --nproc-per-node 2 -- sft --config sft.toml --resume";
     pub const SFT: &str = "\
 Examples:
   alignkit sft --config sft.toml
@@ -325,6 +336,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grpo(args) => rl::run(rl::Algorithm::Grpo, args),
         Command::Rloo(args) => rl::run(rl::Algorithm::Rloo, args),
         Command::Ppo(args) => rl::run(rl::Algorithm::Ppo, args),
+        Command::Launch(args) => launch::run(args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => pipeline::run(args),
         Command::Demo(args) => demo::run(args),

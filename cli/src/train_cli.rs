@@ -15,6 +15,7 @@ use alignkit_train::output::Holder;
 use alignkit_train::{
     KeyChange, LoopConfig, Outcome, RunOptions, StopReason, TrainDtype, list_checkpoints,
 };
+use alignkit_train::{World, WorldSpec, dist};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
@@ -73,7 +74,24 @@ pub fn train<B: AutodiffBackend, T: Trainer>(
     stop: &AtomicBool,
     prefix: &str,
 ) -> Result<Trained> {
+    // Under `alignkit launch`: join the other ranks first (a wrong world, an
+    // unreachable master: one line, before any training).
+    let world = match WorldSpec::from_env()? {
+        Some(w) => {
+            // Started by a scheduler rather than `alignkit launch`: rank 0
+            // serves the orchestrator itself.
+            if w.rank == 0 && std::env::var_os(dist::ENV_LAUNCHED).is_none() {
+                dist::start_orchestrator(w.master_port)?;
+            }
+            World::join::<B::InnerBackend>(w, device)?
+        }
+        None => World::single(),
+    };
     let bar = StepBar::new(prefix);
+    let bar = match world.writes() {
+        true => bar,
+        false => bar.muted(),
+    };
     let settled = settle_dtype(trainer, spec);
     if settled.is_some() {
         bar.println(&format!(
@@ -84,10 +102,18 @@ pub fn train<B: AutodiffBackend, T: Trainer>(
     let options = RunOptions {
         resume,
         stop: Some(stop),
+        world: &world,
     };
     let trained = trainer.train::<B>(device, options, &bar);
     bar.finish();
-    let trained = trained?;
+    let rank = format!("rank {}", world.rank());
+    let trained = trained.map_err(|e| match world.is_distributed() {
+        true if !e.to_string().starts_with(&rank) => e.context(rank),
+        _ => e,
+    })?;
+    if !world.writes() {
+        return Ok(trained);
+    }
     plot_run_loss(&trained.run_dir, &format!("{} loss", T::NAME))?;
     let metrics = trained.run_dir.join(alignkit_train::run::METRICS_FILE);
     let curves = trainer.curves();
@@ -465,6 +491,8 @@ fn kept_checkpoint() -> String {
 pub struct StepBar {
     bar: ProgressBar,
     prefix: String,
+    /// Shows nothing (a rank other than 0 of a distributed run).
+    muted: bool,
 }
 
 impl StepBar {
@@ -477,11 +505,26 @@ impl StepBar {
         };
         let bar = ProgressBar::hidden();
         bar.set_prefix(prefix.clone());
-        Self { bar, prefix }
+        Self {
+            bar,
+            prefix,
+            muted: false,
+        }
+    }
+
+    /// This bar, showing nothing.
+    pub fn muted(self) -> Self {
+        Self {
+            muted: true,
+            ..self
+        }
     }
 
     /// Show the bar, counting `what` ("step " or nothing).
     fn show(&self, what: &str) {
+        if self.muted {
+            return;
+        }
         self.bar.set_style(
             ProgressStyle::with_template(&format!(
                 "{{prefix}}{{spinner}} {what}{{pos}}/{{len}} [{{bar:30}}] {{msg}} eta {{eta}}"
@@ -554,6 +597,9 @@ impl StepBar {
 
     /// A line above the bar, with the prefix.
     pub fn println(&self, line: &str) {
+        if self.muted {
+            return;
+        }
         self.bar
             .suspend(|| eprintln!("{}{line}", self.prefix.as_str()));
     }

@@ -31,6 +31,43 @@ pub struct DpoSums {
     pub rpo_alpha: Option<f64>,
 }
 
+impl DpoSums {
+    /// These sums added over the ranks of a run by `sum` (one process: `sum`
+    /// returns its input).
+    pub fn summed<E>(self, sum: impl FnOnce(&[f64]) -> Result<Vec<f64>, E>) -> Result<Self, E> {
+        let local = [
+            self.pairs as f64,
+            self.loss,
+            self.rewards_chosen,
+            self.rewards_rejected,
+            self.correct,
+            self.logps_chosen,
+            self.logps_rejected,
+            self.logits_chosen,
+            self.logits_rejected,
+            self.tokens_chosen,
+            self.tokens_rejected,
+            self.nll,
+        ];
+        let s = sum(&local)?;
+        Ok(Self {
+            pairs: s[0] as usize,
+            loss: s[1],
+            rewards_chosen: s[2],
+            rewards_rejected: s[3],
+            correct: s[4],
+            logps_chosen: s[5],
+            logps_rejected: s[6],
+            logits_chosen: s[7],
+            logits_rejected: s[8],
+            tokens_chosen: s[9],
+            tokens_rejected: s[10],
+            nll: s[11],
+            rpo_alpha: self.rpo_alpha,
+        })
+    }
+}
+
 impl std::ops::AddAssign for DpoSums {
     fn add_assign(&mut self, o: Self) {
         self.pairs += o.pairs;

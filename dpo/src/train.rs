@@ -124,7 +124,9 @@ pub fn train<B: AutodiffBackend>(
         });
     }
     let pad_id = encoder.tokenizer().pad_id();
-    let micro_per_epoch = pairs.train.len().div_ceil(c.train.batch_size);
+    // train.batch_size is per rank; a global micro-batch deals one to each.
+    let global_batch = options.global_batch(c.train.batch_size);
+    let micro_per_epoch = pairs.train.len().div_ceil(global_batch);
     let total_steps = c.train.total_steps(micro_per_epoch);
     let seed = c.train.seed;
     let opening = skeleton::open(
@@ -164,7 +166,8 @@ pub fn train<B: AutodiffBackend>(
         lora: c.lora.as_ref(),
         base: &c.model,
     };
-    let reference = reference::<B>(c, &model, &pairs, pad_id, device, progress)?;
+    let writes = options.world.writes();
+    let reference = reference::<B>(c, &model, &pairs, pad_id, device, writes, progress)?;
     progress(Event::Started(&RunInfo {
         run_dir: run.root().to_path_buf(),
         start_step: run.start_step(),
@@ -193,7 +196,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
-        if options.stop_requested() {
+        if run.stop_requested(&options)? {
             stop = StopReason::Interrupted;
             break;
         }
@@ -202,7 +205,7 @@ pub fn train<B: AutodiffBackend>(
         // 1. The pair micro-batches of this update, in the epoch's seeded order;
         //    chosen rows first, then rejected, in one batch each.
         let (micro, next_cursor) = run.micro_batches(&mut order, micro_per_epoch, |epoch| {
-            data::epoch_order(pairs.train.len(), c.train.batch_size, seed, epoch)
+            data::epoch_order(pairs.train.len(), global_batch, seed, epoch)
         });
         let micro: Vec<(&[usize], Batch)> = micro
             .iter()
@@ -211,7 +214,7 @@ pub fn train<B: AutodiffBackend>(
         // The step's loss is the mean over all its pairs (and, for RPO, over all
         // its chosen tokens), whatever the micro-batch split.
         let step_pairs = micro.iter().map(|(idx, _)| idx.len()).sum::<usize>() as f64;
-        let step_chosen_tokens = micro
+        let chosen_tokens = micro
             .iter()
             .map(|(idx, b)| {
                 CompletionTokens::of(b).per_row[..idx.len()]
@@ -219,13 +222,17 @@ pub fn train<B: AutodiffBackend>(
                     .sum::<usize>()
             })
             .sum::<usize>() as f64;
+        let [step_pairs, step_chosen_tokens] = run
+            .sum(&[step_pairs, chosen_tokens], "counting the step's pairs")?
+            .try_into()
+            .expect("two sums");
 
         // 2. Forward (policy and reference), loss, backward; gradients summed.
         let mut grads = Gradients::<B::InnerBackend>::new();
         let mut sums = DpoSums::default();
         let mut tokens = 0;
         for (k, (idx, batch)) in micro.iter().enumerate() {
-            seed_backend::<B>(device, seed, run.state.step, k);
+            seed_backend::<B>(device, seed, run.state.step, run.stream(k));
             let policy = completion_logps(&model, batch, device);
             let ref_logps = match &reference {
                 Reference::Precomputed { train, .. } => train.batch::<B>(idx, device),
@@ -240,11 +247,13 @@ pub fn train<B: AutodiffBackend>(
             sums += DpoSums::of(&out, &policy);
             tokens += batch.attention_mask.iter().filter(|&&m| m).count();
         }
+        let sums = sums.summed(|v| run.sum(v, "summing the step's metrics"))?;
+        let tokens = run.sum(&[tokens as f64], "counting the step's tokens")?[0] as usize;
         let step_metrics = PairMetrics::from(&sums);
 
-        // 3. Clip, guard, update.
+        // 3. Clip, guard, update (the gradients summed over the ranks first).
         let update;
-        (model, update) = run.update(model, grads, step_metrics.loss);
+        (model, update) = run.update(model, grads, step_metrics.loss)?;
         run.state.cursor = next_cursor;
         run.state.num_tokens += tokens as u64;
 
@@ -305,13 +314,15 @@ fn to_autodiff<B: AutodiffBackend>(p: Pair<B::InnerBackend>) -> Pair<B> {
 }
 
 /// Set up the reference policy; with `precompute_ref_log_probs`, compute its
-/// log-probs for both splits now, or read them from the cache.
+/// log-probs for both splits now, or read them from the cache (which only
+/// `writes`, rank 0 of a distributed run, fills).
 fn reference<B: AutodiffBackend>(
     config: &DpoConfig,
     policy: &LlamaForCausalLM<B>,
     pairs: &PairData,
     pad_id: u32,
     device: &B::Device,
+    writes: bool,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<Reference<B::InnerBackend>> {
     // In the run's dtype, as the policy.
@@ -380,7 +391,9 @@ fn reference<B: AutodiffBackend>(
                         })
                     },
                 );
-                cache.store(&key, &logps)?;
+                if writes {
+                    cache.store(&key, &logps)?;
+                }
                 (logps, CacheStatus::Computed)
             }
         };

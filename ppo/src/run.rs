@@ -190,6 +190,14 @@ pub(crate) fn open<B: AutodiffBackend>(
     device: &B::Device,
     options: &RunOptions<'_>,
 ) -> Result<Opened<B>> {
+    if options.world.is_distributed() {
+        // The rollout, its group statistics and the metrics are not yet dealt
+        // over ranks: refuse rather than train each rank on its own.
+        return Err(crate::RlError::Config {
+            field: "launch".into(),
+            message: "online RL (grpo, rloo, ppo) trains in one process for now; run it without `alignkit launch`".into(),
+        });
+    }
     let config = config.with_absolute_paths()?;
     let algorithm = config.algorithm()?;
     let (trainer, group, beta) = (

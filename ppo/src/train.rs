@@ -311,7 +311,11 @@ fn optimise<B: AutodiffBackend>(
             grads.backward(&model, loss);
         }
         let update;
-        (model, update) = run.apply(model, grads, pass_loss);
+        // Only a distributed run's collective calls fail here, and online RL
+        // refuses to run distributed (see run::open).
+        (model, update) = run
+            .apply(model, grads, pass_loss)
+            .expect("online RL trains in one process");
         sums.loss += pass_loss;
         sums.grad_norm += update.grad_norm;
         skipped = skipped.or(update.skipped.clone());

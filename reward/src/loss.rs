@@ -100,6 +100,36 @@ pub struct RewardSums {
     pub reward_max: f64,
 }
 
+impl RewardSums {
+    /// These sums over the ranks of a run: `sum` adds over the ranks,
+    /// `gather` gives every rank's values (for the extremes). One process:
+    /// both return their input.
+    pub fn summed<E>(
+        self,
+        sum: impl FnOnce(&[f64]) -> Result<Vec<f64>, E>,
+        gather: impl FnOnce(&[f64]) -> Result<Vec<Vec<f64>>, E>,
+    ) -> Result<Self, E> {
+        let local = [
+            self.pairs as f64,
+            self.loss,
+            self.correct,
+            self.margin,
+            self.reward_sum,
+        ];
+        let s = sum(&local)?;
+        let all = gather(&[self.reward_min, self.reward_max])?;
+        Ok(Self {
+            pairs: s[0] as usize,
+            loss: s[1],
+            correct: s[2],
+            margin: s[3],
+            reward_sum: s[4],
+            reward_min: all.iter().map(|v| v[0]).fold(f64::INFINITY, f64::min),
+            reward_max: all.iter().map(|v| v[1]).fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+}
+
 impl Default for RewardSums {
     fn default() -> Self {
         Self {

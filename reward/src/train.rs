@@ -88,7 +88,9 @@ pub fn train<B: AutodiffBackend>(
         });
     }
     let pad_id = encoder.tokenizer().pad_id();
-    let micro_per_epoch = pairs.train.len().div_ceil(c.train.batch_size);
+    // train.batch_size is per rank; a global micro-batch deals one to each.
+    let global_batch = options.global_batch(c.train.batch_size);
+    let micro_per_epoch = pairs.train.len().div_ceil(global_batch);
     let total_steps = c.train.total_steps(micro_per_epoch);
     let seed = c.train.seed;
     let opening = skeleton::open(
@@ -145,7 +147,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
-        if options.stop_requested() {
+        if run.stop_requested(&options)? {
             stop = StopReason::Interrupted;
             break;
         }
@@ -154,16 +156,17 @@ pub fn train<B: AutodiffBackend>(
         // 1. The pair micro-batches of this update, in the epoch's seeded order.
         let (micro, next_cursor) = run.micro_batches(&mut order, micro_per_epoch, |epoch| {
             let order_seed = derive_seed(seed, Stream::DataOrder, epoch as u64, 0);
-            shuffled_batches(pairs.train.len(), c.train.batch_size, order_seed)
+            shuffled_batches(pairs.train.len(), global_batch, order_seed)
         });
-        let step_pairs = micro.iter().map(|idx| idx.len()).sum::<usize>() as f64;
+        let local_pairs = micro.iter().map(|idx| idx.len()).sum::<usize>() as f64;
+        let step_pairs = run.sum(&[local_pairs], "counting the step's pairs")?[0];
 
         // 2. Forward (chosen and rejected rows together), loss, backward.
         let mut grads = Gradients::<B::InnerBackend>::new();
         let mut sums = RewardSums::default();
         let mut tokens = 0;
         for (k, idx) in micro.iter().enumerate() {
-            seed_backend::<B>(device, seed, run.state.step, k);
+            seed_backend::<B>(device, seed, run.state.step, run.stream(k));
             let batch_pairs: Vec<&RewardPair> = idx.iter().map(|&i| &pairs.train[i]).collect();
             let (chosen, rejected, batch) =
                 pair_rewards(&model.reward, &batch_pairs, pad_id, device);
@@ -179,9 +182,15 @@ pub fn train<B: AutodiffBackend>(
             tokens += batch.attention_mask.iter().filter(|&&m| m).count();
         }
 
-        // 3. Clip, guard, update.
+        let tokens = run.sum(&[tokens as f64], "counting the step's tokens")?[0] as usize;
+        let sums = sums.summed(
+            |v| run.sum(v, "summing the step's metrics"),
+            |v| run.gather(v, "the step's extreme rewards"),
+        )?;
+
+        // 3. Clip, guard, update (the gradients summed over the ranks first).
         let update;
-        (model, update) = run.update(model, grads, sums.loss());
+        (model, update) = run.update(model, grads, sums.loss())?;
         run.state.cursor = next_cursor;
         run.state.num_tokens += tokens as u64;
 

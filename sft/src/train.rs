@@ -87,7 +87,9 @@ pub fn train<B: AutodiffBackend>(
     let (train_examples, validation_examples) = (sft_data.train.len(), sft_data.validation.len());
     let rows = Rows::new(sft_data.train, c.data.packing, c.data.max_len, pad_id)?;
     let eval_rows = Rows::new(sft_data.validation, false, c.data.max_len, pad_id)?;
-    let micro_per_epoch = rows.micro_batches(c.train.batch_size);
+    // train.batch_size is per rank; a global micro-batch deals one to each.
+    let global_batch = options.global_batch(c.train.batch_size);
+    let micro_per_epoch = rows.micro_batches(global_batch);
     let total_steps = c.train.total_steps(micro_per_epoch);
     let seed = c.train.seed;
     let opening = skeleton::open(
@@ -147,7 +149,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_metrics = None;
     let mut stop = StopReason::Completed;
     while run.running() {
-        if options.stop_requested() {
+        if run.stop_requested(&options)? {
             stop = StopReason::Interrupted;
             break;
         }
@@ -155,27 +157,29 @@ pub fn train<B: AutodiffBackend>(
 
         // 1. The micro-batches of this update, in the epoch's seeded order.
         let (micro, next_cursor) = run.micro_batches(&mut order, micro_per_epoch, |epoch| {
-            rows.epoch_order(c.train.batch_size, seed, epoch)
+            rows.epoch_order(global_batch, seed, epoch)
         });
         let batches: Vec<Batch> = micro.iter().map(|idx| rows.collate(idx, pad_id)).collect();
-        let norm = batches.iter().map(count_targets).sum::<usize>().max(1) as f64;
+        let targets = batches.iter().map(count_targets).sum::<usize>() as f64;
+        let norm = run.sum(&[targets], "counting the step's trained tokens")?[0].max(1.0);
 
         // 2. Forward, loss, backward; gradients summed over micro-batches.
         let mut grads = Gradients::<B::InnerBackend>::new();
         let mut sums = BatchSums::default();
         for (k, batch) in batches.iter().enumerate() {
-            seed_backend::<B>(device, seed, run.state.step, k);
+            seed_backend::<B>(device, seed, run.state.step, run.stream(k));
             let (loss, s) = batch_loss(&model, batch, rows.packed(), norm, device);
             if s.targets > 0 {
                 grads.backward(&model, loss);
             }
             sums += s;
         }
+        let sums = summed(&run, sums)?;
         let loss = sums.nll / norm;
 
-        // 3. Clip, guard, update.
+        // 3. Clip, guard, update (the gradients summed over the ranks first).
         let update;
-        (model, update) = run.update(model, grads, loss);
+        (model, update) = run.update(model, grads, loss)?;
         run.state.cursor = next_cursor;
         run.state.num_tokens += sums.tokens as u64;
 
@@ -223,6 +227,28 @@ pub fn train<B: AutodiffBackend>(
         final_dir = Some(run.write_final(model, &weights, TRAINER, dtype, c.to_toml())?);
     }
     Ok(run.outcome(stop, final_dir, last_metrics))
+}
+
+/// The step's sums over all ranks.
+fn summed<B: AutodiffBackend>(run: &skeleton::Run<B>, s: BatchSums) -> Result<BatchSums> {
+    let local = [
+        s.nll,
+        s.correct,
+        s.entropy,
+        s.targets as f64,
+        s.tokens as f64,
+    ];
+    let [nll, correct, entropy, targets, tokens] = run
+        .sum(&local, "summing the step's metrics")?
+        .try_into()
+        .expect("five sums");
+    Ok(BatchSums {
+        nll,
+        correct,
+        entropy,
+        targets: targets as usize,
+        tokens: tokens as usize,
+    })
 }
 
 /// Trained targets of a batch (position 0 of a row is never one).

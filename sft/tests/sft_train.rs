@@ -193,6 +193,7 @@ fn stop_flag_saves_and_resume_continues() {
         RunOptions {
             resume: false,
             stop: Some(&stop),
+            ..Default::default()
         },
         &mut |e| {
             if let Event::Step(m) = e
@@ -387,7 +388,10 @@ fn bad_input_fails_before_training_with_one_line() {
         let r = train::<AB>(
             c,
             &Default::default(),
-            RunOptions { resume, stop: None },
+            RunOptions {
+                resume,
+                ..Default::default()
+            },
             &mut |e| {
                 if matches!(e, Event::Step(_)) {
                     stepped = true;

@@ -130,6 +130,25 @@ pub enum WeightsKind {
 
 /// `trainer_state.json`: everything besides weights and optimizer moments
 /// that a resumed run needs to continue exactly.
+fn one_rank() -> usize {
+    1
+}
+
+fn is_one_rank(n: &usize) -> bool {
+    *n == 1
+}
+
+/// `config` with `train.batch_size` as the global batch of `world_size`
+/// ranks (what the resume contract compares).
+fn global_batch(mut config: serde_json::Value, world_size: usize) -> serde_json::Value {
+    if let Some(b) = config.pointer_mut("/train/batch_size")
+        && let Some(per_rank) = b.as_u64()
+    {
+        *b = (per_rank * world_size as u64).into();
+    }
+    config
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerState {
@@ -165,6 +184,9 @@ pub struct TrainerState {
     /// The bookkeeping changes each resume brought, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumes: Vec<ResumeRecord>,
+    /// Ranks of the run that wrote it (`train.batch_size` is per rank).
+    #[serde(default = "one_rank", skip_serializing_if = "is_one_rank")]
+    pub world_size: usize,
 }
 
 impl TrainerState {
@@ -193,6 +215,7 @@ impl TrainerState {
             models: id.models.to_vec(),
             config: Some(id.config.clone()),
             resumes: Vec::new(),
+            world_size: 1,
         }
     }
 
@@ -246,11 +269,16 @@ impl TrainerState {
     /// On success the state takes `id`'s config, data and models, and the
     /// allowed changes (a model moved elsewhere among them) are recorded and
     /// returned.
+    ///
+    /// `world_size` is the resuming run's: its global batch
+    /// (`train.batch_size` × ranks) must be the checkpoint's, and another
+    /// split of it over ranks is a change that is allowed but not bit-exact.
     pub fn resume_as(
         &mut self,
         checkpoint: &Path,
         id: &RunIdentity<'_>,
         fallback_config: Option<serde_json::Value>,
+        world_size: usize,
     ) -> Result<Vec<KeyChange>> {
         if self.trainer != id.trainer {
             return Err(TrainError::checkpoint(
@@ -298,9 +326,11 @@ impl TrainerState {
             &self.models,
             id.models,
         );
+        let old_config = global_batch(old_config, self.world_size);
+        let new_config = global_batch(id.config.clone(), world_size);
         let mut comparison = resume::compare(
             &old_config,
-            &id.config,
+            &new_config,
             &self.data_files,
             id.data_files,
             id.data_keys,
@@ -313,6 +343,14 @@ impl TrainerState {
             ));
         }
         comparison.allowed.extend(moved);
+        if world_size != self.world_size {
+            comparison.allowed.push(KeyChange {
+                key: "world_size (same global batch; no longer bit-exact)".into(),
+                old: self.world_size.to_string(),
+                new: world_size.to_string(),
+            });
+            self.world_size = world_size;
+        }
         comparison.allowed.sort_by(|a, b| a.key.cmp(&b.key));
         self.config = Some(id.config.clone());
         self.base_model = id.base_model.to_path_buf();
@@ -582,6 +620,7 @@ mod tests {
             models: vec![],
             config: None,
             resumes: Vec::new(),
+            world_size: 1,
         }
     }
 
@@ -611,7 +650,7 @@ mod tests {
             bookkeeping: &[],
             reread: |c| Some(c.clone()),
         };
-        state.resume_as(Path::new("ckpt"), &id, None)
+        state.resume_as(Path::new("ckpt"), &id, None, 1)
     }
 
     /// A model replaced under its key refuses in one line naming the key and

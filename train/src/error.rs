@@ -51,6 +51,8 @@ pub enum TrainError {
     Output(#[from] crate::output::OutputError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
 }
 
 impl TrainError {

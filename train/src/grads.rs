@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 
-use crate::params::{GradCollector, PathStack, Trainable};
+use crate::dist::{DistError, World};
+use crate::params::{GradCollector, ParamInfo, PathStack, Trainable};
 
 /// Gradients of the trainable parameters, summed over the micro-batches of one
 /// optimizer step. Flattened to 1-D and keyed by parameter name, on the inner
@@ -120,6 +121,39 @@ impl<B: Backend> Gradients<B> {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
+    }
+
+    /// Sum these gradients over the ranks of `world` in place, as one
+    /// flat tensor: `params` in order, a parameter this rank has no gradient
+    /// for counting as zeros (its share of the step trained no token). One
+    /// more element carries whether this rank's loss was not finite; the
+    /// result says whether any rank's was.
+    pub fn sum_over(
+        &mut self,
+        world: &World,
+        params: &[ParamInfo],
+        not_finite_here: bool,
+        device: &B::Device,
+    ) -> Result<bool, DistError> {
+        let numel = |p: &ParamInfo| p.shape.iter().product::<usize>();
+        let mut parts: Vec<Tensor<B, 1>> = params
+            .iter()
+            .map(|p| match self.tensors.remove(&p.name) {
+                Some(g) => g,
+                None => Tensor::zeros([numel(p)], device),
+            })
+            .collect();
+        parts.push(Tensor::from_data([not_finite_here as u8 as f32], device));
+        let flat = world.sum_tensor(Tensor::cat(parts, 0), "summing the gradients")?;
+        let mut at = 0;
+        for p in params {
+            let n = numel(p);
+            self.tensors
+                .insert(p.name.clone(), flat.clone().slice(at..at + n));
+            at += n;
+        }
+        let bad: f32 = flat.slice(at..at + 1).into_scalar().elem();
+        Ok(bad != 0.0)
     }
 
     /// ‖g‖₂ over all gradients together: sqrt(Σ_p Σ_i g_pi²). NaN if any

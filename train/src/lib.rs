@@ -18,6 +18,8 @@
 //!   or appended file, and the rule that an output is none of its inputs.
 //! - [`skeleton`]: the run skeleton every trainer's loop calls: open, start,
 //!   update (clip, guard, step), guarded save, the end of a run.
+//! - [`dist`]: data parallelism on burn-collective: ranks, the gradient sum
+//!   before clipping, rank-0 writes.
 //! - [`seed`]: every random stream derived from the run seed and a position.
 //! - [`reward_model`]: a reward model (or PPO critic) as a run trains,
 //!   checkpoints and exports it.
@@ -28,6 +30,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 pub mod error;
 pub mod export;
 pub mod grads;
@@ -54,6 +57,7 @@ pub use config::{
     ConfigIssue, FinalDtype, LoadError, LoopConfig, RunSettings, TrainDtype, check_validation_set,
     config_origin, load_config, set_key, toml_error_position,
 };
+pub use dist::{World, WorldSpec};
 pub use error::TrainError;
 pub use grads::Gradients;
 pub use guard::{NanGuard, Verdict, skip_reason};

@@ -18,6 +18,7 @@ use alignkit_model::checkpoint::write_atomic;
 use serde::Serialize;
 
 use crate::checkpoint::{BestEval, CheckpointRef, RunIdentity, TrainerState, list_checkpoints};
+use crate::dist::World;
 use crate::error::{Result, TrainError};
 use crate::output::{Holder, Lock};
 use crate::resume::KeyChange;
@@ -28,15 +29,35 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const FINAL_DIR: &str = "final";
 
 /// How a run is started and stopped from outside.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct RunOptions<'a> {
     /// Continue from the newest complete checkpoint of `output_dir`.
     pub resume: bool,
     /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and return.
     pub stop: Option<&'a AtomicBool>,
+    /// The ranks training together ([`World::single`]: this process alone).
+    pub world: &'a World,
+}
+
+/// The world of a run that trains alone.
+pub static SINGLE: World = World::single();
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        Self {
+            resume: false,
+            stop: None,
+            world: &SINGLE,
+        }
+    }
 }
 
 impl RunOptions<'_> {
+    /// The examples of one global micro-batch: `per_rank` on every rank.
+    pub fn global_batch(&self, per_rank: usize) -> usize {
+        per_rank * self.world.size()
+    }
+
     /// Whether the stop flag asks the run to save and return.
     pub fn stop_requested(&self) -> bool {
         self.stop.is_some_and(|s| s.load(Ordering::SeqCst))
@@ -48,6 +69,7 @@ impl RunOptions<'static> {
     pub const RESUME: RunOptions<'static> = RunOptions {
         resume: true,
         stop: None,
+        world: &SINGLE,
     };
 }
 
@@ -87,7 +109,9 @@ pub struct Resumed {
 #[derive(Debug)]
 pub struct RunDir {
     root: PathBuf,
-    lock: Lock,
+    /// `None` for a rank other than 0 of a distributed run: it reads the
+    /// directory, rank 0 holds it and writes.
+    lock: Option<Lock>,
 }
 
 impl RunDir {
@@ -96,10 +120,18 @@ impl RunDir {
     /// `checkpoints/` appears with the first checkpoint, so a run that fails
     /// before it leaves none behind.
     pub fn create(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
+        Self::create_as(root, true)
+    }
+
+    /// [`RunDir::create`]; a reader (`writes` false: a rank other than 0)
+    /// only checks.
+    fn create_as(root: &Path, writes: bool) -> Result<Self> {
+        if writes {
+            std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
+        }
         let run = Self {
             root: root.to_path_buf(),
-            lock: Lock::dir(root)?,
+            lock: writes.then(|| Lock::dir(root)).transpose()?,
         };
         if !list_checkpoints(&run.checkpoints_dir())?.is_empty() {
             return Err(TrainError::RunExists {
@@ -107,7 +139,7 @@ impl RunDir {
             });
         }
         let metrics = run.metrics_path();
-        if metrics.exists() {
+        if writes && metrics.exists() {
             // Left by a run that stopped before its first checkpoint.
             std::fs::remove_file(&metrics).map_err(|e| TrainError::io(&metrics, e))?;
         }
@@ -117,6 +149,10 @@ impl RunDir {
     /// The run directory of an interrupted run and its newest complete
     /// checkpoint.
     pub fn open_for_resume(root: &Path) -> Result<(Self, CheckpointRef)> {
+        Self::open_for_resume_as(root, true)
+    }
+
+    fn open_for_resume_as(root: &Path, writes: bool) -> Result<(Self, CheckpointRef)> {
         let none = || TrainError::NoCheckpoint {
             dir: root.to_path_buf(),
         };
@@ -125,7 +161,7 @@ impl RunDir {
         }
         let run = Self {
             root: root.to_path_buf(),
-            lock: Lock::dir(root)?,
+            lock: writes.then(|| Lock::dir(root)).transpose()?,
         };
         let latest = list_checkpoints(&run.checkpoints_dir())?
             .pop()
@@ -138,24 +174,34 @@ impl RunDir {
     /// resume contract's check (see [`crate::resume`]): same trainer, base
     /// model and kind of weights, and no change to the config or data that
     /// alters the run.
+    ///
+    /// `writes` false (a rank other than 0 of a distributed run): the same
+    /// checks and state, without the lock or any change to the directory.
     pub fn open(
         root: &Path,
         resume: bool,
         id: &RunIdentity<'_>,
         total_steps: usize,
         seed: u64,
+        world: &World,
     ) -> Result<(Self, TrainerState, Option<Resumed>)> {
-        remove_stale_temps(root);
+        let writes = world.writes();
+        if writes {
+            remove_stale_temps(root);
+        }
         if !resume {
             return Ok((
-                Self::create(root)?,
-                TrainerState::new(id, total_steps, seed),
+                Self::create_as(root, writes)?,
+                TrainerState {
+                    world_size: world.size(),
+                    ..TrainerState::new(id, total_steps, seed)
+                },
                 None,
             ));
         }
-        let (run, checkpoint) = Self::open_for_resume(root)?;
+        let (run, checkpoint) = Self::open_for_resume_as(root, writes)?;
         let mut state = TrainerState::read(&checkpoint.path)?;
-        let changes = state.resume_as(&checkpoint.path, id, run.previous_config())?;
+        let changes = state.resume_as(&checkpoint.path, id, run.previous_config(), world.size())?;
         state.total_steps = total_steps;
         Ok((
             run,
@@ -181,7 +227,7 @@ impl RunDir {
     /// Who held the lock of this directory before, having ended without
     /// removing it (killed, crashed): worth a note.
     pub fn lock_taken_over(&self) -> Option<&Holder> {
-        self.lock.taken_over()
+        self.lock.as_ref().and_then(Lock::taken_over)
     }
 
     pub fn checkpoints_dir(&self) -> PathBuf {

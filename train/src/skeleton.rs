@@ -14,6 +14,13 @@
 //! 5. save        guarded checkpoint (never a non-finite weight)
 //! 6. save_last, keep, outcome: the last checkpoint, the model to keep, the result
 //! ```
+//!
+//! In a distributed run ([`crate::dist`]) these functions are where the ranks
+//! meet: each rank takes its share of every global micro-batch
+//! ([`Run::micro_batches`]), the gradients are summed over the ranks before
+//! clipping ([`Run::apply`]), a stop is agreed on ([`Run::stop_requested`]),
+//! and only rank 0 writes `config.toml`, `metrics.jsonl`, checkpoints and
+//! `final/`. A trainer sums what it normalises by and logs with [`Run::sum`].
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +35,7 @@ use crate::checkpoint::{
     CheckpointRef, DataCursor, OPTIMIZER_FILE, RunIdentity, TrainerState, save_checkpoint,
 };
 use crate::config::LoopConfig;
+use crate::dist::World;
 use crate::error::{Result, TrainError};
 use crate::export::{ModelCard, write_merged};
 use crate::grads::Gradients;
@@ -96,6 +104,7 @@ impl<B: AutodiffBackend> Checkpointed<B> for LlamaForCausalLM<B> {
 /// A run directory opened (or resumed), before its model is loaded.
 #[derive(Debug)]
 pub struct Opening {
+    world: World,
     run: RunDir,
     state: TrainerState,
     resumed: Option<Resumed>,
@@ -111,8 +120,10 @@ pub fn open(
     total_steps: usize,
     seed: u64,
 ) -> Result<Opening> {
-    let (run, state, resumed) = RunDir::open(root, options.resume, id, total_steps, seed)?;
+    let world = options.world;
+    let (run, state, resumed) = RunDir::open(root, options.resume, id, total_steps, seed, world)?;
     Ok(Opening {
+        world: world.clone(),
         run,
         state,
         resumed,
@@ -189,20 +200,34 @@ impl Opening {
         };
         let model = opt.to_dtype::<B, _>(model, s.train.dtype.dtype());
         let state = self.state;
+        let world = self.world;
+        world.agree::<B::InnerBackend>(
+            state.step as u64,
+            "the step to start at (do all ranks see the same output_dir?)",
+            device,
+        )?;
+        world.agree::<B::InnerBackend>(world.size() as u64, "WORLD_SIZE", device)?;
         let guard = NanGuard::resume(
             s.train.max_bad_steps,
             state.consecutive_bad_steps,
             state.skipped_steps,
         );
-        self.run.write_config(&s.config_toml)?;
         let resumed_step = checkpoint.as_ref().map(|_| state.step);
-        let metrics = self.run.metrics(resumed_step)?;
+        let metrics = match world.writes() {
+            true => {
+                self.run.write_config(&s.config_toml)?;
+                Some(self.run.metrics(resumed_step)?)
+            }
+            false => None,
+        };
         let last_saved = checkpoint.map(|path| CheckpointRef {
             step: state.step,
             path,
         });
         let resumed_with = self.resumed.map(|r| r.changes).unwrap_or_default();
         let run = Run {
+            world,
+            device: device.clone(),
             dir: self.run,
             start_step: state.step,
             state,
@@ -220,6 +245,9 @@ impl Opening {
 
 /// A started run: its directory, state, optimizer and logs.
 pub struct Run<B: AutodiffBackend> {
+    /// The ranks training together.
+    pub world: World,
+    device: B::Device,
     pub dir: RunDir,
     pub state: TrainerState,
     pub opt: AdamW<B::InnerBackend>,
@@ -228,7 +256,8 @@ pub struct Run<B: AutodiffBackend> {
     start_step: usize,
     schedule: Schedule,
     guard: NanGuard,
-    metrics: MetricsLog,
+    /// `None` on ranks other than 0.
+    metrics: Option<MetricsLog>,
     train: LoopConfig,
     last_saved: Option<CheckpointRef>,
 }
@@ -297,20 +326,33 @@ impl<B: AutodiffBackend> Run<B> {
         model: M,
         grads: Gradients<B::InnerBackend>,
         loss: f64,
-    ) -> (M, Update) {
-        let out = self.apply(model, grads, loss);
+    ) -> Result<(M, Update)> {
+        let out = self.apply(model, grads, loss)?;
         self.end_step();
-        out
+        Ok(out)
     }
 
     /// One optimizer update within the current step (online RL takes
     /// several per rollout): [`Run::update`] without counting the step.
+    ///
+    /// In a distributed run each rank's gradients (of its share, normalised
+    /// by the whole step's count) are summed over the ranks first, so that
+    /// every rank clips and applies the same update; a loss that is not
+    /// finite on any rank skips the update everywhere.
     pub fn apply<M: Trainable<B>>(
         &mut self,
         model: M,
         mut grads: Gradients<B::InnerBackend>,
         loss: f64,
-    ) -> (M, Update) {
+    ) -> Result<(M, Update)> {
+        let mut loss = loss;
+        if self.world.is_distributed() {
+            let params = trainable_params::<B, _>(&model);
+            let bad = grads.sum_over(&self.world, &params, !loss.is_finite(), &self.device)?;
+            if bad && loss.is_finite() {
+                loss = f64::NAN;
+            }
+        }
         let grad_norm = grads.clip_global_norm(self.train.max_grad_norm);
         let verdict = self.check(loss, grad_norm);
         let learning_rate = self.learning_rate();
@@ -324,7 +366,36 @@ impl<B: AutodiffBackend> Run<B> {
             skipped: skip_reason(&verdict),
             verdict,
         };
-        (model, update)
+        Ok((model, update))
+    }
+
+    /// The sums of `values` over the ranks (themselves in one process):
+    /// what a step normalises by, and its metrics. `what` names the values
+    /// in a timeout's message.
+    pub fn sum(&self, values: &[f64], what: &str) -> Result<Vec<f64>> {
+        Ok(self
+            .world
+            .sum::<B::InnerBackend>(values, what, &self.device)?)
+    }
+
+    /// Every rank's `values`, by rank (extremes over the ranks).
+    pub fn gather(&self, values: &[f64], what: &str) -> Result<Vec<Vec<f64>>> {
+        Ok(self
+            .world
+            .gather::<B::InnerBackend>(values, what, &self.device)?)
+    }
+
+    /// Whether the stop flag asks the run to save and return, on any rank
+    /// (all ranks stop at the same step).
+    pub fn stop_requested(&self, options: &RunOptions<'_>) -> Result<bool> {
+        let flag = options.stop_requested() as u8 as f64;
+        Ok(self.sum(&[flag], "agreeing on a stop")?[0] > 0.0)
+    }
+
+    /// The stream index of micro-batch `k` of a step for this rank's random
+    /// draws (dropout, sampling): `k` in one process.
+    pub fn stream(&self, k: usize) -> usize {
+        k * self.world.size() + self.world.rank()
     }
 
     /// The NaN guard's verdict on an update of the current step, for a
@@ -344,6 +415,10 @@ impl<B: AutodiffBackend> Run<B> {
     /// Step 1: the example indices of this update's micro-batches, in the
     /// epoch's seeded order (`order_of(epoch)`, computed once per epoch), and
     /// the data cursor after them (set it once the update is done).
+    ///
+    /// In a distributed run `order_of` deals global micro-batches (of
+    /// [`RunOptions::global_batch`] examples) and each rank gets its share
+    /// of each ([`World::share`]); a share that is empty is left out.
     pub fn micro_batches(
         &self,
         order: &mut EpochOrder,
@@ -358,7 +433,14 @@ impl<B: AutodiffBackend> Run<B> {
             order.order = order_of(epoch);
             order.epoch = Some(epoch);
         }
-        (range.map(|i| order.order[i].clone()).collect(), next)
+        let shares = range
+            .map(|i| {
+                let global = &order.order[i];
+                global[self.world.share(global.len())].to_vec()
+            })
+            .filter(|share| !share.is_empty())
+            .collect();
+        (shares, next)
     }
 
     /// Epochs done so far, fractional (the `epoch` metric).
@@ -374,7 +456,10 @@ impl<B: AutodiffBackend> Run<B> {
 
     /// Step 4: append the step's metrics to `metrics.jsonl` (flushed).
     pub fn log<T: Serialize>(&mut self, record: &T) -> Result<()> {
-        self.metrics.append(record)
+        match &mut self.metrics {
+            Some(metrics) => metrics.append(record),
+            None => Ok(()),
+        }
     }
 
     /// Whether step 5 saves now: when due, at a new best evaluation (which
@@ -437,6 +522,16 @@ impl<B: AutodiffBackend> Run<B> {
         w: &Weights<'_>,
         extra: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<CheckpointRef> {
+        if !self.world.writes() {
+            // Rank 0 writes it meanwhile.
+            self.world.expect_save();
+            let saved = CheckpointRef {
+                step: self.state.step,
+                path: self.dir.checkpoint_dir(self.state.step),
+            };
+            self.last_saved = Some(saved.clone());
+            return Ok(saved);
+        }
         if let Some(name) = first_non_finite::<B, _>(model) {
             return Err(TrainError::checkpoint(
                 self.dir.checkpoints_dir(),
@@ -512,6 +607,9 @@ impl<B: AutodiffBackend> Run<B> {
         w: &Weights<'_>,
         device: &B::Device,
     ) -> Result<M> {
+        if !self.world.writes() {
+            return Ok(model);
+        }
         match self.best_checkpoint(stop) {
             Some(best) => M::read_trained(w, &best, device),
             None => Ok(self.final_weights(model)),
@@ -529,6 +627,10 @@ impl<B: AutodiffBackend> Run<B> {
         config_toml: String,
     ) -> Result<PathBuf> {
         let dir = self.dir.final_dir();
+        if !self.world.writes() {
+            self.world.expect_save();
+            return Ok(dir);
+        }
         let card = self.card(trainer, w.base, w.lora, config_toml)?;
         write_merged(model, w.model_config, w.base, &dir, dtype, &card, true)?;
         Ok(dir)

@@ -245,6 +245,7 @@ pub fn stop_at<M>(out: &Path, step: usize, train: &mut TrainFn<'_, M>) {
     let options = crate::RunOptions {
         resume: false,
         stop: Some(stop),
+        ..Default::default()
     };
     let outcome = train(out, options, &mut |s| {
         if s == step {

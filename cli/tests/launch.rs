@@ -1,0 +1,425 @@
+//! `alignkit launch`: two ranks on loopback train as one process with the
+//! double micro-batch (burn-collective's global level, one process per
+//! rank); a rank killed mid-run stops the other with one line, and the run
+//! resumes to the single process's weights.
+//!
+//! Tolerance: the ranks' gradients (each normalised by the whole step's
+//! token count) are summed by the all-reduce, where one process sums one
+//! micro-batch's rows inside its matmuls; the two orders of f32 addition
+//! differ by a few ulps per step (relative 1e-7 of a gradient), which Adam's
+//! normalisation can amplify on near-zero second moments. Over three steps
+//! of a tiny model the losses agree to 1e-5 and the weights to 1e-4.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alignkit_model::load_model;
+use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use common::{alignkit, ok, refused, tiny_model};
+use serde_json::{Value, json};
+
+const QUESTIONS: [&str; 12] = [
+    "sky?", "grass?", "snow?", "coal?", "sun?", "blood?", "sea?", "milk?", "night?", "leaf?",
+    "rose?", "ash?",
+];
+
+fn write_sft(path: &Path) {
+    let lines: Vec<String> = QUESTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, q)| json!({"prompt": q, "completion": "x".repeat(2 + i % 5)}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+fn write_prefs(path: &Path) {
+    let lines: Vec<String> = QUESTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            json!({"prompt": q, "chosen": "yes.", "rejected": "no, ".repeat(1 + i % 3)}).to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// The trainer flags of a run of `steps` steps with `batch` examples per
+/// rank.
+fn trainer_args(
+    kind: &str,
+    model: &Path,
+    data: &Path,
+    run: &Path,
+    batch: usize,
+    steps: usize,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        kind.into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--train-file".into(),
+        data.display().to_string(),
+        "--output-dir".into(),
+        run.display().to_string(),
+        "--batch-size".into(),
+        batch.to_string(),
+        "--max-steps".into(),
+        steps.to_string(),
+        "--set".into(),
+        "train.save_steps=1".into(),
+        "--set".into(),
+        "train.keep_last=0".into(),
+        // Large enough that a wrong gradient shows in the next steps.
+        "--set".into(),
+        "learning_rate=0.01".into(),
+    ];
+    if kind == "sft" {
+        args.extend([
+            "--max-len".into(),
+            "48".into(),
+            "--lora-r".into(),
+            "4".into(),
+        ]);
+    }
+    args
+}
+
+fn launch(port: u16, trainer: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["launch", "--nproc-per-node", "2", "--master-port"]
+        .map(String::from)
+        .to_vec();
+    args.push(port.to_string());
+    args.push("--".into());
+    args.extend_from_slice(trainer);
+    args
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every float parameter of the model in `dir`, flattened.
+fn weights(dir: &Path) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor<Flex> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+            let values = param.val().into_data().convert::<f32>();
+            self.0.extend(values.to_vec::<f32>().unwrap());
+        }
+    }
+    let (_, model) = load_model::<Flex>(dir, &Default::default()).unwrap();
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+fn assert_same_run(one: &Path, two: &Path, keys: &[&str]) {
+    let (a, b) = (metrics(one), metrics(two));
+    assert_eq!(a.len(), b.len(), "steps logged");
+    for (x, y) in a.iter().zip(&b) {
+        for key in keys {
+            let (u, v) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!(
+                (u - v).abs() <= 1e-5 * u.abs().max(1.0),
+                "step {}: {key} {u} (one process) vs {v} (two ranks)",
+                x["step"]
+            );
+        }
+    }
+    let (wa, wb) = (weights(&one.join("final")), weights(&two.join("final")));
+    assert_eq!(wa.len(), wb.len());
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .map(|(u, v)| (u - v).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "final weights differ by {worst}");
+}
+
+#[test]
+fn two_ranks_train_sft_and_dpo_as_one_process_with_the_double_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("launch-model"));
+    let (sft, prefs) = (tmp.path().join("sft.jsonl"), tmp.path().join("prefs.jsonl"));
+    write_sft(&sft);
+    write_prefs(&prefs);
+    for (kind, data, port, keys) in [
+        (
+            "sft",
+            &sft,
+            29610,
+            &["loss", "grad_norm", "mean_token_accuracy"][..],
+        ),
+        (
+            "dpo",
+            &prefs,
+            29620,
+            &["loss", "grad_norm", "rewards/margins"][..],
+        ),
+    ] {
+        let one = tmp.path().join(format!("{kind}-one"));
+        let two = tmp.path().join(format!("{kind}-two"));
+        ok(&alignkit(trainer_args(kind, &model, data, &one, 4, 3)));
+        ok(&alignkit(launch(
+            port,
+            &trainer_args(kind, &model, data, &two, 2, 3),
+        )));
+        assert_same_run(&one, &two, keys);
+    }
+}
+
+/// The pids of `parent`'s children.
+fn children(parent: u32) -> Vec<u32> {
+    let path = format!("/proc/{parent}/task/{parent}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < limit,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A rank killed by SIGKILL: the launcher names it and stops the other; a
+/// rank started by hand (WORLD_SIZE/RANK, as Slurm would) whose peer hangs
+/// stops within its timeout with one line. Both runs resume to the weights
+/// of one process.
+#[test]
+fn a_killed_rank_stops_the_others_and_the_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("launch-kill-model"));
+    let sft = tmp.path().join("sft.jsonl");
+    write_sft(&sft);
+    let steps = 12;
+    let one = tmp.path().join("one");
+    ok(&alignkit(trainer_args("sft", &model, &sft, &one, 4, steps)));
+
+    // Through the launcher.
+    let run = tmp.path().join("launched");
+    let args = launch(29630, &trainer_args("sft", &model, &sft, &run, 2, steps));
+    let launcher = Command::new(env!("CARGO_BIN_EXE_alignkit"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&run.join("checkpoints/step-2"), Duration::from_secs(120));
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "two ranks: {ranks:?}");
+    let victim = *ranks.iter().max().unwrap();
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("(pid {victim}) was killed by signal 9 (SIGKILL)")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let mut resume = launch(29640, &trainer_args("sft", &model, &sft, &run, 2, steps));
+    resume.push("--resume".into());
+    ok(&alignkit(resume));
+    assert_same_run(&one, &run, &["loss", "grad_norm"]);
+
+    // Started by hand, with a short timeout: rank 0 runs the orchestrator.
+    let run = tmp.path().join("by-hand");
+    let rank = |r: usize| {
+        Command::new(env!("CARGO_BIN_EXE_alignkit"))
+            .args(trainer_args("sft", &model, &sft, &run, 2, steps))
+            .env("WORLD_SIZE", "2")
+            .env("RANK", r.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", "29650")
+            .env("ALIGNKIT_DIST_TIMEOUT", "5")
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let rank0 = rank(0);
+    let mut rank1 = rank(1);
+    wait_for(&run.join("checkpoints/step-2"), Duration::from_secs(120));
+    // Rank 1 hangs (stopped, its connections open): rank 0's watchdog ends it.
+    let pid = rank1.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let hung = Instant::now();
+    let out = rank0.wait_with_output().unwrap();
+    assert!(
+        hung.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        hung.elapsed()
+    );
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: rank 0: ")
+            && last.contains("no answer from the other ranks in 5 s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let mut resume = launch(29660, &trainer_args("sft", &model, &sft, &run, 2, steps));
+    resume.push("--resume".into());
+    ok(&alignkit(resume));
+    assert_same_run(&one, &run, &["loss", "grad_norm"]);
+}
+
+/// Forget `run`'s steps after `step`: its later checkpoints and `final/`.
+fn rewind(run: &Path, step: usize) {
+    for entry in std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let n: usize = name.trim_start_matches("step-").parse().unwrap();
+        if n > step {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(run.join("final")).unwrap();
+}
+
+/// A checkpoint of two ranks resumes in one process (with the double
+/// batch, the same global batch) and the reverse; the resumed run says it is
+/// no longer bit-exact, and ends where one process ends.
+#[test]
+fn checkpoints_move_between_one_process_and_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("launch-move-model"));
+    let sft = tmp.path().join("sft.jsonl");
+    write_sft(&sft);
+    let one = tmp.path().join("one");
+    ok(&alignkit(trainer_args("sft", &model, &sft, &one, 4, 6)));
+
+    let two = tmp.path().join("two-then-one");
+    ok(&alignkit(launch(
+        29700,
+        &trainer_args("sft", &model, &sft, &two, 2, 6),
+    )));
+    rewind(&two, 3);
+    let mut resume = trainer_args("sft", &model, &sft, &two, 4, 6);
+    resume.push("--resume".into());
+    let (_, stderr) = ok(&alignkit(resume));
+    assert!(
+        stderr.contains("world_size (same global batch; no longer bit-exact) 2 → 1"),
+        "{stderr}"
+    );
+    assert_same_run(&one, &two, &["loss", "grad_norm"]);
+
+    let back = tmp.path().join("one-then-two");
+    ok(&alignkit(trainer_args("sft", &model, &sft, &back, 4, 6)));
+    rewind(&back, 3);
+    let mut resume = launch(29710, &trainer_args("sft", &model, &sft, &back, 2, 6));
+    resume.push("--resume".into());
+    ok(&alignkit(resume));
+    assert_same_run(&one, &back, &["loss", "grad_norm"]);
+
+    // Another global batch is another run.
+    rewind(&back, 3);
+    let mut other = launch(29720, &trainer_args("sft", &model, &sft, &back, 4, 6));
+    other.push("--resume".into());
+    let out = alignkit(other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("train.batch_size"), "{stderr}");
+}
+
+#[test]
+fn launches_that_cannot_work_are_refused_in_one_line_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sft = |port: &str| -> Vec<String> {
+        [
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            port,
+            "--",
+            "sft",
+            "--output-dir",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([run.display().to_string()])
+        .collect()
+    };
+    // The master port in use.
+    let busy = std::net::TcpListener::bind("0.0.0.0:29670").unwrap();
+    let line = refused(&alignkit(sft("29670")));
+    assert!(
+        line.contains("port 29670") && line.contains("--master-port"),
+        "{line}"
+    );
+    drop(busy);
+    // A rank's data port in use.
+    let busy = std::net::TcpListener::bind("0.0.0.0:29682").unwrap();
+    let line = refused(&alignkit(sft("29680")));
+    assert!(
+        line.contains("port 29682") && line.contains("local rank 1"),
+        "{line}"
+    );
+    drop(busy);
+    // Online RL, a command that is not a trainer, a node rank out of range,
+    // an unreachable master.
+    let line = refused(&alignkit(["launch", "--", "grpo", "--config", "g.toml"]));
+    assert!(line.contains("online RL"), "{line}");
+    let line = refused(&alignkit(["launch", "--", "generate", "--prompt", "hi"]));
+    assert!(line.contains("runs a trainer"), "{line}");
+    let line = refused(&alignkit([
+        "launch",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "2",
+        "--",
+        "sft",
+    ]));
+    assert!(line.contains("--node-rank 2"), "{line}");
+    let line = refused(&alignkit([
+        "launch",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master-port",
+        "29690",
+        "--timeout",
+        "1",
+        "--",
+        "sft",
+    ]));
+    assert!(
+        line.contains("cannot reach the master at 127.0.0.1:29690"),
+        "{line}"
+    );
+    assert!(!run.exists());
+    let _: PathBuf = run;
+}
