@@ -191,6 +191,7 @@ pub fn share(n: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
 /// 0's launcher). A port already in use is an error here, before any rank
 /// starts.
 pub fn start_orchestrator(port: u16) -> Result<(), DistError> {
+    quiet_collective_logs();
     check_port_free(port, "the master port (--master-port)")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -290,6 +291,7 @@ impl World {
     /// the world's timeout for every rank to join.
     pub fn join<B: Backend>(spec: WorldSpec, device: &B::Device) -> Result<Self, DistError> {
         quiet_collective_panics();
+        quiet_collective_logs();
         let address = |host: &str, port: u16| {
             format!("ws://{host}:{port}")
                 .parse()
@@ -523,6 +525,14 @@ fn start_watchdog(joined: std::sync::Weak<Joined>) {
             }
         })
         .expect("the watchdog thread starts");
+}
+
+/// burn-communication's servers install a global tracing subscriber that
+/// prints every tensor transfer (INFO) and every closed connection (ERROR)
+/// on standard error, unless one is installed: install one that records
+/// nothing. What goes wrong reaches the user as this module's errors.
+fn quiet_collective_logs() {
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
 }
 
 /// burn-collective's network tasks panic when a peer's connection drops
