@@ -5,9 +5,10 @@
 //! orchestrator), watches them, and when one fails stops the others and says
 //! which rank failed and how, in one line.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alignkit_train::dist::{self, ENV_DATA_PORT, ENV_NODE_ADDR, ENV_TIMEOUT};
@@ -55,13 +56,17 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     } else {
         dist::wait_for_master(&args.master_addr, args.master_port, plan.timeout)?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    // Ctrl-C or SIGTERM to the launcher is passed on to every rank, once per
+    // signal (the ranks are in their own process group, so a terminal's
+    // Ctrl-C reaches them only this way): they agree on a stop, save, and
+    // end; a second one ends them as it ends one process.
+    let stop = Arc::new(AtomicUsize::new(0));
     {
-        // Ctrl-C reaches the ranks from the terminal as well: they agree on a
-        // stop, save and end; the launcher waits for them.
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || {
+            stop.fetch_add(1, Ordering::SeqCst);
+        })
+        .context("installing the Ctrl-C handler")?;
     }
     let mut ranks = Vec::new();
     for local_rank in 0..args.nproc_per_node {
@@ -155,7 +160,17 @@ impl Plan {
             .env(ENV_DATA_PORT, data_port(args, local_rank)?.to_string())
             .env(ENV_TIMEOUT, args.timeout.to_string())
             .env(dist::ENV_LAUNCHED, "1")
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .process_group(0);
+        // SAFETY: prctl(2) is async-signal-safe; it runs in the child between
+        // fork and exec. A rank ends when the launcher dies, whatever killed
+        // it: no process is left behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         if let Some(threads) = self.threads {
             cmd.env("RAYON_NUM_THREADS", threads.to_string());
         }
@@ -185,12 +200,18 @@ struct Rank {
 
 /// Wait for every rank. The first that fails ends the others (SIGTERM,
 /// then SIGKILL after [`GRACE`]), and the launch fails naming it.
-fn supervise(ranks: &mut [Rank], stop: &AtomicBool) -> Result<()> {
-    let failed = |r: &Rank, stop: &AtomicBool| {
+fn supervise(ranks: &mut [Rank], stop: &AtomicUsize) -> Result<()> {
+    let failed = |r: &Rank, stop: &AtomicUsize| {
         r.status
-            .is_some_and(|s| !(s.success() || (stop.load(Ordering::SeqCst) && interrupted(s))))
+            .is_some_and(|s| !(s.success() || (stop.load(Ordering::SeqCst) > 0 && interrupted(s))))
     };
+    let mut forwarded = 0;
     loop {
+        let requested = stop.load(Ordering::SeqCst);
+        while forwarded < requested {
+            stop_all(ranks, libc::SIGINT);
+            forwarded += 1;
+        }
         for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
             r.status = r.child.try_wait().context("waiting for a rank")?;
         }

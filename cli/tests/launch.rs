@@ -123,6 +123,18 @@ fn weights(dir: &Path) -> Vec<f32> {
 }
 
 fn assert_same_run(one: &Path, two: &Path, keys: &[&str]) {
+    assert_same_metrics(one, two, keys);
+    let (wa, wb) = (weights(&one.join("final")), weights(&two.join("final")));
+    assert_eq!(wa.len(), wb.len());
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .map(|(u, v)| (u - v).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "final weights differ by {worst}");
+}
+
+fn assert_same_metrics(one: &Path, two: &Path, keys: &[&str]) {
     let (a, b) = (metrics(one), metrics(two));
     assert_eq!(a.len(), b.len(), "steps logged");
     for (x, y) in a.iter().zip(&b) {
@@ -135,18 +147,10 @@ fn assert_same_run(one: &Path, two: &Path, keys: &[&str]) {
             );
         }
     }
-    let (wa, wb) = (weights(&one.join("final")), weights(&two.join("final")));
-    assert_eq!(wa.len(), wb.len());
-    let worst = wa
-        .iter()
-        .zip(&wb)
-        .map(|(u, v)| (u - v).abs())
-        .fold(0f32, f32::max);
-    assert!(worst <= 1e-4, "final weights differ by {worst}");
 }
 
 #[test]
-fn two_ranks_train_sft_and_dpo_as_one_process_with_the_double_batch() {
+fn two_ranks_train_sft_dpo_and_a_reward_model_as_one_process_with_the_double_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(&tmp.path().join("launch-model"));
     let (sft, prefs) = (tmp.path().join("sft.jsonl"), tmp.path().join("prefs.jsonl"));
@@ -185,6 +189,31 @@ fn children(parent: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// Whether process `pid` runs (a zombie no longer does: without a reaping
+/// init, an orphan's entry stays until the container ends).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// Wait (at most two minutes) until `done`.
+fn wait_until(done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "waited too long"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn wait_for(path: &Path, limit: Duration) {
@@ -244,6 +273,49 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_exactly() {
     resume.push("--resume".into());
     ok(&alignkit(resume));
     assert_same_run(&one, &run, &["loss", "grad_norm"]);
+
+    // Ctrl-C to the launcher: every rank stops at the same step and saves,
+    // the launch exits as an interrupted run does, and resumes; then the
+    // launcher killed outright: its ranks end too (none is left behind).
+    // A long run, so that the signals come mid-run.
+    let run = tmp.path().join("interrupted");
+    let long = |port: u16, resume: bool| {
+        let mut args = launch(port, &trainer_args("sft", &model, &sft, &run, 2, 3000));
+        args.extend(["--set".into(), "train.save_steps=0".into()]);
+        if resume {
+            args.push("--resume".into());
+        }
+        Command::new(env!("CARGO_BIN_EXE_alignkit"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let steps_logged =
+        || std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.lines().count());
+    let launcher = long(29635, false);
+    wait_until(|| steps_logged() >= 2);
+    Command::new("kill")
+        .args(["-INT", &launcher.id().to_string()])
+        .status()
+        .unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let saved = common::metric_steps(&run).len();
+    assert!((2..3000).contains(&saved), "{saved} steps before the stop");
+    assert!(
+        run.join(format!("checkpoints/step-{saved}")).is_dir(),
+        "{stderr}"
+    );
+    let mut launcher = long(29645, true);
+    wait_until(|| steps_logged() > saved + 1);
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    wait_until(|| !ranks.iter().any(|&p| alive(p)));
 
     // Started by hand, with a short timeout: rank 0 runs the orchestrator.
     let run = tmp.path().join("by-hand");
