@@ -1070,3 +1070,46 @@ fn bad_model_references_fail_before_any_work() {
         f.fails_before_work(&toml_text, expected);
     }
 }
+
+/// A stage with `launch = { nproc_per_node = 2 }` trains on two ranks
+/// through `alignkit launch` (its checkpoints say so), the next stage takes
+/// its model, a re-run skips it, and another number of ranks re-runs it;
+/// `launch` on an online-RL stage fails before any work.
+#[test]
+fn a_launched_stage_trains_on_two_ranks_and_feeds_the_next() {
+    let two_ranks = pipeline("1e-2", "0.1", 2).replacen(
+        "kind = \"sft\"\n",
+        "kind = \"sft\"\nlaunch = { nproc_per_node = 2, master_port = 29740 }\n",
+        1,
+    );
+    let f = Fixture::new(&two_ranks);
+    f.ok(&[]);
+    let run = f.dir.join("run").join("sft");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/step-4/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["world_size"], 2, "{state}");
+    assert_eq!(f.steps("sft"), vec![1, 2, 3, 4]);
+    assert_eq!(f.steps("dpo"), vec![1, 2]);
+    assert!(f.dir.join("run/export/model/model.safetensors").is_file());
+    let (action, _) = plan_line(&f.ok(&["--dry-run"]), "sft");
+    assert_eq!(action, "skip");
+    // Three ranks deal another global batch: another run.
+    std::fs::write(
+        f.dir.join("pipeline.toml"),
+        two_ranks.replace("nproc_per_node = 2", "nproc_per_node = 3"),
+    )
+    .unwrap();
+    let (action, _) = plan_line(&f.ok(&["--dry-run"]), "sft");
+    assert_eq!(action, "run");
+    let rl = rl_pipeline("1e-2").replacen(
+        "kind = \"grpo\"\n",
+        "kind = \"grpo\"\nlaunch = { nproc_per_node = 2 }\n",
+        1,
+    );
+    assert!(rl.contains("launch = {"), "the grpo stage");
+    let g = Fixture::new(&rl);
+    write_prompts(&g.dir);
+    g.fails_before_work(&rl, "online RL trains in one process");
+}

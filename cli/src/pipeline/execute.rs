@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::manifest::{Inputs, Manifest, Outputs, Status, now};
 use super::plan::{Action, Plan, Stage};
-use super::stage::{EvalConfig, ExportDtype, ExportFormat, StageConfig, StageKind};
+use super::stage::{EvalConfig, ExportDtype, ExportFormat, StageConfig, StageKind, StageLaunch};
 use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::common::SamplingArgs;
 use crate::eval::WinrateArgs;
@@ -110,6 +110,7 @@ impl Task for Execute<'_> {
                 sha256: stage.sha256.clone(),
                 config_sha256: stage.config_sha256.clone(),
                 config: stage.config.to_json(),
+                ranks: stage.ranks(),
                 inputs: Inputs {
                     // Read now: the stages before it have written their models.
                     fingerprints: stage.fingerprints(),
@@ -162,6 +163,58 @@ impl Task for Execute<'_> {
         }
         Ok(())
     }
+}
+
+/// A training stage run data parallel: its resolved config written next to
+/// its run, then `alignkit launch ... -- KIND --config FILE` (the stage's
+/// command through the launcher, as a user would type it).
+fn launched_stage(
+    stage: &Stage,
+    launch: &StageLaunch,
+    resume: bool,
+    spec: DeviceSpec,
+) -> Result<Ran> {
+    std::fs::create_dir_all(&stage.dir)
+        .with_context(|| format!("creating {}", stage.dir.display()))?;
+    let config = stage.dir.join("launch-config.toml");
+    alignkit_model::checkpoint::write_atomic(&config, stage.config.to_toml().as_bytes())
+        .with_context(|| format!("writing {}", config.display()))?;
+    let exe = std::env::current_exe().context("finding the alignkit executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["launch", "--nproc-per-node"])
+        .arg(launch.nproc_per_node.to_string())
+        .arg("--master-port")
+        .arg(launch.master_port.to_string())
+        .arg("--timeout")
+        .arg(launch.timeout.to_string())
+        .arg("--")
+        .args(match stage.kind {
+            StageKind::Reward => &["reward", "train"][..],
+            StageKind::Dpo => &["dpo"][..],
+            _ => &["sft"][..],
+        })
+        .arg("--config")
+        .arg(&config)
+        .arg("--device")
+        .arg(spec.to_string());
+    if resume {
+        cmd.arg("--resume");
+    }
+    let status = cmd.status().context("starting alignkit launch")?;
+    let interrupted = status.code() == Some(crate::train_cli::EXIT_INTERRUPTED);
+    if !status.success() && !interrupted {
+        bail!("stage `{}`: the launched run failed ({status})", stage.name);
+    }
+    let metrics = stage.dir.join(alignkit_train::run::METRICS_FILE);
+    let steps = alignkit_train::run::read_metrics(&metrics)?
+        .last()
+        .and_then(|m| m["step"].as_u64())
+        .map(|s| s as usize);
+    Ok(Ran {
+        interrupted,
+        steps,
+        report: None,
+    })
 }
 
 /// A training stage, through the same code as its command.
@@ -269,6 +322,9 @@ fn run_stage<B: AutodiffBackend>(
     spec: DeviceSpec,
     device: &B::Device,
 ) -> Result<Ran> {
+    if let Some(launch) = &stage.launch {
+        return launched_stage(stage, launch, resume, spec);
+    }
     match &stage.config {
         StageConfig::Sft(c) => train_stage::<B, _>(c.as_ref(), spec, resume, prefix, stop, device),
         StageConfig::Reward(c) => {

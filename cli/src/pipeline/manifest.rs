@@ -79,6 +79,9 @@ pub struct Manifest {
     pub sha256: String,
     pub config_sha256: String,
     pub config: serde_json::Value,
+    /// Ranks the stage trained on (`launch.nproc_per_node`; 1: one process).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ranks: usize,
     pub inputs: Inputs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Outputs>,
@@ -90,6 +93,14 @@ pub struct Manifest {
     pub started_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Manifest {

@@ -10,7 +10,9 @@ use alignkit_train::{list_checkpoints, model_fingerprint, resume, sha256_file};
 use anyhow::{Context, Result, bail};
 
 use super::manifest::{InputFile, InputModel, Inputs, Manifest, Status, sha256_hex};
-use super::stage::{EvalConfig, ExportFormat, PipelineFile, StageConfig, StageEntry, StageKind};
+use super::stage::{
+    EvalConfig, ExportFormat, PipelineFile, StageConfig, StageEntry, StageKind, StageLaunch,
+};
 use crate::eval::Judge;
 use crate::pull::{KnownModel, ensure_model};
 
@@ -52,10 +54,17 @@ pub struct Stage {
     pub output: PathBuf,
     /// The upstream stage's run directory (an export of a training stage).
     pub from_run: Option<PathBuf>,
+    /// Data parallel through `alignkit launch`.
+    pub launch: Option<StageLaunch>,
     pub action: Action,
 }
 
 impl Stage {
+    /// Ranks the stage trains on.
+    pub(super) fn ranks(&self) -> usize {
+        self.launch.as_ref().map_or(1, |l| l.nproc_per_node)
+    }
+
     /// Every model the stage reads, by role: its input (`model`), the models
     /// of [`model_refs`], and those its config names besides (a DPO stage's
     /// `ref_model`, a PPO stage's `ppo.value_model`).
@@ -546,6 +555,25 @@ impl Plan {
                     path,
                 });
             }
+            // The ranks set the global batch (train.batch_size is per rank).
+            let launch = entry.launch.clone().filter(|l| l.nproc_per_node != 1);
+            if let Some(l) = &launch {
+                if !matches!(
+                    entry.kind,
+                    StageKind::Sft | StageKind::Dpo | StageKind::Reward
+                ) {
+                    bail!(
+                        "stage `{}`: `launch` runs sft, dpo and reward stages; online RL trains in one process for now",
+                        entry.name
+                    );
+                }
+                if l.nproc_per_node == 0 || !(l.timeout > 0.0 && l.timeout.is_finite()) {
+                    bail!(
+                        "stage `{}`: launch.nproc_per_node must be at least 1 and launch.timeout a positive number of seconds",
+                        entry.name
+                    );
+                }
+            }
             let config_toml = config.to_toml();
             let config_sha256 =
                 sha256_hex(format!("{}\n{config_toml}", entry.kind.as_str()).as_bytes());
@@ -556,6 +584,9 @@ impl Plan {
             }
             for (role, m) in &models {
                 identity.push_str(&format!("{role} {}\n", m.sha256));
+            }
+            if let Some(l) = &launch {
+                identity.push_str(&format!("ranks {}\n", l.nproc_per_node));
             }
             let from_run = upstream
                 .filter(|u| {
@@ -592,6 +623,7 @@ impl Plan {
                 config_sha256,
                 output,
                 from_run,
+                launch,
                 action: Action::Run(String::new()),
             };
             let previous = Manifest::read(&stage.dir);
@@ -819,6 +851,13 @@ fn change_since(stage: &Stage, m: &Manifest) -> Option<String> {
             "its kind changed ({} → {})",
             m.kind.as_str(),
             stage.kind.as_str()
+        ));
+    }
+    if m.ranks != stage.ranks() {
+        return Some(format!(
+            "its ranks changed ({} → {}: another global batch)",
+            m.ranks,
+            stage.ranks()
         ));
     }
     if let Some(c) = config_changes(stage, m)

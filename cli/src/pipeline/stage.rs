@@ -26,6 +26,31 @@ pub(super) struct StageEntry {
     pub(super) from: Option<String>,
     #[serde(default)]
     pub(super) config: toml::Table,
+    /// Run the stage data parallel through `alignkit launch` (sft, dpo and
+    /// reward stages).
+    pub(super) launch: Option<StageLaunch>,
+}
+
+/// How a stage is launched: `launch = { nproc_per_node = 2 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageLaunch {
+    /// Ranks on this machine (`alignkit launch --nproc-per-node`).
+    pub nproc_per_node: usize,
+    /// `--master-port`.
+    #[serde(default = "default_master_port")]
+    pub master_port: u16,
+    /// `--timeout`, seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+}
+
+fn default_master_port() -> u16 {
+    29500
+}
+
+fn default_timeout() -> f64 {
+    60.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
