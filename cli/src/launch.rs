@@ -16,9 +16,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 /// The trainer commands a launch runs.
-const TRAINERS: &[&str] = &["sft", "dpo", "reward"];
-/// Online RL commands: one process for now.
-const NOT_YET: &[&str] = &["grpo", "rloo", "ppo"];
+const TRAINERS: &[&str] = &["sft", "dpo", "reward", "grpo", "rloo"];
+/// Trainer commands that train in one process for now.
+const NOT_YET: &[&str] = &["ppo"];
 /// How long the other ranks get to end after one failed, before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -112,14 +112,14 @@ impl Plan {
         let name = args.command[0].as_str();
         if NOT_YET.contains(&name) {
             bail!(
-                "`alignkit launch -- {name}`: online RL (grpo, rloo, ppo) trains in one process for now; run `alignkit {name}` without launch"
+                "`alignkit launch -- {name}`: ppo trains in one process for now; run `alignkit {name}` without launch (grpo and rloo run distributed)"
             );
         }
         if !TRAINERS.contains(&name)
             || (name == "reward" && args.command.get(1).map(String::as_str) != Some("train"))
         {
             bail!(
-                "`alignkit launch` runs a trainer: sft, dpo or reward train (got `{}`)",
+                "`alignkit launch` runs a trainer: sft, dpo, reward train, grpo or rloo (got `{}`)",
                 args.command.join(" ")
             );
         }

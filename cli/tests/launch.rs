@@ -150,7 +150,7 @@ fn assert_same_metrics(one: &Path, two: &Path, keys: &[&str]) {
 }
 
 #[test]
-fn two_ranks_train_sft_dpo_and_a_reward_model_as_one_process_with_the_double_batch() {
+fn two_ranks_train_sft_dpo_a_reward_model_grpo_and_rloo_as_one_process_with_the_double_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(&tmp.path().join("launch-model"));
     let (sft, prefs) = (tmp.path().join("sft.jsonl"), tmp.path().join("prefs.jsonl"));
@@ -178,6 +178,67 @@ fn two_ranks_train_sft_dpo_and_a_reward_model_as_one_process_with_the_double_bat
             &trainer_args(kind, &model, data, &two, 2, 3),
         )));
         assert_same_run(&one, &two, keys);
+    }
+
+    // A reward model: the same metrics (its extremes gathered over the ranks).
+    let reward = |run: &Path, batch: usize| -> Vec<String> {
+        let mut args = vec!["reward".to_string()];
+        args.extend(trainer_args("train", &model, &prefs, run, batch, 3));
+        args
+    };
+    let (one, two) = (tmp.path().join("reward-one"), tmp.path().join("reward-two"));
+    ok(&alignkit(reward(&one, 4)));
+    ok(&alignkit(launch(29625, &reward(&two, 2))));
+    let keys = [
+        "loss",
+        "grad_norm",
+        "accuracy",
+        "margin",
+        "min_reward",
+        "max_reward",
+    ];
+    assert_same_metrics(&one, &two, &keys);
+
+    // GRPO and RLOO: each rank samples its share of the step's prompts (the
+    // same completions: seeds are per prompt and sample), advantages from all
+    // ranks' rewards, the loss normalised over the whole step.
+    let prompts = tmp.path().join("prompts.jsonl");
+    let lines: Vec<String> = QUESTIONS
+        .iter()
+        .map(|q| json!({ "prompt": q }).to_string())
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    for (i, table) in ["grpo", "rloo"].iter().enumerate() {
+        let rl = |run: &Path, batch: usize| -> Vec<String> {
+            let config = tmp.path().join(format!("{table}-{batch}.toml"));
+            let text = format!(
+                "model = {model:?}\noutput_dir = {run:?}\nlearning_rate = 1e-2\n\n\
+                 [{table}]\nnum_generations = 4\nbeta = 0.05\n\n\
+                 [data]\ntrain_file = {prompts:?}\nmax_prompt_len = 16\ntext_as_chat = true\n\n\
+                 [rollout]\nmax_completion_length = 6\n\n\
+                 [[rewards]]\nkind = \"rule\"\nrule = {{ regex = \"e\" }}\n\n\
+                 [train]\nbatch_size = {batch}\nmax_steps = 3\nsave_steps = 1\n\n\
+                 [lora]\nr = 4\nalpha = 8\n"
+            );
+            std::fs::write(&config, text).unwrap();
+            vec![
+                table.to_string(),
+                "--config".into(),
+                config.display().to_string(),
+            ]
+        };
+        let one = tmp.path().join(format!("{table}-one"));
+        let two = tmp.path().join(format!("{table}-two"));
+        ok(&alignkit(rl(&one, 8)));
+        ok(&alignkit(launch(29627 + i as u16, &rl(&two, 4))));
+        let keys = [
+            "loss",
+            "grad_norm",
+            "reward",
+            "reward_std",
+            "completions/mean_length",
+        ];
+        assert_same_run(&one, &two, &keys);
     }
 }
 
@@ -461,8 +522,8 @@ fn launches_that_cannot_work_are_refused_in_one_line_before_training() {
     drop(busy);
     // Online RL, a command that is not a trainer, a node rank out of range,
     // an unreachable master.
-    let line = refused(&alignkit(["launch", "--", "grpo", "--config", "g.toml"]));
-    assert!(line.contains("online RL"), "{line}");
+    let line = refused(&alignkit(["launch", "--", "ppo", "--config", "p.toml"]));
+    assert!(line.contains("ppo trains in one process"), "{line}");
     let line = refused(&alignkit(["launch", "--", "generate", "--prompt", "hi"]));
     assert!(line.contains("runs a trainer"), "{line}");
     let line = refused(&alignkit([

@@ -1103,13 +1103,15 @@ fn a_launched_stage_trains_on_two_ranks_and_feeds_the_next() {
     .unwrap();
     let (action, _) = plan_line(&f.ok(&["--dry-run"]), "sft");
     assert_eq!(action, "run");
-    let rl = rl_pipeline("1e-2").replacen(
-        "kind = \"grpo\"\n",
-        "kind = \"grpo\"\nlaunch = { nproc_per_node = 2 }\n",
+    let export = two_ranks.replacen(
+        "kind = \"export\"\n",
+        "kind = \"export\"\nlaunch = { nproc_per_node = 2 }\n",
         1,
     );
-    assert!(rl.contains("launch = {"), "the grpo stage");
-    let g = Fixture::new(&rl);
-    write_prompts(&g.dir);
-    g.fails_before_work(&rl, "online RL trains in one process");
+    assert!(
+        export.matches("launch = {").count() == 2,
+        "the export stage"
+    );
+    let g = Fixture::new(&export);
+    g.fails_before_work(&export, "ppo, eval and export run in one process");
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use alignkit_datasets::shuffled_batches;
 use alignkit_model::LlamaForCausalLM;
-use alignkit_train::TrainerState;
 use alignkit_train::seed::{Stream, derive_seed};
+use alignkit_train::{TrainerState, World};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -50,9 +50,13 @@ impl EpochOrder {
 }
 
 /// Roll out the prompts of the step at `state`'s cursor with the current
-/// policy (π_old, no gradients) and score them. Returns the cursor after the step.
+/// policy (π_old, no gradients) and score them: in a distributed run, this
+/// rank's share of them (whole groups; a completion's sampling seed is its
+/// prompt's and sample's, so the completions are one process's). Returns
+/// the cursor after the step.
 pub(crate) fn collect<B: AutodiffBackend>(
     setup: &Setup,
+    world: &World,
     state: &TrainerState,
     order: &mut EpochOrder,
     model: &LlamaForCausalLM<B>,
@@ -63,6 +67,7 @@ pub(crate) fn collect<B: AutodiffBackend>(
     let c = &setup.config;
     let (epoch, range, next_cursor) = state.cursor.next_step(setup.batches_per_epoch, 1);
     let indices = order.prompts(setup, state.seed, epoch, range.start);
+    let indices = indices[world.share(indices.len())].to_vec();
     let completions = {
         let sampler = setup.sampler(model.valid());
         roll_out(

@@ -207,9 +207,40 @@ pub fn is_trained(terminated: bool, mask_truncated: bool) -> bool {
 /// completion i of micro-batch m (0 for a masked one). The loss of the step
 /// is Σ_tokens weight · ℓ_t (see [`LossType`]).
 pub fn token_weights(loss_type: LossType, active: &[Vec<usize>], max_len: usize) -> Vec<Vec<f64>> {
-    let b = active.iter().map(Vec::len).sum::<usize>().max(1) as f64;
-    let n: usize = active.iter().flatten().sum();
-    let m = active.len().max(1) as f64;
+    token_weights_over(loss_type, active, max_len, StepCounts::of(active))
+}
+
+/// What GRPO's normalisers count over a step: B sequences, N trained tokens,
+/// M micro-batches (a distributed step's are summed over its ranks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepCounts {
+    pub sequences: f64,
+    pub tokens: f64,
+    pub micro_batches: f64,
+}
+
+impl StepCounts {
+    /// The counts of `active` (each micro-batch's rows' trained tokens).
+    pub fn of(active: &[Vec<usize>]) -> Self {
+        Self {
+            sequences: active.iter().map(Vec::len).sum::<usize>() as f64,
+            tokens: active.iter().flatten().sum::<usize>() as f64,
+            micro_batches: active.len() as f64,
+        }
+    }
+}
+
+/// [`token_weights`] of this rank's micro-batches `active` with the whole
+/// step's counts `step`.
+pub fn token_weights_over(
+    loss_type: LossType,
+    active: &[Vec<usize>],
+    max_len: usize,
+    step: StepCounts,
+) -> Vec<Vec<f64>> {
+    let b = step.sequences.max(1.0);
+    let n = step.tokens.max(1.0) as usize;
+    let m = step.micro_batches.max(1.0);
     active
         .iter()
         .map(|micro| {

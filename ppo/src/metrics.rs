@@ -158,13 +158,27 @@ impl RolloutStats {
     pub fn new(
         completions: &[crate::rollout::Completion],
         total_rewards: &[f64],
+        scores: (&[String], &[Vec<f64>]),
+        num_tokens: u64,
+        times: StepTimes,
+        skipped: Option<String>,
+    ) -> Self {
+        let lengths = Lengths::of(completions);
+        Self::of(&lengths, total_rewards, scores, num_tokens, times, skipped)
+    }
+
+    /// [`RolloutStats::new`] from the completions' lengths (all ranks' in a
+    /// distributed run).
+    pub fn of(
+        lengths: &Lengths,
+        total_rewards: &[f64],
         (names, per_func): (&[String], &[Vec<f64>]),
         num_tokens: u64,
         times: StepTimes,
         skipped: Option<String>,
     ) -> Self {
         let (reward, reward_std) = mean_std(total_rewards);
-        let (mean_length, min_length, max_length, clipped_ratio) = length_stats(completions);
+        let (mean_length, min_length, max_length, clipped_ratio) = lengths.stats();
         Self {
             reward,
             reward_std,
@@ -186,14 +200,38 @@ impl RolloutStats {
 /// Length statistics of a rollout: mean, min, max and the fraction cut at
 /// the length limit.
 pub fn length_stats(completions: &[crate::rollout::Completion]) -> (f64, f64, f64, f64) {
-    let lengths: Vec<f64> = completions.iter().map(|c| c.tokens.len() as f64).collect();
-    (
-        mean_std(&lengths).0,
-        lengths.iter().copied().fold(f64::INFINITY, f64::min),
-        lengths.iter().copied().fold(0.0, f64::max),
-        completions.iter().filter(|c| !c.terminated()).count() as f64
-            / completions.len().max(1) as f64,
-    )
+    Lengths::of(completions).stats()
+}
+
+/// The completions' lengths and which ended before the length limit.
+#[derive(Debug, Clone, Default)]
+pub struct Lengths {
+    pub tokens: Vec<f64>,
+    /// 1 for a completion that ended (EOS or a stop string), else 0.
+    pub terminated: Vec<f64>,
+}
+
+impl Lengths {
+    pub fn of(completions: &[crate::rollout::Completion]) -> Self {
+        Self {
+            tokens: completions.iter().map(|c| c.tokens.len() as f64).collect(),
+            terminated: completions
+                .iter()
+                .map(|c| c.terminated() as u8 as f64)
+                .collect(),
+        }
+    }
+
+    /// Mean, min, max and the fraction cut at the length limit.
+    pub fn stats(&self) -> (f64, f64, f64, f64) {
+        let l = &self.tokens;
+        (
+            mean_std(l).0,
+            l.iter().copied().fold(f64::INFINITY, f64::min),
+            l.iter().copied().fold(0.0, f64::max),
+            self.terminated.iter().filter(|&&t| t == 0.0).count() as f64 / l.len().max(1) as f64,
+        )
+    }
 }
 
 /// `rewards/{name}/mean` and `rewards/{name}/std` of each reward function.
@@ -272,6 +310,8 @@ pub struct CompletionRecord {
 #[derive(Debug)]
 pub struct StepLog {
     path: PathBuf,
+    /// Writes nothing (a rank other than 0 of a distributed run).
+    muted: bool,
 }
 
 /// The completions log's name; [`CompletionsLog`] is a [`StepLog`] of it.
@@ -292,6 +332,17 @@ impl StepLog {
     /// `resumed_step`, records of later steps (written by the interrupted
     /// process after its checkpoint) are dropped.
     pub fn open_file(path: &Path, resumed_step: Option<usize>) -> Result<Self> {
+        Self::open_as(path, resumed_step, true)
+    }
+
+    /// [`StepLog::open_file`]; `writes` false: a log that writes nothing.
+    pub fn open_as(path: &Path, resumed_step: Option<usize>, writes: bool) -> Result<Self> {
+        if !writes {
+            return Ok(Self {
+                path: path.to_path_buf(),
+                muted: true,
+            });
+        }
         let path = path.to_path_buf();
         let io = |e| RlError::Io {
             path: path.clone(),
@@ -319,7 +370,7 @@ impl StepLog {
             }
             Some(_) => {}
         }
-        Ok(Self { path })
+        Ok(Self { path, muted: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -327,6 +378,9 @@ impl StepLog {
     }
 
     pub fn append<T: Serialize>(&mut self, records: &[T]) -> Result<()> {
+        if self.muted {
+            return Ok(());
+        }
         let io = |e| RlError::Io {
             path: self.path.clone(),
             source: e,

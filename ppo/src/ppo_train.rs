@@ -167,8 +167,9 @@ pub fn train_ppo<B: AutodiffBackend>(
         //    no-grad passes (π_old's log-probs, the reference's, the critic's
         //    values); token rewards (−β·kl + score at the end), optional
         //    reward whitening, GAE, advantage whitening over trained tokens.
-        let (rollout, next_cursor) =
-            collect(&setup, &run.state, &mut order, &model, &rewards, device)?;
+        let (rollout, next_cursor) = collect(
+            &setup, &run.world, &run.state, &mut order, &model, &rewards, device,
+        )?;
         let scoring_started = Instant::now();
         let temperature = step_settings.temperature;
         let (mut data, ref_logps) =

@@ -190,12 +190,12 @@ pub(crate) fn open<B: AutodiffBackend>(
     device: &B::Device,
     options: &RunOptions<'_>,
 ) -> Result<Opened<B>> {
-    if options.world.is_distributed() {
-        // The rollout, its group statistics and the metrics are not yet dealt
+    if options.world.is_distributed() && config.ppo.is_some() {
+        // PPO's critic, GAE whitening and KL controller are not yet dealt
         // over ranks: refuse rather than train each rank on its own.
         return Err(crate::RlError::Config {
             field: "launch".into(),
-            message: "online RL (grpo, rloo, ppo) trains in one process for now; run it without `alignkit launch`".into(),
+            message: "ppo trains in one process for now; run it without `alignkit launch` (grpo and rloo run distributed)".into(),
         });
     }
     let config = config.with_absolute_paths()?;
@@ -212,7 +212,18 @@ pub(crate) fn open<B: AutodiffBackend>(
     let tokenizer = encoder.tokenizer();
     let pad_id = tokenizer.pad_id();
     let fingerprint = model_fingerprint(&config.model)?;
-    let prompts_per_step = config.completions_per_step() / group;
+    // train.batch_size is per rank: a step's prompts are dealt to the ranks,
+    // whole groups each.
+    let prompts_per_step = options.global_batch(config.completions_per_step()) / group;
+    if prompts_per_step < options.world.size() {
+        return Err(crate::RlError::Config {
+            field: "train.batch_size".into(),
+            message: format!(
+                "a step samples {prompts_per_step} prompts, fewer than the {} ranks: raise train.batch_size or train.grad_accum",
+                options.world.size()
+            ),
+        });
+    }
     let batches_per_epoch = prompts.len().div_ceil(prompts_per_step);
     let total_steps = match config.train.max_steps {
         0 => config.train.epochs * batches_per_epoch,
@@ -291,7 +302,9 @@ pub(crate) fn open<B: AutodiffBackend>(
         device,
     )?;
     let resumed_step = ckpt_path.as_ref().map(|_| run.state.step);
-    let completions_log = CompletionsLog::open(run.root(), resumed_step)?;
+    let writes = options.world.writes();
+    let completions = run.root().join(crate::metrics::COMPLETIONS_FILE);
+    let completions_log = CompletionsLog::open_as(&completions, resumed_step, writes)?;
     let evaluator = if config.eval.enabled() {
         let prompts = load_prompts(&config.eval.file, &encoder)?;
         let own = !config.eval.rewards.is_empty();
@@ -321,7 +334,7 @@ pub(crate) fn open<B: AutodiffBackend>(
             prompts,
             rewards,
             settings,
-            log: StepLog::open_file(&run.root().join(EVAL_FILE), resumed_step)?,
+            log: StepLog::open_as(&run.root().join(EVAL_FILE), resumed_step, writes)?,
         })
     } else {
         None

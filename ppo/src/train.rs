@@ -30,10 +30,11 @@ use crate::collect::{EpochOrder, Rollout, collect, rollout_tokens, token_spans};
 use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
 use crate::loss::{
-    Clip, GrpoInputs, LossType, PolicyLoss, ScaleRewards, frac_zero_std, grpo_advantages,
-    grpo_loss, k1_sequence, kl_penalised, rloo_advantages, rloo_loss, token_weights,
+    Clip, GrpoInputs, LossType, PolicyLoss, ScaleRewards, StepCounts, frac_zero_std,
+    grpo_advantages, grpo_loss, k1_sequence, kl_penalised, rloo_advantages, rloo_loss,
+    token_weights_over,
 };
-use crate::metrics::{RlMetrics, RolloutStats, StepTimes, completion_records};
+use crate::metrics::{Lengths, RlMetrics, RolloutStats, StepTimes, completion_records};
 use crate::rollout::{Completion, ScoredTokens, scaled_token_logprobs};
 use crate::run::{Opened, Setup, finish, floats, host, open};
 
@@ -127,13 +128,20 @@ pub fn train<B: AutodiffBackend>(
         //    the reference's log-probs where β > 0). The micro-batches are fixed
         //    here for all passes; a masked (truncated) completion is a row
         //    without scored tokens.
-        let (rollout, next_cursor) =
-            collect(&setup, &run.state, &mut order, &model, &rewards, device)?;
+        let (rollout, next_cursor) = collect(
+            &setup, &run.world, &run.state, &mut order, &model, &rewards, device,
+        )?;
         let scoring_started = Instant::now();
         let temperature = pass_settings.temperature;
         let ref_logps = reference.logps(&model.valid(), &rollout.batches, temperature, device);
-        let (advantages, rloo_kl) =
-            advantages(objective, &rollout, ref_logps.as_deref(), setup.group, beta);
+        let (advantages, rloo_kl) = advantages(
+            &run,
+            objective,
+            &rollout,
+            ref_logps.as_deref(),
+            setup.group,
+            beta,
+        )?;
         let scoring_time = scoring_started.elapsed().as_secs_f64();
 
         // 2-3. μ passes over the rollout: forward, loss, backward; then clip,
@@ -144,7 +152,7 @@ pub fn train<B: AutodiffBackend>(
             rollout: &rollout,
             advantages: &advantages,
             ref_logps: ref_logps.as_deref(),
-            weights: loss_weights(objective, &rollout, c.rollout.max_completion_length),
+            weights: loss_weights(&run, objective, &rollout, c.rollout.max_completion_length)?,
         };
         let (sums, skipped, verdict);
         (model, sums, skipped, verdict) = optimise(&mut run, model, &pass_settings, &input, device);
@@ -153,7 +161,8 @@ pub fn train<B: AutodiffBackend>(
         let optimization_time = optimization_started.elapsed().as_secs_f64();
 
         // 4. Metrics, a sample of completions, and the held-out evaluation when due.
-        run.state.num_tokens += rollout_tokens(&setup.prompts, &rollout.completions);
+        let tokens = rollout_tokens(&setup.prompts, &rollout.completions) as f64;
+        run.state.num_tokens += run.sum(&[tokens], "counting the step's tokens")?[0] as u64;
         let times = StepTimes {
             started,
             generation: rollout.generation_time,
@@ -168,7 +177,7 @@ pub fn train<B: AutodiffBackend>(
             times,
             skipped,
         };
-        let m = metrics(&run, &setup, &pass_settings, rewards.names(), step);
+        let m = metrics(&run, &setup, &pass_settings, rewards.names(), step)?;
         run.log(&m)?;
         let every = c.rollout.log_completions_steps;
         if every > 0 && run.state.step.is_multiple_of(every) {
@@ -224,17 +233,36 @@ struct PassInput<'a> {
 
 /// Step 1's advantages: GRPO's group-normalised rewards, or RLOO's
 /// leave-one-out baselines on KL-penalised rewards (k1 from the sampling
-/// log-probs, which are π_old's), with RLOO's mean KL per token.
-fn advantages(
+/// log-probs, which are π_old's), with RLOO's mean KL per token. In a
+/// distributed run they are computed on every rank's rewards (batch
+/// statistics over the whole step), and each rank keeps its own.
+fn advantages<B: AutodiffBackend>(
+    run: &Run<B>,
     objective: Objective,
     rollout: &Rollout,
     ref_logps: Option<&[Vec<f32>]>,
     group: usize,
     beta: f64,
-) -> (Vec<f64>, Option<f64>) {
+) -> Result<(Vec<f64>, Option<f64>)> {
     let rewards = &rollout.total_rewards;
-    match objective {
-        Objective::Grpo { scale, .. } => (grpo_advantages(rewards, group, scale), None),
+    // The step's values over all ranks, and where this rank's start.
+    let global = |local: &[f64]| -> Result<(Vec<f64>, usize)> {
+        let all = run.gather_ragged(local, "gathering the step's rewards")?;
+        let start = all[..run.world.rank().min(all.len())]
+            .iter()
+            .map(Vec::len)
+            .sum();
+        Ok((all.concat(), start))
+    };
+    let n = rewards.len();
+    Ok(match objective {
+        Objective::Grpo { scale, .. } => {
+            let (all, start) = global(rewards)?;
+            (
+                grpo_advantages(&all, group, scale)[start..start + n].to_vec(),
+                None,
+            )
+        }
         Objective::Rloo { normalize } => {
             let r = rollout;
             let kl = match ref_logps {
@@ -243,18 +271,32 @@ fn advantages(
             };
             let penalised = kl_penalised(rewards, &kl, beta);
             let tokens: usize = r.batches.iter().map(ScoredTokens::len).sum();
-            let kl_mean = kl.iter().sum::<f64>() / tokens.max(1) as f64;
+            let [kl_sum, tokens] = run
+                .sum(
+                    &[kl.iter().sum::<f64>(), tokens as f64],
+                    "summing the step's KL",
+                )?
+                .try_into()
+                .expect("two sums");
+            let kl_mean = kl_sum / tokens.max(1.0);
+            let (all, start) = global(&penalised)?;
             (
-                rloo_advantages(&penalised, group, normalize),
+                rloo_advantages(&all, group, normalize)[start..start + n].to_vec(),
                 ref_logps.is_some().then_some(kl_mean),
             )
         }
-    }
+    })
 }
 
 /// Each micro-batch's per-row loss weights: GRPO's loss normaliser over the
-/// rows' trained tokens, or RLOO's mean over the rollout's completions.
-fn loss_weights(objective: Objective, rollout: &Rollout, max_len: usize) -> Vec<Vec<f64>> {
+/// rows' trained tokens, or RLOO's mean over the rollout's completions (the
+/// whole step's, over all ranks).
+fn loss_weights<B: AutodiffBackend>(
+    run: &Run<B>,
+    objective: Objective,
+    rollout: &Rollout,
+    max_len: usize,
+) -> Result<Vec<Vec<f64>>> {
     let active: Vec<Vec<usize>> = rollout
         .micro
         .iter()
@@ -267,13 +309,24 @@ fn loss_weights(objective: Objective, rollout: &Rollout, max_len: usize) -> Vec<
                 .collect()
         })
         .collect();
-    match objective {
-        Objective::Grpo { loss_type, .. } => token_weights(loss_type, &active, max_len),
+    let counts = StepCounts::of(&active);
+    let local = [counts.sequences, counts.tokens, counts.micro_batches];
+    let [sequences, tokens, micro_batches] = run
+        .sum(&local, "counting the step's completions")?
+        .try_into()
+        .expect("three sums");
+    let step = StepCounts {
+        sequences,
+        tokens,
+        micro_batches,
+    };
+    Ok(match objective {
+        Objective::Grpo { loss_type, .. } => token_weights_over(loss_type, &active, max_len, step),
         Objective::Rloo { .. } => {
-            let w = 1.0 / rollout.completions.len().max(1) as f64;
+            let w = 1.0 / step.sequences.max(1.0);
             active.iter().map(|m| vec![w; m.len()]).collect()
         }
-    }
+    })
 }
 
 /// Steps 2-3: the μ passes over a rollout, one optimizer update each (they
@@ -311,11 +364,11 @@ fn optimise<B: AutodiffBackend>(
             grads.backward(&model, loss);
         }
         let update;
-        // Only a distributed run's collective calls fail here, and online RL
-        // refuses to run distributed (see run::open).
-        (model, update) = run
-            .apply(model, grads, pass_loss)
-            .expect("online RL trains in one process");
+        let shared_loss = match run.share_gradients(&model, &mut grads, pass_loss) {
+            Ok(loss) => loss,
+            Err(e) => return (model, sums, skipped, Err(e)),
+        };
+        (model, update) = run.apply_shared(model, grads, shared_loss);
         sums.loss += pass_loss;
         sums.grad_norm += update.grad_norm;
         skipped = skipped.or(update.skipped.clone());
@@ -423,26 +476,44 @@ fn metrics<B: AutodiffBackend>(
     p: &Passes,
     reward_names: &[String],
     step: StepRecord<'_>,
-) -> RlMetrics {
-    let (rollout, sums) = (step.rollout, step.sums);
+) -> Result<RlMetrics> {
+    let (rollout, sums) = (step.rollout, &step.sums.summed(run)?);
+    // Every rank's completions (one process: its own).
+    let all = |local: &[f64]| -> Result<Vec<f64>> {
+        Ok(run
+            .gather_ragged(local, "gathering the step's metrics")?
+            .concat())
+    };
+    let lengths = Lengths::of(&rollout.completions);
+    let lengths = Lengths {
+        tokens: all(&lengths.tokens)?,
+        terminated: all(&lengths.terminated)?,
+    };
+    let total_rewards = all(&rollout.total_rewards)?;
+    let per_func = rollout
+        .scores
+        .per_func
+        .iter()
+        .map(|s| all(s))
+        .collect::<Result<Vec<_>>>()?;
     let passes_run = p.passes as f64;
     let trained_tokens = sums.tokens.max(1) as f64;
     let clip_items = sums.clip_items.max(1) as f64;
-    RlMetrics {
+    Ok(RlMetrics {
         step: run.state.step,
         epoch: run.epoch(setup.batches_per_epoch),
         loss: sums.loss / passes_run,
         learning_rate: step.lr,
         grad_norm: sums.grad_norm / passes_run,
-        rollout: RolloutStats::new(
-            &rollout.completions,
-            &rollout.total_rewards,
-            (reward_names, &rollout.scores.per_func),
+        rollout: RolloutStats::of(
+            &lengths,
+            &total_rewards,
+            (reward_names, &per_func),
             run.state.num_tokens,
             step.times,
             step.skipped,
         ),
-        frac_reward_zero_std: frac_zero_std(&rollout.total_rewards, setup.group),
+        frac_reward_zero_std: frac_zero_std(&total_rewards, setup.group),
         kl: match p.objective {
             Objective::Grpo { .. } => (p.beta > 0.0).then(|| sums.kl / trained_tokens),
             Objective::Rloo { .. } => step.rloo_kl,
@@ -453,7 +524,7 @@ fn metrics<B: AutodiffBackend>(
         clip_region: (sums.clip_low + sums.clip_high) / clip_items,
         logp_diff_mean: sums.logp_diff / trained_tokens,
         logp_diff_max: sums.logp_diff_max,
-    }
+    })
 }
 
 /// GRPO's loss on one micro-batch of a pass: per-token advantages (each
@@ -540,6 +611,38 @@ struct PassSums {
 }
 
 impl PassSums {
+    /// These sums over all ranks (the gradient norm is the same on every
+    /// rank, the largest log-prob difference their maximum).
+    fn summed<B: AutodiffBackend>(&self, run: &Run<B>) -> Result<Self> {
+        let local = [
+            self.loss,
+            self.clip_low,
+            self.clip_high,
+            self.clip_items as f64,
+            self.tokens as f64,
+            self.entropy,
+            self.kl,
+            self.logp_diff,
+        ];
+        let s = run.sum(&local, "summing the step's metrics")?;
+        let max = run.gather(
+            &[self.logp_diff_max],
+            "the step's largest log-prob difference",
+        )?;
+        Ok(Self {
+            loss: s[0],
+            grad_norm: self.grad_norm,
+            clip_low: s[1],
+            clip_high: s[2],
+            clip_items: s[3] as usize,
+            tokens: s[4] as usize,
+            entropy: s[5],
+            kl: s[6],
+            logp_diff: s[7],
+            logp_diff_max: max.iter().map(|v| v[0]).fold(self.logp_diff_max, f64::max),
+        })
+    }
+
     /// Compare the first pass's log-probs (`values`, the scored tokens of
     /// `completions` in order) with the sampler's.
     fn first_pass(&mut self, values: &[f32], completions: &[Completion], trained: &[bool]) {

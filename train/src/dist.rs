@@ -430,6 +430,32 @@ impl World {
         Ok(all.chunks(n.max(1)).map(<[f64]>::to_vec).collect())
     }
 
+    /// Every rank's `values` by rank, when ranks hold different numbers of
+    /// them (their lengths are gathered first).
+    pub fn gather_ragged<B: Backend>(
+        &self,
+        values: &[f64],
+        what: &str,
+        device: &B::Device,
+    ) -> Result<Vec<Vec<f64>>, DistError> {
+        if self.0.is_none() {
+            return Ok(vec![values.to_vec()]);
+        }
+        let lengths = self.gather::<B>(&[values.len() as f64], what, device)?;
+        let longest = lengths.iter().map(|l| l[0] as usize).max().unwrap_or(0);
+        let mut padded = values.to_vec();
+        padded.resize(longest, 0.0);
+        let all = self.gather::<B>(&padded, what, device)?;
+        Ok(all
+            .into_iter()
+            .zip(&lengths)
+            .map(|(mut v, l)| {
+                v.truncate(l[0] as usize);
+                v
+            })
+            .collect())
+    }
+
     /// Check that every rank holds the same `value` (a step, a fingerprint's
     /// first bytes): an error naming `what` otherwise.
     pub fn agree<B: Backend>(

@@ -345,14 +345,34 @@ impl<B: AutodiffBackend> Run<B> {
         mut grads: Gradients<B::InnerBackend>,
         loss: f64,
     ) -> Result<(M, Update)> {
-        let mut loss = loss;
-        if self.world.is_distributed() {
-            let params = trainable_params::<B, _>(&model);
-            let bad = grads.sum_over(&self.world, &params, !loss.is_finite(), &self.device)?;
-            if bad && loss.is_finite() {
-                loss = f64::NAN;
-            }
+        let loss = self.share_gradients(&model, &mut grads, loss)?;
+        Ok(self.apply_shared(model, grads, loss))
+    }
+
+    /// The first half of [`Run::apply`]: `grads` summed over the ranks (no
+    /// change in one process), and `loss` as the update sees it (NaN when it
+    /// was not finite on some rank).
+    pub fn share_gradients<M: Trainable<B>>(
+        &self,
+        model: &M,
+        grads: &mut Gradients<B::InnerBackend>,
+        loss: f64,
+    ) -> Result<f64> {
+        if !self.world.is_distributed() {
+            return Ok(loss);
         }
+        let params = trainable_params::<B, _>(model);
+        let bad = grads.sum_over(&self.world, &params, !loss.is_finite(), &self.device)?;
+        Ok(if bad { f64::NAN } else { loss })
+    }
+
+    /// The second half of [`Run::apply`], on shared gradients.
+    pub fn apply_shared<M: Trainable<B>>(
+        &mut self,
+        model: M,
+        mut grads: Gradients<B::InnerBackend>,
+        loss: f64,
+    ) -> (M, Update) {
         let grad_norm = grads.clip_global_norm(self.train.max_grad_norm);
         let verdict = self.check(loss, grad_norm);
         let learning_rate = self.learning_rate();
@@ -366,7 +386,7 @@ impl<B: AutodiffBackend> Run<B> {
             skipped: skip_reason(&verdict),
             verdict,
         };
-        Ok((model, update))
+        (model, update)
     }
 
     /// The sums of `values` over the ranks (themselves in one process):
@@ -383,6 +403,14 @@ impl<B: AutodiffBackend> Run<B> {
         Ok(self
             .world
             .gather::<B::InnerBackend>(values, what, &self.device)?)
+    }
+
+    /// Every rank's `values`, by rank, when their numbers differ; one
+    /// process: its own.
+    pub fn gather_ragged(&self, values: &[f64], what: &str) -> Result<Vec<Vec<f64>>> {
+        Ok(self
+            .world
+            .gather_ragged::<B::InnerBackend>(values, what, &self.device)?)
     }
 
     /// Whether the stop flag asks the run to save and return, on any rank

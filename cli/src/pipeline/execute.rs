@@ -191,6 +191,8 @@ fn launched_stage(
         .args(match stage.kind {
             StageKind::Reward => &["reward", "train"][..],
             StageKind::Dpo => &["dpo"][..],
+            StageKind::Grpo => &["grpo"][..],
+            StageKind::Rloo => &["rloo"][..],
             _ => &["sft"][..],
         })
         .arg("--config")

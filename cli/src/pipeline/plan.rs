@@ -560,10 +560,14 @@ impl Plan {
             if let Some(l) = &launch {
                 if !matches!(
                     entry.kind,
-                    StageKind::Sft | StageKind::Dpo | StageKind::Reward
+                    StageKind::Sft
+                        | StageKind::Dpo
+                        | StageKind::Reward
+                        | StageKind::Grpo
+                        | StageKind::Rloo
                 ) {
                     bail!(
-                        "stage `{}`: `launch` runs sft, dpo and reward stages; online RL trains in one process for now",
+                        "stage `{}`: `launch` runs sft, dpo, reward, grpo and rloo stages (ppo, eval and export run in one process)",
                         entry.name
                     );
                 }
