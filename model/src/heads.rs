@@ -267,21 +267,27 @@ mod tests {
         // (transformers' id-based rule) and not a trailing pad.
         let device = Default::default();
         let config = LlamaConfig::tiny(ModelType::Llama);
-        let model = RewardModel::<B>::init(&config, &device);
         let eos = 2;
         let a = vec![5, 17, 33, 9, eos];
         let b = vec![8, 40, eos];
-        let alone = |s: &Vec<u32>| {
-            let scores = model.token_scores(input(std::slice::from_ref(s), &[vec![true; s.len()]]));
-            *values(scores).last().unwrap()
-        };
-        let (sa, sb) = (alone(&a), alone(&b));
-        let before_eos_b =
-            values(model.token_scores(input(std::slice::from_ref(&b), &[vec![true; 3]])))[1];
-        assert!(
-            (sb - before_eos_b).abs() > 1e-3,
-            "test needs distinct scores"
-        );
+        // A random model whose score at b's EOS differs from the one before it
+        // (almost every draw; the backend's generator is shared by the tests
+        // running in parallel, so the draw is not seeded).
+        let (model, sa, sb) = (0..20)
+            .find_map(|_| {
+                let model = RewardModel::<B>::init(&config, &device);
+                let alone = |s: &Vec<u32>| {
+                    let valid = [vec![true; s.len()]];
+                    let scores = model.token_scores(input(std::slice::from_ref(s), &valid));
+                    *values(scores).last().unwrap()
+                };
+                let (sa, sb) = (alone(&a), alone(&b));
+                let before_eos_b =
+                    values(model.token_scores(input(std::slice::from_ref(&b), &[vec![true; 3]])))
+                        [1];
+                ((sb - before_eos_b).abs() > 1e-3).then_some((model, sa, sb))
+            })
+            .expect("a model with distinct scores");
 
         // Right padding: b = [8, 40, eos, eos, eos], last real index 2.
         let right = [a.clone(), vec![8, 40, eos, eos, eos]];
