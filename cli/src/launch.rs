@@ -183,7 +183,7 @@ impl Plan {
 }
 
 fn data_port(args: &LaunchArgs, local_rank: usize) -> Result<u16> {
-    u16::try_from(args.master_port as usize + 1 + local_rank).map_err(|_| {
+    dist::data_port(args.master_port, local_rank).ok_or_else(|| {
         anyhow::anyhow!(
             "--master-port {} leaves no room for {} data ports above it",
             args.master_port,

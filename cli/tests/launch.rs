@@ -277,18 +277,6 @@ fn wait_until(done: impl Fn() -> bool) {
     }
 }
 
-fn wait_for(path: &Path, limit: Duration) {
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(
-            started.elapsed() < limit,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A rank killed by SIGKILL: the launcher names it and stops the other; a
 /// rank started by hand (WORLD_SIZE/RANK, as Slurm would) whose peer hangs
 /// stops within its timeout with one line. Both runs resume to the weights
@@ -312,7 +300,7 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_exactly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&run.join("checkpoints/step-2"), Duration::from_secs(120));
+    wait_until(|| run.join("checkpoints/step-2").exists());
     let ranks = children(launcher.id());
     assert_eq!(ranks.len(), 2, "two ranks: {ranks:?}");
     let victim = *ranks.iter().max().unwrap();
@@ -396,7 +384,7 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_exactly() {
     };
     let rank0 = rank(0);
     let mut rank1 = rank(1);
-    wait_for(&run.join("checkpoints/step-2"), Duration::from_secs(120));
+    wait_until(|| run.join("checkpoints/step-2").exists());
     // Rank 1 hangs (stopped, its connections open): rank 0's watchdog ends it.
     let pid = rank1.id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();

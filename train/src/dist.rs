@@ -134,12 +134,10 @@ impl WorldSpec {
         let master_port: u16 = parse(ENV_MASTER_PORT, &required(ENV_MASTER_PORT)?)?;
         let data_port = match var(ENV_DATA_PORT) {
             Some(v) => parse(ENV_DATA_PORT, &v)?,
-            None => master_port
-                .checked_add(1 + local_rank as u16)
-                .ok_or(DistError::Env {
-                    var: ENV_MASTER_PORT,
-                    message: format!("{master_port} leaves no room for the data ports above it"),
-                })?,
+            None => data_port(master_port, local_rank).ok_or(DistError::Env {
+                var: ENV_MASTER_PORT,
+                message: format!("{master_port} leaves no room for the data ports above it"),
+            })?,
         };
         let node_addr = var(ENV_NODE_ADDR).unwrap_or_else(|| local_addr_towards(&master_addr));
         let timeout = match var(ENV_TIMEOUT) {
@@ -166,6 +164,12 @@ impl WorldSpec {
             timeout,
         }))
     }
+}
+
+/// The port local rank `local_rank` serves its tensors on:
+/// MASTER_PORT + 1 + LOCAL_RANK (`None` past 65535).
+pub fn data_port(master_port: u16, local_rank: usize) -> Option<u16> {
+    u16::try_from(master_port as usize + 1 + local_rank).ok()
 }
 
 /// This machine's address on the route to `master` (no packet is sent: a
@@ -334,10 +338,6 @@ impl World {
         self.0.as_ref().map_or(1, |j| j.spec.world_size)
     }
 
-    pub fn local_rank(&self) -> usize {
-        self.0.as_ref().map_or(0, |j| j.spec.local_rank)
-    }
-
     /// Whether this rank writes checkpoints, metrics and the final model:
     /// rank 0 (and a single process).
     pub fn writes(&self) -> bool {
@@ -481,16 +481,6 @@ impl World {
                 detail: format!("this rank has {value}"),
             }),
         }
-    }
-
-    /// Leave the collective (after the last collective call of a run).
-    pub fn finish<B: Backend>(&self) -> Result<(), DistError> {
-        let Some(j) = &self.0 else {
-            return Ok(());
-        };
-        self.waiting("leaving the collective", || {
-            burn_collective::finish_collective::<B>(j.peer)
-        })
     }
 
     fn error(&self, what: &str, detail: String) -> DistError {

@@ -118,14 +118,9 @@ impl RunDir {
     /// A run directory for a fresh run. Refuses one that already holds
     /// checkpoints, so that a forgotten `--resume` never overwrites a run.
     /// `checkpoints/` appears with the first checkpoint, so a run that fails
-    /// before it leaves none behind.
-    pub fn create(root: &Path) -> Result<Self> {
-        Self::create_as(root, true)
-    }
-
-    /// [`RunDir::create`]; a reader (`writes` false: a rank other than 0)
-    /// only checks.
-    fn create_as(root: &Path, writes: bool) -> Result<Self> {
+    /// before it leaves none behind. A reader (`writes` false: a rank other
+    /// than 0) only checks.
+    fn create(root: &Path, writes: bool) -> Result<Self> {
         if writes {
             std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
         }
@@ -148,11 +143,8 @@ impl RunDir {
 
     /// The run directory of an interrupted run and its newest complete
     /// checkpoint.
-    pub fn open_for_resume(root: &Path) -> Result<(Self, CheckpointRef)> {
-        Self::open_for_resume_as(root, true)
-    }
-
-    fn open_for_resume_as(root: &Path, writes: bool) -> Result<(Self, CheckpointRef)> {
+    /// `writes` false: without the lock (a rank other than 0).
+    fn open_for_resume(root: &Path, writes: bool) -> Result<(Self, CheckpointRef)> {
         let none = || TrainError::NoCheckpoint {
             dir: root.to_path_buf(),
         };
@@ -191,7 +183,7 @@ impl RunDir {
         }
         if !resume {
             return Ok((
-                Self::create_as(root, writes)?,
+                Self::create(root, writes)?,
                 TrainerState {
                     world_size: world.size(),
                     ..TrainerState::new(id, total_steps, seed)
@@ -199,7 +191,7 @@ impl RunDir {
                 None,
             ));
         }
-        let (run, checkpoint) = Self::open_for_resume_as(root, writes)?;
+        let (run, checkpoint) = Self::open_for_resume(root, writes)?;
         let mut state = TrainerState::read(&checkpoint.path)?;
         let changes = state.resume_as(&checkpoint.path, id, run.previous_config(), world.size())?;
         state.total_steps = total_steps;
