@@ -84,6 +84,24 @@ impl DeviceSpec {
     }
 }
 
+/// The devices of one process's local peers (`--devices`): parsed, at least
+/// one, all of one backend.
+pub fn peer_devices(list: &[String]) -> Result<Vec<DeviceSpec>> {
+    let joined = list.join(",");
+    let specs = list
+        .iter()
+        .map(|d| d.parse::<DeviceSpec>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--devices {joined}: {e}"))?;
+    let kind = |s: &DeviceSpec| std::mem::discriminant(s);
+    if specs.is_empty() || specs.iter().any(|s| kind(s) != kind(&specs[0])) {
+        bail!(
+            "--devices {joined}: the local peers of one process run on one backend (all cpu, or all cuda:N, ...)"
+        );
+    }
+    Ok(specs)
+}
+
 /// Whether the NVIDIA driver library (`libcuda.so.1` or `libcuda.so`) can be
 /// loaded, as cudarc will try to.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

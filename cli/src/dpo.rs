@@ -57,6 +57,10 @@ impl Trainer for DpoConfig {
         &mut self.train
     }
 
+    fn lora_dropout(&self) -> f64 {
+        self.lora.as_ref().map_or(0.0, |l| l.dropout)
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         device: &B::Device,

@@ -16,9 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 /// The trainer commands a launch runs.
-const TRAINERS: &[&str] = &["sft", "dpo", "reward", "grpo", "rloo"];
-/// Trainer commands that train in one process for now.
-const NOT_YET: &[&str] = &["ppo"];
+const TRAINERS: &[&str] = &["sft", "dpo", "reward", "grpo", "rloo", "ppo"];
 /// How long the other ranks get to end after one failed, before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -44,6 +42,11 @@ pub struct LaunchArgs {
     /// node for the master) before it stops with an error.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
+    /// Local peers instead of processes: one rank per listed device
+    /// (`cpu,cpu`, `cuda:0,cuda:1`), each a thread of one process per
+    /// machine, summing through burn-collective's local level.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
     /// The trainer command and its flags, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -51,10 +54,12 @@ pub struct LaunchArgs {
 
 pub fn run(args: LaunchArgs) -> Result<()> {
     let plan = Plan::check(&args)?;
-    if args.node_rank == 0 {
-        dist::start_orchestrator(args.master_port)?;
-    } else {
-        dist::wait_for_master(&args.master_addr, args.master_port, plan.timeout)?;
+    // One process of local peers needs no orchestrator.
+    if plan.world_size > plan.peers {
+        match args.node_rank {
+            0 => dist::start_orchestrator(args.master_port)?,
+            _ => dist::wait_for_master(&args.master_addr, args.master_port, plan.timeout)?,
+        }
     }
     // Ctrl-C or SIGTERM to the launcher is passed on to every rank, once per
     // signal (the ranks are in their own process group, so a terminal's
@@ -70,7 +75,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     }
     let mut ranks = Vec::new();
     for local_rank in 0..args.nproc_per_node {
-        let rank = args.node_rank * args.nproc_per_node + local_rank;
+        let rank = (args.node_rank * args.nproc_per_node + local_rank) * plan.peers;
         let child = plan.spawn(&args, rank, local_rank).inspect_err(|_| {
             stop_all(&mut ranks, libc::SIGKILL);
         })?;
@@ -86,6 +91,8 @@ pub fn run(args: LaunchArgs) -> Result<()> {
 /// A launch checked before any rank starts.
 struct Plan {
     world_size: usize,
+    /// Ranks per process: the `--devices` listed, else 1.
+    peers: usize,
     node_addr: String,
     timeout: Duration,
     threads: Option<usize>,
@@ -110,22 +117,23 @@ impl Plan {
             );
         }
         let name = args.command[0].as_str();
-        if NOT_YET.contains(&name) {
-            bail!(
-                "`alignkit launch -- {name}`: ppo trains in one process for now; run `alignkit {name}` without launch (grpo and rloo run distributed)"
-            );
-        }
         if !TRAINERS.contains(&name)
             || (name == "reward" && args.command.get(1).map(String::as_str) != Some("train"))
         {
             bail!(
-                "`alignkit launch` runs a trainer: sft, dpo, reward train, grpo or rloo (got `{}`)",
+                "`alignkit launch` runs a trainer: sft, dpo, reward train, grpo, rloo or ppo (got `{}`)",
                 args.command.join(" ")
             );
         }
-        for local_rank in 0..args.nproc_per_node {
-            let port = data_port(args, local_rank)?;
-            dist::check_port_free(port, &format!("local rank {local_rank}'s data port"))?;
+        let peers = match &args.devices {
+            None => 1,
+            Some(list) => check_devices(list, args.nproc_per_node)?,
+        };
+        if args.nnodes * args.nproc_per_node > 1 {
+            for local_rank in 0..args.nproc_per_node {
+                let port = data_port(args, local_rank)?;
+                dist::check_port_free(port, &format!("local rank {local_rank}'s data port"))?;
+            }
         }
         let node_addr = match args.nnodes {
             1 => "127.0.0.1".to_string(),
@@ -138,7 +146,8 @@ impl Plan {
             (cores / args.nproc_per_node).max(1)
         });
         Ok(Self {
-            world_size: args.nnodes * args.nproc_per_node,
+            world_size: args.nnodes * args.nproc_per_node * peers,
+            peers,
             node_addr,
             timeout: Duration::from_secs_f64(args.timeout),
             threads,
@@ -152,7 +161,10 @@ impl Plan {
             .env(dist::ENV_WORLD_SIZE, self.world_size.to_string())
             .env(dist::ENV_RANK, rank.to_string())
             .env(dist::ENV_LOCAL_RANK, local_rank.to_string())
-            .env("LOCAL_WORLD_SIZE", args.nproc_per_node.to_string())
+            .env(
+                "LOCAL_WORLD_SIZE",
+                (args.nproc_per_node * self.peers).to_string(),
+            )
             .env("GROUP_RANK", args.node_rank.to_string())
             .env(dist::ENV_MASTER_ADDR, &args.master_addr)
             .env(dist::ENV_MASTER_PORT, args.master_port.to_string())
@@ -160,6 +172,7 @@ impl Plan {
             .env(ENV_DATA_PORT, data_port(args, local_rank)?.to_string())
             .env(ENV_TIMEOUT, args.timeout.to_string())
             .env(dist::ENV_LAUNCHED, "1")
+            .env(dist::ENV_DEVICES, args.devices.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .process_group(0);
         // SAFETY: prctl(2) is async-signal-safe; it runs in the child between
@@ -180,6 +193,18 @@ impl Plan {
         }
         cmd.spawn().with_context(|| format!("starting rank {rank}"))
     }
+}
+
+/// The local peers `--devices` lists: how many (one backend, and one
+/// process per machine).
+fn check_devices(list: &str, nproc_per_node: usize) -> Result<usize> {
+    if nproc_per_node != 1 {
+        bail!(
+            "--devices puts this machine's ranks in one process, one per device: leave out --nproc-per-node {nproc_per_node}"
+        );
+    }
+    let list: Vec<String> = list.split(',').map(|d| d.trim().to_string()).collect();
+    Ok(crate::backend::peer_devices(&list)?.len())
 }
 
 fn data_port(args: &LaunchArgs, local_rank: usize) -> Result<u16> {

@@ -126,6 +126,10 @@ impl Trainer for RlConfig {
         &mut self.train
     }
 
+    fn lora_dropout(&self) -> f64 {
+        self.lora.as_ref().map_or(0.0, |l| l.dropout)
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         device: &B::Device,

@@ -25,7 +25,7 @@ use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::pull::{KnownModel, ensure_model};
 
 /// A trainer as the training commands and pipeline stages drive it.
-pub trait Trainer: Clone {
+pub trait Trainer: Clone + Send + 'static {
     /// What the loss plot is titled ("SFT", "DPO", ...).
     const NAME: &'static str;
 
@@ -44,6 +44,9 @@ pub trait Trainer: Clone {
 
     /// The config's training loop (`train.*`).
     fn loop_mut(&mut self) -> &mut LoopConfig;
+
+    /// The config's `lora.dropout` (0 without LoRA).
+    fn lora_dropout(&self) -> f64;
 
     /// Train, reporting progress on `bar`; `describe` the outcome with
     /// [`ended`].
@@ -65,10 +68,12 @@ pub struct Trained {
 }
 
 /// Train with a [`StepBar`] (lines prefixed with `prefix`) on the backend
-/// `spec` names, then plot the loss into the run directory.
+/// `spec` names, then plot the loss into the run directory. `peer`: which
+/// of its process's local peers this call trains as (0 in a process that is
+/// one rank).
 pub fn train<B: AutodiffBackend, T: Trainer>(
     trainer: &T,
-    spec: DeviceSpec,
+    (spec, peer): (DeviceSpec, usize),
     device: &B::Device,
     resume: bool,
     stop: &AtomicBool,
@@ -80,10 +85,17 @@ pub fn train<B: AutodiffBackend, T: Trainer>(
         Some(w) => {
             // Started by a scheduler rather than `alignkit launch`: rank 0
             // serves the orchestrator itself.
-            if w.rank == 0 && std::env::var_os(dist::ENV_LAUNCHED).is_none() {
+            let launched = std::env::var_os(dist::ENV_LAUNCHED).is_some();
+            if w.rank == 0 && peer == 0 && w.processes() > 1 && !launched {
                 dist::start_orchestrator(w.master_port)?;
             }
-            World::join::<B::InnerBackend>(w, device)?
+            if w.peers() > 1 && trainer.lora_dropout() > 0.0 {
+                bail!(
+                    "lora.dropout = {}: the local peers of one process (--devices) share the backend's one random generator, so their dropout masks would not be reproducible; use one process per device (--nproc-per-node) or lora.dropout = 0",
+                    trainer.lora_dropout()
+                );
+            }
+            World::join::<B::InnerBackend>(w, peer, device)?
         }
         None => World::single(),
     };
@@ -188,10 +200,15 @@ pub fn run<T: Trainer>(
     let task = TrainTask {
         trainer,
         spec: args.device,
+        peer: 0,
         resume: args.resume,
         stop: stop_flag()?,
     };
-    let trained = dispatch(args.device, task)?;
+    let devices = dist::local_devices();
+    let trained = match devices.is_empty() {
+        true => dispatch(args.device, task)?,
+        false => train_peers(&devices, task)?,
+    };
     if trained.stop == StopReason::Interrupted {
         return Err(Interrupted(trained.summary).into());
     }
@@ -199,11 +216,49 @@ pub fn run<T: Trainer>(
     Ok(())
 }
 
+#[derive(Clone)]
 struct TrainTask<T> {
     trainer: T,
     spec: DeviceSpec,
+    /// Which local peer of the process this is.
+    peer: usize,
     resume: bool,
     stop: Arc<AtomicBool>,
+}
+
+/// One rank per device of `devices`, each a thread of this process (the
+/// local peers `alignkit launch --devices` asks for): rank 0's outcome, or
+/// the first error of any peer (the others would wait for it in vain).
+fn train_peers<T: Trainer>(devices: &[String], task: TrainTask<T>) -> Result<Trained> {
+    let specs = crate::backend::peer_devices(devices)?;
+    let (sender, results) = std::sync::mpsc::channel();
+    for (peer, spec) in specs.into_iter().enumerate() {
+        let task = TrainTask {
+            spec,
+            peer,
+            ..task.clone()
+        };
+        let sender = sender.clone();
+        std::thread::Builder::new()
+            .name(format!("alignkit-peer-{peer}"))
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(spec, task)))
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("local peer {peer} panicked")));
+                let _ = sender.send((peer, outcome));
+            })
+            .context("starting a local peer's thread")?;
+    }
+    drop(sender);
+    let mut first = None;
+    for (peer, outcome) in results {
+        match outcome {
+            Err(e) => return Err(e),
+            Ok(trained) if peer == 0 => first = Some(trained),
+            Ok(_) => {}
+        }
+    }
+    first.context("local peer 0 ended without an outcome")
 }
 
 impl<T: Trainer> Task for TrainTask<T> {
@@ -211,7 +266,7 @@ impl<T: Trainer> Task for TrainTask<T> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Trained> {
         train::<B, T>(
             &self.trainer,
-            self.spec,
+            (self.spec, self.peer),
             &device,
             self.resume,
             &self.stop,

@@ -89,6 +89,43 @@ fn trainer_args(
     args
 }
 
+fn write_prompts(path: &Path) {
+    let lines: Vec<String> = QUESTIONS
+        .iter()
+        .map(|q| json!({ "prompt": q }).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// An online-RL run's command (`table`: grpo, rloo or ppo, with `params`)
+/// of three steps, `batch` completions per rank and forward pass, `accum`
+/// passes a step, its config written next to `run`.
+fn rl_args(
+    table: &str,
+    params: &str,
+    model: &Path,
+    prompts: &Path,
+    run: &Path,
+    (batch, accum): (usize, usize),
+) -> Vec<String> {
+    let config = run.with_extension("toml");
+    let text = format!(
+        "model = {model:?}\noutput_dir = {run:?}\nlearning_rate = 1e-2\n\n\
+         [{table}]\nnum_generations = 4\n{params}\n\n\
+         [data]\ntrain_file = {prompts:?}\nmax_prompt_len = 16\ntext_as_chat = true\n\n\
+         [rollout]\nmax_completion_length = 6\n\n\
+         [[rewards]]\nkind = \"rule\"\nrule = {{ regex = \"e\" }}\n\n\
+         [train]\nbatch_size = {batch}\ngrad_accum = {accum}\nmax_steps = 3\nsave_steps = 1\n\n\
+         [lora]\nr = 4\nalpha = 8\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    vec![
+        table.to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
 fn launch(port: u16, trainer: &[String]) -> Vec<String> {
     let mut args: Vec<String> = ["launch", "--nproc-per-node", "2", "--master-port"]
         .map(String::from)
@@ -150,7 +187,7 @@ fn assert_same_metrics(one: &Path, two: &Path, keys: &[&str]) {
 }
 
 #[test]
-fn two_ranks_train_sft_dpo_a_reward_model_grpo_and_rloo_as_one_process_with_the_double_batch() {
+fn two_ranks_train_every_trainer_as_one_process_with_the_double_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(&tmp.path().join("launch-model"));
     let (sft, prefs) = (tmp.path().join("sft.jsonl"), tmp.path().join("prefs.jsonl"));
@@ -203,43 +240,145 @@ fn two_ranks_train_sft_dpo_a_reward_model_grpo_and_rloo_as_one_process_with_the_
     // same completions: seeds are per prompt and sample), advantages from all
     // ranks' rewards, the loss normalised over the whole step.
     let prompts = tmp.path().join("prompts.jsonl");
-    let lines: Vec<String> = QUESTIONS
-        .iter()
-        .map(|q| json!({ "prompt": q }).to_string())
-        .collect();
-    std::fs::write(&prompts, lines.join("\n")).unwrap();
-    for (i, table) in ["grpo", "rloo"].iter().enumerate() {
-        let rl = |run: &Path, batch: usize| -> Vec<String> {
-            let config = tmp.path().join(format!("{table}-{batch}.toml"));
-            let text = format!(
-                "model = {model:?}\noutput_dir = {run:?}\nlearning_rate = 1e-2\n\n\
-                 [{table}]\nnum_generations = 4\nbeta = 0.05\n\n\
-                 [data]\ntrain_file = {prompts:?}\nmax_prompt_len = 16\ntext_as_chat = true\n\n\
-                 [rollout]\nmax_completion_length = 6\n\n\
-                 [[rewards]]\nkind = \"rule\"\nrule = {{ regex = \"e\" }}\n\n\
-                 [train]\nbatch_size = {batch}\nmax_steps = 3\nsave_steps = 1\n\n\
-                 [lora]\nr = 4\nalpha = 8\n"
-            );
-            std::fs::write(&config, text).unwrap();
-            vec![
-                table.to_string(),
-                "--config".into(),
-                config.display().to_string(),
-            ]
+    write_prompts(&prompts);
+    // PPO: rewards and advantages whitened over all ranks' tokens, each
+    // mini-batch drawn from the whole step's completions, the policy's and
+    // the critic's gradients summed, the KL controller fed all ranks' KL;
+    // with a separate critic (the policy's weights, a fresh head) and with a
+    // value head on the policy's backbone.
+    let ppo = "num_ppo_epochs = 2\nnum_mini_batches = 2\nwhiten_rewards = true\n\
+               adaptive_kl = { target = 0.01, horizon = 100 }";
+    // (PPO's mini-batches are whole forward passes: 2 of 4 per step.)
+    let runs = [
+        ("grpo", "beta = 0.05", 29760, 1),
+        ("rloo", "beta = 0.05", 29765, 1),
+        ("ppo", ppo, 29750, 2),
+        ("ppo", &format!("{ppo}\nshared_backbone = true"), 29755, 2),
+    ];
+    for (table, params, port, accum) in runs {
+        let rl = |run: &Path, batch: usize| {
+            rl_args(table, params, &model, &prompts, run, (batch / accum, accum))
         };
-        let one = tmp.path().join(format!("{table}-one"));
-        let two = tmp.path().join(format!("{table}-two"));
+        let one = tmp.path().join(format!("{table}-{port}-one"));
+        let two = tmp.path().join(format!("{table}-{port}-two"));
         ok(&alignkit(rl(&one, 8)));
-        ok(&alignkit(launch(29627 + i as u16, &rl(&two, 4))));
-        let keys = [
-            "loss",
-            "grad_norm",
-            "reward",
-            "reward_std",
-            "completions/mean_length",
-        ];
-        assert_same_run(&one, &two, &keys);
+        ok(&alignkit(launch(port, &rl(&two, 4))));
+        let keys: &[&str] = match table {
+            "ppo" => &[
+                "loss/policy_avg",
+                "loss/value_avg",
+                "grad_norm",
+                "critic_grad_norm",
+                "objective/kl",
+                "objective/scores",
+                "kl_coef",
+                "policy/clipfrac_avg",
+                "val/num_eos_tokens",
+                "completions/mean_length",
+            ],
+            _ => &[
+                "loss",
+                "grad_norm",
+                "reward",
+                "reward_std",
+                "completions/mean_length",
+            ],
+        };
+        assert_same_run(&one, &two, keys);
     }
+}
+
+/// `alignkit launch --devices cpu,cpu`: two local peers, threads of one
+/// process summing through burn-collective's local level, train SFT, DPO
+/// and GRPO as one process with the double batch (the tolerance of the
+/// module's header: the local level's tree sums in another order); devices
+/// of two backends, processes as well as peers, and LoRA dropout (one
+/// random generator for both peers) are refused in one line.
+#[test]
+fn two_local_peers_in_one_process_train_as_one_process_with_the_double_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("peers-model"));
+    let (sft, prefs, prompts) = (
+        tmp.path().join("sft.jsonl"),
+        tmp.path().join("prefs.jsonl"),
+        tmp.path().join("prompts.jsonl"),
+    );
+    write_sft(&sft);
+    write_prefs(&prefs);
+    write_prompts(&prompts);
+    let peers = |trainer: Vec<String>| -> Vec<String> {
+        let mut args: Vec<String> = ["launch", "--devices", "cpu,cpu", "--"]
+            .map(String::from)
+            .to_vec();
+        args.extend(trainer);
+        args
+    };
+    for (kind, data, keys) in [
+        (
+            "sft",
+            &sft,
+            &["loss", "grad_norm", "mean_token_accuracy"][..],
+        ),
+        ("dpo", &prefs, &["loss", "grad_norm", "rewards/margins"][..]),
+    ] {
+        let one = tmp.path().join(format!("{kind}-one"));
+        let two = tmp.path().join(format!("{kind}-peers"));
+        ok(&alignkit(trainer_args(kind, &model, data, &one, 4, 3)));
+        let out = ok(&alignkit(peers(trainer_args(
+            kind, &model, data, &two, 2, 3,
+        ))));
+        assert_same_run(&one, &two, keys);
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(two.join("checkpoints/step-3/trainer_state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["world_size"], 2, "{state} {out:?}");
+    }
+    let rl = |run: &Path, batch: usize| {
+        rl_args("grpo", "beta = 0.05", &model, &prompts, run, (batch, 1))
+    };
+    let (one, two) = (tmp.path().join("grpo-one"), tmp.path().join("grpo-peers"));
+    ok(&alignkit(rl(&one, 8)));
+    ok(&alignkit(peers(rl(&two, 4))));
+    assert_same_run(&one, &two, &["loss", "grad_norm", "reward", "reward_std"]);
+
+    let sft_two = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["launch"].map(String::from).to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.push("--".into());
+        args.extend(trainer_args(
+            "sft",
+            &model,
+            &sft,
+            &tmp.path().join("refused"),
+            2,
+            1,
+        ));
+        args
+    };
+    let line = refused(&alignkit(sft_two(&["--devices", "cpu,wgpu:cpu"])));
+    assert!(line.contains("one backend"), "{line}");
+    let line = refused(&alignkit(sft_two(&[
+        "--devices",
+        "cpu,cpu",
+        "--nproc-per-node",
+        "2",
+    ])));
+    assert!(line.contains("leave out --nproc-per-node"), "{line}");
+    let mut dropout = sft_two(&["--devices", "cpu,cpu"]);
+    dropout.extend(["--set".into(), "lora.dropout=0.1".into()]);
+    // The process refuses it (the launcher then names the failed rank).
+    let out = alignkit(dropout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("lora.dropout = 0.1") && stderr.contains("--nproc-per-node"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("refused/checkpoints").exists());
 }
 
 /// The pids of `parent`'s children.
@@ -508,10 +647,8 @@ fn launches_that_cannot_work_are_refused_in_one_line_before_training() {
         "{line}"
     );
     drop(busy);
-    // Online RL, a command that is not a trainer, a node rank out of range,
+    // A command that is not a trainer, a node rank out of range,
     // an unreachable master.
-    let line = refused(&alignkit(["launch", "--", "ppo", "--config", "p.toml"]));
-    assert!(line.contains("ppo trains in one process"), "{line}");
     let line = refused(&alignkit(["launch", "--", "generate", "--prompt", "hi"]));
     assert!(line.contains("runs a trainer"), "{line}");
     let line = refused(&alignkit([

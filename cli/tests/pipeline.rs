@@ -1074,7 +1074,7 @@ fn bad_model_references_fail_before_any_work() {
 /// A stage with `launch = { nproc_per_node = 2 }` trains on two ranks
 /// through `alignkit launch` (its checkpoints say so), the next stage takes
 /// its model, a re-run skips it, and another number of ranks re-runs it;
-/// `launch` on an online-RL stage fails before any work.
+/// `launch` on an export stage fails before any work.
 #[test]
 fn a_launched_stage_trains_on_two_ranks_and_feeds_the_next() {
     let two_ranks = pipeline("1e-2", "0.1", 2).replacen(
@@ -1113,5 +1113,5 @@ fn a_launched_stage_trains_on_two_ranks_and_feeds_the_next() {
         "the export stage"
     );
     let g = Fixture::new(&export);
-    g.fails_before_work(&export, "ppo, eval and export run in one process");
+    g.fails_before_work(&export, "eval and export run in one process");
 }

@@ -8,12 +8,14 @@ use std::time::Instant;
 use alignkit_datasets::shuffled_batches;
 use alignkit_model::LlamaForCausalLM;
 use alignkit_train::seed::{Stream, derive_seed};
+use alignkit_train::skeleton::Run;
 use alignkit_train::{TrainerState, World};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::error::Result;
 use crate::loss::{eos_penalised, is_trained};
+use crate::metrics::Lengths;
 use crate::reward::{Rewards, Scores};
 use crate::rollout::{Completion, Prompt, ScoredTokens, roll_out};
 use crate::run::Setup;
@@ -114,6 +116,42 @@ pub(crate) fn collect<B: AutodiffBackend>(
         },
         next_cursor,
     ))
+}
+
+/// `local` of every rank, in rank order (one process: its own): a step's
+/// values over all its completions. `what` names them in a timeout's message.
+pub(crate) fn pooled<B: AutodiffBackend>(
+    run: &Run<B>,
+    local: &[f64],
+    what: &str,
+) -> Result<Vec<f64>> {
+    Ok(run.gather_ragged(local, what)?.concat())
+}
+
+/// A step's rollout over all ranks, what its metrics are computed on: the
+/// completions' lengths, total rewards and each reward function's scores.
+pub(crate) struct StepWide {
+    pub lengths: Lengths,
+    pub total_rewards: Vec<f64>,
+    pub per_func: Vec<Vec<f64>>,
+}
+
+impl Rollout {
+    /// This rollout with every other rank's (one process: itself).
+    pub(crate) fn over_ranks<B: AutodiffBackend>(&self, run: &Run<B>) -> Result<StepWide> {
+        let what = "gathering the step's metrics";
+        let lengths = Lengths::of(&self.completions);
+        Ok(StepWide {
+            lengths: Lengths {
+                tokens: pooled(run, &lengths.tokens, what)?,
+                terminated: pooled(run, &lengths.terminated, what)?,
+            },
+            total_rewards: pooled(run, &self.total_rewards, what)?,
+            per_func: (self.scores.per_func.iter())
+                .map(|s| pooled(run, s, what))
+                .collect::<Result<_>>()?,
+        })
+    }
 }
 
 /// Prompt and completion tokens of a rollout.

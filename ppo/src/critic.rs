@@ -21,6 +21,7 @@ use alignkit_train::reward_model::{
     Trainee, fresh_score, load_trainable as load_critic, read_score, save_trained as save_critic,
     write_score,
 };
+use alignkit_train::skeleton::Run;
 use alignkit_train::{AdamW, Gradients, TrainError, Trainable, trainable_params};
 use burn::module::{Module, ModuleMapper, ModuleVisitor};
 use burn::tensor::DType;
@@ -215,6 +216,19 @@ impl<B: AutodiffBackend> Critic<B> {
                 Critic::Separate(opt.to_dtype::<B, _>(model, dtype), info)
             }
             Critic::Shared(head) => Critic::Shared(opt.to_dtype::<B, _>(head, dtype)),
+        }
+    }
+
+    /// Its gradients summed over the ranks of `run` ([`Run::share_gradients`]).
+    pub(crate) fn share_gradients(
+        &self,
+        run: &Run<B>,
+        grads: &mut Gradients<B::InnerBackend>,
+        loss: f64,
+    ) -> std::result::Result<f64, TrainError> {
+        match self {
+            Critic::Separate(model, _) => run.share_gradients(model, grads, loss),
+            Critic::Shared(head) => run.share_gradients(head, grads, loss),
         }
     }
 

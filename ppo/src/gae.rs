@@ -96,15 +96,41 @@ pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lambda: f64) -> (Vec<f64
 /// `masked_whiten`: advantages are shifted, rewards keep their mean). Fewer
 /// than two values are left as they are.
 pub fn whiten(x: &mut [f64], shift_mean: bool) {
-    let n = x.len();
-    if n < 2 {
-        return;
+    if let Some(w) = Whitening::of(x) {
+        w.apply(x, shift_mean);
     }
-    let mean = x.iter().sum::<f64>() / n as f64;
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    let scale = 1.0 / (var + 1e-8).sqrt();
-    for v in x.iter_mut() {
-        *v = (*v - mean) * scale + if shift_mean { 0.0 } else { mean };
+}
+
+/// What [`whiten`] does to each value, measured on one set of values and
+/// applicable to another (a rank's share of a step's tokens, with the
+/// statistics of all of them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Whitening {
+    pub mean: f64,
+    /// 1/√(σ² + 10⁻⁸), σ² the unbiased variance.
+    pub scale: f64,
+}
+
+impl Whitening {
+    /// The statistics of `x`; none for fewer than two values.
+    pub fn of(x: &[f64]) -> Option<Self> {
+        let n = x.len();
+        if n < 2 {
+            return None;
+        }
+        let mean = x.iter().sum::<f64>() / n as f64;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        Some(Self {
+            mean,
+            scale: 1.0 / (var + 1e-8).sqrt(),
+        })
+    }
+
+    pub fn apply(&self, x: &mut [f64], shift_mean: bool) {
+        let back = if shift_mean { 0.0 } else { self.mean };
+        for v in x.iter_mut() {
+            *v = (*v - self.mean) * self.scale + back;
+        }
     }
 }
 

@@ -42,11 +42,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::collect::{EpochOrder, Rollout, collect, rollout_tokens, token_spans};
+use crate::collect::{EpochOrder, Rollout, StepWide, collect, pooled, rollout_tokens, token_spans};
 use crate::config::{PpoParams, RlConfig};
 use crate::critic::{Critic, CriticInit, CriticNow, token_values};
 use crate::error::{Result, RlError};
-use crate::gae::{AdaptiveKl, gae, token_rewards, whiten};
+use crate::gae::{AdaptiveKl, Whitening, gae, token_rewards};
 use crate::loss::{Clip, GrpoInputs, grpo_loss, value_loss};
 use crate::metrics::{PpoMetrics, RolloutStats, StepTimes, completion_records, mean_std};
 use crate::rollout::{ScoredTokens, logprobs_and_values, scaled_token_logprobs};
@@ -91,6 +91,37 @@ struct UpdateSums {
     updates: usize,
     grad_norm: f64,
     critic_grad_norm: f64,
+}
+
+impl UpdateSums {
+    /// These sums over all ranks (the update count and gradient norms are
+    /// the same on every rank).
+    fn summed<B: AutodiffBackend>(&self, run: &Run<B>) -> Result<Self> {
+        let local = [
+            self.tokens,
+            self.approxkl,
+            self.clipped,
+            self.entropy,
+            self.policy_loss,
+            self.value_loss,
+            self.value_clipped,
+            self.ratio,
+            self.ratio_sq,
+        ];
+        let s = run.sum(&local, "summing the step's metrics")?;
+        Ok(Self {
+            tokens: s[0],
+            approxkl: s[1],
+            clipped: s[2],
+            entropy: s[3],
+            policy_loss: s[4],
+            value_loss: s[5],
+            value_clipped: s[6],
+            ratio: s[7],
+            ratio_sq: s[8],
+            ..*self
+        })
+    }
 }
 
 /// Train a policy with PPO and a critic (the config's `[ppo]` table). Every
@@ -149,7 +180,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         },
         temperature: setup.settings.temperature,
         seed,
-        per_mini: c.completions_per_step() / params.num_mini_batches,
+        per_mini: options.global_batch(c.completions_per_step()) / params.num_mini_batches,
         critic_lr_scale: params.critic_learning_rate.unwrap_or(c.learning_rate) / c.learning_rate,
     };
 
@@ -174,7 +205,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         let temperature = step_settings.temperature;
         let (mut data, ref_logps) =
             no_grad_passes(&model, &critic, &reference, &rollout, temperature, device);
-        let scored = advantages(&mut data, &ref_logps, &rollout, &params, kl_coef);
+        let scored = advantages(&run, &mut data, &ref_logps, &rollout, &params, kl_coef)?;
         let scoring_time = scoring_started.elapsed().as_secs_f64();
 
         // 2-3. num_ppo_epochs × num_mini_batches updates of policy and critic:
@@ -187,6 +218,7 @@ pub fn train_ppo<B: AutodiffBackend>(
             s: &step_settings,
             rollout: &rollout,
             data: &data,
+            layout: Layout::of(&run, &rollout)?,
         };
         let (sums, skipped, verdict);
         (model, critic, sums, skipped, verdict) =
@@ -198,6 +230,7 @@ pub fn train_ppo<B: AutodiffBackend>(
         // 4. The KL controller, metrics, a sample of completions, and the
         //    held-out evaluation when due.
         let step_kl_coef = kl_coef;
+        let wide = rollout.over_ranks(&run)?;
         let mean_kl = mean_std(&scored.seq_kl).0;
         if let Some(a) = &params.adaptive_kl {
             let mut ctl = AdaptiveKl {
@@ -205,20 +238,21 @@ pub fn train_ppo<B: AutodiffBackend>(
                 target: a.target,
                 horizon: a.horizon,
             };
-            ctl.update(mean_kl, rollout.completions.len());
+            ctl.update(mean_kl, wide.total_rewards.len());
             kl_coef = ctl.value;
         }
-        run.state.num_tokens += rollout_tokens(&setup.prompts, &rollout.completions);
+        let tokens = rollout_tokens(&setup.prompts, &rollout.completions) as f64;
+        run.state.num_tokens += run.sum(&[tokens], "counting the step's tokens")?[0] as u64;
         let times = StepTimes {
             started,
             generation: rollout.generation_time,
             scoring: scoring_time,
             optimization: optimization_time,
         };
-        let stats = RolloutStats::new(
-            &rollout.completions,
-            &rollout.total_rewards,
-            (rewards.names(), &rollout.scores.per_func),
+        let stats = RolloutStats::of(
+            &wide.lengths,
+            &wide.total_rewards,
+            (rewards.names(), &wide.per_func),
             run.state.num_tokens,
             times,
             skipped,
@@ -226,9 +260,9 @@ pub fn train_ppo<B: AutodiffBackend>(
         let m = metrics(
             &run,
             &setup,
-            (&rollout, stats),
+            (&wide, stats),
             &scored,
-            &sums,
+            &sums.summed(&run)?,
             lrs,
             step_kl_coef,
         );
@@ -375,26 +409,29 @@ fn no_grad_passes<B: AutodiffBackend>(
 
 /// Step 1's advantages and what the metrics need of the token rewards.
 struct Scored {
-    /// Per completion, per token, whitened.
+    /// Per completion (this rank's), per token, whitened.
     advantages: Vec<Vec<f64>>,
-    /// Per trained completion: its KL to the reference, −log-prob sum, and −β·KL.
+    /// Per trained completion of every rank: its KL to the reference,
+    /// −log-prob sum, and −β·KL.
     seq_kl: Vec<f64>,
     seq_entropy: Vec<f64>,
     non_score: Vec<f64>,
 }
 
 /// Step 1's token rewards, GAE and whitening: fills each completion's
-/// advantages and returns into `data`.
-fn advantages(
+/// advantages and returns into `data`. Whitening pools the tokens of every
+/// rank, as one process pools those of its batch.
+fn advantages<B: AutodiffBackend>(
+    run: &Run<B>,
     data: &mut [TokenData],
     ref_logps: &[Vec<f32>],
     rollout: &Rollout,
     params: &PpoParams,
     kl_coef: f64,
-) -> Scored {
+) -> Result<Scored> {
     let n = data.len();
     let mut token_r: Vec<Vec<f64>> = Vec::with_capacity(n);
-    let (mut seq_kl, mut seq_entropy, mut non_score) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut seq_kl, mut seq_entropy) = (Vec::new(), Vec::new());
     for (i, d) in data.iter().enumerate() {
         let logp: Vec<f64> = d.old_logp.iter().map(|&x| x as f64).collect();
         let reference: Vec<f64> = ref_logps[i].iter().map(|&x| x as f64).collect();
@@ -407,13 +444,13 @@ fn advantages(
                 .map(|(&l, &q)| params.kl_estimator.at(l, q))
                 .sum();
             seq_kl.push(kl);
-            non_score.push(-kl_coef * kl);
             seq_entropy.push(-logp.iter().sum::<f64>());
         }
         token_r.push(r);
     }
     if params.whiten_rewards {
-        whiten_ragged(&mut token_r, false);
+        let all = pooled(run, &token_r.concat(), "whitening the step's rewards")?;
+        whiten_ragged(&mut token_r, &all, false);
     }
     let mut advantages: Vec<Vec<f64>> = Vec::with_capacity(n);
     let mut returns: Vec<Vec<f64>> = Vec::with_capacity(n);
@@ -423,17 +460,20 @@ fn advantages(
         advantages.push(a);
         returns.push(r);
     }
-    whiten_ragged(&mut advantages, true);
+    let all = pooled(run, &advantages.concat(), "whitening the step's advantages")?;
+    whiten_ragged(&mut advantages, &all, true);
     for (i, d) in data.iter_mut().enumerate() {
         d.advantages = advantages[i].iter().map(|&x| x as f32).collect();
         d.returns = returns[i].iter().map(|&x| x as f32).collect();
     }
-    Scored {
+    let what = "gathering the step's KL";
+    let seq_kl = pooled(run, &seq_kl, what)?;
+    Ok(Scored {
         advantages,
+        non_score: seq_kl.iter().map(|kl| -kl_coef * kl).collect(),
         seq_kl,
-        seq_entropy,
-        non_score,
-    }
+        seq_entropy: pooled(run, &seq_entropy, what)?,
+    })
 }
 
 /// Steps 2-3 of one PPO step: what the updates train on.
@@ -442,6 +482,40 @@ struct Updates<'a> {
     s: &'a StepSettings<'a>,
     rollout: &'a Rollout,
     data: &'a [TokenData],
+    layout: Layout,
+}
+
+/// The step's completions over all ranks, in rank order (one process: its
+/// own): each one's trained tokens (0 when masked), and where this rank's
+/// start. A mini-batch is drawn from all of them, as one process draws it;
+/// each rank computes the gradients of its own completions in it.
+struct Layout {
+    tokens: Vec<usize>,
+    start: usize,
+}
+
+impl Layout {
+    fn of<B: AutodiffBackend>(run: &Run<B>, rollout: &Rollout) -> Result<Self> {
+        let local: Vec<f64> = (rollout.completions.iter().zip(&rollout.trained))
+            .map(|(c, &t)| if t { c.tokens.len() as f64 } else { 0.0 })
+            .collect();
+        let all = run.gather_ragged(&local, "gathering the step's completions")?;
+        let rank = run.world.rank().min(all.len());
+        Ok(Self {
+            start: all[..rank].iter().map(Vec::len).sum(),
+            tokens: all.concat().into_iter().map(|t| t as usize).collect(),
+        })
+    }
+
+    /// This rank's completions among `mini` (indices over all ranks), as
+    /// indices into its own.
+    fn local(&self, mini: &[usize], here: usize) -> Vec<usize> {
+        let range = self.start..self.start + here;
+        (mini.iter())
+            .filter(|i| range.contains(i))
+            .map(|i| i - self.start)
+            .collect()
+    }
 }
 
 /// What one mini-batch's forward and backward passes give.
@@ -472,13 +546,13 @@ impl Updates<'_> {
         Option<String>,
         std::result::Result<Verdict, TrainError>,
     ) {
-        let (params, rollout) = (self.s.params, self.rollout);
+        let params = self.s.params;
         let max_grad_norm = self.setup.config.train.max_grad_norm;
         let mut sums = UpdateSums::default();
         let mut verdict = Ok(Verdict::Update);
         let mut skipped = None;
         'epochs: for epoch in 0..params.num_ppo_epochs {
-            let mut perm: Vec<usize> = (0..rollout.completions.len()).collect();
+            let mut perm: Vec<usize> = (0..self.layout.tokens.len()).collect();
             let step = run.state.step as u64;
             let order_seed = derive_seed(self.s.seed, Stream::MiniBatchOrder, step, epoch as u64);
             perm.shuffle(&mut StdRng::seed_from_u64(order_seed));
@@ -489,6 +563,23 @@ impl Updates<'_> {
                 else {
                     continue;
                 };
+                // Both models' gradients summed over the ranks (a rank with
+                // no completion in this mini-batch adds zeros).
+                let shared = run
+                    .share_gradients(&model, &mut out.grads, out.policy_loss)
+                    .and_then(|p| {
+                        Ok((
+                            p,
+                            critic.share_gradients(run, &mut out.critic_grads, out.value_loss)?,
+                        ))
+                    });
+                let (policy_loss, value_loss) = match shared {
+                    Ok(losses) => losses,
+                    Err(e) => {
+                        verdict = Err(e);
+                        break 'epochs;
+                    }
+                };
                 let grad_norm = out.grads.clip_global_norm(max_grad_norm);
                 let critic_grad_norm = out.critic_grads.clip_global_norm(max_grad_norm);
                 sums.policy_loss += out.policy_loss;
@@ -497,7 +588,7 @@ impl Updates<'_> {
                 sums.critic_grad_norm += critic_grad_norm;
                 sums.updates += 1;
                 verdict = run.check(
-                    out.policy_loss + params.vf_coef * out.value_loss,
+                    policy_loss + params.vf_coef * value_loss,
                     grad_norm.hypot(critic_grad_norm),
                 );
                 if let Ok(Verdict::Update) = verdict {
@@ -513,9 +604,10 @@ impl Updates<'_> {
         (model, critic, sums, skipped, verdict)
     }
 
-    /// The gradients and losses of mini-batch `mini` (completion indices),
-    /// in forward passes of `train.batch_size` completions numbered from
-    /// `first` (for the dropout seed); `None` when it has no trained token.
+    /// This rank's gradients and losses of mini-batch `mini` (completion
+    /// indices over all ranks), in forward passes of `train.batch_size`
+    /// completions numbered from `first` (for the dropout seed); `None` on
+    /// every rank when it has no trained token.
     #[allow(clippy::too_many_arguments)]
     fn mini_batch<B: AutodiffBackend>(
         &self,
@@ -529,14 +621,11 @@ impl Updates<'_> {
     ) -> Option<MiniBatch<B>> {
         let (params, rollout, data) = (self.s.params, self.rollout, self.data);
         let (completions, trained) = (&rollout.completions, &rollout.trained);
-        let mb_tokens: usize = mini
-            .iter()
-            .filter(|&&i| trained[i])
-            .map(|&i| completions[i].tokens.len())
-            .sum();
+        let mb_tokens: usize = mini.iter().map(|&i| self.layout.tokens[i]).sum();
         if mb_tokens == 0 {
             return None;
         }
+        let mine = self.layout.local(mini, completions.len());
         let weight = 1.0 / mb_tokens as f32;
         let pad_id = self.setup.encoder.tokenizer().pad_id();
         let mut out = MiniBatch {
@@ -546,7 +635,7 @@ impl Updates<'_> {
             value_loss: 0.0,
         };
         let batch_size = self.setup.config.train.batch_size;
-        for (m, rows) in mini.chunks(batch_size).enumerate() {
+        for (m, rows) in mine.chunks(batch_size).enumerate() {
             let prompts = &self.setup.prompts;
             let tokens =
                 ScoredTokens::of(prompts, completions, rows.iter().copied(), trained, pad_id);
@@ -561,7 +650,7 @@ impl Updates<'_> {
             };
             let old = gather(&|d| &d.old_logp);
             let n = old.len();
-            seed_backend::<B>(device, self.s.seed, run.state.step, first + m);
+            seed_backend::<B>(device, self.s.seed, run.state.step, run.stream(first + m));
             let temperature = self.s.temperature;
             let (head, values) = match critic {
                 Critic::Separate(critic, _) => (
@@ -631,7 +720,7 @@ impl Updates<'_> {
 fn metrics<B: AutodiffBackend>(
     run: &Run<B>,
     setup: &Setup,
-    (rollout, stats): (&Rollout, RolloutStats),
+    (wide, stats): (&StepWide, RolloutStats),
     scored: &Scored,
     sums: &UpdateSums,
     (lr, critic_lr): (f64, f64),
@@ -661,11 +750,7 @@ fn metrics<B: AutodiffBackend>(
         value_clipfrac: sums.value_clipped / tokens,
         ratio: ratio_mean,
         ratio_var: (sums.ratio_sq / tokens - ratio_mean * ratio_mean).max(0.0),
-        num_eos_tokens: rollout
-            .completions
-            .iter()
-            .filter(|x| x.terminated())
-            .count(),
+        num_eos_tokens: wide.lengths.terminated.iter().sum::<f64>() as usize,
         grad_norm: sums.grad_norm / updates,
         critic_grad_norm: sums.critic_grad_norm / updates,
         rollout: stats,
@@ -702,16 +787,13 @@ fn read_ppo_state(checkpoint: &Path) -> Result<PpoState> {
     })
 }
 
-/// [`whiten`] over the tokens of every completion together (TRL's
-/// `masked_whiten` over the unpadded tokens of the batch).
-fn whiten_ragged(rows: &mut [Vec<f64>], shift_mean: bool) {
-    let mut flat: Vec<f64> = rows.iter().flatten().copied().collect();
-    whiten(&mut flat, shift_mean);
-    let mut it = flat.into_iter();
-    for row in rows.iter_mut() {
-        for v in row.iter_mut() {
-            *v = it.next().expect("same count");
-        }
+/// [`crate::gae::whiten`] over the tokens of every completion together
+/// (TRL's `masked_whiten` over the unpadded tokens of the batch): the
+/// statistics of `pooled` (every rank's tokens; one process: `rows`'
+/// own), applied to `rows`.
+fn whiten_ragged(rows: &mut [Vec<f64>], pooled: &[f64], shift_mean: bool) {
+    if let Some(w) = Whitening::of(pooled) {
+        rows.iter_mut().for_each(|row| w.apply(row, shift_mean));
     }
 }
 
@@ -726,7 +808,8 @@ mod tests {
     #[test]
     fn ragged_whitening_pools_the_tokens_of_every_completion() {
         let mut rows = vec![vec![1.0, 2.0], vec![], vec![3.0, 4.0]];
-        whiten_ragged(&mut rows, true);
+        let all = rows.concat();
+        whiten_ragged(&mut rows, &all, true);
         let s = (5.0f64 / 3.0 + 1e-8).sqrt();
         let want = [[-1.5 / s, -0.5 / s], [0.5 / s, 1.5 / s]];
         assert!(rows[1].is_empty());
@@ -736,8 +819,14 @@ mod tests {
             }
         }
         let mut kept = vec![vec![1.0, 2.0], vec![3.0, 4.0]];
-        whiten_ragged(&mut kept, false);
+        let all = kept.concat();
+        whiten_ragged(&mut kept, &all, false);
         let mean: f64 = kept.iter().flatten().sum::<f64>() / 4.0;
         assert!((mean - 2.5).abs() < 1e-12);
+        // A rank's share, whitened with the statistics of every rank's
+        // tokens, equals its part of the whole whitened in one process.
+        let mut share = vec![vec![3.0, 4.0]];
+        whiten_ragged(&mut share, &[1.0, 2.0, 3.0, 4.0], true);
+        assert_eq!(share[0], rows[2]);
     }
 }

@@ -190,14 +190,6 @@ pub(crate) fn open<B: AutodiffBackend>(
     device: &B::Device,
     options: &RunOptions<'_>,
 ) -> Result<Opened<B>> {
-    if options.world.is_distributed() && config.ppo.is_some() {
-        // PPO's critic, GAE whitening and KL controller are not yet dealt
-        // over ranks: refuse rather than train each rank on its own.
-        return Err(crate::RlError::Config {
-            field: "launch".into(),
-            message: "ppo trains in one process for now; run it without `alignkit launch` (grpo and rloo run distributed)".into(),
-        });
-    }
     let config = config.with_absolute_paths()?;
     let algorithm = config.algorithm()?;
     let (trainer, group, beta) = (

@@ -26,7 +26,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::collect::{EpochOrder, Rollout, collect, rollout_tokens, token_spans};
+use crate::collect::{EpochOrder, Rollout, StepWide, collect, rollout_tokens, token_spans};
 use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
 use crate::loss::{
@@ -34,7 +34,7 @@ use crate::loss::{
     grpo_advantages, grpo_loss, k1_sequence, kl_penalised, rloo_advantages, rloo_loss,
     token_weights_over,
 };
-use crate::metrics::{Lengths, RlMetrics, RolloutStats, StepTimes, completion_records};
+use crate::metrics::{RlMetrics, RolloutStats, StepTimes, completion_records};
 use crate::rollout::{Completion, ScoredTokens, scaled_token_logprobs};
 use crate::run::{Opened, Setup, finish, floats, host, open};
 
@@ -478,24 +478,11 @@ fn metrics<B: AutodiffBackend>(
     step: StepRecord<'_>,
 ) -> Result<RlMetrics> {
     let (rollout, sums) = (step.rollout, &step.sums.summed(run)?);
-    // Every rank's completions (one process: its own).
-    let all = |local: &[f64]| -> Result<Vec<f64>> {
-        Ok(run
-            .gather_ragged(local, "gathering the step's metrics")?
-            .concat())
-    };
-    let lengths = Lengths::of(&rollout.completions);
-    let lengths = Lengths {
-        tokens: all(&lengths.tokens)?,
-        terminated: all(&lengths.terminated)?,
-    };
-    let total_rewards = all(&rollout.total_rewards)?;
-    let per_func = rollout
-        .scores
-        .per_func
-        .iter()
-        .map(|s| all(s))
-        .collect::<Result<Vec<_>>>()?;
+    let StepWide {
+        lengths,
+        total_rewards,
+        per_func,
+    } = rollout.over_ranks(run)?;
     let passes_run = p.passes as f64;
     let trained_tokens = sums.tokens.max(1) as f64;
     let clip_items = sums.clip_items.max(1) as f64;

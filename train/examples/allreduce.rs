@@ -29,7 +29,7 @@ fn main() {
     if spec.rank == 0 {
         dist::start_orchestrator(spec.master_port).expect("orchestrator");
     }
-    let world = World::join::<Flex>(spec, &device).expect("join");
+    let world = World::join::<Flex>(spec, 0, &device).expect("join");
     let ranks = world.size() as f64;
     let x: Tensor<Flex, 1> = Tensor::ones([n], &device);
     for rep in 0..reps {

@@ -3,10 +3,13 @@
 //! A distributed run is `world_size` ranks, each a process (torchrun's
 //! conventions: `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`,
 //! `MASTER_PORT`, set by `alignkit launch` or a scheduler such as Slurm).
-//! Each rank is a node of burn-collective's global level with one local peer;
-//! node rank 0's launcher runs the orchestrator at `MASTER_ADDR:MASTER_PORT`,
-//! and each rank serves its tensors to the others on its own data port
-//! (`ALIGNKIT_DATA_PORT`, at `ALIGNKIT_NODE_ADDR`).
+//! Each process is a node of burn-collective's global level; node rank 0's
+//! launcher runs the orchestrator at `MASTER_ADDR:MASTER_PORT`, and each
+//! process serves its tensors to the others on its own data port
+//! (`ALIGNKIT_DATA_PORT`, at `ALIGNKIT_NODE_ADDR`). A process is one rank,
+//! or, with `ALIGNKIT_DEVICES` (`alignkit launch --devices`), one rank per
+//! listed device: its local peers, threads that burn-collective's local
+//! level sums across before the global level (none with one process).
 //!
 //! What the run skeleton asks of the world: the sum of every rank's
 //! gradients before clipping ([`World::sum_tensor`]), sums of a few numbers
@@ -44,6 +47,9 @@ pub const ENV_DATA_PORT: &str = "ALIGNKIT_DATA_PORT";
 /// Set by `alignkit launch`, whose node 0 runs the orchestrator; without it,
 /// rank 0 runs one itself.
 pub const ENV_LAUNCHED: &str = "ALIGNKIT_LAUNCHED";
+/// The devices of this process's local peers, comma-separated (`cpu,cpu`,
+/// `cuda:0,cuda:1`): ranks RANK, RANK + 1, ... in one process.
+pub const ENV_DEVICES: &str = "ALIGNKIT_DEVICES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
@@ -72,9 +78,13 @@ pub enum DistError {
 /// say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorldSpec {
+    /// This process's (first) rank.
     pub rank: usize,
     pub world_size: usize,
     pub local_rank: usize,
+    /// The devices of this process's local peers ([`ENV_DEVICES`]); empty:
+    /// the process is one rank.
+    pub devices: Vec<String>,
     pub master_addr: String,
     pub master_port: u16,
     /// This rank's address as the other ranks reach it.
@@ -130,8 +140,30 @@ impl WorldSpec {
             Some(v) => parse(ENV_LOCAL_RANK, &v)?,
             None => rank,
         };
-        let master_addr = required(ENV_MASTER_ADDR)?;
-        let master_port: u16 = parse(ENV_MASTER_PORT, &required(ENV_MASTER_PORT)?)?;
+        let devices = local_devices();
+        let peers = devices.len().max(1);
+        if rank + peers > world_size || !world_size.is_multiple_of(peers) {
+            return Err(DistError::Env {
+                var: ENV_DEVICES,
+                message: format!(
+                    "{peers} local peers from RANK = {rank} do not fit WORLD_SIZE = {world_size} (a multiple of the peers per process)"
+                ),
+            });
+        }
+        // One process of local peers needs no master.
+        let (master_addr, master_port) = match world_size == peers {
+            true => (
+                var(ENV_MASTER_ADDR).unwrap_or_else(|| "127.0.0.1".into()),
+                match var(ENV_MASTER_PORT) {
+                    Some(p) => parse(ENV_MASTER_PORT, &p)?,
+                    None => 0,
+                },
+            ),
+            false => (
+                required(ENV_MASTER_ADDR)?,
+                parse(ENV_MASTER_PORT, &required(ENV_MASTER_PORT)?)?,
+            ),
+        };
         let data_port = match var(ENV_DATA_PORT) {
             Some(v) => parse(ENV_DATA_PORT, &v)?,
             None => data_port(master_port, local_rank).ok_or(DistError::Env {
@@ -157,6 +189,7 @@ impl WorldSpec {
             rank,
             world_size,
             local_rank,
+            devices,
             master_addr,
             master_port,
             node_addr,
@@ -164,6 +197,32 @@ impl WorldSpec {
             timeout,
         }))
     }
+}
+
+impl WorldSpec {
+    /// The ranks this process runs (its local peers): 1 without
+    /// [`ENV_DEVICES`].
+    pub fn peers(&self) -> usize {
+        self.devices.len().max(1)
+    }
+
+    /// The processes of the run (burn-collective's nodes).
+    pub fn processes(&self) -> usize {
+        self.world_size / self.peers()
+    }
+}
+
+/// [`ENV_DEVICES`]: the devices of this process's local peers (none when
+/// unset).
+pub fn local_devices() -> Vec<String> {
+    var(ENV_DEVICES)
+        .map(|v| {
+            v.split(',')
+                .map(|d| d.trim().to_string())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The port local rank `local_rank` serves its tensors on:
@@ -273,6 +332,8 @@ struct Waiting {
 #[derive(Debug)]
 struct Joined {
     spec: WorldSpec,
+    /// This peer's rank.
+    rank: usize,
     peer: PeerId,
     waiting: Mutex<Option<Waiting>>,
     /// The next collective call may wait [`SAVE_TIMEOUT`] (rank 0 is saving).
@@ -290,10 +351,15 @@ impl World {
         Self(None)
     }
 
-    /// Join the distributed world `spec` names, on backend `B` (the
+    /// Join the distributed world `spec` names as its process's local peer
+    /// `peer` (0 for a process that is one rank), on backend `B` (the
     /// trainer's inner backend: gradients are summed there). Waits at most
     /// the world's timeout for every rank to join.
-    pub fn join<B: Backend>(spec: WorldSpec, device: &B::Device) -> Result<Self, DistError> {
+    pub fn join<B: Backend>(
+        spec: WorldSpec,
+        peer: usize,
+        device: &B::Device,
+    ) -> Result<Self, DistError> {
         quiet_collective_panics();
         quiet_collective_logs();
         let address = |host: &str, port: u16| {
@@ -301,24 +367,31 @@ impl World {
                 .parse()
                 .expect("an address parses")
         };
-        let config = CollectiveConfig::default()
-            .with_num_devices(1)
-            .with_num_nodes(spec.world_size as u32)
-            .with_global_address(address(&spec.master_addr, spec.master_port))
-            .with_node_address(address(&spec.node_addr, spec.data_port))
-            .with_data_service_port(spec.data_port);
+        let mut config = CollectiveConfig::default().with_num_devices(spec.peers());
+        if spec.processes() > 1 {
+            config = config
+                .with_num_nodes(spec.processes() as u32)
+                .with_global_address(address(&spec.master_addr, spec.master_port))
+                .with_node_address(address(&spec.node_addr, spec.data_port))
+                .with_data_service_port(spec.data_port);
+        }
+        let rank = spec.rank + peer;
         let joined = Arc::new(Joined {
-            peer: PeerId(spec.rank as u32),
+            rank,
+            peer: PeerId(rank as u32),
             spec,
             waiting: Mutex::new(None),
             long_wait: Mutex::new(false),
         });
         start_watchdog(Arc::downgrade(&joined));
         let world = Self(Some(joined.clone()));
-        let what = format!(
-            "joining the {} ranks at {}:{}",
-            joined.spec.world_size, joined.spec.master_addr, joined.spec.master_port
-        );
+        let what = match joined.spec.processes() {
+            1 => format!("joining the {} local peers", joined.spec.world_size),
+            _ => format!(
+                "joining the {} ranks at {}:{}",
+                joined.spec.world_size, joined.spec.master_addr, joined.spec.master_port
+            ),
+        };
         world.waiting(&what, || {
             burn_collective::register::<B>(joined.peer, device.clone(), config)
         })?;
@@ -331,7 +404,7 @@ impl World {
     }
 
     pub fn rank(&self) -> usize {
-        self.0.as_ref().map_or(0, |j| j.spec.rank)
+        self.0.as_ref().map_or(0, |j| j.rank)
     }
 
     pub fn size(&self) -> usize {
@@ -533,7 +606,7 @@ fn start_watchdog(joined: std::sync::Weak<Joined>) {
                 if let Some((what, limit)) = late {
                     eprintln!(
                         "error: rank {}: {what}: no answer from the other ranks in {} s (a rank died, hangs, or was never started); stopping, the last complete checkpoint is intact",
-                        j.spec.rank,
+                        j.rank,
                         limit.as_secs_f64()
                     );
                     std::process::exit(EXIT_PEER_LOST);

@@ -228,7 +228,8 @@ fn train_stage<B: AutodiffBackend, T: Trainer>(
     stop: &AtomicBool,
     device: &B::Device,
 ) -> Result<Ran> {
-    let trained = crate::train_cli::train::<B, T>(trainer, spec, device, resume, stop, prefix)?;
+    let trained =
+        crate::train_cli::train::<B, T>(trainer, (spec, 0), device, resume, stop, prefix)?;
     Ok(Ran {
         interrupted: trained.stop == StopReason::Interrupted,
         steps: Some(trained.steps),

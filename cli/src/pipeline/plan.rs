@@ -565,9 +565,10 @@ impl Plan {
                         | StageKind::Reward
                         | StageKind::Grpo
                         | StageKind::Rloo
+                        | StageKind::Ppo
                 ) {
                     bail!(
-                        "stage `{}`: `launch` runs sft, dpo, reward, grpo and rloo stages (ppo, eval and export run in one process)",
+                        "stage `{}`: `launch` runs training stages (eval and export run in one process)",
                         entry.name
                     );
                 }
