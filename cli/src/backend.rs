@@ -85,18 +85,18 @@ impl DeviceSpec {
 }
 
 /// The devices of one process's local peers (`--devices`): parsed, at least
-/// one, all of one backend.
+/// one, all of one backend (an error names the list, the caller its flag).
 pub fn peer_devices(list: &[String]) -> Result<Vec<DeviceSpec>> {
     let joined = list.join(",");
     let specs = list
         .iter()
         .map(|d| d.parse::<DeviceSpec>())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--devices {joined}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{joined}: {e}"))?;
     let kind = |s: &DeviceSpec| std::mem::discriminant(s);
     if specs.is_empty() || specs.iter().any(|s| kind(s) != kind(&specs[0])) {
         bail!(
-            "--devices {joined}: the local peers of one process run on one backend (all cpu, or all cuda:N, ...)"
+            "{joined}: the local peers of one process run on one backend (all cpu, or all cuda:N, ...)"
         );
     }
     Ok(specs)

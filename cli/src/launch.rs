@@ -204,7 +204,9 @@ fn check_devices(list: &str, nproc_per_node: usize) -> Result<usize> {
         );
     }
     let list: Vec<String> = list.split(',').map(|d| d.trim().to_string()).collect();
-    Ok(crate::backend::peer_devices(&list)?.len())
+    let specs =
+        crate::backend::peer_devices(&list).map_err(|e| anyhow::anyhow!("--devices {e}"))?;
+    Ok(specs.len())
 }
 
 fn data_port(args: &LaunchArgs, local_rank: usize) -> Result<u16> {

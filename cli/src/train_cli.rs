@@ -230,7 +230,8 @@ struct TrainTask<T> {
 /// local peers `alignkit launch --devices` asks for): rank 0's outcome, or
 /// the first error of any peer (the others would wait for it in vain).
 fn train_peers<T: Trainer>(devices: &[String], task: TrainTask<T>) -> Result<Trained> {
-    let specs = crate::backend::peer_devices(devices)?;
+    let specs = crate::backend::peer_devices(devices)
+        .map_err(|e| anyhow::anyhow!("{} = {e}", dist::ENV_DEVICES))?;
     let (sender, results) = std::sync::mpsc::channel();
     for (peer, spec) in specs.into_iter().enumerate() {
         let task = TrainTask {

@@ -979,14 +979,15 @@ fn rloo_stage_without_its_table_takes_the_defaults() {
 }
 
 /// A `ppo` stage reads the reward stage's model twice: as its reward and as
-/// its critic's starting weights (the only model reward).
+/// its critic's starting weights (the only model reward); it trains on two
+/// local peers (`launch.devices`).
 #[test]
 fn ppo_stage_takes_the_reward_stage_as_reward_and_critic() {
     let f = Fixture::new(
         &rl_pipeline("1e-2")
             .replace(
                 "name = \"grpo\"\nkind = \"grpo\"",
-                "name = \"ppo\"\nkind = \"ppo\"",
+                "name = \"ppo\"\nkind = \"ppo\"\nlaunch = { devices = [\"cpu\", \"cpu\"] }",
             )
             .replace("grpo.num_generations = 2\n", "ppo.num_ppo_epochs = 2\n"),
     );
@@ -996,6 +997,7 @@ fn ppo_stage_takes_the_reward_stage_as_reward_and_critic() {
     assert_eq!(ppo["kind"], "ppo");
     assert_eq!(ppo["config"]["ppo"]["num_ppo_epochs"], 2);
     assert_eq!(ppo["inputs"]["models"]["rewards[0]"]["from"], "rm");
+    assert_eq!(ppo["ranks"], 2);
     assert_eq!(f.steps("ppo"), vec![1, 2]);
     let critic = f.dir.join("run/ppo/checkpoints/step-2/critic");
     assert!(critic.join("adapter_model.safetensors").is_file());
@@ -1103,6 +1105,17 @@ fn a_launched_stage_trains_on_two_ranks_and_feeds_the_next() {
     .unwrap();
     let (action, _) = plan_line(&f.ok(&["--dry-run"]), "sft");
     assert_eq!(action, "run");
+    // Two local peers are two ranks too: the same global batch, no re-run.
+    let peers =
+        |list: &str| two_ranks.replace("nproc_per_node = 2", &format!("devices = [{list}]"));
+    std::fs::write(f.dir.join("pipeline.toml"), peers("\"cpu\", \"cpu\"")).unwrap();
+    let (action, _) = plan_line(&f.ok(&["--dry-run"]), "sft");
+    assert_eq!(action, "skip");
+    let mixed = peers("\"cpu\", \"wgpu:cpu\"");
+    Fixture::new(&mixed).fails_before_work(
+        &mixed,
+        "launch.devices = cpu,wgpu:cpu: the local peers of one process run on one backend",
+    );
     let export = two_ranks.replacen(
         "kind = \"export\"\n",
         "kind = \"export\"\nlaunch = { nproc_per_node = 2 }\n",

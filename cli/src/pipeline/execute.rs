@@ -182,8 +182,11 @@ fn launched_stage(
     let exe = std::env::current_exe().context("finding the alignkit executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["launch", "--nproc-per-node"])
-        .arg(launch.nproc_per_node.to_string())
-        .arg("--master-port")
+        .arg(launch.nproc_per_node.to_string());
+    if !launch.devices.is_empty() {
+        cmd.arg("--devices").arg(launch.devices.join(","));
+    }
+    cmd.arg("--master-port")
         .arg(launch.master_port.to_string())
         .arg("--timeout")
         .arg(launch.timeout.to_string())
@@ -193,6 +196,7 @@ fn launched_stage(
             StageKind::Dpo => &["dpo"][..],
             StageKind::Grpo => &["grpo"][..],
             StageKind::Rloo => &["rloo"][..],
+            StageKind::Ppo => &["ppo"][..],
             _ => &["sft"][..],
         })
         .arg("--config")

@@ -62,7 +62,7 @@ pub struct Stage {
 impl Stage {
     /// Ranks the stage trains on.
     pub(super) fn ranks(&self) -> usize {
-        self.launch.as_ref().map_or(1, |l| l.nproc_per_node)
+        self.launch.as_ref().map_or(1, StageLaunch::ranks)
     }
 
     /// Every model the stage reads, by role: its input (`model`), the models
@@ -556,7 +556,7 @@ impl Plan {
                 });
             }
             // The ranks set the global batch (train.batch_size is per rank).
-            let launch = entry.launch.clone().filter(|l| l.nproc_per_node != 1);
+            let launch = entry.launch.clone().filter(|l| l.ranks() != 1);
             if let Some(l) = &launch {
                 if !matches!(
                     entry.kind,
@@ -578,6 +578,17 @@ impl Plan {
                         entry.name
                     );
                 }
+                if !l.devices.is_empty() {
+                    if l.nproc_per_node != 1 {
+                        bail!(
+                            "stage `{}`: launch.devices puts the ranks in one process, one per device: leave out launch.nproc_per_node",
+                            entry.name
+                        );
+                    }
+                    crate::backend::peer_devices(&l.devices).map_err(|e| {
+                        anyhow::anyhow!("stage `{}`: launch.devices = {e}", entry.name)
+                    })?;
+                }
             }
             let config_toml = config.to_toml();
             let config_sha256 =
@@ -591,7 +602,7 @@ impl Plan {
                 identity.push_str(&format!("{role} {}\n", m.sha256));
             }
             if let Some(l) = &launch {
-                identity.push_str(&format!("ranks {}\n", l.nproc_per_node));
+                identity.push_str(&format!("ranks {}\n", l.ranks()));
             }
             let from_run = upstream
                 .filter(|u| {

@@ -31,18 +31,35 @@ pub(super) struct StageEntry {
     pub(super) launch: Option<StageLaunch>,
 }
 
-/// How a stage is launched: `launch = { nproc_per_node = 2 }`.
+/// How a stage is launched: `launch = { nproc_per_node = 2 }`, or
+/// `launch = { devices = ["cuda:0", "cuda:1"] }` for local peers.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageLaunch {
     /// Ranks on this machine (`alignkit launch --nproc-per-node`).
+    #[serde(default = "one")]
     pub nproc_per_node: usize,
+    /// Local peers, one rank per device, in one process
+    /// (`alignkit launch --devices`).
+    #[serde(default)]
+    pub devices: Vec<String>,
     /// `--master-port`.
     #[serde(default = "default_master_port")]
     pub master_port: u16,
     /// `--timeout`, seconds.
     #[serde(default = "default_timeout")]
     pub timeout: f64,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl StageLaunch {
+    /// The ranks it starts on this machine.
+    pub fn ranks(&self) -> usize {
+        self.nproc_per_node * self.devices.len().max(1)
+    }
 }
 
 fn default_master_port() -> u16 {
