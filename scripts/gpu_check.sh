@@ -9,6 +9,11 @@
 #       MFU for SmolLM2-135M's config and Llama-3.2-1B's config (random weights:
 #       speed does not depend on them, and the device tool carries 64 MiB),
 #   (c) batched rollout generation tokens/s,
+#   (d) data parallel on the GPU (issue 34): LoRA SFT of the tiny GGUF fixture
+#       in one process, on 2 ranks (processes) and on 2 local peers
+#       (`launch --devices`), every rank on $DEVICE: that CUDA tensors
+#       all-reduce through burn-collective and the per-step losses agree
+#       (1e-5), not speed (one GPU: the ranks share it),
 # with PyTorch (+ PEFT) on the same GPU in the same call when python3 has torch,
 # transformers and peft, and writes everything to one JSON: $OUT/gpu_check.json.
 #
@@ -91,6 +96,40 @@ for size in $SIZES; do
             --recompute-granularity "$granularity" --steps "$STEPS" --json "${TORCH[@]}"
     done
 done
+
+# (d) data parallel: each run's per-step losses into $OUT/dp.json.
+dp=$(mktemp -d)
+"$BIN" import-gguf model/tests/fixtures/gguf/tiny-llama.gguf.bin "$dp/model" >> "$log" 2>&1
+sft=(sft --config examples/sft.toml --model "$dp/model" --max-steps 8 --set train.eval_steps=0)
+dp_run() {
+    local name=$1; shift
+    say "dp-$name: $*"
+    if timeout "$LIMIT" "$@" >> "$log" 2>&1; then say "dp-$name: done"; else say "dp-$name: FAILED (exit $?)"; fi
+}
+dp_run one "$BIN" "${sft[@]}" --device "$DEVICE" --output-dir "$dp/one"
+dp_run ranks "$BIN" launch --nproc-per-node 2 --master-port 29650 -- "${sft[@]}" --batch-size 4 \
+    --device "$DEVICE" --output-dir "$dp/ranks"
+dp_run peers "$BIN" launch --devices "$DEVICE,$DEVICE" -- "${sft[@]}" --batch-size 4 --output-dir "$dp/peers"
+python3 - "$dp" "$OUT/dp.json" <<'PY' | tee -a "$log"
+import json, os, sys
+dp, out = sys.argv[1], sys.argv[2]
+def losses(run):
+    path = os.path.join(dp, run, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    rows = [json.loads(l) for l in open(path)]
+    return [r["loss"] for r in rows if "tokens_per_second" in r]
+result = {run: losses(run) for run in ("one", "ranks", "peers")}
+one = result["one"]
+for run in ("ranks", "peers"):
+    got = result[run]
+    ok = bool(one and got and len(one) == len(got)
+              and all(abs(a - b) <= 1e-5 * max(1.0, abs(a)) for a, b in zip(one, got)))
+    result[run + "_equals_one"] = ok
+json.dump(result, open(out, "w"))
+print(json.dumps(result))
+PY
+rm -rf "$dp"
 
 # peak_rss_mb is host memory on both sides; device_memory_mb is the GPU
 # allocator's peak reservation (cubecl's pool; torch.cuda.max_memory_reserved).
