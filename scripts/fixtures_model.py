@@ -1,21 +1,23 @@
 """Parity fixtures for alignkit-model, generated with transformers.
 
-Builds tiny random Llama / Qwen2 / Mistral models, saves them in HF layout
+Builds tiny random Llama / Qwen2 / Mistral / Qwen3 / SmolLM3 / OLMo 2 models, saves them in HF layout
 under model/tests/fixtures/<name>/ and records, with transformers in f32:
   - logits of a batch of two unpadded sequences,
   - logits of the same sequences right- and left-padded,
   - 12 greedy tokens after a prompt (use_cache=True).
 Also a bf16-sharded copy (exercises sharded + bf16 loading) and an f16 copy.
 
-Run from the repo root:  python scripts/fixtures_model.py
+Run from the repo root:  python scripts/fixtures_model.py [NAME ...]
+(names: only those fixtures; each keeps its seed, so the others stay as they are).
 CI never runs this; the outputs are committed.
 """
 import json
 import os
+import sys
 
 import torch
 from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig,
-                          Qwen2Config)
+                          Olmo2Config, Qwen2Config, Qwen3Config, SmolLM3Config)
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "model", "tests", "fixtures")
 VOCAB = 128
@@ -37,6 +39,16 @@ CONFIGS = {
                          tie_word_embeddings=False, use_sliding_window=False),
     "mistral": MistralConfig(**COMMON, rope_theta=10000.0, sliding_window=None,
                              tie_word_embeddings=False),
+    # Per-head q/k RMSNorm, head_dim (16) independent of hidden_size / heads (8).
+    "qwen3": Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                         use_sliding_window=False),
+    # Layer 1 without RoPE (NoPE).
+    "smollm3": SmolLM3Config(**COMMON, no_rope_layers=[1, 0], tie_word_embeddings=True,
+                             rope_parameters={"rope_type": "default", "rope_theta": 5000000.0}),
+    # Post-norm blocks, q/k RMSNorm over the whole projections.
+    "olmo2": Olmo2Config(**COMMON, tie_word_embeddings=False,
+                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
 }
 
 
@@ -87,7 +99,10 @@ def reload_f32(path):
 
 def main():
     torch.manual_seed(0)
+    only = set(sys.argv[1:])
     for i, (name, config) in enumerate(CONFIGS.items()):
+        if only and name not in only:
+            continue
         config._attn_implementation = "eager"
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
         randomize(model, seed=100 + i)

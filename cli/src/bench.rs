@@ -114,7 +114,7 @@ enum Source {
     /// config.json `file`.
     Random {
         file: PathBuf,
-        config: LlamaConfig,
+        config: Box<LlamaConfig>,
     },
 }
 
@@ -123,7 +123,7 @@ impl Source {
         Ok(match &args.model_config {
             Some(file) => Source::Random {
                 file: file.clone(),
-                config: LlamaConfig::load(file)?,
+                config: Box::new(LlamaConfig::load(file)?),
             },
             None => Source::Dir(args.model.dir()?),
         })
@@ -132,7 +132,7 @@ impl Source {
     fn config(&self) -> Result<LlamaConfig> {
         match self {
             Source::Dir(dir) => Ok(LlamaConfig::load(&dir.join("config.json"))?),
-            Source::Random { config, .. } => Ok(config.clone()),
+            Source::Random { config, .. } => Ok(config.as_ref().clone()),
         }
     }
 

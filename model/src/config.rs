@@ -1,8 +1,13 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint.
 //!
-//! Llama 2/3, SmolLM2, Mistral and Qwen2 share one decoder: pre-norm RMSNorm,
-//! rotate-half RoPE, grouped-query attention, SwiGLU MLP. They differ only in the
-//! fields below (Qwen2 adds q/k/v biases; Llama 3.1 scales RoPE frequencies).
+//! Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3, SmolLM3 and OLMo 2 share one
+//! decoder: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU MLP.
+//! They differ only in the fields below: Qwen2 adds q/k/v biases, Llama 3.1
+//! scales RoPE frequencies, Qwen3 normalises each head's q and k
+//! ([`QkNorm::PerHead`]) with a `head_dim` of its own, SmolLM3 leaves RoPE out
+//! of every fourth layer ([`LlamaConfig::rope_layers`]), OLMo 2 normalises
+//! the whole q and k projections ([`QkNorm::Whole`]) and the outputs of its
+//! attention and MLP instead of their inputs ([`NormPlacement::Post`]).
 
 use std::path::Path;
 
@@ -17,6 +22,32 @@ pub enum ModelType {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Smollm3,
+    Olmo2,
+}
+
+/// The `model_type`s this decoder reads, for error messages.
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, smollm3, olmo2";
+
+/// RMSNorm of the queries and keys before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Over each head's D values, one weight [D] shared by the heads (Qwen3,
+    /// Gemma 3).
+    PerHead,
+    /// Over the whole projection, H·D (K·D for keys) values (OLMo 2).
+    Whole,
+}
+
+/// Where a layer's norms sit around its attention and MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// x + attn(norm(x)), then x + mlp(norm(x)) (Llama).
+    Pre,
+    /// x + norm(attn(x)), then x + norm(mlp(x)) (OLMo 2).
+    Post,
 }
 
 impl ModelType {
@@ -25,6 +56,9 @@ impl ModelType {
             ModelType::Llama => "llama",
             ModelType::Mistral => "mistral",
             ModelType::Qwen2 => "qwen2",
+            ModelType::Qwen3 => "qwen3",
+            ModelType::Smollm3 => "smollm3",
+            ModelType::Olmo2 => "olmo2",
         }
     }
 
@@ -33,6 +67,9 @@ impl ModelType {
             "llama" => Some(ModelType::Llama),
             "mistral" => Some(ModelType::Mistral),
             "qwen2" => Some(ModelType::Qwen2),
+            "qwen3" => Some(ModelType::Qwen3),
+            "smollm3" => Some(ModelType::Smollm3),
+            "olmo2" => Some(ModelType::Olmo2),
             _ => None,
         }
     }
@@ -42,6 +79,26 @@ impl ModelType {
             ModelType::Llama => "LlamaForCausalLM",
             ModelType::Mistral => "MistralForCausalLM",
             ModelType::Qwen2 => "Qwen2ForCausalLM",
+            ModelType::Qwen3 => "Qwen3ForCausalLM",
+            ModelType::Smollm3 => "SmolLM3ForCausalLM",
+            ModelType::Olmo2 => "Olmo2ForCausalLM",
+        }
+    }
+
+    /// How the family normalises queries and keys.
+    pub fn qk_norm(self) -> QkNorm {
+        match self {
+            ModelType::Qwen3 => QkNorm::PerHead,
+            ModelType::Olmo2 => QkNorm::Whole,
+            _ => QkNorm::None,
+        }
+    }
+
+    /// Where the family's norms sit.
+    pub fn norms(self) -> NormPlacement {
+        match self {
+            ModelType::Olmo2 => NormPlacement::Post,
+            _ => NormPlacement::Pre,
         }
     }
 }
@@ -78,6 +135,9 @@ pub struct LlamaConfig {
     pub o_bias: bool,
     /// Bias on the MLP projections (Llama `mlp_bias`).
     pub mlp_bias: bool,
+    /// Per layer, whether it applies RoPE (SmolLM3's `no_rope_layers`: 0 for
+    /// a NoPE layer); empty: every layer does.
+    pub rope_layers: Vec<bool>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -146,7 +206,7 @@ impl LlamaConfig {
             err(
                 "model_type",
                 format!(
-                    "unsupported model type `{model_type_str}` (supported: llama, mistral, qwen2)"
+                    "unsupported model type `{model_type_str}` (supported: {SUPPORTED_MODEL_TYPES})"
                 ),
             )
         })?;
@@ -239,6 +299,30 @@ impl LlamaConfig {
             ModelType::Qwen2 => (true, false),
             _ => (attention_bias, attention_bias),
         };
+        if get_bool("use_sliding_window")? == Some(true) {
+            return Err(err(
+                "use_sliding_window",
+                "sliding-window attention is not supported yet (every layer attends to every earlier token)".into(),
+            ));
+        }
+        let num_hidden_layers = required("num_hidden_layers")?;
+        let rope_layers = match raw.get("no_rope_layers") {
+            Some(serde_json::Value::Array(flags)) if model_type == ModelType::Smollm3 => {
+                let flags: Vec<bool> = flags
+                    .iter()
+                    .map(|v| v.as_u64().map(|n| n != 0))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| err("no_rope_layers", "expected 0 or 1 per layer".into()))?;
+                if flags.len() != num_hidden_layers {
+                    return Err(err(
+                        "no_rope_layers",
+                        format!("{} flags for {num_hidden_layers} layers", flags.len()),
+                    ));
+                }
+                flags
+            }
+            _ => Vec::new(),
+        };
 
         let eos_token_ids = match raw.get("eos_token_id") {
             None | Some(serde_json::Value::Null) => Vec::new(),
@@ -259,7 +343,7 @@ impl LlamaConfig {
             vocab_size: required("vocab_size")?,
             hidden_size,
             intermediate_size: required("intermediate_size")?,
-            num_hidden_layers: required("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -271,6 +355,7 @@ impl LlamaConfig {
             qkv_bias,
             o_bias,
             mlp_bias: get_bool("mlp_bias")?.unwrap_or(false),
+            rope_layers,
             bos_token_id: get_usize("bos_token_id")?.map(|n| n as u32),
             eos_token_ids,
             pad_token_id: get_usize("pad_token_id")?.map(|n| n as u32),
@@ -300,6 +385,11 @@ impl LlamaConfig {
             qkv_bias: model_type == ModelType::Qwen2,
             o_bias: false,
             mlp_bias: false,
+            // SmolLM3: the second layer of two without RoPE.
+            rope_layers: match model_type {
+                ModelType::Smollm3 => vec![true, false],
+                _ => Vec::new(),
+            },
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             pad_token_id: None,
@@ -343,6 +433,10 @@ impl LlamaConfig {
             set("attention_bias", self.qkv_bias.into());
             set("mlp_bias", self.mlp_bias.into());
         }
+        if !self.rope_layers.is_empty() {
+            let flags: Vec<u8> = self.rope_layers.iter().map(|&r| r as u8).collect();
+            set("no_rope_layers", serde_json::json!(flags));
+        }
         if let Some(s) = &self.rope_scaling {
             let mut v = serde_json::to_value(s).expect("plain struct serializes");
             v["rope_type"] = "llama3".into();
@@ -361,6 +455,11 @@ impl LlamaConfig {
         }
         set("torch_dtype", "float32".into());
         serde_json::Value::Object(map)
+    }
+
+    /// Whether layer `i` applies RoPE.
+    pub fn uses_rope(&self, i: usize) -> bool {
+        self.rope_layers.get(i).copied().unwrap_or(true)
     }
 
     /// Number of query heads sharing one key/value head.

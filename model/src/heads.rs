@@ -139,6 +139,9 @@ pub fn sequence_classification_architecture(model_type: ModelType) -> &'static s
         ModelType::Llama => "LlamaForSequenceClassification",
         ModelType::Mistral => "MistralForSequenceClassification",
         ModelType::Qwen2 => "Qwen2ForSequenceClassification",
+        ModelType::Qwen3 => "Qwen3ForSequenceClassification",
+        ModelType::Smollm3 => "SmolLM3ForSequenceClassification",
+        ModelType::Olmo2 => "Olmo2ForSequenceClassification",
     }
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::module::embedding;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, NormPlacement, QkNorm};
 use crate::dtype::{to_dtype, to_f32};
 use crate::fused::panels::Panels;
 use crate::fused::{self, dense};
@@ -289,34 +289,69 @@ impl<B: Backend> RopeAngles<B> {
     }
 }
 
-/// Grouped-query self-attention (Ainslie et al. 2023) with an optional KV cache.
+/// Grouped-query self-attention (Ainslie et al. 2023) with an optional KV
+/// cache; queries and keys optionally RMS-normalised before RoPE (Qwen3,
+/// OLMo 2), RoPE optionally left out (SmolLM3's NoPE layers).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub q_proj: Linear<B>,
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// What `q_norm` and `k_norm` normalise over.
+    #[module(skip)]
+    pub qk_norm: QkNorm,
+    /// Whether positions enter through RoPE (false: a NoPE layer).
+    #[module(skip)]
+    pub rope: bool,
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+    /// Layer `layer`'s attention.
+    pub fn init(config: &LlamaConfig, layer: usize, device: &B::Device) -> Self {
         let (c, h, k, d) = (
             config.hidden_size,
             config.num_attention_heads,
             config.num_key_value_heads,
             config.head_dim,
         );
+        let qk_norm = config.model_type.qk_norm();
+        let norm = |whole: usize| match qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some(RmsNorm::init(d, config.rms_norm_eps, device)),
+            QkNorm::Whole => Some(RmsNorm::init(whole, config.rms_norm_eps, device)),
+        };
         Self {
             q_proj: Linear::init(c, h * d, config.qkv_bias, device),
             k_proj: Linear::init(c, k * d, config.qkv_bias, device),
             v_proj: Linear::init(c, k * d, config.qkv_bias, device),
             o_proj: Linear::init(h * d, c, config.o_bias, device),
+            q_norm: norm(h * d),
+            k_norm: norm(k * d),
             num_heads: h,
             num_kv_heads: k,
             head_dim: d,
+            qk_norm,
+            rope: config.uses_rope(layer),
+        }
+    }
+
+    /// A projection's output [B, T, n·D] as n heads [B, T, n, D], through
+    /// `norm` where the family normalises it.
+    fn heads(&self, x: Tensor<B, 3>, norm: Option<&RmsNorm<B>>, n: usize) -> Tensor<B, 4> {
+        let [b, t, _] = x.dims();
+        let d = self.head_dim;
+        match (norm, self.qk_norm) {
+            (Some(norm), QkNorm::PerHead) => {
+                norm.forward(x.reshape([b, t * n, d])).reshape([b, t, n, d])
+            }
+            (Some(norm), QkNorm::Whole) => norm.forward(x).reshape([b, t, n, d]),
+            _ => x.reshape([b, t, n, d]),
         }
     }
 
@@ -346,8 +381,15 @@ impl<B: Backend> Attention<B> {
         let q = self.q_proj.forward_in(x.clone(), products);
         let key = self.k_proj.forward_in(x.clone(), products);
         let value = self.v_proj.forward_in(x, products);
-        let q = rope.query(q.reshape([b, t, h, d]));
-        let key = rope.key(key.reshape([b, t, k, d]));
+        let (q, key) = (
+            self.heads(q, self.q_norm.as_ref(), h),
+            self.heads(key, self.k_norm.as_ref(), k),
+        );
+        let (q, key) = match self.rope {
+            true => (rope.query(q), rope.key(key)),
+            // The 1/√D that RoPE's query angles carry.
+            false => (q.mul_scalar(1.0 / (d as f64).sqrt()), key),
+        };
         let value = value.reshape([b, t, k, d]);
 
         // Query head h = kv·G + r shares key/value head kv (transformers
@@ -410,41 +452,49 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_in(x, &mut Products::Form)
+        self.forward_in(x, &mut Products::Form, true)
     }
 
-    /// [`Self::forward`], with the projections' outputs as `products` asks.
-    fn forward_in(&self, x: Tensor<B, 3>, products: &mut Products<B>) -> Tensor<B, 3> {
+    /// [`Self::forward`], with the projections' outputs as `products` asks;
+    /// `read`: whether the layer reads the output's value (a post-norm does),
+    /// else a recomputing pass does not form it.
+    fn forward_in(&self, x: Tensor<B, 3>, products: &mut Products<B>, read: bool) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward_in(x.clone(), products);
         let hidden = fused::swiglu(gate, self.up_proj.forward_in(x, products));
         match products {
-            Products::Recompute(_) => self.down_proj.forward_as(hidden, fused::LinearOutput::Skip),
+            Products::Recompute(_) if !read => {
+                self.down_proj.forward_as(hidden, fused::LinearOutput::Skip)
+            }
             _ => self.down_proj.forward(hidden),
         }
     }
 }
 
-/// One pre-norm transformer block.
+/// One transformer block, its norms where the family puts them
+/// ([`NormPlacement`]): before attention and MLP (`input_layernorm`,
+/// `post_attention_layernorm`: Llama), or on their outputs
+/// (`post_attention_layernorm`, `post_feedforward_layernorm`: OLMo 2).
 ///
 /// Shapes: x [B, T, C] → [B, T, C].
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
-    pub input_layernorm: RmsNorm<B>,
+    pub input_layernorm: Option<RmsNorm<B>>,
     pub self_attn: Attention<B>,
     pub post_attention_layernorm: RmsNorm<B>,
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
     pub mlp: Mlp<B>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+    /// Layer `layer` of `config`'s decoder.
+    pub fn init(config: &LlamaConfig, layer: usize, device: &B::Device) -> Self {
+        let norm = || RmsNorm::init(config.hidden_size, config.rms_norm_eps, device);
+        let post = config.model_type.norms() == NormPlacement::Post;
         Self {
-            input_layernorm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
-            self_attn: Attention::init(config, device),
-            post_attention_layernorm: RmsNorm::init(
-                config.hidden_size,
-                config.rms_norm_eps,
-                device,
-            ),
+            input_layernorm: (!post).then(norm),
+            self_attn: Attention::init(config, layer, device),
+            post_attention_layernorm: norm(),
+            post_feedforward_layernorm: post.then(norm),
             mlp: Mlp::init(config, device),
         }
     }
@@ -499,12 +549,27 @@ impl<B: Backend> DecoderLayer<B> {
         cache: Option<&mut LayerCache<B>>,
         products: &mut Products<B>,
     ) -> Tensor<B, 3> {
-        let normed = self.input_layernorm.forward(x.clone());
-        let x = x + self
-            .self_attn
-            .forward_in(normed, rope, mask, cache, products);
-        let normed = self.post_attention_layernorm.forward(x.clone());
-        x + self.mlp.forward_in(normed, products)
+        match &self.input_layernorm {
+            // Pre-norm: x + attn(norm(x)), x + mlp(norm(x)).
+            Some(input_norm) => {
+                let normed = input_norm.forward(x.clone());
+                let x = x + self
+                    .self_attn
+                    .forward_in(normed, rope, mask, cache, products);
+                let normed = self.post_attention_layernorm.forward(x.clone());
+                x + self.mlp.forward_in(normed, products, false)
+            }
+            // Post-norm: x + norm(attn(x)), x + norm(mlp(x)).
+            None => {
+                let attn = self
+                    .self_attn
+                    .forward_in(x.clone(), rope, mask, cache, products);
+                let x = x + self.post_attention_layernorm.forward(attn);
+                let out = self.mlp.forward_in(x.clone(), products, true);
+                let post = self.post_feedforward_layernorm.as_ref();
+                x + post.expect("a post-norm layer has both norms").forward(out)
+            }
+        }
     }
 }
 
@@ -546,7 +611,7 @@ impl<B: Backend> LlamaModel<B> {
                 weight: random_param([config.vocab_size, config.hidden_size], device),
             },
             layers: (0..config.num_hidden_layers)
-                .map(|_| DecoderLayer::init(config, device))
+                .map(|i| DecoderLayer::init(config, i, device))
                 .collect(),
             norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
             rope: Rope::new(config),

@@ -71,6 +71,25 @@ fn mistral_matches_transformers() {
     check_fixture("mistral");
 }
 
+/// Per-head q/k RMSNorm, head_dim 16 with hidden 32 and 4 heads, tied
+/// embeddings.
+#[test]
+fn qwen3_matches_transformers() {
+    check_fixture("qwen3");
+}
+
+/// Layer 1 is a NoPE layer (`no_rope_layers = [1, 0]`).
+#[test]
+fn smollm3_with_a_nope_layer_matches_transformers() {
+    check_fixture("smollm3");
+}
+
+/// Post-norm blocks, q/k RMSNorm over the whole projections.
+#[test]
+fn olmo2_matches_transformers() {
+    check_fixture("olmo2");
+}
+
 #[test]
 fn sharded_bf16_checkpoint_matches_transformers() {
     check_fixture("qwen2-bf16-sharded");
@@ -84,7 +103,15 @@ fn f16_checkpoint_matches_transformers() {
 #[test]
 fn save_then_load_is_bit_identical() {
     let device = Default::default();
-    for name in ["llama", "llama-tied", "qwen2", "llama3-scaled"] {
+    for name in [
+        "llama",
+        "llama-tied",
+        "qwen2",
+        "llama3-scaled",
+        "qwen3",
+        "smollm3",
+        "olmo2",
+    ] {
         let (config, model) = load_model::<B>(&fixture(name), &device).unwrap();
         let dir = tempfile::tempdir().unwrap();
         save_model(&model, &config, dir.path(), SaveDtype::F32).unwrap();

@@ -424,7 +424,7 @@ mod tests {
     /// on CUDA or wgpu): same loss, same gradients (bit for bit), nothing
     /// left pending; full recomputation forms the 6 read projections of every
     /// layer below the last again, selective none, and neither forms the
-    /// down projection's.
+    /// down projection's, unless a post-norm reads it (OLMo 2).
     fn assert_same(model: LlamaForCausalLM<Ad>, expect_params: usize) {
         assert_same_in(model.clone(), expect_params, DType::F32);
         assert_same_in(cast_model(model, DType::F64), expect_params, DType::F64);
@@ -449,6 +449,7 @@ mod tests {
 
         let layers = model.model.layers.len();
         let below = layers as u64 - 1;
+        let post = model.model.layers[0].post_feedforward_layernorm.is_some() as u64;
         for granularity in [Granularity::Full, Granularity::Selective] {
             let mut model = model.clone();
             turn_on(&mut model.model, granularity).unwrap();
@@ -459,8 +460,8 @@ mod tests {
             let (formed, given) = (after.0 - before.0, after.1 - before.1);
             // What the recomputation forms again, and takes as given.
             let (again, taken) = match granularity {
-                Granularity::Full => (6 * below, below),
-                Granularity::Selective => (0, 7 * below),
+                Granularity::Full => ((6 + post) * below, (1 - post) * below),
+                Granularity::Selective => (post * below, (7 - post) * below),
             };
             match dtype {
                 DType::F32 => assert_eq!(
@@ -497,6 +498,25 @@ mod tests {
         let model = LlamaForCausalLM::<Ad>::init(&config, &Default::default());
         // Per layer: 2 norms, 7 weights, 3 q/k/v biases; the embedding; the final norm.
         assert_same(model, 3 * 12 + 2);
+    }
+
+    /// Qwen3 (q/k norms per head), SmolLM3 (a NoPE layer) and OLMo 2
+    /// (post-norms, whole q/k norms).
+    #[test]
+    fn gradients_are_identical_for_every_family_variant() {
+        for (model_type, per_layer) in [
+            (ModelType::Qwen3, 2 + 7 + 2),
+            (ModelType::Smollm3, 2 + 7),
+            (ModelType::Olmo2, 2 + 7 + 2),
+        ] {
+            let config = LlamaConfig {
+                num_hidden_layers: 3,
+                ..LlamaConfig::tiny(model_type)
+            };
+            let model = LlamaForCausalLM::<Ad>::init(&config, &Default::default());
+            // The embedding, the final norm, the untied LM head.
+            assert_same(model, 3 * per_layer + 3);
+        }
     }
 
     #[test]
