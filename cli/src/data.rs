@@ -83,6 +83,10 @@ pub struct DataArgs {
     /// Treat string prompts/completions as user/assistant messages.
     #[arg(long)]
     text_as_chat: bool,
+    /// Chat-template variables as a JSON object, as a config's
+    /// `data.chat_template_kwargs` (e.g. '{"enable_thinking": false}').
+    #[arg(long, value_name = "JSON")]
+    chat_template_kwargs: Option<String>,
     /// Where a conversational preference/KTO completion ends.
     #[arg(long, value_enum, default_value_t)]
     completion_end: CompletionEndArg,
@@ -157,6 +161,12 @@ impl DataArgs {
                 PlainText::Raw
             },
             completion_end: self.completion_end.into(),
+            template_kwargs: match &self.chat_template_kwargs {
+                None => Default::default(),
+                Some(text) => serde_json::from_str(text).with_context(|| {
+                    format!("--chat-template-kwargs {text}: expected a JSON object")
+                })?,
+            },
         };
         let model = match &self.model {
             Some(dir) => dir.clone(),

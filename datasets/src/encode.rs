@@ -109,7 +109,14 @@ pub struct EncodeConfig {
     pub plain_text: PlainText,
     /// Where conversational preference and KTO completions end.
     pub completion_end: CompletionEnd,
+    /// Template variables for the chat template (`apply_chat_template`'s
+    /// keyword arguments, e.g. Qwen3's `enable_thinking`).
+    pub template_kwargs: TemplateKwargs,
 }
+
+/// Variables a chat template is rendered with (a config's
+/// `data.chat_template_kwargs`).
+pub type TemplateKwargs = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// Token ids with a loss mask.
 ///
@@ -301,7 +308,11 @@ impl Encoder {
             return Err(DataError::config("max_prompt_len must be at least 1 token"));
         }
         let template = match tokenizer.chat_template() {
-            Some(src) => Some(ChatTemplate::new(src, tokenizer.config())?),
+            Some(src) => Some(ChatTemplate::new(
+                src,
+                tokenizer.config(),
+                &config.template_kwargs,
+            )?),
             None => None,
         };
         Ok(Self {

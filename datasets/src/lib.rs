@@ -39,7 +39,7 @@ pub use batch::{
 };
 pub use encode::{
     CompletionEnd, EncodeConfig, Encoded, Encoder, KtoExample, PlainText, PreferenceExample,
-    PromptExample, Sequence, SftExample, TrainOn, Truncation, TruncationSide,
+    PromptExample, Sequence, SftExample, TemplateKwargs, TrainOn, Truncation, TruncationSide,
 };
 pub use error::{DataError, Location};
 pub use inspect::{InspectSection, InspectToken, Inspection, inspect};

@@ -10,7 +10,9 @@
 //! - `{% generation %}` / `{% endgeneration %}` (transformers' AssistantTracker)
 //!   accepted and rendered as plain blocks;
 //! - the special tokens (`bos_token`, `eos_token`, `pad_token`, `unk_token`),
-//!   `tools=None` and `documents=None` in the context, as transformers passes them.
+//!   `tools=None` and `documents=None` in the context, as transformers passes them;
+//! - the template variables of `apply_chat_template(..., **kwargs)` (Qwen3's
+//!   `enable_thinking`), from a config's `data.chat_template_kwargs`.
 
 use std::fmt::Write as _;
 
@@ -23,10 +25,15 @@ use crate::tokenizer::TokenizerConfig;
 
 const NAME: &str = "chat_template";
 
+/// Context names the renderer sets itself: a template variable may not take
+/// one (transformers raises a TypeError for the duplicate keyword).
+const RESERVED: [&str; 4] = ["messages", "add_generation_prompt", "tools", "documents"];
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
-    special: Value,
+    /// The special tokens and the template variables.
+    globals: Value,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -36,8 +43,13 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// Compile `source`; the special tokens come from `config`.
-    pub fn new(source: &str, config: &TokenizerConfig) -> Result<Self> {
+    /// Compile `source`; the special tokens come from `config`, and
+    /// `kwargs` are the template variables every render sees.
+    pub fn new(
+        source: &str,
+        config: &TokenizerConfig,
+        kwargs: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -50,7 +62,15 @@ impl ChatTemplate {
             .map_err(|e| DataError::Template {
                 reason: error_chain(&e),
             })?;
-        let mut special = std::collections::BTreeMap::new();
+        let mut globals = std::collections::BTreeMap::new();
+        for (name, value) in kwargs {
+            if RESERVED.contains(&name.as_str()) {
+                return Err(DataError::config(format!(
+                    "chat_template_kwargs.{name}: the renderer sets `{name}` itself"
+                )));
+            }
+            globals.insert(name.clone(), Value::from_serialize(value));
+        }
         for (name, tok) in [
             ("bos_token", &config.bos_token),
             ("eos_token", &config.eos_token),
@@ -58,12 +78,12 @@ impl ChatTemplate {
             ("unk_token", &config.unk_token),
         ] {
             if let Some(t) = tok {
-                special.insert(name, Value::from(t.as_str()));
+                globals.insert(name.to_string(), Value::from(t.as_str()));
             }
         }
         Ok(Self {
             env,
-            special: Value::from_iter(special),
+            globals: Value::from_iter(globals),
         })
     }
 
@@ -81,7 +101,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             tools => Value::from(()),
             documents => Value::from(()),
-            ..self.special.clone()
+            ..self.globals.clone()
         };
         tmpl.render(ctx).map_err(|e| {
             DataError::example(None, format!("chat template error: {}", error_chain(&e)))
@@ -417,7 +437,7 @@ mod tests {
     }
 
     fn render(src: &str, msgs: &[Message]) -> Result<String> {
-        ChatTemplate::new(src, &cfg())?.render(msgs, false)
+        ChatTemplate::new(src, &cfg(), &Default::default())?.render(msgs, false)
     }
 
     #[test]
@@ -483,7 +503,7 @@ mod tests {
 
     #[test]
     fn compile_errors_are_reported() {
-        let err = ChatTemplate::new("{% for %}", &cfg()).unwrap_err();
+        let err = ChatTemplate::new("{% for %}", &cfg(), &Default::default()).unwrap_err();
         assert!(err.to_string().starts_with("chat template:"), "{err}");
     }
 }

@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::CompletionEnd;
+use alignkit_datasets::{CompletionEnd, TemplateKwargs};
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
@@ -52,6 +52,11 @@ pub struct DataConfig {
     /// trailing newline included) or `"end_of_turn"` (through the end-of-turn
     /// token).
     pub completion_end: CompletionEnd,
+    /// Variables the chat template is rendered with, as
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3:
+    /// `{ enable_thinking = false }`).
+    #[serde(skip_serializing_if = "TemplateKwargs::is_empty")]
+    pub chat_template_kwargs: TemplateKwargs,
 }
 
 impl Default for DataConfig {
@@ -64,6 +69,7 @@ impl Default for DataConfig {
             max_prompt_len: 512,
             text_as_chat: false,
             completion_end: CompletionEnd::Template,
+            chat_template_kwargs: TemplateKwargs::new(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub fn encoder(config: &DpoConfig) -> Result<Encoder> {
                 PlainText::Raw
             },
             completion_end: config.data.completion_end,
+            template_kwargs: config.data.chat_template_kwargs.clone(),
         },
     )?)
 }

@@ -39,7 +39,9 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::{EncodeConfig, Encoder, PlainText, TrainOn, TruncationSide};
+use alignkit_datasets::{
+    EncodeConfig, Encoder, PlainText, TemplateKwargs, TrainOn, TruncationSide,
+};
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
@@ -269,6 +271,11 @@ pub struct DataConfig {
     pub max_prompt_len: usize,
     /// Treat string prompts as a user turn through the chat template.
     pub text_as_chat: bool,
+    /// Variables the chat template is rendered with, as
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3:
+    /// `{ enable_thinking = false }`).
+    #[serde(skip_serializing_if = "TemplateKwargs::is_empty")]
+    pub chat_template_kwargs: TemplateKwargs,
 }
 
 impl Default for DataConfig {
@@ -277,6 +284,7 @@ impl Default for DataConfig {
             train_file: PathBuf::new(),
             max_prompt_len: 512,
             text_as_chat: false,
+            chat_template_kwargs: TemplateKwargs::new(),
         }
     }
 }
@@ -750,6 +758,7 @@ impl RlConfig {
                 } else {
                     PlainText::Raw
                 },
+                template_kwargs: self.data.chat_template_kwargs.clone(),
                 // Only prompts are encoded here; completions are sampled.
                 ..EncodeConfig::default()
             },

@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::CompletionEnd;
+use alignkit_datasets::{CompletionEnd, TemplateKwargs};
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
@@ -55,6 +55,11 @@ pub struct DataConfig {
     /// token). The score is read at the sequence's last token that is not
     /// the pad token, so this decides where; score with the same setting.
     pub completion_end: CompletionEnd,
+    /// Variables the chat template is rendered with, as
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3:
+    /// `{ enable_thinking = false }`).
+    #[serde(skip_serializing_if = "TemplateKwargs::is_empty")]
+    pub chat_template_kwargs: TemplateKwargs,
 }
 
 impl Default for DataConfig {
@@ -66,6 +71,7 @@ impl Default for DataConfig {
             max_len: 1024,
             text_as_chat: false,
             completion_end: CompletionEnd::Template,
+            chat_template_kwargs: TemplateKwargs::new(),
         }
     }
 }

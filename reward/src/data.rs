@@ -5,7 +5,7 @@ use std::path::Path;
 
 use alignkit_datasets::{
     CompletionEnd, EncodeConfig, Encoder, FieldMap, Location, PlainText, Preference,
-    PreferenceExample, SplitConfig, TrainOn, TruncationSide, jsonl,
+    PreferenceExample, SplitConfig, TemplateKwargs, TrainOn, TruncationSide, jsonl,
 };
 use alignkit_train::{DataFile, check_validation_set, sha256_file};
 
@@ -38,6 +38,7 @@ pub fn encoder(
     max_len: usize,
     text_as_chat: bool,
     completion_end: CompletionEnd,
+    template_kwargs: &TemplateKwargs,
 ) -> Result<Encoder> {
     Ok(Encoder::from_dir(
         model_dir,
@@ -52,6 +53,7 @@ pub fn encoder(
                 PlainText::Raw
             },
             completion_end,
+            template_kwargs: template_kwargs.clone(),
         },
     )?)
 }

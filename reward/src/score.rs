@@ -133,7 +133,13 @@ pub fn score<B: Backend>(
     completion_end: CompletionEnd,
     device: &B::Device,
 ) -> Result<Vec<ScoredRecord>> {
-    let encoder = encoder(model_dir, max_len, false, completion_end)?;
+    let encoder = encoder(
+        model_dir,
+        max_len,
+        false,
+        completion_end,
+        &Default::default(),
+    )?;
     // transformers compares ids with the config's pad_token_id; the
     // tokenizer's pad token is the fall-back, as in training.
     let pad_id = LlamaConfig::load(&model_dir.join("config.json"))?

@@ -79,6 +79,7 @@ pub fn train<B: AutodiffBackend>(
         c.data.max_len,
         c.data.text_as_chat,
         c.data.completion_end,
+        &c.data.chat_template_kwargs,
     )?;
     let pairs = data::load(c, &encoder)?;
     if pairs.train.is_empty() {

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::{PlainText, TrainOn};
+use alignkit_datasets::{PlainText, TemplateKwargs, TrainOn};
 use alignkit_model::lora::LoraConfig;
 pub use alignkit_train::FinalDtype;
 use alignkit_train::{AdamWConfig, LoopConfig, RunSettings, ScheduleConfig};
@@ -61,6 +61,11 @@ pub struct DataConfig {
     pub loss_on: LossOn,
     /// Treat string prompt/completion records as a user and an assistant turn.
     pub text_as_chat: bool,
+    /// Variables the chat template is rendered with, as
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3:
+    /// `{ enable_thinking = false }`).
+    #[serde(skip_serializing_if = "TemplateKwargs::is_empty")]
+    pub chat_template_kwargs: TemplateKwargs,
 }
 
 impl Default for DataConfig {
@@ -73,6 +78,7 @@ impl Default for DataConfig {
             packing: false,
             loss_on: LossOn::Completion,
             text_as_chat: false,
+            chat_template_kwargs: TemplateKwargs::new(),
         }
     }
 }
@@ -226,6 +232,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `nope`"), "{err}");
+    }
+
+    /// `[data.chat_template_kwargs]` from the file and `--set`, written back
+    /// into the resolved config; absent, it is not written at all.
+    #[test]
+    fn chat_template_kwargs_are_read_overridden_and_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sft.toml");
+        std::fs::write(
+            &path,
+            "model = \"m\"\n[data.chat_template_kwargs]\nenable_thinking = true\nlang = \"fr\"\n",
+        )
+        .unwrap();
+        let set = [(
+            "data.chat_template_kwargs.enable_thinking".to_string(),
+            "false".to_string(),
+        )];
+        let c = SftConfig::load(Some(&path), &set).unwrap();
+        let kwargs = &c.data.chat_template_kwargs;
+        assert_eq!(kwargs["enable_thinking"], serde_json::Value::Bool(false));
+        assert_eq!(kwargs["lang"], serde_json::Value::from("fr"));
+        let back: SftConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.data.chat_template_kwargs, *kwargs);
+        assert!(
+            !SftConfig::default()
+                .to_toml()
+                .contains("chat_template_kwargs")
+        );
     }
 
     #[test]

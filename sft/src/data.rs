@@ -40,6 +40,7 @@ pub fn encoder(config: &SftConfig) -> Result<Encoder> {
             plain_text: config.plain_text(),
             // SFT has no preference completions.
             completion_end: CompletionEnd::default(),
+            template_kwargs: config.data.chat_template_kwargs.clone(),
         },
     )?)
 }

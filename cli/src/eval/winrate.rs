@@ -452,6 +452,7 @@ fn reward_scores<B: Backend>(
         config.max_position_embeddings,
         false,
         alignkit_datasets::CompletionEnd::default(),
+        &Default::default(),
     )?;
     let mut seqs = Vec::with_capacity(2 * turns.len());
     for (i, ((prompt, p), b)) in turns.iter().zip(policy).zip(baseline).enumerate() {
