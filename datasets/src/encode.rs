@@ -8,6 +8,13 @@
 //!   response starting with whitespace that merges with the generation prompt's
 //!   last token, or a template that renders earlier turns differently once a
 //!   later turn follows).
+//! - A template with `{% generation %}` blocks (SmolLM3's, TRL's training
+//!   templates) marks the assistant's text itself: the trained tokens are
+//!   those of each block, as transformers'
+//!   `apply_chat_template(return_assistant_tokens_mask=True)` takes them
+//!   (the token holding a block's first character through the one holding its
+//!   last), and no prefix of the conversation needs to render alike — so
+//!   templates that rewrite earlier turns (Qwen3 drops their reasoning) work.
 //! - SFT: the trained span of an assistant turn runs from the end of its
 //!   generation prompt through its end-of-turn token (`<|im_end|>`,
 //!   `<|eot_id|>`, EOS), so the model learns to stop; tokens the template puts
@@ -404,6 +411,9 @@ impl Encoder {
     /// Ids of `messages` and the trained span of every assistant turn at index
     /// `from` or later, each boundary checked in token space.
     fn assistant_spans(&self, messages: &[Message], from: usize) -> Result<(Vec<u32>, Vec<Span>)> {
+        if let Some(tracked) = self.generation_spans(messages, from)? {
+            return Ok(tracked);
+        }
         let full = self.chat_ids(messages, false)?;
         let last = messages.len() - 1;
         let mut spans = Vec::new();
@@ -437,6 +447,66 @@ impl Encoder {
             });
         }
         Ok((full, spans))
+    }
+
+    /// [`Self::assistant_spans`] from the template's `{% generation %}`
+    /// blocks, the k-th block the k-th assistant turn's; `None` without
+    /// such blocks.
+    fn generation_spans(
+        &self,
+        messages: &[Message],
+        from: usize,
+    ) -> Result<Option<(Vec<u32>, Vec<Span>)>> {
+        let Some(template) = &self.template else {
+            return Ok(None);
+        };
+        let Some((text, blocks)) = template.render_tracked(messages)? else {
+            return Ok(None);
+        };
+        let assistant: Vec<usize> = (messages.iter().enumerate())
+            .filter(|(_, m)| m.role == Role::Assistant)
+            .map(|(i, _)| i)
+            .collect();
+        if blocks.len() != assistant.len() {
+            return Err(DataError::example(
+                Some("messages"),
+                format!(
+                    "the chat template marks {} generation blocks for {} assistant turns",
+                    blocks.len(),
+                    assistant.len()
+                ),
+            ));
+        }
+        let (mut ids, mut offsets) = self.tokenizer.encode_with_offsets(&text)?;
+        let before = ids.len();
+        self.tokenizer.ensure_bos(&mut ids);
+        match ids.len() as isize - before as isize {
+            1 => offsets.insert(0, (0, 0)),
+            0 => {}
+            n => {
+                offsets.drain(..(-n) as usize);
+            }
+        }
+        let mut spans = Vec::new();
+        for (block, &i) in blocks.iter().zip(&assistant) {
+            if i < from || block.is_empty() {
+                continue;
+            }
+            // The tokens holding the block's first and last bytes.
+            let holding = |byte: usize| offsets.iter().position(|&(s, e)| s <= byte && byte < e);
+            let (Some(start), Some(last)) = (holding(block.start), holding(block.end - 1)) else {
+                return Err(DataError::example(
+                    Some(&format!("messages[{i}]")),
+                    "its generation block is not in the tokenized conversation",
+                ));
+            };
+            spans.push(Span {
+                start,
+                end: last + 1,
+                has_eot: (start..=last).any(|j| self.tokenizer.is_end_of_turn(ids[j])),
+            });
+        }
+        Ok(Some((ids, spans)))
     }
 
     fn check_prefix(

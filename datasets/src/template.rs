@@ -8,7 +8,9 @@
 //! - Python string/dict methods (`.strip()`, `.startswith()`, `.items()`, ...)
 //!   through minijinja-contrib's pycompat;
 //! - `{% generation %}` / `{% endgeneration %}` (transformers' AssistantTracker)
-//!   accepted and rendered as plain blocks;
+//!   rendered as plain blocks, and tracked: [`ChatTemplate::render_tracked`]
+//!   says where each generation block's text is, as
+//!   `apply_chat_template(return_assistant_tokens_mask=True)` does;
 //! - the special tokens (`bos_token`, `eos_token`, `pad_token`, `unk_token`),
 //!   `tools=None` and `documents=None` in the context, as transformers passes them;
 //! - the template variables of `apply_chat_template(..., **kwargs)` (Qwen3's
@@ -24,6 +26,12 @@ use crate::schema::Message;
 use crate::tokenizer::TokenizerConfig;
 
 const NAME: &str = "chat_template";
+/// The template with markers around each generation block's output.
+const TRACKED: &str = "chat_template_tracked";
+/// Where a generation block's output starts and ends in a tracked render
+/// (private-use code points, refused in messages).
+const OPEN: char = '\u{E000}';
+const CLOSE: char = '\u{E001}';
 
 /// Context names the renderer sets itself: a template variable may not take
 /// one (transformers raises a TypeError for the duplicate keyword).
@@ -34,6 +42,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// The special tokens and the template variables.
     globals: Value,
+    /// Whether the template marks the assistant's text with
+    /// `{% generation %}` blocks.
+    tracks: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -58,10 +69,17 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, accept_generation_tags(source))
-            .map_err(|e| DataError::Template {
-                reason: error_chain(&e),
-            })?;
+        let compile = |env: &mut Environment<'static>, name: &'static str, tracked: bool| {
+            env.add_template_owned(name, accept_generation_tags(source, tracked))
+                .map_err(|e| DataError::Template {
+                    reason: error_chain(&e),
+                })
+        };
+        compile(&mut env, NAME, false)?;
+        let tracks = has_generation_tags(source);
+        if tracks {
+            compile(&mut env, TRACKED, true)?;
+        }
         let mut globals = std::collections::BTreeMap::new();
         for (name, value) in kwargs {
             if RESERVED.contains(&name.as_str()) {
@@ -84,15 +102,67 @@ impl ChatTemplate {
         Ok(Self {
             env,
             globals: Value::from_iter(globals),
+            tracks,
         })
     }
 
     /// Render a conversation. With `add_generation_prompt`, the template appends
     /// the header that starts an assistant turn.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_as(NAME, messages, add_generation_prompt)
+    }
+
+    /// Whether the template has `{% generation %}` blocks.
+    pub fn tracks_generation(&self) -> bool {
+        self.tracks
+    }
+
+    /// [`Self::render`] of a conversation (no generation prompt) with the
+    /// byte range of each `{% generation %}` block's output in the text;
+    /// `None` when the template has no such block.
+    pub fn render_tracked(
+        &self,
+        messages: &[Message],
+    ) -> Result<Option<(String, Vec<std::ops::Range<usize>>)>> {
+        if !self.tracks {
+            return Ok(None);
+        }
+        if let Some(i) = messages
+            .iter()
+            .position(|m| m.content.contains([OPEN, CLOSE]))
+        {
+            return Err(DataError::example(
+                Some(&format!("messages[{i}]")),
+                "contains U+E000 or U+E001, which mark the template's generation blocks",
+            ));
+        }
+        let marked = self.render_as(TRACKED, messages, false)?;
+        let mut text = String::with_capacity(marked.len());
+        let mut spans = Vec::new();
+        let mut open = None;
+        for c in marked.chars() {
+            match c {
+                OPEN => open = Some(text.len()),
+                CLOSE => {
+                    if let Some(start) = open.take() {
+                        spans.push(start..text.len());
+                    }
+                }
+                c => text.push(c),
+            }
+        }
+        Ok(Some((text, spans)))
+    }
+
+    fn render_as(
+        &self,
+        name: &str,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self
             .env
-            .get_template(NAME)
+            .get_template(name)
             .map_err(|e| DataError::Template {
                 reason: error_chain(&e),
             })?;
@@ -123,10 +193,17 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
+/// Whether `src` has a `{% generation %}` block.
+fn has_generation_tags(src: &str) -> bool {
+    accept_generation_tags(src, false) != src
+}
+
 /// Rewrite `{% generation %}` to `{% if true %}` and `{% endgeneration %}` to
 /// `{% endif %}`, keeping whitespace-control markers, so the template renders
-/// the same text as transformers' AssistantTracker extension produces.
-fn accept_generation_tags(src: &str) -> String {
+/// the same text as transformers' AssistantTracker extension produces;
+/// `tracked`: with [`OPEN`] and [`CLOSE`] output inside, between block tags
+/// (so `trim_blocks` and `lstrip_blocks` act as on the original tags).
+fn accept_generation_tags(src: &str, tracked: bool) -> String {
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(i) = rest.find("{%") {
@@ -141,16 +218,28 @@ fn accept_generation_tags(src: &str) -> String {
             .trim_start_matches(['-', '+'])
             .trim_end_matches(['-', '+'])
             .trim();
-        let replacement = match body {
-            "generation" => Some("if true"),
-            "endgeneration" => Some("endif"),
+        let opens = match body {
+            "generation" => Some(true),
+            "endgeneration" => Some(false),
             _ => None,
         };
-        match replacement {
-            Some(r) => {
+        match opens {
+            Some(opens) => {
                 let lead = if inner.starts_with('-') { "-" } else { "" };
                 let trail = if inner.ends_with('-') { "-" } else { "" };
-                let _ = write!(out, "{{%{lead} {r} {trail}%}}");
+                let r = if opens { "if true" } else { "endif" };
+                if tracked {
+                    let (first, marker, last) = match opens {
+                        true => ("if true", OPEN, "if true"),
+                        false => ("endif", CLOSE, "endif"),
+                    };
+                    let _ = write!(
+                        out,
+                        "{{%{lead} {first} %}}{{{{ '{marker}' }}}}{{% {last} {trail}%}}"
+                    );
+                } else {
+                    let _ = write!(out, "{{%{lead} {r} {trail}%}}");
+                }
             }
             None => out.push_str(&tag[..end + 2]),
         }

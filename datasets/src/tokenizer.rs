@@ -28,6 +28,9 @@ const END_OF_TURN_MARKERS: &[&str] = &[
     "<|eom_id|>",
 ];
 
+/// A token's bytes in the text it was read from: [start, end).
+pub type ByteRange = (usize, usize);
+
 /// What transformers reads besides `tokenizer.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenizerConfig {
@@ -370,6 +373,14 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// [`Self::encode_raw`] with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>)> {
+        self.inner
+            .encode(text, false)
+            .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))
+            .map_err(|e| DataError::example(None, format!("tokenizer: {e}")))
     }
 
     /// Token ids of `text`, special tokens in the text recognised, nothing added.

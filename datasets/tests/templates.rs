@@ -126,3 +126,49 @@ fn qwen3_assistant_masks_cover_exactly_the_assistant_turn() {
     assert!(err.contains("renders earlier turns differently"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// TRL's assistant-only Qwen2.5 template marks the assistant's text with
+/// `{% generation %}` blocks: it renders as transformers does (the blocks'
+/// whitespace control included), and the trained tokens of every
+/// conversation equal transformers'
+/// `apply_chat_template(return_assistant_tokens_mask=True)` mask, token for
+/// token, multi-turn included.
+#[test]
+fn generation_blocks_give_transformers_assistant_masks() {
+    let name = "qwen2.5-assistant-only";
+    let source = template(name);
+    let read = |file: String| -> Vec<Value> {
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(file)).unwrap()).unwrap()
+    };
+    let t =
+        ChatTemplate::new(&source, &TokenizerConfig::default(), &TemplateKwargs::new()).unwrap();
+    assert!(t.tracks_generation());
+    for case in read(format!("{name}.expected.json")) {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let agp = case["add_generation_prompt"].as_bool().unwrap();
+        let text = t.render(&messages, agp).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap(), "{case}");
+        if !agp {
+            let (tracked, _) = t.render_tracked(&messages).unwrap().unwrap();
+            assert_eq!(tracked, text);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(common::smollm2_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("chat_template.jinja"), &source).unwrap();
+    let enc = Encoder::from_dir(dir.path(), EncodeConfig::default()).unwrap();
+    let cases = read(format!("{name}.masks.json"));
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let ex = enc.sft(&SftRecord::Messages(messages)).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let mask: Vec<bool> = (case["assistant_masks"].as_array().unwrap().iter())
+            .map(|m| m.as_u64() == Some(1))
+            .collect();
+        assert_eq!(ex.tokens.input_ids, ids, "{case}");
+        assert_eq!(ex.tokens.loss_mask, mask, "{case}");
+    }
+}
