@@ -203,10 +203,17 @@ impl LlamaConfig {
             .and_then(|v| v.as_str())
             .ok_or_else(|| err("model_type", "is required".into()))?;
         let model_type = ModelType::parse(model_type_str).ok_or_else(|| {
+            let architectures = match raw.get("architectures") {
+                Some(serde_json::Value::Array(a)) if !a.is_empty() => {
+                    let names: Vec<&str> = a.iter().filter_map(|v| v.as_str()).collect();
+                    format!(", architectures {}", names.join(", "))
+                }
+                _ => String::new(),
+            };
             err(
                 "model_type",
                 format!(
-                    "unsupported model type `{model_type_str}` (supported: {SUPPORTED_MODEL_TYPES})"
+                    "unsupported model type `{model_type_str}`{architectures} (supported: {SUPPORTED_MODEL_TYPES})"
                 ),
             )
         })?;
@@ -465,5 +472,65 @@ impl LlamaConfig {
     /// Number of query heads sharing one key/value head.
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: serde_json::Value) -> Result<LlamaConfig> {
+        let mut v = serde_json::json!({
+            "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 2,
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        LlamaConfig::from_json(v, Path::new("config.json"))
+    }
+
+    /// A family we do not implement: one line naming what config.json says
+    /// and what is supported.
+    #[test]
+    fn an_unknown_family_names_its_type_architectures_and_the_supported_ones() {
+        let e = parse(serde_json::json!({
+            "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`gemma3_text`, architectures Gemma3ForCausalLM"),
+            "{e}"
+        );
+        assert!(e.contains(SUPPORTED_MODEL_TYPES), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+
+    /// The families' variants, and SmolLM3's per-layer RoPE flags checked
+    /// against the layer count.
+    #[test]
+    fn families_read_their_variants() {
+        let qwen3 = parse(serde_json::json!({"model_type": "qwen3", "head_dim": 32})).unwrap();
+        assert_eq!(
+            (qwen3.head_dim, qwen3.model_type.qk_norm()),
+            (32, QkNorm::PerHead)
+        );
+        let olmo2 = parse(serde_json::json!({"model_type": "olmo2"})).unwrap();
+        assert_eq!(olmo2.model_type.norms(), NormPlacement::Post);
+        let smol =
+            parse(serde_json::json!({"model_type": "smollm3", "no_rope_layers": [1, 0]})).unwrap();
+        assert_eq!((smol.uses_rope(0), smol.uses_rope(1)), (true, false));
+        let e = parse(serde_json::json!({"model_type": "smollm3", "no_rope_layers": [1]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no_rope_layers") && e.contains("1 flags for 2 layers"),
+            "{e}"
+        );
+        let e = parse(serde_json::json!({"model_type": "qwen3", "use_sliding_window": true}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use_sliding_window"), "{e}");
     }
 }
