@@ -1,6 +1,7 @@
 """PEFT / transformers interop fixtures for alignkit's LoRA exports.
 
-Reads what alignkit wrote under sft/tests/fixtures/lora/ (regenerate it with
+Reads what alignkit wrote under sft/tests/fixtures/lora/ (over the Qwen2
+fixture) and lora-qwen3/, lora-smollm3/, lora-olmo2/ (regenerate them with
 `cargo test -p alignkit-sft --test sft_lora_interop -- --ignored`):
   adapter/  a PEFT adapter exported by alignkit over model/tests/fixtures/qwen2
   merged/   the same adapter merged by alignkit into an HF directory
@@ -25,8 +26,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-FIX = os.path.join(ROOT, "sft", "tests", "fixtures", "lora")
-BASE = os.path.join(ROOT, "model", "tests", "fixtures", "qwen2")
+FAMILIES = [("lora", "qwen2"), ("lora-qwen3", "qwen3"), ("lora-smollm3", "smollm3"),
+            ("lora-olmo2", "olmo2")]
 
 
 def logits(model, ids):
@@ -35,6 +36,14 @@ def logits(model, ids):
 
 
 def main():
+    for fixture, base in FAMILIES:
+        print(fixture)
+        record(os.path.join(ROOT, "sft", "tests", "fixtures", fixture),
+               os.path.join(ROOT, "model", "tests", "fixtures", base))
+
+
+def record(fix, base_dir):
+    FIX, BASE = fix, base_dir
     ours = json.load(open(os.path.join(FIX, "alignkit_logits.json")))
     ids = ours["input_ids"]
     load = dict(dtype=torch.float32, attn_implementation="eager")
@@ -54,9 +63,9 @@ def main():
     effect = (out["peft"] - out["base"]).abs().max().item()
     print(f"adapter effect max |peft - base| = {effect:.3e}")
 
-    record = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in out.items()}
+    saved = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in out.items()}
     with open(os.path.join(FIX, "reference_logits.json"), "w") as f:
-        json.dump(record, f)
+        json.dump(saved, f)
 
 
 if __name__ == "__main__":

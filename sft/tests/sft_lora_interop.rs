@@ -1,7 +1,9 @@
 //! Interop with PEFT and transformers on committed fixtures.
 //!
 //! `sft/tests/fixtures/lora/` holds, over the tiny Qwen2 of the model parity
-//! fixtures (`model/tests/fixtures/qwen2`, which has q/k/v biases):
+//! fixtures (`model/tests/fixtures/qwen2`, which has q/k/v biases), and
+//! `lora-qwen3/`, `lora-smollm3/`, `lora-olmo2/` over those families' fixtures
+//! (q/k norms, a NoPE layer, post-norms):
 //! - `adapter/`: a LoRA adapter exported by alignkit (PEFT layout),
 //! - `merged/`: the same adapter merged by alignkit (HF layout),
 //! - `alignkit_logits.json`: alignkit's logits for both,
@@ -23,12 +25,25 @@ use serde_json::{Value, json};
 
 type B = Flex;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
+/// (fixture folder under sft/tests/fixtures, base model fixture under
+/// model/tests/fixtures).
+const FAMILIES: [(&str, &str); 4] = [
+    ("lora", "qwen2"),
+    ("lora-qwen3", "qwen3"),
+    ("lora-smollm3", "smollm3"),
+    ("lora-olmo2", "olmo2"),
+];
+
+fn root(fixture: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture)
 }
 
-fn base_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/qwen2")
+fn base_dir(base: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures")
+        .join(base)
 }
 
 const INPUT_IDS: [i64; 10] = [5, 17, 99, 3, 42, 64, 8, 120, 31, 77];
@@ -68,30 +83,37 @@ fn read(path: &Path) -> Value {
 }
 
 /// alignkit's adapter on the base, through PEFT, gives alignkit's logits;
-/// alignkit's merged export, through transformers, gives them too.
+/// alignkit's merged export, through transformers, gives them too; for
+/// every family.
 #[test]
 fn peft_and_transformers_reproduce_alignkit_logits() {
     let device = Default::default();
-    let reference = read(&root().join("reference_logits.json"));
-    let (_, base) = load_model::<B>(&base_dir(), &device).unwrap();
-    let (_, adapted) = lora::load_adapter(base, &root().join("adapter"), &device).unwrap();
-    let ours = logits(&adapted);
-    let d_peft = max_diff(&ours, &reference["peft"]);
-    assert!(d_peft < 1e-4, "PEFT vs alignkit adapter logits: {d_peft}");
-    let (_, merged) = load_model::<B>(&root().join("merged"), &device).unwrap();
-    let d_merged = max_diff(&logits(&merged), &reference["transformers_merged"]);
-    assert!(
-        d_merged < 1e-4,
-        "transformers vs alignkit merged logits: {d_merged}"
-    );
-    let d_peft_merge = max_diff(&ours, &reference["peft_merge_and_unload"]);
-    assert!(
-        d_peft_merge < 1e-4,
-        "PEFT merge_and_unload vs alignkit: {d_peft_merge}"
-    );
-    // The adapter matters: it moves the logits far more than the tolerance.
-    let moved = max_diff(&ours, &reference["base"]);
-    assert!(moved > 1e-1, "adapter effect {moved}");
+    for (fixture, base_name) in FAMILIES {
+        let root = root(fixture);
+        let reference = read(&root.join("reference_logits.json"));
+        let (_, base) = load_model::<B>(&base_dir(base_name), &device).unwrap();
+        let (_, adapted) = lora::load_adapter(base, &root.join("adapter"), &device).unwrap();
+        let ours = logits(&adapted);
+        let d_peft = max_diff(&ours, &reference["peft"]);
+        assert!(
+            d_peft < 1e-4,
+            "{fixture}: PEFT vs alignkit adapter logits: {d_peft}"
+        );
+        let (_, merged) = load_model::<B>(&root.join("merged"), &device).unwrap();
+        let d_merged = max_diff(&logits(&merged), &reference["transformers_merged"]);
+        assert!(
+            d_merged < 1e-4,
+            "{fixture}: transformers vs alignkit merged logits: {d_merged}"
+        );
+        let d_peft_merge = max_diff(&ours, &reference["peft_merge_and_unload"]);
+        assert!(
+            d_peft_merge < 1e-4,
+            "{fixture}: PEFT merge_and_unload vs alignkit: {d_peft_merge}"
+        );
+        // The adapter matters: it moves the logits far more than the tolerance.
+        let moved = max_diff(&ours, &reference["base"]);
+        assert!(moved > 1e-1, "{fixture}: adapter effect {moved}");
+    }
 }
 
 /// Writes the alignkit half of the fixtures.
@@ -121,34 +143,36 @@ fn write_lora_fixture() {
         }
     }
     let device = Default::default();
-    let (config, base) = load_model::<B>(&base_dir(), &device).unwrap();
-    let base_logits = logits(&base);
-    let lora_config = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        rslora: true,
-        ..Default::default()
-    };
-    let adapted = lora::attach(base, &lora_config, 1, &device).unwrap();
-    let adapted = lora::map_adapters(adapted, &mut Fill(7));
-    let out = root();
-    std::fs::create_dir_all(&out).unwrap();
-    lora::save_adapter(
-        &adapted,
-        &lora_config,
-        "model/tests/fixtures/qwen2",
-        &out.join("adapter"),
-        SaveDtype::F32,
-    )
-    .unwrap();
-    let adapter_logits = logits(&adapted);
-    let merged = lora::merge(adapted);
-    save_model(&merged, &config, &out.join("merged"), SaveDtype::F32).unwrap();
-    let record = json!({
-        "input_ids": INPUT_IDS,
-        "base": base_logits,
-        "adapter": adapter_logits,
-        "merged": logits(&merged),
-    });
-    std::fs::write(out.join("alignkit_logits.json"), record.to_string()).unwrap();
+    for (fixture, base_name) in FAMILIES {
+        let (config, base) = load_model::<B>(&base_dir(base_name), &device).unwrap();
+        let base_logits = logits(&base);
+        let lora_config = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            rslora: true,
+            ..Default::default()
+        };
+        let adapted = lora::attach(base, &lora_config, 1, &device).unwrap();
+        let adapted = lora::map_adapters(adapted, &mut Fill(7));
+        let out = root(fixture);
+        std::fs::create_dir_all(&out).unwrap();
+        lora::save_adapter(
+            &adapted,
+            &lora_config,
+            &format!("model/tests/fixtures/{base_name}"),
+            &out.join("adapter"),
+            SaveDtype::F32,
+        )
+        .unwrap();
+        let adapter_logits = logits(&adapted);
+        let merged = lora::merge(adapted);
+        save_model(&merged, &config, &out.join("merged"), SaveDtype::F32).unwrap();
+        let record = json!({
+            "input_ids": INPUT_IDS,
+            "base": base_logits,
+            "adapter": adapter_logits,
+            "merged": logits(&merged),
+        });
+        std::fs::write(out.join("alignkit_logits.json"), record.to_string()).unwrap();
+    }
 }
