@@ -151,8 +151,14 @@ pub fn signal_at_checkpoint(
 /// is process-global and tests run in parallel, so it is seeded and drawn
 /// from under a lock).
 pub fn tiny_model(dir: &Path) -> PathBuf {
+    tiny_model_of(dir, ModelType::Llama)
+}
+
+/// [`tiny_model`] of another family (Qwen3's q/k norms, SmolLM3's NoPE
+/// layer, OLMo 2's post-norms).
+pub fn tiny_model_of(dir: &Path, family: ModelType) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    let mut config = LlamaConfig::tiny(ModelType::Llama);
+    let mut config = LlamaConfig::tiny(family);
     config.bos_token_id = None;
     config.eos_token_ids = vec![2];
     config.pad_token_id = Some(2);
