@@ -274,6 +274,7 @@ fn two_ranks_train_every_trainer_as_one_process_with_the_double_batch() {
                 "kl_coef",
                 "policy/clipfrac_avg",
                 "val/num_eos_tokens",
+                "episode",
                 "completions/mean_length",
             ],
             _ => &[

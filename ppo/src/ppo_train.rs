@@ -733,7 +733,8 @@ fn metrics<B: AutodiffBackend>(
     PpoMetrics {
         step: run.state.step,
         epoch: run.epoch(setup.batches_per_epoch),
-        episode: run.state.step * setup.config.completions_per_step(),
+        // Samples so far, over every rank (TRL's episode).
+        episode: run.state.step * setup.prompts_per_step * setup.group,
         learning_rate: lr,
         critic_learning_rate: critic_lr,
         kl: mean_std(&scored.seq_kl).0,

@@ -339,7 +339,8 @@ pub(crate) fn open<B: AutodiffBackend>(
         prompts: prompts.len(),
         truncated_prompts,
         prompts_per_step,
-        completions_per_step: config.completions_per_step(),
+        // Over every rank, as prompts_per_step.
+        completions_per_step: prompts_per_step * group,
         trainable_params: trainable_count::<B, _>(&model),
         reference: reference.kind(),
         rewards: rewards.names().to_vec(),
