@@ -203,9 +203,8 @@ fn check_devices(list: &str, nproc_per_node: usize) -> Result<usize> {
             "--devices puts this machine's ranks in one process, one per device: leave out --nproc-per-node {nproc_per_node}"
         );
     }
-    let list: Vec<String> = list.split(',').map(|d| d.trim().to_string()).collect();
-    let specs =
-        crate::backend::peer_devices(&list).map_err(|e| anyhow::anyhow!("--devices {e}"))?;
+    let specs = crate::backend::peer_devices(&dist::device_list(list))
+        .map_err(|e| anyhow::anyhow!("--devices {e}"))?;
     Ok(specs.len())
 }
 

@@ -69,16 +69,18 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        let compile = |env: &mut Environment<'static>, name: &'static str, tracked: bool| {
-            env.add_template_owned(name, accept_generation_tags(source, tracked))
+        let compile = |env: &mut Environment<'static>, name: &'static str, text: String| {
+            env.add_template_owned(name, text)
                 .map_err(|e| DataError::Template {
                     reason: error_chain(&e),
                 })
         };
-        compile(&mut env, NAME, false)?;
-        let tracks = has_generation_tags(source);
+        let plain = accept_generation_tags(source, false);
+        // The rewrite changed something: the template has generation blocks.
+        let tracks = plain != source;
+        compile(&mut env, NAME, plain)?;
         if tracks {
-            compile(&mut env, TRACKED, true)?;
+            compile(&mut env, TRACKED, accept_generation_tags(source, true))?;
         }
         let mut globals = std::collections::BTreeMap::new();
         for (name, value) in kwargs {
@@ -191,11 +193,6 @@ fn error_chain(e: &Error) -> String {
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
-}
-
-/// Whether `src` has a `{% generation %}` block.
-fn has_generation_tags(src: &str) -> bool {
-    accept_generation_tags(src, false) != src
 }
 
 /// Rewrite `{% generation %}` to `{% if true %}` and `{% endgeneration %}` to

@@ -125,7 +125,20 @@ pub(crate) fn pooled<B: AutodiffBackend>(
     local: &[f64],
     what: &str,
 ) -> Result<Vec<f64>> {
-    Ok(run.gather_ragged(local, what)?.concat())
+    Ok(pooled_at(run, local, what)?.0)
+}
+
+/// [`pooled`], and where this rank's values start in it.
+pub(crate) fn pooled_at<B: AutodiffBackend>(
+    run: &Run<B>,
+    local: &[f64],
+    what: &str,
+) -> Result<(Vec<f64>, usize)> {
+    let all = run.gather_ragged(local, what)?;
+    let start = (all[..run.world.rank().min(all.len())].iter())
+        .map(Vec::len)
+        .sum();
+    Ok((all.concat(), start))
 }
 
 /// A step's rollout over all ranks, what its metrics are computed on: the

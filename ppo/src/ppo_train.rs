@@ -42,7 +42,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::collect::{EpochOrder, Rollout, StepWide, collect, pooled, rollout_tokens, token_spans};
+use crate::collect::{
+    EpochOrder, Rollout, StepWide, collect, pooled, pooled_at, rollout_tokens, token_spans,
+};
 use crate::config::{PpoParams, RlConfig};
 use crate::critic::{Critic, CriticInit, CriticNow, token_values};
 use crate::error::{Result, RlError};
@@ -499,11 +501,10 @@ impl Layout {
         let local: Vec<f64> = (rollout.completions.iter().zip(&rollout.trained))
             .map(|(c, &t)| if t { c.tokens.len() as f64 } else { 0.0 })
             .collect();
-        let all = run.gather_ragged(&local, "gathering the step's completions")?;
-        let rank = run.world.rank().min(all.len());
+        let (all, start) = pooled_at(run, &local, "gathering the step's completions")?;
         Ok(Self {
-            start: all[..rank].iter().map(Vec::len).sum(),
-            tokens: all.concat().into_iter().map(|t| t as usize).collect(),
+            start,
+            tokens: all.into_iter().map(|t| t as usize).collect(),
         })
     }
 

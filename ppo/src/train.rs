@@ -26,7 +26,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::collect::{EpochOrder, Rollout, StepWide, collect, rollout_tokens, token_spans};
+use crate::collect::{
+    EpochOrder, Rollout, StepWide, collect, pooled_at, rollout_tokens, token_spans,
+};
 use crate::config::{Algorithm, RlConfig};
 use crate::error::{Result, RlError};
 use crate::loss::{
@@ -246,14 +248,7 @@ fn advantages<B: AutodiffBackend>(
 ) -> Result<(Vec<f64>, Option<f64>)> {
     let rewards = &rollout.total_rewards;
     // The step's values over all ranks, and where this rank's start.
-    let global = |local: &[f64]| -> Result<(Vec<f64>, usize)> {
-        let all = run.gather_ragged(local, "gathering the step's rewards")?;
-        let start = all[..run.world.rank().min(all.len())]
-            .iter()
-            .map(Vec::len)
-            .sum();
-        Ok((all.concat(), start))
-    };
+    let global = |local: &[f64]| pooled_at(run, local, "gathering the step's rewards");
     let n = rewards.len();
     Ok(match objective {
         Objective::Grpo { scale, .. } => {

@@ -216,13 +216,14 @@ impl WorldSpec {
 /// unset).
 pub fn local_devices() -> Vec<String> {
     var(ENV_DEVICES)
-        .map(|v| {
-            v.split(',')
-                .map(|d| d.trim().to_string())
-                .filter(|d| !d.is_empty())
-                .collect()
-        })
+        .map(|v| device_list(&v))
         .unwrap_or_default()
+}
+
+/// A comma-separated device list (`--devices`, [`ENV_DEVICES`]), each entry
+/// trimmed (an empty one stays, for the device parser to refuse).
+pub fn device_list(text: &str) -> Vec<String> {
+    text.split(',').map(|d| d.trim().to_string()).collect()
 }
 
 /// The port local rank `local_rank` serves its tensors on:
