@@ -1,10 +1,13 @@
 """Parity fixtures for alignkit-model, generated with transformers.
 
-Builds tiny random Llama / Qwen2 / Mistral / Qwen3 / SmolLM3 / OLMo 2 models, saves them in HF layout
-under model/tests/fixtures/<name>/ and records, with transformers in f32:
+Builds tiny random Llama / Qwen2 / Mistral / Qwen3 / SmolLM3 / OLMo 2 / Gemma 3 models, saves them
+in HF layout under model/tests/fixtures/<name>/ and records, with transformers in f32:
   - logits of a batch of two unpadded sequences,
   - logits of the same sequences right- and left-padded,
-  - 12 greedy tokens after a prompt (use_cache=True).
+  - 12 greedy tokens after a prompt (use_cache=True),
+  - for the families in LORA_GRAD: a PEFT LoRA (r 4, every projection, random A and B) saved
+    under <name>/lora/, the first sequence's per-token log-probs through it, their mean's
+    negative (the loss) and the gradient of the loss with respect to every lora_A / lora_B.
 Also a bf16-sharded copy (exercises sharded + bf16 loading) and an f16 copy.
 
 Run from the repo root:  python scripts/fixtures_model.py [NAME ...]
@@ -16,7 +19,9 @@ import os
 import sys
 
 import torch
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig,
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig,
                           Olmo2Config, Qwen2Config, Qwen3Config, SmolLM3Config)
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "model", "tests", "fixtures")
@@ -49,7 +54,32 @@ CONFIGS = {
     # Post-norm blocks, q/k RMSNorm over the whole projections.
     "olmo2": Olmo2Config(**COMMON, tie_word_embeddings=False,
                          rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+    # Sandwich (1 + w) norms, √C-scaled embeddings, GeGLU, per-head q/k norms, a
+    # query_pre_attn_scalar that is not head_dim, sliding layers (window 4, so the 9-token
+    # sequences and the 17-token greedy run cross it) with their own RoPE base around a global
+    # one with linear scaling, and final logit soft-capping (Gemma 2's; Gemma 3 ships it null).
+    "gemma3": Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 3}, head_dim=16,
+                               query_pre_attn_scalar=12, sliding_window=4,
+                               layer_types=["sliding_attention", "full_attention",
+                                            "sliding_attention"],
+                               rope_parameters={
+                                   "sliding_attention": {"rope_type": "default",
+                                                         "rope_theta": 10000.0},
+                                   "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                      "rope_theta": 1000000.0}},
+                               final_logit_softcapping=30.0, tie_word_embeddings=True),
+    # Layer 1 (from max_window_layers on) attends through a window of 4 keys.
+    "qwen3-sliding": Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True,
+                                 rope_parameters={"rope_type": "default",
+                                                  "rope_theta": 1000000.0},
+                                 use_sliding_window=True, sliding_window=4, max_window_layers=1),
 }
+
+# (New fixtures go last: each one's seed is its index here.)
+
+# Families whose fixture also records a LoRA gradient.
+LORA_GRAD = ["llama", "qwen2", "mistral", "qwen3", "smollm3", "olmo2", "gemma3"]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def randomize(model, seed):
@@ -91,6 +121,28 @@ def record(model, name):
         json.dump(out, f)
 
 
+def record_lora_grad(model, name, seed):
+    """PEFT LoRA with random A and B over `model`; the loss and its adapter gradients."""
+    torch.manual_seed(seed)
+    config = PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                            init_lora_weights=False)
+    peft = get_peft_model(model, config)
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(3, VOCAB, (9,), generator=g).tolist()
+    logits = peft(torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    loss = -logp.mean()
+    loss.backward()
+    grads = {n.replace(".default", ""): p.grad.tolist()
+             for n, p in peft.named_parameters() if "lora_" in n}
+    path = os.path.join(OUT, name, "lora")
+    peft.save_pretrained(path)
+    with open(os.path.join(path, "expected_grad.json"), "w") as f:
+        json.dump({"input_ids": ids, "logprobs": logp.tolist(), "loss": loss.item(),
+                   "grads": grads}, f)
+    peft.unload()
+
+
 def reload_f32(path):
     # A fresh f32 load: `.to(dtype)` would also round the RoPE inv_freq buffer.
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
@@ -109,6 +161,8 @@ def main():
         path = os.path.join(OUT, name)
         model.save_pretrained(path, safe_serialization=True)
         record(model, name)
+        if name in LORA_GRAD:
+            record_lora_grad(model, name, seed=200 + i)
         if name == "qwen2":
             # bf16, sharded: loads as bf16 → f32; logits of the rounded weights.
             bf = model.to(torch.bfloat16)
@@ -122,7 +176,7 @@ def main():
             record(reload_f32(path16), "llama-f16")
     for root, _, files in os.walk(OUT):
         for f in files:
-            if f == "generation_config.json":
+            if f in ("generation_config.json", "README.md"):
                 os.remove(os.path.join(root, f))
 
 

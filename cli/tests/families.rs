@@ -1,6 +1,6 @@
-//! Each newer family through the whole chain a user runs: LoRA SFT, DPO on
-//! the SFT model, a merged export and a PEFT adapter, the merged model
-//! loaded back with its family's config (tiny random models; their
+//! Each newer family (Qwen3, SmolLM3, OLMo 2, Gemma 3) through the whole
+//! chain a user runs: LoRA SFT, DPO on the SFT model, a merged export and a
+//! PEFT adapter, the merged model loaded back with its family's config (tiny random models; their
 //! numerics against transformers and PEFT are model/tests/parity.rs and
 //! sft/tests/sft_lora_interop.rs).
 
@@ -10,12 +10,17 @@ use alignkit_model::{LlamaConfig, ModelType};
 use common::{alignkit, ok, tiny_model_of, write_qa_prefs, write_qa_sft};
 
 #[test]
-fn qwen3_smollm3_and_olmo2_run_sft_then_dpo_then_export() {
+fn qwen3_smollm3_olmo2_and_gemma3_run_sft_then_dpo_then_export() {
     let tmp = tempfile::tempdir().unwrap();
     let (sft_data, prefs) = (tmp.path().join("sft.jsonl"), tmp.path().join("prefs.jsonl"));
     write_qa_sft(&sft_data);
     write_qa_prefs(&prefs);
-    for family in [ModelType::Qwen3, ModelType::Smollm3, ModelType::Olmo2] {
+    for family in [
+        ModelType::Qwen3,
+        ModelType::Smollm3,
+        ModelType::Olmo2,
+        ModelType::Gemma3,
+    ] {
         let name = family.as_str();
         let model = tiny_model_of(&tmp.path().join(format!("{name}-model")), family);
         let dir = |what: &str| tmp.path().join(format!("{name}-{what}"));
@@ -60,5 +65,19 @@ fn qwen3_smollm3_and_olmo2_run_sft_then_dpo_then_export() {
         let dpo_final = LlamaConfig::load(&dir("dpo").join("final/config.json")).unwrap();
         assert_eq!(dpo_final.model_type, family, "{name}");
         assert_eq!(dpo_final.rope_layers, config.rope_layers, "{name}");
+        // Gemma 3's sliding layers, their RoPE base, GeGLU and score scale too.
+        let tiny = LlamaConfig::tiny(family);
+        for c in [&config, &dpo_final] {
+            assert_eq!(
+                (&c.sliding, c.sliding_window, c.local_rope_theta),
+                (&tiny.sliding, tiny.sliding_window, tiny.local_rope_theta),
+                "{name}"
+            );
+            assert_eq!(
+                (c.activation, c.attention_scale),
+                (tiny.activation, tiny.attention_scale),
+                "{name}"
+            );
+        }
     }
 }

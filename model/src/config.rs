@@ -8,6 +8,10 @@
 //! of every fourth layer ([`LlamaConfig::rope_layers`]), OLMo 2 normalises
 //! the whole q and k projections ([`QkNorm::Whole`]) and the outputs of its
 //! attention and MLP instead of their inputs ([`NormPlacement::Post`]).
+//! Gemma 3 (text) normalises both ([`NormPlacement::Sandwich`]) with
+//! (1 + w) weights, scales its embeddings by √C, gates its MLP with GELU
+//! ([`Activation::GeluTanh`]) and interleaves sliding-window layers, with a
+//! RoPE base of their own, among global ones ([`LlamaConfig::sliding`]).
 
 use std::path::Path;
 
@@ -25,10 +29,12 @@ pub enum ModelType {
     Qwen3,
     Smollm3,
     Olmo2,
+    #[serde(rename = "gemma3_text")]
+    Gemma3,
 }
 
 /// The `model_type`s this decoder reads, for error messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, smollm3, olmo2";
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, smollm3, olmo2, gemma3_text";
 
 /// RMSNorm of the queries and keys before RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,34 @@ pub enum NormPlacement {
     Pre,
     /// x + norm(attn(x)), then x + norm(mlp(x)) (OLMo 2).
     Post,
+    /// x + norm(attn(norm(x))), then x + norm(mlp(norm(x))) (Gemma 3).
+    Sandwich,
+}
+
+/// The MLP's gate activation (`hidden_act`, Gemma's `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: silu(gate) ⊙ up.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "silu" | "swish" => Some(Activation::Silu),
+            "gelu_pytorch_tanh" | "gelu_tanh" => Some(Activation::GeluTanh),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        }
+    }
 }
 
 impl ModelType {
@@ -59,6 +93,7 @@ impl ModelType {
             ModelType::Qwen3 => "qwen3",
             ModelType::Smollm3 => "smollm3",
             ModelType::Olmo2 => "olmo2",
+            ModelType::Gemma3 => "gemma3_text",
         }
     }
 
@@ -70,6 +105,7 @@ impl ModelType {
             "qwen3" => Some(ModelType::Qwen3),
             "smollm3" => Some(ModelType::Smollm3),
             "olmo2" => Some(ModelType::Olmo2),
+            "gemma3_text" => Some(ModelType::Gemma3),
             _ => None,
         }
     }
@@ -82,13 +118,14 @@ impl ModelType {
             ModelType::Qwen3 => "Qwen3ForCausalLM",
             ModelType::Smollm3 => "SmolLM3ForCausalLM",
             ModelType::Olmo2 => "Olmo2ForCausalLM",
+            ModelType::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
     /// How the family normalises queries and keys.
     pub fn qk_norm(self) -> QkNorm {
         match self {
-            ModelType::Qwen3 => QkNorm::PerHead,
+            ModelType::Qwen3 | ModelType::Gemma3 => QkNorm::PerHead,
             ModelType::Olmo2 => QkNorm::Whole,
             _ => QkNorm::None,
         }
@@ -98,13 +135,38 @@ impl ModelType {
     pub fn norms(self) -> NormPlacement {
         match self {
             ModelType::Olmo2 => NormPlacement::Post,
+            ModelType::Gemma3 => NormPlacement::Sandwich,
             _ => NormPlacement::Pre,
         }
     }
+
+    /// Added to every RMSNorm weight in the forward pass: Gemma stores w and
+    /// multiplies by 1 + w.
+    pub fn norm_offset(self) -> f64 {
+        match self {
+            ModelType::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether the embeddings are multiplied by √C (Gemma).
+    pub fn scales_embeddings(self) -> bool {
+        self == ModelType::Gemma3
+    }
 }
 
-/// RoPE frequency scaling (`rope_scaling` in config.json). Only `llama3` changes
-/// the frequencies; `default` is the identity.
+/// RoPE frequency scaling (`rope_scaling` in config.json; `default`, the
+/// identity, is `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3.1's banded scaling.
+    Llama3(Llama3RopeScaling),
+    /// Every frequency divided by `factor` (position interpolation; Gemma 3's
+    /// global layers at 4B and up).
+    Linear { factor: f64 },
+}
+
+/// `llama3` scaling's parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Llama3RopeScaling {
     pub factor: f64,
@@ -127,7 +189,21 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub rope_scaling: Option<RopeScaling>,
+    /// The RoPE base of the sliding-window layers where it differs from
+    /// `rope_theta` (Gemma 3's `rope_local_base_freq`), without scaling.
+    pub local_rope_theta: Option<f64>,
+    /// Per layer, whether it attends through the sliding window (`layer_types`
+    /// "sliding_attention"); empty: none does.
+    pub sliding: Vec<bool>,
+    /// How many keys, itself included, a sliding layer's query sees.
+    pub sliding_window: Option<usize>,
+    /// The MLP's gate.
+    pub activation: Activation,
+    /// Scores are q·k times this (1/√D; Gemma: `query_pre_attn_scalar`^-½).
+    pub attention_scale: f64,
+    /// Logits become cap·tanh(logits / cap) (Gemma's `final_logit_softcapping`).
+    pub final_logit_softcapping: Option<f64>,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections (Qwen2 always; Llama when `attention_bias`).
     pub qkv_bias: bool,
@@ -254,64 +330,81 @@ impl LlamaConfig {
         }
 
         // transformers < 5 writes `rope_theta` + `rope_scaling`; 5.x nests both in
-        // `rope_parameters`.
-        let rope_params = match raw.get("rope_scaling") {
-            Some(v) if !v.is_null() => Some(("rope_scaling", v)),
-            _ => raw
-                .get("rope_parameters")
-                .filter(|v| !v.is_null())
-                .map(|v| ("rope_parameters", v)),
+        // `rope_parameters`, per layer type where the types differ (Gemma 3).
+        let nested = raw.get("rope_parameters").filter(|v| v.is_object());
+        let by_layer_type = nested.and_then(|v| v.get("full_attention")).is_some();
+        let (global, local) = match (nested, by_layer_type) {
+            (Some(v), true) => (v.get("full_attention"), v.get("sliding_attention")),
+            _ => (nested, None),
         };
-        let rope_scaling = match rope_params {
-            None => None,
-            Some((field, v)) => {
-                let kind = v
-                    .get("rope_type")
-                    .or_else(|| v.get("type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("default");
-                match kind {
-                    "default" => None,
-                    "llama3" => Some(
-                        serde_json::from_value::<Llama3RopeScaling>(v.clone())
-                            .map_err(|e| err(field, format!("invalid llama3 rope scaling: {e}")))?,
-                    ),
-                    other => {
-                        return Err(err(
-                            field,
-                            format!(
-                                "unsupported rope scaling type `{other}` (supported: default, llama3)"
-                            ),
-                        ));
-                    }
+        let rope_scaling = match raw.get("rope_scaling").filter(|v| !v.is_null()) {
+            Some(v) => parse_rope_scaling(v).map_err(|m| err("rope_scaling", m))?,
+            None => match global {
+                Some(v) => parse_rope_scaling(v).map_err(|m| err("rope_parameters", m))?,
+                None => None,
+            },
+        };
+        let theta_in =
+            |v: Option<&serde_json::Value>| v.and_then(|v| v.get("rope_theta")?.as_f64());
+        let gemma = model_type == ModelType::Gemma3;
+        let rope_theta = get_f64("rope_theta")?
+            .or(theta_in(global))
+            .unwrap_or(if gemma { 1_000_000.0 } else { 10_000.0 });
+        let local_rope_theta = match local {
+            Some(v) => {
+                if parse_rope_scaling(v)
+                    .map_err(|m| err("rope_parameters", m))?
+                    .is_some()
+                {
+                    return Err(err(
+                        "rope_parameters",
+                        "scaled RoPE on sliding_attention layers is not supported".into(),
+                    ));
                 }
+                theta_in(Some(v))
             }
-        };
-        let nested_theta = raw
-            .get("rope_parameters")
-            .and_then(|v| v.get("rope_theta"))
-            .and_then(|v| v.as_f64());
-        let rope_theta = get_f64("rope_theta")?.or(nested_theta).unwrap_or(10_000.0);
+            None => get_f64("rope_local_base_freq")?,
+        }
+        .or(gemma.then_some(10_000.0));
 
-        if let Some(act) = raw.get("hidden_act").and_then(|v| v.as_str())
-            && act != "silu"
+        let activation = match ["hidden_activation", "hidden_act"]
+            .into_iter()
+            .find_map(|field| Some((field, raw.get(field)?.as_str()?)))
         {
+            None => match gemma {
+                true => Activation::GeluTanh,
+                false => Activation::Silu,
+            },
+            Some((field, name)) => Activation::parse(name).ok_or_else(|| {
+                err(
+                    field,
+                    format!("unsupported activation `{name}` (supported: silu, gelu_pytorch_tanh)"),
+                )
+            })?,
+        };
+        if get_f64("attn_logit_softcapping")?.is_some() {
             return Err(err(
-                "hidden_act",
-                format!("unsupported activation `{act}` (supported: silu)"),
+                "attn_logit_softcapping",
+                "soft-capped attention scores (Gemma 2) are not supported".into(),
             ));
         }
+        let attention_scale = match get_f64("query_pre_attn_scalar")? {
+            Some(s) if s > 0.0 => s.powf(-0.5),
+            Some(s) => {
+                return Err(err(
+                    "query_pre_attn_scalar",
+                    format!("{s} must be positive"),
+                ));
+            }
+            // transformers' Gemma3TextConfig default.
+            None if gemma => 256f64.powf(-0.5),
+            None => (head_dim as f64).powf(-0.5),
+        };
         let attention_bias = get_bool("attention_bias")?.unwrap_or(false);
         let (qkv_bias, o_bias) = match model_type {
             ModelType::Qwen2 => (true, false),
             _ => (attention_bias, attention_bias),
         };
-        if get_bool("use_sliding_window")? == Some(true) {
-            return Err(err(
-                "use_sliding_window",
-                "sliding-window attention is not supported yet (every layer attends to every earlier token)".into(),
-            ));
-        }
         let num_hidden_layers = required("num_hidden_layers")?;
         let rope_layers = match raw.get("no_rope_layers") {
             Some(serde_json::Value::Array(flags)) if model_type == ModelType::Smollm3 => {
@@ -330,6 +423,7 @@ impl LlamaConfig {
             }
             _ => Vec::new(),
         };
+        let (sliding, sliding_window) = sliding_layers(&raw, model_type, num_hidden_layers, err)?;
 
         let eos_token_ids = match raw.get("eos_token_id") {
             None | Some(serde_json::Value::Null) => Vec::new(),
@@ -358,6 +452,12 @@ impl LlamaConfig {
             rms_norm_eps: get_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
+            local_rope_theta,
+            sliding,
+            sliding_window,
+            activation,
+            attention_scale,
+            final_logit_softcapping: get_f64("final_logit_softcapping")?,
             tie_word_embeddings: get_bool("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
@@ -375,6 +475,9 @@ impl LlamaConfig {
     pub fn tiny(model_type: ModelType) -> Self {
         let mut raw = serde_json::Map::new();
         raw.insert("model_type".into(), model_type.as_str().into());
+        if model_type == ModelType::Gemma3 {
+            raw.insert("query_pre_attn_scalar".into(), 8.into());
+        }
         LlamaConfig {
             model_type,
             vocab_size: 96,
@@ -388,6 +491,20 @@ impl LlamaConfig {
             rms_norm_eps: 1e-6,
             rope_theta: 10_000.0,
             rope_scaling: None,
+            // Gemma 3: layer 0 slides over 3 keys with its own RoPE base,
+            // layer 1 is global.
+            local_rope_theta: (model_type == ModelType::Gemma3).then_some(100.0),
+            sliding: match model_type {
+                ModelType::Gemma3 => vec![true, false],
+                _ => Vec::new(),
+            },
+            sliding_window: (model_type == ModelType::Gemma3).then_some(3),
+            activation: match model_type {
+                ModelType::Gemma3 => Activation::GeluTanh,
+                _ => Activation::Silu,
+            },
+            attention_scale: 8f64.powf(-0.5),
+            final_logit_softcapping: None,
             tie_word_embeddings: false,
             qkv_bias: model_type == ModelType::Qwen2,
             o_bias: false,
@@ -435,7 +552,23 @@ impl LlamaConfig {
         set("rms_norm_eps", self.rms_norm_eps.into());
         set("rope_theta", self.rope_theta.into());
         set("tie_word_embeddings", self.tie_word_embeddings.into());
-        set("hidden_act", "silu".into());
+        match self.activation {
+            Activation::Silu => set("hidden_act", "silu".into()),
+            gate => set("hidden_activation", gate.as_str().into()),
+        }
+        if let Some(theta) = self.local_rope_theta {
+            set("rope_local_base_freq", theta.into());
+        }
+        if let Some(window) = self.sliding_window {
+            set("sliding_window", window.into());
+            let types: Vec<&str> = (0..self.num_hidden_layers)
+                .map(|i| match self.is_sliding(i) {
+                    true => "sliding_attention",
+                    false => "full_attention",
+                })
+                .collect();
+            set("layer_types", serde_json::json!(types));
+        }
         if self.model_type != ModelType::Qwen2 {
             set("attention_bias", self.qkv_bias.into());
             set("mlp_bias", self.mlp_bias.into());
@@ -444,10 +577,17 @@ impl LlamaConfig {
             let flags: Vec<u8> = self.rope_layers.iter().map(|&r| r as u8).collect();
             set("no_rope_layers", serde_json::json!(flags));
         }
-        if let Some(s) = &self.rope_scaling {
-            let mut v = serde_json::to_value(s).expect("plain struct serializes");
-            v["rope_type"] = "llama3".into();
-            set("rope_scaling", v);
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Llama3(s)) => {
+                let mut v = serde_json::to_value(s).expect("plain struct serializes");
+                v["rope_type"] = "llama3".into();
+                set("rope_scaling", v);
+            }
+            Some(RopeScaling::Linear { factor }) => set(
+                "rope_scaling",
+                serde_json::json!({"rope_type": "linear", "factor": factor}),
+            ),
         }
         if let Some(b) = self.bos_token_id {
             set("bos_token_id", b.into());
@@ -464,6 +604,11 @@ impl LlamaConfig {
         serde_json::Value::Object(map)
     }
 
+    /// Whether layer `i` attends through the sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.sliding.get(i).copied().unwrap_or(false)
+    }
+
     /// Whether layer `i` applies RoPE.
     pub fn uses_rope(&self, i: usize) -> bool {
         self.rope_layers.get(i).copied().unwrap_or(true)
@@ -473,6 +618,118 @@ impl LlamaConfig {
     pub fn kv_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+}
+
+/// A `rope_scaling` (or one layer type's `rope_parameters`) object: `None`
+/// for the identity, or why it is not supported.
+fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => serde_json::from_value::<Llama3RopeScaling>(v.clone())
+            .map(|s| Some(RopeScaling::Llama3(s)))
+            .map_err(|e| format!("invalid llama3 rope scaling: {e}")),
+        "linear" => match v.get("factor").and_then(|f| f.as_f64()) {
+            Some(factor) if factor > 0.0 => Ok(Some(RopeScaling::Linear { factor })),
+            _ => Err("linear rope scaling needs a positive `factor`".into()),
+        },
+        other => Err(format!(
+            "unsupported rope scaling type `{other}` (supported: default, linear, llama3)"
+        )),
+    }
+}
+
+/// Which layers attend through a sliding window, and its width, as
+/// transformers decides them: `layer_types` where the config lists them, else
+/// the family's rule (Gemma 3: every `sliding_window_pattern`-th layer is
+/// global; Qwen: layers from `max_window_layers` on; Mistral: all). Qwen's
+/// window is off unless `use_sliding_window`; Llama has none.
+fn sliding_layers(
+    raw: &serde_json::Map<String, serde_json::Value>,
+    model_type: ModelType,
+    layers: usize,
+    err: impl Fn(&str, String) -> ModelError,
+) -> Result<(Vec<bool>, Option<usize>)> {
+    let window = match raw.get("sliding_window") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(w) if w > 0 => Some(w as usize),
+            _ => {
+                return Err(err(
+                    "sliding_window",
+                    format!("expected a positive integer, got {v}"),
+                ));
+            }
+        },
+    };
+    let switched_on = raw.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true);
+    let window = match model_type {
+        ModelType::Mistral => window,
+        // transformers' Gemma3TextConfig default.
+        ModelType::Gemma3 => window.or(Some(4096)),
+        ModelType::Qwen2 | ModelType::Qwen3 | ModelType::Smollm3 => window.filter(|_| switched_on),
+        ModelType::Llama | ModelType::Olmo2 => None,
+    };
+    if model_type == ModelType::Gemma3
+        && raw
+            .get("use_bidirectional_attention")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+    {
+        return Err(err(
+            "use_bidirectional_attention",
+            "bidirectional attention (an embedding model) is not a causal LM".into(),
+        ));
+    }
+    let Some(window) = window else {
+        return Ok((Vec::new(), None));
+    };
+    let count = |field: &str, default: usize| {
+        raw.get(field)
+            .and_then(|v| v.as_u64())
+            .map_or(default, |n| n as usize)
+    };
+    let flags: Vec<bool> = match raw.get("layer_types") {
+        Some(serde_json::Value::Array(types)) => {
+            let flags = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(err(
+                        "layer_types",
+                        format!("unsupported layer type {t} (supported: full_attention, sliding_attention)"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if flags.len() != layers {
+                return Err(err(
+                    "layer_types",
+                    format!("{} types for {layers} layers", flags.len()),
+                ));
+            }
+            flags
+        }
+        _ => match model_type {
+            ModelType::Gemma3 => {
+                let pattern = count("sliding_window_pattern", 6).max(1);
+                (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+            }
+            ModelType::Mistral => vec![true; layers],
+            _ => {
+                let from = count("max_window_layers", 28);
+                (0..layers).map(|i| i >= from).collect()
+            }
+        },
+    };
+    Ok(match flags.contains(&true) {
+        true => (flags, Some(window)),
+        false => (Vec::new(), None),
+    })
 }
 
 #[cfg(test)]
@@ -495,12 +752,12 @@ mod tests {
     #[test]
     fn an_unknown_family_names_its_type_architectures_and_the_supported_ones() {
         let e = parse(serde_json::json!({
-            "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]
+            "model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]
         }))
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("`gemma3_text`, architectures Gemma3ForCausalLM"),
+            e.contains("`gpt_neox`, architectures GPTNeoXForCausalLM"),
             "{e}"
         );
         assert!(e.contains(SUPPORTED_MODEL_TYPES), "{e}");
@@ -528,9 +785,93 @@ mod tests {
             e.contains("no_rope_layers") && e.contains("1 flags for 2 layers"),
             "{e}"
         );
-        let e = parse(serde_json::json!({"model_type": "qwen3", "use_sliding_window": true}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("use_sliding_window"), "{e}");
+        // Qwen's window: off unless switched on, from max_window_layers on.
+        let qwen = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"model_type": "qwen3", "sliding_window": 8});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse(v).unwrap()
+        };
+        let off = qwen(serde_json::json!({"max_window_layers": 1}));
+        assert_eq!((off.sliding.clone(), off.sliding_window), (vec![], None));
+        let on = qwen(serde_json::json!({"use_sliding_window": true, "max_window_layers": 1}));
+        assert_eq!(
+            (on.sliding.clone(), on.sliding_window),
+            (vec![false, true], Some(8))
+        );
+        let e = parse(serde_json::json!({
+            "model_type": "mistral", "sliding_window": 8, "layer_types": ["full_attention"]
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("layer_types") && e.contains("1 types for 2 layers"),
+            "{e}"
+        );
+    }
+
+    /// Gemma 3 in the pre-5.x layout (rope_theta, rope_local_base_freq,
+    /// sliding_window_pattern) and in transformers 5's (rope_parameters per
+    /// layer type), with what it does not support refused by key.
+    #[test]
+    fn gemma3_reads_both_config_layouts() {
+        let old = parse(serde_json::json!({
+            "model_type": "gemma3_text", "head_dim": 8, "sliding_window": 16,
+            "sliding_window_pattern": 2, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "query_pre_attn_scalar": 16
+        }))
+        .unwrap();
+        assert_eq!(old.sliding, vec![true, false]);
+        assert_eq!((old.rope_theta, old.local_rope_theta), (1e6, Some(1e4)));
+        assert_eq!(old.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+        assert_eq!(old.activation, Activation::GeluTanh);
+        assert_eq!(old.attention_scale, 0.25);
+        let new = parse(serde_json::json!({
+            "model_type": "gemma3_text", "head_dim": 8, "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
+            },
+            "query_pre_attn_scalar": 16
+        }))
+        .unwrap();
+        for field in ["sliding", "rope", "activation", "scale"] {
+            let same = match field {
+                "sliding" => {
+                    (new.sliding.clone(), new.sliding_window)
+                        == (old.sliding.clone(), old.sliding_window)
+                }
+                "rope" => {
+                    (
+                        new.rope_theta,
+                        new.local_rope_theta,
+                        new.rope_scaling.clone(),
+                    ) == (
+                        old.rope_theta,
+                        old.local_rope_theta,
+                        old.rope_scaling.clone(),
+                    )
+                }
+                "activation" => new.activation == old.activation,
+                _ => new.attention_scale == old.attention_scale,
+            };
+            assert!(same, "{field} differs between the layouts");
+        }
+        // Written back in the old layout, read the same.
+        let again = LlamaConfig::from_json(new.to_json(), Path::new("config.json")).unwrap();
+        assert_eq!(again.to_json(), new.to_json());
+        assert_eq!(again.local_rope_theta, Some(1e4));
+        for (key, value) in [
+            ("attn_logit_softcapping", serde_json::json!(50.0)),
+            ("use_bidirectional_attention", serde_json::json!(true)),
+            ("hidden_activation", serde_json::json!("relu")),
+        ] {
+            let mut v = serde_json::json!({"model_type": "gemma3_text", "sliding_window": 4});
+            v[key] = value;
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }

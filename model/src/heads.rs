@@ -142,6 +142,7 @@ pub fn sequence_classification_architecture(model_type: ModelType) -> &'static s
         ModelType::Qwen3 => "Qwen3ForSequenceClassification",
         ModelType::Smollm3 => "SmolLM3ForSequenceClassification",
         ModelType::Olmo2 => "Olmo2ForSequenceClassification",
+        ModelType::Gemma3 => "Gemma3TextForSequenceClassification",
     }
 }
 

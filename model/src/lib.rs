@@ -1,5 +1,5 @@
-//! alignkit-model: a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2)
-//! on burn, with Hugging Face checkpoint I/O, per-token log-probs, KV-cached
+//! alignkit-model: a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2,
+//! Qwen3, SmolLM3, OLMo 2, Gemma 3) on burn, with Hugging Face checkpoint I/O, per-token log-probs, KV-cached
 //! generation and GGUF import.
 //!
 //! Shape letters used in every `Shapes:` line:

@@ -55,8 +55,11 @@ pub struct HeadLogprobs<B: Backend> {
 }
 
 /// The LM head's dense [V, C] weight when the head is a plain product (tied
-/// embedding, or an untied head without bias or adapter).
+/// embedding, or an untied head without bias or adapter, and no soft-capping).
 fn plain_head_weight<B: Backend>(model: &LlamaForCausalLM<B>) -> Option<Tensor<B, 2>> {
+    if model.model.final_logit_softcapping.is_some() {
+        return None;
+    }
     match (&model.lm_head, &model.decode_head) {
         (Some(head), _) if head.bias.is_none() && head.lora.is_none() => Some(head.weight.val()),
         (None, None) => Some(model.model.embed_tokens.weight.val()),

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -391,6 +391,23 @@ pub fn peft_tensors<B: Backend>(
                 .into_vec::<f32>()
                 .expect("converted to f32 above");
             (name, (shape, data))
+        })
+        .collect()
+}
+
+/// The gradients of the adapter tensors in `grads`, under PEFT's names, f32
+/// on the host (tensors without a gradient are left out).
+pub fn peft_gradients<B: AutodiffBackend>(
+    model: &LlamaForCausalLM<B>,
+    grads: &B::Gradients,
+) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    adapter_tensors(model)
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let g = t.grad(grads)?;
+            let shape = g.dims().to_vec();
+            let data = g.into_data().convert::<f32>().into_vec::<f32>().ok()?;
+            Some((name, (shape, data)))
         })
         .collect()
 }

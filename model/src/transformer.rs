@@ -13,10 +13,11 @@ use burn::tensor::module::embedding;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
-use crate::config::{LlamaConfig, NormPlacement, QkNorm};
+use crate::config::{Activation, LlamaConfig, NormPlacement, QkNorm, RopeScaling};
 use crate::dtype::{to_dtype, to_f32};
 use crate::fused::panels::Panels;
 use crate::fused::{self, dense};
+use crate::mask::MASKED;
 
 pub mod recompute;
 
@@ -164,25 +165,38 @@ fn decoded_product<B: Backend, const D: usize>(
     }
 }
 
-/// Root-mean-square layer norm (Zhang & Sennrich 2019), computed in f32.
+/// Root-mean-square layer norm (Zhang & Sennrich 2019), computed in f32,
+/// times (offset + w): Gemma stores w around 0 and adds 1.
 ///
 /// Shapes: x [B, T, C] → [B, T, C].
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
     pub eps: f64,
+    pub offset: f64,
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn init(size: usize, eps: f64, device: &B::Device) -> Self {
+    /// A norm of `config`'s family: weights 1 (0 where they are offset).
+    pub fn init(size: usize, config: &LlamaConfig, device: &B::Device) -> Self {
+        let offset = config.model_type.norm_offset();
+        let init = match offset == 0.0 {
+            true => Initializer::Ones,
+            false => Initializer::Zeros,
+        };
         Self {
-            weight: Initializer::Ones.init([size], device),
-            eps,
+            weight: init.init([size], device),
+            eps: config.rms_norm_eps,
+            offset,
         }
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        fused::rms_norm(x, self.weight.val(), self.eps)
+        let weight = match self.offset == 0.0 {
+            true => self.weight.val(),
+            false => self.weight.val().add_scalar(self.offset),
+        };
+        fused::rms_norm(x, weight, self.eps)
     }
 }
 
@@ -191,14 +205,16 @@ impl<B: Backend> RmsNorm<B> {
 /// See: Su et al. 2021, "RoFormer", eq. 34; transformers `rotate_half`.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// θ_i for i in 0..D/2, with llama3 scaling applied.
+    /// θ_i for i in 0..D/2, with the scaling applied.
     pub inv_freq: Vec<f32>,
+    /// The attention's score scale, which the query's angles carry.
+    pub query_scale: f64,
 }
 
 /// cos and sin of position × θ for one forward pass, shared by every layer,
 /// laid out like the projected heads they multiply ([B, T, heads, D],
 /// contiguous) so the products run on the element-wise fast paths.
-/// The query's copies carry the attention scale 1/√D.
+/// The query's copies carry the attention scale ([`Rope::query_scale`]).
 pub struct RopeAngles<B: Backend> {
     cos_q: Tensor<B, 4>,
     sin_q: Tensor<B, 4>,
@@ -207,12 +223,26 @@ pub struct RopeAngles<B: Backend> {
 }
 
 impl Rope {
+    /// The global layers' RoPE.
     pub fn new(config: &LlamaConfig) -> Self {
+        Self::with_base(config, config.rope_theta, config.rope_scaling.as_ref())
+    }
+
+    /// The sliding-window layers' RoPE, where its base differs (Gemma 3).
+    pub fn local(config: &LlamaConfig) -> Option<Self> {
+        let theta = config.local_rope_theta?;
+        (!config.sliding.is_empty()).then(|| Self::with_base(config, theta, None))
+    }
+
+    fn with_base(config: &LlamaConfig, theta: f64, scaling: Option<&RopeScaling>) -> Self {
         let d = config.head_dim;
         let mut inv_freq: Vec<f64> = (0..d / 2)
-            .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64))
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64))
             .collect();
-        if let Some(s) = &config.rope_scaling {
+        if let Some(RopeScaling::Linear { factor }) = scaling {
+            inv_freq.iter_mut().for_each(|f| *f /= factor);
+        }
+        if let Some(RopeScaling::Llama3(s)) = scaling {
             // See: transformers `_compute_llama3_parameters` (Llama 3.1 report, §3.3):
             // long wavelengths are divided by `factor`, short ones kept, and the band
             // between is interpolated smoothly.
@@ -232,6 +262,7 @@ impl Rope {
         }
         Self {
             inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+            query_scale: config.attention_scale,
         }
     }
 
@@ -262,7 +293,7 @@ impl Rope {
                 dtype,
             )
         };
-        let scale = 1.0 / (d as f64).sqrt();
+        let scale = self.query_scale;
         RopeAngles {
             cos_q: spread(cos.clone(), heads, scale),
             sin_q: spread(sin.clone(), heads, scale),
@@ -289,6 +320,50 @@ impl<B: Backend> RopeAngles<B> {
     }
 }
 
+/// What the layers of one forward pass read besides their input: RoPE
+/// angles and attention masks, for the global layers and for the
+/// sliding-window ones.
+pub struct LayerInputs<B: Backend> {
+    angles: RopeAngles<B>,
+    /// The sliding layers' angles, where their RoPE base differs (Gemma 3).
+    local_angles: Option<RopeAngles<B>>,
+    /// [B, 1, 1, T, S], additive: broadcast over the K × G heads by the
+    /// softmax.
+    mask: Tensor<B, 5>,
+    /// `mask` with the keys outside the window masked as well.
+    sliding_mask: Option<Tensor<B, 5>>,
+    /// The score scale, which a NoPE layer applies itself.
+    query_scale: f64,
+}
+
+impl<B: Backend> LayerInputs<B> {
+    /// The angles and mask of a global (`sliding` false) or sliding layer.
+    fn of(&self, sliding: bool) -> (&RopeAngles<B>, &Tensor<B, 5>) {
+        match sliding {
+            false => (&self.angles, &self.mask),
+            true => (
+                self.local_angles.as_ref().unwrap_or(&self.angles),
+                self.sliding_mask.as_ref().unwrap_or(&self.mask),
+            ),
+        }
+    }
+}
+
+/// `mask` [B, 1, T, S] with the keys more than `window` − 1 places before
+/// each query masked too: query t, at key index S − T + t, sees key s when
+/// s > S − T + t − window (transformers' `sliding_window_overlay`; indices,
+/// not positions, as there).
+fn sliding_mask<B: Backend>(mask: Tensor<B, 4>, window: usize) -> Tensor<B, 4> {
+    let [_, _, t, s] = mask.dims();
+    let past = s - t;
+    let band: Vec<f32> = (0..t)
+        .flat_map(|q| (0..s).map(move |k| if k + window > past + q { 0.0 } else { MASKED }))
+        .collect();
+    let band = Tensor::<B, 4>::from_data(TensorData::new(band, [1, 1, t, s]), &mask.device());
+    let dtype = mask.dtype();
+    mask + to_dtype(band, dtype)
+}
+
 /// Grouped-query self-attention (Ainslie et al. 2023) with an optional KV
 /// cache; queries and keys optionally RMS-normalised before RoPE (Qwen3,
 /// OLMo 2), RoPE optionally left out (SmolLM3's NoPE layers).
@@ -309,6 +384,9 @@ pub struct Attention<B: Backend> {
     /// Whether positions enter through RoPE (false: a NoPE layer).
     #[module(skip)]
     pub rope: bool,
+    /// Whether the layer attends through the sliding window.
+    #[module(skip)]
+    pub sliding: bool,
 }
 
 impl<B: Backend> Attention<B> {
@@ -323,8 +401,8 @@ impl<B: Backend> Attention<B> {
         let qk_norm = config.model_type.qk_norm();
         let norm = |whole: usize| match qk_norm {
             QkNorm::None => None,
-            QkNorm::PerHead => Some(RmsNorm::init(d, config.rms_norm_eps, device)),
-            QkNorm::Whole => Some(RmsNorm::init(whole, config.rms_norm_eps, device)),
+            QkNorm::PerHead => Some(RmsNorm::init(d, config, device)),
+            QkNorm::Whole => Some(RmsNorm::init(whole, config, device)),
         };
         Self {
             q_proj: Linear::init(c, h * d, config.qkv_bias, device),
@@ -338,6 +416,7 @@ impl<B: Backend> Attention<B> {
             head_dim: d,
             qk_norm,
             rope: config.uses_rope(layer),
+            sliding: config.is_sliding(layer),
         }
     }
 
@@ -355,26 +434,26 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// Shapes: x [B, T, C], mask [B, 1, 1, T, S] (additive: 0 or -inf-like) → [B, T, C].
+    /// Shapes: x [B, T, C] → [B, T, C].
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        mask: Tensor<B, 5>,
+        inputs: &LayerInputs<B>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
-        self.forward_in(x, rope, mask, cache, &mut Products::Form)
+        self.forward_in(x, inputs, cache, &mut Products::Form)
     }
 
     /// [`Self::forward`], with the projections' outputs as `products` asks.
     fn forward_in(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        mask: Tensor<B, 5>,
+        inputs: &LayerInputs<B>,
         cache: Option<&mut LayerCache<B>>,
         products: &mut Products<B>,
     ) -> Tensor<B, 3> {
+        let (rope, mask) = inputs.of(self.sliding);
+        let mask = mask.clone();
         let [b, t, _] = x.dims();
         let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = h / k;
@@ -387,8 +466,8 @@ impl<B: Backend> Attention<B> {
         );
         let (q, key) = match self.rope {
             true => (rope.query(q), rope.key(key)),
-            // The 1/√D that RoPE's query angles carry.
-            false => (q.mul_scalar(1.0 / (d as f64).sqrt()), key),
+            // The scale that RoPE's query angles carry.
+            false => (q.mul_scalar(inputs.query_scale), key),
         };
         let value = value.reshape([b, t, k, d]);
 
@@ -427,7 +506,8 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) ⊙ up(x)).
+/// Gated feed-forward (Shazeer 2020): down(act(gate(x)) ⊙ up(x)), SwiGLU
+/// (silu) or GeGLU (Gemma's tanh-approximated GELU).
 ///
 /// Shapes: x [B, T, C] → [B, T, C], via [B, T, F].
 #[derive(Module, Debug)]
@@ -435,6 +515,8 @@ pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -448,6 +530,7 @@ impl<B: Backend> Mlp<B> {
             gate_proj: Linear::init(c, f, bias, device),
             up_proj: Linear::init(c, f, bias, device),
             down_proj: Linear::init(f, c, bias, device),
+            activation: config.activation,
         }
     }
 
@@ -460,7 +543,8 @@ impl<B: Backend> Mlp<B> {
     /// else a recomputing pass does not form it.
     fn forward_in(&self, x: Tensor<B, 3>, products: &mut Products<B>, read: bool) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward_in(x.clone(), products);
-        let hidden = fused::swiglu(gate, self.up_proj.forward_in(x, products));
+        let up = self.up_proj.forward_in(x, products);
+        let hidden = fused::gated(gate, up, self.activation);
         match products {
             Products::Recompute(_) if !read => {
                 self.down_proj.forward_as(hidden, fused::LinearOutput::Skip)
@@ -471,9 +555,10 @@ impl<B: Backend> Mlp<B> {
 }
 
 /// One transformer block, its norms where the family puts them
-/// ([`NormPlacement`]): before attention and MLP (`input_layernorm`,
-/// `post_attention_layernorm`: Llama), or on their outputs
-/// (`post_attention_layernorm`, `post_feedforward_layernorm`: OLMo 2).
+/// ([`NormPlacement`]), under transformers' names: before attention and MLP
+/// (`input_layernorm`, `post_attention_layernorm`: Llama), on their outputs
+/// (`post_attention_layernorm`, `post_feedforward_layernorm`: OLMo 2), or
+/// both (all four, `pre_feedforward_layernorm` before the MLP: Gemma 3).
 ///
 /// Shapes: x [B, T, C] → [B, T, C].
 #[derive(Module, Debug)]
@@ -481,21 +566,65 @@ pub struct DecoderLayer<B: Backend> {
     pub input_layernorm: Option<RmsNorm<B>>,
     pub self_attn: Attention<B>,
     pub post_attention_layernorm: RmsNorm<B>,
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
     pub post_feedforward_layernorm: Option<RmsNorm<B>>,
     pub mlp: Mlp<B>,
+    #[module(skip)]
+    pub norms: NormPlacement,
+}
+
+/// The norms around a layer's two sublayers, each optional.
+struct Around<'a, B: Backend> {
+    attn_in: Option<&'a RmsNorm<B>>,
+    attn_out: Option<&'a RmsNorm<B>>,
+    mlp_in: Option<&'a RmsNorm<B>>,
+    mlp_out: Option<&'a RmsNorm<B>>,
+}
+
+/// `norm(x)`, or x where there is no norm.
+fn through<B: Backend>(norm: Option<&RmsNorm<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
+    }
 }
 
 impl<B: Backend> DecoderLayer<B> {
     /// Layer `layer` of `config`'s decoder.
     pub fn init(config: &LlamaConfig, layer: usize, device: &B::Device) -> Self {
-        let norm = || RmsNorm::init(config.hidden_size, config.rms_norm_eps, device);
-        let post = config.model_type.norms() == NormPlacement::Post;
+        let norm = || RmsNorm::init(config.hidden_size, config, device);
+        let norms = config.model_type.norms();
+        let (pre, post) = match norms {
+            NormPlacement::Pre => (true, false),
+            NormPlacement::Post => (false, true),
+            NormPlacement::Sandwich => (true, true),
+        };
         Self {
-            input_layernorm: (!post).then(norm),
+            input_layernorm: pre.then(norm),
             self_attn: Attention::init(config, layer, device),
             post_attention_layernorm: norm(),
+            pre_feedforward_layernorm: (pre && post).then(norm),
             post_feedforward_layernorm: post.then(norm),
             mlp: Mlp::init(config, device),
+            norms,
+        }
+    }
+
+    /// Which norm sits where: `post_attention_layernorm` normalises the
+    /// MLP's input in a pre-norm layer, the attention's output otherwise.
+    fn around(&self) -> Around<'_, B> {
+        let post_attention = Some(&self.post_attention_layernorm);
+        let (attn_out, mlp_in) = match self.norms {
+            NormPlacement::Pre => (None, post_attention),
+            NormPlacement::Post | NormPlacement::Sandwich => {
+                (post_attention, self.pre_feedforward_layernorm.as_ref())
+            }
+        };
+        Around {
+            attn_in: self.input_layernorm.as_ref(),
+            attn_out,
+            mlp_in,
+            mlp_out: self.post_feedforward_layernorm.as_ref(),
         }
     }
 
@@ -530,11 +659,10 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        mask: Tensor<B, 5>,
+        inputs: &LayerInputs<B>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
-        self.forward_in(x, rope, mask, cache, &mut Products::Form)
+        self.forward_in(x, inputs, cache, &mut Products::Form)
     }
 
     /// [`Self::forward`], with the projections' outputs as `products` asks
@@ -544,45 +672,57 @@ impl<B: Backend> DecoderLayer<B> {
     pub(crate) fn forward_in(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        mask: Tensor<B, 5>,
+        inputs: &LayerInputs<B>,
         cache: Option<&mut LayerCache<B>>,
         products: &mut Products<B>,
     ) -> Tensor<B, 3> {
-        match &self.input_layernorm {
-            // Pre-norm: x + attn(norm(x)), x + mlp(norm(x)).
-            Some(input_norm) => {
-                let normed = input_norm.forward(x.clone());
-                let x = x + self
-                    .self_attn
-                    .forward_in(normed, rope, mask, cache, products);
-                let normed = self.post_attention_layernorm.forward(x.clone());
-                x + self.mlp.forward_in(normed, products, false)
-            }
-            // Post-norm: x + norm(attn(x)), x + norm(mlp(x)).
-            None => {
-                let attn = self
-                    .self_attn
-                    .forward_in(x.clone(), rope, mask, cache, products);
-                let x = x + self.post_attention_layernorm.forward(attn);
-                let out = self.mlp.forward_in(x.clone(), products, true);
-                let post = self.post_feedforward_layernorm.as_ref();
-                x + post.expect("a post-norm layer has both norms").forward(out)
-            }
-        }
+        // x + out(attn(in(x))), then x + out(mlp(in(x))), each norm where
+        // the family has one.
+        let norms = self.around();
+        let h = through(norms.attn_in, x.clone());
+        let attn = self.self_attn.forward_in(h, inputs, cache, products);
+        let x = x + through(norms.attn_out, attn);
+        let h = through(norms.mlp_in, x.clone());
+        let out = self.mlp.forward_in(h, products, norms.mlp_out.is_some());
+        x + through(norms.mlp_out, out)
     }
 }
 
-/// Token embedding [V, C], as transformers' `nn.Embedding`.
+/// Token embedding [V, C], as transformers' `nn.Embedding`, optionally
+/// scaled (Gemma: by √C, rounded to the weights' dtype as transformers does).
 #[derive(Module, Debug)]
 pub struct Embedding<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
+    #[module(skip)]
+    pub scale: Option<f32>,
 }
 
 impl<B: Backend> Embedding<B> {
+    /// The embedding of `config`'s family: random weights, its scale.
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        Self {
+            weight: random_param([config.vocab_size, config.hidden_size], device),
+            scale: config
+                .model_type
+                .scales_embeddings()
+                .then(|| (config.hidden_size as f32).sqrt()),
+        }
+    }
+
     /// Shapes: ids [B, T] → [B, T, C].
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        embedding(self.weight.val(), ids)
+        let x = embedding(self.weight.val(), ids);
+        match self.scale {
+            None => x,
+            Some(scale) => {
+                let scale = match x.dtype() {
+                    DType::BF16 => half::bf16::from_f32(scale).to_f32(),
+                    DType::F16 => half::f16::from_f32(scale).to_f32(),
+                    _ => scale,
+                };
+                x.mul_scalar(scale)
+            }
+        }
     }
 }
 
@@ -594,6 +734,15 @@ pub struct LlamaModel<B: Backend> {
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     pub rope: Rope,
+    /// The sliding-window layers' RoPE, where its base differs (Gemma 3).
+    #[module(skip)]
+    pub local_rope: Option<Rope>,
+    /// How many keys a sliding layer's query sees.
+    #[module(skip)]
+    pub sliding_window: Option<usize>,
+    /// The LM head's logits become cap·tanh(logits / cap).
+    #[module(skip)]
+    pub final_logit_softcapping: Option<f64>,
     /// Keep only each layer's input in training forward passes and recompute
     /// the layer in the backward pass ([`recompute`]).
     #[module(skip)]
@@ -607,14 +756,15 @@ impl<B: Backend> LlamaModel<B> {
     /// A randomly initialised backbone (weights ~ N(0, 0.02), norms 1, biases 0).
     pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
         Self {
-            embed_tokens: Embedding {
-                weight: random_param([config.vocab_size, config.hidden_size], device),
-            },
+            embed_tokens: Embedding::init(config, device),
             layers: (0..config.num_hidden_layers)
                 .map(|i| DecoderLayer::init(config, i, device))
                 .collect(),
-            norm: RmsNorm::init(config.hidden_size, config.rms_norm_eps, device),
+            norm: RmsNorm::init(config.hidden_size, config, device),
             rope: Rope::new(config),
+            local_rope: Rope::local(config),
+            sliding_window: config.sliding_window,
+            final_logit_softcapping: config.final_logit_softcapping,
             gradient_checkpointing: false,
             recompute: Default::default(),
         }
@@ -641,21 +791,46 @@ impl<B: Backend> LlamaModel<B> {
             },
             false => input,
         };
-        let Some(first) = self.layers.first() else {
+        if self.layers.is_empty() {
             return self
                 .norm
                 .forward(self.embed_tokens.forward(input.input_ids));
-        };
-        let (h, k) = (first.self_attn.num_heads, first.self_attn.num_kv_heads);
-        let angles = self.rope.angles(input.positions, h, k, self.dtype());
-        // [B, 1, 1, T, S]: broadcast over the K × G heads by the softmax.
-        let mask = input.mask.unsqueeze_dim::<5>(2);
+        }
+        let inputs = self.layer_inputs(input.positions, input.mask);
         let mut x = self.embed_tokens.forward(input.input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = layer.forward(x, &angles, mask.clone(), layer_cache);
+            x = layer.forward(x, &inputs, layer_cache);
         }
         self.norm.forward(x)
+    }
+
+    /// The angles and masks every layer reads.
+    ///
+    /// Shapes: positions [B, T], mask [B, 1, T, S].
+    pub(crate) fn layer_inputs(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4>,
+    ) -> LayerInputs<B> {
+        let (h, k) = self.layers.first().map_or((1, 1), |l| {
+            (l.self_attn.num_heads, l.self_attn.num_kv_heads)
+        });
+        let dtype = self.dtype();
+        let local_angles = self
+            .local_rope
+            .as_ref()
+            .map(|rope| rope.angles(positions.clone(), h, k, dtype));
+        let sliding_mask = self
+            .sliding_window
+            .map(|window| sliding_mask(mask.clone(), window).unsqueeze_dim::<5>(2));
+        LayerInputs {
+            angles: self.rope.angles(positions, h, k, dtype),
+            local_angles,
+            mask: mask.unsqueeze_dim::<5>(2),
+            sliding_mask,
+            query_scale: self.rope.query_scale,
+        }
     }
 }
 
@@ -777,11 +952,16 @@ impl<B: Backend> LlamaForCausalLM<B> {
         self.model.forward(input, cache)
     }
 
-    /// Logits of the LM head, in f32 whatever the weights' dtype.
+    /// Logits of the LM head, in f32 whatever the weights' dtype,
+    /// soft-capped where the family caps them.
     ///
     /// Shapes: hidden [B, T, C] → [B, T, V].
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        to_f32(self.head_product(hidden))
+        let logits = to_f32(self.head_product(hidden));
+        match self.model.final_logit_softcapping {
+            None => logits,
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+        }
     }
 
     /// hidden · W_headᵀ in the weights' dtype.

@@ -398,12 +398,21 @@ fn int_index<B: Backend>(v: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
 }
 
 /// Dividing the hidden states by T divides the logits by T only for a head
-/// without bias (every Llama-family checkpoint).
-pub fn check_head<B: Backend>(model: &LlamaForCausalLM<B>) -> Result<()> {
+/// without bias (every Llama-family checkpoint) and, unless T is 1, without
+/// soft-capped logits (Gemma 2-style `final_logit_softcapping`).
+pub fn check_head<B: Backend>(model: &LlamaForCausalLM<B>, temperature: f64) -> Result<()> {
     if model.lm_head.as_ref().is_some_and(|h| h.bias.is_some()) {
         return Err(RlError::Config {
             field: "model".into(),
             message: "an LM head with a bias is not supported (the logits are temperature-scaled through the hidden states)".into(),
+        });
+    }
+    if model.model.final_logit_softcapping.is_some() && temperature != 1.0 {
+        return Err(RlError::Config {
+            field: "rollout.temperature".into(),
+            message: format!(
+                "{temperature}: a model with final_logit_softcapping samples at temperature 1 only (the logits are temperature-scaled through the hidden states, before the cap)"
+            ),
         });
     }
     Ok(())

@@ -261,7 +261,7 @@ pub(crate) fn open<B: AutodiffBackend>(
         &config.train,
         device,
     )?;
-    check_head(&model)?;
+    check_head(&model, settings.temperature as f64)?;
     // The evaluations' KL needs a reference even when the objective does not.
     let reference: Reference<B::InnerBackend> =
         match (beta > 0.0 || config.eval.enabled(), &config.lora) {

@@ -2,8 +2,9 @@
 //!
 //! `sft/tests/fixtures/lora/` holds, over the tiny Qwen2 of the model parity
 //! fixtures (`model/tests/fixtures/qwen2`, which has q/k/v biases), and
-//! `lora-qwen3/`, `lora-smollm3/`, `lora-olmo2/` over those families' fixtures
-//! (q/k norms, a NoPE layer, post-norms):
+//! `lora-qwen3/`, `lora-smollm3/`, `lora-olmo2/`, `lora-gemma3/` over those
+//! families' fixtures (q/k norms, a NoPE layer, post-norms, Gemma 3's offset
+//! sandwich norms, GeGLU and sliding layers):
 //! - `adapter/`: a LoRA adapter exported by alignkit (PEFT layout),
 //! - `merged/`: the same adapter merged by alignkit (HF layout),
 //! - `alignkit_logits.json`: alignkit's logits for both,
@@ -27,11 +28,12 @@ type B = Flex;
 
 /// (fixture folder under sft/tests/fixtures, base model fixture under
 /// model/tests/fixtures).
-const FAMILIES: [(&str, &str); 4] = [
+const FAMILIES: [(&str, &str); 5] = [
     ("lora", "qwen2"),
     ("lora-qwen3", "qwen3"),
     ("lora-smollm3", "smollm3"),
     ("lora-olmo2", "olmo2"),
+    ("lora-gemma3", "gemma3"),
 ];
 
 fn root(fixture: &str) -> PathBuf {

@@ -8,6 +8,8 @@
 //! call per element.
 
 use pulp::Arch;
+
+use crate::config::Activation;
 use rayon::prelude::*;
 
 /// The number of rows of `width` in `len` values. Panics (naming `what`)
@@ -219,28 +221,53 @@ pub fn rms_norm_backward(
 /// Elements per rayon task for element-wise kernels.
 const ELEMS_PER_TASK: usize = 32_768;
 
-/// SwiGLU's gate: h = silu(a) ⊙ b = a·σ(a)·b.
-pub fn swiglu(a: &[f32], b: &[f32]) -> Vec<f32> {
-    assert_eq!(a.len(), b.len(), "swiglu: gate and up differ in length");
+/// The gated MLP's product: h = act(a) ⊙ b, SwiGLU (act = silu) or GeGLU
+/// (act = tanh-approximated GELU).
+pub fn glu(a: &[f32], b: &[f32], act: Activation) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "glu: gate and up differ in length");
     let mut h = vec![0.0f32; a.len()];
     h.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK))
         .zip(b.par_chunks(ELEMS_PER_TASK))
         .for_each(|((h, a), b)| {
-            Arch::new().dispatch(|| {
-                for ((h, &a), &b) in h.iter_mut().zip(a).zip(b) {
-                    *h = a / (1.0 + exp(-a)) * b;
+            Arch::new().dispatch(|| match act {
+                Activation::Silu => {
+                    for ((h, &a), &b) in h.iter_mut().zip(a).zip(b) {
+                        *h = a / (1.0 + exp(-a)) * b;
+                    }
+                }
+                Activation::GeluTanh => {
+                    for ((h, &a), &b) in h.iter_mut().zip(a).zip(b) {
+                        *h = gelu_tanh(a).0 * b;
+                    }
                 }
             })
         });
     h
 }
 
-/// SwiGLU backward: with s = σ(a), ∂a = g·b·s·(1 + a·(1 − s)), ∂b = g·a·s.
-pub fn swiglu_backward(a: &[f32], b: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// √(2/π), GELU's tanh approximation's slope.
+const GELU_BETA: f32 = 0.797_884_6;
+/// The cubic term's weight in GELU's tanh approximation.
+const GELU_KAPPA: f32 = 0.044_715;
+
+/// gelu(a) = ½·a·(1 + tanh u), u = √(2/π)·(a + κa³) (Hendrycks & Gimpel
+/// 2016; PyTorch's `gelu(approximate="tanh")`), and its derivative.
+fn gelu_tanh(a: f32) -> (f32, f32) {
+    let t = (GELU_BETA * (a + GELU_KAPPA * a * a * a)).tanh();
+    let du = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * a * a);
+    (
+        0.5 * a * (1.0 + t),
+        0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * du,
+    )
+}
+
+/// [`glu`]'s backward: ∂a = g·b·act'(a), ∂b = g·act(a); for silu, with
+/// s = σ(a), act' = s·(1 + a·(1 − s)).
+pub fn glu_backward(a: &[f32], b: &[f32], g: &[f32], act: Activation) -> (Vec<f32>, Vec<f32>) {
     assert!(
         a.len() == b.len() && a.len() == g.len(),
-        "swiglu backward: gate, up and gradient differ in length"
+        "glu backward: gate, up and gradient differ in length"
     );
     let mut ga = vec![0.0f32; a.len()];
     let mut gb = vec![0.0f32; a.len()];
@@ -252,13 +279,21 @@ pub fn swiglu_backward(a: &[f32], b: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) 
                 .zip(g.par_chunks(ELEMS_PER_TASK)),
         )
         .for_each(|(((ga, gb), a), (b, g))| {
-            Arch::new().dispatch(|| {
-                for ((((ga, gb), &a), &b), &g) in
-                    ga.iter_mut().zip(gb.iter_mut()).zip(a).zip(b).zip(g)
-                {
-                    let s = 1.0 / (1.0 + exp(-a));
-                    *ga = g * b * s * (1.0 + a * (1.0 - s));
-                    *gb = g * a * s;
+            let rows = ga.iter_mut().zip(gb.iter_mut()).zip(a).zip(b).zip(g);
+            Arch::new().dispatch(|| match act {
+                Activation::Silu => {
+                    for ((((ga, gb), &a), &b), &g) in rows {
+                        let s = 1.0 / (1.0 + exp(-a));
+                        *ga = g * b * s * (1.0 + a * (1.0 - s));
+                        *gb = g * a * s;
+                    }
+                }
+                Activation::GeluTanh => {
+                    for ((((ga, gb), &a), &b), &g) in rows {
+                        let (value, slope) = gelu_tanh(a);
+                        *ga = g * b * slope;
+                        *gb = g * value;
+                    }
                 }
             })
         });

@@ -47,6 +47,7 @@ use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use crate::config::Activation;
 use crate::dtype::{to_dtype, to_f32};
 
 /// The autodiff tensor of `Autodiff<Flex>`.
@@ -90,7 +91,7 @@ pub enum Op {
     RmsNorm,
     Permute,
     Rope,
-    Swiglu,
+    Glu,
     MaskedSoftmax,
     LogSoftmaxRows,
     HeadTerm,
@@ -103,7 +104,7 @@ impl Op {
         Op::RmsNorm,
         Op::Permute,
         Op::Rope,
-        Op::Swiglu,
+        Op::Glu,
         Op::MaskedSoftmax,
         Op::LogSoftmaxRows,
         Op::HeadTerm,
@@ -613,33 +614,46 @@ fn rope_ops<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -
     x * cos + rotated * sin
 }
 
-/// SwiGLU's gate (Shazeer 2020): silu(a) ⊙ b.
+/// The gated MLP's product (Shazeer 2020): act(a) ⊙ b, SwiGLU (silu) or
+/// GeGLU (tanh-approximated GELU).
 ///
 /// Shapes: a, b [B, T, F] → [B, T, F].
 ///
 /// Panics if a and b differ in shape.
-pub fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
+pub fn gated<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>, act: Activation) -> Tensor<B, 3> {
     assert_eq!(
         a.dims(),
         b.dims(),
-        "swiglu: gate and up projections differ in shape"
+        "gated: gate and up projections differ in shape"
     );
     let path = sized(path::<B>(&[a.dtype(), b.dtype()]), a.shape().num_elements());
-    match record(Op::Swiglu, path) {
-        Some(Path::Plain) => tensor::<B, FlexTensor, 3>(tracked::swiglu_plain(
+    match record(Op::Glu, path) {
+        Some(Path::Plain) => tensor::<B, FlexTensor, 3>(tracked::glu_plain(
             primitive::<B, FlexTensor, 3>(a),
             primitive::<B, FlexTensor, 3>(b),
+            act,
         )),
-        Some(Path::Tracked) => tensor::<B, AdTensor, 3>(tracked::swiglu(
+        Some(Path::Tracked) => tensor::<B, AdTensor, 3>(tracked::glu(
             primitive::<B, AdTensor, 3>(a),
             primitive::<B, AdTensor, 3>(b),
+            act,
         )),
-        None => swiglu_ops(a, b),
+        None => gated_ops(a, b, act),
     }
 }
 
-fn swiglu_ops<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
-    silu(a) * b
+fn gated_ops<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>, act: Activation) -> Tensor<B, 3> {
+    let gate = match act {
+        Activation::Silu => silu(a),
+        // ½·a·(1 + tanh(√(2/π)·(a + 0.044715·a³))), as PyTorch's
+        // gelu(approximate="tanh").
+        Activation::GeluTanh => {
+            let inner = (a.clone() + a.clone().powi_scalar(3).mul_scalar(0.044715))
+                .mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+            a.mul_scalar(0.5) * (inner.tanh() + 1.0)
+        }
+    };
+    gate * b
 }
 
 /// softmax(scores + mask) over the last dimension. The mask is additive and

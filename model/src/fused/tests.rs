@@ -81,18 +81,20 @@ fn rms_norm_matches_ops_in_value_and_gradient() {
 }
 
 #[test]
-fn swiglu_matches_ops_in_value_and_gradient() {
-    let a = random([3, 4, 40], 3).mul_scalar(4.0);
-    let b = random([3, 4, 40], 4);
-    let fused = run(vec![a.clone(), b.clone()], None, |t, _| {
-        swiglu(t[0].clone(), t[1].clone())
-    });
-    let ops = run(vec![a, b], None, |t, _| {
-        swiglu_ops(t[0].clone(), t[1].clone())
-    });
-    assert_close(&fused.0, &ops.0, 1e-5, "h");
-    assert_close(&fused.1[0], &ops.1[0], 1e-5, "da");
-    assert_close(&fused.1[1], &ops.1[1], 1e-5, "db");
+fn gated_activations_match_ops_in_value_and_gradient() {
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        let a = random([3, 4, 40], 3).mul_scalar(4.0);
+        let b = random([3, 4, 40], 4);
+        let fused = run(vec![a.clone(), b.clone()], None, |t, _| {
+            gated(t[0].clone(), t[1].clone(), act)
+        });
+        let ops = run(vec![a, b], None, |t, _| {
+            gated_ops(t[0].clone(), t[1].clone(), act)
+        });
+        assert_close(&fused.0, &ops.0, 1e-5, "h");
+        assert_close(&fused.1[0], &ops.1[0], 1e-5, "da");
+        assert_close(&fused.1[1], &ops.1[1], 1e-5, "db");
+    }
 }
 
 #[test]
@@ -189,7 +191,7 @@ const MODEL_OPS: [Op; 7] = [
     Op::RmsNorm,
     Op::Permute,
     Op::Rope,
-    Op::Swiglu,
+    Op::Glu,
     Op::MaskedSoftmax,
     Op::LogSoftmaxRows,
 ];

@@ -10,6 +10,7 @@ use burn_flex::{Flex, FlexTensor};
 
 use super::AdTensor;
 use super::cpu;
+use crate::config::Activation;
 
 /// A contiguous f32 view of a tensor (copied only if it is strided).
 pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
@@ -80,24 +81,24 @@ pub(super) fn rms_norm(x: AdTensor, w: AdTensor, eps: f64) -> AdTensor {
     }
 }
 
-// ---- SwiGLU -----------------------------------------------------------------
+// ---- Gated MLP activation ---------------------------------------------------
 
-pub(super) fn swiglu_plain(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+pub(super) fn glu_plain(a: FlexTensor, b: FlexTensor, act: Activation) -> FlexTensor {
     let (a, b) = (contiguous(a), contiguous(b));
-    flex(cpu::swiglu(f32s(&a), f32s(&b)), a.shape())
+    flex(cpu::glu(f32s(&a), f32s(&b), act), a.shape())
 }
 
 #[derive(Debug)]
-struct SwigluBackward;
+struct GluBackward;
 
-impl Backward<Flex, 2> for SwigluBackward {
-    /// The inputs a and b.
-    type State = (FlexTensor, FlexTensor);
+impl Backward<Flex, 2> for GluBackward {
+    /// The inputs a and b, and the activation.
+    type State = (FlexTensor, FlexTensor, Activation);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = contiguous(grads.consume::<Flex>(&ops.node));
-        let (a, b) = ops.state;
-        let (ga, gb) = cpu::swiglu_backward(f32s(&a), f32s(&b), f32s(&g));
+        let (a, b, act) = ops.state;
+        let (ga, gb) = cpu::glu_backward(f32s(&a), f32s(&b), f32s(&g), act);
         let [node_a, node_b] = ops.parents;
         if let Some(node) = node_a {
             grads.register::<Flex>(node.id, flex(ga, a.shape()));
@@ -108,15 +109,15 @@ impl Backward<Flex, 2> for SwigluBackward {
     }
 }
 
-pub(super) fn swiglu(a: AdTensor, b: AdTensor) -> AdTensor {
+pub(super) fn glu(a: AdTensor, b: AdTensor, act: Activation) -> AdTensor {
     let (ap, bp) = (contiguous(a.primitive), contiguous(b.primitive));
-    let h = flex(cpu::swiglu(f32s(&ap), f32s(&bp)), ap.shape());
-    match SwigluBackward
+    let h = flex(cpu::glu(f32s(&ap), f32s(&bp), act), ap.shape());
+    match GluBackward
         .prepare::<NoCheckpointing>([a.node, b.node])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((ap, bp), h),
+        OpsKind::Tracked(prep) => prep.finish((ap, bp, act), h),
         OpsKind::UnTracked(prep) => prep.finish(h),
     }
 }

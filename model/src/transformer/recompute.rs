@@ -38,7 +38,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{DecoderLayer, Embedding, ForwardInput, LlamaModel, Products, RopeAngles};
+use super::{DecoderLayer, Embedding, ForwardInput, LayerInputs, LlamaModel, Products};
 use crate::by_type::ByType;
 use crate::fused;
 
@@ -81,8 +81,7 @@ struct Chain<B: AutodiffBackend> {
     ids: Tensor<B, 2, Int>,
     /// Every layer below the last one.
     layers: Vec<Saved<B>>,
-    angles: RopeAngles<B>,
-    mask: Tensor<B, 5>,
+    inputs: LayerInputs<B>,
     /// The last layer's input as a leaf: where the loss's graph starts.
     top: Tensor<B, 3>,
 }
@@ -183,9 +182,7 @@ fn forward_erased<B: AutodiffBackend>(model: &dyn Any, input: Box<dyn Any>) -> B
 
 fn forward_on<B: AutodiffBackend>(model: &LlamaModel<B>, input: ForwardInput<B>) -> Tensor<B, 3> {
     let (last, below) = model.layers.split_last().expect("checked: not empty");
-    let (h, k) = (last.self_attn.num_heads, last.self_attn.num_kv_heads);
-    let angles = model.rope.angles(input.positions, h, k, model.dtype());
-    let mask = input.mask.unsqueeze_dim::<5>(2);
+    let inputs = model.layer_inputs(input.positions, input.mask);
     // Where a projection's output cannot be taken as given, the layer
     // would form it again anyway: keep nothing.
     let keep =
@@ -202,8 +199,7 @@ fn forward_on<B: AutodiffBackend>(model: &LlamaModel<B>, input: ForwardInput<B>)
             true => Products::Keep(&mut kept),
             false => Products::Form,
         };
-        let next =
-            detached(layer).forward_in(x.clone(), &angles, mask.clone(), None, &mut products);
+        let next = detached(layer).forward_in(x.clone(), &inputs, None, &mut products);
         layers.push(Saved {
             layer: layer.clone(),
             input: x,
@@ -212,13 +208,12 @@ fn forward_on<B: AutodiffBackend>(model: &LlamaModel<B>, input: ForwardInput<B>)
         x = next;
     }
     let top = x.require_grad();
-    let out = last.forward(top.clone(), &angles, mask.clone(), None);
+    let out = last.forward(top.clone(), &inputs, None);
     let chain = Chain {
         embed: model.embed_tokens.clone(),
         ids: input.input_ids,
         layers,
-        angles,
-        mask,
+        inputs,
         top,
     };
     PENDING.with(|p| {
@@ -237,8 +232,7 @@ impl<B: AutodiffBackend> Chain<B> {
             // Only the gradients of sum(y ⊙ g) are used, not y's value.
             let y = saved.layer.forward_in(
                 x.clone(),
-                &self.angles,
-                self.mask.clone(),
+                &self.inputs,
                 None,
                 &mut Products::Recompute(kept),
             );
@@ -500,14 +494,16 @@ mod tests {
         assert_same(model, 3 * 12 + 2);
     }
 
-    /// Qwen3 (q/k norms per head), SmolLM3 (a NoPE layer) and OLMo 2
-    /// (post-norms, whole q/k norms).
+    /// Qwen3 (q/k norms per head), SmolLM3 (a NoPE layer), OLMo 2
+    /// (post-norms, whole q/k norms) and Gemma 3 (four offset norms, GeGLU,
+    /// a sliding layer with its own RoPE base, scaled embeddings).
     #[test]
     fn gradients_are_identical_for_every_family_variant() {
         for (model_type, per_layer) in [
             (ModelType::Qwen3, 2 + 7 + 2),
             (ModelType::Smollm3, 2 + 7),
             (ModelType::Olmo2, 2 + 7 + 2),
+            (ModelType::Gemma3, 4 + 7 + 2),
         ] {
             let config = LlamaConfig {
                 num_hidden_layers: 3,
