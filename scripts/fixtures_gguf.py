@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generate the GGUF test fixtures in model/tests/fixtures/gguf/ (committed; not run by CI).
 
-    pip install gguf numpy safetensors tokenizers
-    python scripts/fixtures_gguf.py
+    pip install gguf numpy safetensors tokenizers torch transformers sentencepiece
+    python scripts/fixtures_gguf.py [quants] [llama] [qwen2] [qwen3] [olmo2] [gemma3]   # default: all
 
 The reference implementation is gguf-py (llama.cpp's own Python package): its `GGUFWriter` writes
 the files and its `gguf.quants.dequantize` (a port of ggml-quants.c) gives the expected f32 values.
@@ -22,8 +22,27 @@ tiny-llama.gguf.bin / tiny-llama.expected.safetensors / tiny-llama.tokenizer.jso
     transformers does (`_reverse_permute_weights`); for F32 tensors it equals the random weights.
     The tokenizer.json is the trained tokenizer itself, and tokenizer-ids.json its encodings of a
     few texts, to compare the rebuilt tokenizer with.
+
+tiny-{qwen2,qwen3,olmo2,gemma3}.gguf.bin / .expected.safetensors / .config.json / .tokenizer.json / .tokenizer-ids.json
+    A random transformers model of each family (`tiny_family`), written the way convert_hf_to_gguf.py's
+    Qwen2Model, Qwen3Model, Olmo2Model and Gemma3Model do (`write_family_gguf`): tensor names from
+    gguf-py's own TensorNameMap, no q/k permutation, `norm.weight + 1` on every Gemma norm, 1-D
+    tensors F32, the metadata keys those classes write. Layer 0 and the embedding are quantized (Q8_0,
+    Q4_0, Q4_1, Q5_0, Q5_1, F16, BF16 where the row length allows), the rest F32. The expected HF
+    state dict is gguf-py's dequantization of each stored tensor, minus 1 in f32 for Gemma's norms;
+    config.json is the original model's config as transformers writes it.
+    Qwen2/Qwen3 carry a byte-level BPE trained here with Qwen2's split regex and NFC
+    (`tokenizer.ggml.pre = "qwen2"`), OLMo 2 the SmolLM-style one above, Gemma 3 a SentencePiece BPE
+    with byte fallback trained here (`tokenizer.ggml.model = "llama"`, no prefix space, as Gemma's);
+    tokenizer.json is the reference tokenizer (Qwen's trained one; for Gemma what transformers' GGUF
+    loader builds) and tokenizer-ids.json the reference ids (for Gemma: sentencepiece's own).
+    Gemma 3 has 6 layers so that llama.cpp's fixed pattern (every 6th layer global) yields both kinds.
+
+scripts/check_gguf_families.py converts the same tiny models (all F32) and compares transformers' logits
+on alignkit's import with the original model's.
 """
 
+import io
 import json
 import os
 
@@ -33,7 +52,7 @@ from gguf import GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize, quantize
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model", "tests", "fixtures", "gguf")
 rng = np.random.default_rng(20250207)
@@ -274,9 +293,295 @@ def write(w):
     w.close()
 
 
+# ---------------------------------------------------------------- other families (Qwen2, Qwen3, OLMo 2, Gemma 3)
+
+# transformers' Qwen2 PRETOKENIZE_REGEX (llama.cpp's "qwen2" pre-tokenizer).
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+GEMMA_CORPUS = [
+    "Hello world! The quick brown fox jumps over the lazy dog 12345 times.",
+    "<start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>",
+    "Café déjà vu, naïve façade. 中文 and emoji 🤗 are bytes too.",
+    "def add(a, b):\n    return a + b\n",
+    "Tokens <think> like this stay whole;   runs   of  spaces\tand\ttabs.",
+] * 20
+
+FAMILY_TEXTS = TOKENIZER_TEXTS + [
+    "Café 🚀 déjà\n\n\n  x",
+    "<start_of_turn>user\nHi there<end_of_turn>\n",
+    "I'M sure they'LL say it's fine ½ ² ١٢٣",
+    "e\u0301 is not NFC",
+]
+
+
+def train_qwen_tokenizer():
+    """Byte-level BPE pre-tokenized like Qwen2's tokenizer.json: NFC, Qwen2's split, bytes."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_tokens(["<think>"])
+    return tok
+
+
+def bpe_vocab(tok):
+    """GGUF tokens, token types and merges of a `tokenizers` BPE (convert_hf_to_gguf.py get_vocab_base)."""
+    spec = json.loads(tok.to_str())
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    specials = {a["id"] for a in spec["added_tokens"] if a["special"]}
+    user_defined = {a["id"] for a in spec["added_tokens"] if not a["special"]}
+    types = [3 if i in specials else 4 if i in user_defined else 1 for i in range(len(tokens))]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    return tokens, types, merges
+
+
+def train_gemma_spm():
+    """A SentencePiece BPE shaped like Gemma's: byte fallback, no dummy prefix, identity
+    normalization, whitespace-only pieces, <pad>/<eos>/<bos>/<unk> at 0..3."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(GEMMA_CORPUS), model_writer=buf, model_type="bpe", vocab_size=400,
+        byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", split_digits=True, allow_whitespace_only_pieces=True,
+        character_coverage=1.0, max_sentencepiece_length=16,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "<think>"], minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+# Gemma's tokenizer_config.json marks these added tokens special; the converter then types them CONTROL.
+GEMMA_SPECIAL = {"<start_of_turn>", "<end_of_turn>"}
+
+
+def spm_vocab(model_proto):
+    """GGUF tokens, scores and types of a SentencePiece model (convert_hf_to_gguf.py
+    _create_vocab_sentencepiece, with tokenizer_config's special added tokens as CONTROL)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        piece = sp.id_to_piece(i)
+        ty = 1
+        if sp.is_unknown(i):
+            ty = 2
+        elif sp.is_control(i):
+            ty = 3
+        elif sp.is_unused(i):
+            ty = 5
+        elif sp.is_byte(i):
+            ty = 6
+        elif piece in GEMMA_SPECIAL:
+            ty = 3
+        elif piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
+            ty = 4  # a user-defined symbol
+        tokens.append(piece)
+        scores.append(sp.get_score(i))
+        types.append(ty)
+    return sp, tokens, scores, types
+
+
+def tiny_family(family):
+    """(transformers model with random weights, tokenizer metadata) for `family`; deterministic."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, Olmo2Config, Qwen2Config, Qwen3Config
+
+    if family in ("qwen2", "qwen3"):
+        tok = train_qwen_tokenizer()
+        tokens, types, merges = bpe_vocab(tok)
+        vocab = tok.get_vocab(with_added_tokens=True)
+        tokenizer = dict(model="gpt2", pre="qwen2", tokens=tokens, types=types, merges=merges,
+                         bos=vocab["<|endoftext|>"], eos=vocab["<|im_end|>"], pad=vocab["<|endoftext|>"],
+                         add_bos=False, reference=tok)
+    elif family == "olmo2":
+        tok = train_tokenizer()
+        tokens, types, merges = bpe_vocab(tok)
+        vocab = tok.get_vocab(with_added_tokens=True)
+        tokenizer = dict(model="gpt2", pre="smollm", tokens=tokens, types=types, merges=merges,
+                         bos=None, eos=vocab["<|endoftext|>"], pad=vocab["<|im_end|>"], add_bos=False,
+                         reference=tok)
+    else:
+        proto = train_gemma_spm()
+        sp, tokens, scores, types = spm_vocab(proto)
+        tokenizer = dict(model="llama", pre="default", tokens=tokens, scores=scores, types=types,
+                         bos=2, eos=1, pad=0, unk=3, add_bos=True, reference=sp)
+    common = dict(vocab_size=len(tokens), max_position_embeddings=128, bos_token_id=tokenizer["bos"],
+                  eos_token_id=tokenizer["eos"], pad_token_id=tokenizer["pad"])
+    config = {
+        "qwen2": lambda: Qwen2Config(**common, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                                     tie_word_embeddings=False),
+        "qwen3": lambda: Qwen3Config(**common, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                                     tie_word_embeddings=True),
+        "olmo2": lambda: Olmo2Config(**common, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                                     tie_word_embeddings=False),
+        # Every 6th layer global, local RoPE base 10000, query_pre_attn_scalar = head_dim: what
+        # llama.cpp assumes for a gemma3 file, which does not say.
+        "gemma3": lambda: Gemma3TextConfig(**common, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           query_pre_attn_scalar=16, sliding_window=4, rms_norm_eps=1e-6),
+    }[family]()
+    torch.manual_seed({"qwen2": 2, "qwen3": 3, "olmo2": 4, "gemma3": 5}[family])
+    model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+            if name.endswith("norm.weight") and family != "gemma3":
+                p.add_(1.0)  # Gemma's norms scale by 1 + w and start at 0; the others by w, at 1
+    return model, tokenizer
+
+
+def write_family_gguf(family, model, tokenizer, path, quantize_layer0=True):
+    """Write `model` as convert_hf_to_gguf.py would; returns the expected HF tensors (f32 numpy)."""
+    import gguf
+
+    cfg = model.config.to_dict()
+    arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3, "olmo2": gguf.MODEL_ARCH.OLMO2,
+            "gemma3": gguf.MODEL_ARCH.GEMMA3}[family]
+    n_layers = cfg["num_hidden_layers"]
+    w = GGUFWriter(path, family)
+    w.add_name(f"tiny-{family}")
+    # TextModel.set_gguf_parameters
+    w.add_block_count(n_layers)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    rope = cfg["rope_parameters"]
+    w.add_rope_freq_base(rope.get("full_attention", rope)["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if "head_dim" in cfg:
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    if family == "gemma3":  # Gemma3Model.set_gguf_parameters
+        if cfg.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+        w.add_sliding_window(cfg["sliding_window"])
+
+    t = tokenizer
+    w.add_tokenizer_model(t["model"])
+    w.add_tokenizer_pre(t["pre"])
+    w.add_token_list(t["tokens"])
+    if "scores" in t:
+        w.add_token_scores(t["scores"])
+    w.add_token_types(t["types"])
+    if "merges" in t:
+        w.add_token_merges(t["merges"])
+    for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
+                     ("pad", w.add_pad_token_id)):
+        if t.get(key) is not None:
+            add(t[key])
+    w.add_add_bos_token(t["add_bos"])
+    if family == "gemma3":
+        w.add_add_space_prefix(False)
+
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    layer0 = {"attn_q": Q.Q8_0, "attn_k": Q.Q4_0, "attn_v": Q.Q4_1, "attn_output": Q.Q5_0,
+              "ffn_gate": Q.F16, "ffn_up": Q.BF16, "ffn_down": Q.Q5_1}
+    expected = {}
+    tied = cfg["tie_word_embeddings"]
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        x = tensor.detach().numpy().astype(np.float32)
+        gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert gname is not None, hf_name
+        is_norm = hf_name.endswith("norm.weight")
+        if family == "gemma3" and is_norm:
+            x = x + np.float32(1.0)  # Gemma3Model.norm_shift
+        module = gname.split(".")[2] if gname.startswith("blk.") else gname.split(".")[0]
+        qt = Q.F32
+        if quantize_layer0 and x.ndim == 2:
+            if gname == "token_embd.weight":
+                qt = Q.Q8_0
+            elif gname.startswith("blk.0."):
+                qt = layer0.get(module, Q.F32)
+        if qt not in (Q.F32, Q.F16, Q.BF16) and x.shape[1] % 32 != 0:
+            qt = Q.F16  # ggml blocks need rows of 32
+        if qt == Q.F32 or qt == Q.F16:
+            stored = x.astype(np.float32 if qt == Q.F32 else np.float16)
+            w.add_tensor(gname, stored)
+        elif qt == Q.BF16:
+            stored = (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(x.shape[0], -1)
+            w.add_tensor(gname, stored, raw_dtype=qt)
+        else:
+            stored = quantize(x, qt)
+            w.add_tensor(gname, stored, raw_dtype=qt)
+        deq = dequantize(stored, qt).astype(np.float32).reshape(x.shape)
+        if family == "gemma3" and is_norm:
+            deq = deq - np.float32(1.0)
+        expected[hf_name] = np.ascontiguousarray(deq)
+    write(w)
+    return expected
+
+
+def gemma_reference_tokenizer(path):
+    """What transformers' GGUF loader builds from the file: the `tokenizers` Tokenizer."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    architecture, tokenizer_dict, _ = get_gguf_tokenizer(path)
+    backend, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return backend
+
+
+def family_fixture(family):
+    model, tokenizer = tiny_family(family)
+    gguf_path = os.path.join(OUT, f"tiny-{family}.gguf.bin")
+    expected = write_family_gguf(family, model, tokenizer, gguf_path)
+    save_file(expected, os.path.join(OUT, f"tiny-{family}.expected.safetensors"))
+    ref = tokenizer["reference"]
+    if family == "gemma3":
+        reference_json = gemma_reference_tokenizer(gguf_path).to_str(pretty=True)
+        ids = [{"text": t, "ids": [2] + ref.encode(t)} for t in FAMILY_TEXTS]  # BOS, then sentencepiece
+    else:
+        reference_json = ref.to_str(pretty=True)
+        ids = [{"text": t, "ids": ref.encode(t).ids} for t in FAMILY_TEXTS]
+    config = model.config.to_dict()
+    config["architectures"] = [type(model).__name__]
+    config.pop("transformers_version", None)
+    with open(os.path.join(OUT, f"tiny-{family}.config.json"), "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+    with open(os.path.join(OUT, f"tiny-{family}.tokenizer.json"), "w") as f:
+        f.write(reference_json)
+    with open(os.path.join(OUT, f"tiny-{family}.tokenizer-ids.json"), "w") as f:
+        json.dump(ids, f, ensure_ascii=False, indent=1)
+
+
 if __name__ == "__main__":
+    import sys
+
+    wanted = sys.argv[1:] or ["quants", "llama", "qwen2", "qwen3", "olmo2", "gemma3"]
     os.makedirs(OUT, exist_ok=True)
-    quants_fixture()
-    tiny_llama_fixture()
+    # In this order: the fixtures draw from one random generator.
+    if "quants" in wanted:
+        quants_fixture()
+    if "llama" in wanted:
+        tiny_llama_fixture()
+    for family in ("qwen2", "qwen3", "olmo2", "gemma3"):
+        if family in wanted:
+            family_fixture(family)
     for name in sorted(os.listdir(OUT)):
         print(f"{os.path.getsize(os.path.join(OUT, name)):>8}  {name}")

@@ -159,9 +159,10 @@ pub fn run_import(args: ImportArgs) -> Result<()> {
         eprintln!("warning: {warning}");
     }
     println!(
-        "imported {} tensors ({} parameters) into {}",
+        "imported {} tensors ({} parameters, {}) into {}",
         report.n_tensors,
         report.n_params,
+        report.params.arch.hf_class(),
         args.out_dir.display()
     );
     Ok(())

@@ -1,4 +1,4 @@
-//! [`import_gguf`]: a `llama` GGUF → a Hugging Face model directory with f32 weights.
+//! [`import_gguf`]: a GGUF of one of the [`Arch`](super::Arch)s → a Hugging Face model directory with f32 weights.
 //!
 //! Written files: `config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.json`,
 //! `tokenizer_config.json` and, when the file has one, `chat_template.jinja`. Everything is checked
@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::GgufError;
-use super::llama::{HfTensor, LlamaParams, hf_tensors};
+use super::arch::{HfTensor, ModelParams, hf_tensors};
 use super::reader::{GgmlType, GgufFile};
 use super::tokenizer::tokenizer_files;
 
@@ -23,7 +23,7 @@ use super::tokenizer::tokenizer_files;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportReport {
     pub out_dir: PathBuf,
-    pub params: LlamaParams,
+    pub params: ModelParams,
     /// Tensors written to `model.safetensors`.
     pub n_tensors: usize,
     /// Total number of weights written.
@@ -43,7 +43,7 @@ pub struct ImportProgress<'a> {
     pub tensor: &'a str,
 }
 
-/// Import the `llama` GGUF `gguf` into a new Hugging Face directory `out_dir`, which must not
+/// Import the GGUF `gguf` (any [`Arch`](super::Arch)) into a new Hugging Face directory `out_dir`, which must not
 /// exist or be empty.
 pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportReport, GgufError> {
     import_gguf_with_progress(gguf, out_dir, &mut |_| {})
@@ -56,12 +56,12 @@ pub fn import_gguf_with_progress(
     progress: &mut dyn FnMut(ImportProgress<'_>),
 ) -> Result<ImportReport, GgufError> {
     let file = GgufFile::open(gguf)?;
-    let params = LlamaParams::from_gguf(&file)?;
+    let params = ModelParams::from_gguf(&file)?;
     let tensors = hf_tensors(&file, &params)?;
     for t in &tensors {
         file.check_supported(file.tensor(&t.gguf_name)?)?;
     }
-    let tok = tokenizer_files(&file, Some(params.max_position_embeddings))?;
+    let tok = tokenizer_files(&file, params.arch, Some(params.max_position_embeddings))?;
 
     ensure_absent_or_empty(out_dir)?;
     let name = out_dir
@@ -132,7 +132,7 @@ fn ensure_absent_or_empty(dir: &Path) -> Result<(), GgufError> {
 
 fn write_dir(
     file: &GgufFile,
-    params: &LlamaParams,
+    params: &ModelParams,
     tensors: &[HfTensor],
     tok: &super::tokenizer::TokenizerFiles,
     dir: &Path,
@@ -270,6 +270,9 @@ mod tests {
         let config = read_json(&out.join("config.json"));
         assert_eq!(config["hidden_size"], 32);
         assert_eq!(config["vocab_size"], 301);
+        let loaded = crate::config::LlamaConfig::load(&out.join("config.json")).unwrap();
+        assert_eq!(loaded.model_type, crate::config::ModelType::Llama);
+        assert_eq!(loaded.rms_norm_eps, 1e-6);
         let tok = read_json(&out.join("tokenizer.json"));
         assert_eq!(tok["model"]["type"], "BPE");
 
@@ -297,6 +300,50 @@ mod tests {
         assert!(matches!(e, GgufError::OutputExists { .. }), "{e}");
     }
 
+    /// Each family's fixture imports to a directory whose config.json alignkit's own loader reads
+    /// as that family (Gemma 3's sliding layers and scale included), whose tokenizer.json the
+    /// `tokenizers` crate loads, and whose weights are the expected ones.
+    #[test]
+    fn tiny_family_directories() {
+        use crate::config::{LlamaConfig, ModelType};
+        for (name, model_type, n_tensors) in [
+            ("qwen2", ModelType::Qwen2, 27),
+            ("qwen3", ModelType::Qwen3, 24),
+            ("olmo2", ModelType::Olmo2, 25),
+            ("gemma3", ModelType::Gemma3, 80),
+        ] {
+            let scratch = ScratchDir::new(name);
+            let out = scratch.0.join(name);
+            let report = import_gguf(&fixture(&format!("tiny-{name}.gguf.bin")), &out).unwrap();
+            assert_eq!(report.n_tensors, n_tensors, "{name}");
+            assert!(report.warnings.is_empty(), "{name}: {:?}", report.warnings);
+
+            let config = LlamaConfig::load(&out.join("config.json")).unwrap();
+            assert_eq!(config.model_type, model_type, "{name}");
+            assert_eq!(config.qkv_bias, name == "qwen2", "{name}");
+            if name == "gemma3" {
+                assert_eq!(config.sliding, [true, true, true, true, true, false]);
+                assert_eq!(config.sliding_window, Some(4));
+                assert_eq!(config.local_rope_theta, Some(10_000.0));
+                assert_eq!(config.rope_theta, 1_000_000.0);
+                assert_eq!(config.attention_scale, 0.25); // 1/√16
+                assert!(config.tie_word_embeddings);
+            }
+            tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+
+            let bytes = fs::read(out.join("model.safetensors")).unwrap();
+            let ours = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let expected = fs::read(fixture(&format!("tiny-{name}.expected.safetensors"))).unwrap();
+            let expected = safetensors::SafeTensors::deserialize(&expected).unwrap();
+            assert_eq!(ours.len(), expected.len(), "{name}");
+            for (tensor, want) in expected.tensors() {
+                let got = ours.tensor(&tensor).unwrap();
+                assert_eq!(got.shape(), want.shape(), "{name}: {tensor}");
+                assert_eq!(f32s(got.data()), f32s(want.data()), "{name}: {tensor}");
+            }
+        }
+    }
+
     #[test]
     fn empty_output_dir_is_replaced() {
         let scratch = ScratchDir::new("empty");
@@ -310,9 +357,15 @@ mod tests {
     fn failures_leave_nothing_behind() {
         let scratch = ScratchDir::new("fail");
         let out = scratch.0.join("hf");
-        // Not a llama model.
+        // Not a model of a supported architecture.
         let e = import_gguf(&fixture("quants.gguf.bin"), &out).unwrap_err();
-        assert!(e.to_string().contains("architecture \"test\""), "{e}");
+        assert!(
+            e.to_string().contains(
+                "architecture \"test\" (supported: llama, qwen2, qwen3, olmo2, gemma3) is not \
+                 supported"
+            ),
+            "{e}"
+        );
         // A llama model with a tensor type we cannot dequantize.
         let b = GgufBuilder::tiny_llama().raw_tensor(
             "blk.0.ffn_down.weight",
@@ -351,7 +404,7 @@ mod tests {
         let f = GgufFile::open(&path).unwrap();
         let types = f.type_histogram();
         assert_eq!(types.get(&GgmlType::Q4_1), Some(&210));
-        let params = LlamaParams::from_gguf(&f).unwrap();
+        let params = ModelParams::from_gguf(&f).unwrap();
         assert_eq!(
             (
                 params.hidden_size,
@@ -373,6 +426,9 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(report.n_params, 134_515_008);
+        // transformers 5's `rope_parameters`, read by alignkit's loader as well.
+        let config = crate::config::LlamaConfig::load(&out.join("config.json")).unwrap();
+        assert_eq!(config.rope_theta, 100_000.0);
         let tok = read_json(&out.join("tokenizer.json"));
         assert_eq!(tok["pre_tokenizer"]["pretokenizers"][0]["type"], "Digits");
         assert_eq!(tok["added_tokens"].as_array().unwrap().len(), 17);

@@ -1,20 +1,23 @@
-//! GGUF import: read llama.cpp's GGUF files and turn a `llama` model into a Hugging Face directory.
+//! GGUF import: read llama.cpp's GGUF files and turn a `llama`, `qwen2`, `qwen3`, `olmo2` or `gemma3`
+//! model into a Hugging Face directory.
 //!
 //! - [`reader`]: the container (header, metadata, tensor infos, memory-mapped data), GGUF v2 and v3.
 //!   See: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
 //! - [`dequant`]: ggml block formats to f32 (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
 //!   Q5_K, Q6_K), following `dequantize_row_*` in ggml's `ggml-quants.c`.
-//! - [`llama`]: GGUF → HF tensor names and shapes, the inverse of llama.cpp's q/k row permutation,
-//!   and `config.json` from the `llama.*` metadata.
+//! - [`arch`]: per architecture ([`Arch`]), GGUF → HF tensor names and shapes, the inverse of what
+//!   llama.cpp's converter did to the weights (q/k row permutation, Gemma's norm + 1), and
+//!   `config.json` from the `<arch>.*` metadata.
 //! - [`tokenizer`]: `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` from the
-//!   `tokenizer.ggml.*` metadata (byte-level BPE, `tokenizer.ggml.model == "gpt2"`).
+//!   `tokenizer.ggml.*` metadata (byte-level BPE, `tokenizer.ggml.model == "gpt2"`; Gemma's
+//!   SentencePiece BPE, `"llama"`).
 //! - [`import`]: [`import_gguf`], which writes the whole HF directory atomically.
 //!
 //! This module depends on nothing else in the crate (no burn): it only produces files and f32 buffers.
 
+pub mod arch;
 pub mod dequant;
 pub mod import;
-pub mod llama;
 pub mod reader;
 #[cfg(test)]
 mod testing;
@@ -22,10 +25,10 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use arch::{Arch, HfTensor, ModelParams, SlidingWindow};
 pub use import::{
     ImportProgress, ImportReport, import_gguf, import_gguf_with_progress, write_safetensors,
 };
-pub use llama::{HfTensor, LlamaParams};
 pub use reader::{GgmlType, GgufFile, GgufValue, TensorInfo};
 pub use tokenizer::{PreTokenizer, TokenizerFiles, tokenizer_files};
 

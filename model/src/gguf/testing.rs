@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::arch::Arch;
 use super::reader::{GgmlType, GgufValue};
 
 /// `model/tests/fixtures/gguf/<name>`, written by `scripts/fixtures_gguf.py`.
@@ -195,17 +196,26 @@ impl GgufBuilder {
     /// A minimal valid `llama` model (hidden 8, 2 heads of 4, 1 KV head, ffn 16, 1 layer, vocab 6)
     /// with a byte-level tokenizer; tests change one thing and expect one error.
     pub fn tiny_llama() -> Self {
-        let (h, ffn, kv, v) = (8u64, 16u64, 4u64, 6u64);
-        let b = GgufBuilder::default()
-            .str("general.architecture", "llama")
-            .u32("llama.block_count", 1)
-            .u32("llama.context_length", 64)
-            .u32("llama.embedding_length", h as u32)
-            .u32("llama.feed_forward_length", ffn as u32)
-            .u32("llama.attention.head_count", 2)
-            .u32("llama.attention.head_count_kv", 1)
+        Self::tiny(Arch::Llama)
+    }
+
+    /// [`GgufBuilder::tiny_llama`]'s model as `arch` writes it: its metadata prefix, its norms,
+    /// Qwen2's q/k/v biases, Qwen3's and Gemma 3's per-head q/k norms, OLMo 2's whole ones, Gemma 3's
+    /// sliding window of 4.
+    pub fn tiny(arch: Arch) -> Self {
+        let (h, ffn, kv, v, d) = (8u64, 16u64, 4u64, 6u64, 4u64);
+        let a = arch.gguf_name();
+        let key = |k: &str| format!("{a}.{k}");
+        let mut b = GgufBuilder::default()
+            .str("general.architecture", a)
+            .u32(&key("block_count"), 1)
+            .u32(&key("context_length"), 64)
+            .u32(&key("embedding_length"), h as u32)
+            .u32(&key("feed_forward_length"), ffn as u32)
+            .u32(&key("attention.head_count"), 2)
+            .u32(&key("attention.head_count_kv"), 1)
             .kv(
-                "llama.attention.layer_norm_rms_epsilon",
+                &key("attention.layer_norm_rms_epsilon"),
                 GgufValue::F32(1e-5),
             )
             .str("tokenizer.ggml.model", "gpt2")
@@ -221,24 +231,56 @@ impl GgufBuilder {
             .strs("tokenizer.ggml.merges", &["a b"])
             .u32("tokenizer.ggml.bos_token_id", 0)
             .u32("tokenizer.ggml.eos_token_id", 1);
+        if arch == Arch::Gemma3 {
+            b = b
+                .u32(&key("attention.key_length"), d as u32)
+                .u32(&key("attention.value_length"), d as u32)
+                .u32(&key("attention.sliding_window"), 4);
+        }
         let val = |i: usize| i as f32 * 0.25 - 1.0;
-        let mut b = b.f32_tensor("token_embd.weight", &[h, v], val).f32_tensor(
+        b = b.f32_tensor("token_embd.weight", &[h, v], val).f32_tensor(
             "output_norm.weight",
             &[h],
             val,
         );
-        for (name, dims) in [
-            ("attn_norm", vec![h]),
-            ("attn_q", vec![h, h]),
-            ("attn_k", vec![h, kv]),
-            ("attn_v", vec![h, kv]),
-            ("attn_output", vec![h, h]),
-            ("ffn_norm", vec![h]),
-            ("ffn_gate", vec![h, ffn]),
-            ("ffn_up", vec![h, ffn]),
-            ("ffn_down", vec![ffn, h]),
-        ] {
-            b = b.f32_tensor(&format!("blk.0.{name}.weight"), &dims, val);
+        let norms: &[&str] = match arch {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => &["attn_norm", "ffn_norm"],
+            Arch::Olmo2 => &["post_attention_norm", "post_ffw_norm"],
+            Arch::Gemma3 => &[
+                "attn_norm",
+                "post_attention_norm",
+                "ffn_norm",
+                "post_ffw_norm",
+            ],
+        };
+        let mut layer: Vec<(&str, Vec<u64>)> = norms.iter().map(|n| (*n, vec![h])).collect();
+        layer.extend([
+            ("attn_q.weight", vec![h, h]),
+            ("attn_k.weight", vec![h, kv]),
+            ("attn_v.weight", vec![h, kv]),
+            ("attn_output.weight", vec![h, h]),
+            ("ffn_gate.weight", vec![h, ffn]),
+            ("ffn_up.weight", vec![h, ffn]),
+            ("ffn_down.weight", vec![ffn, h]),
+        ]);
+        match arch {
+            Arch::Qwen2 => layer.extend([
+                ("attn_q.bias", vec![h]),
+                ("attn_k.bias", vec![kv]),
+                ("attn_v.bias", vec![kv]),
+            ]),
+            Arch::Qwen3 | Arch::Gemma3 => {
+                layer.extend([("attn_q_norm", vec![d]), ("attn_k_norm", vec![d])])
+            }
+            Arch::Olmo2 => layer.extend([("attn_q_norm", vec![h]), ("attn_k_norm", vec![kv])]),
+            Arch::Llama => {}
+        }
+        for (name, dims) in layer {
+            let name = match name.contains('.') {
+                true => format!("blk.0.{name}"),
+                false => format!("blk.0.{name}.weight"),
+            };
+            b = b.f32_tensor(&name, &dims, val);
         }
         b
     }

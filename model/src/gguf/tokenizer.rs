@@ -1,26 +1,37 @@
-//! Hugging Face tokenizer files from the `tokenizer.ggml.*` metadata of a byte-level BPE vocabulary
-//! (`tokenizer.ggml.model == "gpt2"`).
+//! Hugging Face tokenizer files from the `tokenizer.ggml.*` metadata: byte-level BPE
+//! (`tokenizer.ggml.model == "gpt2"`) and Gemma's SentencePiece-style BPE with byte fallback
+//! (`"llama"` in a `gemma3` file).
 //!
-//! A GGUF stores the vocabulary (`tokens`, one id each), the merges (`"a b"` strings, best first),
-//! each token's type (llama.cpp `llama_token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined,
-//! 5 unused, 6 byte) and the name of the pre-tokenizer (`tokenizer.ggml.pre`). The pre-tokenizer
-//! regexes follow llama.cpp's `llama-vocab.cpp` (`llm_tokenizer_bpe`); control tokens become
-//! special added tokens and user-defined ones plain added tokens, as transformers'
-//! `integrations/gguf/gguf_tokenizer_mapping.py` does.
+//! A GGUF stores the vocabulary (`tokens`, one id each), each token's type (llama.cpp
+//! `llama_token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), for BPE the
+//! merges (`"a b"` strings, best first) and the name of the pre-tokenizer (`tokenizer.ggml.pre`). The
+//! pre-tokenizer regexes follow llama.cpp's `llama-vocab.cpp` (`llm_tokenizer_bpe`); control tokens
+//! become special added tokens and user-defined ones plain added tokens, as transformers'
+//! `integrations/gguf/gguf_tokenizer_mapping.py` does. A SentencePiece vocabulary comes without
+//! merges; [`gemma_merges`] recovers them from the token order as that module does for Gemma.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value, json};
 
 use super::GgufError;
+use super::arch::Arch;
 use super::reader::GgufFile;
 
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// Llama 3's split regex as in its HF `tokenizer.json` (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3`
 /// spells the case-insensitive contractions out as `'[sS]|...`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's split regex as in its HF `tokenizer.json`: Llama 3's with single digits
+/// (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_QWEN2`, contractions spelled out the same way).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// SentencePiece's word-boundary mark, which Gemma's vocabulary uses for a space.
+const SPACE_MARK: char = '\u{2581}';
 
 /// How text is split before BPE, from `tokenizer.ggml.pre`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +44,8 @@ pub enum PreTokenizer {
     Gpt2Digits,
     /// Llama 3's regex (`"llama3"`, `"llama-v3"`, `"llama-bpe"`, `"smaug-bpe"`, `"dbrx"`, `"falcon3"`).
     Llama3,
+    /// Qwen2's regex (`"qwen2"`: Qwen2, Qwen2.5, Qwen3), after Qwen's NFC normalizer.
+    Qwen2,
 }
 
 impl PreTokenizer {
@@ -45,6 +58,7 @@ impl PreTokenizer {
             "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
                 PreTokenizer::Llama3
             }
+            "qwen2" => PreTokenizer::Qwen2,
             _ => return None,
         })
     }
@@ -59,23 +73,46 @@ impl PreTokenizer {
         self == PreTokenizer::Llama3
     }
 
+    /// Qwen's own `tokenizer.json` normalizes to NFC, which llama.cpp skips; the import follows the
+    /// model's tokenizer, so text that is already NFC (nearly all) splits the same either way.
+    fn normalizer(self) -> Value {
+        match self {
+            PreTokenizer::Qwen2 => json!({"type": "NFC"}),
+            _ => Value::Null,
+        }
+    }
+
     fn json(self) -> Value {
         let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let split_then_bytes = |regex: &str| {
+            json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                    byte_level(false),
+                ],
+            })
+        };
         match self {
             PreTokenizer::Gpt2 => byte_level(true),
             PreTokenizer::Gpt2Digits => json!({
                 "type": "Sequence",
                 "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
             }),
-            PreTokenizer::Llama3 => json!({
-                "type": "Sequence",
-                "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-                    byte_level(false),
-                ],
-            }),
+            PreTokenizer::Llama3 => split_then_bytes(LLAMA3_SPLIT),
+            PreTokenizer::Qwen2 => split_then_bytes(QWEN2_SPLIT),
         }
     }
+}
+
+/// The tokenizer model a vocabulary is for, from `tokenizer.ggml.model` and the architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vocab {
+    /// `"gpt2"`: byte-level BPE with the file's merges.
+    ByteLevel(PreTokenizer),
+    /// `"llama"` in a `gemma3` file: SentencePiece BPE over `▁`-spelled text, unknown bytes as
+    /// `<0xNN>` tokens, no prefix space; merges recovered from the token order.
+    Gemma,
 }
 
 /// The tokenizer files of an HF model directory, as JSON values.
@@ -121,26 +158,58 @@ fn id_token<'a>(tokens: &[&'a str], id: Option<u64>) -> Option<&'a str> {
     id.and_then(|i| tokens.get(usize::try_from(i).ok()?).copied())
 }
 
-/// Build the tokenizer files. `model_max_length` is the context length for `tokenizer_config.json`.
+/// How a vocabulary turns into `tokenizer.json`'s model and pipeline.
+struct Built {
+    /// `tokenizer.json`'s `"model"`.
+    model: Value,
+    normalizer: Value,
+    pre_tokenizer: Value,
+    decoder: Value,
+    /// The post-processor before BOS/EOS are added, if the pipeline has one.
+    post_processor: Option<Value>,
+    /// (id, content, special) of the tokens matched whole in the input.
+    added: Vec<(usize, String, bool)>,
+    /// llama.cpp's `add_bos` when the file does not say.
+    default_add_bos: bool,
+}
+
+/// Build the tokenizer files of an `arch` model. `model_max_length` is the context length for
+/// `tokenizer_config.json`.
 pub fn tokenizer_files(
     file: &GgufFile,
+    arch: Arch,
     model_max_length: Option<usize>,
 ) -> Result<TokenizerFiles, GgufError> {
     let path = file.path();
-    let model = file.get_str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(GgufError::unsupported(
-            path,
-            format!("tokenizer.ggml.model {model:?} (only byte-level BPE, \"gpt2\")"),
-        ));
-    }
     let mut warnings = Vec::new();
-    let pre = match file.opt_str("tokenizer.ggml.pre")? {
-        Some(name) => PreTokenizer::from_gguf(name)
-            .ok_or_else(|| GgufError::unsupported(path, format!("tokenizer.ggml.pre {name:?}")))?,
-        None => {
-            warnings.push("no tokenizer.ggml.pre: assuming GPT-2 pre-tokenization".to_string());
-            PreTokenizer::Gpt2
+    let vocab_kind = match file.get_str("tokenizer.ggml.model")? {
+        "gpt2" => Vocab::ByteLevel(match file.opt_str("tokenizer.ggml.pre")? {
+            Some(name) => PreTokenizer::from_gguf(name).ok_or_else(|| {
+                GgufError::unsupported(path, format!("tokenizer.ggml.pre {name:?}"))
+            })?,
+            None => {
+                warnings.push("no tokenizer.ggml.pre: assuming GPT-2 pre-tokenization".to_string());
+                PreTokenizer::Gpt2
+            }
+        }),
+        "llama" if arch == Arch::Gemma3 => Vocab::Gemma,
+        "llama" => {
+            return Err(GgufError::unsupported(
+                path,
+                format!(
+                    "tokenizer.ggml.model \"llama\" (SentencePiece) in a {:?} file (only gemma3's)",
+                    arch.gguf_name()
+                ),
+            ));
+        }
+        model => {
+            return Err(GgufError::unsupported(
+                path,
+                format!(
+                    "tokenizer.ggml.model {model:?} (only byte-level BPE, \"gpt2\", and gemma3's \
+                     SentencePiece, \"llama\")"
+                ),
+            ));
         }
     };
 
@@ -157,81 +226,6 @@ pub fn tokenizer_files(
                 token_types.len(),
                 tokens.len()
             ),
-        ));
-    }
-    let merges = match file.value("tokenizer.ggml.merges") {
-        Some(_) => file.get_str_array("tokenizer.ggml.merges")?,
-        None => Vec::new(),
-    };
-
-    // Vocabulary: byte-level spelling. A normal token spelled with raw characters (a llama.cpp
-    // mislabel) is respelled byte by byte, as transformers does; added tokens keep their text,
-    // since llama.cpp matches them verbatim in the input.
-    let table = byte_to_char();
-    let mut vocab = Map::new();
-    let mut added_tokens = Vec::new();
-    let mut added_decoder = Map::new();
-    for (id, (&token, &ty)) in tokens.iter().zip(&token_types).enumerate() {
-        let added = ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED;
-        let spelled = if added || is_byte_level(token) {
-            token.to_string()
-        } else {
-            token.bytes().map(|b| table[usize::from(b)]).collect()
-        };
-        if vocab.insert(spelled.clone(), json!(id)).is_some() {
-            warnings.push(format!(
-                "token {spelled:?} appears more than once; id {id} is the one kept"
-            ));
-        }
-        if added {
-            let special = ty == TOKEN_TYPE_CONTROL;
-            added_tokens.push(json!({
-                "id": id, "content": token, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": special,
-            }));
-            added_decoder.insert(
-                id.to_string(),
-                json!({
-                    "content": token, "lstrip": false, "normalized": false,
-                    "rstrip": false, "single_word": false, "special": special,
-                }),
-            );
-        }
-    }
-
-    // Merges: llama.cpp splits `"a b"` at the first space after the first byte (`find(' ', 1)`).
-    // HF `tokenizers` refuses to load merges whose pieces or result are not in the vocabulary.
-    let mut merge_pairs = Vec::with_capacity(merges.len());
-    let mut unknown_merges = 0;
-    for (i, m) in merges.iter().enumerate() {
-        match m
-            .as_bytes()
-            .get(1..)
-            .and_then(|rest| rest.iter().position(|&b| b == b' '))
-        {
-            Some(at) => {
-                let (a, b) = (&m[..at + 1], &m[at + 2..]);
-                let known = [a, b, &format!("{a}{b}")]
-                    .iter()
-                    .all(|t| vocab.contains_key(*t));
-                if !known {
-                    unknown_merges += 1;
-                }
-                merge_pairs.push(json!([a, b]));
-            }
-            None => {
-                return Err(GgufError::malformed(
-                    path,
-                    format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens"),
-                ));
-            }
-        }
-    }
-
-    if unknown_merges > 0 {
-        warnings.push(format!(
-            "{unknown_merges} merges use tokens missing from the vocabulary; HF tokenizers will \
-             refuse to load tokenizer.json"
         ));
     }
 
@@ -259,14 +253,32 @@ pub fn tokenizer_files(
             ));
         }
     }
+
+    let built = match vocab_kind {
+        Vocab::ByteLevel(pre) => byte_level(file, pre, &tokens, &token_types, &mut warnings)?,
+        Vocab::Gemma => {
+            if file.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
+                return Err(GgufError::unsupported(
+                    path,
+                    "tokenizer.ggml.add_space_prefix = true in a gemma3 file",
+                ));
+            }
+            gemma(
+                &tokens,
+                &token_types,
+                id_token(&tokens, unk_id),
+                &mut warnings,
+            )
+        }
+    };
+
     let add_bos = file
         .opt_bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(pre.default_add_bos());
+        .unwrap_or(built.default_add_bos);
     let add_eos = file
         .opt_bool("tokenizer.ggml.add_eos_token")?
         .unwrap_or(false);
 
-    let byte_level_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
     let post_processor = if add_bos || add_eos {
         let bos = id_token(&tokens, bos_id).filter(|_| add_bos);
         let eos = id_token(&tokens, eos_id).filter(|_| add_eos);
@@ -276,35 +288,41 @@ pub fn tokenizer_files(
                 "tokenizer.ggml.add_bos_token/add_eos_token is set but the token id is missing",
             ));
         }
-        json!({
-            "type": "Sequence",
-            "processors": [byte_level_post, template_processing(bos_id, bos, eos_id, eos)],
-        })
+        let template = template_processing(bos_id, bos, eos_id, eos);
+        match built.post_processor {
+            Some(first) => json!({"type": "Sequence", "processors": [first, template]}),
+            None => template,
+        }
     } else {
-        byte_level_post
+        built.post_processor.unwrap_or(Value::Null)
     };
+
+    let mut added_tokens = Vec::new();
+    let mut added_decoder = Map::new();
+    for (id, content, special) in &built.added {
+        added_tokens.push(json!({
+            "id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": special,
+        }));
+        added_decoder.insert(
+            id.to_string(),
+            json!({
+                "content": content, "lstrip": false, "normalized": false,
+                "rstrip": false, "single_word": false, "special": special,
+            }),
+        );
+    }
 
     let tokenizer_json = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added_tokens,
-        "normalizer": null,
-        "pre_tokenizer": pre.json(),
+        "normalizer": built.normalizer,
+        "pre_tokenizer": built.pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": null,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": pre.ignore_merges(),
-            "vocab": vocab,
-            "merges": merge_pairs,
-        },
+        "decoder": built.decoder,
+        "model": built.model,
     });
 
     let chat_template = file.opt_str("tokenizer.chat_template")?.map(str::to_string);
@@ -355,6 +373,203 @@ pub fn tokenizer_files(
         chat_template,
         warnings,
     })
+}
+
+/// Byte-level BPE: the file's merges, every token spelled in GPT-2's byte alphabet.
+fn byte_level(
+    file: &GgufFile,
+    pre: PreTokenizer,
+    tokens: &[&str],
+    token_types: &[i64],
+    warnings: &mut Vec<String>,
+) -> Result<Built, GgufError> {
+    let path = file.path();
+    let merges = match file.value("tokenizer.ggml.merges") {
+        Some(_) => file.get_str_array("tokenizer.ggml.merges")?,
+        None => Vec::new(),
+    };
+
+    // Vocabulary: byte-level spelling. A normal token spelled with raw characters (a llama.cpp
+    // mislabel) is respelled byte by byte, as transformers does; added tokens keep their text,
+    // since llama.cpp matches them verbatim in the input.
+    let table = byte_to_char();
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (id, (&token, &ty)) in tokens.iter().zip(token_types).enumerate() {
+        let is_added = ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED;
+        let spelled = if is_added || is_byte_level(token) {
+            token.to_string()
+        } else {
+            token.bytes().map(|b| table[usize::from(b)]).collect()
+        };
+        if vocab.insert(spelled.clone(), json!(id)).is_some() {
+            warnings.push(format!(
+                "token {spelled:?} appears more than once; id {id} is the one kept"
+            ));
+        }
+        if is_added {
+            added.push((id, token.to_string(), ty == TOKEN_TYPE_CONTROL));
+        }
+    }
+
+    // Merges: llama.cpp splits `"a b"` at the first space after the first byte (`find(' ', 1)`).
+    // HF `tokenizers` refuses to load merges whose pieces or result are not in the vocabulary.
+    let mut merge_pairs = Vec::with_capacity(merges.len());
+    let mut unknown_merges = 0;
+    for (i, m) in merges.iter().enumerate() {
+        match m
+            .as_bytes()
+            .get(1..)
+            .and_then(|rest| rest.iter().position(|&b| b == b' '))
+        {
+            Some(at) => {
+                let (a, b) = (&m[..at + 1], &m[at + 2..]);
+                let known = [a, b, &format!("{a}{b}")]
+                    .iter()
+                    .all(|t| vocab.contains_key(*t));
+                if !known {
+                    unknown_merges += 1;
+                }
+                merge_pairs.push(json!([a, b]));
+            }
+            None => {
+                return Err(GgufError::malformed(
+                    path,
+                    format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens"),
+                ));
+            }
+        }
+    }
+    if unknown_merges > 0 {
+        warnings.push(format!(
+            "{unknown_merges} merges use tokens missing from the vocabulary; HF tokenizers will \
+             refuse to load tokenizer.json"
+        ));
+    }
+
+    Ok(Built {
+        model: json!({
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": false,
+            "byte_fallback": false,
+            "ignore_merges": pre.ignore_merges(),
+            "vocab": vocab,
+            "merges": merge_pairs,
+        }),
+        normalizer: pre.normalizer(),
+        pre_tokenizer: pre.json(),
+        decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+        post_processor: Some(
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+        ),
+        added,
+        default_add_bos: pre.default_add_bos(),
+    })
+}
+
+/// Gemma's SentencePiece BPE as transformers' `GemmaTokenizer` builds it: spaces become `▁` before
+/// BPE, bytes without a token fall back to `<0xNN>`, and decoding reverses both.
+///
+/// Two things of a Gemma file need fixing first, as transformers' `gemma_tokenizer` does: a token of
+/// spaces only is stored with real spaces (`"  "`) where the vocabulary spells `"▁▁"`; and there
+/// are no merges, so [`gemma_merges`] recovers them.
+fn gemma(
+    tokens: &[&str],
+    token_types: &[i64],
+    unk: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Built {
+    let spelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                SPACE_MARK.to_string().repeat(t.chars().count())
+            } else {
+                t.to_string()
+            }
+        })
+        .collect();
+    let mut vocab = Map::new();
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(spelled.len());
+    for (id, token) in spelled.iter().enumerate() {
+        if vocab.insert(token.clone(), json!(id)).is_some() {
+            warnings.push(format!(
+                "token {token:?} appears more than once; id {id} is the one kept"
+            ));
+        }
+        ids.insert(token, id);
+    }
+    // Control tokens and the unknown token are special; user-defined ones are plain added tokens
+    // unless respelled above (a run of spaces then stays an ordinary vocabulary entry).
+    let added = tokens
+        .iter()
+        .zip(&spelled)
+        .zip(token_types)
+        .enumerate()
+        .filter_map(|(id, ((&token, spelled), &ty))| {
+            let special = ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_UNKNOWN;
+            let user = ty == TOKEN_TYPE_USER_DEFINED && token == spelled;
+            (special || user).then(|| (id, token.to_string(), special))
+        })
+        .collect();
+    let merges: Vec<Value> = gemma_merges(&spelled, &ids)
+        .into_iter()
+        .map(|(a, b)| json!([a, b]))
+        .collect();
+
+    Built {
+        model: json!({
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": vocab,
+            "merges": merges,
+        }),
+        normalizer: json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK.to_string()}),
+        pre_tokenizer: json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+        decoder: json!({
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": SPACE_MARK.to_string()}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ],
+        }),
+        post_processor: None,
+        added,
+        // llama.cpp adds BOS for a SentencePiece vocabulary unless told otherwise.
+        default_add_bos: true,
+    }
+}
+
+/// The merges a BPE vocabulary without any implies, best first: every split of a token into two
+/// tokens, earlier tokens first and, within one token, longer left pieces first. This is
+/// transformers' `generate_merges` with the token position as the score, which it uses for Gemma
+/// files because Gemma's scores do not follow its merge order.
+fn gemma_merges<'a>(tokens: &'a [String], ids: &HashMap<&str, usize>) -> Vec<(&'a str, &'a str)> {
+    let mut merges = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        if ids.get(token.as_str()) != Some(&id) {
+            continue; // a duplicate: the id kept is the later one, whose turn it will be
+        }
+        let cuts: Vec<usize> = token.char_indices().map(|(at, _)| at).skip(1).collect();
+        for &at in cuts.iter().rev() {
+            let (left, right) = token.split_at(at);
+            if ids.contains_key(left) && ids.contains_key(right) {
+                merges.push((left, right));
+            }
+        }
+    }
+    merges
 }
 
 /// `TemplateProcessing` adding BOS in front of and/or EOS after each sequence, like HF's Llama 3
@@ -426,12 +641,14 @@ mod tests {
             Some(PreTokenizer::Llama3)
         );
         assert_eq!(PreTokenizer::from_gguf("gpt2"), Some(PreTokenizer::Gpt2));
-        assert_eq!(PreTokenizer::from_gguf("qwen2"), None);
+        assert_eq!(PreTokenizer::from_gguf("qwen2"), Some(PreTokenizer::Qwen2));
+        assert_eq!(PreTokenizer::from_gguf("default"), None);
     }
 
     fn files(b: &GgufBuilder) -> Result<TokenizerFiles, GgufError> {
         tokenizer_files(
             &GgufFile::from_bytes("tok.gguf", b.build()).unwrap(),
+            Arch::Llama,
             Some(64),
         )
     }
@@ -441,7 +658,7 @@ mod tests {
     #[test]
     fn tiny_llama_matches_trained_tokenizer() {
         let f = GgufFile::open(fixture("tiny-llama.gguf.bin")).unwrap();
-        let ours = tokenizer_files(&f, Some(128)).unwrap();
+        let ours = tokenizer_files(&f, Arch::Llama, Some(128)).unwrap();
         let original: Value =
             serde_json::from_slice(&std::fs::read(fixture("tiny-llama.tokenizer.json")).unwrap())
                 .unwrap();
@@ -492,6 +709,118 @@ mod tests {
         assert_eq!(
             ours.generation_config_json,
             json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+        );
+    }
+
+    /// The tokenizer files of `tiny-<name>.gguf.bin`, after checking that the Rust `tokenizers`
+    /// crate, given the rebuilt tokenizer.json, encodes each text of `tiny-<name>.tokenizer-ids.json`
+    /// to its ids (special tokens added as the file says).
+    fn encodes_like_reference(name: &str, arch: Arch) -> TokenizerFiles {
+        let f = GgufFile::open(fixture(&format!("tiny-{name}.gguf.bin"))).unwrap();
+        let files = tokenizer_files(&f, arch, Some(128)).unwrap();
+        let tok: tokenizers::Tokenizer = files.tokenizer_json.to_string().parse().unwrap();
+        let cases: Vec<Value> = serde_json::from_slice(
+            &std::fs::read(fixture(&format!("tiny-{name}.tokenizer-ids.json"))).unwrap(),
+        )
+        .unwrap();
+        for c in &cases {
+            let text = c["text"].as_str().unwrap();
+            let want: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+            let ours = tok.encode(text, true).unwrap().get_ids().to_vec();
+            assert_eq!(ours, want, "{name}: {text:?}");
+        }
+        assert!(cases.len() >= 9, "{name}");
+        files
+    }
+
+    /// Qwen2/Qwen3 (`"qwen2"`: NFC, then Qwen2's split) and OLMo 2's SmolLM-style vocabulary encode
+    /// every text as the trained `tokenizers` tokenizer does, decomposed accents and non-ASCII
+    /// numerals included, and carry its pipeline.
+    #[test]
+    fn byte_level_families_encode_like_their_trained_tokenizer() {
+        for (name, arch) in [
+            ("qwen2", Arch::Qwen2),
+            ("qwen3", Arch::Qwen3),
+            ("olmo2", Arch::Olmo2),
+        ] {
+            let files = encodes_like_reference(name, arch);
+            assert!(files.warnings.is_empty(), "{name}: {:?}", files.warnings);
+            let original: Value = serde_json::from_slice(
+                &std::fs::read(fixture(&format!("tiny-{name}.tokenizer.json"))).unwrap(),
+            )
+            .unwrap();
+            let t = &files.tokenizer_json;
+            for key in ["normalizer", "pre_tokenizer", "decoder"] {
+                assert_eq!(t[key], original[key], "{name}: {key}");
+            }
+            assert_eq!(t["model"]["merges"], original["model"]["merges"], "{name}");
+        }
+    }
+
+    /// Gemma 3's SentencePiece vocabulary: ids as sentencepiece itself gives them (BOS first), and
+    /// the vocabulary, merges and pipeline transformers' GGUF loader builds from the same file.
+    #[test]
+    fn gemma3_sentencepiece_encodes_like_sentencepiece() {
+        let files = encodes_like_reference("gemma3", Arch::Gemma3);
+        assert!(files.warnings.is_empty(), "{:?}", files.warnings);
+        let reference: Value =
+            serde_json::from_slice(&std::fs::read(fixture("tiny-gemma3.tokenizer.json")).unwrap())
+                .unwrap();
+        let (t, r) = (&files.tokenizer_json, &reference);
+        for key in ["normalizer", "pre_tokenizer", "decoder"] {
+            assert_eq!(t[key], r[key], "{key}");
+        }
+        for key in [
+            "vocab",
+            "merges",
+            "byte_fallback",
+            "fuse_unk",
+            "unk_token",
+            "ignore_merges",
+        ] {
+            assert_eq!(t["model"][key], r["model"][key], "model.{key}");
+        }
+        // `GemmaTokenizer` also adds its default `<mask>` past the end of a vocabulary without one
+        // (Gemma's own has it); a token the model has no embedding for is not one to copy.
+        let n_vocab = t["model"]["vocab"].as_object().unwrap().len() as u64;
+        let added = |v: &Value| -> Vec<(Value, Value, Value)> {
+            let mut a: Vec<_> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["id"].as_u64() < Some(n_vocab))
+                .map(|a| (a["id"].clone(), a["content"].clone(), a["special"].clone()))
+                .collect();
+            a.sort_by_key(|(id, ..)| id.as_u64());
+            a
+        };
+        assert_eq!(added(&t["added_tokens"]), added(&r["added_tokens"]));
+        let c = &files.tokenizer_config_json;
+        assert_eq!(
+            (&c["bos_token"], &c["eos_token"]),
+            (&json!("<bos>"), &json!("<eos>"))
+        );
+        assert_eq!(
+            (&c["pad_token"], &c["unk_token"]),
+            (&json!("<pad>"), &json!("<unk>"))
+        );
+        assert_eq!(c["add_bos_token"], true);
+    }
+
+    /// transformers' `generate_merges` by token position: earlier tokens first, longer left pieces
+    /// first within a token, only splits into two tokens; a duplicate counts at its last position.
+    #[test]
+    fn gemma_merges_by_position() {
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "bc", "b"]
+            .map(String::from)
+            .to_vec();
+        let mut ids = HashMap::new();
+        for (id, t) in tokens.iter().enumerate() {
+            ids.insert(t.as_str(), id);
+        }
+        assert_eq!(
+            gemma_merges(&tokens, &ids),
+            [("a", "b"), ("ab", "c"), ("a", "bc"), ("b", "c")]
         );
     }
 
@@ -552,15 +881,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("tokenizer.ggml.model \"llama\" (only byte-level BPE"),
+            e.ends_with(
+                "tokenizer.ggml.model \"llama\" (SentencePiece) in a \"llama\" file (only \
+                 gemma3's) is not supported"
+            ),
             "{e}"
         );
 
-        let e = files(&GgufBuilder::tiny_llama().str("tokenizer.ggml.pre", "qwen2"))
+        let e = files(&GgufBuilder::tiny_llama().str("tokenizer.ggml.model", "bert"))
             .unwrap_err()
             .to_string();
         assert!(
-            e.ends_with("tokenizer.ggml.pre \"qwen2\" is not supported"),
+            e.contains("tokenizer.ggml.model \"bert\" (only byte-level"),
+            "{e}"
+        );
+
+        let e = files(&GgufBuilder::tiny_llama().str("tokenizer.ggml.pre", "qwen35"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("tokenizer.ggml.pre \"qwen35\" is not supported"),
             "{e}"
         );
 
