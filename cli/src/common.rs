@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::{CompletionEnd, EncodeConfig, Encoder, Message, Role, Tokenizer};
+use alignkit_datasets::{
+    CompletionEnd, EncodeConfig, Encoder, Message, Role, TemplateKwargs, Tokenizer,
+};
 use alignkit_model::{LlamaConfig, LlamaForCausalLM, SamplingConfig};
 use alignkit_train::output::{Holder, Lock};
 use anyhow::{Context, Result, bail};
@@ -98,6 +100,27 @@ pub fn exit_on_interrupt() -> Result<()> {
         std::process::exit(crate::train_cli::EXIT_INTERRUPTED);
     })
     .context("installing the Ctrl-C/SIGTERM handler")
+}
+
+/// `--chat-template-kwargs`: the template variables of every chat template
+/// the command renders (`apply_chat_template`'s keyword arguments).
+#[derive(Args, Clone, Default)]
+pub struct TemplateArgs {
+    /// Chat-template variables as a JSON object, as a config's
+    /// `data.chat_template_kwargs` (e.g. '{"enable_thinking": false}').
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
+}
+
+impl TemplateArgs {
+    /// The variables (none without the flag).
+    pub fn kwargs(&self) -> Result<TemplateKwargs> {
+        match &self.chat_template_kwargs {
+            None => Ok(TemplateKwargs::new()),
+            Some(text) => serde_json::from_str(text)
+                .with_context(|| format!("--chat-template-kwargs {text}: expected a JSON object")),
+        }
+    }
 }
 
 impl ModelArgs {
@@ -202,11 +225,11 @@ pub struct Loaded<B: Backend> {
 }
 
 impl<B: Backend> Loaded<B> {
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+    /// The model of `dir`, its chat template rendered with `template_kwargs`.
+    pub fn load(dir: &Path, device: &B::Device, template_kwargs: &TemplateKwargs) -> Result<Self> {
         let (config, model) = alignkit_model::load_model::<B>(dir, device)?;
         let model = model.for_decoding();
-        let encoder = Encoder::from_dir(dir, EncodeConfig::default())
-            .with_context(|| format!("cannot load the tokenizer of {}", dir.display()))?;
+        let encoder = inference_encoder(dir, template_kwargs)?;
         Ok(Self {
             config,
             model,
@@ -242,6 +265,17 @@ impl<B: Backend> Loaded<B> {
             Ok(self.tokenizer().encode(prompt, true)?)
         }
     }
+}
+
+/// The tokenizer and chat template of `dir` as the inference commands use
+/// them: no truncation, `template_kwargs` as the template variables.
+pub fn inference_encoder(dir: &Path, template_kwargs: &TemplateKwargs) -> Result<Encoder> {
+    let config = EncodeConfig {
+        template_kwargs: template_kwargs.clone(),
+        ..EncodeConfig::default()
+    };
+    Encoder::from_dir(dir, config)
+        .with_context(|| format!("cannot load the tokenizer of {}", dir.display()))
 }
 
 /// Cut `text` at the first stop string, if any occurs.

@@ -10,7 +10,7 @@ use alignkit_datasets::{
 use alignkit_train::output::{Writes, ensure_distinct};
 use anyhow::{Context, Result, bail};
 
-use crate::common::CompletionEndArg;
+use crate::common::{CompletionEndArg, TemplateArgs};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::pull::{KnownModel, ensure_model};
@@ -83,10 +83,8 @@ pub struct DataArgs {
     /// Treat string prompts/completions as user/assistant messages.
     #[arg(long)]
     text_as_chat: bool,
-    /// Chat-template variables as a JSON object, as a config's
-    /// `data.chat_template_kwargs` (e.g. '{"enable_thinking": false}').
-    #[arg(long, value_name = "JSON")]
-    chat_template_kwargs: Option<String>,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Where a conversational preference/KTO completion ends.
     #[arg(long, value_enum, default_value_t)]
     completion_end: CompletionEndArg,
@@ -161,12 +159,7 @@ impl DataArgs {
                 PlainText::Raw
             },
             completion_end: self.completion_end.into(),
-            template_kwargs: match &self.chat_template_kwargs {
-                None => Default::default(),
-                Some(text) => serde_json::from_str(text).with_context(|| {
-                    format!("--chat-template-kwargs {text}: expected a JSON object")
-                })?,
-            },
+            template_kwargs: self.template.kwargs()?,
         };
         let model = match &self.model {
             Some(dir) => dir.clone(),

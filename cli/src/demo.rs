@@ -97,6 +97,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         judgments: Vec::new(),
         candidates: None,
         out: Some(eval_dir.clone()),
+        template: Default::default(),
         chat: false,
         batch_size: args.batch_size.max(1),
         sampling: SamplingArgs {
@@ -222,6 +223,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             num_samples: 2,
             max_new_tokens: args.max_new_tokens,
             seed: 0,
+            template: Default::default(),
             chat: false,
             batch_size: args.batch_size.max(1),
             window: None,

@@ -5,6 +5,9 @@
 //! alignkit generate --prompts FILE.jsonl --num-samples N --model A [--model B ...] --out candidates.jsonl
 //! ```
 //!
+//! `--chat-template-kwargs JSON` sets the chat template's variables (Qwen3's
+//! `enable_thinking`), as `data.chat_template_kwargs` does for training.
+//!
 //! The second form writes what `alignkit label` reads: one item per prompt with
 //! N responses from each model (`source` = the model), appended a batch at a
 //! time and resumed after an interruption without duplicating an item.
@@ -15,7 +18,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use alignkit_datasets::{Encoder, FieldMap, Message, PromptRecord, Role, Turns};
+use alignkit_datasets::{Encoder, FieldMap, Message, PromptRecord, Role, TemplateKwargs, Turns};
 use alignkit_eval::generations::{GenerationSettings, Response, model_fingerprint};
 use alignkit_model::{SamplingConfig, generate};
 use alignkit_train::output::{Writes, ensure_distinct};
@@ -26,7 +29,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{DeviceSpec, Task, dispatch};
 use crate::common::{
-    Loaded, ModelArgs, SamplingArgs, cap_to_context, cut_at_stop, exit_on_interrupt, lock_file,
+    Loaded, ModelArgs, SamplingArgs, TemplateArgs, cap_to_context, cut_at_stop, exit_on_interrupt,
+    lock_file,
 };
 use crate::pull::{KnownModel, ensure_model};
 
@@ -74,6 +78,8 @@ pub struct GenerateArgs {
     /// System message (needs --chat).
     #[arg(long, allow_hyphen_values = true)]
     pub system: Option<String>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Print one JSON object per prompt, at the end, instead of streaming text.
@@ -259,7 +265,7 @@ fn interactive<B: Backend>(
     device: &B::Device,
 ) -> Result<()> {
     let dir = model_dirs(&args.model)?.remove(0);
-    let loaded = Loaded::<B>::load(&dir, device)?;
+    let loaded = Loaded::<B>::load(&dir, device, &args.template.kwargs()?)?;
     let prompts = args
         .prompt
         .iter()
@@ -367,6 +373,7 @@ fn recorded_settings(
     models: &[PathBuf],
     fingerprints: &[String],
     settings: &GenerationSettings,
+    template_kwargs: &TemplateKwargs,
 ) -> serde_json::Value {
     let mut v = serde_json::to_value(settings).expect("settings serialise");
     let obj = v.as_object_mut().expect("an object");
@@ -382,6 +389,13 @@ fn recorded_settings(
     obj.insert(MODEL_SHA256.into(), fingerprints.to_vec().into());
     obj.insert("chat".into(), args.chat.into());
     obj.insert("system".into(), args.system.clone().into());
+    // Only when given: files written before the flag existed still resume.
+    if !template_kwargs.is_empty() {
+        obj.insert(
+            "chat_template_kwargs".into(),
+            serde_json::to_value(template_kwargs).expect("JSON values serialise"),
+        );
+    }
     v
 }
 
@@ -501,6 +515,7 @@ fn write_candidates<B: Backend>(
     device: &B::Device,
 ) -> Result<()> {
     let models = model_dirs(&args.model)?;
+    let template_kwargs = args.template.kwargs()?;
     let inputs: Vec<&Path> = std::iter::once(prompts_path)
         .chain(models.iter().map(PathBuf::as_path))
         .collect();
@@ -541,7 +556,7 @@ fn write_candidates<B: Backend>(
     let mut longest = 0;
     let mut context = usize::MAX;
     for dir in &models {
-        let l = Loaded::<B>::load(dir, device)?;
+        let l = Loaded::<B>::load(dir, device, &template_kwargs)?;
         let ids: Vec<Vec<u32>> = turns
             .iter()
             .zip(&records)
@@ -569,7 +584,7 @@ fn write_candidates<B: Backend>(
         .iter()
         .map(|m| model_fingerprint(m).with_context(|| format!("--model {}", m.display())))
         .collect::<Result<Vec<_>>>()?;
-    let recorded = recorded_settings(args, &models, &fingerprints, &settings);
+    let recorded = recorded_settings(args, &models, &fingerprints, &settings, &template_kwargs);
     let done = resume(out, &recorded, &ids.iter().map(String::as_str).collect())?;
     if !done.is_empty() {
         eprintln!(
@@ -652,6 +667,8 @@ pub struct ChatArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub system: Option<String>,
     #[command(flatten)]
+    pub template: TemplateArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -661,7 +678,7 @@ impl Task for ChatArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let mut config = self.sampling.config()?;
         let dir = self.model.dir()?;
-        let loaded = Loaded::<B::InnerBackend>::load(&dir, &device)?;
+        let loaded = Loaded::<B::InnerBackend>::load(&dir, &device, &self.template.kwargs()?)?;
         let tokenizer = loaded.tokenizer();
         let mut messages: Vec<Message> = self
             .system

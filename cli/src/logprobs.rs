@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 
 use crate::backend::{Task, dispatch};
-use crate::common::{Loaded, ModelArgs};
+use crate::common::{Loaded, ModelArgs, TemplateArgs};
 
 #[derive(Args)]
 pub struct LogprobsArgs {
@@ -24,6 +24,8 @@ pub struct LogprobsArgs {
     /// Render the prompt as a user turn with the chat template.
     #[arg(long)]
     pub chat: bool,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -35,7 +37,7 @@ impl Task for LogprobsArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let dir = self.model.dir()?;
-        let loaded = Loaded::<I<B>>::load(&dir, &device)?;
+        let loaded = Loaded::<I<B>>::load(&dir, &device, &self.template.kwargs()?)?;
         let tokenizer = loaded.tokenizer();
         let prompt = loaded.prompt_ids(&self.prompt, self.chat, None)?;
         let completion = tokenizer.encode(&self.completion, false)?;

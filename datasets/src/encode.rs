@@ -17,8 +17,13 @@
 //!   templates that rewrite earlier turns (Qwen3 drops their reasoning) work.
 //! - SFT: the trained span of an assistant turn runs from the end of its
 //!   generation prompt through its end-of-turn token (`<|im_end|>`,
-//!   `<|eot_id|>`, EOS), so the model learns to stop; tokens the template puts
-//!   after it (ChatML's newline) are not trained. Every assistant turn of a
+//!   `<|eot_id|>`, `<end_of_turn>`, `<|end|>`, EOS), so the model learns to
+//!   stop; tokens the template puts after it (ChatML's newline) are not
+//!   trained. The conversation through a turn must render as the whole does
+//!   through that token only: Phi-3's template closes a conversation with
+//!   EOS where a turn that others follow ends `<|end|>\n`, so an earlier
+//!   turn ends at `<|end|>` and the last one at that EOS (as TRL's Phi-3
+//!   training template marks them). Every assistant turn of a
 //!   multi-turn conversation is trained, as with TRL's `assistant_only_loss`.
 //! - Preference (and KTO) completions of conversations: by default
 //!   ([`CompletionEnd::Template`]) everything the chat template renders after
@@ -329,6 +334,13 @@ impl Encoder {
         })
     }
 
+    /// Render with `strftime_now` reading this instant (Unix seconds), not
+    /// the clock: [`ChatTemplate::with_clock`].
+    pub fn with_clock(mut self, unix_secs: i64) -> Self {
+        self.template = self.template.map(|t| t.with_clock(unix_secs));
+        self
+    }
+
     /// Load the tokenizer of a model directory and build an encoder.
     pub fn from_dir(dir: impl AsRef<Path>, config: EncodeConfig) -> Result<Self> {
         Self::new(Tokenizer::from_dir(dir)?, config)
@@ -423,26 +435,39 @@ impl Encoder {
             }
             let before = self.chat_ids(&messages[..i], true)?;
             self.check_prefix(&before, &full, messages, i, true)?;
-            let through_len = if i == last {
-                full.len()
+            let through = if i == last {
+                full.clone()
             } else {
-                let through = self.chat_ids(&messages[..=i], false)?;
-                self.check_prefix(&through, &full, messages, i, false)?;
-                through.len()
+                self.chat_ids(&messages[..=i], false)?
             };
             let start = before.len();
-            if through_len <= start {
+            if through.len() <= start {
                 return Err(DataError::example(
                     Some(&format!("messages[{i}]")),
                     "the chat template renders nothing for this assistant turn",
                 ));
             }
-            let eot = (start..through_len)
+            // The turn ends at its last end-of-turn token. What the template
+            // renders after the turn may change once a later turn follows
+            // (Phi-3 closes a conversation with EOS where a turn that others
+            // follow has none), so the conversation through the turn must
+            // agree with the whole only through that token.
+            let agree = through
+                .iter()
+                .zip(&full)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let eot = (start..agree)
                 .rev()
-                .find(|&j| self.tokenizer.is_end_of_turn(full[j]));
+                .find(|&j| self.tokenizer.is_end_of_turn(through[j]));
+            let end = match eot {
+                Some(j) => j + 1,
+                None if agree == through.len() => through.len(),
+                None => return Err(self.prefix_error(&through, &full, messages, i, false)),
+            };
             spans.push(Span {
                 start,
-                end: eot.map_or(through_len, |j| j + 1),
+                end,
                 has_eot: eot.is_some(),
             });
         }
@@ -520,6 +545,19 @@ impl Encoder {
         if full.starts_with(part) {
             return Ok(());
         }
+        Err(self.prefix_error(part, full, messages, i, generation_prompt))
+    }
+
+    /// Why `part` (the conversation before or through `messages[i]`) is not
+    /// a token prefix of `full`.
+    fn prefix_error(
+        &self,
+        part: &[u32],
+        full: &[u32],
+        messages: &[Message],
+        i: usize,
+        generation_prompt: bool,
+    ) -> DataError {
         let k = part.iter().zip(full).take_while(|(a, b)| a == b).count();
         let show = |ids: &[u32]| match ids.get(k) {
             Some(&id) => format!("{id} {:?}", self.tokenizer.token_text(id)),
@@ -537,14 +575,14 @@ impl Encoder {
         } else {
             "; the chat template renders earlier turns differently once a later turn follows"
         };
-        Err(DataError::example(
+        DataError::example(
             Some(&format!("messages[{i}]")),
             format!(
                 "prompt/completion boundary not in token space: {what} is not a token prefix of the whole conversation (at token {k}: {} vs {}){hint}",
                 show(part),
                 show(full),
             ),
-        ))
+        )
     }
 
     /// Tokenize an SFT record.

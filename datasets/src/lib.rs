@@ -49,6 +49,6 @@ pub use schema::{
     Schema, SftRecord, Turns,
 };
 pub use split::{Split, SplitConfig, SplitSets};
-pub use template::ChatTemplate;
+pub use template::{ChatTemplate, Tools};
 pub use tokenizer::{SpecialToken, Tokenizer, TokenizerConfig};
 pub use validate::{Finding, Histogram, ValidateOptions, ValidationReport, validate};

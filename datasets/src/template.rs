@@ -2,9 +2,15 @@
 //! with Jinja2 (`transformers.utils.chat_template_utils`):
 //!
 //! - `trim_blocks` and `lstrip_blocks` on, trailing newline dropped;
-//! - `raise_exception(msg)` and `strftime_now(fmt)` as globals;
+//!   `{% break %}` / `{% continue %}` (transformers enables `loopcontrols`);
+//! - `raise_exception(msg)` and `strftime_now(fmt)` as globals; an exception
+//!   the template raises is an error naming its message; the clock
+//!   `strftime_now` reads can be pinned ([`ChatTemplate::with_clock`]);
 //! - `tojson` as `json.dumps(x, ensure_ascii=False)`: no HTML escaping, Python's
 //!   `", "` / `": "` separators, `indent`, `sort_keys`, `separators` arguments;
+//! - values printed (`{{ x }}`) and the `string` filter as Python's `str()`:
+//!   `True`, `None`, `{'name': 'f', 'strict': False}` (SmolLM3 lists its XML
+//!   tools with `tool | string`);
 //! - Python string/dict methods (`.strip()`, `.startswith()`, `.items()`, ...)
 //!   through minijinja-contrib's pycompat;
 //! - `{% generation %}` / `{% endgeneration %}` (transformers' AssistantTracker)
@@ -12,14 +18,15 @@
 //!   says where each generation block's text is, as
 //!   `apply_chat_template(return_assistant_tokens_mask=True)` does;
 //! - the special tokens (`bos_token`, `eos_token`, `pad_token`, `unk_token`),
-//!   `tools=None` and `documents=None` in the context, as transformers passes them;
+//!   `tools` ([`Tools`], `None` without) and `documents=None` in the context,
+//!   as transformers passes them;
 //! - the template variables of `apply_chat_template(..., **kwargs)` (Qwen3's
 //!   `enable_thinking`), from a config's `data.chat_template_kwargs`.
 
 use std::fmt::Write as _;
 
 use minijinja::value::{Kwargs, Value, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, context};
+use minijinja::{Environment, Error, ErrorKind, Output, State, context};
 
 use crate::error::{DataError, Result};
 use crate::schema::Message;
@@ -53,6 +60,28 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Tool definitions as `apply_chat_template(tools=[...])` takes them: JSON
+/// schemas (`{"type": "function", "function": {"name", "description",
+/// "parameters"}}`). Read from JSON text so that every object keeps its keys
+/// in the order written, as Python's dicts do: templates print them
+/// (`tojson`, `string`) in that order.
+#[derive(Debug, Clone)]
+pub struct Tools(Value);
+
+impl Tools {
+    /// Parse a JSON array of tool schemas.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| DataError::config(format!("tools: malformed JSON: {e}")))?;
+        if value.kind() != ValueKind::Seq {
+            return Err(DataError::config(
+                "tools: expected a JSON array of tool schemas",
+            ));
+        }
+        Ok(Self(value))
+    }
+}
+
 impl ChatTemplate {
     /// Compile `source`; the special tokens come from `config`, and
     /// `kwargs` are the template variables every render sees.
@@ -69,6 +98,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_filter("string", python_str_filter);
+        env.set_formatter(python_formatter);
         let compile = |env: &mut Environment<'static>, name: &'static str, text: String| {
             env.add_template_owned(name, text)
                 .map_err(|e| DataError::Template {
@@ -108,10 +139,33 @@ impl ChatTemplate {
         })
     }
 
+    /// `strftime_now` reads this instant (Unix seconds) instead of the
+    /// clock, so a template that prints today's date (SmolLM3's) renders
+    /// reproducibly; transformers has no such argument (its fixtures
+    /// patch `datetime`).
+    pub fn with_clock(mut self, unix_secs: i64) -> Self {
+        self.env
+            .add_function("strftime_now", move |format: String| {
+                strftime(&format, unix_secs)
+            });
+        self
+    }
+
     /// Render a conversation. With `add_generation_prompt`, the template appends
     /// the header that starts an assistant turn.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_as(NAME, messages, add_generation_prompt)
+        self.render_as(NAME, messages, add_generation_prompt, None)
+    }
+
+    /// [`Self::render`] with tool definitions, as
+    /// `apply_chat_template(messages, tools=[...])` renders them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: &Tools,
+    ) -> Result<String> {
+        self.render_as(NAME, messages, add_generation_prompt, Some(tools))
     }
 
     /// Whether the template has `{% generation %}` blocks.
@@ -138,7 +192,7 @@ impl ChatTemplate {
                 "contains U+E000 or U+E001, which mark the template's generation blocks",
             ));
         }
-        let marked = self.render_as(TRACKED, messages, false)?;
+        let marked = self.render_as(TRACKED, messages, false, None)?;
         let mut text = String::with_capacity(marked.len());
         let mut spans = Vec::new();
         let mut open = None;
@@ -161,6 +215,7 @@ impl ChatTemplate {
         name: &str,
         messages: &[Message],
         add_generation_prompt: bool,
+        tools: Option<&Tools>,
     ) -> Result<String> {
         let tmpl = self
             .env
@@ -171,7 +226,7 @@ impl ChatTemplate {
         let ctx = context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
-            tools => Value::from(()),
+            tools => tools.map_or(Value::from(()), |t| t.0.clone()),
             documents => Value::from(()),
             ..self.globals.clone()
         };
@@ -427,9 +482,129 @@ fn write_str(s: &str, ensure_ascii: bool, out: &mut String) {
     out.push('"');
 }
 
-/// `strftime_now(format)`: the current UTC time formatted like Python's
+/// `{{ value }}` as Jinja2 prints it: Python's `str(value)` for `None`,
+/// booleans, lists and dicts (`True`, `{'a': [1, None]}`); everything else
+/// as minijinja prints it.
+fn python_formatter(
+    out: &mut Output<'_>,
+    state: &State<'_, '_>,
+    value: &Value,
+) -> std::result::Result<(), Error> {
+    match value.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Seq | ValueKind::Map => {
+            let mut s = String::new();
+            python_repr(value, &mut s)?;
+            out.write_str(&s).map_err(Error::from)
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// Jinja2's `string` filter: Python's `str(value)`; a string stays as it is.
+fn python_str_filter(value: Value) -> std::result::Result<Value, Error> {
+    match value.kind() {
+        ValueKind::String => Ok(value),
+        ValueKind::Undefined => Ok(Value::from("")),
+        _ => {
+            let mut s = String::new();
+            python_repr(&value, &mut s)?;
+            Ok(Value::from(s))
+        }
+    }
+}
+
+/// Python's `repr()` of a JSON-like value: `'single'` quoted strings (double
+/// quotes when the text has a `'` and no `"`), `True`/`False`/`None`,
+/// `[a, b]`, `{'k': v}` with the keys in their order.
+fn python_repr(v: &Value, out: &mut String) -> std::result::Result<(), Error> {
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "True" } else { "False" }),
+        ValueKind::Number if v.is_integer() => out.push_str(&v.to_string()),
+        ValueKind::Number => {
+            let f = f64::try_from(v.clone())?;
+            match f {
+                f if f.is_nan() => out.push_str("nan"),
+                f if f.is_infinite() => out.push_str(if f > 0.0 { "inf" } else { "-inf" }),
+                f => out.push_str(&python_float(f)),
+            }
+        }
+        ValueKind::String => python_str_repr(v.as_str().unwrap_or(""), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            for (i, item) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&item, out)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            for (i, key) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&key, out)?;
+                out.push_str(": ");
+                python_repr(&v.get_item(&key)?, out)?;
+            }
+            out.push('}');
+        }
+        _ => out.push_str(&v.to_string()),
+    }
+    Ok(())
+}
+
+fn python_str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if !python_printable(c) => {
+                let _ = match c as u32 {
+                    n @ 0..=0xff => write!(out, "\\x{n:02x}"),
+                    n @ 0x100..=0xffff => write!(out, "\\u{n:04x}"),
+                    n => write!(out, "\\U{n:08x}"),
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// Python's `str.isprintable()` for one character, as `repr` uses it: not
+/// a control (Cc), format (Cf, the common ones), private-use (Co) or
+/// separator character other than the space (Zs, Zl, Zp). Unassigned code
+/// points (Cn) are not known here and print as themselves.
+fn python_printable(c: char) -> bool {
+    let format = matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x180E | 0x200B..=0x200F
+        | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0xE0001 | 0xE0020..=0xE007F);
+    let private = matches!(c as u32, 0xE000..=0xF8FF | 0xF0000..=0x10FFFF);
+    !(c.is_control() || format || private || (c.is_whitespace() && c != ' '))
+}
+
+/// `strftime_now(format)`: the current time formatted like Python's
 /// `strftime` for the usual directives (`%Y %m %d %e %H %I %M %S %p %y %j %B
-/// %b %A %a %%`); others are kept verbatim.
+/// %b %A %a %%`); others are kept verbatim. transformers formats
+/// `datetime.now()`, the local time; this is UTC (the same where the local
+/// zone is UTC, as on CI machines and in containers).
 fn strftime_now(format: String) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -585,6 +760,46 @@ mod tests {
         assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
         let now = render("{{ strftime_now('%Y') }}", &[]).unwrap();
         assert!(now.parse::<i32>().unwrap() >= 2024);
+    }
+
+    /// Jinja2 prints values, and its `string` filter converts them, with
+    /// Python's `str()`: `repr` inside containers, quotes chosen as Python
+    /// chooses them, `True`/`None`.
+    #[test]
+    fn values_print_as_python_str() {
+        let src = "{{ true }}|{{ none }}|{{ [1, 2.5, 'a', none] }}|{{ {'k': \"it's\", 'q': '\"', 'b': false, 'n': '\\n\\u00a0é'} | string }}|{{ 'x' | string }}|{{ undefined_name | string }}";
+        let out = render(src, &[]).unwrap();
+        assert_eq!(
+            out,
+            "True|None|[1, 2.5, 'a', None]|{'k': \"it's\", 'q': '\"', 'b': False, 'n': '\\n\\xa0é'}|x|"
+        );
+    }
+
+    #[test]
+    fn loop_controls_and_a_pinned_clock() {
+        let src = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %} {{ strftime_now('%d %B %Y') }}";
+        let t = ChatTemplate::new(src, &cfg(), &Default::default())
+            .unwrap()
+            .with_clock(1_752_148_800);
+        let msgs = [Message::new(Role::User, "a"), Message::new(Role::User, "b")];
+        assert_eq!(t.render(&msgs, false).unwrap(), "a 10 July 2025");
+    }
+
+    #[test]
+    fn tools_keep_their_key_order() {
+        let t = ChatTemplate::new(
+            "{{ tools | tojson }}|{{ tools[0] | string }}",
+            &cfg(),
+            &Default::default(),
+        )
+        .unwrap();
+        let tools =
+            Tools::from_json(r#"[{"type": "function", "function": {"name": "f"}}]"#).unwrap();
+        assert_eq!(
+            t.render_with_tools(&[], false, &tools).unwrap(),
+            r#"[{"type": "function", "function": {"name": "f"}}]|{'type': 'function', 'function': {'name': 'f'}}"#
+        );
+        assert!(Tools::from_json("{}").is_err());
     }
 
     #[test]

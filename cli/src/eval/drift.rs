@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::{LEVEL, read_prompts};
 use crate::backend::{DeviceSpec, Task};
-use crate::common::{Loaded, cap_to_context};
+use crate::common::{Loaded, TemplateArgs, cap_to_context};
 use crate::generate::{batch_seed, chat_prompt, progress_bar, prompt_ids};
 
 #[derive(Args, Clone)]
@@ -44,6 +44,8 @@ pub struct DriftArgs {
     /// Render string prompts as a user turn with the chat template.
     #[arg(long)]
     pub chat: bool,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -186,9 +188,10 @@ fn drift<B: Backend>(args: &DriftArgs, device: &B::Device) -> Result<DriftReport
             Some((path, content, window))
         }
     };
-    let policy = Loaded::<B>::load(&args.policy, device)
+    let template_kwargs = args.template.kwargs()?;
+    let policy = Loaded::<B>::load(&args.policy, device, &template_kwargs)
         .with_context(|| format!("loading the policy {}", args.policy.display()))?;
-    let reference = Loaded::<B>::load(&args.reference, device)
+    let reference = Loaded::<B>::load(&args.reference, device, &template_kwargs)
         .with_context(|| format!("loading the reference {}", args.reference.display()))?;
     // A per-token KL compares distributions over one vocabulary.
     if policy.tokenizer().inner().get_vocab(true) != reference.tokenizer().inner().get_vocab(true)

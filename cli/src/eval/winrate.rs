@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use alignkit_datasets::{EncodeConfig, Encoder, Preference, PromptRecord, Record, Turns};
+use alignkit_datasets::{Preference, PromptRecord, Record, Turns};
 use alignkit_eval::generations::{
     GenerationCache, GenerationSettings, Generations, cache_key, model_fingerprint,
 };
@@ -23,7 +23,7 @@ use serde_json::json;
 use super::report::{JudgeResult, MeanScores, ResponseRow, WinrateReport};
 use super::{BASELINE, Judge, LEVEL, POLICY, read_prompts};
 use crate::backend::{DeviceSpec, Task};
-use crate::common::{Loaded, SamplingArgs, cap_to_context};
+use crate::common::{Loaded, SamplingArgs, TemplateArgs, cap_to_context, inference_encoder};
 use crate::generate::{chat_prompt, progress_bar, prompt_ids, sample_all};
 
 #[derive(Args, Clone)]
@@ -72,6 +72,9 @@ pub struct WinrateArgs {
     /// Render string prompts as a user turn with each model's chat template.
     #[arg(long)]
     pub chat: bool,
+    // The template variables hold for the reward judge's template too.
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Prompts generated together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -196,8 +199,9 @@ fn side_responses<B: Backend>(
     // hit never loads the model.
     let config = alignkit_model::LlamaConfig::load(&dir.join("config.json"))
         .with_context(|| format!("the {side} {}", dir.display()))?;
-    let encoder = Encoder::from_dir(dir, EncodeConfig::default())
-        .with_context(|| format!("cannot load the tokenizer of the {side} {}", dir.display()))?;
+    let template_kwargs = args.template.kwargs()?;
+    let encoder = inference_encoder(dir, &template_kwargs)
+        .with_context(|| format!("the {side} {}", dir.display()))?;
     let ids: Vec<Vec<u32>> = turns
         .iter()
         .zip(records)
@@ -232,7 +236,7 @@ fn side_responses<B: Backend>(
         );
         return Ok((cached, true));
     }
-    let loaded = Loaded::<B>::load(dir, device)
+    let loaded = Loaded::<B>::load(dir, device, &template_kwargs)
         .with_context(|| format!("loading the {side} {}", dir.display()))?;
     let bar = progress_bar(ids.len(), &format!("[generate {side}]"));
     let responses = sample_all(&loaded, &ids, &settings, device, |n| bar.inc(n as u64))?;
@@ -452,7 +456,7 @@ fn reward_scores<B: Backend>(
         config.max_position_embeddings,
         false,
         alignkit_datasets::CompletionEnd::default(),
-        &Default::default(),
+        &args.template.kwargs()?,
     )?;
     let mut seqs = Vec::with_capacity(2 * turns.len());
     for (i, ((prompt, p), b)) in turns.iter().zip(policy).zip(baseline).enumerate() {

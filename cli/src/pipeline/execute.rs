@@ -292,6 +292,7 @@ fn eval_stage<B: AutodiffBackend>(
         judgments: Vec::new(),
         candidates: None,
         out: Some(stage.dir.clone()),
+        template: Default::default(),
         chat: config.chat,
         batch_size: config.batch_size,
         sampling: SamplingArgs {
