@@ -1,7 +1,7 @@
 """PEFT / transformers interop fixtures for alignkit's LoRA exports.
 
 Reads what alignkit wrote under sft/tests/fixtures/lora/ (over the Qwen2
-fixture) and lora-qwen3/, lora-smollm3/, lora-olmo2/, lora-gemma3/ (regenerate them with
+fixture) and lora-qwen3/, lora-smollm3/, lora-olmo2/, lora-gemma3/, lora-phi3/ (regenerate them with
 `cargo test -p alignkit-sft --test sft_lora_interop -- --ignored`):
   adapter/  a PEFT adapter exported by alignkit over model/tests/fixtures/qwen2
   merged/   the same adapter merged by alignkit into an HF directory
@@ -27,7 +27,8 @@ from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FAMILIES = [("lora", "qwen2"), ("lora-qwen3", "qwen3"), ("lora-smollm3", "smollm3"),
-            ("lora-olmo2", "olmo2"), ("lora-gemma3", "gemma3")]
+            ("lora-olmo2", "olmo2"), ("lora-gemma3", "gemma3"),
+            ("lora-phi3", "phi3")]
 
 
 def logits(model, ids):

@@ -1,6 +1,6 @@
 """Parity fixtures for alignkit-model, generated with transformers.
 
-Builds tiny random Llama / Qwen2 / Mistral / Qwen3 / SmolLM3 / OLMo 2 / Gemma 3 models, saves them
+Builds tiny random Llama / Qwen2 / Mistral / Qwen3 / SmolLM3 / OLMo 2 / Gemma 3 / Phi-3 models, saves them
 in HF layout under model/tests/fixtures/<name>/ and records, with transformers in f32:
   - logits of a batch of two unpadded sequences,
   - logits of the same sequences right- and left-padded,
@@ -22,7 +22,8 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig,
-                          Olmo2Config, Qwen2Config, Qwen3Config, SmolLM3Config)
+                          Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config,
+                          SmolLM3Config)
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "model", "tests", "fixtures")
 VOCAB = 128
@@ -73,12 +74,21 @@ CONFIGS = {
                                  rope_parameters={"rope_type": "default",
                                                   "rope_theta": 1000000.0},
                                  use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    # Fused qkv_proj / gate_up_proj, LongRoPE (original context 8: the 9-token sequences and
+    # the greedy run switch to the long factors; attention_factor from max 32 / 8) and a
+    # sliding window of 6 on every layer.
+    "phi3": Phi3Config(**{**COMMON, "max_position_embeddings": 32}, tie_word_embeddings=False,
+                       sliding_window=6, original_max_position_embeddings=8,
+                       rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                        "short_factor": [1.0, 1.1, 1.3, 1.7],
+                                        "long_factor": [1.5, 2.0, 3.0, 5.0],
+                                        "original_max_position_embeddings": 8}),
 }
 
 # (New fixtures go last: each one's seed is its index here.)
 
 # Families whose fixture also records a LoRA gradient.
-LORA_GRAD = ["llama", "qwen2", "mistral", "qwen3", "smollm3", "olmo2", "gemma3"]
+LORA_GRAD = ["llama", "qwen2", "mistral", "qwen3", "smollm3", "olmo2", "gemma3", "phi3"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -124,7 +134,10 @@ def record(model, name):
 def record_lora_grad(model, name, seed):
     """PEFT LoRA with random A and B over `model`; the loss and its adapter gradients."""
     torch.manual_seed(seed)
-    config = PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS,
+    targets = LORA_TARGETS
+    if name == "phi3":  # PEFT targets Phi-3's fused projections.
+        targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    config = PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
                             init_lora_weights=False)
     peft = get_peft_model(model, config)
     g = torch.Generator().manual_seed(1234)

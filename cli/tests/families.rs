@@ -1,6 +1,6 @@
-//! Each newer family (Qwen3, SmolLM3, OLMo 2, Gemma 3) through the whole
-//! chain a user runs: LoRA SFT, DPO on the SFT model, a merged export and a
-//! PEFT adapter, the merged model loaded back with its family's config (tiny random models; their
+//! Each newer family (Qwen3, SmolLM3, OLMo 2, Gemma 3, Phi-3) through the
+//! whole chain a user runs: LoRA SFT, DPO on the SFT model, a merged export
+//! and a PEFT adapter, the merged model loaded back with its family's config (tiny random models; their
 //! numerics against transformers and PEFT are model/tests/parity.rs and
 //! sft/tests/sft_lora_interop.rs).
 
@@ -10,7 +10,7 @@ use alignkit_model::{LlamaConfig, ModelType};
 use common::{alignkit, ok, tiny_model_of, write_qa_prefs, write_qa_sft};
 
 #[test]
-fn qwen3_smollm3_olmo2_and_gemma3_run_sft_then_dpo_then_export() {
+fn newer_families_run_sft_then_dpo_then_export() {
     let tmp = tempfile::tempdir().unwrap();
     let (sft_data, prefs) = (tmp.path().join("sft.jsonl"), tmp.path().join("prefs.jsonl"));
     write_qa_sft(&sft_data);
@@ -20,6 +20,7 @@ fn qwen3_smollm3_olmo2_and_gemma3_run_sft_then_dpo_then_export() {
         ModelType::Smollm3,
         ModelType::Olmo2,
         ModelType::Gemma3,
+        ModelType::Phi3,
     ] {
         let name = family.as_str();
         let model = tiny_model_of(&tmp.path().join(format!("{name}-model")), family);
@@ -62,6 +63,21 @@ fn qwen3_smollm3_olmo2_and_gemma3_run_sft_then_dpo_then_export() {
         let config = LlamaConfig::load(&merged.join("config.json")).unwrap();
         assert_eq!(config.model_type, family, "{name}");
         assert!(dir("adapter").join("adapter_model.safetensors").is_file());
+        // Phi-3's checkpoints and PEFT adapters use its fused projections.
+        let fused = family == ModelType::Phi3;
+        let peft = std::fs::read_to_string(dir("adapter").join("adapter_config.json")).unwrap();
+        assert_eq!(peft.contains("qkv_proj"), fused, "{name}: {peft}");
+        let weights = std::fs::read(merged.join("model.safetensors")).unwrap();
+        let has = |needle: &str| {
+            weights
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        };
+        assert_eq!(
+            (has("gate_up_proj"), has("q_proj")),
+            (fused, !fused),
+            "{name}: merged tensor names"
+        );
         let dpo_final = LlamaConfig::load(&dir("dpo").join("final/config.json")).unwrap();
         assert_eq!(dpo_final.model_type, family, "{name}");
         assert_eq!(dpo_final.rope_layers, config.rope_layers, "{name}");

@@ -114,6 +114,87 @@ fn read_tensors(path: &Path, out: &mut HashMap<String, Loaded>) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint tensor the decoder holds in parts: Phi-3's `qkv_proj`
+/// (q, k, v rows) and `gate_up_proj` (gate, up rows).
+pub struct Fused {
+    pub name: String,
+    /// Each part's name and rows, in the order they are stacked.
+    pub parts: Vec<(String, usize)>,
+}
+
+/// The fused tensors of `config`'s checkpoints (none but for Phi-3), under
+/// `model.layers.*`.
+pub fn fused_tensors(config: &LlamaConfig) -> Vec<Fused> {
+    if !config.model_type.fused_projections() {
+        return Vec::new();
+    }
+    let (h, k, d, f) = (
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+        config.intermediate_size,
+    );
+    let fused = |block: String, name: &str, parts: &[(&str, usize)]| Fused {
+        name: format!("{block}.{name}.weight"),
+        parts: parts
+            .iter()
+            .map(|(part, rows)| (format!("{block}.{part}.weight"), *rows))
+            .collect(),
+    };
+    (0..config.num_hidden_layers)
+        .flat_map(|i| {
+            [
+                fused(
+                    format!("model.layers.{i}.self_attn"),
+                    "qkv_proj",
+                    &[("q_proj", h * d), ("k_proj", k * d), ("v_proj", k * d)],
+                ),
+                fused(
+                    format!("model.layers.{i}.mlp"),
+                    "gate_up_proj",
+                    &[("gate_proj", f), ("up_proj", f)],
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// Split each fused tensor that `tensors` holds into its parts (rows of a
+/// row-major matrix, so each part is a contiguous run).
+fn split_fused(tensors: &mut HashMap<String, Loaded>, fused: &[Fused]) -> Result<()> {
+    for f in fused {
+        let Some(whole) = tensors.remove(&f.name) else {
+            continue;
+        };
+        let rows: usize = f.parts.iter().map(|(_, r)| r).sum();
+        let cols = match whole.shape.as_slice() {
+            [r, c] if *r == rows => *c,
+            _ => {
+                return Err(ModelError::ShapeMismatch {
+                    path: whole.file,
+                    name: f.name.clone(),
+                    expected: vec![rows, whole.shape.last().copied().unwrap_or(0)],
+                    found: whole.shape,
+                });
+            }
+        };
+        let mut start = 0;
+        for (name, r) in &f.parts {
+            let data = whole.data[start * cols..(start + r) * cols].to_vec();
+            start += r;
+            tensors.insert(
+                name.clone(),
+                Loaded {
+                    shape: vec![*r, cols],
+                    data,
+                    file: whole.file.clone(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Tracks the dotted parameter path while burn walks a module.
 #[derive(Default)]
 struct PathStack(Vec<String>);
@@ -201,7 +282,7 @@ pub fn load_weights<B: Backend>(
         LlamaForCausalLM::<B>::init(config, device),
         dir,
         device,
-        config.model_type.as_str(),
+        (config.model_type.as_str(), &fused_tensors(config)),
         |name| name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight"),
     )
 }
@@ -211,12 +292,13 @@ pub fn load_weights<B: Backend>(
 ///
 /// Every parameter must be present with its exact shape, and every tensor in
 /// the files must be used, except those `ignore` names; `architecture` names
-/// the model in the error for an unexpected tensor.
+/// the model in the error for an unexpected tensor, and the tensors the
+/// checkpoint holds fused ([`fused_tensors`]) are split first.
 pub fn load_module<B: Backend, M: Module<B>>(
     module: M,
     dir: &Path,
     device: &B::Device,
-    architecture: &str,
+    (architecture, fused): (&str, &[Fused]),
     ignore: impl Fn(&str) -> bool,
 ) -> Result<M> {
     let mut tensors = HashMap::new();
@@ -224,6 +306,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
         read_tensors(&file, &mut tensors)?;
     }
     tensors.retain(|name, _| !ignore(name));
+    split_fused(&mut tensors, fused)?;
     let mut loader = Loader::<B> {
         path: PathStack::default(),
         tensors: &mut tensors,
@@ -347,6 +430,57 @@ impl<'a> PendingTensor<'a> {
     }
 }
 
+impl<'a> PendingTensor<'a> {
+    /// `parts` stacked by rows, as one [Σ rows, cols] tensor, formed only
+    /// when written.
+    fn stacked(parts: Vec<PendingTensor<'a>>) -> Self {
+        let rows = parts.iter().map(|p| p.shape[0]).sum();
+        let shape = vec![rows, parts[0].shape[1]];
+        let dtype = parts[0].dtype;
+        let stacked_shape = shape.clone();
+        Self {
+            shape,
+            dtype,
+            fetch: Box::new(move || {
+                let values: Vec<f32> = parts
+                    .iter()
+                    .flat_map(|p| {
+                        (p.fetch)()
+                            .convert::<f32>()
+                            .into_vec::<f32>()
+                            .expect("converted to f32 above")
+                    })
+                    .collect();
+                TensorData::new(values, stacked_shape.clone())
+            }),
+        }
+    }
+}
+
+/// Join the parts of each fused tensor ([`fused_tensors`]) back into it.
+pub fn join_fused<'a>(
+    tensors: Vec<(String, PendingTensor<'a>)>,
+    fused: &[Fused],
+) -> Vec<(String, PendingTensor<'a>)> {
+    if fused.is_empty() {
+        return tensors;
+    }
+    let mut by_name: HashMap<String, PendingTensor<'a>> = tensors.into_iter().collect();
+    let mut out: Vec<(String, PendingTensor<'a>)> = Vec::new();
+    for f in fused {
+        let parts: Option<Vec<PendingTensor<'a>>> = f
+            .parts
+            .iter()
+            .map(|(name, _)| by_name.remove(name))
+            .collect();
+        if let Some(parts) = parts {
+            out.push((f.name.clone(), PendingTensor::stacked(parts)));
+        }
+    }
+    out.extend(by_name);
+    out
+}
+
 impl safetensors::View for PendingTensor<'_> {
     fn dtype(&self) -> Dtype {
         self.dtype.safetensors()
@@ -458,7 +592,10 @@ pub fn save_model<B: Backend>(
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     write_safetensors(
         &dir.join("model.safetensors"),
-        pending_tensors::<B, _>(model, dtype),
+        join_fused(
+            pending_tensors::<B, _>(model, dtype),
+            &fused_tensors(config),
+        ),
         pt_metadata(),
     )?;
     let mut json = config.to_json();

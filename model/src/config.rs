@@ -12,6 +12,9 @@
 //! (1 + w) weights, scales its embeddings by √C, gates its MLP with GELU
 //! ([`Activation::GeluTanh`]) and interleaves sliding-window layers, with a
 //! RoPE base of their own, among global ones ([`LlamaConfig::sliding`]).
+//! Phi-3 stores q, k, v as one `qkv_proj` and gate, up as one
+//! `gate_up_proj` ([`ModelType::fused_projections`]: split at load, joined
+//! at save) and scales RoPE with LongRoPE ([`RopeScaling::LongRope`]).
 
 use std::path::Path;
 
@@ -31,10 +34,12 @@ pub enum ModelType {
     Olmo2,
     #[serde(rename = "gemma3_text")]
     Gemma3,
+    Phi3,
 }
 
 /// The `model_type`s this decoder reads, for error messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, smollm3, olmo2, gemma3_text";
+pub const SUPPORTED_MODEL_TYPES: &str =
+    "llama, mistral, qwen2, qwen3, smollm3, olmo2, gemma3_text, phi3";
 
 /// RMSNorm of the queries and keys before RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +99,7 @@ impl ModelType {
             ModelType::Smollm3 => "smollm3",
             ModelType::Olmo2 => "olmo2",
             ModelType::Gemma3 => "gemma3_text",
+            ModelType::Phi3 => "phi3",
         }
     }
 
@@ -106,6 +112,7 @@ impl ModelType {
             "smollm3" => Some(ModelType::Smollm3),
             "olmo2" => Some(ModelType::Olmo2),
             "gemma3_text" => Some(ModelType::Gemma3),
+            "phi3" => Some(ModelType::Phi3),
             _ => None,
         }
     }
@@ -119,6 +126,7 @@ impl ModelType {
             ModelType::Smollm3 => "SmolLM3ForCausalLM",
             ModelType::Olmo2 => "Olmo2ForCausalLM",
             ModelType::Gemma3 => "Gemma3ForCausalLM",
+            ModelType::Phi3 => "Phi3ForCausalLM",
         }
     }
 
@@ -149,6 +157,13 @@ impl ModelType {
         }
     }
 
+    /// Whether the checkpoint stores q, k, v as one `qkv_proj` and gate, up
+    /// as one `gate_up_proj` (Phi-3): the decoder keeps them apart, the
+    /// checkpoint and PEFT files join them.
+    pub fn fused_projections(self) -> bool {
+        self == ModelType::Phi3
+    }
+
     /// Whether the embeddings are multiplied by √C (Gemma).
     pub fn scales_embeddings(self) -> bool {
         self == ModelType::Gemma3
@@ -164,6 +179,16 @@ pub enum RopeScaling {
     /// Every frequency divided by `factor` (position interpolation; Gemma 3's
     /// global layers at 4B and up).
     Linear { factor: f64 },
+    /// LongRoPE (Ding et al. 2024; Phi-3's `longrope`, formerly `su`):
+    /// frequency i divided by `short_factor[i]`, or by `long_factor[i]` once a
+    /// pass reaches past `original_max_position_embeddings`, and cos, sin
+    /// multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
 /// `llama3` scaling's parameters.
@@ -338,9 +363,9 @@ impl LlamaConfig {
             _ => (nested, None),
         };
         let rope_scaling = match raw.get("rope_scaling").filter(|v| !v.is_null()) {
-            Some(v) => parse_rope_scaling(v).map_err(|m| err("rope_scaling", m))?,
+            Some(v) => parse_rope_scaling(v, &raw).map_err(|m| err("rope_scaling", m))?,
             None => match global {
-                Some(v) => parse_rope_scaling(v).map_err(|m| err("rope_parameters", m))?,
+                Some(v) => parse_rope_scaling(v, &raw).map_err(|m| err("rope_parameters", m))?,
                 None => None,
             },
         };
@@ -352,7 +377,7 @@ impl LlamaConfig {
             .unwrap_or(if gemma { 1_000_000.0 } else { 10_000.0 });
         let local_rope_theta = match local {
             Some(v) => {
-                if parse_rope_scaling(v)
+                if parse_rope_scaling(v, &raw)
                     .map_err(|m| err("rope_parameters", m))?
                     .is_some()
                 {
@@ -367,6 +392,32 @@ impl LlamaConfig {
         }
         .or(gemma.then_some(10_000.0));
 
+        let partial = get_f64("partial_rotary_factor")?
+            .or_else(|| global?.get("partial_rotary_factor")?.as_f64())
+            .unwrap_or(1.0);
+        if partial != 1.0 {
+            return Err(err(
+                "partial_rotary_factor",
+                format!("{partial}: RoPE over part of each head (Phi-4-mini) is not supported"),
+            ));
+        }
+        if let Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        }) = &rope_scaling
+            && (short_factor.len() != head_dim / 2 || long_factor.len() != head_dim / 2)
+        {
+            return Err(err(
+                "rope_scaling",
+                format!(
+                    "longrope needs head_dim / 2 = {} factors each, got {} short and {} long",
+                    head_dim / 2,
+                    short_factor.len(),
+                    long_factor.len()
+                ),
+            ));
+        }
         let activation = match ["hidden_activation", "hidden_act"]
             .into_iter()
             .find_map(|field| Some((field, raw.get(field)?.as_str()?)))
@@ -588,6 +639,27 @@ impl LlamaConfig {
                 "rope_scaling",
                 serde_json::json!({"rope_type": "linear", "factor": factor}),
             ),
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                set(
+                    "rope_scaling",
+                    serde_json::json!({
+                        "rope_type": "longrope",
+                        "short_factor": short_factor,
+                        "long_factor": long_factor,
+                        "original_max_position_embeddings": original_max_position_embeddings,
+                        "attention_factor": attention_factor,
+                    }),
+                );
+                set(
+                    "original_max_position_embeddings",
+                    (*original_max_position_embeddings).into(),
+                );
+            }
         }
         if let Some(b) = self.bos_token_id {
             set("bos_token_id", b.into());
@@ -622,7 +694,10 @@ impl LlamaConfig {
 
 /// A `rope_scaling` (or one layer type's `rope_parameters`) object: `None`
 /// for the identity, or why it is not supported.
-fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
+fn parse_rope_scaling(
+    v: &serde_json::Value,
+    raw: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<Option<RopeScaling>, String> {
     let kind = v
         .get("rope_type")
         .or_else(|| v.get("type"))
@@ -637,10 +712,47 @@ fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeS
             Some(factor) if factor > 0.0 => Ok(Some(RopeScaling::Linear { factor })),
             _ => Err("linear rope scaling needs a positive `factor`".into()),
         },
+        "longrope" | "su" => long_rope(v, raw).map(Some),
         other => Err(format!(
-            "unsupported rope scaling type `{other}` (supported: default, linear, llama3)"
+            "unsupported rope scaling type `{other}` (supported: default, linear, llama3, longrope)"
         )),
     }
+}
+
+/// LongRoPE's parameters as transformers' `_compute_longrope_parameters`
+/// reads them: `original_max_position_embeddings` from the scaling object or
+/// the config, `factor` (else max / original max) giving the default
+/// `attention_factor` √(1 + ln factor / ln original max).
+fn long_rope(
+    v: &serde_json::Value,
+    raw: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<RopeScaling, String> {
+    let factors = |key: &str| -> std::result::Result<Vec<f64>, String> {
+        v.get(key)
+            .and_then(|f| f.as_array())
+            .and_then(|f| f.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| format!("longrope scaling needs `{key}` (a list of numbers)"))
+    };
+    let number = |key: &str| v.get(key).or_else(|| raw.get(key)).and_then(|x| x.as_f64());
+    let original = number("original_max_position_embeddings")
+        .filter(|&n| n >= 2.0)
+        .ok_or("longrope scaling needs `original_max_position_embeddings`")?;
+    let factor = v
+        .get("factor")
+        .and_then(|f| f.as_f64())
+        .or_else(|| Some(raw.get("max_position_embeddings")?.as_f64()? / original))
+        .unwrap_or(1.0);
+    let attention_factor = match v.get("attention_factor").and_then(|f| f.as_f64()) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / original.ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original as usize,
+        attention_factor,
+    })
 }
 
 /// Which layers attend through a sliding window, and its width, as
@@ -672,6 +784,8 @@ fn sliding_layers(
         // transformers' Gemma3TextConfig default.
         ModelType::Gemma3 => window.or(Some(4096)),
         ModelType::Qwen2 | ModelType::Qwen3 | ModelType::Smollm3 => window.filter(|_| switched_on),
+        // transformers' Phi-3 applies `sliding_window` to every layer.
+        ModelType::Phi3 => window,
         ModelType::Llama | ModelType::Olmo2 => None,
     };
     if model_type == ModelType::Gemma3
@@ -719,7 +833,7 @@ fn sliding_layers(
                 let pattern = count("sliding_window_pattern", 6).max(1);
                 (0..layers).map(|i| (i + 1) % pattern != 0).collect()
             }
-            ModelType::Mistral => vec![true; layers],
+            ModelType::Mistral | ModelType::Phi3 => vec![true; layers],
             _ => {
                 let from = count("max_window_layers", 28);
                 (0..layers).map(|i| i >= from).collect()
@@ -809,6 +923,48 @@ mod tests {
             e.contains("layer_types") && e.contains("1 types for 2 layers"),
             "{e}"
         );
+    }
+
+    /// Phi-3's LongRoPE (`su`, its old name, too) with the attention factor
+    /// transformers derives, and what it does not support refused by key.
+    #[test]
+    fn phi3_reads_longrope() {
+        let phi3 = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "model_type": "phi3", "max_position_embeddings": 16,
+                "original_max_position_embeddings": 4,
+                "rope_scaling": {"type": "su", "short_factor": [1.0, 2.0, 3.0, 4.0],
+                                 "long_factor": [5.0, 6.0, 7.0, 8.0]}
+            });
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse(v)
+        };
+        let c = phi3(serde_json::json!({})).unwrap();
+        let Some(RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        }) = c.rope_scaling.clone()
+        else {
+            panic!("{:?}", c.rope_scaling);
+        };
+        assert_eq!(original_max_position_embeddings, 4);
+        assert!((attention_factor - 2f64.sqrt()).abs() < 1e-12);
+        assert!(c.model_type.fused_projections());
+        let again = LlamaConfig::from_json(c.to_json(), Path::new("config.json")).unwrap();
+        assert_eq!(again.rope_scaling, c.rope_scaling);
+        for (extra, key) in [
+            (
+                serde_json::json!({"partial_rotary_factor": 0.75}),
+                "partial_rotary_factor",
+            ),
+            (serde_json::json!({"head_dim": 16}), "rope_scaling"),
+        ] {
+            let e = phi3(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     /// Gemma 3 in the pre-5.x layout (rope_theta, rope_local_base_freq,

@@ -301,11 +301,21 @@ fn decode<B: Backend>(
     let (distinct, row_of) = distinct_prompts(prompts);
     let u = distinct.len();
     let prefill_valid: Vec<Vec<bool>> = distinct.iter().map(|p| left_padded(p)).collect();
-    let mut ids = Vec::with_capacity(u * width);
-    for p in &distinct {
-        ids.extend(std::iter::repeat_n(pad_id as i64, width - p.len()));
-        ids.extend(p.iter().map(|&t| t as i64));
-    }
+    let padded = |p: &[u32]| -> Vec<i64> {
+        let pad = std::iter::repeat_n(pad_id as i64, width - p.len());
+        pad.chain(p.iter().map(|&t| t as i64)).collect()
+    };
+    let ids: Vec<i64> = distinct.iter().flat_map(|p| padded(p)).collect();
+    // LongRoPE (Phi-3) switches to its long factors once a position reaches
+    // the original context; the keys cached before then were rotated with
+    // the short ones, so the whole sequence is prefilled again at that step,
+    // as transformers' Phi-3 `prepare_inputs_for_generation` does.
+    let long_from = model.model.rope.long.as_ref().map(|(_, n)| *n as i64);
+    let mut short_cache = long_from.is_some_and(|n| (width as i64) - 1 < n);
+    let mut history: Vec<Vec<i64>> = match short_cache {
+        true => prompts.iter().map(|p| padded(p)).collect(),
+        false => Vec::new(),
+    };
     let positions: Vec<i64> = positions_from_mask(&prefill_valid).concat();
     let mut cache = KvCache::new(model.model.layers.len(), width + config.max_new_tokens);
     let input = ForwardInput {
@@ -383,6 +393,29 @@ fn decode<B: Backend>(
         let positions = lengths.clone();
         for (row, len) in lengths.iter_mut().enumerate() {
             *len += !done[row] as i64;
+        }
+        if short_cache {
+            history.iter_mut().zip(&next).for_each(|(h, &t)| h.push(t));
+        }
+        let switch = short_cache && long_from.is_some_and(|n| positions.iter().any(|&p| p >= n));
+        if switch {
+            short_cache = false;
+            let s = valid[0].len();
+            cache = KvCache::new(model.model.layers.len(), width + config.max_new_tokens);
+            let input = ForwardInput {
+                input_ids: Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(history.concat(), [b, s]),
+                    device,
+                ),
+                positions: Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(positions_from_mask(&valid).concat(), [b, s]),
+                    device,
+                ),
+                mask: attention_mask::<B>(&valid, s, None, device),
+            };
+            let hidden = model.forward_hidden(input, Some(&mut cache));
+            logits = model.lm_logits(hidden.narrow(1, s - 1, 1));
+            continue;
         }
         let input = ForwardInput {
             input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), device),

@@ -31,8 +31,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::checkpoint::{
-    SaveDtype, load_model, load_module, pending_tensors, pt_metadata, write_atomic,
-    write_safetensors,
+    SaveDtype, fused_tensors, join_fused, load_model, load_module, pending_tensors, pt_metadata,
+    write_atomic, write_safetensors,
 };
 use crate::config::{LlamaConfig, ModelType};
 use crate::dtype::to_f32;
@@ -143,6 +143,7 @@ pub fn sequence_classification_architecture(model_type: ModelType) -> &'static s
         ModelType::Smollm3 => "SmolLM3ForSequenceClassification",
         ModelType::Olmo2 => "Olmo2ForSequenceClassification",
         ModelType::Gemma3 => "Gemma3TextForSequenceClassification",
+        ModelType::Phi3 => "Phi3ForSequenceClassification",
     }
 }
 
@@ -185,7 +186,10 @@ pub fn load_reward_model<B: Backend>(
         RewardModel::<B>::init(&config, device),
         dir,
         device,
-        sequence_classification_architecture(config.model_type),
+        (
+            sequence_classification_architecture(config.model_type),
+            &fused_tensors(&config),
+        ),
         |name| name.ends_with("rotary_emb.inv_freq"),
     )?;
     Ok((config, model))
@@ -217,7 +221,10 @@ pub fn save_reward_model<B: Backend>(
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     write_safetensors(
         &dir.join("model.safetensors"),
-        pending_tensors::<B, _>(model, dtype),
+        join_fused(
+            pending_tensors::<B, _>(model, dtype),
+            &fused_tensors(config),
+        ),
         pt_metadata(),
     )?;
 

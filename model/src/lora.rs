@@ -29,7 +29,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::adapter::LoraAdapter;
 use crate::checkpoint::SaveDtype;
-use crate::checkpoint::{PendingTensor, pt_metadata, write_atomic, write_safetensors};
+use crate::checkpoint::{
+    PendingTensor, pt_metadata, safetensors_bytes, write_atomic, write_safetensors,
+};
+use crate::config::LlamaConfig;
 use crate::dtype::{to_dtype, to_f32};
 use crate::error::{ModelError, Result};
 use crate::transformer::{Linear, LlamaForCausalLM};
@@ -43,6 +46,13 @@ pub const TARGETS: [&str; 7] = [
     "gate_proj",
     "up_proj",
     "down_proj",
+];
+
+/// Phi-3's fused projections and the decoder's projections they stand for:
+/// as a target name, `qkv_proj` targets q, k and v.
+pub const FUSED_TARGETS: [(&str, &[&str]); 2] = [
+    ("qkv_proj", &["q_proj", "k_proj", "v_proj"]),
+    ("gate_up_proj", &["gate_proj", "up_proj"]),
 ];
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -80,9 +90,11 @@ impl TargetModules {
                     "lora.target_modules is empty; name modules or use \"all-linear\"".into(),
                 ));
             }
-            if let Some(bad) = names.iter().find(|n| !TARGETS.contains(&n.as_str())) {
+            let known =
+                |n: &str| TARGETS.contains(&n) || FUSED_TARGETS.iter().any(|(f, _)| *f == n);
+            if let Some(bad) = names.iter().find(|n| !known(n)) {
                 return Err(ModelError::Input(format!(
-                    "lora.target_modules: unknown module `{bad}`; expected \"all-linear\" or some of {}",
+                    "lora.target_modules: unknown module `{bad}`; expected \"all-linear\" or some of {} (Phi-3: qkv_proj, gate_up_proj)",
                     TARGETS.join(", ")
                 )));
             }
@@ -93,7 +105,12 @@ impl TargetModules {
     pub fn matches(&self, module: &str) -> bool {
         match self {
             Self::AllLinear => TARGETS.contains(&module),
-            Self::Names(names) => names.iter().any(|n| n == module),
+            Self::Names(names) => names.iter().any(|n| {
+                n == module
+                    || FUSED_TARGETS
+                        .iter()
+                        .any(|(fused, parts)| n == fused && parts.contains(&module))
+            }),
         }
     }
 
@@ -334,7 +351,7 @@ pub fn attach<B: Backend>(
             .collect();
         let a = Tensor::from_data(TensorData::new(a, [config.r, d_in]), device);
         let b = Tensor::zeros([d_out, config.r], device);
-        lin.lora = Some(new_adapter(a, b, config));
+        lin.lora = Some(new_adapter(a, b, config.scale(), config));
     }
     Ok(model)
 }
@@ -342,12 +359,13 @@ pub fn attach<B: Backend>(
 fn new_adapter<B: Backend>(
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
+    scale: f64,
     config: &LoraConfig,
 ) -> LoraAdapter<B> {
     LoraAdapter {
         lora_a: Param::initialized(ParamId::new(), a.require_grad()),
         lora_b: Param::initialized(ParamId::new(), b.require_grad()),
-        scale: config.scale(),
+        scale,
         dropout: config.dropout,
     }
 }
@@ -484,6 +502,128 @@ pub fn save_adapter<B: Backend>(
     write_atomic(&dir.join(ADAPTER_CONFIG), text.as_bytes())
 }
 
+/// [`save_adapter`] for PEFT over the family's own checkpoint layout: where
+/// the checkpoint fuses projections (Phi-3's `qkv_proj`, `gate_up_proj`),
+/// the adapters of their parts are joined into one of the summed rank,
+/// A stacked and B block-diagonal (the same function: (Σ Bᵢ·Aᵢ) x), with
+/// PEFT's `rank_pattern` and `alpha_pattern` giving it that rank and the
+/// parts' scale. Run checkpoints keep the parts ([`save_adapter`]).
+pub fn export_adapter<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    config: &LoraConfig,
+    model_config: &LlamaConfig,
+    base_model: &str,
+    dir: &Path,
+    dtype: SaveDtype,
+) -> Result<()> {
+    if !model_config.model_type.fused_projections() {
+        return save_adapter(model, config, base_model, dir, dtype);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let host = |t: Tensor<B, 2>| -> (Vec<usize>, Vec<f32>) {
+        let shape = t.dims().to_vec();
+        let data = to_f32(t).into_data().into_vec::<f32>().expect("f32 above");
+        (shape, data)
+    };
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let mut ranks: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..model.model.layers.len() {
+        let layer = &model.model.layers[i];
+        let lins = layer.linears();
+        let by_name = |name: &str| TARGETS.iter().position(|t| *t == name).map(|k| lins[k]);
+        for (fused, parts) in FUSED_TARGETS {
+            let block = if fused == "qkv_proj" {
+                "self_attn"
+            } else {
+                "mlp"
+            };
+            let adapters: Vec<_> = parts
+                .iter()
+                .map(|p| by_name(p).expect("a decoder projection"))
+                .map(|l| (l.weight.val().dims()[0], l.lora.as_ref()))
+                .collect();
+            if adapters.iter().all(|(_, a)| a.is_none()) {
+                continue;
+            }
+            let rank: usize = adapters
+                .iter()
+                .filter_map(|(_, a)| a.map(|a| a.lora_a.val().dims()[0]))
+                .sum();
+            let (rows, cols) = (
+                adapters.iter().map(|(out, _)| out).sum::<usize>(),
+                adapters
+                    .iter()
+                    .find_map(|(_, a)| a.map(|a| a.lora_a.val().dims()[1]))
+                    .expect("one part has an adapter"),
+            );
+            let (mut a_rows, mut b) = (Vec::with_capacity(rank * cols), vec![0f32; rows * rank]);
+            let (mut row, mut col) = (0, 0);
+            for (out, adapter) in &adapters {
+                if let Some(adapter) = adapter {
+                    let (a_shape, a) = host(adapter.lora_a.val());
+                    let (_, part_b) = host(adapter.lora_b.val());
+                    a_rows.extend(a);
+                    let r = a_shape[0];
+                    for (k, part_row) in part_b.chunks(r).enumerate() {
+                        let at = (row + k) * rank + col;
+                        b[at..at + r].copy_from_slice(part_row);
+                    }
+                    col += r;
+                }
+                row += out;
+            }
+            let path = format!("base_model.model.model.layers.{i}.{block}.{fused}");
+            tensors.insert(format!("{path}.lora_A.weight"), (vec![rank, cols], a_rows));
+            tensors.insert(format!("{path}.lora_B.weight"), (vec![rows, rank], b));
+            ranks.insert(fused, rank);
+        }
+        for (k, name) in TARGETS.iter().enumerate() {
+            let fused = FUSED_TARGETS.iter().any(|(_, parts)| parts.contains(name));
+            if let (false, Some(adapter)) = (fused, lins[k].lora.as_ref()) {
+                let block = if k < 4 { "self_attn" } else { "mlp" };
+                let path = format!("base_model.model.model.layers.{i}.{block}.{name}");
+                tensors.insert(format!("{path}.lora_A.weight"), host(adapter.lora_a.val()));
+                tensors.insert(format!("{path}.lora_B.weight"), host(adapter.lora_b.val()));
+            }
+        }
+    }
+    if tensors.is_empty() {
+        return Err(ModelError::Input(
+            "the model has no LoRA adapter to save".into(),
+        ));
+    }
+    let bytes = safetensors_bytes(&tensors, dtype, pt_metadata())?;
+    write_atomic(&dir.join(ADAPTER_WEIGHTS), &bytes)?;
+    // The joined adapter keeps the parts' scale s: alpha = s·rank (s·√rank
+    // with rsLoRA).
+    let alpha = |rank: usize| match config.rslora {
+        true => config.scale() * (rank as f64).sqrt(),
+        false => config.scale() * rank as f64,
+    };
+    let mut json = peft_config_json(config, base_model);
+    let mut targets: Vec<String> = Vec::new();
+    for name in config.target_modules.names() {
+        let name = FUSED_TARGETS
+            .iter()
+            .find(|(_, parts)| parts.contains(&name.as_str()))
+            .map_or(name, |(fused, _)| fused.to_string());
+        if !targets.contains(&name) {
+            targets.push(name);
+        }
+    }
+    json["target_modules"] = serde_json::json!(targets);
+    json["rank_pattern"] = ranks
+        .iter()
+        .map(|(k, r)| (k.to_string(), serde_json::json!(r)))
+        .collect();
+    json["alpha_pattern"] = ranks
+        .iter()
+        .map(|(k, r)| (k.to_string(), serde_json::json!(alpha(*r))))
+        .collect();
+    let text = serde_json::to_string_pretty(&json).map_err(|e| ModelError::Input(e.to_string()))?;
+    write_atomic(&dir.join(ADAPTER_CONFIG), text.as_bytes())
+}
+
 /// Read PEFT's `adapter_config.json`, refusing options this implementation
 /// does not model (DoRA, per-layer ranks, trained biases, ...).
 pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
@@ -546,8 +686,17 @@ pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
     unsupported("use_dora", &|x| x.as_bool() == Some(false))?;
     unsupported("bias", &|x| x.as_str() == Some("none"))?;
     unsupported("fan_in_fan_out", &|x| x.as_bool() == Some(false))?;
-    unsupported("rank_pattern", &empty)?;
-    unsupported("alpha_pattern", &empty)?;
+    // Per-module ranks only for the fused projections' joined adapters
+    // ([`export_adapter`]).
+    let fused_only = |x: &serde_json::Value| {
+        empty(x)
+            || x.as_object().is_some_and(|o| {
+                o.keys()
+                    .all(|k| FUSED_TARGETS.iter().any(|(fused, _)| fused == k))
+            })
+    };
+    unsupported("rank_pattern", &fused_only)?;
+    unsupported("alpha_pattern", &fused_only)?;
     unsupported("layers_to_transform", &empty)?;
     unsupported("modules_to_save", &empty)?;
     let config = LoraConfig {
@@ -601,6 +750,82 @@ fn read_f32(path: &Path) -> Result<HostTensors> {
     Ok(out)
 }
 
+/// The adapters of fused projections in `tensors` (Phi-3's `qkv_proj`,
+/// `gate_up_proj`, as PEFT trains them on the fused checkpoint or
+/// [`export_adapter`] joins them), each replaced by one adapter per part:
+/// A shared (copied), B's rows split, the same function. Returns each
+/// part's rank and scale by its PEFT module path.
+fn split_fused_adapters<B: Backend>(
+    model: &mut LlamaForCausalLM<B>,
+    tensors: &mut HostTensors,
+    config: &LoraConfig,
+    dir: &Path,
+) -> Result<HashMap<String, (usize, f64)>> {
+    let text = std::fs::read_to_string(dir.join(ADAPTER_CONFIG)).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let path = dir.join(ADAPTER_WEIGHTS);
+    let mut own = HashMap::new();
+    for i in 0..model.model.layers.len() {
+        for (fused, parts) in FUSED_TARGETS {
+            let block = if fused == "qkv_proj" {
+                "self_attn"
+            } else {
+                "mlp"
+            };
+            let prefix = format!("base_model.model.model.layers.{i}.{block}");
+            let Some((a_shape, a)) = tensors.remove(&format!("{prefix}.{fused}.lora_A.weight"))
+            else {
+                continue;
+            };
+            let name = format!("{prefix}.{fused}.lora_B.weight");
+            let rows: Vec<usize> = parts
+                .iter()
+                .map(|p| linear_mut(model, i, p).weight.lazy_shape().dims::<2>()[0])
+                .collect();
+            let rank = a_shape[0];
+            let expected = vec![rows.iter().sum(), rank];
+            let (b_shape, b) = tensors
+                .remove(&name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    dir: dir.to_path_buf(),
+                    name: name.clone(),
+                    shape: expected.clone(),
+                })?;
+            if b_shape != expected {
+                return Err(ModelError::ShapeMismatch {
+                    path: path.clone(),
+                    name,
+                    expected,
+                    found: b_shape,
+                });
+            }
+            let alpha = json["alpha_pattern"][fused]
+                .as_f64()
+                .unwrap_or(config.alpha);
+            let scale = match config.rslora {
+                true => alpha / (rank as f64).sqrt(),
+                false => alpha / rank as f64,
+            };
+            let mut start = 0;
+            for (part, out) in parts.iter().zip(rows) {
+                let part_prefix = format!("{prefix}.{part}");
+                let part_b = b[start * rank..(start + out) * rank].to_vec();
+                start += out;
+                tensors.insert(
+                    format!("{part_prefix}.lora_A.weight"),
+                    (a_shape.clone(), a.clone()),
+                );
+                tensors.insert(
+                    format!("{part_prefix}.lora_B.weight"),
+                    (vec![out, rank], part_b),
+                );
+                own.insert(part_prefix, (rank, scale));
+            }
+        }
+    }
+    Ok(own)
+}
+
 /// Attach the adapter saved in a PEFT directory to `model` (which must have
 /// none). Every targeted layer must have both matrices with the right shapes,
 /// and every tensor in the file must belong to a targeted layer.
@@ -623,11 +848,16 @@ pub fn load_adapter<B: Backend>(
             )
         })
         .collect();
+    let own = split_fused_adapters(&mut model, &mut tensors, &config, dir)?;
     for (i, block, module) in linear_paths(model.model.layers.len()) {
         if !config.target_modules.matches(module) {
             continue;
         }
         let prefix = format!("base_model.model.{}", module_path(i, block, module));
+        let (rank, scale) = own
+            .get(&prefix)
+            .copied()
+            .unwrap_or((config.r, config.scale()));
         let lin = linear_mut(&mut model, i, module);
         let [d_out, d_in] = lin.weight.lazy_shape().dims::<2>();
         let mut take = |which: &str, expected: [usize; 2]| -> Result<Tensor<B, 2>> {
@@ -649,9 +879,9 @@ pub fn load_adapter<B: Backend>(
             }
             Ok(Tensor::from_data(TensorData::new(data, expected), device))
         };
-        let a = take("lora_A", [config.r, d_in])?;
-        let b = take("lora_B", [d_out, config.r])?;
-        lin.lora = Some(new_adapter(a, b, &config));
+        let a = take("lora_A", [rank, d_in])?;
+        let b = take("lora_B", [d_out, rank])?;
+        lin.lora = Some(new_adapter(a, b, scale, &config));
     }
     if let Some(name) = tensors.keys().min() {
         return Err(ModelError::UnexpectedTensor {

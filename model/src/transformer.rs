@@ -10,7 +10,7 @@ use std::sync::Arc;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Activation, LlamaConfig, NormPlacement, QkNorm, RopeScaling};
@@ -207,6 +207,11 @@ impl<B: Backend> RmsNorm<B> {
 pub struct Rope {
     /// θ_i for i in 0..D/2, with the scaling applied.
     pub inv_freq: Vec<f32>,
+    /// LongRoPE's frequencies for a pass whose positions reach this many
+    /// (the original context) or more.
+    pub long: Option<(Vec<f32>, usize)>,
+    /// cos and sin are multiplied by this (LongRoPE's `attention_factor`).
+    pub magnitude: f64,
     /// The attention's score scale, which the query's angles carry.
     pub query_scale: f64,
 }
@@ -242,6 +247,23 @@ impl Rope {
         if let Some(RopeScaling::Linear { factor }) = scaling {
             inv_freq.iter_mut().for_each(|f| *f /= factor);
         }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|f| f as f32).collect::<Vec<_>>();
+        let (mut long, mut magnitude) = (None, 1.0);
+        if let Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            attention_factor,
+        }) = scaling
+        {
+            let divided = |by: &[f64]| inv_freq.iter().zip(by).map(|(f, s)| f / s).collect();
+            long = Some((
+                f32s(divided(long_factor)),
+                *original_max_position_embeddings,
+            ));
+            inv_freq = divided(short_factor);
+            magnitude = *attention_factor;
+        }
         if let Some(RopeScaling::Llama3(s)) = scaling {
             // See: transformers `_compute_llama3_parameters` (Llama 3.1 report, §3.3):
             // long wavelengths are divided by `factor`, short ones kept, and the band
@@ -261,7 +283,9 @@ impl Rope {
             }
         }
         Self {
-            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+            inv_freq: f32s(inv_freq),
+            long,
+            magnitude,
             query_scale: config.attention_scale,
         }
     }
@@ -281,8 +305,18 @@ impl Rope {
         let [b, t] = positions.dims();
         let half = self.inv_freq.len();
         let d = 2 * half;
-        let inv =
-            Tensor::<B, 1>::from_data(TensorData::new(self.inv_freq.clone(), [half]), &device);
+        // LongRoPE switches to its long factors for the whole pass once a
+        // position reaches the original context (transformers'
+        // `longrope_frequency_update`: max(position) + 1 > original max).
+        let inv_freq = match &self.long {
+            Some((long, original))
+                if positions.clone().max().into_scalar().elem::<i64>() >= *original as i64 =>
+            {
+                long
+            }
+            _ => &self.inv_freq,
+        };
+        let inv = Tensor::<B, 1>::from_data(TensorData::new(inv_freq.clone(), [half]), &device);
         let freqs = positions.float().unsqueeze_dim::<3>(2) * inv.reshape([1, 1, half]);
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(2);
         let (cos, sin) = (emb.clone().cos(), emb.sin());
@@ -293,12 +327,12 @@ impl Rope {
                 dtype,
             )
         };
-        let scale = self.query_scale;
+        let (scale, m) = (self.query_scale * self.magnitude, self.magnitude);
         RopeAngles {
             cos_q: spread(cos.clone(), heads, scale),
             sin_q: spread(sin.clone(), heads, scale),
-            cos_k: spread(cos, kv_heads, 1.0),
-            sin_k: spread(sin, kv_heads, 1.0),
+            cos_k: spread(cos, kv_heads, m),
+            sin_k: spread(sin, kv_heads, m),
         }
     }
 }

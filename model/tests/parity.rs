@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use alignkit_model::checkpoint::named_tensors;
 use alignkit_model::logprobs::sequence_logprobs;
-use alignkit_model::lora::{load_adapter, peft_gradients};
+use alignkit_model::lora::{FUSED_TARGETS, load_adapter, peft_gradients};
 use alignkit_model::mask::attention_mask;
 use alignkit_model::parity::{Fixture, max_abs_diff};
 use alignkit_model::{ForwardInput, SaveDtype, load_model, save_model};
@@ -118,6 +118,13 @@ fn qwen3_with_a_sliding_window_matches_transformers() {
     check_fixture("qwen3-sliding");
 }
 
+/// Fused qkv_proj / gate_up_proj split at load, LongRoPE switching to its
+/// long factors past the original context, a sliding window on every layer.
+#[test]
+fn phi3_matches_transformers() {
+    check_fixture("phi3");
+}
+
 /// A PEFT LoRA (r 4 on every projection, random A and B) loaded onto the
 /// fixture: the per-token log-probs, their mean NLL and its gradient with
 /// respect to every adapter matrix equal PyTorch's within 1e-4 (relative to
@@ -163,6 +170,11 @@ fn check_lora_gradient(name: &str) {
     );
     let grads = peft_gradients(&model, &loss.backward());
     let want = expected["grads"].as_object().unwrap();
+    // PEFT trained the fused checkpoint's projections (Phi-3).
+    let grads = match want.keys().any(|k| k.contains(".qkv_proj.")) {
+        true => fused_gradients(grads),
+        false => grads,
+    };
     assert_eq!(
         grads.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -179,10 +191,47 @@ fn check_lora_gradient(name: &str) {
     }
 }
 
+/// The gradients of split adapters as those of the fused one they were
+/// loaded from (Phi-3's `qkv_proj`, `gate_up_proj`): A is shared by the
+/// parts, so its gradient is their sum; B's rows are the parts' stacked.
+fn fused_gradients(mut grads: Grads) -> Grads {
+    for (fused, parts) in FUSED_TARGETS {
+        let layers: Vec<String> = grads
+            .keys()
+            .filter_map(|k| k.strip_suffix(&format!(".{}.lora_A.weight", parts[0])))
+            .map(String::from)
+            .collect();
+        for prefix in layers {
+            let mut a: Option<(Vec<usize>, Vec<f32>)> = None;
+            let mut b: (Vec<usize>, Vec<f32>) = (vec![0, 0], Vec::new());
+            for part in parts {
+                let take = |grads: &mut Grads, m: &str| {
+                    let key = format!("{prefix}.{part}.{m}.weight");
+                    grads
+                        .remove(&key)
+                        .unwrap_or_else(|| panic!("{key}: no gradient"))
+                };
+                let (shape, ga) = take(&mut grads, "lora_A");
+                a = Some(match a {
+                    None => (shape, ga),
+                    Some((s, sum)) => (s, sum.iter().zip(&ga).map(|(x, y)| x + y).collect()),
+                });
+                let (shape, gb) = take(&mut grads, "lora_B");
+                b = (vec![b.0[0] + shape[0], shape[1]], [b.1, gb].concat());
+            }
+            grads.insert(format!("{prefix}.{fused}.lora_A.weight"), a.unwrap());
+            grads.insert(format!("{prefix}.{fused}.lora_B.weight"), b);
+        }
+    }
+    grads
+}
+
+type Grads = std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 #[test]
 fn lora_gradients_match_peft_for_every_family() {
     for name in [
-        "llama", "qwen2", "mistral", "qwen3", "smollm3", "olmo2", "gemma3",
+        "llama", "qwen2", "mistral", "qwen3", "smollm3", "olmo2", "gemma3", "phi3",
     ] {
         check_lora_gradient(name);
     }
@@ -201,6 +250,7 @@ fn save_then_load_is_bit_identical() {
         "olmo2",
         "gemma3",
         "qwen3-sliding",
+        "phi3",
     ] {
         let (config, model) = load_model::<B>(&fixture(name), &device).unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,9 @@
 //! fixtures (`model/tests/fixtures/qwen2`, which has q/k/v biases), and
 //! `lora-qwen3/`, `lora-smollm3/`, `lora-olmo2/`, `lora-gemma3/` over those
 //! families' fixtures (q/k norms, a NoPE layer, post-norms, Gemma 3's offset
-//! sandwich norms, GeGLU and sliding layers):
+//! sandwich norms, GeGLU and sliding layers), and `lora-phi3/` (Phi-3's fused
+//! `qkv_proj` / `gate_up_proj`: the adapters of their parts exported as one
+//! of the summed rank, with PEFT's `rank_pattern` / `alpha_pattern`):
 //! - `adapter/`: a LoRA adapter exported by alignkit (PEFT layout),
 //! - `merged/`: the same adapter merged by alignkit (HF layout),
 //! - `alignkit_logits.json`: alignkit's logits for both,
@@ -28,12 +30,13 @@ type B = Flex;
 
 /// (fixture folder under sft/tests/fixtures, base model fixture under
 /// model/tests/fixtures).
-const FAMILIES: [(&str, &str); 5] = [
+const FAMILIES: [(&str, &str); 6] = [
     ("lora", "qwen2"),
     ("lora-qwen3", "qwen3"),
     ("lora-smollm3", "smollm3"),
     ("lora-olmo2", "olmo2"),
     ("lora-gemma3", "gemma3"),
+    ("lora-phi3", "phi3"),
 ];
 
 fn root(fixture: &str) -> PathBuf {
@@ -158,9 +161,10 @@ fn write_lora_fixture() {
         let adapted = lora::map_adapters(adapted, &mut Fill(7));
         let out = root(fixture);
         std::fs::create_dir_all(&out).unwrap();
-        lora::save_adapter(
+        lora::export_adapter(
             &adapted,
             &lora_config,
+            &config,
             &format!("model/tests/fixtures/{base_name}"),
             &out.join("adapter"),
             SaveDtype::F32,

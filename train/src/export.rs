@@ -352,9 +352,10 @@ fn adapter_into<B: Backend>(
     card: &ModelCard,
 ) -> Result<()> {
     write_dir(target, |dir| {
-        lora::save_adapter(
+        lora::export_adapter(
             model,
             lora_config,
+            config,
             &base_model.display().to_string(),
             dir,
             SaveDtype::F32,

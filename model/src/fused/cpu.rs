@@ -251,10 +251,18 @@ const GELU_BETA: f32 = 0.797_884_6;
 /// The cubic term's weight in GELU's tanh approximation.
 const GELU_KAPPA: f32 = 0.044_715;
 
+/// tanh u = 1 − 2 / (e^{2u} + 1) through [`exp`], vectorisable (libm's
+/// `tanhf` is a call per element); ±1 where e^{2u} under- or overflows.
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
 /// gelu(a) = ½·a·(1 + tanh u), u = √(2/π)·(a + κa³) (Hendrycks & Gimpel
 /// 2016; PyTorch's `gelu(approximate="tanh")`), and its derivative.
+#[inline(always)]
 fn gelu_tanh(a: f32) -> (f32, f32) {
-    let t = (GELU_BETA * (a + GELU_KAPPA * a * a * a)).tanh();
+    let t = tanh(GELU_BETA * (a + GELU_KAPPA * a * a * a));
     let du = GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * a * a);
     (
         0.5 * a * (1.0 + t),
