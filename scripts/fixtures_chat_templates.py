@@ -128,6 +128,11 @@ TOOL_TURNS = [
 # What each template specialises, rendered as (messages, extra) pairs; extra
 # may hold "tools" and template variables (added to every kwargs set).
 EXTRA = {
+    # Tool definitions in the system turn, the call, and its result as a
+    # <tool_response> in a user turn.
+    "qwen3": [
+        (TOOL_TURNS, {"tools": TOOLS}),
+    ],
     "gemma3": [
         # The system message is folded into the first user turn.
         ([{"role": "system", "content": "  Answer in French.  "},

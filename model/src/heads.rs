@@ -352,6 +352,36 @@ mod tests {
         assert!(named_tensors::<B, _>(&loaded).contains_key(SCORE_WEIGHT));
     }
 
+    /// Every family's reward model: saved under transformers' class and
+    /// tensor names (Phi-3's fused projections joined), loaded back exactly,
+    /// scoring the same.
+    #[test]
+    fn every_family_saves_and_loads_its_reward_model() {
+        let device = Default::default();
+        for family in [
+            ModelType::Qwen3,
+            ModelType::Olmo2,
+            ModelType::Gemma3,
+            ModelType::Phi3,
+        ] {
+            let mut config = LlamaConfig::tiny(family);
+            config.pad_token_id = Some(0);
+            let model = RewardModel::<B>::init(&config, &device);
+            let dir = tempfile::tempdir().unwrap();
+            save_reward_model(&model, &config, dir.path(), SaveDtype::F32).unwrap();
+            let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+            let fused = weights.windows(8).any(|w| w == b"qkv_proj");
+            assert_eq!(fused, family == ModelType::Phi3, "{family:?}");
+            let (loaded_config, loaded) = load_reward_model::<B>(dir.path(), &device).unwrap();
+            assert_eq!(loaded_config.model_type, family);
+            assert_eq!(
+                named_tensors::<B, _>(&model),
+                named_tensors::<B, _>(&loaded),
+                "{family:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_causal_lm_becomes_a_reward_model_with_its_backbone() {
         let device = Default::default();
