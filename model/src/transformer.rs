@@ -192,11 +192,16 @@ impl<B: Backend> RmsNorm<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let weight = match self.offset == 0.0 {
-            true => self.weight.val(),
-            false => self.weight.val().add_scalar(self.offset),
-        };
-        fused::rms_norm(x, weight, self.eps)
+        if self.offset == 0.0 {
+            return fused::rms_norm(x, self.weight.val(), self.eps);
+        }
+        // Gemma: the whole norm in f32, (offset + w) included, cast back
+        // last (transformers' `Gemma3RMSNorm`), so bf16 rounds once.
+        let weight = to_f32(self.weight.val()).add_scalar(self.offset);
+        match x.dtype() {
+            DType::F32 => fused::rms_norm(x, weight, self.eps),
+            dtype => to_dtype(fused::rms_norm(to_f32(x), weight, self.eps), dtype),
+        }
     }
 }
 
