@@ -21,7 +21,8 @@ import sys
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
-from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig,
+from transformers import (AutoModelForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration,
+                          Gemma3TextConfig, SiglipVisionConfig, LlamaConfig, MistralConfig,
                           Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config,
                           SmolLM3Config)
 
@@ -83,6 +84,16 @@ CONFIGS = {
                                         "short_factor": [1.0, 1.1, 1.3, 1.7],
                                         "long_factor": [1.5, 2.0, 3.0, 5.0],
                                         "original_max_position_embeddings": 8}),
+    # Gemma 3 from 4B up: the text decoder in `text_config` beside a (tiny) vision tower,
+    # weights under language_model.model.*; alignkit loads the text model only, and these
+    # logits are the text-only forward's.
+    "gemma3-vision": Gemma3Config(
+        text_config=Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=4,
+                                     sliding_window_pattern=2),
+        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=127, boi_token_index=125, eoi_token_index=126),
 }
 
 # (New fixtures go last: each one's seed is its index here.)
@@ -169,7 +180,11 @@ def main():
         if only and name not in only:
             continue
         config._attn_implementation = "eager"
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        if name == "gemma3-vision":
+            model = Gemma3ForConditionalGeneration._from_config(config, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = model.eval()
         randomize(model, seed=100 + i)
         path = os.path.join(OUT, name)
         model.save_pretrained(path, safe_serialization=True)

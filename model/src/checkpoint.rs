@@ -195,6 +195,47 @@ fn split_fused(tensors: &mut HashMap<String, Loaded>, fused: &[Fused]) -> Result
     Ok(())
 }
 
+/// An image-and-text checkpoint (Gemma 3 from 4B up) as its text model's:
+/// `language_model.model.*` (`model.language_model.*` in transformers 5's
+/// own layout) becomes `model.*`, `language_model.lm_head.*` `lm_head.*`,
+/// and the vision tower and its projector are left out. Other checkpoints
+/// are left as they are.
+fn text_model_only(tensors: &mut HashMap<String, Loaded>) {
+    let wrapped =
+        |n: &str| n.starts_with("language_model.") || n.starts_with("model.language_model.");
+    if !tensors.keys().any(|n| wrapped(n)) {
+        return;
+    }
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    for name in names {
+        let renamed = [
+            ("language_model.model.", "model."),
+            ("model.language_model.", "model."),
+            ("language_model.lm_head.", "lm_head."),
+        ]
+        .iter()
+        .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")));
+        let vision = [
+            "vision_tower.",
+            "multi_modal_projector.",
+            "model.vision_tower.",
+            "model.multi_modal_projector.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p));
+        match (renamed, vision) {
+            (Some(new), _) => {
+                let t = tensors.remove(&name).expect("listed above");
+                tensors.insert(new, t);
+            }
+            (None, true) => {
+                tensors.remove(&name);
+            }
+            (None, false) => {}
+        }
+    }
+}
+
 /// Tracks the dotted parameter path while burn walks a module.
 #[derive(Default)]
 struct PathStack(Vec<String>);
@@ -305,6 +346,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
     for file in weight_files(dir)? {
         read_tensors(&file, &mut tensors)?;
     }
+    text_model_only(&mut tensors);
     tensors.retain(|name, _| !ignore(name));
     split_fused(&mut tensors, fused)?;
     let mut loader = Loader::<B> {

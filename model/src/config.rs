@@ -265,9 +265,33 @@ impl LlamaConfig {
             field: field.to_string(),
             message,
         };
-        let serde_json::Value::Object(raw) = value else {
+        let serde_json::Value::Object(mut raw) = value else {
             return Err(err("<root>", "expected a JSON object".into()));
         };
+        // Gemma 3 from 4B up (`Gemma3ForConditionalGeneration`) wraps its
+        // text decoder's config in `text_config` beside a vision tower's: the
+        // decoder is loaded on its own, as `gemma3_text` (images are not).
+        if raw.get("model_type").and_then(|v| v.as_str()) == Some("gemma3") {
+            let Some(serde_json::Value::Object(mut text)) = raw.remove("text_config") else {
+                return Err(err(
+                    "text_config",
+                    "a gemma3 (image and text) config needs its text model's `text_config`".into(),
+                ));
+            };
+            text.insert("model_type".into(), "gemma3_text".into());
+            for key in [
+                "eos_token_id",
+                "bos_token_id",
+                "pad_token_id",
+                "tie_word_embeddings",
+            ] {
+                if let (false, Some(v)) = (text.contains_key(key), raw.get(key)) {
+                    text.insert(key.into(), v.clone());
+                }
+            }
+            text.remove("architectures");
+            raw = text;
+        }
         let get_usize = |field: &str| -> Result<Option<usize>> {
             match raw.get(field) {
                 None | Some(serde_json::Value::Null) => Ok(None),

@@ -118,6 +118,25 @@ fn qwen3_with_a_sliding_window_matches_transformers() {
     check_fixture("qwen3-sliding");
 }
 
+/// Gemma 3 from 4B up (`Gemma3ForConditionalGeneration`): the text model
+/// out of `text_config` and `language_model.model.*`, the vision tower left
+/// out; saved back, it is a text-only `gemma3_text` that loads the same.
+#[test]
+fn gemma3_image_text_checkpoint_loads_its_text_model() {
+    check_fixture("gemma3-vision");
+    let device = Default::default();
+    let (config, model) = load_model::<B>(&fixture("gemma3-vision"), &device).unwrap();
+    assert_eq!(config.model_type.as_str(), "gemma3_text");
+    let dir = tempfile::tempdir().unwrap();
+    save_model(&model, &config, dir.path(), SaveDtype::F32).unwrap();
+    let (again, reloaded) = load_model::<B>(dir.path(), &device).unwrap();
+    assert_eq!(again.to_json()["architectures"][0], "Gemma3ForCausalLM");
+    assert_eq!(
+        named_tensors::<B, _>(&model),
+        named_tensors::<B, _>(&reloaded)
+    );
+}
+
 /// Fused qkv_proj / gate_up_proj split at load, LongRoPE switching to its
 /// long factors past the original context, a sliding window on every layer.
 #[test]
