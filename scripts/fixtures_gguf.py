@@ -2,7 +2,7 @@
 """Generate the GGUF test fixtures in model/tests/fixtures/gguf/ (committed; not run by CI).
 
     pip install gguf numpy safetensors tokenizers torch transformers sentencepiece
-    python scripts/fixtures_gguf.py [quants] [llama] [qwen2] [qwen3] [olmo2] [gemma3]   # default: all
+    python scripts/fixtures_gguf.py [quants] [llama] [qwen2] [qwen3] [olmo2] [gemma3] [phi3] [smollm3]   # default: all
 
 The reference implementation is gguf-py (llama.cpp's own Python package): its `GGUFWriter` writes
 the files and its `gguf.quants.dequantize` (a port of ggml-quants.c) gives the expected f32 values.
@@ -37,6 +37,20 @@ tiny-{qwen2,qwen3,olmo2,gemma3}.gguf.bin / .expected.safetensors / .config.json 
     tokenizer.json is the reference tokenizer (Qwen's trained one; for Gemma what transformers' GGUF
     loader builds) and tokenizer-ids.json the reference ids (for Gemma: sentencepiece's own).
     Gemma 3 has 6 layers so that llama.cpp's fixed pattern (every 6th layer global) yields both kinds.
+
+tiny-{phi3,smollm3}.gguf.bin / .expected.safetensors / .config.json / .tokenizer.json / .tokenizer-ids.json
+    The same for convert_hf_to_gguf.py's Phi3MiniModel and SmolLM3Model. Phi-3 keeps its fused
+    `qkv_proj` / `gate_up_proj` (as `attn_qkv` / `ffn_up`), has LongRoPE factors (original context 8
+    of 32, written as the `rope_factors_{long,short}.weight` tensors and `rope.scaling.attn_factor`)
+    and a sliding window of 6, and a SentencePiece vocabulary shaped like Phi-3's (Llama 2's: dummy
+    prefix, byte fallback; added tokens after it, typed and scored as Phi3MiniModel.set_vocab does,
+    `[PADn]` up to the model's vocab_size); its tokenizer.json is what transformers' GGUF loader
+    builds and tokenizer-ids.json the ids of a tokenizer shaped like Phi-3's own tokenizer.json
+    (legacy `LlamaTokenizerFast`: `Prepend("▁")` + `Replace`, merges from the sentencepiece
+    model), checked here against sentencepiece on the texts without special tokens. SmolLM3
+    (SmolLM3Model is LlamaModel: q/k rows permuted) has 4 layers, the last without RoPE, and a
+    byte-level BPE trained with Llama 3's split regex, `ignore_merges`, no BOS, written with
+    `tokenizer.ggml.pre = "smaug-bpe"` and no `add_bos_token`, as the real SmolLM3 GGUFs are.
 
 scripts/check_gguf_families.py converts the same tiny models (all F32) and compares transformers' logits
 on alignkit's import with the original model's.
@@ -311,6 +325,7 @@ FAMILY_TEXTS = TOKENIZER_TEXTS + [
     "<start_of_turn>user\nHi there<end_of_turn>\n",
     "I'M sure they'LL say it's fine ½ ² ١٢٣",
     "e\u0301 is not NFC",
+    "<|user|>\nHi there <think> ok<|end|>\n<|assistant|>\n",
 ]
 
 
@@ -397,30 +412,164 @@ def spm_vocab(model_proto):
     return sp, tokens, scores, types
 
 
+# Llama 3's split regex as in its tokenizer.json (llama.cpp's "llama-bpe"; "smaug-bpe" for SmolLM3).
+LLAMA3_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def train_llama3_tokenizer():
+    """Byte-level BPE pre-tokenized like Llama 3's and SmolLM3's tokenizer.json: Llama 3's split,
+    bytes, `ignore_merges`; no BOS added."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_tokens(["<think>"])
+    spec = json.loads(tok.to_str())
+    spec["model"]["ignore_merges"] = True  # as Llama 3's tokenizer.json has it
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+PHI3_CORPUS = CORPUS + ["You are a helpful assistant.\nWhat is the capital of France? Paris, 42 and 7."] * 10
+
+# Phi-3's added tokens (its tokenizer.json marks all of these special but <think>, which we add as a
+# plain one to cover user-defined tokens).
+PHI3_ADDED = [("<|endoftext|>", True), ("<|assistant|>", True), ("<|user|>", True), ("<|end|>", True),
+              ("<|system|>", True), ("<think>", False)]
+
+
+def train_phi3_spm():
+    """A SentencePiece BPE shaped like Phi-3's (Llama 2's): dummy prefix, byte fallback, split
+    digits, identity normalization, <unk>/<s>/</s> at 0..2."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(PHI3_CORPUS), model_writer=buf, model_type="bpe", vocab_size=384,
+        byte_fallback=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", split_digits=True, character_coverage=0.9995,
+        max_sentencepiece_length=16, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def phi3_vocab(model_proto, n_pad=4):
+    """GGUF tokens, scores and types as Phi3MiniModel.set_vocab writes them: the sentencepiece
+    pieces, then the added tokens (and <unk>, <s>, </s>, which Phi-3's tokenizer.json lists too)
+    with score -1000, CONTROL when special and USER_DEFINED otherwise, then `[PADn]` up to the
+    model's vocab_size, UNUSED with score -10000."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    n = sp.vocab_size()
+    vocab_size = n + len(PHI3_ADDED) + n_pad
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [5] * vocab_size
+    for i in range(n):
+        ty = 1
+        if sp.is_unknown(i):
+            ty = 2
+        elif sp.is_control(i):
+            ty = 3
+        elif sp.is_unused(i):
+            ty = 5
+        elif sp.is_byte(i):
+            ty = 6
+        tokens[i], scores[i], types[i] = sp.id_to_piece(i), sp.get_score(i), ty
+    added = [(0, "<unk>", True), (1, "<s>", True), (2, "</s>", True)]
+    added += [(n + k, token, special) for k, (token, special) in enumerate(PHI3_ADDED)]
+    for i, token, special in added:
+        tokens[i], scores[i], types[i] = token, -1000.0, 3 if special else 4
+    return sp, tokens, scores, types
+
+
+def phi3_shaped_tokenizer(sp, tokens, add_bos):
+    """A tokenizer shaped like Phi-3's own tokenizer.json (legacy `LlamaTokenizerFast`, as
+    transformers' LlamaConverter builds it): every piece of text between added tokens gets a \u2581
+    in front and \u2581 for its spaces, then BPE with byte fallback over the sentencepiece vocabulary,
+    merges ranked by the sentencepiece scores."""
+    from tokenizers import AddedToken
+    from transformers.tokenization_utils_base import generate_merges
+
+    n = sp.vocab_size()
+    pieces = {sp.id_to_piece(i): i for i in range(n)}
+    merges = generate_merges(pieces, {sp.id_to_piece(i): sp.get_score(i) for i in range(n)})
+    vocab = dict(pieces)
+    for k, (token, _) in enumerate(PHI3_ADDED):
+        vocab[token] = n + k
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [t for t, special in PHI3_ADDED if special]
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, special in PHI3_ADDED if not special])
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", 1)])
+    assert all(tok.token_to_id(t) == tokens.index(t) for t in vocab), "ids as in the GGUF"
+    # On text without added tokens, this is sentencepiece itself.
+    for text in FAMILY_TEXTS:
+        if not any(t in text for t, _ in PHI3_ADDED):
+            want = ([1] if add_bos else []) + sp.encode(text)
+            assert tok.encode(text).ids == want, (text, tok.encode(text).tokens, sp.encode(text, out_type=str))
+    return tok
+
+
 def tiny_family(family):
     """(transformers model with random weights, tokenizer metadata) for `family`; deterministic."""
     import torch
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, Olmo2Config, Qwen2Config, Qwen3Config
+    from transformers import (AutoModelForCausalLM, Gemma3TextConfig, Olmo2Config, Phi3Config, Qwen2Config,
+                              Qwen3Config, SmolLM3Config)
 
+    # `reference`: the tokenizer the vocabulary comes from; `encode`: its ids for a text, special
+    # tokens added as the file says.
     if family in ("qwen2", "qwen3"):
         tok = train_qwen_tokenizer()
         tokens, types, merges = bpe_vocab(tok)
         vocab = tok.get_vocab(with_added_tokens=True)
         tokenizer = dict(model="gpt2", pre="qwen2", tokens=tokens, types=types, merges=merges,
                          bos=vocab["<|endoftext|>"], eos=vocab["<|im_end|>"], pad=vocab["<|endoftext|>"],
-                         add_bos=False, reference=tok)
+                         add_bos=False, reference=tok, encode=lambda text: tok.encode(text).ids)
     elif family == "olmo2":
         tok = train_tokenizer()
         tokens, types, merges = bpe_vocab(tok)
         vocab = tok.get_vocab(with_added_tokens=True)
         tokenizer = dict(model="gpt2", pre="smollm", tokens=tokens, types=types, merges=merges,
                          bos=None, eos=vocab["<|endoftext|>"], pad=vocab["<|im_end|>"], add_bos=False,
-                         reference=tok)
+                         reference=tok, encode=lambda text: tok.encode(text).ids)
+    elif family == "smollm3":
+        # As the real SmolLM3 GGUFs: "smaug-bpe" (its tokenizer hashes like Llama 3's) and no
+        # add_bos_token, so llama.cpp adds no BOS, as SmolLM3's own tokenizer does not.
+        tok = train_llama3_tokenizer()
+        tokens, types, merges = bpe_vocab(tok)
+        vocab = tok.get_vocab(with_added_tokens=True)
+        tokenizer = dict(model="gpt2", pre="smaug-bpe", tokens=tokens, types=types, merges=merges,
+                         bos=vocab["<|begin_of_text|>"], eos=vocab["<|im_end|>"], pad=vocab["<|im_end|>"],
+                         add_bos=None, reference=tok, encode=lambda text: tok.encode(text).ids)
+    elif family == "phi3":
+        sp, tokens, scores, types = phi3_vocab(train_phi3_spm())
+        eos = tokens.index("<|endoftext|>")
+        tok = phi3_shaped_tokenizer(sp, tokens, add_bos=True)
+        tokenizer = dict(model="llama", pre="default", tokens=tokens, scores=scores, types=types,
+                         bos=1, eos=eos, pad=eos, unk=0, add_bos=True, add_eos=False, reference=tok,
+                         encode=lambda text: tok.encode(text).ids)
     else:
         proto = train_gemma_spm()
         sp, tokens, scores, types = spm_vocab(proto)
         tokenizer = dict(model="llama", pre="default", tokens=tokens, scores=scores, types=types,
-                         bos=2, eos=1, pad=0, unk=3, add_bos=True, reference=sp)
+                         bos=2, eos=1, pad=0, unk=3, add_bos=True, reference=sp,
+                         encode=lambda text: [2] + sp.encode(text))  # BOS, then sentencepiece
     common = dict(vocab_size=len(tokens), max_position_embeddings=128, bos_token_id=tokenizer["bos"],
                   eos_token_id=tokenizer["eos"], pad_token_id=tokenizer["pad"])
     config = {
@@ -441,8 +590,22 @@ def tiny_family(family):
         "gemma3": lambda: Gemma3TextConfig(**common, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                                            query_pre_attn_scalar=16, sliding_window=4, rms_norm_eps=1e-6),
+        # LongRoPE with original context 8 of 32 (sequences of 12 switch to the long factors) and a
+        # window of 6 on every layer, as scripts/fixtures_model.py's Phi-3.
+        "phi3": lambda: Phi3Config(**{**common, "max_position_embeddings": 32}, hidden_size=32,
+                                   intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                   sliding_window=6, original_max_position_embeddings=8,
+                                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                    "short_factor": [1.0, 1.1, 1.3, 1.7],
+                                                    "long_factor": [1.5, 2.0, 3.0, 5.0]}),
+        # 4 layers: llama.cpp's fixed NoPE step of 4 makes the last one NoPE.
+        "smollm3": lambda: SmolLM3Config(**common, hidden_size=32, intermediate_size=32, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                                         rope_parameters={"rope_type": "default", "rope_theta": 2000000.0},
+                                         tie_word_embeddings=True),
     }[family]()
-    torch.manual_seed({"qwen2": 2, "qwen3": 3, "olmo2": 4, "gemma3": 5}[family])
+    torch.manual_seed({"qwen2": 2, "qwen3": 3, "olmo2": 4, "gemma3": 5, "phi3": 6, "smollm3": 7}[family])
     model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -456,30 +619,56 @@ def write_family_gguf(family, model, tokenizer, path, quantize_layer0=True):
     """Write `model` as convert_hf_to_gguf.py would; returns the expected HF tensors (f32 numpy)."""
     import gguf
 
+    import math
+
     cfg = model.config.to_dict()
     arch = {"qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3, "olmo2": gguf.MODEL_ARCH.OLMO2,
-            "gemma3": gguf.MODEL_ARCH.GEMMA3}[family]
+            "gemma3": gguf.MODEL_ARCH.GEMMA3, "phi3": gguf.MODEL_ARCH.PHI3,
+            "smollm3": gguf.MODEL_ARCH.SMOLLM3}[family]
     n_layers = cfg["num_hidden_layers"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     w = GGUFWriter(path, family)
     w.add_name(f"tiny-{family}")
-    # TextModel.set_gguf_parameters
-    w.add_block_count(n_layers)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
     rope = cfg["rope_parameters"]
-    w.add_rope_freq_base(rope.get("full_attention", rope)["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    if "head_dim" in cfg:
-        w.add_key_length(cfg["head_dim"])
-        w.add_value_length(cfg["head_dim"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    if family == "phi3":  # Phi3MiniModel.set_gguf_parameters, which does not call TextModel's
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_block_count(n_layers)
+        w.add_head_count(heads)
+        w.add_head_count_kv(kv_heads)
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_rope_dimension_count(cfg["hidden_size"] // heads)
+        w.add_rope_freq_base(rope["rope_theta"])
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+        w.add_sliding_window(cfg["sliding_window"] or 0)
+    else:  # TextModel.set_gguf_parameters
+        w.add_block_count(n_layers)
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(heads)
+        w.add_head_count_kv(kv_heads)
+        w.add_rope_freq_base(rope.get("full_attention", rope)["rope_theta"])
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        if "head_dim" in cfg:
+            w.add_key_length(cfg["head_dim"])
+            w.add_value_length(cfg["head_dim"])
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     if family == "gemma3":  # Gemma3Model.set_gguf_parameters
         if cfg.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
         w.add_sliding_window(cfg["sliding_window"])
+    if family == "smollm3":  # LlamaModel.set_gguf_parameters
+        w.add_vocab_size(cfg["vocab_size"])
+        w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    if family == "phi3" and rope.get("long_factor"):  # Phi3MiniModel.generate_extra_tensors
+        original = rope["original_max_position_embeddings"]
+        scale = cfg["max_position_embeddings"] / original
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0)
+        w.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.asarray(rope["short_factor"], dtype=np.float32))
 
     t = tokenizer
     w.add_tokenizer_model(t["model"])
@@ -494,13 +683,17 @@ def write_family_gguf(family, model, tokenizer, path, quantize_layer0=True):
                      ("pad", w.add_pad_token_id)):
         if t.get(key) is not None:
             add(t[key])
-    w.add_add_bos_token(t["add_bos"])
+    if t["add_bos"] is not None:
+        w.add_add_bos_token(t["add_bos"])
+    if t.get("add_eos") is not None:
+        w.add_add_eos_token(t["add_eos"])
     if family == "gemma3":
         w.add_add_space_prefix(False)
 
     names = gguf.get_tensor_name_map(arch, n_layers)
     layer0 = {"attn_q": Q.Q8_0, "attn_k": Q.Q4_0, "attn_v": Q.Q4_1, "attn_output": Q.Q5_0,
-              "ffn_gate": Q.F16, "ffn_up": Q.BF16, "ffn_down": Q.Q5_1}
+              "ffn_gate": Q.F16, "ffn_up": Q.BF16, "ffn_down": Q.Q5_1, "attn_qkv": Q.Q8_0}
+    permuted = family == "smollm3"  # SmolLM3Model is a LlamaModel
     expected = {}
     tied = cfg["tie_word_embeddings"]
     for hf_name, tensor in model.state_dict().items():
@@ -513,10 +706,16 @@ def write_family_gguf(family, model, tokenizer, path, quantize_layer0=True):
         if family == "gemma3" and is_norm:
             x = x + np.float32(1.0)  # Gemma3Model.norm_shift
         module = gname.split(".")[2] if gname.startswith("blk.") else gname.split(".")[0]
+        if permuted and module == "attn_q":
+            x = permute(x, heads, heads)
+        elif permuted and module == "attn_k":
+            x = permute(x, heads, kv_heads)
         qt = Q.F32
         if quantize_layer0 and x.ndim == 2:
             if gname == "token_embd.weight":
                 qt = Q.Q8_0
+            elif gname == "output.weight" and family == "phi3":
+                qt = Q.Q4_1
             elif gname.startswith("blk.0."):
                 qt = layer0.get(module, Q.F32)
         if qt not in (Q.F32, Q.F16, Q.BF16) and x.shape[1] % 32 != 0:
@@ -533,12 +732,16 @@ def write_family_gguf(family, model, tokenizer, path, quantize_layer0=True):
         deq = dequantize(stored, qt).astype(np.float32).reshape(x.shape)
         if family == "gemma3" and is_norm:
             deq = deq - np.float32(1.0)
+        if permuted and module == "attn_q":
+            deq = reverse_permute(deq, heads, heads)
+        elif permuted and module == "attn_k":
+            deq = reverse_permute(deq, heads, kv_heads)
         expected[hf_name] = np.ascontiguousarray(deq)
     write(w)
     return expected
 
 
-def gemma_reference_tokenizer(path):
+def gguf_reference_tokenizer(path):
     """What transformers' GGUF loader builds from the file: the `tokenizers` Tokenizer."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
 
@@ -552,13 +755,11 @@ def family_fixture(family):
     gguf_path = os.path.join(OUT, f"tiny-{family}.gguf.bin")
     expected = write_family_gguf(family, model, tokenizer, gguf_path)
     save_file(expected, os.path.join(OUT, f"tiny-{family}.expected.safetensors"))
-    ref = tokenizer["reference"]
-    if family == "gemma3":
-        reference_json = gemma_reference_tokenizer(gguf_path).to_str(pretty=True)
-        ids = [{"text": t, "ids": [2] + ref.encode(t)} for t in FAMILY_TEXTS]  # BOS, then sentencepiece
+    if tokenizer["model"] == "llama":  # SentencePiece: what transformers' GGUF loader builds
+        reference_json = gguf_reference_tokenizer(gguf_path).to_str(pretty=True)
     else:
-        reference_json = ref.to_str(pretty=True)
-        ids = [{"text": t, "ids": ref.encode(t).ids} for t in FAMILY_TEXTS]
+        reference_json = tokenizer["reference"].to_str(pretty=True)
+    ids = [{"text": t, "ids": tokenizer["encode"](t)} for t in FAMILY_TEXTS]
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
     config.pop("transformers_version", None)
@@ -573,14 +774,14 @@ def family_fixture(family):
 if __name__ == "__main__":
     import sys
 
-    wanted = sys.argv[1:] or ["quants", "llama", "qwen2", "qwen3", "olmo2", "gemma3"]
+    wanted = sys.argv[1:] or ["quants", "llama", "qwen2", "qwen3", "olmo2", "gemma3", "phi3", "smollm3"]
     os.makedirs(OUT, exist_ok=True)
     # In this order: the fixtures draw from one random generator.
     if "quants" in wanted:
         quants_fixture()
     if "llama" in wanted:
         tiny_llama_fixture()
-    for family in ("qwen2", "qwen3", "olmo2", "gemma3"):
+    for family in ("qwen2", "qwen3", "olmo2", "gemma3", "phi3", "smollm3"):
         if family in wanted:
             family_fixture(family)
     for name in sorted(os.listdir(OUT)):

@@ -41,7 +41,8 @@ enum Command {
     /// Fetch a known model into the cache and import it (idempotent).
     #[command(after_help = examples::PULL)]
     Pull(pull::PullArgs),
-    /// Convert a GGUF file (llama, qwen2, qwen3, olmo2, gemma3) into a Hugging Face model directory.
+    /// Convert a GGUF file (llama, qwen2, qwen3, olmo2, gemma3, phi3, smollm3) into a Hugging Face
+    /// model directory.
     #[command(after_help = examples::IMPORT_GGUF)]
     ImportGguf(pull::ImportArgs),
     /// Generate text from prompts, or a candidates file for `alignkit label` from

@@ -3,28 +3,42 @@
 //! `<arch>.*` metadata.
 //!
 //! The families differ in a few facts, each an [`Arch`] method, read off the converter
-//! (`LlamaModel`, `Qwen2Model`, `Qwen3Model`, `Olmo2Model`, `Gemma3Model`) and gguf-py's
-//! `tensor_mapping.py`:
+//! (`LlamaModel`, `Qwen2Model`, `Qwen3Model`, `Olmo2Model`, `Gemma3Model`, `Phi3MiniModel`,
+//! `SmolLM3Model`) and gguf-py's `tensor_mapping.py`:
 //!
 //! | `general.architecture` | HF class | q/k rows | q/k/v bias | q/k norm | norms in a layer | norm stored |
 //! |---|---|---|---|---|---|---|
-//! | `llama`  | `LlamaForCausalLM`  | permuted | –   | –                         | attn, ffn                      | w     |
-//! | `qwen2`  | `Qwen2ForCausalLM`  | as HF    | yes | –                         | attn, ffn                      | w     |
-//! | `qwen3`  | `Qwen3ForCausalLM`  | as HF    | –   | per head `[D]`            | attn, ffn                      | w     |
-//! | `olmo2`  | `Olmo2ForCausalLM`  | as HF    | –   | whole `[H·D]`, `[K·D]`    | post-attn, post-ffw            | w     |
-//! | `gemma3` | `Gemma3ForCausalLM` | as HF    | –   | per head `[D]`            | attn, post-attn, ffn, post-ffw | w + 1 |
+//! | `llama`   | `LlamaForCausalLM`   | permuted | –   | –                         | attn, ffn                      | w     |
+//! | `qwen2`   | `Qwen2ForCausalLM`   | as HF    | yes | –                         | attn, ffn                      | w     |
+//! | `qwen3`   | `Qwen3ForCausalLM`   | as HF    | –   | per head `[D]`            | attn, ffn                      | w     |
+//! | `olmo2`   | `Olmo2ForCausalLM`   | as HF    | –   | whole `[H·D]`, `[K·D]`    | post-attn, post-ffw            | w     |
+//! | `gemma3`  | `Gemma3ForCausalLM`  | as HF    | –   | per head `[D]`            | attn, post-attn, ffn, post-ffw | w + 1 |
+//! | `phi3`    | `Phi3ForCausalLM`    | as HF, fused | – | –                        | attn, ffn                      | w     |
+//! | `smollm3` | `SmolLM3ForCausalLM` | permuted | –   | –                         | attn, ffn                      | w     |
 //!
 //! llama.cpp's `LlamaModel.permute` reorders the rows of `q_proj` and `k_proj` head by head from HF's
 //! rotate-half RoPE layout `[half, pair]` to the interleaved layout `[pair, half]` that ggml's RoPE
 //! expects; [`unpermute_rows`] undoes it. Files converted from Meta's original checkpoints are
-//! already interleaved, so the same inverse applies to every `llama` file. The other converters keep
-//! HF's rows (llama.cpp runs those families with NeoX-style RoPE).
+//! already interleaved, so the same inverse applies to every `llama` file. `SmolLM3Model` subclasses
+//! `LlamaModel`, so `smollm3` files are permuted too. The other converters keep HF's rows (llama.cpp
+//! runs those families with NeoX-style RoPE).
 //!
 //! Gemma's RMSNorm scales by `1 + w`; the converter stores `w + 1` (`Gemma3Model.norm_shift`) in
 //! every tensor whose name ends in `norm.weight`, q/k norms included, and the import subtracts the 1
 //! again, in f32. What a `gemma3` file leaves out, llama.cpp's `llama-model.cpp` hard-codes and
 //! [`ModelParams::from_gguf`] assumes the same: every 6th layer global and the others sliding-window
 //! with RoPE base 10000, scores scaled by 1/√head_dim (1/√(hidden/heads) for the 62-layer 27B).
+//!
+//! Phi-3 keeps HF's fused projections: `qkv_proj` (q, k, v rows) is written as `attn_qkv` and
+//! `gate_up_proj` (gate rows, then up rows; llama.cpp's SwiGLU gates with the first half) as
+//! `ffn_up`, both unchanged, so the import writes them back under their HF names. Its LongRoPE
+//! factors are the tensors `rope_factors_long.weight` / `rope_factors_short.weight` (written only
+//! when the model has `long_factor`), with `phi3.rope.scaling.original_context_length` and
+//! `phi3.rope.scaling.attn_factor`; `phi3.attention.sliding_window` is 0 for a model without one.
+//!
+//! SmolLM3 leaves RoPE out of some layers, which no `smollm3` key records: llama.cpp hard-codes
+//! `n_no_rope_layer_step = 4` (layer `il` skips RoPE when `(il + 1) % 4 == 0`), as transformers'
+//! `SmolLM3Config` does by default (`no_rope_layer_interval = 4`).
 
 use std::collections::HashSet;
 
@@ -43,10 +57,14 @@ pub enum Arch {
     /// Text-only Gemma 3 (`Gemma3ForCausalLM`; llama.cpp also writes the language model of
     /// `Gemma3ForConditionalGeneration` this way, with the vision tower in a separate mmproj file).
     Gemma3,
+    /// Phi-3 and Phi-3.5 mini/medium (`Phi3ForCausalLM`): fused q/k/v and gate/up, LongRoPE.
+    Phi3,
+    /// SmolLM3 (`SmolLM3ForCausalLM`): Llama's layers, every 4th without RoPE.
+    Smollm3,
 }
 
 /// Every [`Arch`] by its GGUF name, for error messages.
-pub const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, qwen3, olmo2, gemma3";
+pub const SUPPORTED_ARCHITECTURES: &str = "llama, qwen2, qwen3, olmo2, gemma3, phi3, smollm3";
 
 /// The shape of the RMSNorm on queries and keys, where a family has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +83,8 @@ impl Arch {
             "qwen3" => Arch::Qwen3,
             "olmo2" => Arch::Olmo2,
             "gemma3" => Arch::Gemma3,
+            "phi3" => Arch::Phi3,
+            "smollm3" => Arch::Smollm3,
             _ => return None,
         })
     }
@@ -77,6 +97,8 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Olmo2 => "olmo2",
             Arch::Gemma3 => "gemma3",
+            Arch::Phi3 => "phi3",
+            Arch::Smollm3 => "smollm3",
         }
     }
 
@@ -96,12 +118,21 @@ impl Arch {
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Gemma3 => "Gemma3ForCausalLM",
+            Arch::Phi3 => "Phi3ForCausalLM",
+            Arch::Smollm3 => "SmolLM3ForCausalLM",
         }
     }
 
-    /// Whether the converter permuted the q/k rows (only `LlamaModel.modify_tensors` does).
+    /// Whether the converter permuted the q/k rows (`LlamaModel.modify_tensors`, which
+    /// `SmolLM3Model` inherits).
     fn permuted_qk(self) -> bool {
-        self == Arch::Llama
+        matches!(self, Arch::Llama | Arch::Smollm3)
+    }
+
+    /// Phi-3's q/k/v in one `attn_qkv` and gate/up in one `ffn_up`, as HF's `qkv_proj` and
+    /// `gate_up_proj`.
+    fn fused_projections(self) -> bool {
+        self == Arch::Phi3
     }
 
     /// Qwen2's q/k/v projections carry a bias (`attn_q.bias`, ...); its o_proj does not.
@@ -113,7 +144,7 @@ impl Arch {
         match self {
             Arch::Qwen3 | Arch::Gemma3 => Some(QkNorm::PerHead),
             Arch::Olmo2 => Some(QkNorm::Whole),
-            Arch::Llama | Arch::Qwen2 => None,
+            Arch::Llama | Arch::Qwen2 | Arch::Phi3 | Arch::Smollm3 => None,
         }
     }
 
@@ -122,7 +153,7 @@ impl Arch {
     /// `pre_feedforward_layernorm`, and `post_attention_norm` is the norm after attention.
     fn layer_norms(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => &[
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Smollm3 => &[
                 ("attn_norm", "input_layernorm"),
                 ("ffn_norm", "post_attention_layernorm"),
             ],
@@ -175,9 +206,26 @@ pub struct ModelParams {
     pub final_logit_softcapping: Option<f64>,
     /// Gemma 3: the same on attention scores, when the file states a cap.
     pub attn_logit_softcapping: Option<f64>,
+    /// Phi-3: the context the model was pre-trained with (`rope.scaling.original_context_length`).
+    pub original_max_position_embeddings: Option<usize>,
+    /// Phi-3's LongRoPE factors, when the file has them.
+    pub long_rope: Option<LongRope>,
+    /// SmolLM3: per layer, whether it applies RoPE (HF `no_rope_layers`, 0 for a NoPE layer).
+    pub rope_layers: Option<Vec<bool>>,
     pub bos_token_id: Option<u64>,
     pub eos_token_id: Option<u64>,
     pub pad_token_id: Option<u64>,
+}
+
+/// Phi-3's LongRoPE (HF `rope_type: "longrope"`): frequency i divided by `short_factor[i]` while a
+/// pass stays within the original context, by `long_factor[i]` past it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f64>,
+    pub long_factor: Vec<f64>,
+    /// `rope.scaling.attn_factor` where it differs from the √(1 + ln s / ln L) (s = context /
+    /// original context L) that both the converter and transformers compute; `None`: that default.
+    pub attention_factor: Option<f64>,
 }
 
 /// Which layers attend through a sliding window, and how they differ from the global ones.
@@ -209,6 +257,9 @@ const GEMMA3_GLOBAL_EVERY: usize = 6;
 const GEMMA3_LOCAL_ROPE_THETA: f64 = 10_000.0;
 /// Gemma 3 27B, the one size whose scores llama.cpp scales by √(hidden/heads), not √head_dim.
 const GEMMA3_27B_LAYERS: usize = 62;
+/// llama.cpp's `n_no_rope_layer_step` for SmolLM3 (`llama-model.cpp`, `LLM_ARCH_SMOLLM3`): layer `il`
+/// has no RoPE when `(il + 1) % 4 == 0`; transformers' `no_rope_layer_interval` default.
+const SMOLLM3_NO_ROPE_EVERY: usize = 4;
 
 impl ModelParams {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, GgufError> {
@@ -274,10 +325,15 @@ impl ModelParams {
         }
         let rope_linear_factor = match file.opt_str(&key("rope.scaling.type"))? {
             None | Some("none") => None,
-            Some("linear") => match file.opt_f64(&key("rope.scaling.factor"))? {
-                Some(f) if f != 1.0 => Some(f32_decimal(f)),
-                _ => None,
-            },
+            // Phi-3 allows no linear scaling (`Phi3Config.validate_rope`).
+            Some("linear") if arch != Arch::Phi3 => {
+                match file.opt_f64(&key("rope.scaling.factor"))? {
+                    Some(f) if f != 1.0 => Some(f32_decimal(f)),
+                    _ => None,
+                }
+            }
+            // `Phi3MiniModel` writes no type; LongRoPE is the factor tensors (see `phi3_long_rope`).
+            Some("longrope") if arch == Arch::Phi3 => None,
             Some(other) => {
                 return Err(GgufError::unsupported(
                     path,
@@ -309,6 +365,12 @@ impl ModelParams {
                     opt_cap("final_logit_softcapping")?,
                     opt_cap("attn_logit_softcapping")?,
                 ),
+                Arch::Phi3 => (
+                    phi3_sliding(file, num_hidden_layers, num_key_value_heads, rope_theta)?,
+                    None,
+                    None,
+                    None,
+                ),
                 _ => {
                     // OLMo 3 is written as `olmo2` plus a sliding window; a window is foreign to
                     // every other family here, and an HF config without one would silently drop it.
@@ -337,6 +399,24 @@ impl ModelParams {
             }
         };
 
+        let (original_max_position_embeddings, long_rope) = match arch {
+            Arch::Phi3 => {
+                let original = usize_key("rope.scaling.original_context_length")?;
+                let max = usize_key("context_length")?;
+                (
+                    Some(original),
+                    phi3_long_rope(file, head_dim, max, original)?,
+                )
+            }
+            _ => (None, None),
+        };
+        // llama.cpp's `n_no_rope_layer_step`, hard-coded for `smollm3` and read from no key.
+        let rope_layers = (arch == Arch::Smollm3).then(|| {
+            (0..num_hidden_layers)
+                .map(|il| (il + 1) % SMOLLM3_NO_ROPE_EVERY != 0)
+                .collect()
+        });
+
         Ok(ModelParams {
             arch,
             hidden_size,
@@ -355,6 +435,9 @@ impl ModelParams {
             query_pre_attn_scalar,
             final_logit_softcapping,
             attn_logit_softcapping,
+            original_max_position_embeddings,
+            long_rope,
+            rope_layers,
             bos_token_id: file.opt_u64("tokenizer.ggml.bos_token_id")?,
             eos_token_id: file.opt_u64("tokenizer.ggml.eos_token_id")?,
             pad_token_id: file.opt_u64("tokenizer.ggml.padding_token_id")?,
@@ -439,6 +522,51 @@ impl ModelParams {
                     "use_bidirectional_attention": false,
                 })
             }
+            Arch::Phi3 => {
+                // `Phi3Config` keeps `partial_rotary_factor` in `rope_parameters`, and copies
+                // `original_max_position_embeddings` there for LongRoPE.
+                let mut rope = json!({
+                    "rope_type": "default",
+                    "rope_theta": self.rope_theta,
+                    "partial_rotary_factor": 1.0,
+                });
+                if let Some(l) = &self.long_rope {
+                    rope["rope_type"] = json!("longrope");
+                    rope["short_factor"] = json!(l.short_factor);
+                    rope["long_factor"] = json!(l.long_factor);
+                    rope["original_max_position_embeddings"] =
+                        json!(self.original_max_position_embeddings);
+                    if let Some(a) = l.attention_factor {
+                        rope["attention_factor"] = json!(a);
+                    }
+                }
+                json!({
+                    "hidden_act": "silu",
+                    "resid_pdrop": 0.0,
+                    "embd_pdrop": 0.0,
+                    "original_max_position_embeddings": self.original_max_position_embeddings,
+                    "sliding_window": self.sliding.as_ref().map(|s| s.window),
+                    "rope_parameters": rope,
+                })
+            }
+            Arch::Smollm3 => {
+                let no_rope_layers: Vec<u8> = self
+                    .rope_layers
+                    .iter()
+                    .flatten()
+                    .map(|&rope| u8::from(rope))
+                    .collect();
+                json!({
+                    "hidden_act": "silu",
+                    "attention_bias": false,
+                    "mlp_bias": false,
+                    "use_sliding_window": false,
+                    "sliding_window": null,
+                    "no_rope_layers": no_rope_layers,
+                    "no_rope_layer_interval": SMOLLM3_NO_ROPE_EVERY,
+                    "layer_types": layer_types(&vec![false; self.num_hidden_layers]),
+                })
+            }
         };
         if let (Value::Object(c), Value::Object(extra)) = (&mut c, extra) {
             c.extend(extra);
@@ -485,6 +613,96 @@ fn gemma3_sliding(file: &GgufFile, layers: usize) -> Result<SlidingWindow, GgufE
         rope_theta,
     })
 }
+
+/// Phi-3's window (`phi3.attention.sliding_window`, 0 for none), which transformers applies to every
+/// layer. A file from before the key was written gets what llama.cpp assumed for it (PR 8931, in
+/// `llama-model.cpp`): 2047 for the 4k-context mini and medium, 262144 for mini-128k and 131072 for
+/// medium-128k.
+fn phi3_sliding(
+    file: &GgufFile,
+    layers: usize,
+    kv_heads: usize,
+    rope_theta: f64,
+) -> Result<Option<SlidingWindow>, GgufError> {
+    let window = match file.opt_u64("phi3.attention.sliding_window")? {
+        Some(w) => w,
+        None => match (layers, file.get_u64("phi3.context_length")?) {
+            (32 | 40, 4096) => 2047,
+            (32, 131_072) if kv_heads == 32 => 262_144,
+            (40, 131_072) => 131_072,
+            _ => 0,
+        },
+    };
+    Ok((window > 0).then(|| SlidingWindow {
+        window: window as usize,
+        layers: vec![true; layers],
+        rope_theta,
+    }))
+}
+
+/// The LongRoPE tensors `Phi3MiniModel.generate_extra_tensors` writes for a model with
+/// `long_factor` (both or neither, `[head_dim / 2]` each), and `phi3.rope.scaling.attn_factor`.
+fn phi3_long_rope(
+    file: &GgufFile,
+    head_dim: usize,
+    max_positions: usize,
+    original: usize,
+) -> Result<Option<LongRope>, GgufError> {
+    let path = file.path();
+    let present = PHI3_ROPE_FACTORS.map(|name| file.has_tensor(name));
+    match present {
+        [false, false] => return Ok(None),
+        [true, true] => {}
+        _ => {
+            return Err(GgufError::NoSuchTensor {
+                path: path.to_path_buf(),
+                name: PHI3_ROPE_FACTORS[usize::from(present[0])].to_string(),
+            });
+        }
+    }
+    if original < 2 {
+        return Err(GgufError::malformed(
+            path,
+            format!("phi3.rope.scaling.original_context_length {original} must be at least 2"),
+        ));
+    }
+    let factors = |name: &str| -> Result<Vec<f64>, GgufError> {
+        let shape = file.tensor(name)?.shape();
+        if shape != [head_dim / 2] {
+            return Err(GgufError::bad_tensor(
+                path,
+                name,
+                format!(
+                    "shape {shape:?}, expected [{}] (head_dim / 2)",
+                    head_dim / 2
+                ),
+            ));
+        }
+        Ok(file
+            .tensor_f32(name)?
+            .into_iter()
+            .map(|x| f32_decimal(f64::from(x)))
+            .collect())
+    };
+    // The converter's and transformers' `_compute_longrope_parameters`' default.
+    let scale = max_positions as f64 / original as f64;
+    let default = match scale > 1.0 {
+        true => (1.0 + scale.ln() / (original as f64).ln()).sqrt(),
+        false => 1.0,
+    };
+    let attention_factor = file
+        .opt_f64("phi3.rope.scaling.attn_factor")?
+        .filter(|&a| a as f32 != default as f32)
+        .map(f32_decimal);
+    Ok(Some(LongRope {
+        long_factor: factors(PHI3_ROPE_FACTORS[0])?,
+        short_factor: factors(PHI3_ROPE_FACTORS[1])?,
+        attention_factor,
+    }))
+}
+
+/// Phi-3's LongRoPE factor tensors (long, short), which go into `config.json`.
+const PHI3_ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
 
 /// One HF tensor and where it comes from in the GGUF.
 #[derive(Debug, Clone, PartialEq)]
@@ -573,27 +791,37 @@ pub fn hf_tensors(file: &GgufFile, params: &ModelParams) -> Result<Vec<HfTensor>
         for (gguf, hf) in arch.layer_norms() {
             add(g(gguf, "weight"), f(hf, "weight"), vec![h], None, true);
         }
-        add(
-            g("attn_q", "weight"),
-            f("self_attn.q_proj", "weight"),
-            vec![q_out, h],
-            permuted(heads),
-            false,
-        );
-        add(
-            g("attn_k", "weight"),
-            f("self_attn.k_proj", "weight"),
-            vec![kv_out, h],
-            permuted(kv_heads),
-            false,
-        );
-        add(
-            g("attn_v", "weight"),
-            f("self_attn.v_proj", "weight"),
-            vec![kv_out, h],
-            None,
-            false,
-        );
+        if arch.fused_projections() {
+            add(
+                g("attn_qkv", "weight"),
+                f("self_attn.qkv_proj", "weight"),
+                vec![q_out + 2 * kv_out, h],
+                None,
+                false,
+            );
+        } else {
+            add(
+                g("attn_q", "weight"),
+                f("self_attn.q_proj", "weight"),
+                vec![q_out, h],
+                permuted(heads),
+                false,
+            );
+            add(
+                g("attn_k", "weight"),
+                f("self_attn.k_proj", "weight"),
+                vec![kv_out, h],
+                permuted(kv_heads),
+                false,
+            );
+            add(
+                g("attn_v", "weight"),
+                f("self_attn.v_proj", "weight"),
+                vec![kv_out, h],
+                None,
+                false,
+            );
+        }
         add(
             g("attn_output", "weight"),
             f("self_attn.o_proj", "weight"),
@@ -644,20 +872,30 @@ pub fn hf_tensors(file: &GgufFile, params: &ModelParams) -> Result<Vec<HfTensor>
                 true,
             );
         }
-        add(
-            g("ffn_gate", "weight"),
-            f("mlp.gate_proj", "weight"),
-            vec![i, h],
-            None,
-            false,
-        );
-        add(
-            g("ffn_up", "weight"),
-            f("mlp.up_proj", "weight"),
-            vec![i, h],
-            None,
-            false,
-        );
+        if arch.fused_projections() {
+            add(
+                g("ffn_up", "weight"),
+                f("mlp.gate_up_proj", "weight"),
+                vec![2 * i, h],
+                None,
+                false,
+            );
+        } else {
+            add(
+                g("ffn_gate", "weight"),
+                f("mlp.gate_proj", "weight"),
+                vec![i, h],
+                None,
+                false,
+            );
+            add(
+                g("ffn_up", "weight"),
+                f("mlp.up_proj", "weight"),
+                vec![i, h],
+                None,
+                false,
+            );
+        }
         add(
             g("ffn_down", "weight"),
             f("mlp.down_proj", "weight"),
@@ -681,7 +919,16 @@ pub fn hf_tensors(file: &GgufFile, params: &ModelParams) -> Result<Vec<HfTensor>
             ));
         }
     }
-    let used: HashSet<&str> = expected.iter().map(|t| t.gguf_name.as_str()).collect();
+    // Phi-3's LongRoPE factors went into `config.json` ([`ModelParams::long_rope`]).
+    let in_config: &[&str] = match arch {
+        Arch::Phi3 => &PHI3_ROPE_FACTORS,
+        _ => &[],
+    };
+    let used: HashSet<&str> = expected
+        .iter()
+        .map(|t| t.gguf_name.as_str())
+        .chain(in_config.iter().copied())
+        .collect();
     if let Some(t) = file
         .tensors()
         .iter()
@@ -860,6 +1107,40 @@ mod tests {
             .collect();
         assert_eq!(shifted.len(), 7, "{shifted:?}"); // 4 layer norms, q/k norms, model.norm
         assert!(shifted.iter().all(|n| n.ends_with("norm.weight")));
+
+        // Phi-3's fused projections keep HF's fused names and their stacked rows.
+        let phi3 = tensors_of(Arch::Phi3);
+        assert_eq!(phi3.len(), 2 + 6);
+        for (gguf, hf, shape) in [
+            ("attn_qkv", "self_attn.qkv_proj", [8 + 2 * 4, 8]),
+            ("ffn_up", "mlp.gate_up_proj", [2 * 16, 8]),
+        ] {
+            let t = phi3
+                .iter()
+                .find(|t| t.gguf_name == format!("blk.0.{gguf}.weight"))
+                .unwrap();
+            assert_eq!(t.name, format!("model.layers.0.{hf}.weight"));
+            assert_eq!(t.shape, shape);
+            assert_eq!(t.unpermute_heads, None);
+        }
+        assert_eq!(hf_name(&phi3, "blk.0.attn_q.weight"), None);
+        assert_eq!(hf_name(&phi3, "blk.0.ffn_gate.weight"), None);
+
+        // SmolLM3Model is a LlamaModel: q/k permuted.
+        let smollm3 = tensors_of(Arch::Smollm3);
+        assert_eq!(smollm3.len(), 2 + 9);
+        let permuted: Vec<(&str, Option<usize>)> = smollm3
+            .iter()
+            .filter(|t| t.unpermute_heads.is_some())
+            .map(|t| (t.gguf_name.as_str(), t.unpermute_heads))
+            .collect();
+        assert_eq!(
+            permuted,
+            [
+                ("blk.0.attn_q.weight", Some(2)),
+                ("blk.0.attn_k.weight", Some(1))
+            ]
+        );
     }
 
     #[test]
@@ -886,6 +1167,9 @@ mod tests {
                 query_pre_attn_scalar: None,
                 final_logit_softcapping: None,
                 attn_logit_softcapping: None,
+                original_max_position_embeddings: None,
+                long_rope: None,
+                rope_layers: None,
                 bos_token_id: Some(1),
                 eos_token_id: Some(2),
                 pad_token_id: Some(2),
@@ -957,6 +1241,9 @@ mod tests {
             ("qwen3", 2 + 2 * (2 + 4 + 2 + 3)),
             ("olmo2", 3 + 2 * (2 + 4 + 2 + 3)),
             ("gemma3", 2 + 6 * (4 + 4 + 2 + 3)),
+            // Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj.
+            ("phi3", 3 + 2 * (2 + 2 + 2)),
+            ("smollm3", 2 + 4 * (2 + 4 + 3)),
         ] {
             let tensors = matches_reference(name);
             assert_eq!(tensors.len(), n, "{name}");
@@ -995,6 +1282,8 @@ mod tests {
             ("qwen3", Arch::Qwen3),
             ("olmo2", Arch::Olmo2),
             ("gemma3", Arch::Gemma3),
+            ("phi3", Arch::Phi3),
+            ("smollm3", Arch::Smollm3),
         ] {
             let f = GgufFile::open(fixture(&format!("tiny-{name}.gguf.bin"))).unwrap();
             let p = ModelParams::from_gguf(&f).unwrap();
@@ -1033,11 +1322,11 @@ mod tests {
 
     #[test]
     fn rejects_what_the_hf_class_cannot_hold() {
-        let e = error(GgufBuilder::tiny_llama().str("general.architecture", "phi3"));
+        let e = error(GgufBuilder::tiny_llama().str("general.architecture", "phi2"));
         assert!(
             e.ends_with(
-                "architecture \"phi3\" (supported: llama, qwen2, qwen3, olmo2, gemma3) is not \
-                 supported"
+                "architecture \"phi2\" (supported: llama, qwen2, qwen3, olmo2, gemma3, phi3, \
+                 smollm3) is not supported"
             ),
             "{e}"
         );
@@ -1184,5 +1473,141 @@ mod tests {
             (true, false, 20_000.0)
         );
         assert_eq!(p.final_logit_softcapping, Some(30.0));
+    }
+
+    /// Phi-3: LongRoPE from the factor tensors (config, not weights), the attention factor only
+    /// where it is not the default both the converter and transformers compute, the window (0:
+    /// none; for a file without the key, what llama.cpp assumed for the released sizes).
+    #[test]
+    fn phi3_long_rope_and_window() {
+        let longrope = |b: GgufBuilder| {
+            b.u32("phi3.context_length", 64)
+                .u32("phi3.rope.scaling.original_context_length", 16)
+                .f32_tensor("rope_factors_long.weight", &[2], |i| [1.5, 4.0][i])
+                .f32_tensor("rope_factors_short.weight", &[2], |i| [1.0, 1.1][i])
+        };
+        // The default: √(1 + ln(64 / 16) / ln 16) = √1.5.
+        let b = longrope(GgufBuilder::tiny(Arch::Phi3)).kv(
+            "phi3.rope.scaling.attn_factor",
+            GgufValue::F32(1.5f32.sqrt()),
+        );
+        let f = open(&b);
+        let p = ModelParams::from_gguf(&f).unwrap();
+        assert_eq!(
+            p.long_rope,
+            Some(LongRope {
+                short_factor: vec![1.0, 1.1],
+                long_factor: vec![1.5, 4.0],
+                attention_factor: None,
+            })
+        );
+        assert_eq!(p.original_max_position_embeddings, Some(16));
+        assert_eq!(p.sliding, None);
+        assert_eq!(hf_tensors(&f, &p).unwrap().len(), 2 + 6);
+        let c = p.config_json();
+        assert_eq!(
+            c["rope_parameters"],
+            json!({
+                "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+                "short_factor": [1.0, 1.1], "long_factor": [1.5, 4.0],
+                "original_max_position_embeddings": 16,
+            })
+        );
+        assert_eq!(
+            (
+                &c["original_max_position_embeddings"],
+                &c["max_position_embeddings"]
+            ),
+            (&json!(16), &json!(64))
+        );
+        assert_eq!(c["sliding_window"], Value::Null);
+        assert_eq!(c["architectures"][0], "Phi3ForCausalLM");
+
+        let b = b
+            .kv("phi3.rope.scaling.attn_factor", GgufValue::F32(1.25))
+            .u32("phi3.attention.sliding_window", 6);
+        let p = ModelParams::from_gguf(&open(&b)).unwrap();
+        assert_eq!(p.long_rope.as_ref().unwrap().attention_factor, Some(1.25));
+        let c = p.config_json();
+        assert_eq!(c["rope_parameters"]["attention_factor"], 1.25);
+        assert_eq!(c["sliding_window"], 6);
+        assert_eq!(p.sliding.unwrap().layers, [true]);
+
+        // No factors: plain RoPE, the original context still recorded.
+        let p = ModelParams::from_gguf(&open(&GgufBuilder::tiny(Arch::Phi3))).unwrap();
+        assert_eq!(p.long_rope, None);
+        let c = p.config_json();
+        assert_eq!(
+            c["rope_parameters"],
+            json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0})
+        );
+        assert_eq!(c["original_max_position_embeddings"], 64);
+
+        // Phi-3-mini-4k converted before the key existed: llama.cpp's 2047.
+        let mut old = GgufBuilder::tiny(Arch::Phi3)
+            .u32("phi3.block_count", 32)
+            .u32("phi3.context_length", 4096);
+        old.kvs
+            .retain(|(k, _)| k != "phi3.attention.sliding_window");
+        let s = ModelParams::from_gguf(&open(&old))
+            .unwrap()
+            .sliding
+            .unwrap();
+        assert_eq!((s.window, s.layers.len()), (2047, 32));
+
+        let e = error(
+            longrope(GgufBuilder::tiny(Arch::Phi3)).without_tensor("rope_factors_short.weight"),
+        );
+        assert!(
+            e.ends_with("no tensor named rope_factors_short.weight"),
+            "{e}"
+        );
+        let e = error(longrope(GgufBuilder::tiny(Arch::Phi3)).f32_tensor(
+            "rope_factors_long.weight",
+            &[3],
+            |_| 1.0,
+        ));
+        assert!(
+            e.ends_with("tensor rope_factors_long.weight: shape [3], expected [2] (head_dim / 2)"),
+            "{e}"
+        );
+        let e = error(GgufBuilder::tiny(Arch::Phi3).str("phi3.rope.scaling.type", "linear"));
+        assert!(
+            e.contains("phi3.rope.scaling.type \"linear\" is not supported"),
+            "{e}"
+        );
+        // Separate q/k/v are not what the converter writes for Phi3ForCausalLM.
+        let e =
+            error(
+                GgufBuilder::tiny(Arch::Phi3).f32_tensor("blk.0.attn_q.weight", &[8, 8], |_| 0.0),
+            );
+        assert!(
+            e.contains("blk.0.attn_q.weight: is not part of a Hugging Face Phi3ForCausalLM"),
+            "{e}"
+        );
+    }
+
+    /// SmolLM3's NoPE layers are llama.cpp's hard-coded every 4th (`(il + 1) % 4 == 0`), which is
+    /// also transformers' default.
+    #[test]
+    fn smollm3_no_rope_every_fourth_layer() {
+        let b = GgufBuilder::tiny(Arch::Smollm3).u32("smollm3.block_count", 9);
+        let p = ModelParams::from_gguf(&open(&b)).unwrap();
+        let flags = p.rope_layers.clone().unwrap();
+        let nope: Vec<usize> = (0..9).filter(|&l| !flags[l]).collect();
+        assert_eq!(nope, [3, 7]);
+        let c = p.config_json();
+        assert_eq!(c["no_rope_layers"], json!([1, 1, 1, 0, 1, 1, 1, 0, 1]));
+        assert_eq!(c["no_rope_layer_interval"], 4);
+        assert_eq!(c["model_type"], "smollm3");
+        assert_eq!(c["architectures"][0], "SmolLM3ForCausalLM");
+        assert_eq!(c["use_sliding_window"], false);
+        assert_eq!(c["layer_types"].as_array().map(Vec::len), Some(9));
+
+        let e = error(GgufBuilder::tiny(Arch::Smollm3).u32("smollm3.attention.sliding_window", 4));
+        assert!(
+            e.ends_with("smollm3.attention.sliding_window is not supported"),
+            "{e}"
+        );
     }
 }

@@ -301,16 +301,19 @@ mod tests {
     }
 
     /// Each family's fixture imports to a directory whose config.json alignkit's own loader reads
-    /// as that family (Gemma 3's sliding layers and scale included), whose tokenizer.json the
-    /// `tokenizers` crate loads, and whose weights are the expected ones.
+    /// as that family (Gemma 3's sliding layers and scale, Phi-3's LongRoPE and window, SmolLM3's
+    /// NoPE layers included) and whose weights it loads, whose tokenizer.json the `tokenizers`
+    /// crate loads, and whose weights are the expected ones.
     #[test]
     fn tiny_family_directories() {
-        use crate::config::{LlamaConfig, ModelType};
+        use crate::config::{LlamaConfig, ModelType, RopeScaling};
         for (name, model_type, n_tensors) in [
             ("qwen2", ModelType::Qwen2, 27),
             ("qwen3", ModelType::Qwen3, 24),
             ("olmo2", ModelType::Olmo2, 25),
             ("gemma3", ModelType::Gemma3, 80),
+            ("phi3", ModelType::Phi3, 15),
+            ("smollm3", ModelType::Smollm3, 38),
         ] {
             let scratch = ScratchDir::new(name);
             let out = scratch.0.join(name);
@@ -328,6 +331,34 @@ mod tests {
                 assert_eq!(config.rope_theta, 1_000_000.0);
                 assert_eq!(config.attention_scale, 0.25); // 1/√16
                 assert!(config.tie_word_embeddings);
+            }
+            if name == "phi3" {
+                // √(1 + ln(32 / 8) / ln 8), transformers' default, left for the loader to compute.
+                let attention_factor = (1.0 + 4f64.ln() / 8f64.ln()).sqrt();
+                assert_eq!(
+                    config.rope_scaling,
+                    Some(RopeScaling::LongRope {
+                        short_factor: vec![1.0, 1.1, 1.3, 1.7],
+                        long_factor: vec![1.5, 2.0, 3.0, 5.0],
+                        original_max_position_embeddings: 8,
+                        attention_factor,
+                    })
+                );
+                assert_eq!(config.sliding, [true, true]);
+                assert_eq!(config.sliding_window, Some(6));
+                assert!(!config.tie_word_embeddings);
+            }
+            if name == "smollm3" {
+                assert_eq!(config.rope_layers, [true, true, true, false]);
+                assert_eq!(config.rope_theta, 2_000_000.0);
+                assert!(config.sliding.is_empty());
+                assert!(config.tie_word_embeddings);
+            }
+            if matches!(name, "phi3" | "smollm3") {
+                let (loaded, _model) =
+                    crate::checkpoint::load_model::<burn::backend::Flex>(&out, &Default::default())
+                        .unwrap();
+                assert_eq!(loaded.model_type, model_type);
             }
             tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
 
@@ -361,8 +392,8 @@ mod tests {
         let e = import_gguf(&fixture("quants.gguf.bin"), &out).unwrap_err();
         assert!(
             e.to_string().contains(
-                "architecture \"test\" (supported: llama, qwen2, qwen3, olmo2, gemma3) is not \
-                 supported"
+                "architecture \"test\" (supported: llama, qwen2, qwen3, olmo2, gemma3, phi3, \
+                 smollm3) is not supported"
             ),
             "{e}"
         );

@@ -1,5 +1,5 @@
-//! GGUF import: read llama.cpp's GGUF files and turn a `llama`, `qwen2`, `qwen3`, `olmo2` or `gemma3`
-//! model into a Hugging Face directory.
+//! GGUF import: read llama.cpp's GGUF files and turn a `llama`, `qwen2`, `qwen3`, `olmo2`, `gemma3`,
+//! `phi3` or `smollm3` model into a Hugging Face directory.
 //!
 //! - [`reader`]: the container (header, metadata, tensor infos, memory-mapped data), GGUF v2 and v3.
 //!   See: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
@@ -7,10 +7,10 @@
 //!   Q5_K, Q6_K), following `dequantize_row_*` in ggml's `ggml-quants.c`.
 //! - [`arch`]: per architecture ([`Arch`]), GGUF → HF tensor names and shapes, the inverse of what
 //!   llama.cpp's converter did to the weights (q/k row permutation, Gemma's norm + 1), and
-//!   `config.json` from the `<arch>.*` metadata.
+//!   `config.json` from the `<arch>.*` metadata (and Phi-3's LongRoPE factor tensors).
 //! - [`tokenizer`]: `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` from the
-//!   `tokenizer.ggml.*` metadata (byte-level BPE, `tokenizer.ggml.model == "gpt2"`; Gemma's
-//!   SentencePiece BPE, `"llama"`).
+//!   `tokenizer.ggml.*` metadata (byte-level BPE, `tokenizer.ggml.model == "gpt2"`; Gemma's and
+//!   Phi-3's SentencePiece BPE, `"llama"`).
 //! - [`import`]: [`import_gguf`], which writes the whole HF directory atomically.
 //!
 //! This module depends on nothing else in the crate (no burn): it only produces files and f32 buffers.
@@ -25,7 +25,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use arch::{Arch, HfTensor, ModelParams, SlidingWindow};
+pub use arch::{Arch, HfTensor, LongRope, ModelParams, SlidingWindow};
 pub use import::{
     ImportProgress, ImportReport, import_gguf, import_gguf_with_progress, write_safetensors,
 };

@@ -581,6 +581,14 @@ impl GgufFile {
             .ok_or_else(|| self.wrong_type(key, "an array of integers", v))
     }
 
+    /// An array of numbers as f64 (e.g. `tokenizer.ggml.scores`, float32).
+    pub fn get_f64_array(&self, key: &str) -> Result<Vec<f64>, GgufError> {
+        let v = self.required(key)?;
+        v.as_array()
+            .and_then(|a| a.iter().map(GgufValue::as_f64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.wrong_type(key, "an array of floats", v))
+    }
+
     /// All tensor infos in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors

@@ -201,7 +201,8 @@ impl GgufBuilder {
 
     /// [`GgufBuilder::tiny_llama`]'s model as `arch` writes it: its metadata prefix, its norms,
     /// Qwen2's q/k/v biases, Qwen3's and Gemma 3's per-head q/k norms, OLMo 2's whole ones, Gemma 3's
-    /// sliding window of 4.
+    /// sliding window of 4, Phi-3's fused `attn_qkv` / `ffn_up` and original context (no window, no
+    /// LongRoPE factors).
     pub fn tiny(arch: Arch) -> Self {
         let (h, ffn, kv, v, d) = (8u64, 16u64, 4u64, 6u64, 4u64);
         let a = arch.gguf_name();
@@ -237,6 +238,11 @@ impl GgufBuilder {
                 .u32(&key("attention.value_length"), d as u32)
                 .u32(&key("attention.sliding_window"), 4);
         }
+        if arch == Arch::Phi3 {
+            b = b
+                .u32(&key("rope.scaling.original_context_length"), 64)
+                .u32(&key("attention.sliding_window"), 0);
+        }
         let val = |i: usize| i as f32 * 0.25 - 1.0;
         b = b.f32_tensor("token_embd.weight", &[h, v], val).f32_tensor(
             "output_norm.weight",
@@ -244,7 +250,9 @@ impl GgufBuilder {
             val,
         );
         let norms: &[&str] = match arch {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => &["attn_norm", "ffn_norm"],
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Smollm3 => {
+                &["attn_norm", "ffn_norm"]
+            }
             Arch::Olmo2 => &["post_attention_norm", "post_ffw_norm"],
             Arch::Gemma3 => &[
                 "attn_norm",
@@ -254,13 +262,22 @@ impl GgufBuilder {
             ],
         };
         let mut layer: Vec<(&str, Vec<u64>)> = norms.iter().map(|n| (*n, vec![h])).collect();
+        if arch == Arch::Phi3 {
+            layer.extend([
+                ("attn_qkv.weight", vec![h, h + 2 * kv]),
+                ("ffn_up.weight", vec![h, 2 * ffn]),
+            ]);
+        } else {
+            layer.extend([
+                ("attn_q.weight", vec![h, h]),
+                ("attn_k.weight", vec![h, kv]),
+                ("attn_v.weight", vec![h, kv]),
+                ("ffn_gate.weight", vec![h, ffn]),
+                ("ffn_up.weight", vec![h, ffn]),
+            ]);
+        }
         layer.extend([
-            ("attn_q.weight", vec![h, h]),
-            ("attn_k.weight", vec![h, kv]),
-            ("attn_v.weight", vec![h, kv]),
             ("attn_output.weight", vec![h, h]),
-            ("ffn_gate.weight", vec![h, ffn]),
-            ("ffn_up.weight", vec![h, ffn]),
             ("ffn_down.weight", vec![ffn, h]),
         ]);
         match arch {
@@ -273,7 +290,7 @@ impl GgufBuilder {
                 layer.extend([("attn_q_norm", vec![d]), ("attn_k_norm", vec![d])])
             }
             Arch::Olmo2 => layer.extend([("attn_q_norm", vec![h]), ("attn_k_norm", vec![kv])]),
-            Arch::Llama => {}
+            Arch::Llama | Arch::Phi3 | Arch::Smollm3 => {}
         }
         for (name, dims) in layer {
             let name = match name.contains('.') {

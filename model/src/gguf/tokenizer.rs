@@ -1,6 +1,6 @@
 //! Hugging Face tokenizer files from the `tokenizer.ggml.*` metadata: byte-level BPE
-//! (`tokenizer.ggml.model == "gpt2"`) and Gemma's SentencePiece-style BPE with byte fallback
-//! (`"llama"` in a `gemma3` file).
+//! (`tokenizer.ggml.model == "gpt2"`) and SentencePiece-style BPE with byte fallback (`"llama"` in a
+//! `gemma3` or `phi3` file).
 //!
 //! A GGUF stores the vocabulary (`tokens`, one id each), each token's type (llama.cpp
 //! `llama_token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte), for BPE the
@@ -8,9 +8,10 @@
 //! pre-tokenizer regexes follow llama.cpp's `llama-vocab.cpp` (`llm_tokenizer_bpe`); control tokens
 //! become special added tokens and user-defined ones plain added tokens, as transformers'
 //! `integrations/gguf/gguf_tokenizer_mapping.py` does. A SentencePiece vocabulary comes without
-//! merges; [`gemma_merges`] recovers them from the token order as that module does for Gemma.
+//! merges; [`spm_merges`] recovers them as that module's `generate_merges` does: ranked by token
+//! position for Gemma, by `tokenizer.ggml.scores` for Phi-3.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
@@ -42,8 +43,12 @@ pub enum PreTokenizer {
     /// `"command-r"`, `"codeshell"`, `"exaone"`): llama.cpp's `"\\p{N}"` split, HF's
     /// `Digits(individual_digits=true)`.
     Gpt2Digits,
-    /// Llama 3's regex (`"llama3"`, `"llama-v3"`, `"llama-bpe"`, `"smaug-bpe"`, `"dbrx"`, `"falcon3"`).
+    /// Llama 3's regex (`"llama3"`, `"llama-v3"`, `"llama-bpe"`, `"falcon3"`).
     Llama3,
+    /// Llama 3's regex under the names of models whose tokenizer is Llama 3's (`"smaug-bpe"`, which
+    /// the converter writes for SmolLM3 and for some Llama 3 files, its hash being the same; `"dbrx"`).
+    /// Unlike for `"llama-bpe"`, llama.cpp adds no BOS unless the file says so.
+    Smaug,
     /// Qwen2's regex (`"qwen2"`: Qwen2, Qwen2.5, Qwen3), after Qwen's NFC normalizer.
     Qwen2,
 }
@@ -55,9 +60,8 @@ impl PreTokenizer {
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
                 PreTokenizer::Gpt2Digits
             }
-            "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
-                PreTokenizer::Llama3
-            }
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => PreTokenizer::Llama3,
+            "smaug-bpe" | "dbrx" => PreTokenizer::Smaug,
             "qwen2" => PreTokenizer::Qwen2,
             _ => return None,
         })
@@ -68,9 +72,11 @@ impl PreTokenizer {
         self == PreTokenizer::Llama3
     }
 
-    /// llama.cpp sets `ignore_merges` for Llama 3: a word that is a whole token is not merged.
+    /// A word that is a whole token is not merged: llama.cpp's `ignore_merges` for Llama 3, and what
+    /// the `tokenizer.json` of the models behind `"smaug-bpe"` (Llama 3's, SmolLM3's) says, where
+    /// llama.cpp does merge; the two differ only on a word the merges would spell otherwise.
     fn ignore_merges(self) -> bool {
-        self == PreTokenizer::Llama3
+        matches!(self, PreTokenizer::Llama3 | PreTokenizer::Smaug)
     }
 
     /// Qwen's own `tokenizer.json` normalizes to NFC, which llama.cpp skips; the import follows the
@@ -99,7 +105,7 @@ impl PreTokenizer {
                 "type": "Sequence",
                 "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
             }),
-            PreTokenizer::Llama3 => split_then_bytes(LLAMA3_SPLIT),
+            PreTokenizer::Llama3 | PreTokenizer::Smaug => split_then_bytes(LLAMA3_SPLIT),
             PreTokenizer::Qwen2 => split_then_bytes(QWEN2_SPLIT),
         }
     }
@@ -110,9 +116,21 @@ impl PreTokenizer {
 enum Vocab {
     /// `"gpt2"`: byte-level BPE with the file's merges.
     ByteLevel(PreTokenizer),
-    /// `"llama"` in a `gemma3` file: SentencePiece BPE over `▁`-spelled text, unknown bytes as
-    /// `<0xNN>` tokens, no prefix space; merges recovered from the token order.
+    /// `"llama"`: SentencePiece BPE over `▁`-spelled text, unknown bytes as `<0xNN>` tokens, merges
+    /// recovered from the vocabulary.
+    SentencePiece(Spm),
+}
+
+/// How a SentencePiece vocabulary is tokenized, which the file leaves to the architecture (as
+/// transformers' GGUF loader does, `GGUF_SENTENCEPIECE_BUILDERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spm {
+    /// Gemma's (`GemmaTokenizer`): no prefix space; merges ranked by token position.
     Gemma,
+    /// Phi-3's own `tokenizer.json` (Llama 2's legacy `LlamaTokenizerFast`): `▁` prepended to each
+    /// piece of text between special tokens, as llama.cpp does (`tokenizer_add_space_prefix`, on
+    /// unless `tokenizer.ggml.add_space_prefix` is false); merges ranked by `tokenizer.ggml.scores`.
+    Phi3 { prefix_space: bool },
 }
 
 /// The tokenizer files of an HF model directory, as JSON values.
@@ -192,12 +210,27 @@ pub fn tokenizer_files(
                 PreTokenizer::Gpt2
             }
         }),
-        "llama" if arch == Arch::Gemma3 => Vocab::Gemma,
+        "llama" if arch == Arch::Gemma3 => {
+            if file.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
+                return Err(GgufError::unsupported(
+                    path,
+                    "tokenizer.ggml.add_space_prefix = true in a gemma3 file",
+                ));
+            }
+            Vocab::SentencePiece(Spm::Gemma)
+        }
+        "llama" if arch == Arch::Phi3 => Vocab::SentencePiece(Spm::Phi3 {
+            // llama.cpp's default for a SentencePiece vocabulary.
+            prefix_space: file
+                .opt_bool("tokenizer.ggml.add_space_prefix")?
+                .unwrap_or(true),
+        }),
         "llama" => {
             return Err(GgufError::unsupported(
                 path,
                 format!(
-                    "tokenizer.ggml.model \"llama\" (SentencePiece) in a {:?} file (only gemma3's)",
+                    "tokenizer.ggml.model \"llama\" (SentencePiece) in a {:?} file (only gemma3's \
+                     and phi3's)",
                     arch.gguf_name()
                 ),
             ));
@@ -207,7 +240,7 @@ pub fn tokenizer_files(
                 path,
                 format!(
                     "tokenizer.ggml.model {model:?} (only byte-level BPE, \"gpt2\", and gemma3's \
-                     SentencePiece, \"llama\")"
+                     and phi3's SentencePiece, \"llama\")"
                 ),
             ));
         }
@@ -256,16 +289,29 @@ pub fn tokenizer_files(
 
     let built = match vocab_kind {
         Vocab::ByteLevel(pre) => byte_level(file, pre, &tokens, &token_types, &mut warnings)?,
-        Vocab::Gemma => {
-            if file.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
-                return Err(GgufError::unsupported(
-                    path,
-                    "tokenizer.ggml.add_space_prefix = true in a gemma3 file",
-                ));
-            }
-            gemma(
+        Vocab::SentencePiece(spm) => {
+            let scores = match spm {
+                Spm::Gemma => None,
+                Spm::Phi3 { .. } => {
+                    let scores = file.get_f64_array("tokenizer.ggml.scores")?;
+                    if scores.len() != tokens.len() {
+                        return Err(GgufError::malformed(
+                            path,
+                            format!(
+                                "tokenizer.ggml.scores has {} entries for {} tokens",
+                                scores.len(),
+                                tokens.len()
+                            ),
+                        ));
+                    }
+                    Some(scores)
+                }
+            };
+            sentencepiece(
+                spm,
                 &tokens,
                 &token_types,
+                scores.as_deref(),
                 id_token(&tokens, unk_id),
                 &mut warnings,
             )
@@ -471,22 +517,26 @@ fn byte_level(
     })
 }
 
-/// Gemma's SentencePiece BPE as transformers' `GemmaTokenizer` builds it: spaces become `▁` before
-/// BPE, bytes without a token fall back to `<0xNN>`, and decoding reverses both.
+/// SentencePiece BPE as transformers builds it from a GGUF: spaces become `▁` before BPE, bytes
+/// without a token fall back to `<0xNN>`, and decoding reverses both.
 ///
-/// Two things of a Gemma file need fixing first, as transformers' `gemma_tokenizer` does: a token of
-/// spaces only is stored with real spaces (`"  "`) where the vocabulary spells `"▁▁"`; and there
-/// are no merges, so [`gemma_merges`] recovers them.
-fn gemma(
+/// Gemma (`GemmaTokenizer`): a token of spaces only is stored with real spaces (`"  "`) where the
+/// vocabulary spells `"▁▁"`, so it is respelled first, as transformers' `gemma_tokenizer` does; the
+/// merges follow the token order, since Gemma's scores do not. Phi-3 (`phi3_tokenizer`, the shape of
+/// its own `tokenizer.json`): a normalizer prepends `▁` to every piece of text between special
+/// tokens, no pre-tokenizer, and the merges follow `scores`, which the caller passes for Phi-3.
+fn sentencepiece(
+    spm: Spm,
     tokens: &[&str],
     token_types: &[i64],
+    scores: Option<&[f64]>,
     unk: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> Built {
     let spelled: Vec<String> = tokens
         .iter()
         .map(|t| {
-            if t.contains(' ') && t.trim().is_empty() {
+            if spm == Spm::Gemma && t.contains(' ') && t.trim().is_empty() {
                 SPACE_MARK.to_string().repeat(t.chars().count())
             } else {
                 t.to_string()
@@ -516,10 +566,40 @@ fn gemma(
             (special || user).then(|| (id, token.to_string(), special))
         })
         .collect();
-    let merges: Vec<Value> = gemma_merges(&spelled, &ids)
-        .into_iter()
-        .map(|(a, b)| json!([a, b]))
-        .collect();
+    let merges: Vec<Value> = match scores {
+        Some(scores) => spm_merges(&spelled, &ids, |id| scores[id]),
+        None => spm_merges(&spelled, &ids, |id| -(id as f64)),
+    }
+    .into_iter()
+    .map(|(a, b)| json!([a, b]))
+    .collect();
+
+    let space = SPACE_MARK.to_string();
+    let spaces_to_marks = json!({"type": "Replace", "pattern": {"String": " "}, "content": space});
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": space}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    let (normalizer, pre_tokenizer) = match spm {
+        Spm::Gemma => (
+            spaces_to_marks,
+            json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+        ),
+        Spm::Phi3 { prefix_space } => {
+            let normalizer = match prefix_space {
+                true => json!({
+                    "type": "Sequence",
+                    "normalizers": [{"type": "Prepend", "prepend": space}, spaces_to_marks],
+                }),
+                false => spaces_to_marks,
+            };
+            if prefix_space {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            (normalizer, Value::Null)
+        }
+    };
 
     Built {
         model: json!({
@@ -534,16 +614,9 @@ fn gemma(
             "vocab": vocab,
             "merges": merges,
         }),
-        normalizer: json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK.to_string()}),
-        pre_tokenizer: json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
-        decoder: json!({
-            "type": "Sequence",
-            "decoders": [
-                {"type": "Replace", "pattern": {"String": SPACE_MARK.to_string()}, "content": " "},
-                {"type": "ByteFallback"},
-                {"type": "Fuse"},
-            ],
-        }),
+        normalizer,
+        pre_tokenizer,
+        decoder: json!({"type": "Sequence", "decoders": decoders}),
         post_processor: None,
         added,
         // llama.cpp adds BOS for a SentencePiece vocabulary unless told otherwise.
@@ -552,24 +625,38 @@ fn gemma(
 }
 
 /// The merges a BPE vocabulary without any implies, best first: every split of a token into two
-/// tokens, earlier tokens first and, within one token, longer left pieces first. This is
-/// transformers' `generate_merges` with the token position as the score, which it uses for Gemma
-/// files because Gemma's scores do not follow its merge order.
-fn gemma_merges<'a>(tokens: &'a [String], ids: &HashMap<&str, usize>) -> Vec<(&'a str, &'a str)> {
+/// tokens, ranked by the token's `score` (highest first), then by the longer left piece, then by
+/// the longer right piece; ties keep the order in which tokens first appear. This is transformers'
+/// `generate_merges` with scores; a token listed twice has the id, and so the score, of its last
+/// place. Gemma's score is minus the position, as transformers' `gemma_tokenizer` ranks it.
+fn spm_merges<'a>(
+    tokens: &'a [String],
+    ids: &HashMap<&str, usize>,
+    score: impl Fn(usize) -> f64,
+) -> Vec<(&'a str, &'a str)> {
+    let mut seen = HashSet::with_capacity(tokens.len());
+    // (score, left chars, right chars, first appearance, left, right)
     let mut merges = Vec::new();
-    for (id, token) in tokens.iter().enumerate() {
-        if ids.get(token.as_str()) != Some(&id) {
-            continue; // a duplicate: the id kept is the later one, whose turn it will be
+    for (first, token) in tokens.iter().enumerate() {
+        if !seen.insert(token.as_str()) {
+            continue;
         }
-        let cuts: Vec<usize> = token.char_indices().map(|(at, _)| at).skip(1).collect();
-        for &at in cuts.iter().rev() {
+        let s = score(ids[token.as_str()]);
+        let n_chars = token.chars().count();
+        for (k, (at, _)) in token.char_indices().enumerate().skip(1) {
             let (left, right) = token.split_at(at);
             if ids.contains_key(left) && ids.contains_key(right) {
-                merges.push((left, right));
+                merges.push((s, k, n_chars - k, first, left, right));
             }
         }
     }
-    merges
+    merges.sort_by(|a, b| {
+        (b.0.total_cmp(&a.0))
+            .then(b.1.cmp(&a.1))
+            .then(b.2.cmp(&a.2))
+            .then(a.3.cmp(&b.3))
+    });
+    merges.into_iter().map(|m| (m.4, m.5)).collect()
 }
 
 /// `TemplateProcessing` adding BOS in front of and/or EOS after each sequence, like HF's Llama 3
@@ -639,6 +726,10 @@ mod tests {
         assert_eq!(
             PreTokenizer::from_gguf("llama-bpe"),
             Some(PreTokenizer::Llama3)
+        );
+        assert_eq!(
+            PreTokenizer::from_gguf("smaug-bpe"),
+            Some(PreTokenizer::Smaug)
         );
         assert_eq!(PreTokenizer::from_gguf("gpt2"), Some(PreTokenizer::Gpt2));
         assert_eq!(PreTokenizer::from_gguf("qwen2"), Some(PreTokenizer::Qwen2));
@@ -733,15 +824,17 @@ mod tests {
         files
     }
 
-    /// Qwen2/Qwen3 (`"qwen2"`: NFC, then Qwen2's split) and OLMo 2's SmolLM-style vocabulary encode
-    /// every text as the trained `tokenizers` tokenizer does, decomposed accents and non-ASCII
-    /// numerals included, and carry its pipeline.
+    /// Qwen2/Qwen3 (`"qwen2"`: NFC, then Qwen2's split), OLMo 2's SmolLM-style vocabulary and
+    /// SmolLM3's Llama 3-style one (`"smaug-bpe"`, no BOS) encode every text as the trained
+    /// `tokenizers` tokenizer does, decomposed accents and non-ASCII numerals included, and carry
+    /// its pipeline.
     #[test]
     fn byte_level_families_encode_like_their_trained_tokenizer() {
         for (name, arch) in [
             ("qwen2", Arch::Qwen2),
             ("qwen3", Arch::Qwen3),
             ("olmo2", Arch::Olmo2),
+            ("smollm3", Arch::Smollm3),
         ] {
             let files = encodes_like_reference(name, arch);
             assert!(files.warnings.is_empty(), "{name}: {:?}", files.warnings);
@@ -754,7 +847,60 @@ mod tests {
                 assert_eq!(t[key], original[key], "{name}: {key}");
             }
             assert_eq!(t["model"]["merges"], original["model"]["merges"], "{name}");
+            assert_eq!(
+                t["model"]["ignore_merges"], original["model"]["ignore_merges"],
+                "{name}"
+            );
         }
+        let smollm3 = encodes_like_reference("smollm3", Arch::Smollm3);
+        assert_eq!(smollm3.tokenizer_config_json["add_bos_token"], false);
+        assert_eq!(
+            smollm3.tokenizer_json["post_processor"]["type"],
+            "ByteLevel"
+        );
+    }
+
+    /// Phi-3's SentencePiece vocabulary: ids as a tokenizer shaped like Phi-3's own tokenizer.json
+    /// gives them (a `▁` before each piece of text between special tokens, BOS first), and the
+    /// vocabulary, merges (by score) and pipeline transformers' GGUF loader builds from the file.
+    #[test]
+    fn phi3_sentencepiece_encodes_like_phi3_tokenizer() {
+        let files = encodes_like_reference("phi3", Arch::Phi3);
+        assert!(files.warnings.is_empty(), "{:?}", files.warnings);
+        let reference: Value =
+            serde_json::from_slice(&std::fs::read(fixture("tiny-phi3.tokenizer.json")).unwrap())
+                .unwrap();
+        let (t, r) = (&files.tokenizer_json, &reference);
+        for key in ["normalizer", "pre_tokenizer", "decoder"] {
+            assert_eq!(t[key], r[key], "{key}");
+        }
+        for key in [
+            "vocab",
+            "merges",
+            "byte_fallback",
+            "fuse_unk",
+            "ignore_merges",
+        ] {
+            assert_eq!(t["model"][key], r["model"][key], "model.{key}");
+        }
+        let added = |v: &Value| -> Vec<(Value, Value, Value)> {
+            let mut a: Vec<_> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| (a["id"].clone(), a["content"].clone(), a["special"].clone()))
+                .collect();
+            a.sort_by_key(|(id, ..)| id.as_u64());
+            a
+        };
+        assert_eq!(added(&t["added_tokens"]), added(&r["added_tokens"]));
+        let c = &files.tokenizer_config_json;
+        assert_eq!(
+            (&c["bos_token"], &c["eos_token"], &c["unk_token"]),
+            (&json!("<s>"), &json!("<|endoftext|>"), &json!("<unk>"))
+        );
+        assert_eq!(c["add_bos_token"], true);
+        assert_eq!(t["model"]["unk_token"], "<unk>");
     }
 
     /// Gemma 3's SentencePiece vocabulary: ids as sentencepiece itself gives them (BOS first), and
@@ -807,20 +953,118 @@ mod tests {
         assert_eq!(c["add_bos_token"], true);
     }
 
-    /// transformers' `generate_merges` by token position: earlier tokens first, longer left pieces
-    /// first within a token, only splits into two tokens; a duplicate counts at its last position.
+    fn ids_of(tokens: &[String]) -> HashMap<&str, usize> {
+        let mut ids = HashMap::new();
+        for (id, t) in tokens.iter().enumerate() {
+            ids.insert(t.as_str(), id);
+        }
+        ids
+    }
+
+    /// transformers' `generate_merges` by token position (Gemma): earlier tokens first, longer left
+    /// pieces first within a token, only splits into two tokens; a duplicate counts at its last
+    /// position.
     #[test]
     fn gemma_merges_by_position() {
         let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "bc", "b"]
             .map(String::from)
             .to_vec();
-        let mut ids = HashMap::new();
-        for (id, t) in tokens.iter().enumerate() {
-            ids.insert(t.as_str(), id);
-        }
         assert_eq!(
-            gemma_merges(&tokens, &ids),
+            spm_merges(&tokens, &ids_of(&tokens), |id| -(id as f64)),
             [("a", "b"), ("ab", "c"), ("a", "bc"), ("b", "c")]
+        );
+    }
+
+    /// transformers' `generate_merges` by score (Phi-3): higher scores first wherever the token
+    /// stands ("ba"); among equal scores the longer left piece, then the first-listed token.
+    #[test]
+    fn phi3_merges_by_score() {
+        let tokens: Vec<String> = ["a", "b", "c", "d", "ab", "cd", "abc", "ba", "abcd"]
+            .map(String::from)
+            .to_vec();
+        let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -3.0, -0.5, -1.0];
+        assert_eq!(
+            spm_merges(&tokens, &ids_of(&tokens), |id| scores[id]),
+            [
+                ("b", "a"),
+                ("abc", "d"),
+                ("ab", "cd"),
+                ("a", "b"),
+                ("c", "d"),
+                ("ab", "c")
+            ]
+        );
+    }
+
+    /// `"smaug-bpe"` (SmolLM3's files) splits like Llama 3 and ignores merges as its
+    /// tokenizer.json does, but llama.cpp adds BOS only where the file says so.
+    #[test]
+    fn smaug_bpe_adds_no_bos_by_default() {
+        let b = GgufBuilder::tiny_llama().str("tokenizer.ggml.pre", "smaug-bpe");
+        let out = files(&b).unwrap();
+        let t = &out.tokenizer_json;
+        assert_eq!(t["model"]["ignore_merges"], true);
+        assert_eq!(
+            t["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
+            LLAMA3_SPLIT
+        );
+        assert_eq!(t["post_processor"]["type"], "ByteLevel");
+        assert_eq!(out.tokenizer_config_json["add_bos_token"], false);
+        let b = b.kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(true));
+        assert_eq!(
+            files(&b).unwrap().tokenizer_config_json["add_bos_token"],
+            true
+        );
+    }
+
+    /// A Phi-3 SentencePiece vocabulary: `add_space_prefix = false` drops the `▁` prepended to
+    /// each text (and its strip when decoding); the merges need the scores.
+    #[test]
+    fn phi3_sentencepiece_options() {
+        let spm = GgufBuilder::tiny(Arch::Phi3)
+            .str("tokenizer.ggml.model", "llama")
+            .kv(
+                "tokenizer.ggml.scores",
+                GgufValue::Array(
+                    [0.0, 0.0, -1.0, -2.0, -3.0, -4.0]
+                        .map(GgufValue::F32)
+                        .to_vec(),
+                ),
+            );
+        let phi3 = |b: &GgufBuilder| {
+            tokenizer_files(
+                &GgufFile::from_bytes("tok.gguf", b.build()).unwrap(),
+                Arch::Phi3,
+                None,
+            )
+        };
+        let out = phi3(&spm).unwrap();
+        let t = &out.tokenizer_json;
+        assert_eq!(t["normalizer"]["normalizers"][0]["type"], "Prepend");
+        assert_eq!(t["pre_tokenizer"], Value::Null);
+        assert_eq!(t["decoder"]["decoders"][3]["type"], "Strip");
+        assert_eq!(t["model"]["merges"], json!([["a", "b"]]));
+        assert_eq!(out.tokenizer_config_json["add_bos_token"], true);
+
+        let out = phi3(
+            &spm.clone()
+                .kv("tokenizer.ggml.add_space_prefix", GgufValue::Bool(false)),
+        )
+        .unwrap();
+        assert_eq!(out.tokenizer_json["normalizer"]["type"], "Replace");
+        assert_eq!(
+            out.tokenizer_json["decoder"]["decoders"]
+                .as_array()
+                .map(Vec::len),
+            Some(3)
+        );
+
+        let mut no_scores = spm;
+        no_scores.kvs.retain(|(k, _)| k != "tokenizer.ggml.scores");
+        let e = phi3(&no_scores).unwrap_err().to_string();
+        assert!(
+            e.ends_with("metadata key tokenizer.ggml.scores is missing"),
+            "{e}"
         );
     }
 
@@ -883,7 +1127,7 @@ mod tests {
         assert!(
             e.ends_with(
                 "tokenizer.ggml.model \"llama\" (SentencePiece) in a \"llama\" file (only \
-                 gemma3's) is not supported"
+                 gemma3's and phi3's) is not supported"
             ),
             "{e}"
         );
