@@ -860,74 +860,27 @@ mod tests {
         );
     }
 
-    /// Phi-3's SentencePiece vocabulary: ids as a tokenizer shaped like Phi-3's own tokenizer.json
-    /// gives them (a `▁` before each piece of text between special tokens, BOS first), and the
-    /// vocabulary, merges (by score) and pipeline transformers' GGUF loader builds from the file.
-    #[test]
-    fn phi3_sentencepiece_encodes_like_phi3_tokenizer() {
-        let files = encodes_like_reference("phi3", Arch::Phi3);
+    /// The SentencePiece tokenizer imported for `family` encodes like its reference and has the
+    /// reference tokenizer.json's pipeline, model fields and added tokens (those with an id inside
+    /// the vocabulary); returns the import for the family's own checks.
+    fn sentencepiece_matches_reference(
+        family: &str,
+        arch: Arch,
+        model_keys: &[&str],
+    ) -> TokenizerFiles {
+        let files = encodes_like_reference(family, arch);
         assert!(files.warnings.is_empty(), "{:?}", files.warnings);
-        let reference: Value =
-            serde_json::from_slice(&std::fs::read(fixture("tiny-phi3.tokenizer.json")).unwrap())
-                .unwrap();
+        let reference: Value = serde_json::from_slice(
+            &std::fs::read(fixture(&format!("tiny-{family}.tokenizer.json"))).unwrap(),
+        )
+        .unwrap();
         let (t, r) = (&files.tokenizer_json, &reference);
         for key in ["normalizer", "pre_tokenizer", "decoder"] {
             assert_eq!(t[key], r[key], "{key}");
         }
-        for key in [
-            "vocab",
-            "merges",
-            "byte_fallback",
-            "fuse_unk",
-            "ignore_merges",
-        ] {
+        for key in model_keys {
             assert_eq!(t["model"][key], r["model"][key], "model.{key}");
         }
-        let added = |v: &Value| -> Vec<(Value, Value, Value)> {
-            let mut a: Vec<_> = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| (a["id"].clone(), a["content"].clone(), a["special"].clone()))
-                .collect();
-            a.sort_by_key(|(id, ..)| id.as_u64());
-            a
-        };
-        assert_eq!(added(&t["added_tokens"]), added(&r["added_tokens"]));
-        let c = &files.tokenizer_config_json;
-        assert_eq!(
-            (&c["bos_token"], &c["eos_token"], &c["unk_token"]),
-            (&json!("<s>"), &json!("<|endoftext|>"), &json!("<unk>"))
-        );
-        assert_eq!(c["add_bos_token"], true);
-        assert_eq!(t["model"]["unk_token"], "<unk>");
-    }
-
-    /// Gemma 3's SentencePiece vocabulary: ids as sentencepiece itself gives them (BOS first), and
-    /// the vocabulary, merges and pipeline transformers' GGUF loader builds from the same file.
-    #[test]
-    fn gemma3_sentencepiece_encodes_like_sentencepiece() {
-        let files = encodes_like_reference("gemma3", Arch::Gemma3);
-        assert!(files.warnings.is_empty(), "{:?}", files.warnings);
-        let reference: Value =
-            serde_json::from_slice(&std::fs::read(fixture("tiny-gemma3.tokenizer.json")).unwrap())
-                .unwrap();
-        let (t, r) = (&files.tokenizer_json, &reference);
-        for key in ["normalizer", "pre_tokenizer", "decoder"] {
-            assert_eq!(t[key], r[key], "{key}");
-        }
-        for key in [
-            "vocab",
-            "merges",
-            "byte_fallback",
-            "fuse_unk",
-            "unk_token",
-            "ignore_merges",
-        ] {
-            assert_eq!(t["model"][key], r["model"][key], "model.{key}");
-        }
-        // `GemmaTokenizer` also adds its default `<mask>` past the end of a vocabulary without one
-        // (Gemma's own has it); a token the model has no embedding for is not one to copy.
         let n_vocab = t["model"]["vocab"].as_object().unwrap().len() as u64;
         let added = |v: &Value| -> Vec<(Value, Value, Value)> {
             let mut a: Vec<_> = v
@@ -941,6 +894,46 @@ mod tests {
             a
         };
         assert_eq!(added(&t["added_tokens"]), added(&r["added_tokens"]));
+        files
+    }
+
+    /// Phi-3's SentencePiece vocabulary: ids as a tokenizer shaped like Phi-3's own tokenizer.json
+    /// gives them (a `▁` before each piece of text between special tokens, BOS first), and the
+    /// vocabulary, merges (by score) and pipeline transformers' GGUF loader builds from the file.
+    #[test]
+    fn phi3_sentencepiece_encodes_like_phi3_tokenizer() {
+        let keys = [
+            "vocab",
+            "merges",
+            "byte_fallback",
+            "fuse_unk",
+            "ignore_merges",
+        ];
+        let files = sentencepiece_matches_reference("phi3", Arch::Phi3, &keys);
+        let c = &files.tokenizer_config_json;
+        assert_eq!(
+            (&c["bos_token"], &c["eos_token"], &c["unk_token"]),
+            (&json!("<s>"), &json!("<|endoftext|>"), &json!("<unk>"))
+        );
+        assert_eq!(c["add_bos_token"], true);
+        assert_eq!(files.tokenizer_json["model"]["unk_token"], "<unk>");
+    }
+
+    /// Gemma 3's SentencePiece vocabulary: ids as sentencepiece itself gives them (BOS first), and
+    /// the vocabulary, merges and pipeline transformers' GGUF loader builds from the same file.
+    /// (`GemmaTokenizer` also adds its default `<mask>` past the end of a vocabulary without one;
+    /// a token the model has no embedding for is not one to copy.)
+    #[test]
+    fn gemma3_sentencepiece_encodes_like_sentencepiece() {
+        let keys = [
+            "vocab",
+            "merges",
+            "byte_fallback",
+            "fuse_unk",
+            "unk_token",
+            "ignore_merges",
+        ];
+        let files = sentencepiece_matches_reference("gemma3", Arch::Gemma3, &keys);
         let c = &files.tokenizer_config_json;
         assert_eq!(
             (&c["bos_token"], &c["eos_token"]),
