@@ -52,6 +52,8 @@ pub enum ModelError {
     },
     #[error("invalid input: {0}")]
     Input(String),
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
 }
 
 impl ModelError {

@@ -23,6 +23,7 @@ pub mod lora;
 pub mod mask;
 pub mod parity;
 pub mod precision;
+pub mod quant;
 pub mod transformer;
 
 pub use cache::KvCache;
