@@ -97,3 +97,54 @@ fn newer_families_run_sft_then_dpo_then_export() {
         }
     }
 }
+
+/// A llama.cpp GGUF of each newer family (the tiny fixtures of
+/// model/tests/fixtures/gguf) imports into a directory that the other
+/// commands load as that family: the per-token log-probs of a completion
+/// are finite and below zero.
+#[test]
+fn gguf_of_each_family_imports_and_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/gguf");
+    for (family, model_type) in [
+        ("qwen2", ModelType::Qwen2),
+        ("qwen3", ModelType::Qwen3),
+        ("olmo2", ModelType::Olmo2),
+        ("gemma3", ModelType::Gemma3),
+        ("phi3", ModelType::Phi3),
+        ("smollm3", ModelType::Smollm3),
+    ] {
+        let gguf = fixtures.join(format!("tiny-{family}.gguf.bin"));
+        let out = tmp.path().join(family);
+        ok(&alignkit([
+            "import-gguf",
+            gguf.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]));
+        let config = LlamaConfig::load(&out.join("config.json")).unwrap();
+        assert_eq!(config.model_type, model_type, "{family}");
+        let (stdout, _) = ok(&alignkit([
+            "logprobs",
+            "--model",
+            out.to_str().unwrap(),
+            "--prompt",
+            "Hello",
+            "--completion",
+            " world",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let logps: Vec<f64> = v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect();
+        assert!(!logps.is_empty(), "{family}: {stdout}");
+        assert!(
+            logps.iter().all(|l| l.is_finite() && *l < 0.0),
+            "{family}: {logps:?}"
+        );
+    }
+}
