@@ -316,15 +316,8 @@ fn decode<B: Backend>(
         true => prompts.iter().map(|p| padded(p)).collect(),
         false => Vec::new(),
     };
-    let positions: Vec<i64> = positions_from_mask(&prefill_valid).concat();
     let mut cache = KvCache::new(model.model.layers.len(), width + config.max_new_tokens);
-    let input = ForwardInput {
-        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [u, width]), device),
-        positions: Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [u, width]), device),
-        mask: attention_mask::<B>(&prefill_valid, width, None, device),
-    };
-    let hidden = model.forward_hidden(input, Some(&mut cache));
-    let mut logits = model.lm_logits(hidden.narrow(1, width - 1, 1));
+    let mut logits = prefill(model, ids, &prefill_valid, &mut cache, device);
     if u < b {
         let rows = row_of.iter().map(|&r| r as i64).collect::<Vec<_>>();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [b]), device);
@@ -400,21 +393,8 @@ fn decode<B: Backend>(
         let switch = short_cache && long_from.is_some_and(|n| positions.iter().any(|&p| p >= n));
         if switch {
             short_cache = false;
-            let s = valid[0].len();
             cache = KvCache::new(model.model.layers.len(), width + config.max_new_tokens);
-            let input = ForwardInput {
-                input_ids: Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(history.concat(), [b, s]),
-                    device,
-                ),
-                positions: Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(positions_from_mask(&valid).concat(), [b, s]),
-                    device,
-                ),
-                mask: attention_mask::<B>(&valid, s, None, device),
-            };
-            let hidden = model.forward_hidden(input, Some(&mut cache));
-            logits = model.lm_logits(hidden.narrow(1, s - 1, 1));
+            logits = prefill(model, history.concat(), &valid, &mut cache, device);
             continue;
         }
         let input = ForwardInput {
@@ -425,6 +405,26 @@ fn decode<B: Backend>(
         logits = model.forward(input, Some(&mut cache));
     }
     Ok(outputs)
+}
+
+/// Run padded rows `ids` ([rows, S] flat, `valid` marking the real tokens)
+/// into an empty `cache`; the logits of their last position. [rows, 1, V]
+fn prefill<B: Backend>(
+    model: &LlamaForCausalLM<B>,
+    ids: Vec<i64>,
+    valid: &[Vec<bool>],
+    cache: &mut KvCache<B>,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let (rows, s) = (valid.len(), valid.first().map_or(0, Vec::len));
+    let positions = positions_from_mask(valid).concat();
+    let input = ForwardInput {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, s]), device),
+        positions: Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [rows, s]), device),
+        mask: attention_mask::<B>(valid, s, None, device),
+    };
+    let hidden = model.forward_hidden(input, Some(cache));
+    model.lm_logits(hidden.narrow(1, s - 1, 1))
 }
 
 /// The distinct prompts in order of first appearance, and for each row the

@@ -210,15 +210,44 @@ fn linear_paths(num_layers: usize) -> Vec<(usize, &'static str, &'static str)> {
     let mut out = Vec::new();
     for i in 0..num_layers {
         for t in TARGETS {
-            let block = if matches!(t, "gate_proj" | "up_proj" | "down_proj") {
-                "mlp"
-            } else {
-                "self_attn"
-            };
-            out.push((i, block, t));
+            out.push((i, block_of(t), t));
         }
     }
     out
+}
+
+/// The block a projection (or a fused one) sits in: `mlp` or `self_attn`.
+fn block_of(module: &str) -> &'static str {
+    match module {
+        "gate_proj" | "up_proj" | "down_proj" | "gate_up_proj" => "mlp",
+        _ => "self_attn",
+    }
+}
+
+/// Remove `name` from `tensors` (read from `path` in `dir`), checking its shape.
+fn take_checked(
+    tensors: &mut HostTensors,
+    name: &str,
+    expected: &[usize],
+    dir: &Path,
+    path: &Path,
+) -> Result<Vec<f32>> {
+    let (shape, data) = tensors
+        .remove(name)
+        .ok_or_else(|| ModelError::MissingTensor {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            shape: expected.to_vec(),
+        })?;
+    if shape != expected {
+        return Err(ModelError::ShapeMismatch {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found: shape,
+        });
+    }
+    Ok(data)
 }
 
 fn linear_ref<'a, B: Backend>(
@@ -528,18 +557,10 @@ pub fn export_adapter<B: Backend>(
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let mut ranks: BTreeMap<&str, usize> = BTreeMap::new();
     for i in 0..model.model.layers.len() {
-        let layer = &model.model.layers[i];
-        let lins = layer.linears();
-        let by_name = |name: &str| TARGETS.iter().position(|t| *t == name).map(|k| lins[k]);
         for (fused, parts) in FUSED_TARGETS {
-            let block = if fused == "qkv_proj" {
-                "self_attn"
-            } else {
-                "mlp"
-            };
             let adapters: Vec<_> = parts
                 .iter()
-                .map(|p| by_name(p).expect("a decoder projection"))
+                .map(|p| linear_ref(model, i, p))
                 .map(|l| (l.weight.val().dims()[0], l.lora.as_ref()))
                 .collect();
             if adapters.iter().all(|(_, a)| a.is_none()) {
@@ -572,19 +593,25 @@ pub fn export_adapter<B: Backend>(
                 }
                 row += out;
             }
-            let path = format!("base_model.model.model.layers.{i}.{block}.{fused}");
+            let path = format!(
+                "base_model.model.{}",
+                module_path(i, block_of(fused), fused)
+            );
             tensors.insert(format!("{path}.lora_A.weight"), (vec![rank, cols], a_rows));
             tensors.insert(format!("{path}.lora_B.weight"), (vec![rows, rank], b));
             ranks.insert(fused, rank);
         }
-        for (k, name) in TARGETS.iter().enumerate() {
-            let fused = FUSED_TARGETS.iter().any(|(_, parts)| parts.contains(name));
-            if let (false, Some(adapter)) = (fused, lins[k].lora.as_ref()) {
-                let block = if k < 4 { "self_attn" } else { "mlp" };
-                let path = format!("base_model.model.model.layers.{i}.{block}.{name}");
-                tensors.insert(format!("{path}.lora_A.weight"), host(adapter.lora_a.val()));
-                tensors.insert(format!("{path}.lora_B.weight"), host(adapter.lora_b.val()));
-            }
+    }
+    // The projections no fused one holds (o_proj, down_proj) as they are.
+    let part = |name: &str| {
+        FUSED_TARGETS
+            .iter()
+            .flat_map(|(_, parts)| parts.iter())
+            .any(|p| name.contains(&format!(".{p}.lora_")))
+    };
+    for (name, t) in adapter_tensors(model) {
+        if !part(&name) {
+            tensors.insert(name, host(t));
         }
     }
     if tensors.is_empty() {
@@ -627,12 +654,19 @@ pub fn export_adapter<B: Backend>(
 /// Read PEFT's `adapter_config.json`, refusing options this implementation
 /// does not model (DoRA, per-layer ranks, trained biases, ...).
 pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
+    parse_peft_config(dir, &read_peft_json(dir)?)
+}
+
+/// `adapter_config.json` of a PEFT directory, as JSON.
+fn read_peft_json(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json { path, source })
+}
+
+/// [`read_peft_config`] of the JSON [`read_peft_json`] read from `dir`.
+fn parse_peft_config(dir: &Path, v: &serde_json::Value) -> Result<LoraConfig> {
+    let path = dir.join(ADAPTER_CONFIG);
     let field_err = |field: &str, message: &str| ModelError::Config {
         path: path.clone(),
         field: field.into(),
@@ -753,62 +787,45 @@ fn read_f32(path: &Path) -> Result<HostTensors> {
 /// The adapters of fused projections in `tensors` (Phi-3's `qkv_proj`,
 /// `gate_up_proj`, as PEFT trains them on the fused checkpoint or
 /// [`export_adapter`] joins them), each replaced by one adapter per part:
-/// A shared (copied), B's rows split, the same function. Returns each
-/// part's rank and scale by its PEFT module path.
+/// A shared (copied), B's rows split, the same function. `alpha_pattern`
+/// is the file's (per-module alphas). Returns each part's rank and scale by
+/// its PEFT module path.
 fn split_fused_adapters<B: Backend>(
-    model: &mut LlamaForCausalLM<B>,
+    model: &LlamaForCausalLM<B>,
     tensors: &mut HostTensors,
     config: &LoraConfig,
+    alpha_pattern: &serde_json::Value,
     dir: &Path,
 ) -> Result<HashMap<String, (usize, f64)>> {
-    let text = std::fs::read_to_string(dir.join(ADAPTER_CONFIG)).unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let path = dir.join(ADAPTER_WEIGHTS);
     let mut own = HashMap::new();
     for i in 0..model.model.layers.len() {
         for (fused, parts) in FUSED_TARGETS {
-            let block = if fused == "qkv_proj" {
-                "self_attn"
-            } else {
-                "mlp"
+            let peft_path = |module: &str| {
+                format!(
+                    "base_model.model.{}",
+                    module_path(i, block_of(module), module)
+                )
             };
-            let prefix = format!("base_model.model.model.layers.{i}.{block}");
-            let Some((a_shape, a)) = tensors.remove(&format!("{prefix}.{fused}.lora_A.weight"))
-            else {
+            let fused_path = peft_path(fused);
+            let Some((a_shape, a)) = tensors.remove(&format!("{fused_path}.lora_A.weight")) else {
                 continue;
             };
-            let name = format!("{prefix}.{fused}.lora_B.weight");
             let rows: Vec<usize> = parts
                 .iter()
-                .map(|p| linear_mut(model, i, p).weight.lazy_shape().dims::<2>()[0])
+                .map(|p| linear_ref(model, i, p).weight.lazy_shape().dims::<2>()[0])
                 .collect();
             let rank = a_shape[0];
-            let expected = vec![rows.iter().sum(), rank];
-            let (b_shape, b) = tensors
-                .remove(&name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    dir: dir.to_path_buf(),
-                    name: name.clone(),
-                    shape: expected.clone(),
-                })?;
-            if b_shape != expected {
-                return Err(ModelError::ShapeMismatch {
-                    path: path.clone(),
-                    name,
-                    expected,
-                    found: b_shape,
-                });
-            }
-            let alpha = json["alpha_pattern"][fused]
-                .as_f64()
-                .unwrap_or(config.alpha);
+            let name = format!("{fused_path}.lora_B.weight");
+            let b = take_checked(tensors, &name, &[rows.iter().sum(), rank], dir, &path)?;
+            let alpha = alpha_pattern[fused].as_f64().unwrap_or(config.alpha);
             let scale = match config.rslora {
                 true => alpha / (rank as f64).sqrt(),
                 false => alpha / rank as f64,
             };
             let mut start = 0;
             for (part, out) in parts.iter().zip(rows) {
-                let part_prefix = format!("{prefix}.{part}");
+                let part_prefix = peft_path(part);
                 let part_b = b[start * rank..(start + out) * rank].to_vec();
                 start += out;
                 tensors.insert(
@@ -834,7 +851,8 @@ pub fn load_adapter<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(LoraConfig, LlamaForCausalLM<B>)> {
-    let config = read_peft_config(dir)?;
+    let json = read_peft_json(dir)?;
+    let config = parse_peft_config(dir, &json)?;
     let path = dir.join(ADAPTER_WEIGHTS);
     let mut tensors = read_f32(&path)?;
     // PEFT saves without the adapter name; some tools keep `.default`.
@@ -848,7 +866,7 @@ pub fn load_adapter<B: Backend>(
             )
         })
         .collect();
-    let own = split_fused_adapters(&mut model, &mut tensors, &config, dir)?;
+    let own = split_fused_adapters(&model, &mut tensors, &config, &json["alpha_pattern"], dir)?;
     for (i, block, module) in linear_paths(model.model.layers.len()) {
         if !config.target_modules.matches(module) {
             continue;
@@ -862,21 +880,7 @@ pub fn load_adapter<B: Backend>(
         let [d_out, d_in] = lin.weight.lazy_shape().dims::<2>();
         let mut take = |which: &str, expected: [usize; 2]| -> Result<Tensor<B, 2>> {
             let name = format!("{prefix}.{which}.weight");
-            let (shape, data) = tensors
-                .remove(&name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    dir: dir.to_path_buf(),
-                    name: name.clone(),
-                    shape: expected.to_vec(),
-                })?;
-            if shape != expected {
-                return Err(ModelError::ShapeMismatch {
-                    path: path.clone(),
-                    name,
-                    expected: expected.to_vec(),
-                    found: shape,
-                });
-            }
+            let data = take_checked(&mut tensors, &name, &expected, dir, &path)?;
             Ok(Tensor::from_data(TensorData::new(data, expected), device))
         };
         let a = take("lora_A", [rank, d_in])?;
