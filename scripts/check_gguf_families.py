@@ -39,6 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures_gguf import FAMILY_TEXTS, tiny_family, write_family_gguf  # noqa: E402
+from fixtures_model import expected  # noqa: E402
 
 FAMILIES = ("qwen2", "qwen3", "olmo2", "gemma3", "phi3", "smollm3")
 CLASSES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
@@ -50,30 +51,6 @@ ALIGNKIT_TOLERANCE = 1e-4
 def sequences(vocab):
     g = torch.Generator().manual_seed(1234)
     return [torch.randint(3, vocab, (12,), generator=g).tolist(), torch.randint(3, vocab, (7,), generator=g).tolist()]
-
-
-def expected_json(model, seqs):
-    """transformers' logits in the layout `alignkit parity` reads (scripts/fixtures_model.py `record`)."""
-    out = {"sequences": seqs}
-    with torch.no_grad():
-        out["logits"] = [model(torch.tensor([s])).logits[0].tolist() for s in seqs]
-        width = max(len(s) for s in seqs)
-        for side in ("left", "right"):
-            ids, mask = [], []
-            for s in seqs:
-                pad = [0] * (width - len(s))
-                ids.append(pad + s if side == "left" else s + pad)
-                ones = [1] * len(s)
-                mask.append([0] * len(pad) + ones if side == "left" else ones + [0] * len(pad))
-            ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
-            pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
-            logits = model(ids_t, attention_mask=mask_t, position_ids=pos).logits
-            out[f"{side}_padded"] = {"input_ids": ids, "attention_mask": mask, "logits": logits.tolist()}
-        prompt = seqs[0][:5]
-        gen = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                             eos_token_id=None, pad_token_id=0, use_cache=True)
-        out["greedy"] = {"prompt": prompt, "tokens": gen[0, len(prompt):].tolist()}
-    return out
 
 
 def check(family, alignkit, tmp):
@@ -116,7 +93,7 @@ def check(family, alignkit, tmp):
 
     # 4. alignkit's own forward on the imported directory
     with open(os.path.join(out, "expected.json"), "w") as f:
-        json.dump(expected_json(model, seqs), f)
+        json.dump(expected(model, seqs), f)
     run = subprocess.run([alignkit, "parity", out, "--json", "--tolerance", str(ALIGNKIT_TOLERANCE)],
                          capture_output=True, text=True)
     try:

@@ -117,6 +117,13 @@ def record(model, name):
     g = torch.Generator().manual_seed(1234)
     seqs = [torch.randint(3, VOCAB, (9,), generator=g).tolist(),
             torch.randint(3, VOCAB, (6,), generator=g).tolist()]
+    with open(os.path.join(OUT, name, "expected.json"), "w") as f:
+        json.dump(expected(model, seqs), f)
+
+
+def expected(model, seqs):
+    """transformers' logits of `seqs` alone and left-/right-padded, and 12 greedy tokens after
+    the first one's first 5: the expected.json `alignkit parity` and model/tests/parity.rs read."""
     out = {"sequences": seqs}
     with torch.no_grad():
         out["logits"] = [model(torch.tensor([s])).logits[0].tolist() for s in seqs]
@@ -138,8 +145,7 @@ def record(model, name):
         gen = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                              eos_token_id=None, pad_token_id=0, use_cache=True)
         out["greedy"] = {"prompt": prompt, "tokens": gen[0, len(prompt):].tolist()}
-    with open(os.path.join(OUT, name, "expected.json"), "w") as f:
-        json.dump(out, f)
+    return out
 
 
 def record_lora_grad(model, name, seed):
