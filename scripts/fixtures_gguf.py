@@ -179,22 +179,31 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer():
+def train_byte_level(pre_tokenizer, special_tokens, normalizer=None):
+    """A byte-level BPE of 300 tokens trained on CORPUS behind `pre_tokenizer` (and
+    `normalizer`), with `<think>` added as a user-defined token that is not special."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
-    tok.add_tokens(["<think>"])  # user-defined: an added token that is not special
+    tok.add_tokens(["<think>"])
     return tok
+
+
+def train_tokenizer():
+    return train_byte_level(
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                 pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
 
 
 def tiny_llama_fixture():
@@ -331,23 +340,12 @@ FAMILY_TEXTS = TOKENIZER_TEXTS + [
 
 def train_qwen_tokenizer():
     """Byte-level BPE pre-tokenized like Qwen2's tokenizer.json: NFC, Qwen2's split, bytes."""
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.add_tokens(["<think>"])
-    return tok
+    return train_byte_level(
+        pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]),
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], normalizer=normalizers.NFC())
 
 
 def bpe_vocab(tok):
@@ -419,21 +417,12 @@ LLAMA3_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 def train_llama3_tokenizer():
     """Byte-level BPE pre-tokenized like Llama 3's and SmolLM3's tokenizer.json: Llama 3's split,
     bytes, `ignore_merges`; no BOS added."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.add_tokens(["<think>"])
+    tok = train_byte_level(
+        pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]),
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"])
     spec = json.loads(tok.to_str())
     spec["model"]["ignore_merges"] = True  # as Llama 3's tokenizer.json has it
     return Tokenizer.from_str(json.dumps(spec))
